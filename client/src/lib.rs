@@ -1,0 +1,1 @@
+//! Confide site client. Filled in by the end-to-end work.

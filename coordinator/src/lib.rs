@@ -1,0 +1,1 @@
+//! Confide coordinator. Filled in by the end-to-end work.

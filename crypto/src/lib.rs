@@ -1,0 +1,96 @@
+//! # confide-crypto
+//!
+//! The secure-aggregation core of Confide: cipher suites, the mask PRG, Shamir
+//! secret sharing, quantisation, the SecAgg+ neighbour graph, and the round
+//! protocol as two sans-IO state machines. No networking, no clock, no global
+//! randomness: everything a round needs is passed in, so a whole round with
+//! dropouts runs deterministically in memory (see `Simulation` behind the
+//! `test-util` feature).
+//!
+//! ```text
+//!        quant ──▶ site::SiteMachine ──messages──▶ coordinator::CoordinatorMachine ──▶ sum
+//!                     │  suite (KDF, AEAD, ECDH, signatures)          │
+//!                     └──── prg (AES/SM4-CTR masks) ─── shamir ───────┘
+//!                               graph (who masks with whom, k and t)
+//! ```
+//!
+//! ## Example: masks cancel, secrets come back from t shares
+//!
+//! ```
+//! use confide_crypto::{prg::Prg, shamir, suite::Suite};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! for suite in Suite::ALL {
+//!     let mask = Prg::new(suite, &[7u8; 16]);
+//!     let mut v = vec![1u32, 2, 3];
+//!     mask.add_into(&mut v)?;
+//!     mask.sub_from(&mut v)?;
+//!     assert_eq!(v, [1, 2, 3]);
+//! }
+//! let mut rng = rand::rng();
+//! let shares = shamir::split(&[42u8; 32], 2, &[1, 2, 3], &mut rng)?;
+//! assert_eq!(*shamir::reconstruct(&shares[1..], 2)?, [42u8; 32]);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Threat model
+//!
+//! **Parties.** A coordinator and a cohort of n sites per round. Sites know the
+//! federation CA; each site has a long-term signing key certified by it.
+//!
+//! **What the coordinator learns.** With every site following the protocol,
+//! the coordinator learns, per round, only the sum Σ wᵢ·Δᵢ of the survivors'
+//! quantised weighted updates, the summed weight Σ wᵢ, the summed extra slots
+//! (evaluation metrics), and who dropped out when. A single masked vector is
+//! uniformly distributed in the ring to anyone not holding the masks.
+//!
+//! **Malicious coordinator.** A coordinator that deviates — substitutes a
+//! site's advertised keys, relays a forged signature, lists a member as both
+//! survivor and dropped, or asks a site about too few survivors — is detected
+//! by the sites (signatures are verified against identities checked by the
+//! transport; a site never reveals both the self-mask-seed share and the
+//! mask-key share of one neighbour; it refuses to unmask when fewer than t of
+//! its neighbours survived). Such a round aborts without revealing an input.
+//! It can still drop honest sites at will and so learn the sum of any subset of
+//! at least `min_survivors` sites with enough surviving neighbours: choose
+//! `min_survivors` accordingly. It can also announce different round
+//! parameters to different sites; sites check the parameters they receive are
+//! safe (t > k/2, graph derived from the announced seed) but do not
+//! cross-check each other's view.
+//!
+//! **Colluding sites.** Up to γ·n sites colluding with the coordinator learn
+//! nothing beyond the sum of the honest survivors' inputs, provided the
+//! threshold was chosen for γ ([`graph::choose`]): t > (k + c)/2, where c bounds
+//! the colluders among any site's k neighbours (for the SecAgg+ graph, with
+//! failure probability 2^-σ).
+//!
+//! **Out of scope.** Poisoning beyond what clipping bounds (a site can submit
+//! any update within ±clip), inference from the aggregate itself (use
+//! differential privacy on top), traffic analysis, side channels of the
+//! machines involved, and the correctness of a site's local training.
+//!
+//! **Hygiene.** Secret keys, seeds and shares are zeroized on drop and never
+//! printed by `Debug`. Randomness for keys, seeds, shares and rounding comes
+//! from a caller-supplied CSPRNG; no seed is ever reduced below 256 bits, and
+//! no non-cryptographic generator is used for masks or rounding.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod graph;
+pub mod kdf;
+pub mod prg;
+pub mod protocol;
+pub mod quant;
+pub mod ring;
+pub mod shamir;
+#[cfg(any(test, feature = "test-util"))]
+pub mod sim;
+pub mod simd;
+pub mod sm4fast;
+pub mod suite;
+
+pub use error::{CryptoError, ProtocolError};
+pub use protocol::{CoordinatorMachine, MemberId, RoundConfig, SiteMachine, Stage};
+pub use ring::{Ring, RingElement};
+pub use suite::{CipherSuite, Suite};

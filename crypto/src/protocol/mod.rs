@@ -1,0 +1,382 @@
+//! The SecAgg+ round as two sans-IO state machines: [`SiteMachine`] (one per
+//! participant) and [`CoordinatorMachine`]. Neither does I/O, reads the clock
+//! or touches a global RNG: messages go in through `handle_*`, messages come
+//! out through `poll_output`, time and randomness are arguments.
+//!
+//! ```text
+//!  site                                coordinator
+//!  ────                                ───────────
+//!  new() ─ Advertise(KeyAdvert) ─────▶ handle_advert        stage AdvertiseKeys
+//!  handle_neighbour_keys ◀─────────── NeighbourKeys (signed adverts of neighbours)
+//!        ─ Shares(ShareBundle) ──────▶ handle_shares        stage ShareKeys
+//!  handle_incoming_shares ◀────────── IncomingShares (AEAD-sealed, addressed to it)
+//!  handle_input(x) ─ MaskedInput ────▶ handle_masked_input  stage MaskedInput (summed on arrival)
+//!  handle_unmask_request ◀─────────── UnmaskRequest (survivors, dropped)
+//!        ─ Unmask(UnmaskResponse) ───▶ handle_unmask_response  stage Unmask
+//!                                      ─ Finished(sum of survivors' inputs)
+//! ```
+
+mod coordinator;
+mod site;
+
+pub use coordinator::{CoordinatorMachine, CoordinatorOutput, RoundResult, StageTimeouts};
+pub use site::{SiteMachine, SiteOutput};
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use crate::error::{CryptoError, ProtocolError};
+use crate::graph::{self, NeighbourGraph, SecAggParams};
+use crate::prg::Prg;
+use crate::ring::Ring;
+use crate::shamir::Share;
+use crate::suite::{Suite, VerifyingKey};
+
+/// A member's id within the federation's current cohort numbering.
+pub type MemberId = u32;
+
+/// The stages of a round, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// Members send signed per-round public keys.
+    AdvertiseKeys,
+    /// Members send AEAD-sealed Shamir shares for their neighbours.
+    ShareKeys,
+    /// Members send their masked input vectors.
+    MaskedInput,
+    /// Survivors send the shares needed to remove the masks.
+    Unmask,
+    /// The round has ended.
+    Done,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::AdvertiseKeys => "advertise-keys",
+            Stage::ShareKeys => "share-keys",
+            Stage::MaskedInput => "masked-input",
+            Stage::Unmask => "unmask",
+            Stage::Done => "done",
+        })
+    }
+}
+
+/// Everything both sides must agree on for one round. The coordinator picks
+/// it and announces it; each site validates it before taking part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoundConfig {
+    /// Round number; bound into every key, AAD and signature.
+    pub round: u64,
+    /// The federation's cipher suite.
+    pub suite: Suite,
+    /// The ring of the masked vectors.
+    pub ring: Ring,
+    /// The cohort, strictly ascending member ids.
+    pub cohort: Vec<MemberId>,
+    /// Neighbour-graph degree and Shamir threshold.
+    pub params: SecAggParams,
+    /// Public seed from which everyone derives the same neighbour graph.
+    pub graph_seed: [u8; 32],
+    /// Length of every input vector (model elements, weight and extra slots).
+    pub vector_len: usize,
+    /// Fewest members whose inputs may be aggregated (never below 2: a sum of
+    /// one input is that input).
+    pub min_survivors: usize,
+}
+
+impl RoundConfig {
+    /// Check the configuration and derive the neighbour graph.
+    pub fn topology(&self) -> Result<Topology, ProtocolError> {
+        let n = self.cohort.len();
+        if n < 2 {
+            return Err(ProtocolError::Config(format!("a cohort needs at least 2 members, got {n}")));
+        }
+        if self.cohort.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(ProtocolError::Config("cohort ids must be strictly ascending".into()));
+        }
+        if self.cohort.last().is_some_and(|&id| id == MemberId::MAX) {
+            return Err(ProtocolError::Config(format!("member id {} is reserved", MemberId::MAX)));
+        }
+        graph::validate(n, self.params).map_err(|e| ProtocolError::Config(e.to_string()))?;
+        if self.min_survivors < 2 || self.min_survivors > n {
+            return Err(ProtocolError::Config(format!(
+                "min_survivors must be between 2 and the cohort size {n}, got {}",
+                self.min_survivors
+            )));
+        }
+        let width = match self.ring {
+            Ring::U32 => 4u64,
+            Ring::U64 => 8u64,
+        };
+        if self.vector_len == 0 || (self.vector_len as u64).saturating_mul(width) > Prg::MAX_BYTES {
+            return Err(ProtocolError::Config(format!(
+                "vector length {} must be between 1 and {}",
+                self.vector_len,
+                Prg::MAX_BYTES / width
+            )));
+        }
+        let graph = NeighbourGraph::harary(n, self.params.k, &self.graph_seed)
+            .map_err(|e| ProtocolError::Config(e.to_string()))?;
+        let index = self.cohort.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+        Ok(Topology { cohort: self.cohort.clone(), graph, index })
+    }
+}
+
+/// The cohort and its neighbour graph, addressed by member id.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    cohort: Vec<MemberId>,
+    graph: NeighbourGraph,
+    index: HashMap<MemberId, usize>,
+}
+
+impl Topology {
+    /// Whether `id` is in the cohort.
+    pub fn contains(&self, id: MemberId) -> bool {
+        self.index.contains_key(&id)
+    }
+
+    /// The cohort, ascending.
+    pub fn cohort(&self) -> &[MemberId] {
+        &self.cohort
+    }
+
+    /// Neighbours of `id`, ascending (empty for a non-member).
+    pub fn neighbours(&self, id: MemberId) -> Vec<MemberId> {
+        match self.index.get(&id) {
+            Some(&i) => {
+                let mut v: Vec<MemberId> = self.graph.neighbours(i).iter().map(|&j| self.cohort[j]).collect();
+                v.sort_unstable();
+                v
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether `a` and `b` are neighbours.
+    pub fn are_neighbours(&self, a: MemberId, b: MemberId) -> bool {
+        match (self.index.get(&a), self.index.get(&b)) {
+            (Some(&i), Some(&j)) => self.graph.are_neighbours(i, j),
+            _ => false,
+        }
+    }
+
+    /// Drop members with fewer than `t` neighbours inside `set`, repeatedly,
+    /// until every remaining member has at least `t`. Returns the removed.
+    pub(crate) fn prune(&self, set: &mut BTreeSet<MemberId>, t: usize) -> Vec<MemberId> {
+        let mut removed = Vec::new();
+        loop {
+            let weak: Vec<MemberId> = set
+                .iter()
+                .copied()
+                .filter(|&u| self.neighbours(u).iter().filter(|v| set.contains(v)).count() < t)
+                .collect();
+            if weak.is_empty() {
+                return removed;
+            }
+            for u in weak {
+                set.remove(&u);
+                removed.push(u);
+            }
+        }
+    }
+}
+
+/// Shamir x-coordinate of the shares a member holds.
+pub(crate) fn share_x(holder: MemberId) -> u32 {
+    holder.wrapping_add(1)
+}
+
+/// A member's signed per-round public keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyAdvert {
+    /// Round number.
+    pub round: u64,
+    /// Who advertises.
+    pub member: MemberId,
+    /// Public key for share encryption.
+    pub enc_public: Vec<u8>,
+    /// Public key for pairwise-mask agreement.
+    pub mask_public: Vec<u8>,
+    /// Signature by the member's long-term key over [`KeyAdvert::signed_bytes`].
+    pub signature: Vec<u8>,
+}
+
+impl KeyAdvert {
+    /// The exact bytes a member signs:
+    /// `"confide/v1/key-advert" ‖ suite ‖ round (u64 BE) ‖ member (u32 BE) ‖
+    /// len(enc) (u16 BE) ‖ enc ‖ len(mask) (u16 BE) ‖ mask`.
+    pub fn signed_bytes(suite: Suite, round: u64, member: MemberId, enc_public: &[u8], mask_public: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(48 + enc_public.len() + mask_public.len());
+        m.extend_from_slice(b"confide/v1/key-advert");
+        m.push(suite.code());
+        m.extend_from_slice(&round.to_be_bytes());
+        m.extend_from_slice(&member.to_be_bytes());
+        for k in [enc_public, mask_public] {
+            m.extend_from_slice(&(k.len().min(u16::MAX as usize) as u16).to_be_bytes());
+            m.extend_from_slice(k);
+        }
+        m
+    }
+}
+
+/// An advert as relayed by the coordinator, with the identity (for example the
+/// site's certificate) the receiving site checks it against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayedAdvert {
+    /// The advert.
+    pub advert: KeyAdvert,
+    /// Opaque identity material for [`IdentityVerifier`].
+    pub identity: Vec<u8>,
+}
+
+/// Coordinator → site: the adverts of the site's neighbours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeighbourKeys {
+    /// Round number.
+    pub round: u64,
+    /// One per neighbour that advertised.
+    pub adverts: Vec<RelayedAdvert>,
+}
+
+/// One AEAD-sealed pair of shares from `from` to `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncryptedShare {
+    /// Dealer.
+    pub from: MemberId,
+    /// Holder.
+    pub to: MemberId,
+    /// `seal(from ‖ to ‖ self-mask-seed share ‖ mask-key share)`.
+    pub ciphertext: Vec<u8>,
+}
+
+/// Site → coordinator: shares for every neighbour, and a commitment to the
+/// self-mask seed so a wrong reconstruction is caught.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareBundle {
+    /// Round number.
+    pub round: u64,
+    /// Dealer.
+    pub from: MemberId,
+    /// Hash commitment to the self-mask seed.
+    pub seed_commitment: [u8; 32],
+    /// One per neighbour named in the site's [`NeighbourKeys`].
+    pub shares: Vec<EncryptedShare>,
+}
+
+/// Coordinator → site: the sealed shares addressed to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncomingShares {
+    /// Round number.
+    pub round: u64,
+    /// From each neighbour that completed the share stage.
+    pub shares: Vec<EncryptedShare>,
+}
+
+/// Coordinator → survivors: who submitted a masked input and who did not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnmaskRequest {
+    /// Round number.
+    pub round: u64,
+    /// Members whose masked inputs are in the sum.
+    pub survivors: Vec<MemberId>,
+    /// Members that shared keys but sent no input.
+    pub dropped: Vec<MemberId>,
+}
+
+/// Survivor → coordinator: self-mask-seed shares of surviving neighbours and
+/// mask-key shares of dropped neighbours — never both for one member.
+#[derive(Clone, Debug)]
+pub struct UnmaskResponse {
+    /// Round number.
+    pub round: u64,
+    /// Responder.
+    pub from: MemberId,
+    /// (owner, share of the owner's self-mask seed).
+    pub seed_shares: Vec<(MemberId, Share)>,
+    /// (owner, share of the owner's mask-agreement secret key).
+    pub key_shares: Vec<(MemberId, Share)>,
+}
+
+/// Maps a member and its relayed identity material to its long-term
+/// verifying key; the transport decides what the identity is (a certificate
+/// checked against the federation CA, or a plain key in tests).
+pub trait IdentityVerifier: Send + Sync {
+    /// The member's verifying key, or why the identity is not acceptable.
+    fn verifying_key(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String>;
+}
+
+/// An [`IdentityVerifier`] over a fixed table of known keys; the relayed
+/// identity must equal the registered key bytes.
+#[derive(Clone, Debug, Default)]
+pub struct KeyDirectory {
+    keys: HashMap<MemberId, VerifyingKey>,
+}
+
+impl KeyDirectory {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register a member's key.
+    pub fn insert(&mut self, member: MemberId, key: VerifyingKey) {
+        self.keys.insert(member, key);
+    }
+}
+
+impl IdentityVerifier for KeyDirectory {
+    fn verifying_key(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String> {
+        let key = self.keys.get(&member).ok_or_else(|| format!("member {member} is not in the key directory"))?;
+        if key.as_bytes() != identity {
+            return Err(format!("identity relayed for member {member} is not its registered key"));
+        }
+        Ok(key.clone())
+    }
+}
+
+/// Commitment to a self-mask seed.
+pub(crate) fn seed_commitment(suite: Suite, round: u64, member: MemberId, seed: &[u8; 32]) -> [u8; 32] {
+    suite.provider().hash(&[
+        b"confide/v1/seed-commitment",
+        &[suite.code()],
+        &round.to_be_bytes(),
+        &member.to_be_bytes(),
+        seed,
+    ])
+}
+
+/// AAD of a sealed share pair.
+pub(crate) fn share_aad(suite: Suite, round: u64, from: MemberId, to: MemberId) -> Vec<u8> {
+    let mut a = Vec::with_capacity(40);
+    a.extend_from_slice(b"confide/v1/share");
+    a.push(suite.code());
+    a.extend_from_slice(&round.to_be_bytes());
+    a.extend_from_slice(&from.to_be_bytes());
+    a.extend_from_slice(&to.to_be_bytes());
+    a
+}
+
+/// The PRG key of the pairwise mask between `a` and `b`.
+pub(crate) fn pairwise_prg(
+    suite: Suite,
+    round: u64,
+    my_secret: &[u8; 32],
+    peer_public: &[u8],
+    a: MemberId,
+    b: MemberId,
+) -> Result<Prg, CryptoError> {
+    let shared = suite.provider().agree(my_secret, peer_public)?;
+    let key = crate::kdf::derive_key(suite, crate::kdf::Purpose::PairwiseMask, &shared[..], round, a.min(b), a.max(b))?;
+    Ok(Prg::new(suite, &key))
+}
+
+/// The PRG of a member's self mask.
+pub(crate) fn self_mask_prg(suite: Suite, round: u64, member: MemberId, seed: &[u8; 32]) -> Result<Prg, CryptoError> {
+    let key = crate::kdf::derive_key(suite, crate::kdf::Purpose::SelfMask, seed, round, member, member)?;
+    Ok(Prg::new(suite, &key))
+}
+
+/// Plaintext of a sealed share pair: from ‖ to ‖ seed share ‖ key share.
+pub(crate) const SHARE_PLAINTEXT_LEN: usize = 8 + 2 * crate::shamir::SHARE_LEN;

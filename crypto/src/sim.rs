@@ -1,0 +1,212 @@
+//! A deterministic in-memory round: n sites and a coordinator exchanging
+//! messages through queues, with chosen members vanishing at chosen stages and
+//! messages within a stage delivered in a seeded random order. Used by this
+//! crate's tests and benchmarks and by other crates' tests (`test-util`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::error::ProtocolError;
+use crate::graph::SecAggParams;
+use crate::protocol::{
+    CoordinatorMachine, CoordinatorOutput, KeyDirectory, MemberId, RoundConfig, RoundResult, SiteMachine, SiteOutput,
+    Stage, StageTimeouts,
+};
+use crate::ring::RingElement;
+use crate::suite::{SigningKey, Suite};
+
+/// One simulated round's set-up.
+#[derive(Clone, Debug)]
+pub struct Simulation {
+    /// Cipher suite.
+    pub suite: Suite,
+    /// Member ids, ascending.
+    pub members: Vec<MemberId>,
+    /// Degree and threshold.
+    pub params: SecAggParams,
+    /// Minimum survivors.
+    pub min_survivors: usize,
+    /// Round number.
+    pub round: u64,
+    /// Seed of every random choice (keys, shares, graph, delivery order).
+    pub seed: u64,
+    /// Member → the stage whose message it never sends (it is gone from then on).
+    pub drops: BTreeMap<MemberId, Stage>,
+}
+
+/// What a simulated round produced.
+#[derive(Debug)]
+pub struct SimOutcome<R> {
+    /// The coordinator's verdict.
+    pub result: Result<RoundResult<R>, ProtocolError>,
+    /// Errors sites raised (a site that errs stops taking part).
+    pub site_errors: Vec<(MemberId, ProtocolError)>,
+    /// Stage closures reported by the coordinator: (stage, completed, dropped).
+    pub stages: Vec<(Stage, Vec<MemberId>, Vec<MemberId>)>,
+}
+
+impl Simulation {
+    /// `n` members with ids 1..=n, min_survivors = t.
+    pub fn new(suite: Suite, n: usize, params: SecAggParams) -> Self {
+        Simulation {
+            suite,
+            members: (1..=n as MemberId).collect(),
+            params,
+            min_survivors: params.t.max(2),
+            round: 1,
+            seed: 0,
+            drops: BTreeMap::new(),
+        }
+    }
+
+    /// Member `m` vanishes before sending its message of `stage`.
+    pub fn drop_at(mut self, m: MemberId, stage: Stage) -> Self {
+        self.drops.insert(m, stage);
+        self
+    }
+
+    /// Use another seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The round configuration the simulation announces.
+    pub fn config<R: RingElement>(&self, vector_len: usize) -> RoundConfig {
+        let mut rng = ChaCha20Rng::seed_from_u64(self.seed ^ 0x9e37_79b9_7f4a_7c15);
+        let mut graph_seed = [0u8; 32];
+        rng.fill_bytes(&mut graph_seed);
+        RoundConfig {
+            round: self.round,
+            suite: self.suite,
+            ring: R::RING,
+            cohort: self.members.clone(),
+            params: self.params,
+            graph_seed,
+            vector_len,
+            min_survivors: self.min_survivors,
+        }
+    }
+
+    fn gone(&self, m: MemberId, stage: Stage) -> bool {
+        self.drops.get(&m).is_some_and(|&s| s <= stage)
+    }
+
+    /// Run the round with `inputs[i]` the input of `members[i]`.
+    pub fn run<R: RingElement>(&self, inputs: &[Vec<R>]) -> Result<SimOutcome<R>, ProtocolError> {
+        if inputs.len() != self.members.len() || inputs.is_empty() {
+            return Err(ProtocolError::Config("one input per member required".into()));
+        }
+        let len = inputs[0].len();
+        let cfg = self.config::<R>(len);
+        let mut rng = ChaCha20Rng::seed_from_u64(self.seed);
+        let mut directory = KeyDirectory::new();
+        let mut keys = BTreeMap::new();
+        for &m in &self.members {
+            let k = SigningKey::generate(self.suite, &mut rng);
+            directory.insert(m, k.verifying_key()?);
+            keys.insert(m, k);
+        }
+        let directory = Arc::new(directory);
+        let start = Instant::now();
+        let mut now = start;
+        let mut coord = CoordinatorMachine::<R>::new(cfg.clone(), StageTimeouts::uniform(Duration::from_secs(60)), now)?;
+        let mut sites = BTreeMap::new();
+        let mut site_errors = Vec::new();
+        for (&m, input) in self.members.iter().zip(inputs) {
+            let site = SiteMachine::<R>::new(cfg.clone(), m, keys[&m].clone(), directory.clone(), &mut rng)?;
+            sites.insert(m, (site, Some(input.clone())));
+        }
+        let mut stages = Vec::new();
+        loop {
+            // Gather what the live sites want to send, in a shuffled order.
+            let stage = coord.stage();
+            let mut outgoing = Vec::new();
+            for (&m, (site, input)) in sites.iter_mut() {
+                if site.stage() == Stage::MaskedInput
+                    && !self.gone(m, Stage::MaskedInput)
+                    && let Some(x) = input.take()
+                    && let Err(e) = site.handle_input(x)
+                {
+                    site_errors.push((m, e));
+                }
+                while let Some(o) = site.poll_output() {
+                    let s = match &o {
+                        SiteOutput::Advertise(_) => Stage::AdvertiseKeys,
+                        SiteOutput::Shares(_) => Stage::ShareKeys,
+                        SiteOutput::MaskedInput(_) => Stage::MaskedInput,
+                        SiteOutput::Unmask(_) => Stage::Unmask,
+                    };
+                    if !self.gone(m, s) {
+                        outgoing.push((m, o));
+                    }
+                }
+            }
+            shuffle(&mut outgoing, &mut rng);
+            for (m, o) in outgoing {
+                let r = match o {
+                    SiteOutput::Advertise(a) => {
+                        let id = directory_identity(&keys, m)?;
+                        coord.handle_advert(a, id, now)
+                    }
+                    SiteOutput::Shares(b) => coord.handle_shares(b, now),
+                    SiteOutput::MaskedInput(v) => coord.handle_masked_input(cfg.round, m, &v, now),
+                    SiteOutput::Unmask(u) => coord.handle_unmask_response(u, now),
+                };
+                if let Err(e) = r {
+                    return Err(ProtocolError::Config(format!("coordinator rejected an honest message from {m}: {e}")));
+                }
+            }
+            if coord.stage() == stage && stage != Stage::Done {
+                // Nobody else will answer: let the deadline pass.
+                if let Some(d) = coord.poll_timeout() {
+                    now = d;
+                    coord.handle_timeout(now);
+                }
+            }
+            let mut deliveries = Vec::new();
+            while let Some(o) = coord.poll_output() {
+                match o {
+                    CoordinatorOutput::Finished(result) => return Ok(SimOutcome { result, site_errors, stages }),
+                    CoordinatorOutput::StageClosed { stage, completed, dropped } => stages.push((stage, completed, dropped)),
+                    other => deliveries.push(other),
+                }
+            }
+            shuffle(&mut deliveries, &mut rng);
+            for d in deliveries {
+                let (to, r) = match d {
+                    CoordinatorOutput::NeighbourKeys { to, msg } => {
+                        (to, sites.get_mut(&to).map(|(s, _)| s.handle_neighbour_keys(msg, &mut rng)))
+                    }
+                    CoordinatorOutput::IncomingShares { to, msg } => {
+                        (to, sites.get_mut(&to).map(|(s, _)| s.handle_incoming_shares(msg)))
+                    }
+                    CoordinatorOutput::UnmaskRequest { to, msg } => {
+                        (to, sites.get_mut(&to).map(|(s, _)| s.handle_unmask_request(msg)))
+                    }
+                    _ => continue,
+                };
+                if let Some(Err(e)) = r {
+                    site_errors.push((to, e));
+                }
+            }
+            now += Duration::from_millis(1);
+        }
+    }
+}
+
+fn directory_identity(keys: &BTreeMap<MemberId, SigningKey>, m: MemberId) -> Result<Vec<u8>, ProtocolError> {
+    let k = keys.get(&m).ok_or(ProtocolError::NotParticipant(m))?;
+    Ok(k.verifying_key()?.as_bytes().to_vec())
+}
+
+fn shuffle<T>(v: &mut [T], rng: &mut impl Rng) {
+    for i in (1..v.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
