@@ -88,6 +88,7 @@ pub mod shamir;
 pub mod sim;
 pub mod simd;
 pub mod sm4fast;
+pub mod stats;
 pub mod suite;
 
 pub use error::{CryptoError, ProtocolError};
