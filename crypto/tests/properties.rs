@@ -1,0 +1,183 @@
+//! Property tests over random cohorts, parameters, dropout patterns at every
+//! stage and message orders. The number of cases defaults to 1000 per
+//! property; set `CONFIDE_PROPTEST_CASES` for more.
+
+use std::collections::BTreeSet;
+
+use confide_crypto::graph::SecAggParams;
+use confide_crypto::protocol::{MemberId, Stage};
+use confide_crypto::quant::{QuantConfig, Quantiser};
+use confide_crypto::ring::{Ring, RingElement};
+use confide_crypto::sim::Simulation;
+use confide_crypto::{ProtocolError, Suite};
+use proptest::prelude::*;
+use rand::SeedableRng;
+
+fn cases(default: u32) -> u32 {
+    std::env::var("CONFIDE_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Independent statement of when a round must succeed, and with whom.
+fn oracle(sim: &Simulation, vector_len: usize) -> Result<BTreeSet<MemberId>, &'static str> {
+    let cfg = sim.config::<u32>(vector_len);
+    let topo = cfg.topology().map_err(|_| "config")?;
+    let t = sim.params.t;
+    let alive = |set: &BTreeSet<MemberId>, stage: Stage| -> BTreeSet<MemberId> {
+        set.iter().copied().filter(|m| sim.drops.get(m).is_none_or(|&s| s > stage)).collect()
+    };
+    let nb_in = |u: MemberId, set: &BTreeSet<MemberId>| topo.neighbours(u).iter().filter(|v| set.contains(v)).count();
+    let prune = |set: &mut BTreeSet<MemberId>| loop {
+        let weak: Vec<MemberId> = set.iter().copied().filter(|&u| nb_in(u, set) < t).collect();
+        if weak.is_empty() {
+            break;
+        }
+        for u in weak {
+            set.remove(&u);
+        }
+    };
+    let all: BTreeSet<MemberId> = sim.members.iter().copied().collect();
+    let mut u1 = alive(&all, Stage::AdvertiseKeys);
+    prune(&mut u1);
+    if u1.len() < sim.min_survivors {
+        return Err("too few after advertise");
+    }
+    let mut u2 = alive(&u1, Stage::ShareKeys);
+    prune(&mut u2);
+    if u2.len() < sim.min_survivors {
+        return Err("too few after share");
+    }
+    let u3 = alive(&u2, Stage::MaskedInput);
+    if u3.len() < sim.min_survivors {
+        return Err("too few inputs");
+    }
+    if u3.iter().any(|&u| nb_in(u, &u3) < t) {
+        return Err("survivor below threshold");
+    }
+    let u4 = alive(&u3, Stage::Unmask);
+    if u3.iter().any(|&u| nb_in(u, &u4) < t) {
+        return Err("self mask not reconstructible");
+    }
+    if u2.difference(&u3).any(|&v| nb_in(v, &u4) < t) {
+        return Err("mask key not reconstructible");
+    }
+    Ok(u3)
+}
+
+fn scenario() -> impl Strategy<Value = (Simulation, usize)> {
+    (3usize..=9, any::<bool>(), any::<u64>(), 1usize..=24, 0u32..100).prop_flat_map(|(n, gm, seed, len, drop_pct)| {
+        let suite = if gm { Suite::Gm } else { Suite::Intl };
+        // Valid degrees: 2..=n-1, odd degree needs even n.
+        let ks: Vec<usize> = (2..n).filter(|k| k % 2 == 0 || n % 2 == 0).collect();
+        (proptest::sample::select(ks), Just((n, suite, seed, len, drop_pct)))
+            .prop_flat_map(|(k, rest)| ((k / 2 + 1)..=k, Just(k), Just(rest)))
+            .prop_flat_map(|(t, k, (n, suite, seed, len, drop_pct))| {
+                let drops = proptest::collection::vec(
+                    (0u32..100, proptest::sample::select(vec![
+                        Stage::AdvertiseKeys,
+                        Stage::ShareKeys,
+                        Stage::MaskedInput,
+                        Stage::Unmask,
+                    ])),
+                    n,
+                );
+                (Just((n, k, t, suite, seed, len, drop_pct)), drops)
+            })
+            .prop_map(|((n, k, t, suite, seed, len, drop_pct), drops)| {
+                let mut sim = Simulation::new(suite, n, SecAggParams { k, t }).with_seed(seed);
+                sim.min_survivors = t.clamp(2, n);
+                for (i, (roll, stage)) in drops.into_iter().enumerate() {
+                    if roll < drop_pct / 2 {
+                        sim = sim.drop_at(i as MemberId + 1, stage);
+                    }
+                }
+                (sim, len)
+            })
+    })
+}
+
+fn inputs<R: RingElement>(n: usize, len: usize, seed: u64) -> Vec<Vec<R>> {
+    use rand::Rng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| (0..len).map(|_| R::from_u64(rng.next_u64())).collect()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(1000), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Whenever the threshold holds the result is the exact ring sum of the
+    /// survivors' inputs; otherwise the round fails with a typed error.
+    #[test]
+    fn unmasked_sum_is_exact_or_round_fails_cleanly((sim, len) in scenario()) {
+        let x = inputs::<u32>(sim.members.len(), len, sim.seed);
+        let expected = oracle(&sim, len);
+        let out = sim.run(&x).map_err(|e| TestCaseError::fail(format!("harness: {e}")))?;
+        match (expected, out.result) {
+            (Ok(survivors), Ok(r)) => {
+                prop_assert_eq!(r.survivors.iter().copied().collect::<BTreeSet<_>>(), survivors.clone());
+                let mut sum = vec![0u32; len];
+                for (m, v) in sim.members.iter().zip(&x) {
+                    if survivors.contains(m) {
+                        for (a, b) in sum.iter_mut().zip(v) { *a = a.wrapping_add(*b); }
+                    }
+                }
+                prop_assert_eq!(r.sum, sum);
+            }
+            (Err(why), Err(e)) => {
+                prop_assert!(
+                    matches!(e, ProtocolError::TooFewSurvivors { .. } | ProtocolError::BelowThreshold { .. } | ProtocolError::Reconstruction { .. }),
+                    "expected failure ({}) but got unexpected error {:?}", why, e
+                );
+            }
+            (Ok(s), Err(e)) => prop_assert!(false, "oracle expected success with {:?}, got {:?}", s, e),
+            (Err(why), Ok(r)) => prop_assert!(false, "oracle expected failure ({}), got survivors {:?}", why, r.survivors),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(1000) / 4, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Quantise real updates, aggregate securely, dequantise: the weighted mean
+    /// is within the documented bound of the f64 weighted mean of the clipped inputs.
+    #[test]
+    fn secure_weighted_mean_is_within_the_documented_bound(
+        n in 3usize..=7,
+        gm in any::<bool>(),
+        u64ring in any::<bool>(),
+        seed in any::<u64>(),
+        updates in proptest::collection::vec(proptest::collection::vec(-3.0f32..3.0, 12), 7),
+        weights in proptest::collection::vec(1u64..=500, 7),
+        drop_one in any::<bool>(),
+    ) {
+        let suite = if gm { Suite::Gm } else { Suite::Intl };
+        let ring = if u64ring { Ring::U64 } else { Ring::U32 };
+        let q = Quantiser::new(&QuantConfig::new(ring, 1.0, 500, n)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut sim = Simulation::new(suite, n, SecAggParams { k: n - 1, t: (n - 1) / 2 + 1 }).with_seed(seed);
+        let drop_one = drop_one && n >= 4;
+        if drop_one { sim = sim.drop_at(1, Stage::MaskedInput); }
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let check = |sum_mean: Vec<f64>, total: u64, contributors: usize| -> Result<(), TestCaseError> {
+            let live: Vec<usize> = (0..n).filter(|&i| !(drop_one && i == 0)).collect();
+            let wsum: f64 = live.iter().map(|&i| weights[i] as f64).sum();
+            prop_assert_eq!(total as f64, wsum);
+            let bound = q.error_bound(contributors, total);
+            for j in 0..12 {
+                let exact: f64 = live.iter().map(|&i| weights[i] as f64 * (updates[i][j] as f64).clamp(-1.0, 1.0)).sum::<f64>() / wsum;
+                prop_assert!((sum_mean[j] - exact).abs() <= bound, "element {}: {} vs {} (bound {})", j, sum_mean[j], exact, bound);
+            }
+            Ok(())
+        };
+        macro_rules! run {
+            ($t:ty) => {{
+                let x: Vec<Vec<$t>> = (0..n)
+                    .map(|i| q.encode::<$t>(&updates[i], weights[i], &[], &mut rng))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let r = sim.run(&x).map_err(|e| TestCaseError::fail(e.to_string()))?.result.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let d = q.decode(&r.sum, 12, r.survivors.len()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                check(d.mean, d.total_weight, r.survivors.len())?;
+            }};
+        }
+        if u64ring { run!(u64) } else { run!(u32) }
+    }
+}
