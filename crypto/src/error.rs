@@ -16,7 +16,9 @@ pub enum CryptoError {
     #[error("encryption failed")]
     Encrypt,
     /// AEAD opening failed: wrong key, tampered ciphertext or wrong associated data.
-    #[error("decryption failed: ciphertext or its associated data was altered, or the key is wrong")]
+    #[error(
+        "decryption failed: ciphertext or its associated data was altered, or the key is wrong"
+    )]
     Decrypt,
     /// A public key that does not parse or is unsafe to use.
     #[error("invalid public key: {0}")]

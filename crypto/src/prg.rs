@@ -11,7 +11,7 @@
 //!
 //! A mask is at most 2^32 blocks long ([`Prg::MAX_BYTES`]), so the low 32 bits
 //! of the counter never carry into the upper 96 and a 32-bit big-endian counter
-//! (faster in the `ctr` crate) yields the same bytes.
+//! yields the same bytes.
 //!
 //! Expansion and addition are fused: a cache-sized block of keystream is
 //! generated on the stack and added into the target before the next is made,
@@ -19,7 +19,7 @@
 
 use std::fmt;
 
-use aes::cipher::{KeyIvInit, StreamCipher};
+use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use zeroize::Zeroizing;
 
 use crate::error::CryptoError;
@@ -40,8 +40,6 @@ enum Inner {
     Aes(Zeroizing<[u8; 16]>),
     Sm4(Box<Sm4Keystream>),
 }
-
-type AesCtr = ctr::Ctr32BE<aes::Aes128>;
 
 impl Prg {
     /// Longest keystream one key may produce: 2^32 blocks of 16 bytes.
@@ -98,12 +96,19 @@ impl Prg {
 
     fn generator(&self) -> Generator<'_> {
         match &self.inner {
-            Inner::Aes(key) => Generator::Aes(Box::new(AesCtr::new(&(**key).into(), &[0u8; 16].into()))),
+            Inner::Aes(key) => Generator::Aes {
+                cipher: Box::new(aes::Aes128::new(&(**key).into())),
+                counter: 0,
+            },
             Inner::Sm4(ks) => Generator::Sm4 { ks, counter: 0 },
         }
     }
 
-    fn stream<R: RingElement>(&self, data: &mut [R], mut op: impl FnMut(&mut [R], &[u8])) -> Result<(), CryptoError> {
+    fn stream<R: RingElement>(
+        &self,
+        data: &mut [R],
+        mut op: impl FnMut(&mut [R], &[u8]),
+    ) -> Result<(), CryptoError> {
         let total = (data.len() as u64).saturating_mul(R::BYTES as u64);
         check_len(total, data.len(), R::BYTES)?;
         let mut buf = Zeroizing::new([0u8; SCRATCH]);
@@ -119,14 +124,23 @@ impl Prg {
 
 fn check_len(bytes: u64, len: usize, width: usize) -> Result<(), CryptoError> {
     if bytes > Prg::MAX_BYTES {
-        return Err(CryptoError::VectorTooLong { len, max: (Prg::MAX_BYTES / width as u64) as usize });
+        return Err(CryptoError::VectorTooLong {
+            len,
+            max: (Prg::MAX_BYTES / width as u64) as usize,
+        });
     }
     Ok(())
 }
 
 enum Generator<'a> {
-    Aes(Box<AesCtr>),
-    Sm4 { ks: &'a Sm4Keystream, counter: u128 },
+    Aes {
+        cipher: Box<aes::Aes128>,
+        counter: u64,
+    },
+    Sm4 {
+        ks: &'a Sm4Keystream,
+        counter: u128,
+    },
 }
 
 impl Generator<'_> {
@@ -134,7 +148,26 @@ impl Generator<'_> {
     /// ask for a length that is not a multiple of 16.
     fn next(&mut self, out: &mut [u8]) {
         match self {
-            Generator::Aes(c) => c.write_keystream(out),
+            Generator::Aes { cipher, counter } => {
+                // CTR by hand: lay out the counter blocks in the output, then
+                // encrypt them in place with one call, so the cipher's widest
+                // (VAES) path runs over the whole scratch block.
+                let (blocks, tail) = aes::Block::slice_as_chunks_mut(out);
+                for b in blocks.iter_mut() {
+                    b[..8].fill(0);
+                    b[8..].copy_from_slice(&counter.to_be_bytes());
+                    *counter += 1;
+                }
+                cipher.encrypt_blocks(blocks);
+                if !tail.is_empty() {
+                    let mut last = aes::Block::default();
+                    last[8..].copy_from_slice(&counter.to_be_bytes());
+                    *counter += 1;
+                    cipher.encrypt_block(&mut last);
+                    let n = tail.len();
+                    tail.copy_from_slice(&last[..n]);
+                }
+            }
             Generator::Sm4 { ks, counter } => {
                 let whole = out.len() / 16 * 16;
                 ks.keystream(*counter, &mut out[..whole]);
@@ -157,6 +190,8 @@ impl fmt::Debug for Prg {
             Inner::Aes(_) => Suite::Intl,
             Inner::Sm4(_) => Suite::Gm,
         };
-        f.debug_struct("Prg").field("suite", &suite).finish_non_exhaustive()
+        f.debug_struct("Prg")
+            .field("suite", &suite)
+            .finish_non_exhaustive()
     }
 }

@@ -13,8 +13,8 @@ use rand_core::{Rng, SeedableRng};
 use crate::error::ProtocolError;
 use crate::graph::SecAggParams;
 use crate::protocol::{
-    CoordinatorMachine, CoordinatorOutput, KeyDirectory, MemberId, RoundConfig, RoundResult, SiteMachine, SiteOutput,
-    Stage, StageTimeouts,
+    CoordinatorMachine, CoordinatorOutput, KeyDirectory, MemberId, RoundConfig, RoundResult,
+    SiteMachine, SiteOutput, Stage, StageTimeouts, UnmaskResponse,
 };
 use crate::ring::RingElement;
 use crate::suite::{SigningKey, Suite};
@@ -99,7 +99,9 @@ impl Simulation {
     /// Run the round with `inputs[i]` the input of `members[i]`.
     pub fn run<R: RingElement>(&self, inputs: &[Vec<R>]) -> Result<SimOutcome<R>, ProtocolError> {
         if inputs.len() != self.members.len() || inputs.is_empty() {
-            return Err(ProtocolError::Config("one input per member required".into()));
+            return Err(ProtocolError::Config(
+                "one input per member required".into(),
+            ));
         }
         let len = inputs[0].len();
         let cfg = self.config::<R>(len);
@@ -114,11 +116,21 @@ impl Simulation {
         let directory = Arc::new(directory);
         let start = Instant::now();
         let mut now = start;
-        let mut coord = CoordinatorMachine::<R>::new(cfg.clone(), StageTimeouts::uniform(Duration::from_secs(60)), now)?;
+        let mut coord = CoordinatorMachine::<R>::new(
+            cfg.clone(),
+            StageTimeouts::uniform(Duration::from_secs(60)),
+            now,
+        )?;
         let mut sites = BTreeMap::new();
         let mut site_errors = Vec::new();
         for (&m, input) in self.members.iter().zip(inputs) {
-            let site = SiteMachine::<R>::new(cfg.clone(), m, keys[&m].clone(), directory.clone(), &mut rng)?;
+            let site = SiteMachine::<R>::new(
+                cfg.clone(),
+                m,
+                keys[&m].clone(),
+                directory.clone(),
+                &mut rng,
+            )?;
             sites.insert(m, (site, Some(input.clone())));
         }
         let mut stages = Vec::new();
@@ -158,7 +170,9 @@ impl Simulation {
                     SiteOutput::Unmask(u) => coord.handle_unmask_response(u, now),
                 };
                 if let Err(e) = r {
-                    return Err(ProtocolError::Config(format!("coordinator rejected an honest message from {m}: {e}")));
+                    return Err(ProtocolError::Config(format!(
+                        "coordinator rejected an honest message from {m}: {e}"
+                    )));
                 }
             }
             if coord.stage() == stage && stage != Stage::Done {
@@ -171,23 +185,42 @@ impl Simulation {
             let mut deliveries = Vec::new();
             while let Some(o) = coord.poll_output() {
                 match o {
-                    CoordinatorOutput::Finished(result) => return Ok(SimOutcome { result, site_errors, stages }),
-                    CoordinatorOutput::StageClosed { stage, completed, dropped } => stages.push((stage, completed, dropped)),
+                    CoordinatorOutput::Finished(result) => {
+                        return Ok(SimOutcome {
+                            result,
+                            site_errors,
+                            stages,
+                        });
+                    }
+                    CoordinatorOutput::StageClosed {
+                        stage,
+                        completed,
+                        dropped,
+                    } => stages.push((stage, completed, dropped)),
                     other => deliveries.push(other),
                 }
             }
             shuffle(&mut deliveries, &mut rng);
             for d in deliveries {
                 let (to, r) = match d {
-                    CoordinatorOutput::NeighbourKeys { to, msg } => {
-                        (to, sites.get_mut(&to).map(|(s, _)| s.handle_neighbour_keys(msg, &mut rng)))
-                    }
-                    CoordinatorOutput::IncomingShares { to, msg } => {
-                        (to, sites.get_mut(&to).map(|(s, _)| s.handle_incoming_shares(msg)))
-                    }
-                    CoordinatorOutput::UnmaskRequest { to, msg } => {
-                        (to, sites.get_mut(&to).map(|(s, _)| s.handle_unmask_request(msg)))
-                    }
+                    CoordinatorOutput::NeighbourKeys { to, msg } => (
+                        to,
+                        sites
+                            .get_mut(&to)
+                            .map(|(s, _)| s.handle_neighbour_keys(msg, &mut rng)),
+                    ),
+                    CoordinatorOutput::IncomingShares { to, msg } => (
+                        to,
+                        sites
+                            .get_mut(&to)
+                            .map(|(s, _)| s.handle_incoming_shares(msg)),
+                    ),
+                    CoordinatorOutput::UnmaskRequest { to, msg } => (
+                        to,
+                        sites
+                            .get_mut(&to)
+                            .map(|(s, _)| s.handle_unmask_request(msg)),
+                    ),
                     _ => continue,
                 };
                 if let Some(Err(e)) = r {
@@ -199,7 +232,10 @@ impl Simulation {
     }
 }
 
-fn directory_identity(keys: &BTreeMap<MemberId, SigningKey>, m: MemberId) -> Result<Vec<u8>, ProtocolError> {
+fn directory_identity(
+    keys: &BTreeMap<MemberId, SigningKey>,
+    m: MemberId,
+) -> Result<Vec<u8>, ProtocolError> {
     let k = keys.get(&m).ok_or(ProtocolError::NotParticipant(m))?;
     Ok(k.verifying_key()?.as_bytes().to_vec())
 }
@@ -208,5 +244,190 @@ fn shuffle<T>(v: &mut [T], rng: &mut impl Rng) {
     for i in (1..v.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         v.swap(i, j);
+    }
+}
+
+/// Step a round by hand, one stage at a time, with full access to every
+/// message in between (for adversarial tests and benchmarks). Members are the
+/// cohort of `cfg`; site `i` of `sites` is `cfg.cohort[i]`.
+pub struct Stepper<R: RingElement> {
+    /// The coordinator.
+    pub coord: CoordinatorMachine<R>,
+    /// The sites, in cohort order.
+    pub sites: Vec<SiteMachine<R>>,
+    /// Their long-term signing keys.
+    pub keys: Vec<SigningKey>,
+    /// Randomness for everything.
+    pub rng: ChaCha20Rng,
+    /// The (fixed) time passed to the coordinator.
+    pub now: Instant,
+}
+
+impl<R: RingElement> Stepper<R> {
+    /// Set up round `cfg` with fresh identities drawn from `seed`.
+    pub fn new(cfg: RoundConfig, seed: u64) -> Result<Self, ProtocolError> {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let keys: Vec<SigningKey> = cfg
+            .cohort
+            .iter()
+            .map(|_| SigningKey::generate(cfg.suite, &mut rng))
+            .collect();
+        let mut dir = KeyDirectory::new();
+        for (&m, k) in cfg.cohort.iter().zip(&keys) {
+            dir.insert(m, k.verifying_key()?);
+        }
+        let dir = Arc::new(dir);
+        let now = Instant::now();
+        let coord = CoordinatorMachine::new(
+            cfg.clone(),
+            StageTimeouts::uniform(Duration::from_secs(60)),
+            now,
+        )?;
+        let sites = cfg
+            .cohort
+            .iter()
+            .zip(&keys)
+            .map(|(&m, k)| SiteMachine::new(cfg.clone(), m, k.clone(), dir.clone(), &mut rng))
+            .collect::<Result<_, _>>()?;
+        Ok(Stepper {
+            coord,
+            sites,
+            keys,
+            rng,
+            now,
+        })
+    }
+
+    fn index(&self, m: MemberId) -> Result<usize, ProtocolError> {
+        self.coord
+            .topology()
+            .cohort()
+            .binary_search(&m)
+            .map_err(|_| ProtocolError::NotParticipant(m))
+    }
+
+    /// The identity bytes the coordinator relays for `m` (its verifying key).
+    pub fn identity(&self, m: MemberId) -> Result<Vec<u8>, ProtocolError> {
+        Ok(self.keys[self.index(m)?]
+            .verifying_key()?
+            .as_bytes()
+            .to_vec())
+    }
+
+    /// Site `m`, by member id.
+    pub fn site(&mut self, m: MemberId) -> Result<&mut SiteMachine<R>, ProtocolError> {
+        let i = self.index(m)?;
+        Ok(&mut self.sites[i])
+    }
+
+    fn drain(&mut self) -> Vec<CoordinatorOutput<R>> {
+        std::iter::from_fn(|| self.coord.poll_output()).collect()
+    }
+
+    /// Deliver every site's advert; returns the coordinator's outputs
+    /// (NeighbourKeys messages and the stage report).
+    pub fn advertise(&mut self) -> Result<Vec<CoordinatorOutput<R>>, ProtocolError> {
+        for i in 0..self.sites.len() {
+            while let Some(SiteOutput::Advertise(a)) = self.sites[i].poll_output() {
+                let id = self.identity(a.member)?;
+                self.coord.handle_advert(a, id, self.now)?;
+            }
+        }
+        Ok(self.drain())
+    }
+
+    /// Hand the NeighbourKeys among `outputs` to the sites and their share
+    /// bundles to the coordinator; returns its outputs.
+    pub fn share(
+        &mut self,
+        outputs: Vec<CoordinatorOutput<R>>,
+    ) -> Result<Vec<CoordinatorOutput<R>>, ProtocolError> {
+        for o in outputs {
+            if let CoordinatorOutput::NeighbourKeys { to, msg } = o {
+                let i = self.index(to)?;
+                self.sites[i].handle_neighbour_keys(msg, &mut self.rng)?;
+            }
+        }
+        for i in 0..self.sites.len() {
+            while let Some(SiteOutput::Shares(b)) = self.sites[i].poll_output() {
+                self.coord.handle_shares(b, self.now)?;
+            }
+        }
+        Ok(self.drain())
+    }
+
+    /// Hand the IncomingShares among `outputs` to the sites, then let each site
+    /// with `Some` input mask it; returns the masked vectors, not yet delivered.
+    pub fn mask(
+        &mut self,
+        outputs: Vec<CoordinatorOutput<R>>,
+        inputs: Vec<Option<Vec<R>>>,
+    ) -> Result<Vec<(MemberId, Vec<R>)>, ProtocolError> {
+        for o in outputs {
+            if let CoordinatorOutput::IncomingShares { to, msg } = o {
+                let i = self.index(to)?;
+                self.sites[i].handle_incoming_shares(msg)?;
+            }
+        }
+        let mut out = Vec::new();
+        for (i, x) in inputs.into_iter().enumerate() {
+            let Some(x) = x else { continue };
+            self.sites[i].handle_input(x)?;
+            while let Some(SiteOutput::MaskedInput(v)) = self.sites[i].poll_output() {
+                out.push((self.sites[i].member(), v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deliver masked vectors, close the stage at its deadline if needed, and
+    /// return the coordinator's outputs (unmask requests).
+    pub fn submit(
+        &mut self,
+        masked: &[(MemberId, Vec<R>)],
+    ) -> Result<Vec<CoordinatorOutput<R>>, ProtocolError> {
+        let round = self.coord.config().round;
+        for (m, v) in masked {
+            self.coord.handle_masked_input(round, *m, v, self.now)?;
+        }
+        if self.coord.stage() == Stage::MaskedInput
+            && let Some(d) = self.coord.poll_timeout()
+        {
+            self.coord.handle_timeout(d);
+        }
+        Ok(self.drain())
+    }
+
+    /// Let the sites answer the unmask requests among `outputs`; returns the
+    /// responses, not yet delivered.
+    pub fn responses(
+        &mut self,
+        outputs: Vec<CoordinatorOutput<R>>,
+    ) -> Result<Vec<UnmaskResponse>, ProtocolError> {
+        let mut out = Vec::new();
+        for o in outputs {
+            if let CoordinatorOutput::UnmaskRequest { to, msg } = o {
+                let i = self.index(to)?;
+                self.sites[i].handle_unmask_request(msg)?;
+                while let Some(SiteOutput::Unmask(u)) = self.sites[i].poll_output() {
+                    out.push(u);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deliver responses; returns the round's result once it has finished.
+    pub fn finish(
+        &mut self,
+        responses: Vec<UnmaskResponse>,
+    ) -> Result<Option<Result<RoundResult<R>, ProtocolError>>, ProtocolError> {
+        for u in responses {
+            self.coord.handle_unmask_response(u, self.now)?;
+        }
+        Ok(self.drain().into_iter().find_map(|o| match o {
+            CoordinatorOutput::Finished(r) => Some(r),
+            _ => None,
+        }))
     }
 }

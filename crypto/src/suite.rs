@@ -102,15 +102,31 @@ pub trait CipherSuite: Send + Sync + fmt::Debug {
     /// The suite's 256-bit hash (SHA-256 or SM3).
     fn hash(&self, data: &[&[u8]]) -> [u8; 32];
     /// AEAD-seal with a 128-bit key (AES-128-GCM or SM4-GCM); returns ciphertext ‖ tag.
-    fn seal(&self, key: &[u8; 16], nonce: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError>;
+    fn seal(
+        &self,
+        key: &[u8; 16],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError>;
     /// AEAD-open; any tampering is [`CryptoError::Decrypt`].
-    fn open(&self, key: &[u8; 16], nonce: &[u8; 12], aad: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
+    fn open(
+        &self,
+        key: &[u8; 16],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
     /// Whether 32 bytes form a valid agreement secret for this suite.
     fn check_agreement_secret(&self, secret: &[u8; 32]) -> Result<(), CryptoError>;
     /// The public key of an agreement secret (32 bytes X25519, 65 bytes SEC1 SM2).
     fn agreement_public(&self, secret: &[u8; 32]) -> Result<Vec<u8>, CryptoError>;
     /// Diffie–Hellman: the raw 32-byte shared secret (X25519 output or SM2 x-coordinate).
-    fn agree(&self, secret: &[u8; 32], peer_public: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError>;
+    fn agree(
+        &self,
+        secret: &[u8; 32],
+        peer_public: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, CryptoError>;
     /// Whether 32 bytes form a valid long-term signing secret.
     fn check_signing_secret(&self, secret: &[u8; 32]) -> Result<(), CryptoError>;
     /// The verifying key of a signing secret (32 bytes Ed25519, 65 bytes SEC1 SM2).
@@ -160,23 +176,45 @@ impl CipherSuite for IntlSuite {
         out
     }
 
-    fn seal(&self, key: &[u8; 16], nonce: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    fn seal(
+        &self,
+        key: &[u8; 16],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         use ring::aead;
-        let key = aead::UnboundKey::new(&aead::AES_128_GCM, key).map_err(|_| CryptoError::Encrypt)?;
+        let key =
+            aead::UnboundKey::new(&aead::AES_128_GCM, key).map_err(|_| CryptoError::Encrypt)?;
         let key = aead::LessSafeKey::new(key);
         let mut buf = plaintext.to_vec();
-        key.seal_in_place_append_tag(aead::Nonce::assume_unique_for_key(*nonce), aead::Aad::from(aad), &mut buf)
-            .map_err(|_| CryptoError::Encrypt)?;
+        key.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key(*nonce),
+            aead::Aad::from(aad),
+            &mut buf,
+        )
+        .map_err(|_| CryptoError::Encrypt)?;
         Ok(buf)
     }
 
-    fn open(&self, key: &[u8; 16], nonce: &[u8; 12], aad: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    fn open(
+        &self,
+        key: &[u8; 16],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         use ring::aead;
-        let key = aead::UnboundKey::new(&aead::AES_128_GCM, key).map_err(|_| CryptoError::Decrypt)?;
+        let key =
+            aead::UnboundKey::new(&aead::AES_128_GCM, key).map_err(|_| CryptoError::Decrypt)?;
         let key = aead::LessSafeKey::new(key);
         let mut buf = Zeroizing::new(ciphertext.to_vec());
         let len = key
-            .open_in_place(aead::Nonce::assume_unique_for_key(*nonce), aead::Aad::from(aad), &mut buf)
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key(*nonce),
+                aead::Aad::from(aad),
+                &mut buf,
+            )
             .map_err(|_| CryptoError::Decrypt)?
             .len();
         buf.truncate(len);
@@ -193,7 +231,11 @@ impl CipherSuite for IntlSuite {
         Ok(x25519_dalek::PublicKey::from(&sk).as_bytes().to_vec())
     }
 
-    fn agree(&self, secret: &[u8; 32], peer_public: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    fn agree(
+        &self,
+        secret: &[u8; 32],
+        peer_public: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
         let peer: [u8; 32] = peer_public
             .try_into()
             .map_err(|_| CryptoError::InvalidPublicKey("X25519 public key must be 32 bytes"))?;
@@ -201,7 +243,9 @@ impl CipherSuite for IntlSuite {
         let shared = sk.diffie_hellman(&x25519_dalek::PublicKey::from(peer));
         // A low-order peer key would make the "shared" secret predictable.
         if !shared.was_contributory() {
-            return Err(CryptoError::InvalidPublicKey("X25519 public key has low order"));
+            return Err(CryptoError::InvalidPublicKey(
+                "X25519 public key has low order",
+            ));
         }
         Ok(Zeroizing::new(*shared.as_bytes()))
     }
@@ -233,7 +277,8 @@ impl CipherSuite for IntlSuite {
 type Sm4Gcm = aes_gcm::AesGcm<sm4::Sm4, aes_gcm::aead::consts::U12>;
 
 fn sm2_secret(secret: &[u8; 32]) -> Result<sm2::SecretKey, CryptoError> {
-    sm2::SecretKey::from_slice(secret).map_err(|_| CryptoError::InvalidSecretKey("not a scalar in [1, n-1] of the SM2 curve"))
+    sm2::SecretKey::from_slice(secret)
+        .map_err(|_| CryptoError::InvalidSecretKey("not a scalar in [1, n-1] of the SM2 curve"))
 }
 
 impl CipherSuite for GmSuite {
@@ -243,7 +288,8 @@ impl CipherSuite for GmSuite {
 
     fn kdf(&self, ikm: &[u8], salt: &[u8], info: &[u8], out: &mut [u8]) -> Result<(), CryptoError> {
         let hk = hkdf::Hkdf::<sm3::Sm3>::new(Some(salt), ikm);
-        hk.expand(info, out).map_err(|_| CryptoError::KdfLength(out.len()))
+        hk.expand(info, out)
+            .map_err(|_| CryptoError::KdfLength(out.len()))
     }
 
     fn hash(&self, data: &[&[u8]]) -> [u8; 32] {
@@ -255,17 +301,41 @@ impl CipherSuite for GmSuite {
         h.finalize().into()
     }
 
-    fn seal(&self, key: &[u8; 16], nonce: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    fn seal(
+        &self,
+        key: &[u8; 16],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let cipher = Sm4Gcm::new(&(*key).into());
         cipher
-            .encrypt(&(*nonce).into(), Payload { msg: plaintext, aad })
+            .encrypt(
+                &(*nonce).into(),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| CryptoError::Encrypt)
     }
 
-    fn open(&self, key: &[u8; 16], nonce: &[u8; 12], aad: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    fn open(
+        &self,
+        key: &[u8; 16],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let cipher = Sm4Gcm::new(&(*key).into());
         cipher
-            .decrypt(&(*nonce).into(), Payload { msg: ciphertext, aad })
+            .decrypt(
+                &(*nonce).into(),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| CryptoError::Decrypt)
     }
@@ -280,7 +350,11 @@ impl CipherSuite for GmSuite {
         Ok(sk.public_key().to_sec1_point(false).as_bytes().to_vec())
     }
 
-    fn agree(&self, secret: &[u8; 32], peer_public: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    fn agree(
+        &self,
+        secret: &[u8; 32],
+        peer_public: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
         let sk = sm2_secret(secret)?;
         // from_sec1_bytes rejects the identity and points off the curve.
         let peer = sm2::PublicKey::from_sec1_bytes(peer_public)
@@ -311,7 +385,8 @@ impl CipherSuite for GmSuite {
         use sm2::dsa::signature::Verifier;
         let vk = sm2::dsa::VerifyingKey::from_sec1_bytes(SM2_DIST_ID, public)
             .map_err(|_| CryptoError::InvalidPublicKey("not an SM2 verifying key"))?;
-        let sig = sm2::dsa::Signature::from_slice(signature).map_err(|_| CryptoError::BadSignature)?;
+        let sig =
+            sm2::dsa::Signature::from_slice(signature).map_err(|_| CryptoError::BadSignature)?;
         vk.verify(msg, &sig).map_err(|_| CryptoError::BadSignature)
     }
 }
@@ -383,7 +458,9 @@ impl SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey").field("suite", &self.suite).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
     }
 }
 
@@ -397,7 +474,10 @@ pub struct VerifyingKey {
 impl VerifyingKey {
     /// Wrap encoded key bytes (checked when used).
     pub fn from_bytes(suite: Suite, bytes: &[u8]) -> Self {
-        VerifyingKey { suite, bytes: bytes.to_vec() }
+        VerifyingKey {
+            suite,
+            bytes: bytes.to_vec(),
+        }
     }
 
     /// The encoded key.

@@ -3,32 +3,24 @@
 //! wrong stages, duplicates, wrong lengths; and the statistical look of a
 //! masked vector.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use confide_crypto::graph::SecAggParams;
 use confide_crypto::protocol::{
-    CoordinatorMachine, CoordinatorOutput, IncomingShares, KeyDirectory, MemberId, NeighbourKeys, RoundConfig,
-    SiteMachine, SiteOutput, StageTimeouts, UnmaskRequest,
+    CoordinatorOutput, MemberId, RoundConfig, SiteOutput, UnmaskRequest,
 };
 use confide_crypto::ring::Ring;
+use confide_crypto::sim::Stepper;
 use confide_crypto::suite::{SigningKey, Suite};
 use confide_crypto::{ProtocolError, Stage};
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 
 type Res = Result<(), Box<dyn std::error::Error>>;
 
-struct Round {
-    coord: CoordinatorMachine<u32>,
-    sites: Vec<SiteMachine<u32>>,
-    keys: Vec<SigningKey>,
-    rng: ChaCha20Rng,
-    now: Instant,
-}
-
-fn round(suite: Suite, n: usize, k: usize, t: usize, len: usize) -> Result<Round, ProtocolError> {
-    let mut rng = ChaCha20Rng::seed_from_u64(99);
+fn round(
+    suite: Suite,
+    n: usize,
+    k: usize,
+    t: usize,
+    len: usize,
+) -> Result<Stepper<u32>, ProtocolError> {
     let cfg = RoundConfig {
         round: 5,
         suite,
@@ -39,74 +31,17 @@ fn round(suite: Suite, n: usize, k: usize, t: usize, len: usize) -> Result<Round
         vector_len: len,
         min_survivors: t.max(2),
     };
-    let keys: Vec<SigningKey> = (0..n).map(|_| SigningKey::generate(suite, &mut rng)).collect();
-    let mut dir = KeyDirectory::new();
-    for (i, k) in keys.iter().enumerate() {
-        dir.insert(i as MemberId + 1, k.verifying_key()?);
-    }
-    let dir = Arc::new(dir);
-    let now = Instant::now();
-    let coord = CoordinatorMachine::new(cfg.clone(), StageTimeouts::uniform(Duration::from_secs(30)), now)?;
-    let sites = (0..n)
-        .map(|i| SiteMachine::new(cfg.clone(), i as MemberId + 1, keys[i].clone(), dir.clone(), &mut rng))
-        .collect::<Result<_, _>>()?;
-    Ok(Round { coord, sites, keys, rng, now })
+    Stepper::new(cfg, 99)
 }
 
-impl Round {
-    fn identity(&self, m: MemberId) -> Vec<u8> {
-        self.keys[m as usize - 1].verifying_key().map(|k| k.as_bytes().to_vec()).unwrap_or_default()
-    }
-
-    /// Deliver every site's advert; return the coordinator's NeighbourKeys messages.
-    fn advertise(&mut self) -> Result<Vec<(MemberId, NeighbourKeys)>, ProtocolError> {
-        for i in 0..self.sites.len() {
-            while let Some(SiteOutput::Advertise(a)) = self.sites[i].poll_output() {
-                let id = self.identity(a.member);
-                self.coord.handle_advert(a, id, self.now)?;
-            }
-        }
-        let mut out = Vec::new();
-        while let Some(o) = self.coord.poll_output() {
-            if let CoordinatorOutput::NeighbourKeys { to, msg } = o {
-                out.push((to, msg));
-            }
-        }
-        Ok(out)
-    }
-
-    fn share(&mut self, keys: Vec<(MemberId, NeighbourKeys)>) -> Result<Vec<(MemberId, IncomingShares)>, ProtocolError> {
-        for (to, msg) in keys {
-            self.sites[to as usize - 1].handle_neighbour_keys(msg, &mut self.rng)?;
-        }
-        for i in 0..self.sites.len() {
-            while let Some(SiteOutput::Shares(b)) = self.sites[i].poll_output() {
-                self.coord.handle_shares(b, self.now)?;
-            }
-        }
-        let mut out = Vec::new();
-        while let Some(o) = self.coord.poll_output() {
-            if let CoordinatorOutput::IncomingShares { to, msg } = o {
-                out.push((to, msg));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Sites mask `inputs`; returns (member, masked vector) without delivering.
-    fn mask(&mut self, shares: Vec<(MemberId, IncomingShares)>, inputs: &[Vec<u32>]) -> Result<Vec<(MemberId, Vec<u32>)>, ProtocolError> {
-        for (to, msg) in shares {
-            self.sites[to as usize - 1].handle_incoming_shares(msg)?;
-        }
-        let mut out = Vec::new();
-        for (i, x) in inputs.iter().enumerate() {
-            self.sites[i].handle_input(x.clone())?;
-            while let Some(SiteOutput::MaskedInput(v)) = self.sites[i].poll_output() {
-                out.push((i as MemberId + 1, v));
-            }
-        }
-        Ok(out)
-    }
+fn requests(outputs: Vec<CoordinatorOutput<u32>>) -> Vec<(MemberId, UnmaskRequest)> {
+    outputs
+        .into_iter()
+        .filter_map(|o| match o {
+            CoordinatorOutput::UnmaskRequest { to, msg } => Some((to, msg)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -116,7 +51,10 @@ fn substituted_key_or_forged_signature_is_detected_by_the_neighbour() -> Res {
         let mut r = round(suite, 4, 3, 2, 8)?;
         let mut nk = r.advertise()?;
         let evil = SigningKey::generate(suite, &mut r.rng);
-        for (to, msg) in nk.iter_mut() {
+        for o in nk.iter_mut() {
+            let CoordinatorOutput::NeighbourKeys { to, msg } = o else {
+                continue;
+            };
             if *to == 1 {
                 for ra in msg.adverts.iter_mut().filter(|ra| ra.advert.member == 2) {
                     ra.advert.mask_public = suite.provider().agreement_public(&[9u8; 32])?;
@@ -130,18 +68,30 @@ fn substituted_key_or_forged_signature_is_detected_by_the_neighbour() -> Res {
                 }
             }
         }
-        for (to, msg) in nk {
+        for o in nk {
+            let CoordinatorOutput::NeighbourKeys { to, msg } = o else {
+                continue;
+            };
             let res = r.sites[to as usize - 1].handle_neighbour_keys(msg, &mut r.rng);
             match to {
-                1 => assert!(matches!(res, Err(ProtocolError::BadAdvert { member: 2, .. })), "{suite}: {res:?}"),
-                3 => assert!(matches!(res, Err(ProtocolError::BadAdvert { member: 4, .. })), "{suite}: {res:?}"),
+                1 => assert!(
+                    matches!(res, Err(ProtocolError::BadAdvert { member: 2, .. })),
+                    "{suite}: {res:?}"
+                ),
+                3 => assert!(
+                    matches!(res, Err(ProtocolError::BadAdvert { member: 4, .. })),
+                    "{suite}: {res:?}"
+                ),
                 _ => assert!(res.is_ok()),
             }
         }
         // The deceived sites have aborted: nothing was dealt, later input is refused.
         for to in [1usize, 3] {
             assert!(r.sites[to - 1].poll_output().is_none());
-            assert_eq!(r.sites[to - 1].handle_input(vec![0; 8]), Err(ProtocolError::Ended));
+            assert_eq!(
+                r.sites[to - 1].handle_input(vec![0; 8]),
+                Err(ProtocolError::Ended)
+            );
         }
     }
     Ok(())
@@ -153,20 +103,52 @@ fn site_refuses_to_reveal_both_shares_of_one_member() -> Res {
         let mut r = round(suite, 4, 3, 2, 8)?;
         let nk = r.advertise()?;
         let sh = r.share(nk)?;
-        let _ = r.mask(sh, &vec![vec![1u32; 8]; 4])?;
+        let _ = r.mask(sh, vec![Some(vec![1u32; 8]); 4])?;
         // Member 2 listed as survivor and dropped at once.
-        let req = UnmaskRequest { round: 5, survivors: vec![1, 2, 3], dropped: vec![2, 4] };
-        assert_eq!(r.sites[0].handle_unmask_request(req.clone()), Err(ProtocolError::BothSharesRequested(2)));
+        let req = UnmaskRequest {
+            round: 5,
+            survivors: vec![1, 2, 3],
+            dropped: vec![2, 4],
+        };
+        assert_eq!(
+            r.sites[0].handle_unmask_request(req.clone()),
+            Err(ProtocolError::BothSharesRequested(2))
+        );
         // The site has aborted: a second, innocent-looking request gets nothing.
-        let again = UnmaskRequest { round: 5, survivors: vec![1, 3], dropped: vec![2, 4] };
-        assert_eq!(r.sites[0].handle_unmask_request(again), Err(ProtocolError::Ended));
+        let again = UnmaskRequest {
+            round: 5,
+            survivors: vec![1, 3],
+            dropped: vec![2, 4],
+        };
+        assert_eq!(
+            r.sites[0].handle_unmask_request(again),
+            Err(ProtocolError::Ended)
+        );
         assert!(r.sites[0].poll_output().is_none());
         // Too few surviving neighbours: refused too.
-        let few = UnmaskRequest { round: 5, survivors: vec![2], dropped: vec![1, 3, 4] };
-        assert!(matches!(r.sites[1].handle_unmask_request(few), Err(ProtocolError::BelowThreshold { member: 2, have: 0, need: 2 })));
+        let few = UnmaskRequest {
+            round: 5,
+            survivors: vec![2],
+            dropped: vec![1, 3, 4],
+        };
+        assert!(matches!(
+            r.sites[1].handle_unmask_request(few),
+            Err(ProtocolError::BelowThreshold {
+                member: 2,
+                have: 0,
+                need: 2
+            })
+        ));
         // Not listed as a survivor itself: refused.
-        let not_me = UnmaskRequest { round: 5, survivors: vec![1, 2, 4], dropped: vec![3] };
-        assert!(matches!(r.sites[2].handle_unmask_request(not_me), Err(ProtocolError::Malformed { member: 3, .. })));
+        let not_me = UnmaskRequest {
+            round: 5,
+            survivors: vec![1, 2, 4],
+            dropped: vec![3],
+        };
+        assert!(matches!(
+            r.sites[2].handle_unmask_request(not_me),
+            Err(ProtocolError::Malformed { member: 3, .. })
+        ));
     }
     Ok(())
 }
@@ -179,7 +161,10 @@ fn coordinator_rejects_replays_wrong_stage_duplicates_and_wrong_lengths_without_
         // Wrong stage: a masked input during key advertisement.
         assert!(matches!(
             r.coord.handle_masked_input(5, 1, &[0; 8], now),
-            Err(ProtocolError::WrongStage { expected: Stage::AdvertiseKeys, got: Stage::MaskedInput })
+            Err(ProtocolError::WrongStage {
+                expected: Stage::AdvertiseKeys,
+                got: Stage::MaskedInput
+            })
         ));
         let first = match r.sites[0].poll_output() {
             Some(SiteOutput::Advertise(a)) => a,
@@ -187,55 +172,68 @@ fn coordinator_rejects_replays_wrong_stage_duplicates_and_wrong_lengths_without_
         };
         let mut replay = first.clone();
         replay.round = 4;
-        assert_eq!(r.coord.handle_advert(replay, vec![], now), Err(ProtocolError::WrongRound { expected: 5, got: 4 }));
+        assert_eq!(
+            r.coord.handle_advert(replay, vec![], now),
+            Err(ProtocolError::WrongRound {
+                expected: 5,
+                got: 4
+            })
+        );
         let mut stranger = first.clone();
         stranger.member = 77;
-        assert_eq!(r.coord.handle_advert(stranger, vec![], now), Err(ProtocolError::NotParticipant(77)));
-        let id = r.identity(1);
+        assert_eq!(
+            r.coord.handle_advert(stranger, vec![], now),
+            Err(ProtocolError::NotParticipant(77))
+        );
+        let id = r.identity(1)?;
         r.coord.handle_advert(first.clone(), id.clone(), now)?;
-        assert_eq!(r.coord.handle_advert(first, id, now), Err(ProtocolError::Duplicate(1)));
+        assert_eq!(
+            r.coord.handle_advert(first, id, now),
+            Err(ProtocolError::Duplicate(1))
+        );
         let nk = r.advertise()?;
         let sh = r.share(nk)?;
         let inputs: Vec<Vec<u32>> = (0..4).map(|i| vec![i as u32 + 1; 8]).collect();
-        let masked = r.mask(sh, &inputs)?;
+        let masked = r.mask(sh, inputs.into_iter().map(Some).collect())?;
         assert_eq!(
             r.coord.handle_masked_input(5, 1, &masked[0].1[..7], now),
-            Err(ProtocolError::WrongLength { expected: 8, got: 7 })
+            Err(ProtocolError::WrongLength {
+                expected: 8,
+                got: 7
+            })
         );
         for (m, v) in &masked {
-            r.coord.handle_masked_input(5, *m, v, now).or_else(|e| if *m == 4 { Ok(()) } else { Err(e) })?;
+            r.coord.handle_masked_input(5, *m, v, now)?;
         }
-        let mut result = None;
-        let mut reqs = Vec::new();
-        while let Some(o) = r.coord.poll_output() {
-            match o {
-                CoordinatorOutput::UnmaskRequest { to, msg } => reqs.push((to, msg)),
-                CoordinatorOutput::Finished(res) => result = Some(res),
-                _ => {}
-            }
-        }
-        assert!(result.is_none());
-        assert_eq!(r.coord.handle_masked_input(5, 2, &masked[1].1, now), Err(ProtocolError::WrongStage {
-            expected: Stage::Unmask,
-            got: Stage::MaskedInput
-        }));
+        let reqs = requests(std::iter::from_fn(|| r.coord.poll_output()).collect());
+        assert_eq!(reqs.len(), 4);
+        assert_eq!(
+            r.coord.handle_masked_input(5, 2, &masked[1].1, now),
+            Err(ProtocolError::WrongStage {
+                expected: Stage::Unmask,
+                got: Stage::MaskedInput
+            })
+        );
         for (to, msg) in reqs {
             r.sites[to as usize - 1].handle_unmask_request(msg)?;
             while let Some(SiteOutput::Unmask(u)) = r.sites[to as usize - 1].poll_output() {
                 let dup = u.clone();
                 r.coord.handle_unmask_response(u, now)?;
                 if to == 1 {
-                    assert_eq!(r.coord.handle_unmask_response(dup, now), Err(ProtocolError::Duplicate(1)));
+                    assert_eq!(
+                        r.coord.handle_unmask_response(dup, now),
+                        Err(ProtocolError::Duplicate(1))
+                    );
                 }
             }
         }
-        while let Some(o) = r.coord.poll_output() {
-            if let CoordinatorOutput::Finished(res) = o {
-                result = Some(res);
-            }
-        }
+        let result = r.finish(Vec::new())?;
         let sum = result.ok_or("round did not finish")??.sum;
-        assert_eq!(sum, vec![1 + 2 + 3 + 4; 8], "{suite}: rejected messages disturbed the sum");
+        assert_eq!(
+            sum,
+            vec![1 + 2 + 3 + 4; 8],
+            "{suite}: rejected messages disturbed the sum"
+        );
     }
     Ok(())
 }
@@ -246,16 +244,8 @@ fn round_fails_when_fewer_than_t_shares_arrive_and_a_late_site_cannot_rejoin() -
     let mut r = round(Suite::Intl, 5, 4, 3, 4)?;
     let nk = r.advertise()?;
     let sh = r.share(nk)?;
-    let masked = r.mask(sh, &vec![vec![5u32; 4]; 5])?;
-    for (m, v) in &masked {
-        r.coord.handle_masked_input(5, *m, v, r.now)?;
-    }
-    let mut reqs = Vec::new();
-    while let Some(o) = r.coord.poll_output() {
-        if let CoordinatorOutput::UnmaskRequest { to, msg } = o {
-            reqs.push((to, msg));
-        }
-    }
+    let masked = r.mask(sh, vec![Some(vec![5u32; 4]); 5])?;
+    let mut reqs = requests(r.submit(&masked)?);
     let (to, msg) = reqs.remove(0);
     r.sites[to as usize - 1].handle_unmask_request(msg)?;
     if let Some(SiteOutput::Unmask(u)) = r.sites[to as usize - 1].poll_output() {
@@ -263,17 +253,18 @@ fn round_fails_when_fewer_than_t_shares_arrive_and_a_late_site_cannot_rejoin() -
     }
     let deadline = r.coord.poll_timeout().ok_or("no deadline")?;
     r.coord.handle_timeout(deadline);
-    let mut failed = None;
-    while let Some(o) = r.coord.poll_output() {
-        if let CoordinatorOutput::Finished(res) = o {
-            failed = Some(res);
-        }
-    }
-    assert!(matches!(failed, Some(Err(ProtocolError::Reconstruction { have, need: 3, .. })) if have < 3), "{failed:?}");
+    let failed = r.finish(Vec::new())?;
+    assert!(
+        matches!(failed, Some(Err(ProtocolError::Reconstruction { have, need: 3, .. })) if have < 3),
+        "{failed:?}"
+    );
     let (to2, msg2) = reqs.remove(0);
     r.sites[to2 as usize - 1].handle_unmask_request(msg2)?;
     if let Some(SiteOutput::Unmask(u)) = r.sites[to2 as usize - 1].poll_output() {
-        assert_eq!(r.coord.handle_unmask_response(u, r.now), Err(ProtocolError::Ended));
+        assert_eq!(
+            r.coord.handle_unmask_response(u, r.now),
+            Err(ProtocolError::Ended)
+        );
     }
     Ok(())
 }
@@ -286,7 +277,7 @@ fn a_masked_vector_alone_looks_uniform() -> Res {
         let nk = r.advertise()?;
         let sh = r.share(nk)?;
         // Worst case for hiding: every input is all zeros.
-        let masked = r.mask(sh, &vec![vec![0u32; LEN]; 3])?;
+        let masked = r.mask(sh, vec![Some(vec![0u32; LEN]); 3])?;
         for (m, v) in masked {
             // Chi-square of the top byte over 256 bins (df = 255). The 1e-9
             // quantile is about 410; an unmasked zero vector scores ~ 2.7e8.
@@ -315,7 +306,11 @@ fn a_masked_vector_alone_looks_uniform() -> Res {
 fn secrets_never_show_in_debug_output() -> Res {
     let r = round(Suite::Gm, 3, 2, 2, 4)?;
     let key_hex = hex::encode(r.keys[0].secret_bytes());
-    for s in [format!("{:?}", r.sites[0]), format!("{:?}", r.keys[0]), format!("{:?}", r.coord)] {
+    for s in [
+        format!("{:?}", r.sites[0]),
+        format!("{:?}", r.keys[0]),
+        format!("{:?}", r.coord),
+    ] {
         assert!(!s.contains(&key_hex), "{s}");
     }
     Ok(())

@@ -4,10 +4,11 @@
 
 use confide_crypto::prg::Prg;
 use confide_crypto::sm4fast::Sm4Keystream;
-use confide_crypto::suite::{Suite, SigningKey};
+use confide_crypto::suite::{SigningKey, Suite};
 
 fn h(s: &str) -> Vec<u8> {
-    hex::decode(s.replace([' ', '\n'], "")).unwrap_or_else(|e| panic!("bad hex in test vector: {e}"))
+    hex::decode(s.replace([' ', '\n'], ""))
+        .unwrap_or_else(|e| panic!("bad hex in test vector: {e}"))
 }
 
 fn arr16(s: &str) -> [u8; 16] {
@@ -35,7 +36,10 @@ fn mask_prg_keystream_is_pinned_for_both_suites() -> Result<(), Box<dyn std::err
         let mut w32 = [0u32; 16];
         prg.fill(&mut w32)?;
         for (i, w) in w32.iter().enumerate() {
-            assert_eq!(*w, u32::from_le_bytes([pin[4 * i], pin[4 * i + 1], pin[4 * i + 2], pin[4 * i + 3]]));
+            assert_eq!(
+                *w,
+                u32::from_le_bytes([pin[4 * i], pin[4 * i + 1], pin[4 * i + 2], pin[4 * i + 3]])
+            );
         }
         let mut w64 = [0u64; 8];
         prg.fill(&mut w64)?;
@@ -49,7 +53,8 @@ fn mask_prg_keystream_is_pinned_for_both_suites() -> Result<(), Box<dyn std::err
 }
 
 #[test]
-fn mask_prg_equals_block_cipher_on_big_endian_counters_far_into_the_stream() -> Result<(), Box<dyn std::error::Error>> {
+fn mask_prg_equals_block_cipher_on_big_endian_counters_far_into_the_stream()
+-> Result<(), Box<dyn std::error::Error>> {
     use aes::cipher::{BlockCipherEncrypt, KeyInit};
     let key = arr16("2b7e151628aed2a6abf7158809cf4f3c");
     let n_blocks = 70_001usize; // crosses many scratch-buffer boundaries
@@ -87,9 +92,15 @@ fn sm4_gbt_32907_vectors() {
 #[test]
 fn sm3_gbt_32905_vectors() {
     let p = Suite::Gm.provider();
-    assert_eq!(hex::encode(p.hash(&[b"abc"])), "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0");
+    assert_eq!(
+        hex::encode(p.hash(&[b"abc"])),
+        "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0"
+    );
     let abcd = b"abcd".repeat(16);
-    assert_eq!(hex::encode(p.hash(&[&abcd])), "debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732");
+    assert_eq!(
+        hex::encode(p.hash(&[&abcd])),
+        "debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732"
+    );
     // Split input hashes the same as whole input.
     assert_eq!(p.hash(&[b"ab", b"c"]), p.hash(&[b"abc"]));
 }
@@ -100,11 +111,15 @@ fn sm4_gcm_rfc_8998_a1() -> Result<(), Box<dyn std::error::Error>> {
     let key = arr16("0123456789ABCDEFFEDCBA9876543210");
     let iv: [u8; 12] = h("00001234567800000000ABCD").try_into().map_err(|_| "iv")?;
     let aad = h("FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2");
-    let pt = h("AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDD\
-                EEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA");
-    let ct = h("17F399F08C67D5EE19D0DC9969C4BB7D5FD46FD3756489069157B282BB200735\
+    let pt = h(
+        "AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDD\
+                EEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA",
+    );
+    let ct = h(
+        "17F399F08C67D5EE19D0DC9969C4BB7D5FD46FD3756489069157B282BB200735\
                 D82710CA5C22F0CCFA7CBF93D496AC15A56834CBCF98C397B4024A2691233B8D\
-                83DE3541E4C2B58177E065A9BF7B62EC");
+                83DE3541E4C2B58177E065A9BF7B62EC",
+    );
     assert_eq!(p.seal(&key, &iv, &aad, &pt)?, ct);
     assert_eq!(*p.open(&key, &iv, &aad, &ct)?, pt);
     let mut bad = ct.clone();
@@ -119,10 +134,14 @@ fn aes_gcm_mcgrew_viega_test_cases_3_and_4() -> Result<(), Box<dyn std::error::E
     let p = Suite::Intl.provider();
     let key = arr16("feffe9928665731c6d6a8f9467308308");
     let iv: [u8; 12] = h("cafebabefacedbaddecaf888").try_into().map_err(|_| "iv")?;
-    let pt = h("d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
-                1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255");
-    let ct = h("42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e\
-                21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091473f5985");
+    let pt = h(
+        "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+                1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255",
+    );
+    let ct = h(
+        "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e\
+                21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091473f5985",
+    );
     let mut expect = ct.clone();
     expect.extend(h("4d5c2af327cd64a62cf35abd2ba6fab4"));
     assert_eq!(p.seal(&key, &iv, &[], &pt)?, expect);
@@ -142,8 +161,10 @@ fn aes_ctr_sp_800_38a_f51() {
     use aes::cipher::{KeyIvInit, StreamCipher};
     let key = arr16("2b7e151628aed2a6abf7158809cf4f3c");
     let iv = arr16("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff");
-    let mut buf = h("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51\
-                     30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710");
+    let mut buf = h(
+        "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51\
+                     30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710",
+    );
     let mut c = ctr::Ctr128BE::<aes::Aes128>::new(&key.into(), &iv.into());
     c.apply_keystream(&mut buf);
     assert_eq!(
@@ -187,7 +208,8 @@ fn hkdf_sha256_rfc_5869_case_1_and_sm3_consistency() -> Result<(), Box<dyn std::
 }
 
 #[test]
-fn signatures_verify_and_reject_tampering_in_both_suites() -> Result<(), Box<dyn std::error::Error>> {
+fn signatures_verify_and_reject_tampering_in_both_suites() -> Result<(), Box<dyn std::error::Error>>
+{
     let mut rng = rand::rng();
     for suite in Suite::ALL {
         let sk = SigningKey::generate(suite, &mut rng);
@@ -214,7 +236,12 @@ fn key_agreement_is_symmetric_and_rejects_bad_points() -> Result<(), Box<dyn std
         assert!(p.agree(&a, &[0u8; 5]).is_err());
     }
     // Low-order X25519 point (all zeros) and a non-curve SM2 point.
-    assert!(Suite::Intl.provider().agree(&[1u8; 32], &[0u8; 32]).is_err());
+    assert!(
+        Suite::Intl
+            .provider()
+            .agree(&[1u8; 32], &[0u8; 32])
+            .is_err()
+    );
     let mut bogus = vec![4u8];
     bogus.extend([7u8; 64]);
     assert!(Suite::Gm.provider().agree(&[1u8; 32], &bogus).is_err());

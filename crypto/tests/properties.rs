@@ -14,7 +14,10 @@ use proptest::prelude::*;
 use rand::SeedableRng;
 
 fn cases(default: u32) -> u32 {
-    std::env::var("CONFIDE_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("CONFIDE_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Independent statement of when a round must succeed, and with whom.
@@ -23,9 +26,17 @@ fn oracle(sim: &Simulation, vector_len: usize) -> Result<BTreeSet<MemberId>, &'s
     let topo = cfg.topology().map_err(|_| "config")?;
     let t = sim.params.t;
     let alive = |set: &BTreeSet<MemberId>, stage: Stage| -> BTreeSet<MemberId> {
-        set.iter().copied().filter(|m| sim.drops.get(m).is_none_or(|&s| s > stage)).collect()
+        set.iter()
+            .copied()
+            .filter(|m| sim.drops.get(m).is_none_or(|&s| s > stage))
+            .collect()
     };
-    let nb_in = |u: MemberId, set: &BTreeSet<MemberId>| topo.neighbours(u).iter().filter(|v| set.contains(v)).count();
+    let nb_in = |u: MemberId, set: &BTreeSet<MemberId>| {
+        topo.neighbours(u)
+            .iter()
+            .filter(|v| set.contains(v))
+            .count()
+    };
     let prune = |set: &mut BTreeSet<MemberId>| loop {
         let weak: Vec<MemberId> = set.iter().copied().filter(|&u| nb_in(u, set) < t).collect();
         if weak.is_empty() {
@@ -64,41 +75,56 @@ fn oracle(sim: &Simulation, vector_len: usize) -> Result<BTreeSet<MemberId>, &'s
 }
 
 fn scenario() -> impl Strategy<Value = (Simulation, usize)> {
-    (3usize..=9, any::<bool>(), any::<u64>(), 1usize..=24, 0u32..100).prop_flat_map(|(n, gm, seed, len, drop_pct)| {
-        let suite = if gm { Suite::Gm } else { Suite::Intl };
-        // Valid degrees: 2..=n-1, odd degree needs even n.
-        let ks: Vec<usize> = (2..n).filter(|k| k % 2 == 0 || n % 2 == 0).collect();
-        (proptest::sample::select(ks), Just((n, suite, seed, len, drop_pct)))
-            .prop_flat_map(|(k, rest)| ((k / 2 + 1)..=k, Just(k), Just(rest)))
-            .prop_flat_map(|(t, k, (n, suite, seed, len, drop_pct))| {
-                let drops = proptest::collection::vec(
-                    (0u32..100, proptest::sample::select(vec![
-                        Stage::AdvertiseKeys,
-                        Stage::ShareKeys,
-                        Stage::MaskedInput,
-                        Stage::Unmask,
-                    ])),
-                    n,
-                );
-                (Just((n, k, t, suite, seed, len, drop_pct)), drops)
-            })
-            .prop_map(|((n, k, t, suite, seed, len, drop_pct), drops)| {
-                let mut sim = Simulation::new(suite, n, SecAggParams { k, t }).with_seed(seed);
-                sim.min_survivors = t.clamp(2, n);
-                for (i, (roll, stage)) in drops.into_iter().enumerate() {
-                    if roll < drop_pct / 2 {
-                        sim = sim.drop_at(i as MemberId + 1, stage);
+    (
+        3usize..=9,
+        any::<bool>(),
+        any::<u64>(),
+        1usize..=24,
+        0u32..100,
+    )
+        .prop_flat_map(|(n, gm, seed, len, drop_pct)| {
+            let suite = if gm { Suite::Gm } else { Suite::Intl };
+            // Valid degrees: 2..=n-1, odd degree needs even n.
+            let ks: Vec<usize> = (2..n).filter(|k| k % 2 == 0 || n % 2 == 0).collect();
+            (
+                proptest::sample::select(ks),
+                Just((n, suite, seed, len, drop_pct)),
+            )
+                .prop_flat_map(|(k, rest)| ((k / 2 + 1)..=k, Just(k), Just(rest)))
+                .prop_flat_map(|(t, k, (n, suite, seed, len, drop_pct))| {
+                    let drops = proptest::collection::vec(
+                        (
+                            0u32..100,
+                            proptest::sample::select(vec![
+                                Stage::AdvertiseKeys,
+                                Stage::ShareKeys,
+                                Stage::MaskedInput,
+                                Stage::Unmask,
+                            ]),
+                        ),
+                        n,
+                    );
+                    (Just((n, k, t, suite, seed, len, drop_pct)), drops)
+                })
+                .prop_map(|((n, k, t, suite, seed, len, drop_pct), drops)| {
+                    let mut sim = Simulation::new(suite, n, SecAggParams { k, t }).with_seed(seed);
+                    sim.min_survivors = t.clamp(2, n);
+                    for (i, (roll, stage)) in drops.into_iter().enumerate() {
+                        if roll < drop_pct / 2 {
+                            sim = sim.drop_at(i as MemberId + 1, stage);
+                        }
                     }
-                }
-                (sim, len)
-            })
-    })
+                    (sim, len)
+                })
+        })
 }
 
 fn inputs<R: RingElement>(n: usize, len: usize, seed: u64) -> Vec<Vec<R>> {
     use rand::Rng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| (0..len).map(|_| R::from_u64(rng.next_u64())).collect()).collect()
+    (0..n)
+        .map(|_| (0..len).map(|_| R::from_u64(rng.next_u64())).collect())
+        .collect()
 }
 
 proptest! {

@@ -5,8 +5,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::{
-    EncryptedShare, IncomingShares, KeyAdvert, MemberId, NeighbourKeys, RelayedAdvert, RoundConfig, ShareBundle, Stage,
-    Topology, UnmaskRequest, UnmaskResponse, pairwise_prg, seed_commitment, self_mask_prg, share_x,
+    EncryptedShare, IncomingShares, KeyAdvert, MemberId, NeighbourKeys, RelayedAdvert, RoundConfig,
+    ShareBundle, Stage, Topology, UnmaskRequest, UnmaskResponse, pairwise_prg, seed_commitment,
+    self_mask_prg, share_x,
 };
 use crate::error::ProtocolError;
 use crate::ring::RingElement;
@@ -28,7 +29,12 @@ pub struct StageTimeouts {
 impl StageTimeouts {
     /// The same timeout for every stage.
     pub fn uniform(d: Duration) -> Self {
-        StageTimeouts { advertise: d, share: d, input: d, unmask: d }
+        StageTimeouts {
+            advertise: d,
+            share: d,
+            input: d,
+            unmask: d,
+        }
     }
 
     fn get(&self, stage: Stage) -> Duration {
@@ -145,17 +151,27 @@ impl<R> Phase<R> {
 
 impl<R: RingElement> CoordinatorMachine<R> {
     /// Start round `cfg` at time `now`.
-    pub fn new(cfg: RoundConfig, timeouts: StageTimeouts, now: Instant) -> Result<Self, ProtocolError> {
+    pub fn new(
+        cfg: RoundConfig,
+        timeouts: StageTimeouts,
+        now: Instant,
+    ) -> Result<Self, ProtocolError> {
         let topo = cfg.topology()?;
         if R::RING != cfg.ring {
-            return Err(ProtocolError::Config(format!("round uses ring {:?}, coordinator built for {:?}", cfg.ring, R::RING)));
+            return Err(ProtocolError::Config(format!(
+                "round uses ring {:?}, coordinator built for {:?}",
+                cfg.ring,
+                R::RING
+            )));
         }
         Ok(CoordinatorMachine {
             cfg,
             topo,
             deadline: Some(now + timeouts.advertise),
             timeouts,
-            phase: Phase::Advertise { adverts: BTreeMap::new() },
+            phase: Phase::Advertise {
+                adverts: BTreeMap::new(),
+            },
             out: VecDeque::new(),
             adverts: BTreeMap::new(),
             commitments: BTreeMap::new(),
@@ -190,10 +206,24 @@ impl<R: RingElement> CoordinatorMachine<R> {
     /// Members the current stage still waits for.
     pub fn pending(&self) -> Vec<MemberId> {
         match &self.phase {
-            Phase::Advertise { adverts } => self.topo.cohort().iter().copied().filter(|m| !adverts.contains_key(m)).collect(),
-            Phase::Share { u1, bundles } => u1.iter().copied().filter(|m| !bundles.contains_key(m)).collect(),
+            Phase::Advertise { adverts } => self
+                .topo
+                .cohort()
+                .iter()
+                .copied()
+                .filter(|m| !adverts.contains_key(m))
+                .collect(),
+            Phase::Share { u1, bundles } => u1
+                .iter()
+                .copied()
+                .filter(|m| !bundles.contains_key(m))
+                .collect(),
             Phase::Input { u2, received, .. } => u2.difference(received).copied().collect(),
-            Phase::Unmask { u3, responses, .. } => u3.iter().copied().filter(|m| !responses.contains_key(m)).collect(),
+            Phase::Unmask { u3, responses, .. } => u3
+                .iter()
+                .copied()
+                .filter(|m| !responses.contains_key(m))
+                .collect(),
             Phase::Done => Vec::new(),
         }
     }
@@ -208,20 +238,28 @@ impl<R: RingElement> CoordinatorMachine<R> {
     /// Abort the round (for example on shutdown).
     pub fn abort(&mut self, reason: &str) {
         if !matches!(self.phase, Phase::Done) {
-            self.finish(Err(ProtocolError::Config(format!("round aborted: {reason}"))));
+            self.finish(Err(ProtocolError::Config(format!(
+                "round aborted: {reason}"
+            ))));
         }
     }
 
     fn check(&self, round: u64, stage: Stage, from: MemberId) -> Result<(), ProtocolError> {
         if round != self.cfg.round {
-            return Err(ProtocolError::WrongRound { expected: self.cfg.round, got: round });
+            return Err(ProtocolError::WrongRound {
+                expected: self.cfg.round,
+                got: round,
+            });
         }
         let cur = self.phase.stage();
         if cur == Stage::Done {
             return Err(ProtocolError::Ended);
         }
         if cur != stage {
-            return Err(ProtocolError::WrongStage { expected: cur, got: stage });
+            return Err(ProtocolError::WrongStage {
+                expected: cur,
+                got: stage,
+            });
         }
         if !self.topo.contains(from) {
             return Err(ProtocolError::NotParticipant(from));
@@ -230,7 +268,12 @@ impl<R: RingElement> CoordinatorMachine<R> {
     }
 
     /// Stage 1: a member's advert, with the identity material to relay.
-    pub fn handle_advert(&mut self, advert: KeyAdvert, identity: Vec<u8>, now: Instant) -> Result<(), ProtocolError> {
+    pub fn handle_advert(
+        &mut self,
+        advert: KeyAdvert,
+        identity: Vec<u8>,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
         self.check(advert.round, Stage::AdvertiseKeys, advert.member)?;
         let Phase::Advertise { adverts } = &mut self.phase else {
             return Err(ProtocolError::Ended);
@@ -239,8 +282,14 @@ impl<R: RingElement> CoordinatorMachine<R> {
             return Err(ProtocolError::Duplicate(advert.member));
         }
         // Lengths only; sites verify signatures and keys themselves.
-        if advert.enc_public.len() > 133 || advert.mask_public.len() > 133 || advert.signature.len() > 128 {
-            return Err(ProtocolError::Malformed { member: advert.member, reason: "oversized key or signature".into() });
+        if advert.enc_public.len() > 133
+            || advert.mask_public.len() > 133
+            || advert.signature.len() > 128
+        {
+            return Err(ProtocolError::Malformed {
+                member: advert.member,
+                reason: "oversized key or signature".into(),
+            });
         }
         adverts.insert(advert.member, RelayedAdvert { advert, identity });
         if adverts.len() == self.topo.cohort().len() {
@@ -250,7 +299,11 @@ impl<R: RingElement> CoordinatorMachine<R> {
     }
 
     /// Stage 2: a member's sealed shares.
-    pub fn handle_shares(&mut self, bundle: ShareBundle, now: Instant) -> Result<(), ProtocolError> {
+    pub fn handle_shares(
+        &mut self,
+        bundle: ShareBundle,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
         self.check(bundle.round, Stage::ShareKeys, bundle.from)?;
         let Phase::Share { u1, bundles } = &mut self.phase else {
             return Err(ProtocolError::Ended);
@@ -262,13 +315,25 @@ impl<R: RingElement> CoordinatorMachine<R> {
         if bundles.contains_key(&from) {
             return Err(ProtocolError::Duplicate(from));
         }
-        let expected: BTreeSet<MemberId> = self.topo.neighbours(from).into_iter().filter(|v| u1.contains(v)).collect();
+        let expected: BTreeSet<MemberId> = self
+            .topo
+            .neighbours(from)
+            .into_iter()
+            .filter(|v| u1.contains(v))
+            .collect();
         let mut got = BTreeSet::new();
         for s in &bundle.shares {
-            if s.from != from || !expected.contains(&s.to) || !got.insert(s.to) || s.ciphertext.len() > 256 {
+            if s.from != from
+                || !expected.contains(&s.to)
+                || !got.insert(s.to)
+                || s.ciphertext.len() > 256
+            {
                 return Err(ProtocolError::Malformed {
                     member: from,
-                    reason: format!("share for member {} is not expected, repeated or oversized", s.to),
+                    reason: format!(
+                        "share for member {} is not expected, repeated or oversized",
+                        s.to
+                    ),
                 });
             }
         }
@@ -287,7 +352,13 @@ impl<R: RingElement> CoordinatorMachine<R> {
     }
 
     /// Stage 3: a member's complete masked vector, added into the sum at once.
-    pub fn handle_masked_input(&mut self, round: u64, from: MemberId, vector: &[R], now: Instant) -> Result<(), ProtocolError> {
+    pub fn handle_masked_input(
+        &mut self,
+        round: u64,
+        from: MemberId,
+        vector: &[R],
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
         self.check(round, Stage::MaskedInput, from)?;
         let Phase::Input { u2, received, acc } = &mut self.phase else {
             return Err(ProtocolError::Ended);
@@ -299,7 +370,10 @@ impl<R: RingElement> CoordinatorMachine<R> {
             return Err(ProtocolError::Duplicate(from));
         }
         if vector.len() != acc.len() {
-            return Err(ProtocolError::WrongLength { expected: acc.len(), got: vector.len() });
+            return Err(ProtocolError::WrongLength {
+                expected: acc.len(),
+                got: vector.len(),
+            });
         }
         crate::ring::add_assign(acc, vector);
         received.insert(from);
@@ -310,10 +384,17 @@ impl<R: RingElement> CoordinatorMachine<R> {
     }
 
     /// Stage 4: a survivor's unmask shares.
-    pub fn handle_unmask_response(&mut self, resp: UnmaskResponse, now: Instant) -> Result<(), ProtocolError> {
+    pub fn handle_unmask_response(
+        &mut self,
+        resp: UnmaskResponse,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
         self.check(resp.round, Stage::Unmask, resp.from)?;
         let topo = &self.topo;
-        let Phase::Unmask { u2, u3, responses, .. } = &mut self.phase else {
+        let Phase::Unmask {
+            u2, u3, responses, ..
+        } = &mut self.phase
+        else {
             return Err(ProtocolError::Ended);
         };
         let from = resp.from;
@@ -324,16 +405,25 @@ impl<R: RingElement> CoordinatorMachine<R> {
             return Err(ProtocolError::Duplicate(from));
         }
         let neighbours: BTreeSet<MemberId> = topo.neighbours(from).into_iter().collect();
-        let want_seed: BTreeSet<MemberId> = neighbours.iter().copied().filter(|v| u3.contains(v)).collect();
-        let want_key: BTreeSet<MemberId> =
-            neighbours.iter().copied().filter(|v| u2.contains(v) && !u3.contains(v)).collect();
+        let want_seed: BTreeSet<MemberId> = neighbours
+            .iter()
+            .copied()
+            .filter(|v| u3.contains(v))
+            .collect();
+        let want_key: BTreeSet<MemberId> = neighbours
+            .iter()
+            .copied()
+            .filter(|v| u2.contains(v) && !u3.contains(v))
+            .collect();
         let check_set = |list: &[(MemberId, Share)], want: &BTreeSet<MemberId>, what: &str| {
             let mut seen = BTreeSet::new();
             for (owner, share) in list {
                 if !want.contains(owner) || !seen.insert(*owner) || share.x() != share_x(from) {
                     return Err(ProtocolError::Malformed {
                         member: from,
-                        reason: format!("unexpected, repeated or mislabelled {what} share for member {owner}"),
+                        reason: format!(
+                            "unexpected, repeated or mislabelled {what} share for member {owner}"
+                        ),
                     });
                 }
             }
@@ -371,7 +461,11 @@ impl<R: RingElement> CoordinatorMachine<R> {
     fn enough(&mut self, stage: Stage, set: &BTreeSet<MemberId>) -> bool {
         if set.len() < self.cfg.min_survivors {
             let need = self.cfg.min_survivors;
-            self.finish(Err(ProtocolError::TooFewSurvivors { stage, have: set.len(), need }));
+            self.finish(Err(ProtocolError::TooFewSurvivors {
+                stage,
+                have: set.len(),
+                need,
+            }));
             return false;
         }
         true
@@ -382,23 +476,44 @@ impl<R: RingElement> CoordinatorMachine<R> {
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Advertise { adverts } => {
                 let mut u1: BTreeSet<MemberId> = adverts.keys().copied().collect();
-                let mut dropped: Vec<MemberId> = self.topo.cohort().iter().copied().filter(|m| !u1.contains(m)).collect();
+                let mut dropped: Vec<MemberId> = self
+                    .topo
+                    .cohort()
+                    .iter()
+                    .copied()
+                    .filter(|m| !u1.contains(m))
+                    .collect();
                 dropped.extend(self.topo.prune(&mut u1, t));
                 self.closed(Stage::AdvertiseKeys, &u1, dropped);
                 if !self.enough(Stage::AdvertiseKeys, &u1) {
                     return;
                 }
                 for &u in &u1 {
-                    let relayed: Vec<RelayedAdvert> =
-                        self.topo.neighbours(u).iter().filter(|v| u1.contains(v)).filter_map(|v| adverts.get(v).cloned()).collect();
+                    let relayed: Vec<RelayedAdvert> = self
+                        .topo
+                        .neighbours(u)
+                        .iter()
+                        .filter(|v| u1.contains(v))
+                        .filter_map(|v| adverts.get(v).cloned())
+                        .collect();
                     self.out.push_back(CoordinatorOutput::NeighbourKeys {
                         to: u,
-                        msg: NeighbourKeys { round: self.cfg.round, adverts: relayed },
+                        msg: NeighbourKeys {
+                            round: self.cfg.round,
+                            adverts: relayed,
+                        },
                     });
                 }
-                self.adverts = adverts.into_iter().filter(|(m, _)| u1.contains(m)).map(|(m, r)| (m, r.advert)).collect();
+                self.adverts = adverts
+                    .into_iter()
+                    .filter(|(m, _)| u1.contains(m))
+                    .map(|(m, r)| (m, r.advert))
+                    .collect();
                 self.deadline = Some(now + self.timeouts.get(Stage::ShareKeys));
-                self.phase = Phase::Share { u1, bundles: BTreeMap::new() };
+                self.phase = Phase::Share {
+                    u1,
+                    bundles: BTreeMap::new(),
+                };
             }
             Phase::Share { u1, bundles } => {
                 let mut u2: BTreeSet<MemberId> = bundles.keys().copied().collect();
@@ -424,13 +539,24 @@ impl<R: RingElement> CoordinatorMachine<R> {
                     let shares = inbox.remove(&u).unwrap_or_default();
                     self.out.push_back(CoordinatorOutput::IncomingShares {
                         to: u,
-                        msg: IncomingShares { round: self.cfg.round, shares },
+                        msg: IncomingShares {
+                            round: self.cfg.round,
+                            shares,
+                        },
                     });
                 }
                 self.deadline = Some(now + self.timeouts.get(Stage::MaskedInput));
-                self.phase = Phase::Input { u2, received: BTreeSet::new(), acc: vec![R::default(); self.cfg.vector_len] };
+                self.phase = Phase::Input {
+                    u2,
+                    received: BTreeSet::new(),
+                    acc: vec![R::default(); self.cfg.vector_len],
+                };
             }
-            Phase::Input { u2, received: u3, acc } => {
+            Phase::Input {
+                u2,
+                received: u3,
+                acc,
+            } => {
                 let dropped: Vec<MemberId> = u2.difference(&u3).copied().collect();
                 self.closed(Stage::MaskedInput, &u3, dropped.clone());
                 if !self.enough(Stage::MaskedInput, &u3) {
@@ -438,9 +564,18 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 }
                 // Every survivor's self mask needs t answering neighbours among the survivors.
                 for &u in &u3 {
-                    let have = self.topo.neighbours(u).iter().filter(|v| u3.contains(v)).count();
+                    let have = self
+                        .topo
+                        .neighbours(u)
+                        .iter()
+                        .filter(|v| u3.contains(v))
+                        .count();
                     if have < t {
-                        self.finish(Err(ProtocolError::BelowThreshold { member: u, have, need: t }));
+                        self.finish(Err(ProtocolError::BelowThreshold {
+                            member: u,
+                            have,
+                            need: t,
+                        }));
                         return;
                     }
                 }
@@ -448,13 +583,27 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 for &u in &u3 {
                     self.out.push_back(CoordinatorOutput::UnmaskRequest {
                         to: u,
-                        msg: UnmaskRequest { round: self.cfg.round, survivors: survivors.clone(), dropped: dropped.clone() },
+                        msg: UnmaskRequest {
+                            round: self.cfg.round,
+                            survivors: survivors.clone(),
+                            dropped: dropped.clone(),
+                        },
                     });
                 }
                 self.deadline = Some(now + self.timeouts.get(Stage::Unmask));
-                self.phase = Phase::Unmask { u2, u3, acc, responses: BTreeMap::new() };
+                self.phase = Phase::Unmask {
+                    u2,
+                    u3,
+                    acc,
+                    responses: BTreeMap::new(),
+                };
             }
-            Phase::Unmask { u2, u3, acc, responses } => {
+            Phase::Unmask {
+                u2,
+                u3,
+                acc,
+                responses,
+            } => {
                 let u4: BTreeSet<MemberId> = responses.keys().copied().collect();
                 let silent: Vec<MemberId> = u3.difference(&u4).copied().collect();
                 self.closed(Stage::Unmask, &u4, silent);
@@ -491,9 +640,16 @@ impl<R: RingElement> CoordinatorMachine<R> {
         // answered by the same neighbours reuse them.
         let mut cache: HashMap<Vec<u32>, Reconstructor> = HashMap::new();
         let mut rebuild = |owner: MemberId, shares: Option<&Vec<&Share>>, what: &'static str| {
-            let mut shares: Vec<Share> = shares.map(|v| v.iter().map(|s| (*s).clone()).collect()).unwrap_or_default();
+            let mut shares: Vec<Share> = shares
+                .map(|v| v.iter().map(|s| (*s).clone()).collect())
+                .unwrap_or_default();
             if shares.len() < t {
-                return Err(ProtocolError::Reconstruction { member: owner, what, have: shares.len(), need: t });
+                return Err(ProtocolError::Reconstruction {
+                    member: owner,
+                    what,
+                    have: shares.len(),
+                    need: t,
+                });
             }
             shares.sort_by_key(|s| s.x());
             let xs: Vec<u32> = shares.iter().map(Share::x).collect();
@@ -511,7 +667,10 @@ impl<R: RingElement> CoordinatorMachine<R> {
             let seed = rebuild(u, seed_shares.get(&u), "self-mask seed")?;
             let committed = self.commitments.get(&u).copied().unwrap_or_default();
             if seed_commitment(suite, round, u, &seed) != committed {
-                return Err(ProtocolError::CommitmentMismatch { member: u, what: "self-mask seed" });
+                return Err(ProtocolError::CommitmentMismatch {
+                    member: u,
+                    what: "self-mask seed",
+                });
             }
             self_mask_prg(suite, round, u, &seed)?.sub_from(&mut acc)?;
             reconstructions += 1;
@@ -519,20 +678,31 @@ impl<R: RingElement> CoordinatorMachine<R> {
         let dropped: Vec<MemberId> = u2.difference(u3).copied().collect();
         for &v in &dropped {
             let secret = rebuild(v, key_shares.get(&v), "mask key")?;
-            let advert = self.adverts.get(&v).ok_or(ProtocolError::NotParticipant(v))?;
-            let public = suite.provider().agreement_public(&secret).map_err(|_| ProtocolError::CommitmentMismatch {
-                member: v,
-                what: "mask key",
+            let advert = self
+                .adverts
+                .get(&v)
+                .ok_or(ProtocolError::NotParticipant(v))?;
+            let public = suite.provider().agreement_public(&secret).map_err(|_| {
+                ProtocolError::CommitmentMismatch {
+                    member: v,
+                    what: "mask key",
+                }
             })?;
             if public != advert.mask_public {
-                return Err(ProtocolError::CommitmentMismatch { member: v, what: "mask key" });
+                return Err(ProtocolError::CommitmentMismatch {
+                    member: v,
+                    what: "mask key",
+                });
             }
             reconstructions += 1;
             for u in self.topo.neighbours(v) {
                 if !u3.contains(&u) {
                     continue;
                 }
-                let peer = self.adverts.get(&u).ok_or(ProtocolError::NotParticipant(u))?;
+                let peer = self
+                    .adverts
+                    .get(&u)
+                    .ok_or(ProtocolError::NotParticipant(u))?;
                 let prg = pairwise_prg(suite, round, &secret, &peer.mask_public, v, u)?;
                 // u added +mask if v > u, −mask otherwise; undo exactly that.
                 if v > u {
@@ -542,7 +712,12 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 }
             }
         }
-        Ok(RoundResult { sum: acc, survivors: u3.iter().copied().collect(), dropped, reconstructions })
+        Ok(RoundResult {
+            sum: acc,
+            survivors: u3.iter().copied().collect(),
+            dropped,
+            reconstructions,
+        })
     }
 }
 

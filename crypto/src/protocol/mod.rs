@@ -90,13 +90,20 @@ impl RoundConfig {
     pub fn topology(&self) -> Result<Topology, ProtocolError> {
         let n = self.cohort.len();
         if n < 2 {
-            return Err(ProtocolError::Config(format!("a cohort needs at least 2 members, got {n}")));
+            return Err(ProtocolError::Config(format!(
+                "a cohort needs at least 2 members, got {n}"
+            )));
         }
         if self.cohort.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(ProtocolError::Config("cohort ids must be strictly ascending".into()));
+            return Err(ProtocolError::Config(
+                "cohort ids must be strictly ascending".into(),
+            ));
         }
         if self.cohort.last().is_some_and(|&id| id == MemberId::MAX) {
-            return Err(ProtocolError::Config(format!("member id {} is reserved", MemberId::MAX)));
+            return Err(ProtocolError::Config(format!(
+                "member id {} is reserved",
+                MemberId::MAX
+            )));
         }
         graph::validate(n, self.params).map_err(|e| ProtocolError::Config(e.to_string()))?;
         if self.min_survivors < 2 || self.min_survivors > n {
@@ -118,8 +125,17 @@ impl RoundConfig {
         }
         let graph = NeighbourGraph::harary(n, self.params.k, &self.graph_seed)
             .map_err(|e| ProtocolError::Config(e.to_string()))?;
-        let index = self.cohort.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-        Ok(Topology { cohort: self.cohort.clone(), graph, index })
+        let index = self
+            .cohort
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i))
+            .collect();
+        Ok(Topology {
+            cohort: self.cohort.clone(),
+            graph,
+            index,
+        })
     }
 }
 
@@ -146,7 +162,12 @@ impl Topology {
     pub fn neighbours(&self, id: MemberId) -> Vec<MemberId> {
         match self.index.get(&id) {
             Some(&i) => {
-                let mut v: Vec<MemberId> = self.graph.neighbours(i).iter().map(|&j| self.cohort[j]).collect();
+                let mut v: Vec<MemberId> = self
+                    .graph
+                    .neighbours(i)
+                    .iter()
+                    .map(|&j| self.cohort[j])
+                    .collect();
                 v.sort_unstable();
                 v
             }
@@ -170,7 +191,13 @@ impl Topology {
             let weak: Vec<MemberId> = set
                 .iter()
                 .copied()
-                .filter(|&u| self.neighbours(u).iter().filter(|v| set.contains(v)).count() < t)
+                .filter(|&u| {
+                    self.neighbours(u)
+                        .iter()
+                        .filter(|v| set.contains(v))
+                        .count()
+                        < t
+                })
                 .collect();
             if weak.is_empty() {
                 return removed;
@@ -207,7 +234,13 @@ impl KeyAdvert {
     /// The exact bytes a member signs:
     /// `"confide/v1/key-advert" ‖ suite ‖ round (u64 BE) ‖ member (u32 BE) ‖
     /// len(enc) (u16 BE) ‖ enc ‖ len(mask) (u16 BE) ‖ mask`.
-    pub fn signed_bytes(suite: Suite, round: u64, member: MemberId, enc_public: &[u8], mask_public: &[u8]) -> Vec<u8> {
+    pub fn signed_bytes(
+        suite: Suite,
+        round: u64,
+        member: MemberId,
+        enc_public: &[u8],
+        mask_public: &[u8],
+    ) -> Vec<u8> {
         let mut m = Vec::with_capacity(48 + enc_public.len() + mask_public.len());
         m.extend_from_slice(b"confide/v1/key-advert");
         m.push(suite.code());
@@ -328,16 +361,26 @@ impl KeyDirectory {
 
 impl IdentityVerifier for KeyDirectory {
     fn verifying_key(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String> {
-        let key = self.keys.get(&member).ok_or_else(|| format!("member {member} is not in the key directory"))?;
+        let key = self
+            .keys
+            .get(&member)
+            .ok_or_else(|| format!("member {member} is not in the key directory"))?;
         if key.as_bytes() != identity {
-            return Err(format!("identity relayed for member {member} is not its registered key"));
+            return Err(format!(
+                "identity relayed for member {member} is not its registered key"
+            ));
         }
         Ok(key.clone())
     }
 }
 
 /// Commitment to a self-mask seed.
-pub(crate) fn seed_commitment(suite: Suite, round: u64, member: MemberId, seed: &[u8; 32]) -> [u8; 32] {
+pub(crate) fn seed_commitment(
+    suite: Suite,
+    round: u64,
+    member: MemberId,
+    seed: &[u8; 32],
+) -> [u8; 32] {
     suite.provider().hash(&[
         b"confide/v1/seed-commitment",
         &[suite.code()],
@@ -368,13 +411,32 @@ pub(crate) fn pairwise_prg(
     b: MemberId,
 ) -> Result<Prg, CryptoError> {
     let shared = suite.provider().agree(my_secret, peer_public)?;
-    let key = crate::kdf::derive_key(suite, crate::kdf::Purpose::PairwiseMask, &shared[..], round, a.min(b), a.max(b))?;
+    let key = crate::kdf::derive_key(
+        suite,
+        crate::kdf::Purpose::PairwiseMask,
+        &shared[..],
+        round,
+        a.min(b),
+        a.max(b),
+    )?;
     Ok(Prg::new(suite, &key))
 }
 
 /// The PRG of a member's self mask.
-pub(crate) fn self_mask_prg(suite: Suite, round: u64, member: MemberId, seed: &[u8; 32]) -> Result<Prg, CryptoError> {
-    let key = crate::kdf::derive_key(suite, crate::kdf::Purpose::SelfMask, seed, round, member, member)?;
+pub(crate) fn self_mask_prg(
+    suite: Suite,
+    round: u64,
+    member: MemberId,
+    seed: &[u8; 32],
+) -> Result<Prg, CryptoError> {
+    let key = crate::kdf::derive_key(
+        suite,
+        crate::kdf::Purpose::SelfMask,
+        seed,
+        round,
+        member,
+        member,
+    )?;
     Ok(Prg::new(suite, &key))
 }
 

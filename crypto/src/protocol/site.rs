@@ -8,9 +8,9 @@ use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
 use super::{
-    EncryptedShare, IdentityVerifier, IncomingShares, KeyAdvert, MemberId, NeighbourKeys, RoundConfig, SHARE_PLAINTEXT_LEN,
-    ShareBundle, Stage, Topology, UnmaskRequest, UnmaskResponse, pairwise_prg, seed_commitment, self_mask_prg, share_aad,
-    share_x,
+    EncryptedShare, IdentityVerifier, IncomingShares, KeyAdvert, MemberId, NeighbourKeys,
+    RoundConfig, SHARE_PLAINTEXT_LEN, ShareBundle, Stage, Topology, UnmaskRequest, UnmaskResponse,
+    pairwise_prg, seed_commitment, self_mask_prg, share_aad, share_x,
 };
 use crate::error::ProtocolError;
 use crate::kdf::{Purpose, derive_key};
@@ -115,7 +115,9 @@ impl<R: RingElement> SiteMachine<R> {
     ) -> Result<Self, ProtocolError> {
         let topo = cfg.topology()?;
         if !topo.contains(me) {
-            return Err(ProtocolError::Config(format!("member {me} is not in the cohort")));
+            return Err(ProtocolError::Config(format!(
+                "member {me} is not in the cohort"
+            )));
         }
         if signing.suite() != cfg.suite {
             return Err(ProtocolError::Config(format!(
@@ -125,15 +127,31 @@ impl<R: RingElement> SiteMachine<R> {
             )));
         }
         if R::RING != cfg.ring {
-            return Err(ProtocolError::Config(format!("round uses ring {:?}, site built for {:?}", cfg.ring, R::RING)));
+            return Err(ProtocolError::Config(format!(
+                "round uses ring {:?}, site built for {:?}",
+                cfg.ring,
+                R::RING
+            )));
         }
         let p = cfg.suite.provider();
         let enc_secret = random_secret(rng, |s| p.check_agreement_secret(s));
         let mask_secret = random_secret(rng, |s| p.check_agreement_secret(s));
         let enc_public = p.agreement_public(&enc_secret)?;
         let mask_public = p.agreement_public(&mask_secret)?;
-        let signature = signing.sign(&KeyAdvert::signed_bytes(cfg.suite, cfg.round, me, &enc_public, &mask_public))?;
-        let advert = KeyAdvert { round: cfg.round, member: me, enc_public, mask_public, signature };
+        let signature = signing.sign(&KeyAdvert::signed_bytes(
+            cfg.suite,
+            cfg.round,
+            me,
+            &enc_public,
+            &mask_public,
+        ))?;
+        let advert = KeyAdvert {
+            round: cfg.round,
+            member: me,
+            enc_public,
+            mask_public,
+            signature,
+        };
         let mut out = VecDeque::new();
         out.push_back(SiteOutput::Advertise(advert));
         Ok(SiteMachine {
@@ -142,7 +160,10 @@ impl<R: RingElement> SiteMachine<R> {
             me,
             signing,
             verifier,
-            phase: Phase::AwaitKeys(AwaitKeys { enc_secret, mask_secret }),
+            phase: Phase::AwaitKeys(AwaitKeys {
+                enc_secret,
+                mask_secret,
+            }),
             out,
         })
     }
@@ -169,11 +190,17 @@ impl<R: RingElement> SiteMachine<R> {
 
     fn check(&self, round: u64, stage: Stage) -> Result<(), ProtocolError> {
         if round != self.cfg.round {
-            return Err(ProtocolError::WrongRound { expected: self.cfg.round, got: round });
+            return Err(ProtocolError::WrongRound {
+                expected: self.cfg.round,
+                got: round,
+            });
         }
         match self.phase.stage() {
             Stage::Done => Err(ProtocolError::Ended),
-            s if s != stage => Err(ProtocolError::WrongStage { expected: s, got: stage }),
+            s if s != stage => Err(ProtocolError::WrongStage {
+                expected: s,
+                got: stage,
+            }),
             _ => Ok(()),
         }
     }
@@ -207,7 +234,10 @@ impl<R: RingElement> SiteMachine<R> {
         let mut seen_keys = BTreeSet::new();
         for r in msg.adverts {
             let a = r.advert;
-            let bad = |reason: String| ProtocolError::BadAdvert { member: a.member, reason };
+            let bad = |reason: String| ProtocolError::BadAdvert {
+                member: a.member,
+                reason,
+            };
             if a.round != self.cfg.round {
                 return Err(bad(format!("advert is for round {}", a.round)));
             }
@@ -217,12 +247,17 @@ impl<R: RingElement> SiteMachine<R> {
             if keys.contains_key(&a.member) {
                 return Err(ProtocolError::Duplicate(a.member));
             }
-            let vk = self.verifier.verifying_key(a.member, &r.identity).map_err(bad)?;
+            let vk = self
+                .verifier
+                .verifying_key(a.member, &r.identity)
+                .map_err(bad)?;
             if vk.suite() != suite {
                 return Err(bad(format!("identity key is for suite {}", vk.suite())));
             }
-            let signed = KeyAdvert::signed_bytes(suite, a.round, a.member, &a.enc_public, &a.mask_public);
-            vk.verify(&signed, &a.signature).map_err(|e| bad(e.to_string()))?;
+            let signed =
+                KeyAdvert::signed_bytes(suite, a.round, a.member, &a.enc_public, &a.mask_public);
+            vk.verify(&signed, &a.signature)
+                .map_err(|e| bad(e.to_string()))?;
             // Reused public keys would let one member's secrets stand in for another's.
             if !seen_keys.insert(a.enc_public.clone()) || !seen_keys.insert(a.mask_public.clone()) {
                 return Err(bad("public key reused".into()));
@@ -231,7 +266,11 @@ impl<R: RingElement> SiteMachine<R> {
         }
         let t = self.cfg.params.t;
         if keys.len() < t {
-            return Err(ProtocolError::BelowThreshold { member: self.me, have: keys.len(), need: t });
+            return Err(ProtocolError::BelowThreshold {
+                member: self.me,
+                have: keys.len(),
+                need: t,
+            });
         }
         let seed = random_secret(rng, |_| Ok(()));
         let holders: Vec<MemberId> = keys.keys().copied().collect();
@@ -241,19 +280,37 @@ impl<R: RingElement> SiteMachine<R> {
         let mut shares = Vec::with_capacity(holders.len());
         for ((&to, s), k) in holders.iter().zip(&seed_shares).zip(&key_shares) {
             let (enc_public, _) = &keys[&to];
-            let shared = p.agree(&st.enc_secret, enc_public).map_err(|e| ProtocolError::BadAdvert {
-                member: to,
-                reason: e.to_string(),
-            })?;
-            let key = derive_key(suite, Purpose::ShareEncryption, &shared[..], self.cfg.round, self.me, to)?;
+            let shared =
+                p.agree(&st.enc_secret, enc_public)
+                    .map_err(|e| ProtocolError::BadAdvert {
+                        member: to,
+                        reason: e.to_string(),
+                    })?;
+            let key = derive_key(
+                suite,
+                Purpose::ShareEncryption,
+                &shared[..],
+                self.cfg.round,
+                self.me,
+                to,
+            )?;
             let mut pt = Zeroizing::new(Vec::with_capacity(SHARE_PLAINTEXT_LEN));
             pt.extend_from_slice(&self.me.to_be_bytes());
             pt.extend_from_slice(&to.to_be_bytes());
             pt.extend_from_slice(&s.to_bytes());
             pt.extend_from_slice(&k.to_bytes());
             // Each (round, from, to) key seals exactly one message, so a fixed nonce is safe.
-            let ciphertext = p.seal(&key, &[0u8; 12], &share_aad(suite, self.cfg.round, self.me, to), &pt)?;
-            shares.push(EncryptedShare { from: self.me, to, ciphertext });
+            let ciphertext = p.seal(
+                &key,
+                &[0u8; 12],
+                &share_aad(suite, self.cfg.round, self.me, to),
+                &pt,
+            )?;
+            shares.push(EncryptedShare {
+                from: self.me,
+                to,
+                ciphertext,
+            });
         }
         let bundle = ShareBundle {
             round: self.cfg.round,
@@ -261,7 +318,15 @@ impl<R: RingElement> SiteMachine<R> {
             seed_commitment: seed_commitment(suite, self.cfg.round, self.me, &seed),
             shares,
         };
-        Ok((AwaitShares { enc_secret: st.enc_secret, mask_secret: st.mask_secret, seed, keys }, bundle))
+        Ok((
+            AwaitShares {
+                enc_secret: st.enc_secret,
+                mask_secret: st.mask_secret,
+                seed,
+                keys,
+            },
+            bundle,
+        ))
     }
 
     /// Stage 3 input: the sealed shares from neighbours that completed stage 2.
@@ -281,19 +346,36 @@ impl<R: RingElement> SiteMachine<R> {
         let mut held = BTreeMap::new();
         let mut peers = BTreeMap::new();
         for e in msg.shares {
-            let malformed = |reason: &str| ProtocolError::Malformed { member: e.from, reason: reason.into() };
+            let malformed = |reason: &str| ProtocolError::Malformed {
+                member: e.from,
+                reason: reason.into(),
+            };
             if e.to != self.me {
                 return Err(malformed("share addressed to another member"));
             }
             let Some((enc_public, mask_public)) = st.keys.get(&e.from) else {
-                return Err(malformed("share from a member that did not advertise keys to this site"));
+                return Err(malformed(
+                    "share from a member that did not advertise keys to this site",
+                ));
             };
             if held.contains_key(&e.from) {
                 return Err(ProtocolError::Duplicate(e.from));
             }
             let shared = p.agree(&st.enc_secret, enc_public)?;
-            let key = derive_key(suite, Purpose::ShareEncryption, &shared[..], self.cfg.round, e.from, self.me)?;
-            let pt = p.open(&key, &[0u8; 12], &share_aad(suite, self.cfg.round, e.from, self.me), &e.ciphertext)?;
+            let key = derive_key(
+                suite,
+                Purpose::ShareEncryption,
+                &shared[..],
+                self.cfg.round,
+                e.from,
+                self.me,
+            )?;
+            let pt = p.open(
+                &key,
+                &[0u8; 12],
+                &share_aad(suite, self.cfg.round, e.from, self.me),
+                &e.ciphertext,
+            )?;
             if pt.len() != SHARE_PLAINTEXT_LEN
                 || pt[0..4] != e.from.to_be_bytes()
                 || pt[4..8] != self.me.to_be_bytes()
@@ -311,16 +393,28 @@ impl<R: RingElement> SiteMachine<R> {
         }
         let t = self.cfg.params.t;
         if held.len() < t {
-            return Err(ProtocolError::BelowThreshold { member: self.me, have: held.len(), need: t });
+            return Err(ProtocolError::BelowThreshold {
+                member: self.me,
+                have: held.len(),
+                need: t,
+            });
         }
-        Ok(AwaitInput { mask_secret: st.mask_secret, seed: st.seed, peers, held })
+        Ok(AwaitInput {
+            mask_secret: st.mask_secret,
+            seed: st.seed,
+            peers,
+            held,
+        })
     }
 
     /// Stage 3: mask the local (quantised) input in place and queue it.
     pub fn handle_input(&mut self, mut input: Vec<R>) -> Result<(), ProtocolError> {
         self.check(self.cfg.round, Stage::MaskedInput)?;
         if input.len() != self.cfg.vector_len {
-            return Err(ProtocolError::WrongLength { expected: self.cfg.vector_len, got: input.len() });
+            return Err(ProtocolError::WrongLength {
+                expected: self.cfg.vector_len,
+                got: input.len(),
+            });
         }
         let Phase::AwaitInput(st) = std::mem::replace(&mut self.phase, Phase::Done) else {
             return Err(ProtocolError::Ended);
@@ -365,7 +459,11 @@ impl<R: RingElement> SiteMachine<R> {
         let t = self.cfg.params.t;
         if alive < t {
             // Answering would help unmask a sum of too few inputs.
-            return Err(ProtocolError::BelowThreshold { member: self.me, have: alive, need: t });
+            return Err(ProtocolError::BelowThreshold {
+                member: self.me,
+                have: alive,
+                need: t,
+            });
         }
         let mut seed_shares = Vec::new();
         let mut key_shares = Vec::new();

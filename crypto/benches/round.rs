@@ -1,0 +1,91 @@
+//! Whole-protocol costs on one core: the coordinator's unmask for n = 100,
+//! d = 10^6, k = 15, t = 8 with 10 % dropouts (the Flower comparison), and one
+//! site's masking with 15 neighbours.
+
+use std::hint::black_box;
+
+use confide_crypto::graph::SecAggParams;
+use confide_crypto::protocol::RoundConfig;
+use confide_crypto::ring::Ring;
+use confide_crypto::sim::Stepper;
+use confide_crypto::suite::Suite;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+
+const D: usize = 1_000_000;
+
+fn cfg(suite: Suite, n: u32, k: usize, t: usize) -> RoundConfig {
+    RoundConfig {
+        round: 1,
+        suite,
+        ring: Ring::U32,
+        cohort: (1..=n).collect(),
+        params: SecAggParams { k, t },
+        graph_seed: [1u8; 32],
+        vector_len: D,
+        min_survivors: t,
+    }
+}
+
+fn unmask(c: &mut Criterion) {
+    let mut group = c.benchmark_group("coordinator_unmask_n100_d1M_k15_t8_drop10");
+    group.sample_size(10);
+    for suite in Suite::ALL {
+        group.bench_function(suite.name(), |b| {
+            b.iter_batched(
+                || {
+                    // Everything up to the last unmask response; dropouts are members 1, 11, 21, …
+                    let mut s = Stepper::<u32>::new(cfg(suite, 100, 15, 8), 7).expect("set-up");
+                    let nk = s.advertise().expect("advertise");
+                    let sh = s.share(nk).expect("share");
+                    let inputs = (0..100)
+                        .map(|i| (i % 10 != 0).then(|| vec![i as u32; D]))
+                        .collect();
+                    let masked = s.mask(sh, inputs).expect("mask");
+                    let req = s.submit(&masked).expect("submit");
+                    let mut resp = s.responses(req).expect("responses");
+                    let last = resp.pop().expect("a response");
+                    s.finish(resp).expect("deliver");
+                    (s, last)
+                },
+                |(mut s, last)| {
+                    let r = s
+                        .finish(vec![last])
+                        .expect("deliver")
+                        .expect("finished")
+                        .expect("round ok");
+                    black_box(r.sum[0])
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn site_mask(c: &mut Criterion) {
+    let mut group = c.benchmark_group("site_mask_d1M_k15");
+    group.sample_size(10);
+    for suite in Suite::ALL {
+        group.bench_function(suite.name(), |b| {
+            b.iter_batched(
+                || {
+                    let mut s = Stepper::<u32>::new(cfg(suite, 16, 15, 8), 3).expect("set-up");
+                    let nk = s.advertise().expect("advertise");
+                    let sh = s.share(nk).expect("share");
+                    s.mask(sh, vec![None; 16]).expect("deliver shares");
+                    (s, vec![5u32; D])
+                },
+                |(mut s, x)| {
+                    let site = s.site(1).expect("site");
+                    site.handle_input(x).expect("mask");
+                    black_box(site.poll_output().is_some())
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, unmask, site_mask);
+criterion_main!(benches);
