@@ -70,3 +70,58 @@ fn dropout_at_each_stage() -> Result<(), ProtocolError> {
     }
     Ok(())
 }
+
+#[test]
+fn unsafe_or_inconsistent_round_configurations_are_refused() {
+    use confide_crypto::protocol::RoundConfig;
+    use confide_crypto::ring::Ring;
+    let good = RoundConfig {
+        round: 1,
+        suite: Suite::Intl,
+        ring: Ring::U32,
+        cohort: vec![1, 2, 3, 4],
+        params: SecAggParams { k: 3, t: 2 },
+        graph_seed: [0; 32],
+        vector_len: 10,
+        min_survivors: 2,
+    };
+    assert!(good.topology().is_ok());
+    let bad: Vec<(&str, Box<dyn Fn(&mut RoundConfig)>)> = vec![
+        (
+            "two members",
+            Box::new(|c| {
+                c.cohort = vec![1, 2];
+                c.params = SecAggParams { k: 1, t: 1 }
+            }),
+        ),
+        (
+            "threshold 1",
+            Box::new(|c| c.params = SecAggParams { k: 1, t: 1 }),
+        ),
+        (
+            "t <= k/2",
+            Box::new(|c| c.params = SecAggParams { k: 2, t: 1 }),
+        ),
+        (
+            "t > k",
+            Box::new(|c| c.params = SecAggParams { k: 3, t: 4 }),
+        ),
+        (
+            "k >= n",
+            Box::new(|c| c.params = SecAggParams { k: 4, t: 3 }),
+        ),
+        ("unsorted", Box::new(|c| c.cohort = vec![2, 1, 3, 4])),
+        ("duplicate", Box::new(|c| c.cohort = vec![1, 1, 3, 4])),
+        ("empty vector", Box::new(|c| c.vector_len = 0)),
+        ("min_survivors 1", Box::new(|c| c.min_survivors = 1)),
+        ("min_survivors > n", Box::new(|c| c.min_survivors = 5)),
+    ];
+    for (what, f) in bad {
+        let mut c = good.clone();
+        f(&mut c);
+        assert!(
+            matches!(c.topology(), Err(ProtocolError::Config(_))),
+            "{what} accepted"
+        );
+    }
+}

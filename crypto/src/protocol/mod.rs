@@ -89,9 +89,17 @@ impl RoundConfig {
     /// Check the configuration and derive the neighbour graph.
     pub fn topology(&self) -> Result<Topology, ProtocolError> {
         let n = self.cohort.len();
-        if n < 2 {
+        // With two members each would learn the other's input from the sum.
+        if n < 3 {
             return Err(ProtocolError::Config(format!(
-                "a cohort needs at least 2 members, got {n}"
+                "a cohort needs at least 3 members, got {n}"
+            )));
+        }
+        // A threshold of 1 would make every share the secret itself.
+        if self.params.t < 2 {
+            return Err(ProtocolError::Config(format!(
+                "threshold t must be at least 2, got {}",
+                self.params.t
             )));
         }
         if self.cohort.windows(2).any(|w| w[0] >= w[1]) {
