@@ -87,6 +87,7 @@ pub mod shamir;
 #[cfg(any(test, feature = "test-util"))]
 pub mod sim;
 pub mod simd;
+pub mod aesfast;
 pub mod sm4fast;
 pub mod stats;
 pub mod suite;

@@ -1,4 +1,7 @@
-//! x86_64 SIMD SM4 CTR keystream (the only module with `unsafe`).
+//! x86_64 SIMD SM4 and AES-128 CTR keystreams (the only module with `unsafe`).
+//!
+//! The AES-128 kernels (VAES/AVX-512, VAES/AVX2, AES-NI) are described at
+//! [`AesBackend`]; everything below up to that section is about SM4.
 //!
 //! # The affine-isomorphism trick
 //!
@@ -567,6 +570,329 @@ mod x86 {
 
         kernel!(groups_gfni, keystream_gfni, Gfni, sbox_gfni, "avx2,gfni");
         kernel!(groups_aesni, keystream_aesni, Aesni, sbox_aesni, "avx2,aes");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// AES-128 CTR
+// ---------------------------------------------------------------------------
+
+/// An AES-128-CTR keystream implementation (see [`crate::aesfast`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AesBackend {
+    /// The RustCrypto `aes` crate's `encrypt_blocks` (any target).
+    Portable,
+    /// AES-NI (+ SSSE3 for the counter byte swap): 1 block per register,
+    /// 8 in flight.
+    AesNi,
+    /// VAES + AVX2: 2 blocks per 256-bit register, 16 in flight.
+    Vaes256,
+    /// VAES + AVX-512F/BW: 4 blocks per 512-bit register, 16 in flight.
+    Vaes512,
+}
+
+impl AesBackend {
+    /// Every backend, fastest first.
+    pub const ALL: [AesBackend; 4] = [
+        AesBackend::Vaes512,
+        AesBackend::Vaes256,
+        AesBackend::AesNi,
+        AesBackend::Portable,
+    ];
+
+    /// The fastest backend this CPU supports (detected once, then cached).
+    pub fn detect() -> AesBackend {
+        static CHOICE: OnceLock<AesBackend> = OnceLock::new();
+        *CHOICE.get_or_init(|| {
+            Self::ALL
+                .into_iter()
+                .find(|b| b.is_supported())
+                .unwrap_or(AesBackend::Portable)
+        })
+    }
+
+    /// Whether this CPU can run the backend.
+    pub fn is_supported(self) -> bool {
+        match self {
+            AesBackend::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            AesBackend::AesNi => {
+                std::is_x86_feature_detected!("aes") && std::is_x86_feature_detected!("ssse3")
+            }
+            #[cfg(target_arch = "x86_64")]
+            AesBackend::Vaes256 => {
+                std::is_x86_feature_detected!("aes")
+                    && std::is_x86_feature_detected!("vaes")
+                    && std::is_x86_feature_detected!("avx2")
+            }
+            #[cfg(target_arch = "x86_64")]
+            AesBackend::Vaes512 => {
+                std::is_x86_feature_detected!("aes")
+                    && std::is_x86_feature_detected!("vaes")
+                    && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+/// How many of `blocks` counter blocks starting at `ctr` come before the low
+/// 64 bits of the counter wrap (at least 1 if `blocks > 0`). The kernels add
+/// counters as two independent 64-bit halves, so a request is split there.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn blocks_before_low_wrap(ctr: u128, blocks: usize) -> usize {
+    let room = (1u128 << 64) - u128::from(ctr as u64);
+    usize::try_from(room).map_or(blocks, |r| r.min(blocks))
+}
+
+/// Fills `out` (whole blocks) with the AES-128 CTR keystream for round keys
+/// `rk` using `backend`. Returns `false`, writing nothing, if `backend` is
+/// portable or not supported here.
+pub(crate) fn aes_keystream(
+    backend: AesBackend,
+    rk: &[[u8; 16]; 11],
+    counter: u128,
+    out: &mut [u8],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if backend != AesBackend::Portable && backend.is_supported() {
+        let mut ctr = counter;
+        let mut rest = out;
+        loop {
+            let blocks = rest.len() / 16;
+            if blocks == 0 {
+                break;
+            }
+            let n = blocks_before_low_wrap(ctr, blocks);
+            let (head, tail) = rest.split_at_mut(16 * n);
+            match backend {
+                // SAFETY: `is_supported` just confirmed the CPU has every
+                // target feature the called function is compiled with
+                // (aes, vaes, avx512f, avx512bw); `head`'s counters do not
+                // wrap in their low 64 bits (`blocks_before_low_wrap`).
+                AesBackend::Vaes512 => unsafe { x86_aes::vaes512::keystream(rk, ctr, head) },
+                // SAFETY: as above (aes, vaes, avx2 detected).
+                AesBackend::Vaes256 => unsafe { x86_aes::vaes256::keystream(rk, ctr, head) },
+                // SAFETY: as above (aes, ssse3 detected).
+                AesBackend::AesNi => unsafe { x86_aes::aesni::keystream(rk, ctr, head) },
+                AesBackend::Portable => return false,
+            }
+            ctr = ctr.wrapping_add(n as u128);
+            rest = tail;
+        }
+        return true;
+    }
+    let _ = (backend, rk, counter, out);
+    false
+}
+
+/// AES-128 CTR kernels. Each keeps the counter as a little-endian `u128` per
+/// 128-bit lane (low qword = low half), adds block offsets with 64-bit lane
+/// adds — valid because the caller never lets the low half wrap within one
+/// call — and byte-reverses each lane with `pshufb` to get the big-endian
+/// counter block. The key is whitened in, then 9 `aesenc` and one
+/// `aesenclast` run on several registers at once so their latency overlaps.
+/// No secret-dependent memory access or branches; round keys live in
+/// registers and spilled stack slots that cannot be wiped from Rust, the tail
+/// buffer is zeroized.
+#[cfg(target_arch = "x86_64")]
+mod x86_aes {
+    /// `pshufb` operand reversing the 16 bytes of each 128-bit lane.
+    const REVERSE: u128 = u128::from_le_bytes([15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
+
+    /// Defines `encrypt` and `keystream` for one register width; the module
+    /// invoking it supplies `bcast128` (a `u128` in every 128-bit lane) and
+    /// `lane_offsets` (block index `j` in the low qword of lane `j`).
+    macro_rules! aes_ctr_kernel {
+        (
+            features: $features:literal,
+            vector: $v:ty,
+            lanes: $lanes:literal,
+            regs: $regs:literal,
+            zero: $zero:ident,
+            xor: $xor:ident,
+            add64: $add:ident,
+            shuffle: $shuf:ident,
+            aesenc: $enc:ident,
+            aesenclast: $last:ident,
+            storeu: $store:ident,
+        ) => {
+            /// Bytes per register.
+            const REG_BYTES: usize = 16 * $lanes;
+            /// Bytes per main-loop iteration.
+            const CHUNK: usize = REG_BYTES * $regs;
+
+            /// AES-128-encrypts the little-endian counters `ctr` (all lanes).
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn encrypt<const N: usize>(k: &[$v; 11], bswap: $v, ctr: [$v; N]) -> [$v; N] {
+                let mut x = ctr;
+                for xi in x.iter_mut() {
+                    *xi = $xor($shuf(*xi, bswap), k[0]);
+                }
+                for kr in &k[1..10] {
+                    for xi in x.iter_mut() {
+                        *xi = $enc(*xi, *kr);
+                    }
+                }
+                for xi in x.iter_mut() {
+                    *xi = $last(*xi, k[10]);
+                }
+                x
+            }
+
+            /// Keystream for whole blocks of `out`; the low 64 bits of the
+            /// counter must not wrap within `out` (lanes past its end may).
+            #[target_feature(enable = $features)]
+            pub(crate) fn keystream(rk: &[[u8; 16]; 11], counter: u128, out: &mut [u8]) {
+                let mut k = [$zero(); 11];
+                for (kr, r) in k.iter_mut().zip(rk) {
+                    *kr = bcast128(u128::from_le_bytes(*r));
+                }
+                let bswap = bcast128(REVERSE);
+                let mut base = $add(bcast128(counter), lane_offsets());
+                let mut offs = [$zero(); $regs];
+                for (i, o) in offs.iter_mut().enumerate() {
+                    *o = bcast128(($lanes * i) as u128);
+                }
+                let step = bcast128(($lanes * $regs) as u128);
+                let one = bcast128($lanes);
+
+                let (chunks, tail) = out.as_chunks_mut::<CHUNK>();
+                for chunk in chunks {
+                    let mut c = [$zero(); $regs];
+                    for (ci, o) in c.iter_mut().zip(&offs) {
+                        *ci = $add(base, *o);
+                    }
+                    base = $add(base, step);
+                    let x = encrypt(&k, bswap, c);
+                    let (dst, _) = chunk.as_chunks_mut::<REG_BYTES>();
+                    for (d, xi) in dst.iter_mut().zip(x) {
+                        // SAFETY: `d` is `REG_BYTES` writable bytes, the
+                        // size of the vector; `storeu` is unaligned.
+                        unsafe { $store(d.as_mut_ptr().cast(), xi) };
+                    }
+                }
+                let (regs, rest) = tail.as_chunks_mut::<REG_BYTES>();
+                for d in regs {
+                    let [xi] = encrypt(&k, bswap, [base]);
+                    base = $add(base, one);
+                    // SAFETY: as above.
+                    unsafe { $store(d.as_mut_ptr().cast(), xi) };
+                }
+                if !rest.is_empty() {
+                    let [xi] = encrypt(&k, bswap, [base]);
+                    let mut buf = [0u8; REG_BYTES];
+                    // SAFETY: `buf` is `REG_BYTES` writable bytes.
+                    unsafe { $store(buf.as_mut_ptr().cast(), xi) };
+                    rest.copy_from_slice(&buf[..rest.len()]);
+                    buf.zeroize();
+                }
+            }
+        };
+    }
+
+    /// VAES + AVX-512F/BW: 4 blocks per register, 4 registers in flight.
+    pub(super) mod vaes512 {
+        use super::REVERSE;
+        use core::arch::x86_64::*;
+        use zeroize::Zeroize;
+
+        #[inline]
+        #[target_feature(enable = "aes,vaes,avx512f,avx512bw")]
+        fn bcast128(v: u128) -> __m512i {
+            let (lo, hi) = (v as i64, (v >> 64) as i64);
+            _mm512_set_epi64(hi, lo, hi, lo, hi, lo, hi, lo)
+        }
+
+        #[inline]
+        #[target_feature(enable = "aes,vaes,avx512f,avx512bw")]
+        fn lane_offsets() -> __m512i {
+            _mm512_set_epi64(0, 3, 0, 2, 0, 1, 0, 0)
+        }
+
+        aes_ctr_kernel! {
+            features: "aes,vaes,avx512f,avx512bw",
+            vector: __m512i,
+            lanes: 4,
+            regs: 4,
+            zero: _mm512_setzero_si512,
+            xor: _mm512_xor_si512,
+            add64: _mm512_add_epi64,
+            shuffle: _mm512_shuffle_epi8,
+            aesenc: _mm512_aesenc_epi128,
+            aesenclast: _mm512_aesenclast_epi128,
+            storeu: _mm512_storeu_si512,
+        }
+    }
+
+    /// VAES + AVX2: 2 blocks per register, 8 registers in flight.
+    pub(super) mod vaes256 {
+        use super::REVERSE;
+        use core::arch::x86_64::*;
+        use zeroize::Zeroize;
+
+        #[inline]
+        #[target_feature(enable = "aes,vaes,avx2")]
+        fn bcast128(v: u128) -> __m256i {
+            let (lo, hi) = (v as i64, (v >> 64) as i64);
+            _mm256_set_epi64x(hi, lo, hi, lo)
+        }
+
+        #[inline]
+        #[target_feature(enable = "aes,vaes,avx2")]
+        fn lane_offsets() -> __m256i {
+            _mm256_set_epi64x(0, 1, 0, 0)
+        }
+
+        aes_ctr_kernel! {
+            features: "aes,vaes,avx2",
+            vector: __m256i,
+            lanes: 2,
+            regs: 8,
+            zero: _mm256_setzero_si256,
+            xor: _mm256_xor_si256,
+            add64: _mm256_add_epi64,
+            shuffle: _mm256_shuffle_epi8,
+            aesenc: _mm256_aesenc_epi128,
+            aesenclast: _mm256_aesenclast_epi128,
+            storeu: _mm256_storeu_si256,
+        }
+    }
+
+    /// AES-NI: 1 block per register, 8 registers in flight.
+    pub(super) mod aesni {
+        use super::REVERSE;
+        use core::arch::x86_64::*;
+        use zeroize::Zeroize;
+
+        #[inline]
+        #[target_feature(enable = "aes,ssse3")]
+        fn bcast128(v: u128) -> __m128i {
+            _mm_set_epi64x((v >> 64) as i64, v as i64)
+        }
+
+        #[inline]
+        #[target_feature(enable = "aes,ssse3")]
+        fn lane_offsets() -> __m128i {
+            _mm_setzero_si128()
+        }
+
+        aes_ctr_kernel! {
+            features: "aes,ssse3",
+            vector: __m128i,
+            lanes: 1,
+            regs: 8,
+            zero: _mm_setzero_si128,
+            xor: _mm_xor_si128,
+            add64: _mm_add_epi64,
+            shuffle: _mm_shuffle_epi8,
+            aesenc: _mm_aesenc_si128,
+            aesenclast: _mm_aesenclast_si128,
+            storeu: _mm_storeu_si128,
+        }
     }
 }
 

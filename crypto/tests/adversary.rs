@@ -240,31 +240,33 @@ fn coordinator_rejects_replays_wrong_stage_duplicates_and_wrong_lengths_without_
 
 #[test]
 fn round_fails_when_fewer_than_t_shares_arrive_and_a_late_site_cannot_rejoin() -> Res {
-    // Deadline passes in the unmask stage with only one responder; t = 3.
-    let mut r = round(Suite::Intl, 5, 4, 3, 4)?;
-    let nk = r.advertise()?;
-    let sh = r.share(nk)?;
-    let masked = r.mask(sh, vec![Some(vec![5u32; 4]); 5])?;
-    let mut reqs = requests(r.submit(&masked)?);
-    let (to, msg) = reqs.remove(0);
-    r.sites[to as usize - 1].handle_unmask_request(msg)?;
-    if let Some(SiteOutput::Unmask(u)) = r.sites[to as usize - 1].poll_output() {
-        r.coord.handle_unmask_response(u, r.now)?;
-    }
-    let deadline = r.coord.poll_timeout().ok_or("no deadline")?;
-    r.coord.handle_timeout(deadline);
-    let failed = r.finish(Vec::new())?;
-    assert!(
-        matches!(failed, Some(Err(ProtocolError::Reconstruction { have, need: 3, .. })) if have < 3),
-        "{failed:?}"
-    );
-    let (to2, msg2) = reqs.remove(0);
-    r.sites[to2 as usize - 1].handle_unmask_request(msg2)?;
-    if let Some(SiteOutput::Unmask(u)) = r.sites[to2 as usize - 1].poll_output() {
-        assert_eq!(
-            r.coord.handle_unmask_response(u, r.now),
-            Err(ProtocolError::Ended)
+    for suite in Suite::ALL {
+        // Deadline passes in the unmask stage with only one responder; t = 3.
+        let mut r = round(suite, 5, 4, 3, 4)?;
+        let nk = r.advertise()?;
+        let sh = r.share(nk)?;
+        let masked = r.mask(sh, vec![Some(vec![5u32; 4]); 5])?;
+        let mut reqs = requests(r.submit(&masked)?);
+        let (to, msg) = reqs.remove(0);
+        r.sites[to as usize - 1].handle_unmask_request(msg)?;
+        if let Some(SiteOutput::Unmask(u)) = r.sites[to as usize - 1].poll_output() {
+            r.coord.handle_unmask_response(u, r.now)?;
+        }
+        let deadline = r.coord.poll_timeout().ok_or("no deadline")?;
+        r.coord.handle_timeout(deadline);
+        let failed = r.finish(Vec::new())?;
+        assert!(
+            matches!(failed, Some(Err(ProtocolError::Reconstruction { have, need: 3, .. })) if have < 3),
+            "{failed:?}"
         );
+        let (to2, msg2) = reqs.remove(0);
+        r.sites[to2 as usize - 1].handle_unmask_request(msg2)?;
+        if let Some(SiteOutput::Unmask(u)) = r.sites[to2 as usize - 1].poll_output() {
+            assert_eq!(
+                r.coord.handle_unmask_response(u, r.now),
+                Err(ProtocolError::Ended)
+            );
+        }
     }
     Ok(())
 }
@@ -304,14 +306,16 @@ fn a_masked_vector_alone_looks_uniform() -> Res {
 
 #[test]
 fn secrets_never_show_in_debug_output() -> Res {
-    let r = round(Suite::Gm, 3, 2, 2, 4)?;
-    let key_hex = hex::encode(r.keys[0].secret_bytes());
-    for s in [
-        format!("{:?}", r.sites[0]),
-        format!("{:?}", r.keys[0]),
-        format!("{:?}", r.coord),
-    ] {
-        assert!(!s.contains(&key_hex), "{s}");
+    for suite in Suite::ALL {
+        let r = round(suite, 3, 2, 2, 4)?;
+        let key_hex = hex::encode(r.keys[0].secret_bytes());
+        for s in [
+            format!("{:?}", r.sites[0]),
+            format!("{:?}", r.keys[0]),
+            format!("{:?}", r.coord),
+        ] {
+            assert!(!s.contains(&key_hex), "{s}");
+        }
     }
     Ok(())
 }

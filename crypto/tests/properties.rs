@@ -1,6 +1,6 @@
 //! Property tests over random cohorts, parameters, dropout patterns at every
-//! stage and message orders. The number of cases defaults to 1000 per
-//! property; set `CONFIDE_PROPTEST_CASES` for more.
+//! stage and message orders. The number of cases defaults to 2000 (and 500 for the
+//! quantisation property); set `CONFIDE_PROPTEST_CASES` for more.
 
 use std::collections::BTreeSet;
 
@@ -128,7 +128,7 @@ fn inputs<R: RingElement>(n: usize, len: usize, seed: u64) -> Vec<Vec<R>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(1000), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(2000), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Whenever the threshold holds the result is the exact ring sum of the
     /// survivors' inputs; otherwise the round fails with a typed error.
@@ -161,7 +161,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(1000) / 4, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(2000) / 4, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Quantise real updates, aggregate securely, dequantise: the weighted mean
     /// is within the documented bound of the f64 weighted mean of the clipped inputs.
