@@ -41,5 +41,22 @@ fn keystream(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, keystream);
+/// The same per backend for an 8 KiB buffer (the PRG's L1-resident scratch).
+fn keystream_8k(c: &mut Criterion) {
+    const SMALL: usize = 8 << 10;
+    let ks = AesKeystream::new(&KEY);
+    let mut out = vec![0u8; SMALL];
+    let mut group = c.benchmark_group("aes128_ctr_keystream_8KiB");
+    group.throughput(Throughput::Bytes(SMALL as u64));
+    for backend in AesBackend::ALL {
+        if backend.is_supported() {
+            group.bench_function(format!("{backend:?}"), |b| {
+                b.iter(|| ks.keystream_with(backend, black_box(1), black_box(&mut out)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, keystream, keystream_8k);
 criterion_main!(benches);

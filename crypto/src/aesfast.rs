@@ -6,7 +6,7 @@
 //! generic block-processing closure is not inlined into the target-feature
 //! context, so its wide paths run far below what the hardware does. The
 //! kernels in [`crate::simd`] are whole CTR loops compiled for VAES +
-//! AVX-512 (4 blocks per register, 16 blocks in flight), VAES + AVX2 or
+//! AVX-512 (4 blocks per register, 32 blocks in flight), VAES + AVX2 or
 //! AES-NI and are picked once at run time; the `aes` crate remains the
 //! portable fallback and the reference the tests compare against.
 //!
@@ -30,8 +30,8 @@ use core::fmt;
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use zeroize::Zeroize;
 
-pub use crate::simd::AesBackend;
 use crate::simd;
+pub use crate::simd::AesBackend;
 
 /// Expanded AES-128 encryption round keys, in FIPS-197 byte order.
 pub(crate) type RoundKeys = [[u8; 16]; 11];
@@ -229,7 +229,13 @@ mod tests {
     #[test]
     fn sbox_spot_values_and_bijective() {
         // FIPS-197 Figure 7.
-        for (x, s) in [(0x00, 0x63), (0x01, 0x7C), (0x53, 0xED), (0xFF, 0x16), (0x9A, 0xB8)] {
+        for (x, s) in [
+            (0x00, 0x63),
+            (0x01, 0x7C),
+            (0x53, 0xED),
+            (0xFF, 0x16),
+            (0x9A, 0xB8),
+        ] {
             assert_eq!(sub_byte(x), s, "S({x:#04x})");
         }
         let mut seen = [false; 256];

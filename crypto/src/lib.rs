@@ -76,6 +76,7 @@
 
 #![warn(missing_docs)]
 
+pub mod aesfast;
 pub mod error;
 pub mod graph;
 pub mod kdf;
@@ -87,7 +88,6 @@ pub mod shamir;
 #[cfg(any(test, feature = "test-util"))]
 pub mod sim;
 pub mod simd;
-pub mod aesfast;
 pub mod sm4fast;
 pub mod stats;
 pub mod suite;

@@ -19,9 +19,9 @@
 
 use std::fmt;
 
-use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use zeroize::Zeroizing;
 
+use crate::aesfast::AesKeystream;
 use crate::error::CryptoError;
 use crate::ring::RingElement;
 use crate::sm4fast::Sm4Keystream;
@@ -37,8 +37,18 @@ pub struct Prg {
 }
 
 enum Inner {
-    Aes(Zeroizing<[u8; 16]>),
+    Aes(Box<AesKeystream>),
     Sm4(Box<Sm4Keystream>),
+}
+
+impl Inner {
+    /// CTR keystream for whole blocks from `counter` (runtime-dispatched SIMD).
+    fn blocks(&self, counter: u128, out: &mut [u8]) {
+        match self {
+            Inner::Aes(k) => k.keystream(counter, out),
+            Inner::Sm4(k) => k.keystream(counter, out),
+        }
+    }
 }
 
 impl Prg {
@@ -48,7 +58,7 @@ impl Prg {
     /// A PRG for `suite` keyed with `key`.
     pub fn new(suite: Suite, key: &[u8; 16]) -> Self {
         let inner = match suite {
-            Suite::Intl => Inner::Aes(Zeroizing::new(*key)),
+            Suite::Intl => Inner::Aes(Box::new(AesKeystream::new(key))),
             Suite::Gm => Inner::Sm4(Box::new(Sm4Keystream::new(key))),
         };
         Prg { inner }
@@ -95,12 +105,9 @@ impl Prg {
     }
 
     fn generator(&self) -> Generator<'_> {
-        match &self.inner {
-            Inner::Aes(key) => Generator::Aes {
-                cipher: Box::new(aes::Aes128::new(&(**key).into())),
-                counter: 0,
-            },
-            Inner::Sm4(ks) => Generator::Sm4 { ks, counter: 0 },
+        Generator {
+            inner: &self.inner,
+            counter: 0,
         }
     }
 
@@ -132,54 +139,24 @@ fn check_len(bytes: u64, len: usize, width: usize) -> Result<(), CryptoError> {
     Ok(())
 }
 
-enum Generator<'a> {
-    Aes {
-        cipher: Box<aes::Aes128>,
-        counter: u64,
-    },
-    Sm4 {
-        ks: &'a Sm4Keystream,
-        counter: u128,
-    },
+struct Generator<'a> {
+    inner: &'a Inner,
+    counter: u128,
 }
 
 impl Generator<'_> {
     /// Next `out.len()` keystream bytes. Only the final call of a stream may
     /// ask for a length that is not a multiple of 16.
     fn next(&mut self, out: &mut [u8]) {
-        match self {
-            Generator::Aes { cipher, counter } => {
-                // CTR by hand: lay out the counter blocks in the output, then
-                // encrypt them in place with one call, so the cipher's widest
-                // (VAES) path runs over the whole scratch block.
-                let (blocks, tail) = aes::Block::slice_as_chunks_mut(out);
-                for b in blocks.iter_mut() {
-                    b[..8].fill(0);
-                    b[8..].copy_from_slice(&counter.to_be_bytes());
-                    *counter += 1;
-                }
-                cipher.encrypt_blocks(blocks);
-                if !tail.is_empty() {
-                    let mut last = aes::Block::default();
-                    last[8..].copy_from_slice(&counter.to_be_bytes());
-                    *counter += 1;
-                    cipher.encrypt_block(&mut last);
-                    let n = tail.len();
-                    tail.copy_from_slice(&last[..n]);
-                }
-            }
-            Generator::Sm4 { ks, counter } => {
-                let whole = out.len() / 16 * 16;
-                ks.keystream(*counter, &mut out[..whole]);
-                *counter = counter.wrapping_add((whole / 16) as u128);
-                if whole < out.len() {
-                    let mut last = [0u8; 16];
-                    ks.keystream(*counter, &mut last);
-                    *counter = counter.wrapping_add(1);
-                    let rest = out.len() - whole;
-                    out[whole..].copy_from_slice(&last[..rest]);
-                }
-            }
+        let whole = out.len() / 16 * 16;
+        self.inner.blocks(self.counter, &mut out[..whole]);
+        self.counter = self.counter.wrapping_add((whole / 16) as u128);
+        if whole < out.len() {
+            let mut last = Zeroizing::new([0u8; 16]);
+            self.inner.blocks(self.counter, &mut last[..]);
+            self.counter = self.counter.wrapping_add(1);
+            let rest = out.len() - whole;
+            out[whole..].copy_from_slice(&last[..rest]);
         }
     }
 }

@@ -587,7 +587,7 @@ pub enum AesBackend {
     AesNi,
     /// VAES + AVX2: 2 blocks per 256-bit register, 16 in flight.
     Vaes256,
-    /// VAES + AVX-512F/BW: 4 blocks per 512-bit register, 16 in flight.
+    /// VAES + AVX-512F/BW: 4 blocks per 512-bit register, 32 in flight.
     Vaes512,
 }
 
@@ -700,7 +700,8 @@ pub(crate) fn aes_keystream(
 #[cfg(target_arch = "x86_64")]
 mod x86_aes {
     /// `pshufb` operand reversing the 16 bytes of each 128-bit lane.
-    const REVERSE: u128 = u128::from_le_bytes([15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
+    const REVERSE: u128 =
+        u128::from_le_bytes([15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
 
     /// Defines `encrypt` and `keystream` for one register width; the module
     /// invoking it supplies `bcast128` (a `u128` in every 128-bit lane) and
@@ -794,7 +795,8 @@ mod x86_aes {
         };
     }
 
-    /// VAES + AVX-512F/BW: 4 blocks per register, 4 registers in flight.
+    /// VAES + AVX-512F/BW: 4 blocks per register, 8 registers in flight
+    /// (measured ~3% faster than 4 on Zen 4; 32 zmm leave room for them).
     pub(super) mod vaes512 {
         use super::REVERSE;
         use core::arch::x86_64::*;
@@ -817,7 +819,7 @@ mod x86_aes {
             features: "aes,vaes,avx512f,avx512bw",
             vector: __m512i,
             lanes: 4,
-            regs: 4,
+            regs: 8,
             zero: _mm512_setzero_si512,
             xor: _mm512_xor_si512,
             add64: _mm512_add_epi64,
@@ -1133,6 +1135,18 @@ mod tests {
             println!("{backend:?}: ok");
         }
         println!("detected backend: {:?}", Backend::detect());
+    }
+
+    #[test]
+    fn aes_split_at_low_half_wrap() {
+        let max = u128::from(u64::MAX);
+        assert_eq!(blocks_before_low_wrap(0, 0), 0);
+        assert_eq!(blocks_before_low_wrap(0, 1000), 1000);
+        assert_eq!(blocks_before_low_wrap(max, 1000), 1);
+        assert_eq!(blocks_before_low_wrap(max - 9, 1000), 10);
+        assert_eq!(blocks_before_low_wrap((7 << 64) | (max - 2), 3), 3);
+        assert_eq!(blocks_before_low_wrap(u128::MAX - 4, 16), 5);
+        assert_eq!(blocks_before_low_wrap(u128::from(u32::MAX), 16), 16);
     }
 
     #[test]

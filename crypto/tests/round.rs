@@ -86,7 +86,8 @@ fn unsafe_or_inconsistent_round_configurations_are_refused() {
         min_survivors: 2,
     };
     assert!(good.topology().is_ok());
-    let bad: Vec<(&str, Box<dyn Fn(&mut RoundConfig)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut RoundConfig)>;
+    let bad: Vec<(&str, Mutation)> = vec![
         (
             "two members",
             Box::new(|c| {
