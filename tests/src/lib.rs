@@ -1,1 +1,503 @@
-//! End-to-end tests for Confide.
+//! # confide-tests
+//!
+//! End-to-end tests of Confide over real gRPC on 127.0.0.1 port 0: the
+//! coordinator library (`serve`), real sites (`confide_client::run_site`) and,
+//! for protocol-level checks, a scripted [`FakeSite`] that speaks the wire
+//! protocol with chosen inputs.
+//!
+//! ```text
+//!  run_site ×n ──gRPC──▶ serve(settings, listener, shutdown) ──▶ checkpoints/
+//!  FakeSite (known deltas, bad submissions) ──┘
+//! ```
+//!
+//! ```
+//! let s = confide_tests::settings(2, "intl");
+//! assert!(s.tls.insecure && s.rounds == 2);
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use confide_coordinator::{CoordinatorError, ServeReport, Settings};
+use confide_crypto::graph::SecAggParams;
+use confide_crypto::protocol::{
+    EncryptedShare, IdentityVerifier, IncomingShares, KeyAdvert, NeighbourKeys, RelayedAdvert,
+    UnmaskRequest,
+};
+use confide_crypto::quant::{QuantConfig, Quantiser};
+use confide_crypto::ring::{Ring, to_le_bytes};
+use confide_crypto::suite::{SigningKey, VerifyingKey};
+use confide_crypto::{MemberId, RoundConfig, SiteMachine, Suite};
+use confide_proto::v1 as pb;
+use pb::site_client::SiteClient;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// Boxed error for tests.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The breast-cancer CSV (569 rows, label `malignant`).
+pub const BREAST_CANCER: &str = include_str!("../../examples/data/breast_cancer_wisconsin.csv");
+
+/// Test settings: insecure transport, logistic regression on the 30
+/// breast-cancer features, statistics round, short stage timeouts.
+pub fn settings(rounds: u64, suite: &str) -> Settings {
+    let mut s = Settings {
+        federation: "test".into(),
+        suite: suite.into(),
+        rounds,
+        min_sites: 3,
+        max_sites: 20,
+        ..Default::default()
+    };
+    s.tls.insecure = true;
+    s.secagg.stage_timeout_secs = 8;
+    s.final_evaluation = true;
+    s
+}
+
+fn rows(csv: &str) -> (String, Vec<(f64, String)>) {
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap_or_default().to_string();
+    let col = header
+        .split(',')
+        .position(|h| h == "radius_mean")
+        .unwrap_or(0);
+    let rows = lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            (
+                l.split(',')
+                    .nth(col)
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0.0),
+                l.to_string(),
+            )
+        })
+        .collect();
+    (header, rows)
+}
+
+fn write_part(
+    dir: &Path,
+    name: &str,
+    header: &str,
+    part: &[(f64, String)],
+) -> std::io::Result<PathBuf> {
+    let mut text = format!("{header}\n");
+    for (_, l) in part {
+        text.push_str(l);
+        text.push('\n');
+    }
+    let p = dir.join(format!("{name}.csv"));
+    std::fs::write(&p, text)?;
+    Ok(p)
+}
+
+/// Non-IID hospitals: rows sorted by `radius_mean` descending, split at the
+/// cumulative fractions `cuts` (e.g. `[0.2, 0.5]` for 20 % / 30 % / 50 %).
+pub fn split_non_iid(dir: &Path, cuts: &[f64]) -> std::io::Result<Vec<PathBuf>> {
+    let (header, mut rows) = rows(BREAST_CANCER);
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let n = rows.len();
+    let mut bounds = vec![0];
+    bounds.extend(cuts.iter().map(|c| (c * n as f64) as usize));
+    bounds.push(n);
+    (0..bounds.len() - 1)
+        .map(|i| {
+            write_part(
+                dir,
+                &format!("site-{i}"),
+                &header,
+                &rows[bounds[i]..bounds[i + 1]],
+            )
+        })
+        .collect()
+}
+
+/// `n` sites with every `n`-th row each (small, roughly IID).
+pub fn split_round_robin(dir: &Path, n: usize) -> std::io::Result<Vec<PathBuf>> {
+    let (header, rows) = rows(BREAST_CANCER);
+    (0..n)
+        .map(|i| {
+            let part: Vec<(f64, String)> = rows.iter().skip(i).step_by(n).cloned().collect();
+            write_part(dir, &format!("site-{i}"), &header, &part)
+        })
+        .collect()
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The serve task.
+    pub handle: JoinHandle<Result<ServeReport, CoordinatorError>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Coordinator {
+    /// Start `serve` on 127.0.0.1:0.
+    pub async fn start(s: Settings) -> Result<Self, BoxError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(confide_coordinator::serve(s, listener, async move {
+            let _ = rx.await;
+        }));
+        Ok(Coordinator {
+            addr,
+            handle,
+            stop: Some(tx),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Fire the shutdown signal.
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// Wait for `serve` to return (bounded).
+    pub async fn finish(self, within: Duration) -> Result<ServeReport, BoxError> {
+        let r = tokio::time::timeout(within, self.handle)
+            .await
+            .map_err(|_| "coordinator did not finish in time")???;
+        Ok(r)
+    }
+}
+
+/// An insecure site config for `data`.
+pub fn site(url: &str, name: &str, data: &Path) -> confide_client::SiteConfig {
+    let mut c = confide_client::SiteConfig::new(url, name, data, "malignant");
+    c.insecure = true;
+    c.max_reconnect = Duration::from_secs(20);
+    c
+}
+
+/// Spawn real sites.
+pub fn spawn_sites(
+    cfgs: Vec<confide_client::SiteConfig>,
+) -> Vec<JoinHandle<Result<confide_client::SiteReport, confide_client::ClientError>>> {
+    cfgs.into_iter()
+        .map(|c| tokio::spawn(confide_client::run_site(c, std::future::pending())))
+        .collect()
+}
+
+struct TrustRelayed(Suite);
+
+impl IdentityVerifier for TrustRelayed {
+    fn verifying_key(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String> {
+        if identity.is_empty() {
+            return Err(format!("no key for {member}"));
+        }
+        Ok(VerifyingKey::from_bytes(self.0, identity))
+    }
+}
+
+/// A scripted site speaking the wire protocol directly (u32 training rounds).
+pub struct FakeSite {
+    /// Raw client.
+    pub client: SiteClient<Channel>,
+    /// Session token.
+    pub session: String,
+    /// Task stream.
+    pub tasks: tonic::Streaming<pb::Task>,
+    key: SigningKey,
+    suite: Suite,
+}
+
+/// Chunks of a vector as the wire wants them.
+pub fn chunks(session: &str, round: u64, v: &[u32]) -> Vec<pb::MaskedInputChunk> {
+    let per = confide_proto::CHUNK_BYTES / 4;
+    let mut out = Vec::new();
+    for (i, c) in v.chunks(per).enumerate() {
+        out.push(pb::MaskedInputChunk {
+            session: session.to_string(),
+            round,
+            offset: (i * per) as u64,
+            total_len: v.len() as u64,
+            data: to_le_bytes(c),
+        });
+    }
+    if out.is_empty() {
+        out.push(pb::MaskedInputChunk {
+            session: session.into(),
+            round,
+            offset: 0,
+            total_len: 0,
+            data: vec![],
+        });
+    }
+    out
+}
+
+impl FakeSite {
+    /// Join and open the task stream.
+    pub async fn join(url: &str, name: &str, suite: Suite) -> Result<Self, BoxError> {
+        let mut client = SiteClient::connect(url.to_string()).await?;
+        let key = SigningKey::generate(suite, &mut rand::rng());
+        let vk = key.verifying_key()?;
+        let session = client
+            .join(pb::JoinRequest {
+                site: name.into(),
+                verifying_key: vk.as_bytes().to_vec(),
+                version: "fake".into(),
+            })
+            .await?
+            .into_inner()
+            .session;
+        let tasks = client
+            .tasks(pb::TasksRequest {
+                session: session.clone(),
+            })
+            .await?
+            .into_inner();
+        Ok(FakeSite {
+            client,
+            session,
+            tasks,
+            key,
+            suite,
+        })
+    }
+
+    /// Next task (bounded wait).
+    pub async fn next_task(&mut self) -> Result<pb::task::Kind, BoxError> {
+        let t = tokio::time::timeout(Duration::from_secs(60), self.tasks.message())
+            .await
+            .map_err(|_| "no task within 60 s")??;
+        t.and_then(|t| t.kind)
+            .ok_or_else(|| "task stream ended".into())
+    }
+
+    /// Wait for the next RoundStart.
+    pub async fn round_start(&mut self) -> Result<pb::RoundStart, BoxError> {
+        loop {
+            if let pb::task::Kind::RoundStart(rs) = self.next_task().await? {
+                return Ok(rs);
+            }
+        }
+    }
+
+    /// Submit a vector as chunks.
+    pub async fn submit(&mut self, round: u64, v: &[u32]) -> Result<(), tonic::Status> {
+        let c = chunks(&self.session, round, v);
+        self.client
+            .submit_masked_input(tokio_stream::iter(c))
+            .await
+            .map(|_| ())
+    }
+
+    /// The quantiser a RoundStart announces.
+    pub fn quantiser(rs: &pb::RoundStart) -> Result<Quantiser, BoxError> {
+        let q = rs.quantisation.ok_or("no quantisation")?;
+        Ok(Quantiser::new(&QuantConfig {
+            ring: rs.ring.parse::<Ring>().map_err(|e| e.0)?,
+            clip: q.clip,
+            max_weight: q.max_weight,
+            max_cohort: q.max_cohort as usize,
+            scale: Some(q.scale),
+            min_levels: 1,
+        })?)
+    }
+
+    /// Take part in a TRAIN round already announced by `rs` with update
+    /// `delta` and `weight`, until RoundEnd. `before_submit` may poke the
+    /// coordinator with bad submissions first (it gets the encoded vector).
+    pub async fn train_round(
+        &mut self,
+        rs: &pb::RoundStart,
+        delta: &[f32],
+        weight: u64,
+        mut before_submit: impl AsyncPoke,
+    ) -> Result<pb::RoundEnd, BoxError> {
+        let q = Self::quantiser(rs)?;
+        let vector: Vec<u32> = q.encode(delta, weight, &[0, 0, 0], &mut rand::rng())?;
+        if rs.plaintext {
+            if !before_submit.poke(self, rs.round, &vector).await? {
+                self.submit(rs.round, &vector).await?;
+            }
+            return self.round_end().await;
+        }
+        let mut graph_seed = [0u8; 32];
+        if rs.graph_seed.len() != 32 {
+            return Err("graph seed must be 32 bytes".into());
+        }
+        graph_seed.copy_from_slice(&rs.graph_seed);
+        let cfg = RoundConfig {
+            round: rs.round,
+            suite: self.suite,
+            ring: Ring::U32,
+            cohort: rs.cohort.clone(),
+            params: SecAggParams {
+                k: rs.k as usize,
+                t: rs.t as usize,
+            },
+            graph_seed,
+            vector_len: rs.vector_len as usize,
+            min_survivors: rs.min_survivors as usize,
+        };
+        let verifier: Arc<dyn IdentityVerifier> = Arc::new(TrustRelayed(self.suite));
+        let mut m =
+            SiteMachine::<u32>::new(cfg, rs.member, self.key.clone(), verifier, &mut rand::rng())?;
+        let mut pending_input = Some(vector);
+        loop {
+            while let Some(o) = m.poll_output() {
+                use confide_crypto::protocol::SiteOutput as O;
+                match o {
+                    O::Advertise(a) => {
+                        let advert = pb::KeyAdvert {
+                            round: a.round,
+                            member: a.member,
+                            enc_public: a.enc_public,
+                            mask_public: a.mask_public,
+                            signature: a.signature,
+                        };
+                        self.client
+                            .advertise_keys(pb::AdvertiseKeysRequest {
+                                session: self.session.clone(),
+                                advert: Some(advert),
+                            })
+                            .await?;
+                    }
+                    O::Shares(b) => {
+                        let req = pb::ShareKeysRequest {
+                            session: self.session.clone(),
+                            round: b.round,
+                            from: b.from,
+                            seed_commitment: b.seed_commitment.to_vec(),
+                            shares: b
+                                .shares
+                                .into_iter()
+                                .map(|s| pb::EncryptedShare {
+                                    from: s.from,
+                                    to: s.to,
+                                    ciphertext: s.ciphertext,
+                                })
+                                .collect(),
+                        };
+                        self.client.share_keys(req).await?;
+                    }
+                    O::MaskedInput(v) => {
+                        if !before_submit.poke(self, rs.round, &v).await? {
+                            self.submit(rs.round, &v).await?;
+                        }
+                    }
+                    O::Unmask(u) => {
+                        let conv = |v: Vec<(MemberId, confide_crypto::shamir::Share)>| {
+                            v.into_iter()
+                                .map(|(owner, s)| pb::Share {
+                                    owner,
+                                    share: s.to_bytes().to_vec(),
+                                })
+                                .collect()
+                        };
+                        let req = pb::UnmaskResponse {
+                            session: self.session.clone(),
+                            round: u.round,
+                            from: u.from,
+                            seed_shares: conv(u.seed_shares),
+                            key_shares: conv(u.key_shares),
+                        };
+                        self.client.unmask(req).await?;
+                    }
+                }
+            }
+            match self.next_task().await? {
+                pb::task::Kind::NeighbourKeys(nk) => {
+                    let msg = NeighbourKeys {
+                        round: nk.round,
+                        adverts: nk
+                            .adverts
+                            .into_iter()
+                            .filter_map(|r| {
+                                r.advert.map(|a| RelayedAdvert {
+                                    advert: KeyAdvert {
+                                        round: a.round,
+                                        member: a.member,
+                                        enc_public: a.enc_public,
+                                        mask_public: a.mask_public,
+                                        signature: a.signature,
+                                    },
+                                    identity: r.verifying_key,
+                                })
+                            })
+                            .collect(),
+                    };
+                    m.handle_neighbour_keys(msg, &mut rand::rng())?;
+                }
+                pb::task::Kind::IncomingShares(is) => {
+                    let msg = IncomingShares {
+                        round: is.round,
+                        shares: is
+                            .shares
+                            .into_iter()
+                            .map(|s| EncryptedShare {
+                                from: s.from,
+                                to: s.to,
+                                ciphertext: s.ciphertext,
+                            })
+                            .collect(),
+                    };
+                    m.handle_incoming_shares(msg)?;
+                    if let Some(v) = pending_input.take() {
+                        m.handle_input(v)?;
+                    }
+                }
+                pb::task::Kind::UnmaskRequest(u) => {
+                    m.handle_unmask_request(UnmaskRequest {
+                        round: u.round,
+                        survivors: u.survivors,
+                        dropped: u.dropped,
+                    })?;
+                }
+                pb::task::Kind::RoundEnd(e) => return Ok(e),
+                pb::task::Kind::Done(_) => return Err("federation ended mid-round".into()),
+                pb::task::Kind::RoundStart(_) => return Err("unexpected RoundStart".into()),
+            }
+        }
+    }
+
+    async fn round_end(&mut self) -> Result<pb::RoundEnd, BoxError> {
+        loop {
+            if let pb::task::Kind::RoundEnd(e) = self.next_task().await? {
+                return Ok(e);
+            }
+        }
+    }
+}
+
+/// A hook run just before a fake site submits its real vector.
+pub trait AsyncPoke {
+    /// Poke the coordinator (e.g. with bad submissions); return `true` if the
+    /// hook already submitted `vector` itself.
+    fn poke(
+        &mut self,
+        site: &mut FakeSite,
+        round: u64,
+        vector: &[u32],
+    ) -> impl std::future::Future<Output = Result<bool, BoxError>> + Send;
+}
+
+/// No poking.
+pub struct NoPoke;
+
+impl AsyncPoke for NoPoke {
+    async fn poke(
+        &mut self,
+        _site: &mut FakeSite,
+        _round: u64,
+        _vector: &[u32],
+    ) -> Result<bool, BoxError> {
+        Ok(false)
+    }
+}

@@ -9,6 +9,8 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 ///
 /// CSV errors name the 1-based line of the file (the header is line 1) and
 /// the column, so a data owner can find the offending cell.
+// Variant fields are described by each variant's message.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// The data file could not be opened or read.

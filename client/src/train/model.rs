@@ -256,19 +256,30 @@ mod tests {
 impl Model {
     /// Serialise as safetensors (all tensors F32, little-endian), with
     /// optional string metadata in the header.
-    pub fn to_safetensors(&self, metadata: Option<std::collections::HashMap<String, String>>) -> Result<Vec<u8>> {
+    pub fn to_safetensors(
+        &self,
+        metadata: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Vec<u8>> {
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
             .tensors
             .iter()
-            .map(|(name, t)| (name.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            .map(|(name, t)| {
+                (
+                    name.clone(),
+                    t.shape.clone(),
+                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
+            })
             .collect();
         let mut views = Vec::with_capacity(bytes.len());
         for (name, shape, data) in &bytes {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                .map_err(|e| TrainError::ModelFile(format!("tensor '{name}': {e}")))?;
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .map_err(|e| TrainError::ModelFile(format!("tensor '{name}': {e}")))?;
             views.push((name.as_str(), view));
         }
-        safetensors::serialize(views, metadata).map_err(|e| TrainError::ModelFile(format!("cannot serialise model: {e}")))
+        safetensors::serialize(views, metadata)
+            .map_err(|e| TrainError::ModelFile(format!("cannot serialise model: {e}")))
     }
 
     /// Parse safetensors bytes; every tensor must be F32.
@@ -278,7 +289,10 @@ impl Model {
         let mut model = Model::new();
         for (name, view) in st.tensors() {
             if view.dtype() != safetensors::Dtype::F32 {
-                return Err(TrainError::ModelFile(format!("tensor '{name}' has dtype {:?}, expected F32", view.dtype())));
+                return Err(TrainError::ModelFile(format!(
+                    "tensor '{name}' has dtype {:?}, expected F32",
+                    view.dtype()
+                )));
             }
             let data: Vec<f32> = view
                 .data()
@@ -305,9 +319,16 @@ mod safetensors_tests {
     #[test]
     fn safetensors_round_trip_keeps_names_shapes_values_and_metadata() -> Result<()> {
         let mut m = Model::new();
-        m.insert("weight", Tensor::new(vec![2, 3], vec![1.0, -2.5, 3.25, 0.0, f32::MIN_POSITIVE, 7.0])?);
+        m.insert(
+            "weight",
+            Tensor::new(
+                vec![2, 3],
+                vec![1.0, -2.5, 3.25, 0.0, f32::MIN_POSITIVE, 7.0],
+            )?,
+        );
         m.insert("bias", Tensor::new(vec![2], vec![0.5, -0.5])?);
-        let meta: std::collections::HashMap<String, String> = [("round".to_string(), "4".to_string())].into();
+        let meta: std::collections::HashMap<String, String> =
+            [("round".to_string(), "4".to_string())].into();
         let bytes = m.to_safetensors(Some(meta.clone()))?;
         let back = Model::from_safetensors(&bytes)?;
         assert_eq!(back, m);

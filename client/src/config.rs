@@ -1,0 +1,302 @@
+//! What a site needs to run: [`SiteConfig`] (the entry point's argument),
+//! TLS file paths, fault injection ([`Vanish`]), the outcome
+//! ([`SiteReport`]), and the signing-key file format.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use confide_crypto::suite::SigningKey;
+use confide_crypto::{Stage, Suite};
+use serde::Deserialize;
+
+use crate::error::ClientError;
+
+/// Everything [`run_site`](crate::run_site) needs.
+#[derive(Clone, Debug)]
+pub struct SiteConfig {
+    /// `"https://127.0.0.1:PORT"`, or `"http://…"` with `insecure`.
+    pub coordinator: String,
+    /// Site name (must equal the name in the site's certificate under mTLS).
+    pub site: String,
+    /// Local CSV file.
+    pub data: PathBuf,
+    /// Label column of the CSV.
+    pub label: String,
+    /// Fraction of rows held out for evaluation (default 0.2).
+    pub holdout: f64,
+    /// mTLS material; `None` only with `insecure = true`.
+    pub tls: Option<TlsFiles>,
+    /// Long-term signing key file; `None` generates an ephemeral key
+    /// (insecure mode and tests only).
+    pub signing_key: Option<PathBuf>,
+    /// Plaintext transport, for local experiments only.
+    pub insecure: bool,
+    /// Fault injection for tests and demos.
+    pub vanish: Option<Vanish>,
+    /// Give up reconnecting after this long (default 60 s).
+    pub max_reconnect: Duration,
+}
+
+impl SiteConfig {
+    /// A configuration with defaults: holdout 0.2, no TLS files yet (set
+    /// `tls` or `insecure`), ephemeral signing key, 60 s reconnect budget.
+    pub fn new(
+        coordinator: impl Into<String>,
+        site: impl Into<String>,
+        data: impl Into<PathBuf>,
+        label: impl Into<String>,
+    ) -> Self {
+        SiteConfig {
+            coordinator: coordinator.into(),
+            site: site.into(),
+            data: data.into(),
+            label: label.into(),
+            holdout: 0.2,
+            tls: None,
+            signing_key: None,
+            insecure: false,
+            vanish: None,
+            max_reconnect: Duration::from_secs(60),
+        }
+    }
+
+    /// Checks what can be checked without touching the network.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        if self.site.trim().is_empty() {
+            return Err(ClientError::Config("site name is empty".into()));
+        }
+        if !(self.holdout > 0.0 && self.holdout < 1.0) {
+            return Err(ClientError::Config(format!(
+                "holdout must be in (0, 1), got {}",
+                self.holdout
+            )));
+        }
+        let scheme = self.coordinator.split("://").next().unwrap_or_default();
+        match (scheme, self.insecure) {
+            ("https", _) | ("http", true) => {}
+            ("http", false) => {
+                return Err(ClientError::InvalidUrl {
+                    url: self.coordinator.clone(),
+                    reason: "http:// is plaintext; use https:// or pass --insecure for a local experiment".into(),
+                });
+            }
+            _ => {
+                return Err(ClientError::InvalidUrl {
+                    url: self.coordinator.clone(),
+                    reason: "expected https://HOST:PORT (or http:// with --insecure)".into(),
+                });
+            }
+        }
+        if !self.insecure && self.tls.is_none() {
+            return Err(ClientError::Config(
+                "TLS files (CA, certificate, key) are required unless --insecure is set".into(),
+            ));
+        }
+        if !self.insecure && self.signing_key.is_none() {
+            return Err(ClientError::Config(
+                "a signing key file is required unless --insecure is set".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The site's mTLS files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Federation CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This site's certificate (PEM).
+    pub cert: PathBuf,
+    /// This site's private key (PEM).
+    pub key: PathBuf,
+    /// Name expected in the coordinator's certificate (for example "localhost").
+    pub domain: String,
+}
+
+impl TlsFiles {
+    /// The files `confide certs` writes for `site` under `dir`:
+    /// `ca.pem`, `sites/<site>.pem`, `sites/<site>.key`.
+    pub fn from_certs_dir(dir: &Path, site: &str, domain: impl Into<String>) -> Self {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("sites").join(format!("{site}.pem")),
+            key: dir.join("sites").join(format!("{site}.key")),
+            domain: domain.into(),
+        }
+    }
+}
+
+/// Stop abruptly (drop the connection, exit the run loop with
+/// `Ok(report.vanished = true)`) instead of sending this round's message of
+/// `stage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vanish {
+    /// The round.
+    pub round: u64,
+    /// The stage whose message is never sent.
+    pub stage: Stage,
+}
+
+impl Vanish {
+    /// Whether the site must vanish instead of sending `stage`'s message of `round`.
+    pub fn hits(vanish: Option<Vanish>, round: u64, stage: Stage) -> bool {
+        vanish.is_some_and(|v| v.round == round && v.stage == stage)
+    }
+}
+
+/// How a site's run ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteReport {
+    /// Rounds this site completed its part in.
+    pub rounds: u64,
+    /// The last round this site saw announced.
+    pub last_round: u64,
+    /// Whether the run ended by [`Vanish`] fault injection.
+    pub vanished: bool,
+}
+
+/// The signing-key file `confide certs` writes: `suite = "intl"`,
+/// `secret = "<64 hex digits>"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigningKeyFile {
+    suite: String,
+    secret: String,
+}
+
+/// Parses a signing-key TOML document.
+pub fn parse_signing_key(text: &str) -> Result<SigningKey, String> {
+    let file: SigningKeyFile =
+        toml::from_str(text).map_err(|e| format!("not a valid key file: {}", e.message()))?;
+    let suite: Suite = file.suite.parse().map_err(|_| {
+        format!(
+            "unknown suite '{}': expected \"intl\" or \"gm\"",
+            file.suite
+        )
+    })?;
+    let bytes = hex::decode(file.secret.trim()).map_err(|e| format!("secret is not hex: {e}"))?;
+    if bytes.len() != 32 {
+        return Err(format!(
+            "secret must be 32 bytes (64 hex digits), got {} bytes",
+            bytes.len()
+        ));
+    }
+    SigningKey::from_bytes(suite, &bytes)
+        .map_err(|e| format!("secret is not a valid {suite} signing key: {e}"))
+}
+
+/// Reads and parses a signing-key file.
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, ClientError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ClientError::SigningKey {
+        path: path.to_path_buf(),
+        reason: format!("unreadable: {e}"),
+    })?;
+    parse_signing_key(&text).map_err(|reason| ClientError::SigningKey {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// The signing-key TOML for `key` (what `confide certs` writes).
+pub fn signing_key_toml(key: &SigningKey) -> String {
+    format!(
+        "suite = \"{}\"\nsecret = \"{}\"\n",
+        key.suite(),
+        hex::encode(key.secret_bytes())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signing_key_round_trips_for_both_suites() {
+        let mut rng = rand::rng();
+        for suite in Suite::ALL {
+            let key = SigningKey::generate(suite, &mut rng);
+            let parsed = parse_signing_key(&signing_key_toml(&key)).map_err(|e| e.to_string());
+            let parsed = parsed.unwrap_or_else(|e| panic!("{suite}: {e}"));
+            assert_eq!(parsed.suite(), suite);
+            assert_eq!(parsed.secret_bytes(), key.secret_bytes());
+        }
+    }
+
+    #[test]
+    fn signing_key_bad_files_are_refused_with_reasons() {
+        let good_hex = "11".repeat(32);
+        let cases = [
+            ("", "not a valid key file"),
+            ("suite = \"intl\"", "not a valid key file"),
+            (
+                &format!("suite = \"rsa\"\nsecret = \"{good_hex}\""),
+                "unknown suite",
+            ),
+            ("suite = \"intl\"\nsecret = \"zz\"", "not hex"),
+            ("suite = \"gm\"\nsecret = \"0011\"", "32 bytes"),
+            (
+                &format!("suite = \"intl\"\nsecret = \"{good_hex}\"\nextra = 1"),
+                "not a valid key file",
+            ),
+            // Zero is not a valid SM2 scalar.
+            (
+                &format!("suite = \"gm\"\nsecret = \"{}\"", "00".repeat(32)),
+                "not a valid gm signing key",
+            ),
+        ];
+        for (text, want) in cases {
+            match parse_signing_key(text) {
+                Ok(_) => panic!("accepted {text:?}"),
+                Err(e) => assert!(e.contains(want), "{text:?}: {e} does not mention {want}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_signing_key_file_names_the_path() {
+        let err = load_signing_key(Path::new("/nonexistent/site.signing.toml"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(
+            |e| e.contains("/nonexistent/site.signing.toml") && e.contains("unreadable")
+        ));
+    }
+
+    #[test]
+    fn config_validation() {
+        let mut c = SiteConfig::new("http://127.0.0.1:1", "a", "a.csv", "y");
+        assert!(c.validate().is_err(), "http without insecure");
+        c.insecure = true;
+        assert!(c.validate().is_ok());
+        c.holdout = 1.0;
+        assert!(c.validate().is_err());
+        let mut c = SiteConfig::new("https://127.0.0.1:1", "a", "a.csv", "y");
+        assert!(c.validate().is_err(), "https without TLS files");
+        c.tls = Some(TlsFiles::from_certs_dir(
+            Path::new("/certs"),
+            "a",
+            "localhost",
+        ));
+        c.signing_key = Some("/certs/sites/a.signing.toml".into());
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.tls.as_ref().map(|t| t.cert.clone()),
+            Some(PathBuf::from("/certs/sites/a.pem"))
+        );
+        let c = SiteConfig::new("ftp://x", "a", "a.csv", "y");
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn vanish_hits_only_its_round_and_stage() {
+        let v = Some(Vanish {
+            round: 3,
+            stage: Stage::ShareKeys,
+        });
+        assert!(Vanish::hits(v, 3, Stage::ShareKeys));
+        assert!(!Vanish::hits(v, 2, Stage::ShareKeys));
+        assert!(!Vanish::hits(v, 3, Stage::MaskedInput));
+        assert!(!Vanish::hits(None, 3, Stage::ShareKeys));
+    }
+}

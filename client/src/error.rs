@@ -1,0 +1,138 @@
+//! The crate's error type: one enum whose messages tell a site operator what
+//! to fix (a file, a URL, a certificate) or what the coordinator said.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use confide_crypto::ProtocolError;
+use confide_crypto::quant::QuantError;
+use confide_crypto::stats::StatsError;
+
+use crate::train::TrainError;
+
+/// Everything that can stop a site.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator URL does not parse or uses the wrong scheme.
+    #[error("invalid coordinator URL '{url}': {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TCP/TLS connection could not be established.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The coordinator URL.
+        url: String,
+        /// The transport's error, with its causes.
+        reason: String,
+    },
+    /// A certificate or key file could not be read.
+    #[error("certificate file {path} unreadable: {source}")]
+    CertFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The signing-key file is unreadable or malformed.
+    #[error("signing key file {path}: {reason}")]
+    SigningKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The site configuration is inconsistent.
+    #[error("invalid site configuration: {0}")]
+    Config(String),
+    /// The coordinator answered a call with an error status.
+    #[error("coordinator refused {call}: {code:?}: {message}")]
+    Refused {
+        /// The RPC.
+        call: &'static str,
+        /// gRPC status code.
+        code: tonic::Code,
+        /// The status message.
+        message: String,
+    },
+    /// Reconnecting failed for longer than `max_reconnect`.
+    #[error("gave up reconnecting to {url} after {after:?}: {last}")]
+    GaveUp {
+        /// The coordinator URL.
+        url: String,
+        /// How long the site tried.
+        after: Duration,
+        /// The last error seen.
+        last: Box<ClientError>,
+    },
+    /// The local data file or training failed.
+    #[error(transparent)]
+    Data(#[from] TrainError),
+    /// A round announcement that this site cannot take part in.
+    #[error("invalid round announcement: {0}")]
+    InvalidRound(String),
+    /// The secure-aggregation state machine refused a message.
+    #[error("secure aggregation: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The local update could not be quantised.
+    #[error("quantisation: {0}")]
+    Quant(#[from] QuantError),
+    /// The local statistics could not be encoded.
+    #[error("statistics: {0}")]
+    Stats(#[from] StatsError),
+    /// Local training produced NaN or an infinity; nothing was submitted.
+    #[error(
+        "local update element {index} is {value}: refusing to submit a non-finite update (lower the learning rate?)"
+    )]
+    NonFiniteUpdate {
+        /// Element index in the flattened update.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// The global model download was malformed or too large.
+    #[error("model download: {0}")]
+    Download(String),
+    /// The external training command failed.
+    #[error("external trainer: {0}")]
+    ExternalTrainer(String),
+    /// The coordinator closed the task stream for good.
+    #[error("the coordinator closed the task stream")]
+    StreamClosed,
+    /// A background task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl ClientError {
+    /// Whether reconnecting may help (transport trouble, an unavailable or
+    /// restarting coordinator) as opposed to a fault that will repeat.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::StreamClosed => true,
+            ClientError::Refused { code, .. } => matches!(
+                code,
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Internal
+                    | tonic::Code::Aborted
+                    | tonic::Code::Cancelled
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unauthenticated
+            ),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn refused(call: &'static str, status: tonic::Status) -> Self {
+        ClientError::Refused {
+            call,
+            code: status.code(),
+            message: status.message().to_string(),
+        }
+    }
+}

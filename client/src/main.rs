@@ -1,0 +1,315 @@
+//! `confide-site`: the daemon a participant site runs. It connects outbound
+//! to the coordinator, trains on the local CSV, and only ever sends masked
+//! updates. `confide-site check` validates a CSV before joining.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use confide_client::train::Dataset;
+use confide_client::{Site, SiteConfig, TlsFiles};
+
+#[derive(Parser)]
+#[command(
+    name = "confide-site",
+    version,
+    about = "Confide participant site: federated training with secure aggregation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join the federation and take part in rounds until it is done.
+    Run(Box<RunArgs>),
+    /// Validate a CSV (header, numeric features, integer labels) and print its shape.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Coordinator URL, e.g. https://coordinator.example.org:7443 (outbound only).
+    #[arg(long, env = "CONFIDE_COORDINATOR")]
+    coordinator: String,
+    /// This site's name (must match its certificate).
+    #[arg(long, env = "CONFIDE_SITE")]
+    site: String,
+    /// Local CSV with a header row; it never leaves this machine.
+    #[arg(long, env = "CONFIDE_DATA")]
+    data: PathBuf,
+    /// Label column of the CSV (integer class ids).
+    #[arg(long, env = "CONFIDE_LABEL")]
+    label: String,
+    /// Directory written by `confide certs`: ca.pem and sites/<site>.{pem,key,signing.toml}.
+    #[arg(long, env = "CONFIDE_CERTS_DIR", conflicts_with_all = ["ca", "cert", "key"])]
+    certs_dir: Option<PathBuf>,
+    /// Federation CA certificate (PEM).
+    #[arg(long, env = "CONFIDE_CA", requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// This site's certificate (PEM).
+    #[arg(long, env = "CONFIDE_CERT")]
+    cert: Option<PathBuf>,
+    /// This site's private key (PEM).
+    #[arg(long, env = "CONFIDE_KEY")]
+    key: Option<PathBuf>,
+    /// Long-term signing key (TOML: suite, secret).
+    #[arg(long, env = "CONFIDE_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
+    /// Name in the coordinator's certificate (default: the URL's host).
+    #[arg(long, env = "CONFIDE_TLS_DOMAIN")]
+    tls_domain: Option<String>,
+    /// Plaintext transport and an ephemeral signing key: local experiments only.
+    #[arg(long, env = "CONFIDE_INSECURE")]
+    insecure: bool,
+    /// Fraction of rows held out for evaluation.
+    #[arg(long, env = "CONFIDE_HOLDOUT", default_value_t = 0.2)]
+    holdout: f64,
+    /// Give up after the coordinator has been unreachable this many seconds.
+    #[arg(long, env = "CONFIDE_MAX_RECONNECT_SECS", default_value_t = 60)]
+    max_reconnect_secs: u64,
+    /// Train with an external command instead of the built-in trainers (see docs/site.md).
+    #[arg(long, env = "CONFIDE_TRAIN_COMMAND")]
+    train_command: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, env = "CONFIDE_JSON_LOGS")]
+    json_logs: bool,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// CSV to validate.
+    #[arg(long, env = "CONFIDE_DATA")]
+    data: PathBuf,
+    /// Label column.
+    #[arg(long, env = "CONFIDE_LABEL")]
+    label: String,
+    /// Holdout fraction to preview the split with.
+    #[arg(long, env = "CONFIDE_HOLDOUT", default_value_t = 0.2)]
+    holdout: f64,
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// The host part of a URL, as the default TLS name.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
+    let mut cfg = SiteConfig::new(&a.coordinator, &a.site, &a.data, &a.label);
+    cfg.holdout = a.holdout;
+    cfg.insecure = a.insecure;
+    cfg.max_reconnect = Duration::from_secs(a.max_reconnect_secs);
+    let domain = match &a.tls_domain {
+        Some(d) => d.clone(),
+        None => url_host(&a.coordinator)
+            .with_context(|| format!("no host in coordinator URL {}", a.coordinator))?,
+    };
+    if let Some(dir) = &a.certs_dir {
+        cfg.tls = Some(TlsFiles::from_certs_dir(dir, &a.site, domain));
+        cfg.signing_key = Some(dir.join("sites").join(format!("{}.signing.toml", a.site)));
+    } else if let (Some(ca), Some(cert), Some(key)) = (&a.ca, &a.cert, &a.key) {
+        cfg.tls = Some(TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            domain,
+        });
+    } else if !a.insecure {
+        bail!(
+            "give --certs-dir DIR, or --ca, --cert, --key and --signing-key (or --insecure for a local experiment)"
+        );
+    }
+    if let Some(k) = &a.signing_key {
+        cfg.signing_key = Some(k.clone());
+    }
+    Ok(cfg)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logs(a.json_logs);
+    let cfg = site_config(&a)?;
+    let mut site = Site::builder().config(cfg);
+    if let Some(cmd) = &a.train_command {
+        site = site.trainer_factory(confide_client::external::factory(cmd.clone()));
+    }
+    let site = site.build()?;
+    let report = site.run(shutdown_signal()).await?;
+    tracing::info!(
+        rounds = report.rounds,
+        last_round = report.last_round,
+        vanished = report.vanished,
+        "site finished"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    let data = Dataset::from_csv(&a.data, &a.label)?;
+    let (train, test) = data.split_holdout(a.holdout, 0)?;
+    println!("{}: OK", a.data.display());
+    println!(
+        "rows:     {} ({} for training, {} held out)",
+        data.len(),
+        train.len(),
+        test.len()
+    );
+    println!("features: {}", data.num_features());
+    let counts = data.class_counts();
+    println!("classes:  {}", counts.len());
+    for (class, n) in counts.iter().enumerate() {
+        println!("  label {class}: {n} rows");
+    }
+    if counts.iter().filter(|&&n| n > 0).count() < 2 {
+        println!(
+            "warning: fewer than two classes present; this site alone cannot learn to separate them"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per distinct cause: our error messages already embed their
+/// sources, so repeating the chain would print everything twice.
+fn report(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(a) => check(a),
+        Command::Run(a) => {
+            let a = *a;
+            tokio::runtime::Runtime::new()
+                .context("cannot start the async runtime")
+                .and_then(|rt| rt.block_on(run(a)))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("confide-site: error: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_from_url() {
+        assert_eq!(
+            url_host("https://coordinator:7443").as_deref(),
+            Some("coordinator")
+        );
+        assert_eq!(
+            url_host("https://127.0.0.1:7443/").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(url_host("https://[::1]:7443").as_deref(), Some("::1"));
+        assert_eq!(
+            url_host("https://example.org").as_deref(),
+            Some("example.org")
+        );
+        assert_eq!(url_host("https://:7443"), None);
+    }
+
+    #[test]
+    fn cli_parses_both_identity_forms() {
+        let cli = Cli::try_parse_from([
+            "confide-site",
+            "run",
+            "--coordinator",
+            "https://c:7443",
+            "--site",
+            "a",
+            "--data",
+            "a.csv",
+            "--label",
+            "y",
+            "--certs-dir",
+            "/certs",
+        ]);
+        let Ok(Cli {
+            command: Command::Run(a),
+        }) = cli
+        else {
+            panic!("did not parse")
+        };
+        let a = *a;
+        let cfg = site_config(&a).map_err(|e| e.to_string());
+        assert!(cfg.is_ok_and(|c| c.tls.is_some_and(|t| t.domain == "c")));
+        let cli = Cli::try_parse_from([
+            "confide-site",
+            "run",
+            "--coordinator",
+            "https://c:7443",
+            "--site",
+            "a",
+            "--data",
+            "a.csv",
+            "--label",
+            "y",
+        ]);
+        let Ok(Cli {
+            command: Command::Run(a),
+        }) = cli
+        else {
+            panic!("did not parse")
+        };
+        let a = *a;
+        assert!(site_config(&a).is_err(), "no identity and not insecure");
+    }
+}

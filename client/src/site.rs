@@ -1,0 +1,333 @@
+//! The embeddable API: [`Site::builder`] and the [`TrainerFactory`] hook that
+//! picks the local trainer from the announced training configuration.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use confide_proto::v1;
+
+use crate::config::{SiteConfig, SiteReport, TlsFiles, Vanish};
+use crate::error::ClientError;
+use crate::train::{Dataset, FitConfig, LogisticRegression, Mlp, Trainer};
+
+/// A trainer usable from the run loop (training runs on a blocking thread).
+pub type BoxTrainer = Box<dyn Trainer + Send>;
+
+/// Chooses the trainer for a round from its announced [`v1::TrainingConfig`].
+pub type TrainerFactory =
+    Arc<dyn Fn(&v1::TrainingConfig) -> Result<BoxTrainer, ClientError> + Send + Sync>;
+
+/// The built-in trainers: `"logistic"` → [`LogisticRegression`], `"mlp"` →
+/// [`Mlp`] with the announced hidden sizes.
+pub fn builtin_trainer(t: &v1::TrainingConfig) -> Result<BoxTrainer, ClientError> {
+    let features = t.features as usize;
+    let classes = t.classes as usize;
+    match t.model.as_str() {
+        "logistic" | "logreg" | "logistic_regression" => {
+            Ok(Box::new(LogisticRegression::new(features, classes)?))
+        }
+        "mlp" => Ok(Box::new(Mlp::new(
+            features,
+            t.hidden.iter().map(|&h| h as usize).collect(),
+            classes,
+        )?)),
+        other => Err(ClientError::InvalidRound(format!(
+            "unknown model '{other}': this site has the built-in trainers \"logistic\" and \"mlp\""
+        ))),
+    }
+}
+
+/// Local SGD settings from the announced training configuration.
+pub fn fit_config(t: &v1::TrainingConfig) -> FitConfig {
+    FitConfig {
+        epochs: t.epochs as usize,
+        batch_size: t.batch_size as usize,
+        learning_rate: t.learning_rate as f32,
+        l2: t.l2 as f32,
+        proximal_mu: t.proximal_mu as f32,
+    }
+}
+
+/// Where a site's rows come from.
+#[derive(Clone, Debug)]
+pub(crate) enum DataSource {
+    /// The CSV named in [`SiteConfig::data`].
+    Csv,
+    /// Rows the embedding service already holds (never written anywhere).
+    Memory(Dataset),
+}
+
+/// A configured site, ready to [`run`](Site::run).
+#[derive(Clone)]
+pub struct Site {
+    pub(crate) cfg: SiteConfig,
+    pub(crate) data: DataSource,
+    pub(crate) trainer: TrainerFactory,
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Site {
+    /// Start building a site.
+    pub fn builder() -> SiteBuilder {
+        SiteBuilder::default()
+    }
+
+    /// A site from a complete configuration, with the built-in trainers.
+    pub fn from_config(cfg: SiteConfig) -> Self {
+        Site {
+            cfg,
+            data: DataSource::Csv,
+            trainer: Arc::new(builtin_trainer),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SiteConfig {
+        &self.cfg
+    }
+
+    /// Runs until the federation is done, `shutdown` fires, or a
+    /// [`Vanish`] point is reached.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<SiteReport, ClientError> {
+        crate::run::run(self, shutdown).await
+    }
+}
+
+/// Builder for [`Site`]; `coordinator`, `identity` (or `insecure`) and
+/// `data` (or `dataset`) are required.
+#[derive(Default)]
+pub struct SiteBuilder {
+    coordinator: Option<String>,
+    site: Option<String>,
+    tls: Option<TlsFiles>,
+    signing_key: Option<PathBuf>,
+    insecure: bool,
+    data: Option<(PathBuf, String)>,
+    dataset: Option<Dataset>,
+    holdout: Option<f64>,
+    vanish: Option<Vanish>,
+    max_reconnect: Option<Duration>,
+    trainer: Option<TrainerFactory>,
+}
+
+impl SiteBuilder {
+    /// Start from a complete [`SiteConfig`] (CSV data source).
+    pub fn config(mut self, cfg: SiteConfig) -> Self {
+        self.coordinator = Some(cfg.coordinator);
+        self.site = Some(cfg.site);
+        self.tls = cfg.tls;
+        self.signing_key = cfg.signing_key;
+        self.insecure = cfg.insecure;
+        self.data = Some((cfg.data, cfg.label));
+        self.holdout = Some(cfg.holdout);
+        self.vanish = cfg.vanish;
+        self.max_reconnect = Some(cfg.max_reconnect);
+        self
+    }
+
+    /// The coordinator URL, for example `https://coordinator.example.org:7443`.
+    pub fn coordinator(mut self, url: impl Into<String>) -> Self {
+        self.coordinator = Some(url.into());
+        self
+    }
+
+    /// The site's name, TLS files and signing-key file.
+    pub fn identity(
+        mut self,
+        site: impl Into<String>,
+        tls: TlsFiles,
+        signing_key: impl Into<PathBuf>,
+    ) -> Self {
+        self.site = Some(site.into());
+        self.tls = Some(tls);
+        self.signing_key = Some(signing_key.into());
+        self
+    }
+
+    /// The identity from a `confide certs` directory: `ca.pem`,
+    /// `sites/<site>.pem|.key|.signing.toml`; `domain` is the coordinator's
+    /// certificate name to expect.
+    pub fn certs_dir(
+        self,
+        dir: impl AsRef<Path>,
+        site: impl Into<String>,
+        domain: impl Into<String>,
+    ) -> Self {
+        let site = site.into();
+        let dir = dir.as_ref();
+        let tls = TlsFiles::from_certs_dir(dir, &site, domain);
+        let key = dir.join("sites").join(format!("{site}.signing.toml"));
+        self.identity(site, tls, key)
+    }
+
+    /// Plaintext transport and an ephemeral signing key: local experiments only.
+    pub fn insecure(mut self, site: impl Into<String>) -> Self {
+        self.site = Some(site.into());
+        self.insecure = true;
+        self
+    }
+
+    /// The local CSV and its label column.
+    pub fn data(mut self, csv: impl Into<PathBuf>, label: impl Into<String>) -> Self {
+        self.data = Some((csv.into(), label.into()));
+        self
+    }
+
+    /// Rows already in memory instead of a CSV.
+    pub fn dataset(mut self, data: Dataset) -> Self {
+        self.dataset = Some(data);
+        self
+    }
+
+    /// Held-out fraction for evaluation (default 0.2).
+    pub fn holdout(mut self, frac: f64) -> Self {
+        self.holdout = Some(frac);
+        self
+    }
+
+    /// Fault injection for tests and demos.
+    pub fn vanish(mut self, v: Vanish) -> Self {
+        self.vanish = Some(v);
+        self
+    }
+
+    /// How long to keep reconnecting before giving up (default 60 s).
+    pub fn max_reconnect(mut self, d: Duration) -> Self {
+        self.max_reconnect = Some(d);
+        self
+    }
+
+    /// Chooses the local trainer per round (default [`builtin_trainer`]).
+    pub fn trainer<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&v1::TrainingConfig) -> Result<BoxTrainer, ClientError> + Send + Sync + 'static,
+    {
+        self.trainer = Some(Arc::new(f));
+        self
+    }
+
+    /// Like [`trainer`](Self::trainer), with a ready-made factory.
+    pub fn trainer_factory(mut self, f: TrainerFactory) -> Self {
+        self.trainer = Some(f);
+        self
+    }
+
+    /// Checks the configuration and builds the site.
+    pub fn build(self) -> Result<Site, ClientError> {
+        let coordinator = self
+            .coordinator
+            .ok_or_else(|| ClientError::Config("no coordinator URL".into()))?;
+        let site = self.site.ok_or_else(|| {
+            ClientError::Config("no site identity (identity, certs_dir or insecure)".into())
+        })?;
+        let (path, label, data) = match (self.data, self.dataset) {
+            (Some(_), Some(_)) => {
+                return Err(ClientError::Config(
+                    "give either a CSV or an in-memory dataset, not both".into(),
+                ));
+            }
+            (Some((p, l)), None) => (p, l, DataSource::Csv),
+            (None, Some(d)) => (PathBuf::new(), String::new(), DataSource::Memory(d)),
+            (None, None) => return Err(ClientError::Config("no data (data or dataset)".into())),
+        };
+        let mut cfg = SiteConfig::new(coordinator, site, path, label);
+        cfg.tls = self.tls;
+        cfg.signing_key = self.signing_key;
+        cfg.insecure = self.insecure;
+        cfg.vanish = self.vanish;
+        if let Some(h) = self.holdout {
+            cfg.holdout = h;
+        }
+        if let Some(d) = self.max_reconnect {
+            cfg.max_reconnect = d;
+        }
+        cfg.validate()?;
+        Ok(Site {
+            cfg,
+            data,
+            trainer: self.trainer.unwrap_or_else(|| Arc::new(builtin_trainer)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_requires_the_essentials() {
+        assert!(
+            Site::builder()
+                .data("a.csv", "y")
+                .insecure("a")
+                .build()
+                .is_err(),
+            "no coordinator"
+        );
+        assert!(
+            Site::builder()
+                .coordinator("http://127.0.0.1:1")
+                .data("a.csv", "y")
+                .build()
+                .is_err(),
+            "no identity"
+        );
+        assert!(
+            Site::builder()
+                .coordinator("http://127.0.0.1:1")
+                .insecure("a")
+                .build()
+                .is_err(),
+            "no data"
+        );
+        let site = Site::builder()
+            .coordinator("http://127.0.0.1:1")
+            .insecure("a")
+            .data("a.csv", "y")
+            .holdout(0.3)
+            .build();
+        assert!(site.is_ok_and(|s| s.config().holdout == 0.3 && s.config().insecure));
+        let site = Site::builder()
+            .coordinator("https://c:7443")
+            .certs_dir("/certs", "hospital-a", "c")
+            .data("a.csv", "y")
+            .build();
+        let cfg = site.map(|s| s.cfg);
+        assert!(cfg.is_ok_and(|c| c.signing_key
+            == Some(PathBuf::from("/certs/sites/hospital-a.signing.toml"))
+            && c.tls.is_some_and(
+                |t| t.key == Path::new("/certs/sites/hospital-a.key") && t.domain == "c"
+            )));
+    }
+
+    #[test]
+    fn builtin_trainer_by_model_name() {
+        let mut t = v1::TrainingConfig {
+            model: "logistic".into(),
+            features: 4,
+            classes: 2,
+            ..Default::default()
+        };
+        assert!(builtin_trainer(&t).is_ok());
+        t.model = "mlp".into();
+        t.hidden = vec![8];
+        assert!(builtin_trainer(&t).is_ok());
+        t.model = "xgboost".into();
+        assert!(builtin_trainer(&t).is_err_and(|e| e.to_string().contains("xgboost")));
+        t.model = "logistic".into();
+        t.classes = 0;
+        assert!(builtin_trainer(&t).is_err());
+    }
+}

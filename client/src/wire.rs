@@ -1,0 +1,414 @@
+//! Pure pieces of the site's wire handling: the vector layouts of each round
+//! kind, chunking a vector for upload, reassembling a model download with
+//! bounds, and the reconnect backoff schedule. No I/O, so all of it is unit
+//! tested.
+
+use std::time::Duration;
+
+use confide_crypto::quant::Quantiser;
+use confide_crypto::ring::{self, RingElement};
+use confide_crypto::stats::{encode_stats, stats_len};
+use confide_proto::{CHUNK_BYTES, v1};
+use rand::{CryptoRng, Rng};
+
+use crate::error::ClientError;
+use crate::train::{EvalResult, FeatureStats};
+
+/// Number of metric slots after the weight slot: correct, examples, loss·1000.
+pub const EXTRA_SLOTS: usize = 3;
+
+/// Hard ceiling on a downloaded model, whatever the coordinator announces (4 GiB).
+pub const MAX_MODEL_BYTES: u64 = 4 << 30;
+
+/// Length of a TRAIN vector for a model with `d` parameters.
+pub fn train_len(d: usize) -> usize {
+    d + 1 + EXTRA_SLOTS
+}
+
+/// Length of an EVALUATE vector.
+pub const EVAL_LEN: usize = 1 + EXTRA_SLOTS;
+
+/// The metric slots of an evaluation: `[correct, examples, round(loss_sum·1000)]`.
+pub fn eval_extras(e: &EvalResult) -> [i64; EXTRA_SLOTS] {
+    let loss_milli = (e.loss_sum * 1000.0).round();
+    let loss_milli = if loss_milli.is_finite() {
+        loss_milli as i64
+    } else {
+        i64::MAX
+    };
+    [
+        i64::try_from(e.correct).unwrap_or(i64::MAX),
+        i64::try_from(e.num_examples).unwrap_or(i64::MAX),
+        loss_milli,
+    ]
+}
+
+/// Refuses NaN and infinities in a local update before anything is quantised.
+pub fn check_finite(update: &[f32]) -> Result<(), ClientError> {
+    match update.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        Some((index, &value)) => Err(ClientError::NonFiniteUpdate { index, value }),
+        None => Ok(()),
+    }
+}
+
+/// TRAIN: `[q(delta)…, weight, correct, examples, loss_milli]`.
+pub fn train_vector<R: RingElement>(
+    q: &Quantiser,
+    delta: &[f32],
+    weight: u64,
+    eval: Option<&EvalResult>,
+    rng: &mut impl CryptoRng,
+) -> Result<Vec<R>, ClientError> {
+    check_finite(delta)?;
+    let extras = eval.map(eval_extras).unwrap_or_default();
+    Ok(q.encode::<R>(delta, weight, &extras, rng)?)
+}
+
+/// EVALUATE: `[1, correct, examples, loss_milli]`.
+pub fn eval_vector<R: RingElement>(
+    q: &Quantiser,
+    eval: &EvalResult,
+    rng: &mut impl CryptoRng,
+) -> Result<Vec<R>, ClientError> {
+    Ok(q.encode::<R>(&[], 1, &eval_extras(eval), rng)?)
+}
+
+/// STATISTICS: `[Σx·2^b…, Σx²·2^b…, n]` in the u64 ring.
+pub fn stats_vector(
+    stats: &FeatureStats,
+    bits: u32,
+    max_cohort: usize,
+) -> Result<Vec<u64>, ClientError> {
+    let v = encode_stats(&stats.sum, &stats.sum_sq, stats.n, bits, max_cohort)?;
+    debug_assert_eq!(v.len(), stats_len(stats.sum.len()));
+    Ok(v)
+}
+
+/// Splits a vector into `SubmitMaskedInput` chunks of at most
+/// [`CHUNK_BYTES`] each; offsets and `total_len` count elements.
+pub fn masked_input_chunks<R: RingElement>(
+    session: &str,
+    round: u64,
+    v: &[R],
+) -> Vec<v1::MaskedInputChunk> {
+    let per_chunk = (CHUNK_BYTES / R::RING.bytes()).max(1);
+    let total_len = v.len() as u64;
+    v.chunks(per_chunk)
+        .enumerate()
+        .map(|(i, c)| v1::MaskedInputChunk {
+            session: session.to_string(),
+            round,
+            offset: (i * per_chunk) as u64,
+            total_len,
+            data: ring::to_le_bytes(c),
+        })
+        .collect()
+}
+
+/// Reassembles a streamed model: chunks must arrive in order, agree on the
+/// total, and stay within both the announced size and a hard limit.
+#[derive(Debug)]
+pub struct ModelAssembler {
+    limit: u64,
+    total: Option<u64>,
+    buf: Vec<u8>,
+}
+
+impl ModelAssembler {
+    /// `announced` is `RoundStart.model_bytes` (0 = not announced); the
+    /// effective limit is the smaller of it and [`MAX_MODEL_BYTES`].
+    pub fn new(announced: u64) -> Self {
+        let limit = if announced == 0 {
+            MAX_MODEL_BYTES
+        } else {
+            announced.min(MAX_MODEL_BYTES)
+        };
+        ModelAssembler {
+            limit,
+            total: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Appends one chunk.
+    pub fn push(&mut self, c: &v1::ModelChunk) -> Result<(), ClientError> {
+        let err = |m: String| Err(ClientError::Download(m));
+        if c.total_len > self.limit {
+            return err(format!(
+                "model of {} bytes exceeds the limit of {} bytes",
+                c.total_len, self.limit
+            ));
+        }
+        match self.total {
+            None => {
+                self.total = Some(c.total_len);
+                // The total is bounded above, so reserving it is safe.
+                self.buf.reserve_exact(c.total_len as usize);
+            }
+            Some(t) if t != c.total_len => {
+                return err(format!(
+                    "chunk says total {} bytes, earlier chunks said {t}",
+                    c.total_len
+                ));
+            }
+            Some(_) => {}
+        }
+        if c.offset != self.buf.len() as u64 {
+            return err(format!(
+                "chunk at offset {} but {} bytes received so far (out of order)",
+                c.offset,
+                self.buf.len()
+            ));
+        }
+        if c.offset + c.data.len() as u64 > c.total_len {
+            return err(format!(
+                "chunk at offset {} of {} bytes runs past the total of {}",
+                c.offset,
+                c.data.len(),
+                c.total_len
+            ));
+        }
+        self.buf.extend_from_slice(&c.data);
+        Ok(())
+    }
+
+    /// The complete model bytes.
+    pub fn finish(self) -> Result<Vec<u8>, ClientError> {
+        match self.total {
+            Some(t) if t == self.buf.len() as u64 && t > 0 => Ok(self.buf),
+            Some(t) => Err(ClientError::Download(format!(
+                "stream ended after {} of {t} bytes",
+                self.buf.len()
+            ))),
+            None => Err(ClientError::Download("empty model stream".into())),
+        }
+    }
+}
+
+/// Exponential backoff with jitter: attempt i waits a uniform time in
+/// `[d/2, d]` with `d = min(max, base·2^i)`, so many sites that lost the
+/// coordinator together do not reconnect in lockstep.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A schedule starting at `base` and capped at `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The ceiling of attempt `attempt` (before jitter).
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+        let d = self.ceiling(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = d / 2;
+        let span = (d - half).as_micros() as u64;
+        let jitter = if span == 0 {
+            0
+        } else {
+            rng.next_u64() % (span + 1)
+        };
+        half + Duration::from_micros(jitter)
+    }
+
+    /// Back to the first step after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(200), Duration::from_secs(10))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confide_crypto::Ring;
+    use confide_crypto::quant::QuantConfig;
+    use confide_crypto::stats::decode_stats;
+
+    fn quantiser(ring: Ring) -> Result<Quantiser, ClientError> {
+        Ok(Quantiser::new(&QuantConfig {
+            ring,
+            clip: 1.0,
+            max_weight: 1000,
+            max_cohort: 10,
+            scale: Some(1000.0),
+            min_levels: 1,
+        })?)
+    }
+
+    #[test]
+    fn train_vector_layout() -> Result<(), ClientError> {
+        let q = quantiser(Ring::U32)?;
+        let mut rng = rand::rng();
+        let eval = EvalResult {
+            num_examples: 20,
+            correct: 17,
+            loss_sum: 3.25,
+        };
+        let v: Vec<u32> = train_vector(&q, &[0.5, -0.25, 0.0], 7, Some(&eval), &mut rng)?;
+        assert_eq!(v.len(), train_len(3));
+        assert_eq!(&v[3..], &[7, 17, 20, 3250]);
+        // 0.5 · weight 7 · scale 1000 = 3500 exactly (no rounding needed).
+        assert_eq!(v[0], 3500);
+        assert_eq!(v[1].to_signed(), -1750);
+        let v: Vec<u64> = train_vector(&q64()?, &[0.5], 2, None, &mut rng)?;
+        assert_eq!(v, vec![1000, 2, 0, 0, 0]);
+        Ok(())
+    }
+
+    fn q64() -> Result<Quantiser, ClientError> {
+        quantiser(Ring::U64)
+    }
+
+    #[test]
+    fn non_finite_updates_are_refused_before_quantising() -> Result<(), ClientError> {
+        let q = quantiser(Ring::U32)?;
+        let mut rng = rand::rng();
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let r = train_vector::<u32>(&q, &[0.1, bad], 5, None, &mut rng);
+            assert!(
+                matches!(r, Err(ClientError::NonFiniteUpdate { index: 1, .. })),
+                "{r:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn eval_and_stats_layouts() -> Result<(), ClientError> {
+        let q = quantiser(Ring::U32)?;
+        let mut rng = rand::rng();
+        let eval = EvalResult {
+            num_examples: 4,
+            correct: 3,
+            loss_sum: 0.0015,
+        };
+        let v: Vec<u32> = eval_vector(&q, &eval, &mut rng)?;
+        assert_eq!(v, vec![1, 3, 4, 2]);
+        let stats = FeatureStats {
+            n: 3,
+            sum: vec![1.5, -2.0],
+            sum_sq: vec![4.0, 9.25],
+        };
+        let v = stats_vector(&stats, 16, 10)?;
+        assert_eq!(v.len(), stats_len(2));
+        let (s, q2, n) = decode_stats(&v, 2, 16)?;
+        assert_eq!((s, q2, n), (stats.sum.clone(), stats.sum_sq.clone(), 3));
+        Ok(())
+    }
+
+    #[test]
+    fn chunks_round_trip_and_respect_the_size_limit() -> Result<(), ClientError> {
+        let n = CHUNK_BYTES / 4 * 2 + 5;
+        let v: Vec<u32> = (0..n as u32)
+            .map(|i| i.wrapping_mul(2_654_435_761))
+            .collect();
+        let chunks = masked_input_chunks("s", 9, &v);
+        assert_eq!(chunks.len(), 3);
+        let mut back = Vec::new();
+        for c in &chunks {
+            assert!(c.data.len() <= CHUNK_BYTES);
+            assert_eq!(c.offset as usize, back.len());
+            assert_eq!(
+                (c.total_len, c.round, c.session.as_str()),
+                (n as u64, 9, "s")
+            );
+            back.extend(
+                ring::from_le_bytes::<u32>(&c.data)
+                    .map_err(|e| ClientError::Download(e.to_string()))?,
+            );
+        }
+        assert_eq!(back, v);
+        let v64: Vec<u64> = vec![u64::MAX; CHUNK_BYTES / 8 + 1];
+        let chunks = masked_input_chunks("s", 1, &v64);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[1].offset as usize, CHUNK_BYTES / 8);
+        Ok(())
+    }
+
+    fn chunk(offset: u64, data: &[u8], total_len: u64) -> v1::ModelChunk {
+        v1::ModelChunk {
+            offset,
+            data: data.to_vec(),
+            total_len,
+        }
+    }
+
+    #[test]
+    fn model_reassembly_in_order() -> Result<(), ClientError> {
+        let mut a = ModelAssembler::new(6);
+        a.push(&chunk(0, b"abc", 6))?;
+        a.push(&chunk(3, b"def", 6))?;
+        assert_eq!(a.finish()?, b"abcdef");
+        Ok(())
+    }
+
+    #[test]
+    fn model_reassembly_refuses_bad_streams() {
+        // Out of order.
+        let mut a = ModelAssembler::new(0);
+        assert!(a.push(&chunk(3, b"def", 6)).is_err());
+        // Larger than announced.
+        let mut a = ModelAssembler::new(5);
+        assert!(a.push(&chunk(0, b"abc", 6)).is_err());
+        // Larger than the hard limit even when nothing was announced.
+        let mut a = ModelAssembler::new(0);
+        assert!(a.push(&chunk(0, b"a", MAX_MODEL_BYTES + 1)).is_err());
+        // Data past the declared total.
+        let mut a = ModelAssembler::new(0);
+        assert!(a.push(&chunk(0, b"abcdefg", 6)).is_err());
+        // Totals that change midway.
+        let mut a = ModelAssembler::new(0);
+        assert!(a.push(&chunk(0, b"abc", 6)).is_ok());
+        assert!(a.push(&chunk(3, b"def", 7)).is_err());
+        // Truncated and empty streams.
+        let mut a = ModelAssembler::new(0);
+        assert!(a.push(&chunk(0, b"abc", 6)).is_ok());
+        assert!(a.finish().is_err());
+        assert!(ModelAssembler::new(0).finish().is_err());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut rng = rand::rng();
+        let ceilings = [100, 200, 400, 800, 1600, 2000, 2000];
+        for &c in &ceilings {
+            let d = b.next_delay(&mut rng);
+            let c = Duration::from_millis(c);
+            assert!(d >= c / 2 && d <= c, "{d:?} outside [{:?}, {c:?}]", c / 2);
+        }
+        assert_eq!(b.ceiling(1000), Duration::from_secs(2));
+        b.reset();
+        assert!(b.next_delay(&mut rng) <= Duration::from_millis(100));
+        // Jitter actually varies.
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
+        let ds: std::collections::BTreeSet<Duration> =
+            (0..20).map(|_| b.next_delay(&mut rng)).collect();
+        assert!(ds.len() > 1);
+    }
+}

@@ -1,0 +1,255 @@
+//! `confide certs`: the federation CA, coordinator, site and operator
+//! certificates (rcgen, ECDSA P-256) and site signing keys, in the layout
+//! `ca.pem ca.key coordinator.pem coordinator.key sites/<name>.{pem,key,signing.toml}
+//! operators/<name>.{pem,key}`. Private key files are 0600 and never printed.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use confide_crypto::Suite;
+use confide_crypto::suite::SigningKey;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::error::CoordinatorError;
+
+fn err(e: impl std::fmt::Display) -> CoordinatorError {
+    CoordinatorError::Tls(e.to_string())
+}
+
+/// Write a file readable only by its owner (0600 on Unix), refusing to overwrite.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
+    if path.exists() {
+        return Err(err(format!(
+            "{} already exists; refusing to overwrite",
+            path.display()
+        )));
+    }
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
+    if path.exists() {
+        return Err(err(format!(
+            "{} already exists; refusing to overwrite",
+            path.display()
+        )));
+    }
+    fs::write(path, bytes)?;
+    Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), CoordinatorError> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        || name.starts_with('-')
+    {
+        return Err(err(format!(
+            "name {name:?} must be 1–63 characters of [A-Za-z0-9-] (a DNS label)"
+        )));
+    }
+    Ok(())
+}
+
+fn issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CoordinatorError> {
+    let ca_pem = fs::read_to_string(dir.join("ca.pem")).map_err(|e| {
+        err(format!(
+            "{}/ca.pem: {e} (run `confide certs init`)",
+            dir.display()
+        ))
+    })?;
+    let key = KeyPair::from_pem(&fs::read_to_string(dir.join("ca.key"))?).map_err(err)?;
+    Issuer::from_ca_cert_pem(&ca_pem, key).map_err(err)
+}
+
+fn leaf(
+    names: &[String],
+    cn: &str,
+    eku: &[ExtendedKeyUsagePurpose],
+) -> Result<CertificateParams, CoordinatorError> {
+    let mut p = CertificateParams::new(names.to_vec()).map_err(err)?;
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = eku.to_vec();
+    Ok(p)
+}
+
+/// `certs init`: a federation CA plus the coordinator's server certificate
+/// (SAN localhost, 127.0.0.1, coordinator and `extra_names`).
+pub fn init(
+    dir: &Path,
+    federation: &str,
+    extra_names: &[String],
+) -> Result<Vec<PathBuf>, CoordinatorError> {
+    fs::create_dir_all(dir)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("{federation} federation CA"));
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    write_public(&dir.join("ca.pem"), ca_cert.pem().as_bytes())?;
+    write_private(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "coordinator"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    names.extend(extra_names.iter().cloned());
+    let issuer = Issuer::new(ca, ca_key);
+    let params = leaf(
+        &names,
+        "coordinator",
+        &[ExtendedKeyUsagePurpose::ServerAuth],
+    )?;
+    let key = KeyPair::generate().map_err(err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    write_public(&dir.join("coordinator.pem"), cert.pem().as_bytes())?;
+    write_private(&dir.join("coordinator.key"), key.serialize_pem().as_bytes())?;
+    Ok(vec![dir.join("ca.pem"), dir.join("coordinator.pem")])
+}
+
+/// `certs issue --site NAME`: TLS client certificate (SAN dns = name) and the
+/// site's long-term signing key for `suite`.
+pub fn issue_site(dir: &Path, name: &str, suite: Suite) -> Result<Vec<PathBuf>, CoordinatorError> {
+    check_name(name)?;
+    let issuer = issuer(dir)?;
+    let sites = dir.join("sites");
+    fs::create_dir_all(&sites)?;
+    let params = leaf(
+        &[name.to_string()],
+        name,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
+    )?;
+    let key = KeyPair::generate().map_err(err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    let pem = sites.join(format!("{name}.pem"));
+    write_public(&pem, cert.pem().as_bytes())?;
+    write_private(
+        &sites.join(format!("{name}.key")),
+        key.serialize_pem().as_bytes(),
+    )?;
+    let sk = SigningKey::generate(suite, &mut rand::rng());
+    let toml = format!(
+        "suite = \"{}\"\nsecret = \"{}\"\n",
+        suite.name(),
+        hex::encode(sk.secret_bytes())
+    );
+    let signing = sites.join(format!("{name}.signing.toml"));
+    write_private(&signing, toml.as_bytes())?;
+    Ok(vec![pem, signing])
+}
+
+/// `certs issue --operator NAME`: a client certificate for the Admin API.
+pub fn issue_operator(dir: &Path, name: &str) -> Result<Vec<PathBuf>, CoordinatorError> {
+    check_name(name)?;
+    let issuer = issuer(dir)?;
+    let ops = dir.join("operators");
+    fs::create_dir_all(&ops)?;
+    let params = leaf(
+        &[format!("operator-{name}")],
+        &format!("operator {name}"),
+        &[ExtendedKeyUsagePurpose::ClientAuth],
+    )?;
+    let key = KeyPair::generate().map_err(err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    let pem = ops.join(format!("{name}.pem"));
+    write_public(&pem, cert.pem().as_bytes())?;
+    write_private(
+        &ops.join(format!("{name}.key")),
+        key.serialize_pem().as_bytes(),
+    )?;
+    Ok(vec![pem])
+}
+
+/// `certs list`: (kind, name, path) of every certificate in `dir`.
+pub fn list(dir: &Path) -> Result<Vec<(String, String, PathBuf)>, CoordinatorError> {
+    let mut out = Vec::new();
+    for (kind, name) in [("ca", "ca"), ("coordinator", "coordinator")] {
+        let p = dir.join(format!("{name}.pem"));
+        if p.exists() {
+            out.push((kind.to_string(), name.to_string(), p));
+        }
+    }
+    for (kind, sub) in [("site", "sites"), ("operator", "operators")] {
+        let Ok(rd) = fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        let mut v: Vec<(String, String, PathBuf)> = rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+            .filter_map(|p| {
+                p.file_stem().map(|s| {
+                    (
+                        kind.to_string(),
+                        s.to_string_lossy().into_owned(),
+                        p.clone(),
+                    )
+                })
+            })
+            .collect();
+        v.sort();
+        out.extend(v);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_issue_list_with_private_permissions() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        init(tmp.path(), "test", &[])?;
+        issue_site(tmp.path(), "hospital-a", Suite::Gm)?;
+        issue_operator(tmp.path(), "alice")?;
+        assert!(
+            issue_site(tmp.path(), "hospital-a", Suite::Gm).is_err(),
+            "must not overwrite"
+        );
+        assert!(issue_site(tmp.path(), "../evil", Suite::Intl).is_err());
+        let l = list(tmp.path())?;
+        let names: Vec<&str> = l.iter().map(|(_, n, _)| n.as_str()).collect();
+        assert_eq!(names, ["ca", "coordinator", "hospital-a", "alice"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for f in [
+                "ca.key",
+                "coordinator.key",
+                "sites/hospital-a.key",
+                "sites/hospital-a.signing.toml",
+            ] {
+                assert_eq!(
+                    fs::metadata(tmp.path().join(f))?.permissions().mode() & 0o777,
+                    0o600,
+                    "{f}"
+                );
+            }
+        }
+        let toml = fs::read_to_string(tmp.path().join("sites/hospital-a.signing.toml"))?;
+        assert!(toml.starts_with("suite = \"gm\""));
+        Ok(())
+    }
+}

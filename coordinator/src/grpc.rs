@@ -1,0 +1,461 @@
+//! The gRPC layer: thin handlers that validate, convert, call the
+//! [`Federation`] and map [`CoreError`] to a status. The only module that
+//! knows tonic.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use confide_proto::v1 as pb;
+use pb::admin_server::{Admin, AdminServer};
+use pb::site_server::{Site, SiteServer};
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::error::{CoordinatorError, CoreError};
+use crate::federation::{Federation, ServeReport};
+use crate::settings::Settings;
+
+impl From<CoreError> for Status {
+    fn from(e: CoreError) -> Self {
+        let msg = e.to_string();
+        match e {
+            CoreError::UnknownSession => Status::unauthenticated(msg),
+            CoreError::IdentityMismatch { .. } => Status::permission_denied(msg),
+            CoreError::WrongRound { .. } | CoreError::WrongStage(_) => {
+                Status::failed_precondition(msg)
+            }
+            CoreError::Duplicate(_) => Status::already_exists(msg),
+            CoreError::Invalid(_) => Status::invalid_argument(msg),
+            CoreError::Limit(_) => Status::resource_exhausted(msg),
+            CoreError::NotFound(_) => Status::not_found(msg),
+            CoreError::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+/// The name in the peer's TLS certificate (first DNS SAN, else CN), if mTLS is on.
+fn peer_name<T>(req: &Request<T>) -> Option<String> {
+    let certs = req.peer_certs()?;
+    let der = certs.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                return Some((*d).to_string());
+            }
+        }
+    }
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string)
+}
+
+/// Site and Admin handlers.
+#[derive(Clone, Debug)]
+pub struct Handlers {
+    fed: Arc<Federation>,
+    tls: bool,
+}
+
+impl Handlers {
+    fn peer<T>(&self, req: &Request<T>) -> Result<Option<String>, Status> {
+        if !self.tls {
+            return Ok(None);
+        }
+        peer_name(req)
+            .map(Some)
+            .ok_or_else(|| Status::permission_denied("no client certificate with a site name"))
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Site for Handlers {
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let peer = self.peer(&req)?;
+        let r = req.into_inner();
+        let session = self.fed.join(&r.site, &r.verifying_key, peer.as_deref())?;
+        let s = self.fed.settings();
+        Ok(Response::new(pb::JoinResponse {
+            session,
+            federation: s.federation.clone(),
+            suite: s.suite.clone(),
+        }))
+    }
+
+    type TasksStream = BoxStream<pb::Task>;
+
+    async fn tasks(
+        &self,
+        req: Request<pb::TasksRequest>,
+    ) -> Result<Response<Self::TasksStream>, Status> {
+        let peer = self.peer(&req)?;
+        let rx = self
+            .fed
+            .open_tasks(&req.get_ref().session, peer.as_deref())?;
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type DownloadModelStream = BoxStream<pb::ModelChunk>;
+
+    async fn download_model(
+        &self,
+        req: Request<pb::DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let peer = self.peer(&req)?;
+        let r = req.into_inner();
+        let bytes = self.fed.download(&r.session, peer.as_deref(), r.round)?;
+        let total = bytes.len() as u64;
+        let chunks = bytes.len().div_ceil(confide_proto::CHUNK_BYTES).max(1);
+        let stream = tokio_stream::iter((0..chunks).map(move |i| {
+            let a = i * confide_proto::CHUNK_BYTES;
+            let b = (a + confide_proto::CHUNK_BYTES).min(bytes.len());
+            Ok(pb::ModelChunk {
+                offset: a as u64,
+                data: bytes[a..b].to_vec(),
+                total_len: total,
+            })
+        }));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn advertise_keys(
+        &self,
+        req: Request<pb::AdvertiseKeysRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let peer = self.peer(&req)?;
+        let r = req.into_inner();
+        let advert = r
+            .advert
+            .ok_or_else(|| Status::invalid_argument("advert missing"))?;
+        self.fed.advertise(&r.session, peer.as_deref(), advert)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn share_keys(
+        &self,
+        req: Request<pb::ShareKeysRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let peer = self.peer(&req)?;
+        let r = req.into_inner();
+        let session = r.session.clone();
+        self.fed.share_keys(&session, peer.as_deref(), r)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn submit_masked_input(
+        &self,
+        req: Request<Streaming<pb::MaskedInputChunk>>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let peer = self.peer(&req)?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty masked-input stream"))?;
+        let session = first.session.clone();
+        let round = first.round;
+        let mut up = self
+            .fed
+            .begin_upload(&session, peer.as_deref(), round, first.total_len)
+            .await?;
+        up.push(first.offset, &first.data)?;
+        // A slow or stalled uploader must not hold an upload slot past the stage deadline.
+        let limit = std::time::Duration::from_secs(u64::from(
+            self.fed.settings().secagg.stage_timeout_secs,
+        ));
+        let rest = async {
+            while let Some(c) = stream.message().await? {
+                if c.round != round || (!c.session.is_empty() && c.session != session) {
+                    return Err(Status::invalid_argument(
+                        "chunks of one stream must share session and round",
+                    ));
+                }
+                up.push(c.offset, &c.data)?;
+            }
+            Ok(())
+        };
+        tokio::time::timeout(limit, rest).await.map_err(|_| {
+            Status::deadline_exceeded("masked-input upload took longer than the stage timeout")
+        })??;
+        self.fed.finish_upload(&session, peer.as_deref(), up)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn unmask(&self, req: Request<pb::UnmaskResponse>) -> Result<Response<pb::Ack>, Status> {
+        let peer = self.peer(&req)?;
+        let r = req.into_inner();
+        let session = r.session.clone();
+        self.fed.unmask(&session, peer.as_deref(), r)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+}
+
+impl Handlers {
+    /// The Admin API takes only operator certificates (SAN `operator-NAME`) under mTLS.
+    fn operator<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        match self.peer(req)? {
+            Some(name) if !name.starts_with("operator-") => Err(Status::permission_denied(
+                format!("{name} is not an operator certificate"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Handlers {
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.operator(&req)?;
+        let (round, stage, sites, completed) = self.fed.status();
+        let s = self.fed.settings();
+        Ok(Response::new(pb::StatusResponse {
+            federation: s.federation.clone(),
+            suite: s.suite.clone(),
+            current_round: round,
+            stage,
+            connected_sites: sites,
+            completed_rounds: completed,
+            target_rounds: s.rounds,
+            secure_aggregation: s.secure_aggregation,
+        }))
+    }
+
+    async fn rounds(
+        &self,
+        req: Request<pb::RoundsRequest>,
+    ) -> Result<Response<pb::RoundsResponse>, Status> {
+        self.operator(&req)?;
+        let rounds = self
+            .fed
+            .history()
+            .into_iter()
+            .map(crate::record_to_pb)
+            .collect();
+        Ok(Response::new(pb::RoundsResponse { rounds }))
+    }
+
+    async fn checkpoints(
+        &self,
+        req: Request<pb::CheckpointsRequest>,
+    ) -> Result<Response<pb::CheckpointsResponse>, Status> {
+        self.operator(&req)?;
+        let Some(dir) = self.fed.settings().checkpoints.dir.clone() else {
+            return Ok(Response::new(pb::CheckpointsResponse {
+                checkpoints: vec![],
+            }));
+        };
+        let list = crate::checkpoint_infos(&dir).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::CheckpointsResponse { checkpoints: list }))
+    }
+}
+
+/// Run the federation on `listener` until the configured rounds are done or
+/// `shutdown` fires. Binds nothing itself.
+pub async fn serve(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<ServeReport, CoordinatorError> {
+    let fed = Federation::new(settings)?;
+    let s = fed.settings().clone();
+    let handlers = Handlers {
+        fed: fed.clone(),
+        tls: !s.tls.insecure,
+    };
+    let mut builder = Server::builder();
+    if s.tls.insecure {
+        warn!(
+            "running WITHOUT TLS (--insecure): site identities are not authenticated; for local experiments only"
+        );
+    } else {
+        let (ca, cert, key) = s.tls_files()?;
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", p.display())))
+        };
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&cert)?, read(&key)?))
+            .client_ca_root(Certificate::from_pem(read(&ca)?));
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+    }
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<SiteServer<Handlers>>().await;
+    let max = s.limits.max_message_bytes;
+    let site = SiteServer::new(handlers.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let admin = AdminServer::new(handlers).max_decoding_message_size(max);
+    let addr = listener.local_addr().ok();
+    info!(addr = ?addr, federation = %s.federation, suite = %s.suite, secure_aggregation = s.secure_aggregation, "coordinator listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = builder
+        .add_service(health)
+        .add_service(site)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = stop_rx.await;
+            },
+        );
+    let server = tokio::spawn(server);
+    let result = tokio::select! {
+        r = fed.run() => r,
+        _ = shutdown => {
+            info!("shutdown requested");
+            Ok(fed.report())
+        }
+    };
+    if result.is_ok() {
+        fed.send_done();
+        // Let sites read Done and hang up (bounded).
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while !fed.all_disconnected() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    // End every task stream so graceful shutdown does not wait on them.
+    fed.close_streams();
+    let _ = stop_tx.send(());
+    let mut server = server;
+    match tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "server task failed"),
+        Err(_) => {
+            warn!("server did not stop within 5 s; aborting it");
+            server.abort();
+        }
+        Ok(Ok(Ok(()))) => {}
+    }
+    result
+}
+
+async fn admin_client(
+    url: &str,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>, CoordinatorError> {
+    let mut ep = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| CoordinatorError::Transport(e.to_string()))?;
+    if let Some((ca, cert, key)) = tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", p.display())))
+        };
+        let cfg = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&ca)?))
+            .identity(Identity::from_pem(read(&cert)?, read(&key)?))
+            .domain_name("localhost");
+        ep = ep
+            .tls_config(cfg)
+            .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+    }
+    let ch = ep
+        .connect()
+        .await
+        .map_err(|e| CoordinatorError::Transport(format!("{url}: {e}")))?;
+    Ok(pb::admin_client::AdminClient::new(ch))
+}
+
+/// `confide status`: the Admin API's Status.
+pub async fn admin_status(
+    url: &str,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<pb::StatusResponse, CoordinatorError> {
+    let mut c = admin_client(url, tls).await?;
+    c.status(pb::StatusRequest {})
+        .await
+        .map(Response::into_inner)
+        .map_err(|e| CoordinatorError::Transport(e.to_string()))
+}
+
+/// `confide rounds`: the Admin API's history, as records.
+pub async fn admin_rounds(
+    url: &str,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<Vec<crate::RoundRecord>, CoordinatorError> {
+    let mut c = admin_client(url, tls).await?;
+    let r = c
+        .rounds(pb::RoundsRequest {})
+        .await
+        .map_err(|e| CoordinatorError::Transport(e.to_string()))?
+        .into_inner();
+    let opt = |x: f64| if x.is_nan() { None } else { Some(x) };
+    Ok(r.rounds
+        .into_iter()
+        .map(|r| crate::RoundRecord {
+            round: r.round,
+            kind: r.kind,
+            success: r.success,
+            message: r.message,
+            cohort: r.cohort,
+            survivors: r.survivors,
+            dropped: r.dropped,
+            accuracy: opt(r.accuracy),
+            loss: opt(r.loss),
+            eval_examples: r.eval_examples,
+            model_round: 0,
+            duration_secs: r.duration_secs,
+            stage_secs: r.stage_secs.into_iter().collect(),
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn core_errors_map_to_the_documented_statuses() {
+        let cases = [
+            (CoreError::UnknownSession, Code::Unauthenticated),
+            (
+                CoreError::IdentityMismatch {
+                    peer: "a".into(),
+                    site: "b".into(),
+                },
+                Code::PermissionDenied,
+            ),
+            (
+                CoreError::WrongRound {
+                    expected: 2,
+                    got: 1,
+                },
+                Code::FailedPrecondition,
+            ),
+            (CoreError::WrongStage("x".into()), Code::FailedPrecondition),
+            (CoreError::Duplicate("x".into()), Code::AlreadyExists),
+            (CoreError::Invalid("x".into()), Code::InvalidArgument),
+            (CoreError::Limit("x".into()), Code::ResourceExhausted),
+            (CoreError::NotFound("x".into()), Code::NotFound),
+        ];
+        for (e, code) in cases {
+            assert_eq!(Status::from(e.clone()).code(), code, "{e}");
+        }
+        let dup: CoreError = confide_crypto::ProtocolError::Duplicate(3).into();
+        assert_eq!(Status::from(dup).code(), Code::AlreadyExists);
+        let len: CoreError = confide_crypto::ProtocolError::WrongLength {
+            expected: 2,
+            got: 1,
+        }
+        .into();
+        assert_eq!(Status::from(len).code(), Code::InvalidArgument);
+    }
+}

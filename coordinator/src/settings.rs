@@ -1,0 +1,690 @@
+//! The coordinator's typed configuration: one TOML file, overridable by
+//! `CONFIDE_*` environment variables (nested keys joined by `__`, e.g.
+//! `CONFIDE_TRAINING__EPOCHS=3`) and by CLI flags, validated before any port
+//! is bound.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use confide_crypto::Suite;
+use confide_crypto::graph::{self, SecAggParams};
+use confide_crypto::quant::{QuantConfig, Quantiser};
+use confide_crypto::ring::Ring;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::CoordinatorError;
+
+/// Everything the coordinator needs to run one federation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Federation / task name (also part of the config hash).
+    pub federation: String,
+    /// Address `confide serve` binds (the library's `serve` binds nothing).
+    pub listen: String,
+    /// Cipher suite: "intl" or "gm".
+    pub suite: String,
+    /// Training rounds to complete successfully.
+    pub rounds: u64,
+    /// Sites that must be connected before a round starts.
+    pub min_sites: usize,
+    /// Most sites that may join (also the quantiser's cohort bound).
+    pub max_sites: usize,
+    /// Fraction of connected sites sampled per round (ignored if `cohort_size` is set).
+    pub cohort_fraction: f64,
+    /// Fixed cohort size per round.
+    pub cohort_size: Option<usize>,
+    /// Secure aggregation on (default). `false` is a plaintext comparison mode.
+    pub secure_aggregation: bool,
+    /// Ring of training rounds: "u32" or "u64" (statistics rounds always use u64).
+    pub ring: String,
+    /// Run a statistics round first for federated standardisation.
+    pub statistics_round: bool,
+    /// Sites evaluate the incoming global model in every training round.
+    pub evaluate_every_round: bool,
+    /// Run an evaluation round after the last training round.
+    pub final_evaluation: bool,
+    /// Give up after this many consecutive failed rounds.
+    pub max_consecutive_failures: u32,
+    /// Before the first round, once `min_sites` are connected, wait up to this
+    /// many seconds for more sites to connect (so a federation starting
+    /// together trains together from round one).
+    pub join_grace_secs: f64,
+    /// SecAgg+ parameters.
+    pub secagg: SecAggSettings,
+    /// The model.
+    pub model: ModelSettings,
+    /// Local training hyper-parameters sent to sites.
+    pub training: TrainingSettings,
+    /// Quantisation of updates.
+    pub quantisation: QuantSettings,
+    /// Server optimiser.
+    pub optimiser: OptimiserSettings,
+    /// Checkpoints.
+    pub checkpoints: CheckpointSettings,
+    /// Transport security.
+    pub tls: TlsSettings,
+    /// Limits.
+    pub limits: LimitSettings,
+}
+
+/// SecAgg+ graph and threshold settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecAggSettings {
+    /// Fraction of a cohort that may drop out (δ).
+    pub dropout_fraction: f64,
+    /// Fraction of a cohort that may collude with the coordinator (γ).
+    pub collusion_fraction: f64,
+    /// Security bits σ.
+    pub sigma: u32,
+    /// Correctness bits η.
+    pub eta: u32,
+    /// Explicit degree (with `t`); otherwise chosen from δ, γ.
+    pub k: Option<usize>,
+    /// Explicit threshold (with `k`).
+    pub t: Option<usize>,
+    /// Fewest survivors a round accepts (default: max(t, 2)).
+    pub min_survivors: Option<usize>,
+    /// Seconds each stage waits (training happens inside the masked-input stage).
+    pub stage_timeout_secs: u32,
+}
+
+/// The global model.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSettings {
+    /// "logistic" or "mlp".
+    pub kind: String,
+    /// Input features.
+    pub features: u32,
+    /// Classes.
+    pub classes: u32,
+    /// Hidden layer widths (mlp only).
+    pub hidden: Vec<u32>,
+    /// Seed of the initial weights (so every start from scratch is identical).
+    pub init_seed: u64,
+}
+
+/// Local training hyper-parameters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingSettings {
+    /// Local epochs per round.
+    pub epochs: u32,
+    /// Minibatch size.
+    pub batch_size: u32,
+    /// Local SGD learning rate.
+    pub learning_rate: f64,
+    /// Weight decay.
+    pub l2: f64,
+    /// FedProx μ (0 = off).
+    pub proximal_mu: f64,
+    /// Fixed-point fractional bits of statistics rounds.
+    pub stats_scale_bits: u32,
+}
+
+/// Quantisation of updates into the ring.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuantSettings {
+    /// Per-element clip bound of a model delta.
+    pub clip: f64,
+    /// Largest example count a site's update is weighted with.
+    pub max_weight: u64,
+    /// Quanta per unit; default: the largest that cannot overflow.
+    pub scale: Option<f64>,
+}
+
+/// Server optimiser (Reddi et al. 2021, "Adaptive Federated Optimization").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimiserSettings {
+    /// "fedavg", "fedavgm", "fedadam", "fedyogi" or "fedadagrad".
+    pub kind: String,
+    /// Server learning rate η.
+    pub server_lr: f64,
+    /// Momentum (FedAvgM) or β₁ (adaptive methods).
+    pub beta1: f64,
+    /// β₂ (FedAdam, FedYogi).
+    pub beta2: f64,
+    /// Adaptivity τ.
+    pub tau: f64,
+}
+
+/// Checkpoint storage.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointSettings {
+    /// Directory; none disables checkpoints.
+    pub dir: Option<PathBuf>,
+    /// Keep this many latest checkpoints (plus the best).
+    pub keep_last: usize,
+    /// Resume even if the checkpoint's config hash differs.
+    pub allow_config_change: bool,
+}
+
+/// Transport security.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Plaintext gRPC (local experiments only; logs a warning every start).
+    pub insecure: bool,
+    /// Directory laid out by `confide certs` (ca.pem, coordinator.pem/.key).
+    pub certs_dir: Option<PathBuf>,
+    /// Explicit CA file (overrides certs_dir).
+    pub ca: Option<PathBuf>,
+    /// Explicit server certificate.
+    pub cert: Option<PathBuf>,
+    /// Explicit server key.
+    pub key: Option<PathBuf>,
+}
+
+/// Resource limits.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest gRPC message decoded.
+    pub max_message_bytes: usize,
+    /// Largest serialised model.
+    pub max_model_bytes: u64,
+    /// Masked-input uploads buffered at once.
+    pub max_concurrent_uploads: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            federation: "confide".into(),
+            listen: "0.0.0.0:7443".into(),
+            suite: "intl".into(),
+            rounds: 10,
+            min_sites: 3,
+            max_sites: 100,
+            cohort_fraction: 1.0,
+            cohort_size: None,
+            secure_aggregation: true,
+            ring: "u32".into(),
+            statistics_round: true,
+            evaluate_every_round: true,
+            final_evaluation: true,
+            max_consecutive_failures: 10,
+            join_grace_secs: 0.0,
+            secagg: SecAggSettings::default(),
+            model: ModelSettings::default(),
+            training: TrainingSettings::default(),
+            quantisation: QuantSettings::default(),
+            optimiser: OptimiserSettings::default(),
+            checkpoints: CheckpointSettings::default(),
+            tls: TlsSettings::default(),
+            limits: LimitSettings::default(),
+        }
+    }
+}
+
+impl Default for SecAggSettings {
+    fn default() -> Self {
+        SecAggSettings {
+            dropout_fraction: 0.1,
+            collusion_fraction: 0.1,
+            sigma: 40,
+            eta: 30,
+            k: None,
+            t: None,
+            min_survivors: None,
+            stage_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            kind: "logistic".into(),
+            features: 30,
+            classes: 2,
+            hidden: Vec::new(),
+            init_seed: 0,
+        }
+    }
+}
+
+impl Default for TrainingSettings {
+    fn default() -> Self {
+        TrainingSettings {
+            epochs: 5,
+            batch_size: 16,
+            learning_rate: 0.05,
+            l2: 0.0,
+            proximal_mu: 0.0,
+            stats_scale_bits: 16,
+        }
+    }
+}
+
+impl Default for QuantSettings {
+    fn default() -> Self {
+        QuantSettings {
+            clip: 4.0,
+            max_weight: 10_000,
+            scale: None,
+        }
+    }
+}
+
+impl Default for OptimiserSettings {
+    fn default() -> Self {
+        OptimiserSettings {
+            kind: "fedavg".into(),
+            server_lr: 1.0,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+        }
+    }
+}
+
+impl Default for CheckpointSettings {
+    fn default() -> Self {
+        CheckpointSettings {
+            dir: None,
+            keep_last: 3,
+            allow_config_change: false,
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_message_bytes: 4 << 20,
+            max_model_bytes: 1 << 30,
+            max_concurrent_uploads: 8,
+        }
+    }
+}
+
+/// The server optimiser families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimiserKind {
+    /// Plain step.
+    FedAvg,
+    /// Server momentum.
+    FedAvgM,
+    /// Adam.
+    FedAdam,
+    /// Yogi.
+    FedYogi,
+    /// Adagrad.
+    FedAdagrad,
+}
+
+impl FromStr for OptimiserKind {
+    type Err = CoordinatorError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "fedavg" => OptimiserKind::FedAvg,
+            "fedavgm" => OptimiserKind::FedAvgM,
+            "fedadam" => OptimiserKind::FedAdam,
+            "fedyogi" => OptimiserKind::FedYogi,
+            "fedadagrad" => OptimiserKind::FedAdagrad,
+            other => {
+                return Err(CoordinatorError::Config(format!(
+                    "unknown optimiser {other:?} (fedavg, fedavgm, fedadam, fedyogi, fedadagrad)"
+                )));
+            }
+        })
+    }
+}
+
+/// The training-relevant part of the settings: what the config hash covers.
+#[derive(Serialize)]
+struct HashedConfig<'a> {
+    federation: &'a str,
+    suite: &'a str,
+    ring: &'a str,
+    secure_aggregation: bool,
+    statistics_round: bool,
+    model: &'a ModelSettings,
+    training: &'a TrainingSettings,
+    quantisation: &'a QuantSettings,
+    optimiser: &'a OptimiserSettings,
+}
+
+impl Settings {
+    /// Parse TOML text (no environment overrides).
+    pub fn from_toml_str(s: &str) -> Result<Self, CoordinatorError> {
+        Figment::from(Toml::string(s))
+            .extract()
+            .map_err(|e| CoordinatorError::Config(e.to_string()))
+    }
+
+    /// Load a TOML file, then apply `CONFIDE_*` environment overrides.
+    pub fn load(path: &Path) -> Result<Self, CoordinatorError> {
+        if !path.exists() {
+            return Err(CoordinatorError::Config(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        Figment::from(Toml::file(path))
+            .merge(Env::prefixed("CONFIDE_").split("__"))
+            .extract()
+            .map_err(|e| CoordinatorError::Config(e.to_string()))
+    }
+
+    /// The cipher suite.
+    pub fn suite(&self) -> Result<Suite, CoordinatorError> {
+        Suite::from_str(&self.suite).map_err(|e| CoordinatorError::Config(e.to_string()))
+    }
+
+    /// The training ring.
+    pub fn ring(&self) -> Result<Ring, CoordinatorError> {
+        Ring::from_str(&self.ring).map_err(|e| CoordinatorError::Config(format!("ring: {}", e.0)))
+    }
+
+    /// The optimiser family.
+    pub fn optimiser_kind(&self) -> Result<OptimiserKind, CoordinatorError> {
+        self.optimiser.kind.parse()
+    }
+
+    /// SHA-256 (hex) of the canonical JSON of the training-relevant settings.
+    pub fn config_hash(&self) -> String {
+        let h = HashedConfig {
+            federation: &self.federation,
+            suite: &self.suite,
+            ring: &self.ring,
+            secure_aggregation: self.secure_aggregation,
+            statistics_round: self.statistics_round,
+            model: &self.model,
+            training: &self.training,
+            quantisation: &self.quantisation,
+            optimiser: &self.optimiser,
+        };
+        let json = serde_json::to_vec(&h).unwrap_or_default();
+        hex::encode(Sha256::digest(&json))
+    }
+
+    /// Cohort size for `connected` sites.
+    pub fn cohort_for(&self, connected: usize) -> usize {
+        let n = match self.cohort_size {
+            Some(n) => n,
+            None => (self.cohort_fraction * connected as f64).ceil() as usize,
+        };
+        n.clamp(self.min_sites.min(connected), connected)
+    }
+
+    /// Degree and threshold for a cohort of `n`.
+    pub fn secagg_params(&self, n: usize) -> Result<SecAggParams, CoordinatorError> {
+        let p = match (self.secagg.k, self.secagg.t) {
+            (Some(k), Some(t)) => SecAggParams {
+                k: k.min(n.saturating_sub(1)),
+                t: t.min(k.min(n.saturating_sub(1))),
+            },
+            (None, None) => graph::choose(
+                n,
+                self.secagg.dropout_fraction,
+                self.secagg.collusion_fraction,
+                self.secagg.sigma,
+                self.secagg.eta,
+            )
+            .map_err(|e| {
+                CoordinatorError::Config(format!("SecAgg parameters for a cohort of {n}: {e}"))
+            })?,
+            _ => {
+                return Err(CoordinatorError::Config(
+                    "secagg.k and secagg.t must be set together".into(),
+                ));
+            }
+        };
+        graph::validate(n, p).map_err(|e| {
+            CoordinatorError::Config(format!("SecAgg parameters for a cohort of {n}: {e}"))
+        })?;
+        Ok(p)
+    }
+
+    /// Minimum survivors for a cohort of `n` with threshold `t`.
+    pub fn min_survivors(&self, n: usize, t: usize) -> usize {
+        self.secagg
+            .min_survivors
+            .unwrap_or(t.max(2))
+            .clamp(2, n.max(2))
+    }
+
+    /// The training quantiser (automatic scale unless configured).
+    pub fn quantiser(&self, ring: Ring) -> Result<Quantiser, CoordinatorError> {
+        let cfg = QuantConfig {
+            ring,
+            clip: self.quantisation.clip,
+            max_weight: self.quantisation.max_weight,
+            max_cohort: self.max_sites,
+            scale: self.quantisation.scale,
+            min_levels: confide_crypto::quant::DEFAULT_MIN_LEVELS,
+        };
+        Quantiser::new(&cfg).map_err(|e| CoordinatorError::Config(format!("quantisation: {e}")))
+    }
+
+    /// TLS files: (ca, cert, key).
+    pub fn tls_files(&self) -> Result<(PathBuf, PathBuf, PathBuf), CoordinatorError> {
+        let dir = self.tls.certs_dir.clone();
+        let pick = |explicit: &Option<PathBuf>, name: &str| -> Result<PathBuf, CoordinatorError> {
+            explicit.clone().or_else(|| dir.as_ref().map(|d| d.join(name))).ok_or_else(|| {
+                CoordinatorError::Config(format!(
+                    "TLS needs tls.certs_dir (from `confide certs init`) or tls.{}; or run with --insecure",
+                    name.trim_start_matches("coordinator.")
+                ))
+            })
+        };
+        Ok((
+            pick(&self.tls.ca, "ca.pem")?,
+            pick(&self.tls.cert, "coordinator.pem")?,
+            pick(&self.tls.key, "coordinator.key")?,
+        ))
+    }
+
+    /// Check everything that can be checked before binding a port.
+    pub fn validate(&self) -> Result<(), CoordinatorError> {
+        let bad = |m: String| Err(CoordinatorError::Config(m));
+        if self.federation.trim().is_empty() {
+            return bad("federation must not be empty".into());
+        }
+        self.suite()?;
+        let ring = self.ring()?;
+        self.optimiser_kind()?;
+        if self.rounds == 0 {
+            return bad("rounds must be at least 1".into());
+        }
+        if self.min_sites < 2 {
+            return bad(format!(
+                "min_sites must be at least 2 (secure aggregation needs two sites), got {}",
+                self.min_sites
+            ));
+        }
+        if self.max_sites < self.min_sites {
+            return bad(format!(
+                "max_sites ({}) must be at least min_sites ({})",
+                self.max_sites, self.min_sites
+            ));
+        }
+        if self.max_sites >= u32::MAX as usize {
+            return bad("max_sites is too large".into());
+        }
+        if !(self.cohort_fraction > 0.0 && self.cohort_fraction <= 1.0) {
+            return bad(format!(
+                "cohort_fraction must be in (0, 1], got {}",
+                self.cohort_fraction
+            ));
+        }
+        if let Some(n) = self.cohort_size
+            && (n < 2 || n < self.min_sites || n > self.max_sites)
+        {
+            return bad(format!(
+                "cohort_size {n} must be between min_sites ({}) and max_sites ({})",
+                self.min_sites, self.max_sites
+            ));
+        }
+        // The smallest and largest cohorts the scheduler can pick must both work.
+        let smallest = self.cohort_for(self.min_sites).max(2);
+        let largest = self.cohort_for(self.max_sites).max(2);
+        if self.secure_aggregation {
+            if let Some(m) = self.secagg.min_survivors
+                && (m < 2 || m > smallest)
+            {
+                return bad(format!(
+                    "secagg.min_survivors {m} must be between 2 and the smallest cohort size {smallest}"
+                ));
+            }
+            // Every cohort size the scheduler can pick must have safe parameters
+            // (all of them for ordinary federations, a sample for huge ones).
+            let step = ((largest - smallest) / 256).max(1);
+            let mut sizes: Vec<usize> = (smallest..=largest).step_by(step).collect();
+            sizes.push(largest);
+            for n in sizes {
+                self.secagg_params(n)?;
+            }
+        }
+        if !(self.join_grace_secs.is_finite() && (0.0..=3600.0).contains(&self.join_grace_secs)) {
+            return bad("join_grace_secs must be between 0 and 3600".into());
+        }
+        if self.secagg.stage_timeout_secs == 0 {
+            return bad("secagg.stage_timeout_secs must be at least 1".into());
+        }
+        match self.model.kind.as_str() {
+            "logistic" => {}
+            "mlp" => {
+                if self.model.hidden.is_empty() || self.model.hidden.contains(&0) {
+                    return bad("model.hidden must list positive layer widths for an mlp".into());
+                }
+            }
+            other => {
+                return bad(format!(
+                    "model.kind must be \"logistic\" or \"mlp\", got {other:?}"
+                ));
+            }
+        }
+        if self.model.features == 0 || self.model.classes < 2 {
+            return bad("model needs at least 1 feature and 2 classes".into());
+        }
+        if self.training.epochs == 0 || self.training.batch_size == 0 {
+            return bad("training.epochs and training.batch_size must be at least 1".into());
+        }
+        if !(self.training.learning_rate.is_finite() && self.training.learning_rate > 0.0) {
+            return bad("training.learning_rate must be a positive number".into());
+        }
+        if self.training.stats_scale_bits > 40 {
+            return bad("training.stats_scale_bits must be at most 40".into());
+        }
+        let q = self.quantiser(ring)?;
+        let model_bytes = crate::federation::initial_model(self)?.num_params() as u64 * 4;
+        if model_bytes > self.limits.max_model_bytes {
+            return bad(format!(
+                "the model has {model_bytes} bytes, above limits.max_model_bytes"
+            ));
+        }
+        let _ = q;
+        let o = &self.optimiser;
+        let ok = o.server_lr.is_finite()
+            && o.server_lr > 0.0
+            && (0.0..1.0).contains(&o.beta1)
+            && (0.0..1.0).contains(&o.beta2)
+            && o.tau.is_finite()
+            && o.tau > 0.0;
+        if !ok {
+            return bad(
+                "optimiser: server_lr > 0, beta1 and beta2 in [0, 1), tau > 0 required".into(),
+            );
+        }
+        if self.limits.max_message_bytes < confide_proto::CHUNK_BYTES + 4096 {
+            return bad(format!(
+                "limits.max_message_bytes must be at least {} (one chunk)",
+                confide_proto::CHUNK_BYTES + 4096
+            ));
+        }
+        if self.limits.max_concurrent_uploads == 0 {
+            return bad("limits.max_concurrent_uploads must be at least 1".into());
+        }
+        if !self.tls.insecure {
+            self.tls_files()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_validates() -> Result<(), CoordinatorError> {
+        let text = include_str!("../federation.example.toml");
+        let mut s = Settings::from_toml_str(text)?;
+        assert_eq!(s.model.features, 30);
+        assert_eq!(s.rounds, 30);
+        assert_eq!(s.optimiser_kind()?, OptimiserKind::FedAvg);
+        s.tls.insecure = true;
+        s.validate()?;
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_bad_configs() {
+        let mut s = Settings {
+            tls: TlsSettings {
+                insecure: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(s.validate().is_ok());
+        s.min_sites = 1;
+        assert!(s.validate().is_err());
+        s.min_sites = 3;
+        s.quantisation.max_weight = u64::MAX / 2;
+        assert!(s.validate().is_err(), "quantiser overflow must be refused");
+        s.quantisation.max_weight = 100;
+        s.secagg.k = Some(2);
+        s.secagg.t = Some(1);
+        assert!(s.validate().is_err(), "t <= k/2 must be refused");
+        s.secagg.k = None;
+        s.secagg.t = None;
+        s.optimiser.kind = "sgd".into();
+        assert!(s.validate().is_err());
+        s.optimiser.kind = "fedadam".into();
+        s.tls.insecure = false;
+        assert!(s.validate().is_err(), "TLS without files must be refused");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let path = tmp.path().join("f.toml");
+        std::fs::write(&path, "rounds = 4\n[training]\nepochs = 2\n")?;
+        // SAFETY: no other test reads or writes CONFIDE_* variables.
+        unsafe {
+            std::env::set_var("CONFIDE_TRAINING__EPOCHS", "7");
+            std::env::set_var("CONFIDE_ROUNDS", "9");
+        }
+        let s = Settings::load(&path);
+        unsafe {
+            std::env::remove_var("CONFIDE_TRAINING__EPOCHS");
+            std::env::remove_var("CONFIDE_ROUNDS");
+        }
+        let s = s?;
+        assert_eq!((s.rounds, s.training.epochs), (9, 7));
+        assert!(Settings::load(&tmp.path().join("missing.toml")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn config_hash_covers_training_settings_only() {
+        let a = Settings::default();
+        let mut b = a.clone();
+        b.listen = "127.0.0.1:1".into();
+        assert_eq!(a.config_hash(), b.config_hash());
+        b.training.epochs += 1;
+        assert_ne!(a.config_hash(), b.config_hash());
+    }
+}

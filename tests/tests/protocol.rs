@@ -1,0 +1,241 @@
+//! Protocol-level end-to-end tests with scripted sites: the secure sum equals
+//! plaintext FedAvg within the quantisation bound, and bad submissions get
+//! specific statuses without disturbing the round.
+
+use std::time::Duration;
+
+use confide_client::train::Model;
+use confide_coordinator::Settings;
+use confide_coordinator::checkpoint;
+use confide_crypto::Suite;
+use confide_proto::v1 as pb;
+use confide_tests::{AsyncPoke, BoxError, Coordinator, FakeSite, NoPoke, chunks, settings};
+use rand::RngExt;
+use tokio::sync::watch;
+use tonic::Code;
+
+fn fake_settings(suite: &str, secure: bool, dir: &std::path::Path) -> Settings {
+    let mut s = settings(1, suite);
+    s.statistics_round = false;
+    s.evaluate_every_round = false;
+    s.final_evaluation = false;
+    s.secure_aggregation = secure;
+    s.checkpoints.dir = Some(dir.to_path_buf());
+    s.join_grace_secs = 1.0;
+    s
+}
+
+/// Runs one round with three fake sites and checks the new global model
+/// against the plaintext weighted mean of the deltas.
+async fn fedavg_case(suite: Suite, secure: bool) -> Result<(), BoxError> {
+    let tmp = tempfile::tempdir()?;
+    let s = fake_settings(suite.name(), secure, tmp.path());
+    let initial = confide_coordinator::federation::initial_model(&s)?.flatten();
+    let d = initial.len();
+    let coord = Coordinator::start(s).await?;
+    let mut rng = rand::rng();
+    let weights = [13u64, 52, 101];
+    let deltas: Vec<Vec<f32>> = (0..3)
+        .map(|_| (0..d).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+        .collect();
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let mut site = FakeSite::join(&coord.url(), &format!("fake-{i}"), suite).await?;
+        let delta = deltas[i].clone();
+        let w = weights[i];
+        tasks.push(tokio::spawn(async move {
+            let rs = site.round_start().await?;
+            let q = FakeSite::quantiser(&rs)?;
+            let end = site.train_round(&rs, &delta, w, NoPoke).await?;
+            Ok::<_, BoxError>((end, q))
+        }));
+    }
+    let mut q = None;
+    for t in tasks {
+        let (end, qq) = t.await??;
+        assert!(end.success, "round failed: {}", end.message);
+        q = Some(qq);
+    }
+    let report = coord.finish(Duration::from_secs(30)).await?;
+    assert_eq!(report.completed_rounds, 1);
+    let q = q.ok_or("no quantiser")?;
+    let ck = checkpoint::latest(tmp.path())?.ok_or("no checkpoint")?;
+    let got = ck.model.flatten();
+    let total: u64 = weights.iter().sum();
+    let bound = q.error_bound(3, total) + 1e-6;
+    let mut worst = 0.0f64;
+    for j in 0..d {
+        let mean: f64 = (0..3)
+            .map(|i| weights[i] as f64 * f64::from(deltas[i][j]))
+            .sum::<f64>()
+            / total as f64;
+        let want = f64::from(initial[j]) + mean;
+        let err = (f64::from(got[j]) - want).abs();
+        worst = worst.max(err);
+        assert!(
+            err <= bound,
+            "param {j}: got {} want {want} (error {err} > bound {bound})",
+            got[j]
+        );
+    }
+    // The bound is tight enough to mean something: far below the delta scale.
+    assert!(bound < 1e-3, "bound {bound}");
+    eprintln!("{suite} secure={secure}: worst error {worst:e}, bound {bound:e}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_sum_equals_plaintext_fedavg_within_quantisation_bound() -> Result<(), BoxError> {
+    let (a, b, c) = tokio::join!(
+        fedavg_case(Suite::Intl, true),
+        fedavg_case(Suite::Gm, true),
+        fedavg_case(Suite::Intl, false)
+    );
+    a?;
+    b?;
+    c?;
+    Ok(())
+}
+
+/// Site 0 first sends bad submissions, then its real vector, then a
+/// duplicate, while the other sites wait; then they submit and the round
+/// must still equal FedAvg.
+struct Poker {
+    release: watch::Sender<bool>,
+    url: String,
+}
+
+impl AsyncPoke for Poker {
+    async fn poke(&mut self, site: &mut FakeSite, round: u64, v: &[u32]) -> Result<bool, BoxError> {
+        let code = |r: Result<(), tonic::Status>| r.err().map(|s| s.code());
+        assert_eq!(
+            code(site.submit(round + 7, v).await),
+            Some(Code::FailedPrecondition),
+            "wrong round"
+        );
+        assert_eq!(
+            code(site.submit(round, &v[..v.len() - 1]).await),
+            Some(Code::InvalidArgument),
+            "wrong length"
+        );
+        // Offsets that skip elements are a bad chunk sequence.
+        let mut bad = chunks(&site.session, round, v);
+        bad[0].offset = 1;
+        let r = site
+            .client
+            .submit_masked_input(tokio_stream::iter(bad))
+            .await
+            .map(|_| ());
+        assert_eq!(code(r), Some(Code::InvalidArgument), "bad offset");
+        // A stage-1 message during stage 3.
+        let r = site
+            .client
+            .advertise_keys(pb::AdvertiseKeysRequest {
+                session: site.session.clone(),
+                advert: Some(pb::KeyAdvert {
+                    round,
+                    member: 1,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(|_| ());
+        assert!(
+            matches!(
+                code(r),
+                Some(Code::FailedPrecondition | Code::PermissionDenied)
+            ),
+            "wrong stage"
+        );
+        // Unknown session.
+        let mut other = pb::site_client::SiteClient::connect(self.url.clone()).await?;
+        let r = other
+            .submit_masked_input(tokio_stream::iter(chunks("not-a-session", round, v)))
+            .await
+            .map(|_| ());
+        assert_eq!(code(r), Some(Code::Unauthenticated), "unknown session");
+        // The real submission, then a duplicate.
+        site.submit(round, v).await?;
+        assert_eq!(
+            code(site.submit(round, v).await),
+            Some(Code::AlreadyExists),
+            "duplicate"
+        );
+        let _ = self.release.send(true);
+        Ok(true)
+    }
+}
+
+struct WaitFor(watch::Receiver<bool>);
+
+impl AsyncPoke for WaitFor {
+    async fn poke(
+        &mut self,
+        _site: &mut FakeSite,
+        _round: u64,
+        _v: &[u32],
+    ) -> Result<bool, BoxError> {
+        self.0.wait_for(|v| *v).await?;
+        Ok(false)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submissions_get_specific_statuses_and_do_not_disturb_the_round() -> Result<(), BoxError>
+{
+    let tmp = tempfile::tempdir()?;
+    let s = fake_settings("intl", true, tmp.path());
+    let initial = confide_coordinator::federation::initial_model(&s)?.flatten();
+    let d = initial.len();
+    let coord = Coordinator::start(s).await?;
+    let (tx, rx) = watch::channel(false);
+    let deltas: Vec<Vec<f32>> = (0..3).map(|i| vec![0.25 * (i as f32 + 1.0); d]).collect();
+    let mut handles = Vec::new();
+    let mut tx = Some(tx);
+    for (i, delta) in deltas.iter().cloned().enumerate() {
+        let mut site = FakeSite::join(&coord.url(), &format!("fake-{i}"), Suite::Intl).await?;
+        let url = coord.url();
+        let poke_tx = if i == 0 { tx.take() } else { None };
+        let rx = rx.clone();
+        handles.push(tokio::spawn(async move {
+            let rs = site.round_start().await?;
+            let end = match poke_tx {
+                Some(release) => {
+                    site.train_round(&rs, &delta, 10, Poker { release, url })
+                        .await?
+                }
+                None => site.train_round(&rs, &delta, 10, WaitFor(rx)).await?,
+            };
+            // After the round, a replay of this round's input is refused.
+            let late = site
+                .submit(rs.round, &vec![0u32; rs.vector_len as usize])
+                .await;
+            assert_eq!(
+                late.err().map(|s| s.code()),
+                Some(Code::FailedPrecondition),
+                "replay after the round"
+            );
+            Ok::<_, BoxError>(end)
+        }));
+    }
+    for h in handles {
+        let end = h.await??;
+        assert!(end.success, "round disturbed: {}", end.message);
+    }
+    let report = coord.finish(Duration::from_secs(30)).await?;
+    assert_eq!(report.completed_rounds, 1);
+    let got = checkpoint::latest(tmp.path())?
+        .ok_or("no checkpoint")?
+        .model
+        .flatten();
+    for j in 0..d {
+        let want = f64::from(initial[j]) + 0.5; // mean of 0.25, 0.5, 0.75
+        assert!(
+            (f64::from(got[j]) - want).abs() < 1e-4,
+            "param {j}: {} vs {want}",
+            got[j]
+        );
+    }
+    let _ = Model::new();
+    Ok(())
+}
