@@ -717,40 +717,28 @@ impl Runner {
         client: &mut Client,
         rs: v1::RoundStart,
     ) -> Result<Flow, ClientError> {
-        // A replay (after a reconnect) of the announcement of a round whose
-        // first message is already queued or sent changes nothing; one that
-        // interrupted the round's set-up (e.g. the model download) restarts it.
-        if self
-            .round
-            .as_ref()
-            .is_some_and(|r| r.start == rs && r.kicked_off)
-        {
-            debug!(
-                round = rs.round,
-                "round already in progress; repeated announcement ignored"
-            );
-            return Ok(Flow::Continue);
-        }
-        if self.left_round == Some(rs.round) {
-            debug!(
-                round = rs.round,
-                "announcement of a round this site left; ignored"
-            );
-            return Ok(Flow::Continue);
-        }
-        if let Some(old) = self.round.take() {
-            if old.start.round == rs.round {
+        let current = self.round.as_ref().map(|r| (&r.start, r.kicked_off));
+        match announcement(current, self.left_round, &rs) {
+            Announcement::Ignore => {
+                debug!(round = rs.round, "repeated announcement ignored");
+                return Ok(Flow::Continue);
+            }
+            Announcement::Restart => {
                 info!(
                     round = rs.round,
                     "round set-up was interrupted; starting it again"
                 );
-            } else {
-                warn!(
-                    round = old.start.round,
-                    "a new round started before this one ended here"
-                );
+            }
+            Announcement::Start => {
+                if let Some(old) = &self.round {
+                    warn!(
+                        round = old.start.round,
+                        "a new round started before this one ended here"
+                    );
+                }
             }
         }
+        self.round = None;
         self.report.last_round = self.report.last_round.max(rs.round);
         let invalid = |e: convert::ConvertError| ClientError::InvalidRound(e.to_string());
         let cfg = convert::round_config(&rs).map_err(invalid)?;
@@ -1042,6 +1030,37 @@ impl Runner {
     }
 }
 
+/// What to do with a `RoundStart`.
+#[derive(Debug, PartialEq, Eq)]
+enum Announcement {
+    /// A replay of the round in progress (its first message is out), or of a
+    /// round this site left in this session (the coordinator holds its first
+    /// keys; new ones would not match).
+    Ignore,
+    /// A replay of a round whose set-up was interrupted (e.g. the download).
+    Restart,
+    /// A new round.
+    Start,
+}
+
+fn announcement(
+    current: Option<(&v1::RoundStart, bool)>,
+    left_round: Option<u64>,
+    rs: &v1::RoundStart,
+) -> Announcement {
+    match current {
+        Some((start, kicked_off)) if start == rs => {
+            if kicked_off {
+                Announcement::Ignore
+            } else {
+                Announcement::Restart
+            }
+        }
+        _ if left_round == Some(rs.round) => Announcement::Ignore,
+        _ => Announcement::Start,
+    }
+}
+
 fn kind_name(k: v1::RoundKind) -> &'static str {
     match k {
         v1::RoundKind::Train => "train",
@@ -1148,6 +1167,43 @@ mod tests {
             v.verifying_key(3, &[4; 65])
                 .is_ok_and(|k| k.suite() == Suite::Gm)
         );
+    }
+
+    #[test]
+    fn replayed_announcements() {
+        let rs = v1::RoundStart {
+            round: 4,
+            graph_seed: vec![1; 32],
+            ..Default::default()
+        };
+        let other = v1::RoundStart {
+            round: 5,
+            ..rs.clone()
+        };
+        // Same round restarted by a restarted coordinator: a new seed.
+        let reseeded = v1::RoundStart {
+            graph_seed: vec![2; 32],
+            ..rs.clone()
+        };
+        assert_eq!(announcement(None, None, &rs), Announcement::Start);
+        assert_eq!(
+            announcement(Some((&rs, true)), None, &rs),
+            Announcement::Ignore
+        );
+        assert_eq!(
+            announcement(Some((&rs, false)), None, &rs),
+            Announcement::Restart
+        );
+        assert_eq!(
+            announcement(Some((&rs, true)), None, &other),
+            Announcement::Start
+        );
+        assert_eq!(
+            announcement(Some((&rs, true)), None, &reseeded),
+            Announcement::Start
+        );
+        assert_eq!(announcement(None, Some(4), &rs), Announcement::Ignore);
+        assert_eq!(announcement(None, Some(3), &rs), Announcement::Start);
     }
 
     #[test]

@@ -147,8 +147,8 @@ impl ModelAssembler {
         match self.total {
             None => {
                 self.total = Some(c.total_len);
-                // The total is bounded above, so reserving it is safe.
-                self.buf.reserve_exact(c.total_len as usize);
+                // Reserve at most 64 MiB up front: a claimed total is not yet data.
+                self.buf.reserve_exact(c.total_len.min(64 << 20) as usize);
             }
             Some(t) if t != c.total_len => {
                 return err(format!(
