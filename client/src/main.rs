@@ -95,7 +95,10 @@ struct CheckArgs {
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        // Colour only on a terminal, so piped logs stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if json {
         b.json().init();
     } else {

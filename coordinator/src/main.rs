@@ -139,10 +139,19 @@ enum CertCmd {
         #[arg(long, default_value = "intl")]
         suite: String,
     },
-    /// List issued certificates.
+    /// List issued certificates (marking revoked ones).
     List {
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
+    },
+    /// Revoke a site (NAME), an operator (operator-NAME) or a certificate
+    /// serial (hex): appended to DIR/revoked.txt, which a running coordinator
+    /// re-reads on its next request.
+    Revoke {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Site name, `operator-NAME`, or certificate serial.
+        name: String,
     },
 }
 
@@ -151,7 +160,9 @@ fn init_logs(json: bool, default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        // Colour only on a terminal, so piped logs stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if json {
         b.json().init();
     } else {
@@ -259,19 +270,41 @@ async fn main() -> Result<()> {
                 operator,
                 suite,
             } => {
-                let files = match (site, operator) {
-                    (Some(s), _) => certs::issue_site(&dir, &s, suite.parse::<Suite>()?)?,
+                let files = match (&site, operator) {
+                    (Some(s), _) => certs::issue_site(&dir, s, suite.parse::<Suite>()?)?,
                     (None, Some(o)) => certs::issue_operator(&dir, &o)?,
                     (None, None) => bail!("--site or --operator required"),
                 };
                 for p in files {
                     println!("wrote {} (private key beside it, mode 0600)", p.display());
                 }
+                if let Some(s) = site {
+                    println!(
+                        "remember: add {s:?} to [tls] allowed_sites in the coordinator's config"
+                    );
+                }
             }
             CertCmd::List { dir } => {
+                let revoked = certs::read_revoked(&dir.join(certs::REVOKED_FILE))?;
                 for (kind, name, p) in certs::list(&dir)? {
-                    println!("{kind:<12} {name:<24} {}", p.display());
+                    let id = if kind == "operator" {
+                        format!("operator-{name}")
+                    } else {
+                        name.clone()
+                    };
+                    let mark = if revoked.contains(&id) { "REVOKED" } else { "" };
+                    println!("{kind:<12} {name:<24} {mark:<8} {}", p.display());
                 }
+                for r in &revoked {
+                    println!("revoked      {r}");
+                }
+            }
+            CertCmd::Revoke { dir, name } => {
+                let path = certs::revoke(&dir, &name)?;
+                println!(
+                    "revoked {name} in {} (a running coordinator applies it on the next request)",
+                    path.display()
+                );
             }
         },
         Cmd::Demo { rounds, suite, dir } => {
