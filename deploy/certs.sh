@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One-shot job of the `certs` service (docker-compose.yml).
+#
+# 1. Creates the federation CA, the coordinator certificate, one certificate
+#    and long-term signing key per site, and an operator certificate, in
+#    $CA_DIR (the `ca` volume, mounted by this job only). Anything that
+#    already exists is kept: re-running never re-keys a federation.
+# 2. Hands each party only what it needs, in the layout `confide certs` uses:
+#      $OUT_DIR/coordinator/  ca.pem coordinator.{pem,key} operators/admin.{pem,key}
+#      $OUT_DIR/<site>/       ca.pem sites/<site>.{pem,key,signing.toml}
+#    ($OUT_DIR/<name> is that party's own volume.) The CA key never leaves $CA_DIR.
+#
+# Runs as root only so that it can hand fresh volumes to the unprivileged
+# user (uid 10001) the long-running services use.
+set -euo pipefail
+
+CA_DIR=${CA_DIR:-/ca}
+OUT_DIR=${OUT_DIR:-/out}
+FEDERATION=${FEDERATION:-confide-demo}
+SITES=${SITES:-hospital-a hospital-b hospital-c}
+SUITE=${SUITE:-intl}
+OPERATOR=${OPERATOR:-admin}
+# Extra names for the coordinator certificate (space-separated), e.g. the
+# public DNS name remote sites dial. "coordinator" and "localhost" are built in.
+COORDINATOR_NAMES=${COORDINATOR_NAMES:-}
+RUN_AS=${RUN_AS:-10001:10001}
+
+if [[ -f $CA_DIR/ca.pem ]]; then
+  echo "certs: federation CA exists in $CA_DIR, keeping it"
+else
+  names=()
+  for n in $COORDINATOR_NAMES; do names+=(--name "$n"); done
+  confide certs init --dir "$CA_DIR" --federation "$FEDERATION" "${names[@]}"
+fi
+for site in $SITES; do
+  if [[ -f $CA_DIR/sites/$site.pem ]]; then
+    echo "certs: $site exists, keeping it"
+  else
+    confide certs issue --dir "$CA_DIR" --site "$site" --suite "$SUITE"
+  fi
+done
+if [[ ! -f $CA_DIR/operators/$OPERATOR.pem ]]; then
+  confide certs issue --dir "$CA_DIR" --operator "$OPERATOR"
+fi
+
+# install SRC DEST MODE: copy (bash only needs cp), then fix mode.
+install_file() {
+  cp "$1" "$2"
+  chmod "$3" "$2"
+}
+
+if [[ -d $OUT_DIR/coordinator ]]; then
+  d=$OUT_DIR/coordinator
+  mkdir -p "$d/operators"
+  install_file "$CA_DIR/ca.pem" "$d/ca.pem" 0644
+  install_file "$CA_DIR/coordinator.pem" "$d/coordinator.pem" 0644
+  install_file "$CA_DIR/coordinator.key" "$d/coordinator.key" 0600
+  install_file "$CA_DIR/operators/$OPERATOR.pem" "$d/operators/$OPERATOR.pem" 0644
+  install_file "$CA_DIR/operators/$OPERATOR.key" "$d/operators/$OPERATOR.key" 0600
+  chown -R "$RUN_AS" "$d"
+  echo "certs: coordinator volume ready"
+fi
+for site in $SITES; do
+  d=$OUT_DIR/$site
+  if [[ ! -d $d ]]; then
+    echo "certs: no volume mounted at $d; not handing out $site's files" >&2
+    continue
+  fi
+  mkdir -p "$d/sites"
+  install_file "$CA_DIR/ca.pem" "$d/ca.pem" 0644
+  install_file "$CA_DIR/sites/$site.pem" "$d/sites/$site.pem" 0644
+  install_file "$CA_DIR/sites/$site.key" "$d/sites/$site.key" 0600
+  install_file "$CA_DIR/sites/$site.signing.toml" "$d/sites/$site.signing.toml" 0600
+  chown -R "$RUN_AS" "$d"
+  echo "certs: $site volume ready"
+done
