@@ -69,6 +69,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod external;
+pub mod identity;
 mod run;
 pub mod site;
 pub mod train;

@@ -593,8 +593,9 @@ impl Runner {
                 if !self.is_current(nk.round, "neighbour keys") {
                     return Ok(Flow::Continue);
                 }
-                let msg = convert::neighbour_keys_from_proto(&nk)
-                    .map_err(|e| ClientError::InvalidRound(e.to_string()))?;
+                let msg =
+                    crate::identity::neighbour_keys(&nk, crate::identity::authenticated(&self.cfg))
+                        .map_err(|e| ClientError::InvalidRound(e.to_string()))?;
                 let session = self.session();
                 let rng = &mut self.rng;
                 let Some(r) = self.round.as_mut() else {
@@ -826,7 +827,7 @@ impl Runner {
                 self.signing.suite()
             )));
         }
-        let verifier: Arc<dyn IdentityVerifier> = Arc::new(RelayedKeyVerifier { suite: cfg.suite });
+        let verifier: Arc<dyn IdentityVerifier> = crate::identity::verifier(&self.cfg, cfg.suite)?;
         let session = self.session();
         let signing = self.signing.clone();
         let (machine, out) = match cfg.ring {

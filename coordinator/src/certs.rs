@@ -1,7 +1,12 @@
 //! `confide certs`: the federation CA, coordinator, site and operator
 //! certificates (rcgen, ECDSA P-256) and site signing keys, in the layout
 //! `ca.pem ca.key coordinator.pem coordinator.key sites/<name>.{pem,key,signing.toml}
-//! operators/<name>.{pem,key}`. Private key files are 0600 and never printed.
+//! operators/<name>.{pem,key} revoked.txt`. Private key files are 0600 and never printed.
+//!
+//! A site certificate also carries the site's long-term verifying key, as a
+//! SAN URI `confide:vk:<suite>:<hex>` ([`VK_URI_PREFIX`]), so that the CA's
+//! signature binds the site name to the key its key adverts are signed with;
+//! neighbours check this binding before using a relayed key.
 
 use std::fs;
 use std::io::Write;
@@ -11,8 +16,13 @@ use confide_crypto::Suite;
 use confide_crypto::suite::SigningKey;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType, string::Ia5String,
 };
+
+pub use confide_client::identity::{VK_URI_PREFIX, parse_vk_uri, vk_uri};
+
+/// File name of the revocation list inside the certs directory.
+pub const REVOKED_FILE: &str = "revoked.txt";
 
 use crate::error::CoordinatorError;
 
@@ -135,20 +145,33 @@ pub fn issue_site(dir: &Path, name: &str, suite: Suite) -> Result<Vec<PathBuf>, 
     let issuer = issuer(dir)?;
     let sites = dir.join("sites");
     fs::create_dir_all(&sites)?;
-    let params = leaf(
+    let pem = sites.join(format!("{name}.pem"));
+    // Check before generating anything so a refused re-issue leaves no partial files.
+    if pem.exists() {
+        return Err(err(format!(
+            "{} already exists; refusing to overwrite",
+            pem.display()
+        )));
+    }
+    let sk = SigningKey::generate(suite, &mut rand::rng());
+    let vk = sk
+        .verifying_key()
+        .map_err(|e| err(format!("signing key: {e}")))?;
+    let mut params = leaf(
         &[name.to_string()],
         name,
         &[ExtendedKeyUsagePurpose::ClientAuth],
     )?;
+    params.subject_alt_names.push(SanType::URI(
+        Ia5String::try_from(vk_uri(suite, vk.as_bytes())).map_err(err)?,
+    ));
     let key = KeyPair::generate().map_err(err)?;
     let cert = params.signed_by(&key, &issuer).map_err(err)?;
-    let pem = sites.join(format!("{name}.pem"));
     write_public(&pem, cert.pem().as_bytes())?;
     write_private(
         &sites.join(format!("{name}.key")),
         key.serialize_pem().as_bytes(),
     )?;
-    let sk = SigningKey::generate(suite, &mut rand::rng());
     let toml = format!(
         "suite = \"{}\"\nsecret = \"{}\"\n",
         suite.name(),
@@ -179,6 +202,50 @@ pub fn issue_operator(dir: &Path, name: &str) -> Result<Vec<PathBuf>, Coordinato
         key.serialize_pem().as_bytes(),
     )?;
     Ok(vec![pem])
+}
+
+/// `certs revoke NAME`: append `NAME` (a site name, `operator-NAME`, or a
+/// certificate serial in hex) to `dir/revoked.txt`. A running coordinator
+/// picks the change up on the next request, without a restart. Returns the
+/// list's path; revoking twice is a no-op.
+pub fn revoke(dir: &Path, name: &str) -> Result<PathBuf, CoordinatorError> {
+    let entry = name.trim();
+    if entry.is_empty() || entry.contains(char::is_whitespace) || entry.starts_with('#') {
+        return Err(err(format!(
+            "{name:?} is not a name or serial (one word, no '#')"
+        )));
+    }
+    let path = dir.join(REVOKED_FILE);
+    let current = read_revoked(&path)?;
+    if current.contains(entry) {
+        return Ok(path);
+    }
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    writeln!(f, "{entry}")?;
+    f.sync_all()?;
+    Ok(path)
+}
+
+/// Parse a revocation list: one entry per line, `#` starts a comment,
+/// blank lines ignored. A missing file is an empty list.
+pub fn read_revoked(path: &Path) -> Result<std::collections::BTreeSet<String>, CoordinatorError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(parse_revoked(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(err(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// The entries of a revocation list's text (serials are compared lowercase, without colons).
+pub fn parse_revoked(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// `certs list`: (kind, name, path) of every certificate in `dir`.
@@ -250,6 +317,30 @@ mod tests {
         }
         let toml = fs::read_to_string(tmp.path().join("sites/hospital-a.signing.toml"))?;
         assert!(toml.starts_with("suite = \"gm\""));
+        Ok(())
+    }
+
+    #[test]
+    fn site_certificate_binds_the_signing_key_and_revoke_appends_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        init(tmp.path(), "test", &[])?;
+        issue_site(tmp.path(), "bank-b", Suite::Intl)?;
+        let sk = confide_client::config::load_signing_key(
+            &tmp.path().join("sites/bank-b.signing.toml"),
+        )?;
+        let pem = fs::read_to_string(tmp.path().join("sites/bank-b.pem"))?;
+        let der = x509_parser::pem::parse_x509_pem(pem.as_bytes())?.1.contents;
+        let peer = crate::access::PeerCert::from_der(&der).ok_or("unparsable")?;
+        assert_eq!(peer.name, "bank-b");
+        assert_eq!(
+            peer.verifying_key,
+            Some((Suite::Intl, sk.verifying_key()?.as_bytes().to_vec()))
+        );
+        let path = revoke(tmp.path(), "bank-b")?;
+        revoke(tmp.path(), "bank-b")?;
+        assert!(revoke(tmp.path(), "two words").is_err());
+        assert_eq!(fs::read_to_string(path)?, "bank-b\n");
         Ok(())
     }
 }

@@ -170,12 +170,6 @@ impl RoundSum {
             RoundSum::U64(r) => r.survivors.len(),
         }
     }
-    fn dropped(&self) -> usize {
-        match self {
-            RoundSum::U32(r) => r.dropped.len(),
-            RoundSum::U64(r) => r.dropped.len(),
-        }
-    }
 }
 
 /// Ring-agnostic machine output.
@@ -200,6 +194,7 @@ fn task(kind: pb::task::Kind) -> pb::Task {
 fn drain<R: RingElement>(
     m: &mut CoordinatorMachine<R>,
     names: &BTreeMap<MemberId, String>,
+    certs: &BTreeMap<MemberId, Vec<u8>>,
     wrap: fn(RoundResult<R>) -> RoundSum,
     out: &mut Vec<Out>,
 ) {
@@ -222,7 +217,9 @@ fn drain<R: RingElement>(
                                 signature: r.advert.signature,
                             }),
                             verifying_key: r.identity,
-                            certificate: Vec::new(),
+                            // The DER the signer presented when it advertised
+                            // (empty in insecure mode).
+                            certificate: certs.get(&r.advert.member).cloned().unwrap_or_default(),
                         })
                         .collect(),
                 }))),
@@ -366,11 +363,15 @@ impl Engine {
             )),
         }
     }
-    fn drain(&mut self, names: &BTreeMap<MemberId, String>) -> Vec<Out> {
+    fn drain(
+        &mut self,
+        names: &BTreeMap<MemberId, String>,
+        certs: &BTreeMap<MemberId, Vec<u8>>,
+    ) -> Vec<Out> {
         let mut out = Vec::new();
         match self {
-            Engine::S32(m) => drain(m, names, RoundSum::U32, &mut out),
-            Engine::S64(m) => drain(m, names, RoundSum::U64, &mut out),
+            Engine::S32(m) => drain(m, names, certs, RoundSum::U32, &mut out),
+            Engine::S64(m) => drain(m, names, certs, RoundSum::U64, &mut out),
             Engine::P32(p) => {
                 if let Some(r) = p.out.take() {
                     out.push(Out::Finished(r.map(RoundSum::U32)))
@@ -403,6 +404,8 @@ struct ActiveRound {
     id: u64,
     kind: RoundKind,
     names: BTreeMap<MemberId, String>,
+    /// Each member's TLS certificate as presented with its advert this round.
+    certs: BTreeMap<MemberId, Vec<u8>>,
     engine: Engine,
     vector_len: usize,
     model_bytes: Arc<Vec<u8>>,
@@ -778,7 +781,7 @@ impl Federation {
 
     /// Drain the machine's outputs: send tasks, record stage closures and the result.
     fn pump(r: &mut ActiveRound, sites: &HashMap<String, SiteEntry>) {
-        for o in r.engine.drain(&r.names) {
+        for o in r.engine.drain(&r.names, &r.certs) {
             match o {
                 Out::Send(to, t) => {
                     let bytes = prost::Message::encoded_len(&*t) as u64;
@@ -833,6 +836,7 @@ impl Federation {
         session: &str,
         peer: Option<&str>,
         a: pb::KeyAdvert,
+        certificate: Vec<u8>,
     ) -> Result<(), CoreError> {
         self.with_round(session, peer, a.round, |r, info, vk| {
             if a.member != info.member {
@@ -841,6 +845,9 @@ impl Federation {
                     site: format!("member {}", a.member),
                 });
             }
+            // Recorded before the machine sees the advert: a duplicate is
+            // refused by the machine and the certificate stays the first one.
+            r.certs.entry(info.member).or_insert(certificate);
             r.bytes_in += (a.enc_public.len() + a.mask_public.len() + a.signature.len()) as u64;
             let advert = KeyAdvert {
                 round: a.round,
@@ -1364,6 +1371,7 @@ impl Federation {
                 id: round_id,
                 kind,
                 names: names.clone(),
+                certs: BTreeMap::new(),
                 engine,
                 vector_len,
                 model_bytes,
@@ -1476,7 +1484,10 @@ impl Federation {
             Err(e) => Err(e.to_string()),
             Ok(sum) => {
                 rec.survivors = sum.survivors() as u32;
-                rec.dropped = sum.dropped() as u32;
+                // Everyone in the cohort whose input is not in the sum, whatever
+                // the stage they vanished at (the protocol's own list only
+                // names those whose masks had to be reconstructed).
+                rec.dropped = rec.cohort.saturating_sub(rec.survivors);
                 self.apply(kind, sum, d, &mut rec)
             }
         };
@@ -1737,7 +1748,8 @@ mod tests {
                     round: 1,
                     member: m,
                     ..Default::default()
-                }
+                },
+                Vec::new()
             ),
             Err(CoreError::WrongRound { .. })
         ));

@@ -14,6 +14,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::access::{Access, JoinLimiter, PeerCert, Refusal};
 use crate::error::{CoordinatorError, CoreError};
 use crate::federation::{Federation, ServeReport};
 use crate::settings::Settings;
@@ -21,6 +22,15 @@ use crate::settings::Settings;
 impl From<CoreError> for Status {
     fn from(e: CoreError) -> Self {
         let msg = e.to_string();
+        // One log line per refusal: identity and limit violations are what
+        // an operator must see; the rest (late, duplicate, malformed) are
+        // normal under retries and reconnects.
+        match &e {
+            CoreError::IdentityMismatch { .. } | CoreError::Limit(_) => {
+                warn!(reason = %msg, "request refused")
+            }
+            _ => info!(reason = %msg, "request refused"),
+        }
         match e {
             CoreError::UnknownSession => Status::unauthenticated(msg),
             CoreError::IdentityMismatch { .. } => Status::permission_denied(msg),
@@ -36,23 +46,11 @@ impl From<CoreError> for Status {
     }
 }
 
-/// The name in the peer's TLS certificate (first DNS SAN, else CN), if mTLS is on.
-fn peer_name<T>(req: &Request<T>) -> Option<String> {
+/// The peer's TLS certificate (the leaf), if mTLS is on and one was presented.
+fn peer_cert<T>(req: &Request<T>) -> Option<PeerCert> {
     let certs = req.peer_certs()?;
     let der = certs.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for n in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
-                return Some((*d).to_string());
-            }
-        }
-    }
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string)
+    PeerCert::from_der(der.as_ref())
 }
 
 /// Site and Admin handlers.
@@ -60,16 +58,33 @@ fn peer_name<T>(req: &Request<T>) -> Option<String> {
 pub struct Handlers {
     fed: Arc<Federation>,
     tls: bool,
+    access: Arc<Access>,
+    joins: Arc<JoinLimiter>,
 }
 
 impl Handlers {
-    fn peer<T>(&self, req: &Request<T>) -> Result<Option<String>, Status> {
+    /// The admitted peer certificate (`None` in insecure mode). Every Site and
+    /// Admin call goes through here, so revocation takes effect on the next
+    /// call of an already-connected peer too.
+    fn admit<T>(&self, req: &Request<T>, operator: bool) -> Result<Option<PeerCert>, Status> {
         if !self.tls {
             return Ok(None);
         }
-        peer_name(req)
-            .map(Some)
-            .ok_or_else(|| Status::permission_denied("no client certificate with a site name"))
+        let remote = req.remote_addr();
+        let Some(cert) = peer_cert(req) else {
+            let r = Refusal::NoCertificate;
+            warn!(remote = ?remote, reason = %r, "request refused");
+            return Err(Status::permission_denied(r.to_string()));
+        };
+        if let Err(r) = self.access.check(&cert, operator) {
+            warn!(remote = ?remote, peer = %cert.name, serial = %cert.serial, reason = %r, "request refused");
+            return Err(Status::permission_denied(r.to_string()));
+        }
+        Ok(Some(cert))
+    }
+
+    fn peer<T>(&self, req: &Request<T>) -> Result<Option<String>, Status> {
+        Ok(self.admit(req, false)?.map(|c| c.name))
     }
 }
 
@@ -81,9 +96,57 @@ impl Site for Handlers {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        let peer = self.peer(&req)?;
+        // Admission first: peers without an admitted certificate must not
+        // drain the join bucket that admitted sites rely on.
+        let cert = self.admit(&req, false)?;
+        if !self.joins.try_take(std::time::Instant::now()) {
+            warn!(remote = ?req.remote_addr(), "join refused: join rate limit");
+            return Err(Status::resource_exhausted(
+                "too many joins; retry later (limits.join_rate_per_sec)",
+            ));
+        }
         let r = req.into_inner();
-        let session = self.fed.join(&r.site, &r.verifying_key, peer.as_deref())?;
+        if let Some(c) = &cert
+            && c.name != r.site
+        {
+            let e = CoreError::IdentityMismatch {
+                peer: c.name.clone(),
+                site: r.site.clone(),
+            };
+            return Err(e.into());
+        }
+        if let Some(c) = &cert {
+            // Neighbours will only accept adverts signed with the key the CA
+            // bound to this name, so refuse a mismatch now with a clear status
+            // instead of letting every round abort later.
+            let suite = self
+                .fed
+                .settings()
+                .suite
+                .parse::<confide_crypto::Suite>()
+                .ok();
+            match &c.verifying_key {
+                Some((s, k)) if Some(*s) == suite && *k == r.verifying_key => {}
+                Some(_) => {
+                    warn!(peer = %c.name, "join refused: verifying key differs from the certificate's");
+                    return Err(Status::permission_denied(format!(
+                        "the verifying key in Join is not the {} key bound to {}'s certificate",
+                        self.fed.settings().suite,
+                        c.name
+                    )));
+                }
+                None if self.fed.settings().secure_aggregation => {
+                    warn!(peer = %c.name, "join refused: certificate binds no verifying key");
+                    return Err(Status::permission_denied(format!(
+                        "{}'s certificate carries no confide:vk SAN; reissue it with `confide certs issue --site`",
+                        c.name
+                    )));
+                }
+                None => {}
+            }
+        }
+        let peer = cert.as_ref().map(|c| c.name.as_str());
+        let session = self.fed.join(&r.site, &r.verifying_key, peer)?;
         let s = self.fed.settings();
         Ok(Response::new(pb::JoinResponse {
             session,
@@ -133,12 +196,19 @@ impl Site for Handlers {
         &self,
         req: Request<pb::AdvertiseKeysRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
-        let peer = self.peer(&req)?;
+        let cert = self.admit(&req, false)?;
         let r = req.into_inner();
         let advert = r
             .advert
             .ok_or_else(|| Status::invalid_argument("advert missing"))?;
-        self.fed.advertise(&r.session, peer.as_deref(), advert)?;
+        let (peer, der) = match cert {
+            Some(c) => (Some(c.name), c.der),
+            None => (None, Vec::new()),
+        };
+        // The certificate of the connection that sent the advert is what
+        // neighbours get to check it against.
+        self.fed
+            .advertise(&r.session, peer.as_deref(), advert, der)?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -204,10 +274,14 @@ impl Site for Handlers {
 impl Handlers {
     /// The Admin API takes only operator certificates (SAN `operator-NAME`) under mTLS.
     fn operator<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        match self.peer(req)? {
-            Some(name) if !name.starts_with("operator-") => Err(Status::permission_denied(
-                format!("{name} is not an operator certificate"),
-            )),
+        match self.admit(req, true)? {
+            Some(c) if !c.name.starts_with("operator-") => {
+                warn!(peer = %c.name, "admin request refused: not an operator certificate");
+                Err(Status::permission_denied(format!(
+                    "{} is not an operator certificate",
+                    c.name
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -272,9 +346,15 @@ pub async fn serve(
 ) -> Result<ServeReport, CoordinatorError> {
     let fed = Federation::new(settings)?;
     let s = fed.settings().clone();
+    let access = Arc::new(Access::new(&s.tls.allowed_sites, s.revocation_file()));
     let handlers = Handlers {
         fed: fed.clone(),
         tls: !s.tls.insecure,
+        access: access.clone(),
+        joins: Arc::new(JoinLimiter::new(
+            s.limits.join_rate_per_sec,
+            s.limits.join_burst,
+        )),
     };
     let mut builder = Server::builder();
     if s.tls.insecure {
@@ -286,9 +366,20 @@ pub async fn serve(
         let read = |p: &std::path::Path| {
             std::fs::read(p).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", p.display())))
         };
+        if s.tls.allowed_sites.is_empty() {
+            warn!(
+                "tls.allowed_sites is empty: ANY site holding a certificate from the federation CA may join; list the sites in production"
+            );
+        }
+        info!(revocation_list = ?access.revocation_path(), allowed_sites = ?s.tls.allowed_sites, "mTLS admission");
+        // Client certificates are verified against the federation CA during
+        // the handshake whenever presented; a connection without one is let
+        // through the handshake only so that every RPC can refuse it with a
+        // clear PERMISSION_DENIED (the health service stays reachable).
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(read(&cert)?, read(&key)?))
-            .client_ca_root(Certificate::from_pem(read(&ca)?));
+            .client_ca_root(Certificate::from_pem(read(&ca)?))
+            .client_auth_optional(true);
         builder = builder
             .tls_config(tls)
             .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
@@ -309,7 +400,8 @@ pub async fn serve(
         .add_service(site)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small stage messages must not wait out delayed ACKs (~40 ms each).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 let _ = stop_rx.await;
             },

@@ -25,6 +25,7 @@
 //! // let report = confide_coordinator::serve(s, listener, std::future::pending()).await?;
 //! ```
 
+pub mod access;
 pub mod certs;
 pub mod checkpoint;
 pub mod error;

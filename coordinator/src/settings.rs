@@ -181,6 +181,14 @@ pub struct TlsSettings {
     pub cert: Option<PathBuf>,
     /// Explicit server key.
     pub key: Option<PathBuf>,
+    /// Site names admitted under mTLS. Empty = any site holding a certificate
+    /// from the federation CA (a warning is logged at every start); list the
+    /// sites explicitly in production.
+    pub allowed_sites: Vec<String>,
+    /// Revocation list (one site name, `operator-NAME` or certificate serial
+    /// per line, `#` comments), re-read whenever it changes. Default:
+    /// `<certs_dir>/revoked.txt`.
+    pub revocation_file: Option<PathBuf>,
 }
 
 /// Resource limits.
@@ -193,6 +201,10 @@ pub struct LimitSettings {
     pub max_model_bytes: u64,
     /// Masked-input uploads buffered at once.
     pub max_concurrent_uploads: usize,
+    /// Join requests admitted per second (global token bucket).
+    pub join_rate_per_sec: f64,
+    /// Join requests admitted in a burst.
+    pub join_burst: u32,
 }
 
 impl Default for Settings {
@@ -303,6 +315,8 @@ impl Default for LimitSettings {
             max_message_bytes: 4 << 20,
             max_model_bytes: 1 << 30,
             max_concurrent_uploads: 8,
+            join_rate_per_sec: 5.0,
+            join_burst: 50,
         }
     }
 }
@@ -606,10 +620,37 @@ impl Settings {
         if self.limits.max_concurrent_uploads == 0 {
             return bad("limits.max_concurrent_uploads must be at least 1".into());
         }
+        if !(self.limits.join_rate_per_sec.is_finite() && self.limits.join_rate_per_sec > 0.0)
+            || self.limits.join_burst == 0
+        {
+            return bad(
+                "limits.join_rate_per_sec must be positive and limits.join_burst at least 1".into(),
+            );
+        }
+        if let Some(bad_name) = self.tls.allowed_sites.iter().find(|n| {
+            n.is_empty()
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        }) {
+            return bad(format!(
+                "tls.allowed_sites: {bad_name:?} is not a site name"
+            ));
+        }
         if !self.tls.insecure {
             self.tls_files()?;
         }
         Ok(())
+    }
+
+    /// The revocation list: `tls.revocation_file`, else `<certs_dir>/revoked.txt`.
+    pub fn revocation_file(&self) -> Option<PathBuf> {
+        self.tls.revocation_file.clone().or_else(|| {
+            self.tls
+                .certs_dir
+                .as_ref()
+                .map(|d| d.join(crate::certs::REVOKED_FILE))
+        })
     }
 }
 

@@ -1,0 +1,245 @@
+//! Binding neighbours' signing keys to federation certificates.
+//!
+//! Under mTLS the coordinator relays, with each neighbour's signed key advert,
+//! the certificate that neighbour presented. Before using the advert's keys a
+//! site checks, with [`CertificateVerifier`]:
+//!
+//! ```text
+//!  relayed (site, verifying_key, certificate DER)
+//!     │ 1. certificate chains to the federation CA, is valid now, is for client auth (webpki)
+//!     │ 2. its DNS name is the relayed site name                                  (webpki)
+//!     │ 3. its `confide:vk:<suite>:<hex>` SAN equals the relayed verifying key     (x509-parser)
+//!     │ 4. no other member of this round relayed the same site
+//!     ▼
+//!  VerifyingKey ──▶ SiteMachine checks the advert signature with it
+//! ```
+//!
+//! Any failure is an [`IdentityVerifier`] error, on which the crypto
+//! `SiteMachine` aborts the site's part of the round before it has sent any
+//! share. A coordinator that substitutes a key therefore needs the CA's key
+//! too. In insecure mode ([`verifier`] with no TLS files) the relayed key is
+//! trusted as is and a warning says so.
+//!
+//! ```
+//! use confide_client::identity::{parse_vk_uri, vk_uri};
+//! use confide_crypto::Suite;
+//! let uri = vk_uri(Suite::Intl, &[1, 2, 255]);
+//! assert_eq!(uri, "confide:vk:intl:0102ff");
+//! assert_eq!(parse_vk_uri(&uri), Some((Suite::Intl, vec![1, 2, 255])));
+//! assert_eq!(parse_vk_uri("https://example.org"), None);
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use confide_crypto::protocol::{IdentityVerifier, NeighbourKeys};
+use confide_crypto::suite::VerifyingKey;
+use confide_crypto::{MemberId, Suite};
+use confide_proto::v1;
+use prost::Message;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+use tracing::warn;
+
+use crate::config::SiteConfig;
+use crate::convert::{self, ConvertError};
+use crate::error::ClientError;
+use crate::run::RelayedKeyVerifier;
+
+/// Prefix of the SAN URI that carries a site's verifying key (written by
+/// `confide certs issue --site`): `confide:vk:<suite>:<lowercase hex>`.
+pub const VK_URI_PREFIX: &str = "confide:vk:";
+
+/// The SAN URI binding `key` (of `suite`) to a site certificate.
+pub fn vk_uri(suite: Suite, key: &[u8]) -> String {
+    format!("{VK_URI_PREFIX}{}:{}", suite.name(), hex::encode(key))
+}
+
+/// Parse a [`vk_uri`]; `None` if `uri` is not one.
+pub fn parse_vk_uri(uri: &str) -> Option<(Suite, Vec<u8>)> {
+    let rest = uri.strip_prefix(VK_URI_PREFIX)?;
+    let (suite, hex_key) = rest.split_once(':')?;
+    let suite = suite.parse::<Suite>().ok()?;
+    let key = hex::decode(hex_key).ok()?;
+    (!key.is_empty()).then_some((suite, key))
+}
+
+/// The verifying key a certificate binds, if it carries a [`vk_uri`].
+pub fn certificate_key(der: &[u8]) -> Option<(Suite, Vec<u8>)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => parse_vk_uri(u),
+        _ => None,
+    })
+}
+
+/// The identity material handed to the crypto machine for one relayed
+/// advert: the relayed advert itself minus the advert, protobuf-encoded (it
+/// never leaves this process, so the encoding only needs to round-trip).
+pub fn identity_blob(r: &v1::RelayedAdvert) -> Vec<u8> {
+    v1::RelayedAdvert {
+        advert: None,
+        verifying_key: r.verifying_key.clone(),
+        certificate: r.certificate.clone(),
+        site: r.site.clone(),
+    }
+    .encode_to_vec()
+}
+
+/// Wire → crypto for NeighbourKeys. With `authenticated` the identity of
+/// each advert is the [`identity_blob`] (for [`CertificateVerifier`]);
+/// otherwise the bare relayed key (for [`RelayedKeyVerifier`]).
+pub fn neighbour_keys(
+    nk: &v1::NeighbourKeys,
+    authenticated: bool,
+) -> Result<NeighbourKeys, ConvertError> {
+    let mut msg = convert::neighbour_keys_from_proto(nk)?;
+    if authenticated {
+        // from_proto keeps the adverts in wire order.
+        for (r, w) in msg.adverts.iter_mut().zip(&nk.adverts) {
+            r.identity = identity_blob(w);
+        }
+    }
+    Ok(msg)
+}
+
+/// Checks relayed identities against the federation CA (see the module docs).
+/// One per round: it remembers which site each member relayed.
+pub struct CertificateVerifier {
+    suite: Suite,
+    ca: TrustAnchor<'static>,
+    now: UnixTime,
+    seen: Mutex<HashMap<String, MemberId>>,
+}
+
+impl std::fmt::Debug for CertificateVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateVerifier")
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateVerifier {
+    /// Trust the CA certificate in `ca_pem` (the first certificate in it).
+    pub fn from_ca_pem(suite: Suite, ca_pem: &[u8]) -> Result<Self, String> {
+        let der = CertificateDer::from_pem_slice(ca_pem)
+            .map_err(|e| format!("federation CA is not a PEM certificate: {e}"))?;
+        let ca = webpki::anchor_from_trusted_cert(&der)
+            .map_err(|e| format!("federation CA certificate unusable: {e}"))?
+            .to_owned();
+        Ok(CertificateVerifier {
+            suite,
+            ca,
+            now: UnixTime::now(),
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Read the CA from a PEM file.
+    pub fn from_ca_file(suite: Suite, path: &Path) -> Result<Self, ClientError> {
+        let pem = std::fs::read(path).map_err(|source| ClientError::CertFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_ca_pem(suite, &pem).map_err(ClientError::Config)
+    }
+
+    fn check(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String> {
+        let r = v1::RelayedAdvert::decode(identity)
+            .map_err(|e| format!("member {member}: malformed relayed identity: {e}"))?;
+        if r.certificate.is_empty() {
+            return Err(format!(
+                "member {member} ({:?}): the coordinator relayed no certificate",
+                r.site
+            ));
+        }
+        let der = CertificateDer::from(r.certificate.as_slice());
+        let cert = webpki::EndEntityCert::try_from(&der)
+            .map_err(|e| format!("member {member}: relayed certificate unparsable: {e}"))?;
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            std::slice::from_ref(&self.ca),
+            &[],
+            self.now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| {
+            format!(
+                "member {member}: certificate for {:?} is not issued by the federation CA: {e}",
+                r.site
+            )
+        })?;
+        let name = ServerName::try_from(r.site.as_str())
+            .map_err(|_| format!("member {member}: relayed site name {:?} invalid", r.site))?;
+        cert.verify_is_valid_for_subject_name(&name).map_err(|e| {
+            format!(
+                "member {member}: certificate is not for site {:?}: {e}",
+                r.site
+            )
+        })?;
+        let (suite, key) = certificate_key(&r.certificate).ok_or_else(|| {
+            format!(
+                "member {member}: certificate of {:?} binds no verifying key",
+                r.site
+            )
+        })?;
+        if suite != self.suite {
+            return Err(format!(
+                "member {member}: certificate of {:?} binds a {suite} key, the round uses {}",
+                r.site, self.suite
+            ));
+        }
+        if key != r.verifying_key {
+            return Err(format!(
+                "member {member}: relayed verifying key of {:?} is not the one in its certificate",
+                r.site
+            ));
+        }
+        // One site, one member per round: otherwise a coordinator could count
+        // one site's certificate twice towards the threshold.
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get(&r.site) {
+            Some(&m) if m != member => {
+                return Err(format!(
+                    "site {:?} relayed as both member {m} and member {member}",
+                    r.site
+                ));
+            }
+            _ => {
+                seen.insert(r.site.clone(), member);
+            }
+        }
+        Ok(VerifyingKey::from_bytes(suite, &key))
+    }
+}
+
+impl IdentityVerifier for CertificateVerifier {
+    fn verifying_key(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String> {
+        self.check(member, identity)
+    }
+}
+
+/// Whether `cfg` authenticates neighbours through certificates (mTLS
+/// configured and not insecure).
+pub fn authenticated(cfg: &SiteConfig) -> bool {
+    !cfg.insecure && cfg.tls.is_some()
+}
+
+/// The verifier for one round: certificates under mTLS, the bare relayed key
+/// (with a warning: neighbours are then unauthenticated) otherwise.
+pub fn verifier(cfg: &SiteConfig, suite: Suite) -> Result<Arc<dyn IdentityVerifier>, ClientError> {
+    match (&cfg.tls, authenticated(cfg)) {
+        (Some(tls), true) => Ok(Arc::new(CertificateVerifier::from_ca_file(suite, &tls.ca)?)),
+        _ => {
+            warn!(
+                "insecure mode: neighbours' keys are trusted as relayed by the coordinator (unauthenticated)"
+            );
+            Ok(Arc::new(RelayedKeyVerifier { suite }))
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Admission control under mTLS: who the peer certificate says it is, the
+//! federation's allow-list, the revocation list (re-read when its file
+//! changes, without a restart) and the join-rate limit.
+//!
+//! ```text
+//! request ─▶ PeerCert::from_der (name, serial, bound key)
+//!         ─▶ Access::check: revoked? (stat revoked.txt; reload on change) ─▶ allowed? ─▶ handler
+//! Join    ─▶ JoinLimiter::try_take (token bucket) ─▶ key in cert == key in Join
+//! ```
+//!
+//! The TLS layer (rustls) has already verified the chain to the federation CA
+//! before any of this runs; this module only decides whom to admit.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use confide_crypto::Suite;
+
+use crate::certs;
+
+/// What the coordinator needs from a verified peer certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCert {
+    /// First DNS SAN, else the CN: the site name (or `operator-NAME`).
+    pub name: String,
+    /// Serial, lowercase hex without separators.
+    pub serial: String,
+    /// The verifying key bound by a `confide:vk:` SAN URI, if any.
+    pub verifying_key: Option<(Suite, Vec<u8>)>,
+    /// The certificate itself (relayed to neighbours with key adverts).
+    pub der: Vec<u8>,
+}
+
+impl PeerCert {
+    /// Parse a DER certificate; `None` if it is not X.509 or names nobody.
+    pub fn from_der(der: &[u8]) -> Option<PeerCert> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let mut name = None;
+        let mut verifying_key = None;
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for n in &san.value.general_names {
+                match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) if name.is_none() => {
+                        name = Some((*d).to_string());
+                    }
+                    x509_parser::extensions::GeneralName::URI(u) => {
+                        if let Some(k) = certs::parse_vk_uri(u) {
+                            verifying_key = Some(k);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let name = name.or_else(|| {
+            cert.subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(str::to_string)
+        })?;
+        Some(PeerCert {
+            name,
+            serial: hex::encode(cert.raw_serial()),
+            verifying_key,
+            der: der.to_vec(),
+        })
+    }
+}
+
+/// Why a peer is refused (each maps to PERMISSION_DENIED with this text).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No client certificate was presented.
+    #[error("no client certificate with a site name was presented")]
+    NoCertificate,
+    /// The certificate's name or serial is on the revocation list.
+    #[error("certificate of {name:?} (serial {serial}) is revoked")]
+    Revoked {
+        /// Name in the certificate.
+        name: String,
+        /// Its serial.
+        serial: String,
+    },
+    /// The site is not in `tls.allowed_sites`.
+    #[error("site {0:?} is not in this federation's allow-list (tls.allowed_sites)")]
+    NotAllowed(String),
+    /// The revocation list exists but cannot be read: fail closed.
+    #[error("revocation list unreadable, refusing everyone until it is fixed: {0}")]
+    RevocationUnreadable(String),
+}
+
+#[derive(Debug, Default)]
+struct RevocationCache {
+    /// (mtime, length) of the file when last read; `None` = missing.
+    stamp: Option<(SystemTime, u64)>,
+    loaded: bool,
+    entries: BTreeSet<String>,
+}
+
+/// The allow-list and the revocation list.
+#[derive(Debug)]
+pub struct Access {
+    allowed: BTreeSet<String>,
+    revocation: Option<PathBuf>,
+    cache: Mutex<RevocationCache>,
+}
+
+impl Access {
+    /// `allowed` empty = any site with a certificate from the federation CA.
+    pub fn new(allowed: &[String], revocation: Option<PathBuf>) -> Self {
+        Access {
+            allowed: allowed.iter().cloned().collect(),
+            revocation,
+            cache: Mutex::new(RevocationCache::default()),
+        }
+    }
+
+    /// The revocation list path, if any.
+    pub fn revocation_path(&self) -> Option<&PathBuf> {
+        self.revocation.as_ref()
+    }
+
+    /// Reload the revocation list if its file changed; one `stat` per call
+    /// otherwise, so it is cheap enough for every request.
+    fn revoked(&self) -> Result<BTreeSet<String>, Refusal> {
+        let Some(path) = &self.revocation else {
+            return Ok(BTreeSet::new());
+        };
+        // A poisoned lock only means another request panicked mid-reload; reload again.
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let stamp = match std::fs::metadata(path) {
+            Ok(m) => Some((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Refusal::RevocationUnreadable(e.to_string())),
+        };
+        if !c.loaded || c.stamp != stamp {
+            c.entries = certs::read_revoked(path)
+                .map_err(|e| Refusal::RevocationUnreadable(e.to_string()))?;
+            c.stamp = stamp;
+            c.loaded = true;
+            tracing::info!(path = %path.display(), entries = c.entries.len(), "revocation list (re)loaded");
+        }
+        Ok(c.entries.clone())
+    }
+
+    /// Admit `peer` as a site (`operator = false`) or as an operator.
+    pub fn check(&self, peer: &PeerCert, operator: bool) -> Result<(), Refusal> {
+        let revoked = self.revoked()?;
+        let serial_norm = peer.serial.to_ascii_lowercase();
+        let hit = revoked.contains(&peer.name)
+            || revoked
+                .iter()
+                .any(|e| e.replace(':', "").eq_ignore_ascii_case(&serial_norm));
+        if hit {
+            return Err(Refusal::Revoked {
+                name: peer.name.clone(),
+                serial: peer.serial.clone(),
+            });
+        }
+        if !operator && !self.allowed.is_empty() && !self.allowed.contains(&peer.name) {
+            return Err(Refusal::NotAllowed(peer.name.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// A global token bucket for Join: `rate` tokens per second up to `burst`.
+/// Global rather than per source address because sites sit behind NATs and
+/// proxies; it bounds the cost of a join flood, not who gets in.
+#[derive(Debug)]
+pub struct JoinLimiter {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl JoinLimiter {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        JoinLimiter {
+            rate,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Take a token at `now`; `false` if the bucket is empty.
+    pub fn try_take(&self, now: Instant) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
+        s.0 = (s.0 + elapsed * self.rate).min(self.burst);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn peer(name: &str, serial: &str) -> PeerCert {
+        PeerCert {
+            name: name.into(),
+            serial: serial.into(),
+            verifying_key: None,
+            der: vec![],
+        }
+    }
+
+    #[test]
+    fn revocation_is_reread_when_the_file_changes() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let path = tmp.path().join("revoked.txt");
+        let a = Access::new(&["a".into(), "b".into()], Some(path.clone()));
+        assert_eq!(a.check(&peer("a", "0a1b"), false), Ok(()));
+        assert_eq!(
+            a.check(&peer("c", "01"), false),
+            Err(Refusal::NotAllowed("c".into()))
+        );
+        std::fs::write(&path, "# comment\n  a  \n")?;
+        assert!(matches!(
+            a.check(&peer("a", "0a1b"), false),
+            Err(Refusal::Revoked { .. })
+        ));
+        // Revocation by serial, with the colon form some tools print.
+        std::fs::write(&path, "0A:1B\n")?;
+        assert!(matches!(
+            a.check(&peer("a", "0a1b"), false),
+            Err(Refusal::Revoked { .. })
+        ));
+        assert_eq!(a.check(&peer("b", "02"), false), Ok(()));
+        // Operators are not subject to the site allow-list, but to revocation.
+        assert_eq!(a.check(&peer("operator-x", "03"), true), Ok(()));
+        std::fs::remove_file(&path)?;
+        assert_eq!(a.check(&peer("a", "0a1b"), false), Ok(()));
+        Ok(())
+    }
+
+    #[test]
+    fn join_bucket_refills_at_the_configured_rate() {
+        let l = JoinLimiter::new(2.0, 3);
+        let t0 = Instant::now();
+        assert!((0..3).all(|_| l.try_take(t0)));
+        assert!(!l.try_take(t0));
+        assert!(l.try_take(t0 + Duration::from_millis(600)));
+        assert!(!l.try_take(t0 + Duration::from_millis(600)));
+    }
+}

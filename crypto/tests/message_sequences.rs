@@ -1,0 +1,255 @@
+//! Arbitrary message sequences against the state machines (the in-suite
+//! counterpart of the `fuzz/` targets):
+//!
+//! - an honest round with hostile messages injected before and after every
+//!   stage: every injected message is refused, and the round's sum is
+//!   exactly the sum of the honest inputs (rejected messages leave no trace);
+//! - a site machine fed arbitrary messages in any order: never panics, and
+//!   after any error it sends nothing more.
+
+use confide_crypto::graph::SecAggParams;
+use confide_crypto::protocol::{
+    EncryptedShare, IncomingShares, KeyAdvert, NeighbourKeys, RelayedAdvert, ShareBundle,
+    SiteOutput, UnmaskRequest, UnmaskResponse,
+};
+use confide_crypto::shamir::Share;
+use confide_crypto::sim::{Simulation, Stepper};
+use confide_crypto::{CoordinatorMachine, MemberId, Suite};
+use proptest::prelude::*;
+
+const N: usize = 5;
+const LEN: usize = 4;
+
+/// A hostile coordinator-bound message.
+#[derive(Clone, Debug)]
+enum Hostile {
+    Advert {
+        round: u64,
+        member: MemberId,
+        bytes: Vec<u8>,
+    },
+    Shares {
+        round: u64,
+        from: MemberId,
+        to: MemberId,
+        bytes: Vec<u8>,
+    },
+    Masked {
+        round: u64,
+        from: MemberId,
+        v: Vec<u32>,
+    },
+    Unmask {
+        round: u64,
+        from: MemberId,
+        owner: MemberId,
+        share: Vec<u8>,
+    },
+}
+
+fn member() -> impl Strategy<Value = MemberId> {
+    prop_oneof![
+        1..=N as u32,
+        Just(0u32),
+        Just(6u32),
+        Just(u32::MAX),
+        any::<u32>()
+    ]
+}
+
+fn round() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(1u64), Just(0u64), Just(2u64), any::<u64>()]
+}
+
+fn hostile() -> impl Strategy<Value = Hostile> {
+    let bytes = proptest::collection::vec(any::<u8>(), 0..80);
+    prop_oneof![
+        (round(), member(), bytes.clone()).prop_map(|(round, member, bytes)| Hostile::Advert {
+            round,
+            member,
+            bytes
+        }),
+        (round(), member(), member(), bytes.clone()).prop_map(|(round, from, to, bytes)| {
+            Hostile::Shares {
+                round,
+                from,
+                to,
+                bytes,
+            }
+        }),
+        (
+            round(),
+            member(),
+            proptest::collection::vec(any::<u32>(), 0..8)
+        )
+            .prop_map(|(round, from, v)| Hostile::Masked { round, from, v }),
+        (round(), member(), member(), bytes).prop_map(|(round, from, owner, share)| {
+            Hostile::Unmask {
+                round,
+                from,
+                owner,
+                share,
+            }
+        }),
+    ]
+}
+
+/// Whether `h` could be mistaken for a not-yet-sent honest message of the
+/// current stage (a genuine first message from a member, which the
+/// coordinator cannot tell from garbage without the site's keys): those are
+/// not injected before the honest ones.
+fn could_be_first(h: &Hostile, stage_open_for: &[MemberId]) -> bool {
+    let (round, from) = match h {
+        Hostile::Advert { round, member, .. } => (*round, *member),
+        Hostile::Shares { round, from, .. } => (*round, *from),
+        Hostile::Masked { round, from, .. } => (*round, *from),
+        Hostile::Unmask { round, from, .. } => (*round, *from),
+    };
+    round == 1 && stage_open_for.contains(&from)
+}
+
+/// Deliver `h`; `Ok(())` means the machine accepted it.
+fn deliver(
+    c: &mut CoordinatorMachine<u32>,
+    h: &Hostile,
+    now: std::time::Instant,
+) -> Result<(), confide_crypto::ProtocolError> {
+    match h.clone() {
+        Hostile::Advert {
+            round,
+            member,
+            bytes,
+        } => c.handle_advert(
+            KeyAdvert {
+                round,
+                member,
+                enc_public: bytes.clone(),
+                mask_public: bytes.iter().rev().copied().collect(),
+                signature: bytes.clone(),
+            },
+            bytes,
+            now,
+        ),
+        Hostile::Shares {
+            round,
+            from,
+            to,
+            bytes,
+        } => c.handle_shares(
+            ShareBundle {
+                round,
+                from,
+                seed_commitment: [3; 32],
+                shares: vec![EncryptedShare {
+                    from,
+                    to,
+                    ciphertext: bytes,
+                }],
+            },
+            now,
+        ),
+        Hostile::Masked { round, from, v } => c.handle_masked_input(round, from, &v, now),
+        Hostile::Unmask {
+            round,
+            from,
+            owner,
+            share,
+        } => {
+            let mut b = [0u8; 44];
+            for (d, s) in b.iter_mut().zip(&share) {
+                *d = *s;
+            }
+            let sh = Share::from_bytes(&b)
+                .map(|s| vec![(owner, s)])
+                .unwrap_or_default();
+            c.handle_unmask_response(
+                UnmaskResponse {
+                    round,
+                    from,
+                    seed_shares: sh.clone(),
+                    key_shares: sh,
+                },
+                now,
+            )
+        }
+    }
+}
+
+fn inject(st: &mut Stepper<u32>, hs: &[Hostile], open: &[MemberId]) -> Result<(), TestCaseError> {
+    let now = st.now;
+    for h in hs.iter().filter(|h| !could_be_first(h, open)) {
+        let r = deliver(&mut st.coord, h, now);
+        prop_assert!(r.is_err(), "hostile message accepted: {h:?}");
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn hostile_messages_are_refused_and_leave_the_sum_unchanged(
+        seed in any::<u64>(),
+        inputs in proptest::collection::vec(proptest::collection::vec(any::<u32>(), LEN), N),
+        garbage in proptest::collection::vec(proptest::collection::vec(hostile(), 0..6), 5),
+    ) {
+        let sim = Simulation::new(Suite::Intl, N, SecAggParams { k: 4, t: 3 }).with_seed(seed);
+        let mut st = Stepper::<u32>::new(sim.config::<u32>(LEN), seed)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let all: Vec<MemberId> = (1..=N as u32).collect();
+        let fail = |e: confide_crypto::ProtocolError| TestCaseError::fail(e.to_string());
+        inject(&mut st, &garbage[0], &all)?;
+        let adv = st.advertise().map_err(fail)?;
+        inject(&mut st, &garbage[1], &all)?;
+        let shares = st.share(adv).map_err(fail)?;
+        inject(&mut st, &garbage[2], &all)?;
+        let masked = st.mask(shares, inputs.iter().cloned().map(Some).collect()).map_err(fail)?;
+        let unmask = st.submit(&masked).map_err(fail)?;
+        inject(&mut st, &garbage[3], &all)?;
+        let responses = st.responses(unmask).map_err(fail)?;
+        let result = st.finish(responses).map_err(fail)?;
+        inject(&mut st, &garbage[4], &[])?;
+        let sum = result
+            .ok_or_else(|| TestCaseError::fail("round did not finish"))?
+            .map_err(fail)?
+            .sum;
+        let expect: Vec<u32> = (0..LEN)
+            .map(|j| inputs.iter().map(|v| v[j]).fold(0u32, u32::wrapping_add))
+            .collect();
+        prop_assert_eq!(sum, expect);
+    }
+
+    #[test]
+    fn site_machine_survives_arbitrary_messages(
+        seed in any::<u64>(),
+        ops in proptest::collection::vec((0u8..4, round(), member(), member(),
+            proptest::collection::vec(any::<u8>(), 0..80)), 0..12),
+    ) {
+        let sim = Simulation::new(Suite::Intl, N, SecAggParams { k: 4, t: 3 }).with_seed(seed);
+        let mut st = Stepper::<u32>::new(sim.config::<u32>(LEN), seed)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut rng = st.rng.clone();
+        let site = st.site(1).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        // Its advert is legitimately out; anything after an error must not be.
+        let _ = site.poll_output();
+        let mut failed = false;
+        for (op, round, a, b, bytes) in ops {
+            let r = match op {
+                0 => site.handle_neighbour_keys(NeighbourKeys { round, adverts: vec![RelayedAdvert {
+                        advert: KeyAdvert { round, member: a, enc_public: bytes.clone(),
+                            mask_public: bytes.clone(), signature: bytes.clone() },
+                        identity: bytes.clone() }] }, &mut rng),
+                1 => site.handle_incoming_shares(IncomingShares { round,
+                        shares: vec![EncryptedShare { from: a, to: b, ciphertext: bytes.clone() }] }),
+                2 => site.handle_input(bytes.iter().map(|&x| u32::from(x)).collect()),
+                _ => site.handle_unmask_request(UnmaskRequest { round, survivors: vec![a], dropped: vec![b] }),
+            };
+            failed |= r.is_err();
+            if failed {
+                prop_assert!(site.poll_output().is_none_or(|o| !matches!(o,
+                    SiteOutput::Shares(_) | SiteOutput::MaskedInput(_) | SiteOutput::Unmask(_))),
+                    "output after an error");
+            }
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! Transport and identity security over real mTLS on loopback, and the
+//! neighbours' certificate checks against a lying coordinator.
+//!
+//! - admission: no certificate, another CA's certificate, a certificate
+//!   outside the allow-list, a certificate revoked while the coordinator
+//!   runs, one site's certificate acting as another, a Join key that is not
+//!   the certificate's, non-operator and revoked operator certificates on the
+//!   Admin API, the join-rate limit;
+//! - key binding: a coordinator that substitutes a key, relays a wrong
+//!   signature, a foreign-CA certificate or another site's certificate is
+//!   caught by the neighbour before it sends any share; an honest round over
+//!   the same verifier completes; a request for both shares is refused.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use confide_client::config::load_signing_key;
+use confide_client::identity::{CertificateVerifier, identity_blob};
+use confide_coordinator::certs;
+use confide_crypto::graph::SecAggParams;
+use confide_crypto::protocol::{CoordinatorOutput, SiteOutput, UnmaskRequest};
+use confide_crypto::sim::{Simulation, Stepper};
+use confide_crypto::suite::SigningKey;
+use confide_crypto::{SiteMachine, Suite};
+use confide_proto::v1 as pb;
+use confide_proto::v1::admin_client::AdminClient;
+use confide_proto::v1::site_client::SiteClient;
+use confide_tests::{BoxError, Coordinator, settings};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// A federation CA with sites a, b, c (allowed), outsider (not allowed), an
+/// operator, and a second CA that also issued an "a".
+struct Pki {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    other: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Result<Self, BoxError> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("certs");
+        certs::init(&dir, "sec", &[])?;
+        for s in ["a", "b", "c", "outsider"] {
+            certs::issue_site(&dir, s, Suite::Intl)?;
+        }
+        certs::issue_operator(&dir, "ops")?;
+        let other = tmp.path().join("other-ca");
+        certs::init(&other, "evil", &[])?;
+        certs::issue_site(&other, "a", Suite::Intl)?;
+        Ok(Pki {
+            _tmp: tmp,
+            dir,
+            other,
+        })
+    }
+
+    fn site(&self, name: &str) -> (PathBuf, PathBuf) {
+        let d = self.dir.join("sites");
+        (d.join(format!("{name}.pem")), d.join(format!("{name}.key")))
+    }
+
+    fn vk(&self, name: &str) -> Result<Vec<u8>, BoxError> {
+        let k = load_signing_key(&self.dir.join(format!("sites/{name}.signing.toml")))?;
+        Ok(k.verifying_key()?.as_bytes().to_vec())
+    }
+}
+
+async fn channel(
+    url: &str,
+    ca: &Path,
+    id: Option<(PathBuf, PathBuf)>,
+) -> Result<Channel, BoxError> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca)?))
+        .domain_name("localhost");
+    if let Some((cert, key)) = id {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
+        ));
+    }
+    Ok(Endpoint::from_shared(url.to_string())?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}
+
+async fn join(ch: Channel, site: &str, vk: Vec<u8>) -> Result<String, tonic::Status> {
+    SiteClient::new(ch)
+        .join(pb::JoinRequest {
+            site: site.into(),
+            verifying_key: vk,
+            version: "security-test".into(),
+        })
+        .await
+        .map(|r| r.into_inner().session)
+}
+
+fn denied(r: Result<impl std::fmt::Debug, tonic::Status>, why: &str) -> Result<(), BoxError> {
+    match r {
+        Err(s) if s.code() == Code::PermissionDenied && s.message().contains(why) => Ok(()),
+        other => {
+            Err(format!("expected PERMISSION_DENIED mentioning {why:?}, got {other:?}").into())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_admission_refuses_each_bad_peer_with_a_specific_status() -> Result<(), BoxError> {
+    let pki = Pki::new()?;
+    let mut s = settings(1, "intl");
+    s.tls.insecure = false;
+    s.tls.certs_dir = Some(pki.dir.clone());
+    s.tls.allowed_sites = vec!["a".into(), "b".into(), "c".into()];
+    let mut coord = Coordinator::start(s).await?;
+    let url = format!("https://{}", coord.addr);
+    let ca = pki.dir.join("ca.pem");
+
+    // A valid site is admitted.
+    let a_ch = channel(&url, &ca, Some(pki.site("a"))).await?;
+    let a_session = join(a_ch.clone(), "a", pki.vk("a")?).await?;
+
+    // No client certificate: through the handshake, refused by every RPC.
+    let anon = channel(&url, &ca, None).await?;
+    denied(join(anon, "a", pki.vk("a")?).await, "no client certificate")?;
+
+    // Another CA's certificate (even for an allowed name) fails the handshake.
+    let foreign = pki.other.join("sites");
+    let r = match channel(
+        &url,
+        &ca,
+        Some((foreign.join("a.pem"), foreign.join("a.key"))),
+    )
+    .await
+    {
+        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        Ok(ch) => join(ch, "a", pki.vk("a")?).await,
+    };
+    match r {
+        Err(s) if s.code() != Code::Ok && s.code() != Code::PermissionDenied => {}
+        other => return Err(format!("foreign-CA certificate admitted: {other:?}").into()),
+    }
+
+    // A CA-issued certificate whose name is not in the allow-list.
+    let out_ch = channel(&url, &ca, Some(pki.site("outsider"))).await?;
+    denied(
+        join(out_ch, "outsider", pki.vk("outsider")?).await,
+        "allow-list",
+    )?;
+
+    // Site a's certificate cannot join as b, nor with a key other than its own.
+    denied(
+        join(a_ch.clone(), "b", pki.vk("b")?).await,
+        "may not act as",
+    )?;
+    denied(join(a_ch.clone(), "a", pki.vk("b")?).await, "verifying key")?;
+
+    // ...nor use b's session: the session's site must be the certificate's.
+    let b_ch = channel(&url, &ca, Some(pki.site("b"))).await?;
+    let b_session = join(b_ch, "b", pki.vk("b")?).await?;
+    let mut a_client = SiteClient::new(a_ch.clone());
+    let stolen = a_client
+        .submit_masked_input(tokio_stream::iter(confide_tests::chunks(
+            &b_session,
+            1,
+            &[1, 2, 3],
+        )))
+        .await;
+    denied(stolen, "may not act as")?;
+    denied(
+        a_client
+            .tasks(pb::TasksRequest {
+                session: b_session.clone(),
+            })
+            .await,
+        "may not act as",
+    )?;
+
+    // Revoked while running: the next call of the already-connected site is
+    // refused, without a restart; removing the line re-admits it.
+    certs::revoke(&pki.dir, "a")?;
+    denied(
+        a_client
+            .tasks(pb::TasksRequest {
+                session: a_session.clone(),
+            })
+            .await,
+        "revoked",
+    )?;
+    denied(join(a_ch.clone(), "a", pki.vk("a")?).await, "revoked")?;
+    std::fs::write(pki.dir.join(certs::REVOKED_FILE), "# a re-admitted\n")?;
+    join(a_ch.clone(), "a", pki.vk("a")?).await?;
+
+    // Admin API: site certificates are refused, operator certificates admitted
+    // until revoked (by serial here, as `confide certs revoke SERIAL` writes).
+    denied(
+        AdminClient::new(a_ch).status(pb::StatusRequest {}).await,
+        "not an operator",
+    )?;
+    let ops = pki.dir.join("operators");
+    let op_ch = channel(&url, &ca, Some((ops.join("ops.pem"), ops.join("ops.key")))).await?;
+    AdminClient::new(op_ch.clone())
+        .status(pb::StatusRequest {})
+        .await?;
+    let serial = {
+        let pem = std::fs::read(ops.join("ops.pem"))?;
+        let der = rustls_pem_der(&pem)?;
+        confide_coordinator::access::PeerCert::from_der(&der)
+            .ok_or("operator certificate unparsable")?
+            .serial
+    };
+    certs::revoke(&pki.dir, &serial)?;
+    denied(
+        AdminClient::new(op_ch).status(pb::StatusRequest {}).await,
+        "revoked",
+    )?;
+
+    coord.stop();
+    coord.finish(Duration::from_secs(15)).await?;
+    Ok(())
+}
+
+/// DER of the first PEM certificate.
+fn rustls_pem_der(pem: &[u8]) -> Result<Vec<u8>, BoxError> {
+    use rustls_pki_types::pem::PemObject;
+    Ok(rustls_pki_types::CertificateDer::from_pem_slice(pem)?.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_flood_is_rate_limited() -> Result<(), BoxError> {
+    let mut s = settings(1, "intl");
+    s.limits.join_burst = 3;
+    s.limits.join_rate_per_sec = 0.01;
+    let mut coord = Coordinator::start(s).await?;
+    let ch = Endpoint::from_shared(coord.url())?.connect().await?;
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let r = join(ch.clone(), &format!("s{i}"), vec![7; 32]).await;
+        codes.push(r.map(|_| Code::Ok).unwrap_or_else(|s| s.code()));
+    }
+    assert_eq!(
+        codes,
+        [
+            Code::Ok,
+            Code::Ok,
+            Code::Ok,
+            Code::ResourceExhausted,
+            Code::ResourceExhausted
+        ]
+    );
+    coord.stop();
+    coord.finish(Duration::from_secs(15)).await?;
+    Ok(())
+}
+
+// ---- neighbours against a lying coordinator -------------------------------
+
+const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+/// A round of 4 (complete graph, t = 2) whose sites hold certificates from
+/// one CA and check neighbours with the client's [`CertificateVerifier`].
+struct CertRound {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    other: PathBuf,
+    stepper: Stepper<u32>,
+    certs: Vec<Vec<u8>>,
+}
+
+fn pem_file_der(path: &Path) -> Result<Vec<u8>, BoxError> {
+    rustls_pem_der(&std::fs::read(path)?)
+}
+
+impl CertRound {
+    fn new(seed: u64) -> Result<Self, BoxError> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("certs");
+        certs::init(&dir, "sec", &[])?;
+        let other = tmp.path().join("other");
+        certs::init(&other, "evil", &[])?;
+        certs::issue_site(&other, "b", Suite::Intl)?;
+        let cfg = Simulation::new(Suite::Intl, 4, SecAggParams { k: 3, t: 2 })
+            .with_seed(seed)
+            .config::<u32>(5);
+        let mut stepper = Stepper::<u32>::new(cfg.clone(), seed)?;
+        let ca = std::fs::read(dir.join("ca.pem"))?;
+        let mut keys = Vec::new();
+        let mut sites = Vec::new();
+        let mut ders = Vec::new();
+        for (&m, name) in cfg.cohort.iter().zip(NAMES) {
+            certs::issue_site(&dir, name, Suite::Intl)?;
+            let key = load_signing_key(&dir.join(format!("sites/{name}.signing.toml")))?;
+            let verifier = Arc::new(CertificateVerifier::from_ca_pem(Suite::Intl, &ca)?);
+            sites.push(SiteMachine::new(
+                cfg.clone(),
+                m,
+                key.clone(),
+                verifier,
+                &mut stepper.rng,
+            )?);
+            keys.push(key);
+            ders.push(pem_file_der(&dir.join(format!("sites/{name}.pem")))?);
+        }
+        stepper.sites = sites;
+        stepper.keys = keys;
+        Ok(CertRound {
+            _tmp: tmp,
+            dir,
+            other,
+            stepper,
+            certs: ders,
+        })
+    }
+
+    /// What an honest coordinator relays: each advert with its signer's
+    /// name, key and certificate.
+    fn relay(
+        &self,
+        outputs: Vec<CoordinatorOutput<u32>>,
+    ) -> Result<Vec<CoordinatorOutput<u32>>, BoxError> {
+        outputs
+            .into_iter()
+            .map(|o| match o {
+                CoordinatorOutput::NeighbourKeys { to, mut msg } => {
+                    for r in &mut msg.adverts {
+                        let i = (r.advert.member - 1) as usize;
+                        r.identity = identity_blob(&pb::RelayedAdvert {
+                            advert: None,
+                            verifying_key: r.identity.clone(),
+                            certificate: self.certs[i].clone(),
+                            site: NAMES[i].into(),
+                        });
+                    }
+                    Ok(CoordinatorOutput::NeighbourKeys { to, msg })
+                }
+                other => Ok(other),
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn honest_round_over_certificate_verifier_completes() -> Result<(), BoxError> {
+    let mut r = CertRound::new(1)?;
+    let adv = r.stepper.advertise()?;
+    let relayed = r.relay(adv)?;
+    let shares = r.stepper.share(relayed)?;
+    let inputs: Vec<Vec<u32>> = (0..4u32).map(|i| vec![i, 10 * i, 1, 2, 3]).collect();
+    let masked = r
+        .stepper
+        .mask(shares, inputs.iter().cloned().map(Some).collect())?;
+    let unmask = r.stepper.submit(&masked)?;
+    let responses = r.stepper.responses(unmask)?;
+    let sum = r
+        .stepper
+        .finish(responses)?
+        .ok_or("round did not finish")??
+        .sum;
+    let expect: Vec<u32> = (0..5)
+        .map(|j| inputs.iter().map(|v| v[j]).fold(0u32, u32::wrapping_add))
+        .collect();
+    assert_eq!(sum, expect);
+    Ok(())
+}
+
+#[test]
+fn request_for_both_shares_is_refused_over_certificate_verifier() -> Result<(), BoxError> {
+    let mut r = CertRound::new(7)?;
+    let adv = r.stepper.advertise()?;
+    let relayed = r.relay(adv)?;
+    let shares = r.stepper.share(relayed)?;
+    let _masked = r.stepper.mask(shares, vec![Some(vec![1; 5]); 4])?;
+    // Neighbour 2 both "survived" (seed share) and "dropped" (key share):
+    // together the two would unmask its input.
+    let greedy = UnmaskRequest {
+        round: 1,
+        survivors: vec![1, 2, 3, 4],
+        dropped: vec![2],
+    };
+    let site = r.stepper.site(1)?;
+    assert!(
+        site.handle_unmask_request(greedy).is_err(),
+        "a request for both shares of one neighbour must be refused"
+    );
+    assert!(site.poll_output().is_none(), "no share may leave the site");
+    Ok(())
+}
+
+/// Run one tampering of site `victim`'s NeighbourKeys; the victim must refuse
+/// with an error mentioning `why` and send nothing.
+fn tampered(
+    seed: u64,
+    why: &str,
+    tamper: impl Fn(&CertRound, &mut confide_crypto::protocol::RelayedAdvert) -> Result<(), BoxError>,
+) -> Result<(), BoxError> {
+    let mut r = CertRound::new(seed)?;
+    let adv = r.stepper.advertise()?;
+    let relayed = r.relay(adv)?;
+    let victim = 1;
+    let mut outcome = None;
+    for o in relayed {
+        if let CoordinatorOutput::NeighbourKeys { to, mut msg } = o
+            && to == victim
+        {
+            // Tamper with neighbour 2's relayed advert.
+            let target = msg
+                .adverts
+                .iter_mut()
+                .find(|a| a.advert.member == 2)
+                .ok_or("no advert of member 2")?;
+            tamper(&r, target)?;
+            let mut rng = rand::rng();
+            let site = r.stepper.site(victim)?;
+            outcome = Some(site.handle_neighbour_keys(msg, &mut rng));
+            // Nothing leaves the site: no share bundle, no masked input.
+            assert!(
+                !matches!(site.poll_output(), Some(SiteOutput::Shares(_))),
+                "a share bundle escaped after a bad advert"
+            );
+        }
+    }
+    match outcome.ok_or("victim got no NeighbourKeys")? {
+        Err(e) if e.to_string().contains(why) => Ok(()),
+        other => Err(format!("expected refusal mentioning {why:?}, got {other:?}").into()),
+    }
+}
+
+fn relayed_fields(
+    a: &confide_crypto::protocol::RelayedAdvert,
+) -> Result<pb::RelayedAdvert, BoxError> {
+    Ok(prost::Message::decode(a.identity.as_slice())?)
+}
+
+#[test]
+fn coordinator_substituting_a_key_is_detected() -> Result<(), BoxError> {
+    // New keys signed with the coordinator's own key, relayed with b's certificate.
+    tampered(2, "not the one in its certificate", |_, a| {
+        let evil = SigningKey::generate(Suite::Intl, &mut rand::rng());
+        // The coordinator's own agreement key in place of b's.
+        a.advert.enc_public = vec![9; a.advert.enc_public.len()];
+        a.advert.signature = evil.sign(&confide_crypto::protocol::KeyAdvert::signed_bytes(
+            Suite::Intl,
+            a.advert.round,
+            a.advert.member,
+            &a.advert.enc_public,
+            &a.advert.mask_public,
+        ))?;
+        let mut f = relayed_fields(a)?;
+        f.verifying_key = evil.verifying_key()?.as_bytes().to_vec();
+        a.identity = prost::Message::encode_to_vec(&f);
+        Ok(())
+    })
+}
+
+#[test]
+fn coordinator_relaying_a_wrong_signature_is_detected() -> Result<(), BoxError> {
+    tampered(3, "signature", |_, a| {
+        let last = a
+            .advert
+            .signature
+            .len()
+            .checked_sub(1)
+            .ok_or("empty signature")?;
+        a.advert.signature[last] ^= 1;
+        Ok(())
+    })
+}
+
+#[test]
+fn coordinator_relaying_a_foreign_ca_certificate_is_detected() -> Result<(), BoxError> {
+    // A certificate for "b" with the coordinator's key, from a CA it controls.
+    tampered(4, "not issued by the federation CA", |r, a| {
+        let mut f = relayed_fields(a)?;
+        f.certificate = pem_file_der(&r.other.join("sites/b.pem"))?;
+        a.identity = prost::Message::encode_to_vec(&f);
+        Ok(())
+    })
+}
+
+#[test]
+fn coordinator_relaying_another_sites_certificate_is_detected() -> Result<(), BoxError> {
+    // c's genuine certificate and key presented as b's.
+    tampered(5, "not for site", |r, a| {
+        let mut f = relayed_fields(a)?;
+        f.certificate = pem_file_der(&r.dir.join("sites/c.pem"))?;
+        a.identity = prost::Message::encode_to_vec(&f);
+        Ok(())
+    })
+}
+
+#[test]
+fn coordinator_relaying_no_certificate_is_detected() -> Result<(), BoxError> {
+    tampered(6, "no certificate", |_, a| {
+        let mut f = relayed_fields(a)?;
+        f.certificate.clear();
+        a.identity = prost::Message::encode_to_vec(&f);
+        Ok(())
+    })
+}
