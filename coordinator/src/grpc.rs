@@ -463,6 +463,42 @@ async fn admin_client(
     Ok(pb::admin_client::AdminClient::new(ch))
 }
 
+/// `confide health`: ask the standard gRPC health service whether the Site
+/// service is serving. TLS uses only the CA (no client certificate), so a
+/// container healthcheck needs nothing secret.
+pub async fn health_check(
+    url: &str,
+    ca: Option<&std::path::Path>,
+    domain: &str,
+) -> Result<bool, CoordinatorError> {
+    let mut ep = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| CoordinatorError::Transport(e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(2));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca)
+            .map_err(|e| CoordinatorError::Tls(format!("{}: {e}", ca.display())))?;
+        let cfg = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(pem))
+            .domain_name(domain);
+        ep = ep
+            .tls_config(cfg)
+            .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+    }
+    let ch = ep
+        .connect()
+        .await
+        .map_err(|e| CoordinatorError::Transport(format!("{url}: {e}")))?;
+    let reply = tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "confide.v1.Site".into(),
+        })
+        .await
+        .map_err(|e| CoordinatorError::Transport(e.to_string()))?
+        .into_inner();
+    Ok(reply.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+}
+
 /// `confide status`: the Admin API's Status.
 pub async fn admin_status(
     url: &str,

@@ -59,6 +59,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertCmd,
     },
+    /// Exit 0 when the coordinator's gRPC health service reports the Site service serving (for container healthchecks).
+    Health {
+        /// Coordinator URL.
+        #[arg(
+            long,
+            default_value = "https://localhost:7443",
+            env = "CONFIDE_COORDINATOR"
+        )]
+        coordinator: String,
+        /// Federation CA (PEM); no client certificate is needed. Omit for a plaintext coordinator.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Name to expect in the coordinator's certificate.
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+    },
     /// Coordinator + three hospitals on loopback (mTLS, secure aggregation) over the breast-cancer data.
     Demo {
         /// Training rounds.
@@ -199,6 +215,16 @@ async fn main() -> Result<()> {
             if let Some(a) = report.final_accuracy {
                 println!("final held-out accuracy: {:.2} %", a * 100.0);
             }
+        }
+        Cmd::Health {
+            coordinator,
+            ca,
+            domain,
+        } => {
+            if !grpc::health_check(&coordinator, ca.as_deref(), &domain).await? {
+                anyhow::bail!("{coordinator} is up but its Site service is not serving");
+            }
+            println!("serving");
         }
         Cmd::Status(a) => {
             let st = grpc::admin_status(&a.coordinator, admin_tls(&a)?).await?;

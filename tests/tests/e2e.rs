@@ -284,6 +284,19 @@ async fn breast_cancer_three_hospitals_non_iid_mtls_reaches_95_percent() -> Resu
     let t = Instant::now();
     let coord = Coordinator::start(s).await?;
     let url = format!("https://{}", coord.addr);
+    // The container healthcheck's probe: serving over TLS with only the CA;
+    // a CA that did not sign the coordinator's certificate is refused.
+    assert!(
+        confide_coordinator::grpc::health_check(&url, Some(&certs.join("ca.pem")), "localhost")
+            .await?
+    );
+    let other = tmp.path().join("other-ca");
+    confide_coordinator::certs::init(&other, "other", &[])?;
+    assert!(
+        confide_coordinator::grpc::health_check(&url, Some(&other.join("ca.pem")), "localhost")
+            .await
+            .is_err()
+    );
     let tls = |n: &str| confide_client::TlsFiles {
         ca: certs.join("ca.pem"),
         cert: certs.join("sites").join(format!("{n}.pem")),
