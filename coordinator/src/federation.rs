@@ -14,15 +14,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use confide_client::convert;
 use confide_client::train::{LogisticRegression, Mlp, Model, STD_FLOOR, Trainer};
 use confide_crypto::graph::SecAggParams;
 use confide_crypto::protocol::{
-    CoordinatorMachine, CoordinatorOutput, EncryptedShare, KeyAdvert, RoundResult, ShareBundle,
-    StageTimeouts, UnmaskResponse,
+    CoordinatorMachine, CoordinatorOutput, EncryptedShare, RoundResult, StageTimeouts,
 };
 use confide_crypto::quant::Quantiser;
 use confide_crypto::ring::{self, Ring, RingElement};
-use confide_crypto::shamir::Share;
 use confide_crypto::{MemberId, ProtocolError, RoundConfig, Stage, Suite, stats};
 use confide_proto::v1 as pb;
 use rand::{Rng, RngExt, SeedableRng};
@@ -30,6 +29,11 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{info, warn};
 
 use crate::checkpoint::{self, Manifest, Preprocess, RoundRecord};
+
+/// A wire message that does not convert into the protocol's types.
+fn invalid(e: convert::ConvertError) -> CoreError {
+    CoreError::Invalid(e.to_string())
+}
 use crate::error::{CoordinatorError, CoreError};
 use crate::optim::ServerOptimiser;
 use crate::settings::Settings;
@@ -849,13 +853,7 @@ impl Federation {
             // refused by the machine and the certificate stays the first one.
             r.certs.entry(info.member).or_insert(certificate);
             r.bytes_in += (a.enc_public.len() + a.mask_public.len() + a.signature.len()) as u64;
-            let advert = KeyAdvert {
-                round: a.round,
-                member: a.member,
-                enc_public: a.enc_public,
-                mask_public: a.mask_public,
-                signature: a.signature,
-            };
+            let advert = convert::key_advert_from_proto(&a);
             let now = Instant::now();
             let id = vk.to_vec();
             r.engine
@@ -881,30 +879,12 @@ impl Federation {
                     site: format!("member {}", req.from),
                 });
             }
-            let seed_commitment: [u8; 32] = req
-                .seed_commitment
-                .as_slice()
-                .try_into()
-                .map_err(|_| CoreError::Invalid("seed_commitment must be 32 bytes".into()))?;
             r.bytes_in += req
                 .shares
                 .iter()
                 .map(|s| s.ciphertext.len() as u64 + 8)
                 .sum::<u64>();
-            let bundle = ShareBundle {
-                round: req.round,
-                from: req.from,
-                seed_commitment,
-                shares: req
-                    .shares
-                    .into_iter()
-                    .map(|s| EncryptedShare {
-                        from: s.from,
-                        to: s.to,
-                        ciphertext: s.ciphertext,
-                    })
-                    .collect(),
-            };
+            let bundle = convert::share_bundle_from_proto(&req).map_err(invalid)?;
             let now = Instant::now();
             r.engine
                 .secure_only(
@@ -929,21 +909,7 @@ impl Federation {
                     site: format!("member {}", req.from),
                 });
             }
-            let conv = |v: Vec<pb::Share>| -> Result<Vec<(MemberId, Share)>, CoreError> {
-                v.into_iter()
-                    .map(|s| {
-                        Share::from_bytes(&s.share)
-                            .map(|sh| (s.owner, sh))
-                            .map_err(|e| CoreError::Invalid(e.to_string()))
-                    })
-                    .collect()
-            };
-            let resp = UnmaskResponse {
-                round: req.round,
-                from: req.from,
-                seed_shares: conv(req.seed_shares)?,
-                key_shares: conv(req.key_shares)?,
-            };
+            let resp = convert::unmask_response_from_proto(&req).map_err(invalid)?;
             r.bytes_in += ((resp.seed_shares.len() + resp.key_shares.len()) * 48) as u64;
             let now = Instant::now();
             r.engine
