@@ -1,7 +1,7 @@
 //! Error types of the crypto crate. Every failure a peer can provoke is one of
 //! these values, never a panic.
 
-use crate::protocol::{MemberId, Stage};
+use crate::ids::{MemberId, Stage};
 
 /// Failures of the primitives.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -146,4 +146,12 @@ pub enum ProtocolError {
     /// The round is over (finished or failed) and accepts nothing more.
     #[error("the round has ended")]
     Ended,
+    /// The round was stopped from outside (for example on shutdown) before it
+    /// finished. Distinct from [`ProtocolError::Config`] so callers can tell an
+    /// operator's stop from parameters that never could have worked.
+    #[error("round aborted: {reason}")]
+    Aborted {
+        /// Why, as given to the `abort` call.
+        reason: String,
+    },
 }

@@ -16,7 +16,7 @@
 use zeroize::Zeroizing;
 
 use crate::error::CryptoError;
-use crate::protocol::MemberId;
+use crate::ids::MemberId;
 use crate::suite::Suite;
 
 /// HKDF salt for all Confide keys.

@@ -12,7 +12,17 @@
 //!                     │  suite (KDF, AEAD, ECDH, signatures)          │
 //!                     └──── prg (AES/SM4-CTR masks) ─── shamir ───────┘
 //!                               graph (who masks with whom, k and t)
+//!
+//!   AnySite ─ wraps SiteMachine<u32|u64>        AnyCoordinator ─ wraps CoordinatorMachine<u32|u64>
+//!   (ring chosen at run time, vectors as RingVec)              or PlainAggregator<u32|u64>
+//!                                                              (plaintext comparison mode)
 //! ```
+//!
+//! Callers that learn the ring only from the announced [`RoundConfig`] use
+//! [`AnySite`] and [`AnyCoordinator`] instead of keeping their own `u32`/`u64`
+//! enums. [`PlainAggregator`] is the coordinator of a round with secure
+//! aggregation switched off (plain sums, same checks, no privacy). [`MemberId`]
+//! and [`Stage`] live in the leaf module [`ids`].
 //!
 //! ## Example: masks cancel, secrets come back from t shares
 //!
@@ -79,6 +89,7 @@
 pub mod aesfast;
 pub mod error;
 pub mod graph;
+pub mod ids;
 pub mod kdf;
 pub mod prg;
 pub mod protocol;
@@ -93,6 +104,10 @@ pub mod stats;
 pub mod suite;
 
 pub use error::{CryptoError, ProtocolError};
-pub use protocol::{CoordinatorMachine, MemberId, RoundConfig, SiteMachine, Stage};
+pub use ids::{MemberId, Stage};
+pub use protocol::{
+    AnyCoordinator, AnyOutput, AnyRoundResult, AnySite, AnySiteOutput, CoordinatorMachine,
+    PlainAggregator, RingVec, RoundConfig, SiteMachine,
+};
 pub use ring::{Ring, RingElement};
 pub use suite::{CipherSuite, Suite};

@@ -4,14 +4,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use super::unmask::{Unmasker, check_response};
 use super::{
-    EncryptedShare, IncomingShares, KeyAdvert, MemberId, NeighbourKeys, RelayedAdvert, RoundConfig,
-    ShareBundle, Stage, Topology, UnmaskRequest, UnmaskResponse, pairwise_prg, seed_commitment,
-    self_mask_prg, share_x,
+    CoordinatorOutput, EncryptedShare, IncomingShares, KeyAdvert, MemberId, NeighbourKeys,
+    RelayedAdvert, RoundConfig, RoundResult, ShareBundle, Stage, Topology, UnmaskRequest,
+    UnmaskResponse,
 };
 use crate::error::ProtocolError;
 use crate::ring::RingElement;
-use crate::shamir::{Reconstructor, Share};
 
 /// How long each stage waits before closing with whoever has answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,56 +45,6 @@ impl StageTimeouts {
             Stage::Unmask | Stage::Done => self.unmask,
         }
     }
-}
-
-/// What the coordinator must send, and what it reports.
-#[derive(Debug)]
-pub enum CoordinatorOutput<R> {
-    /// Send a site its neighbours' adverts.
-    NeighbourKeys {
-        /// Recipient.
-        to: MemberId,
-        /// Message.
-        msg: NeighbourKeys,
-    },
-    /// Send a site the shares addressed to it.
-    IncomingShares {
-        /// Recipient.
-        to: MemberId,
-        /// Message.
-        msg: IncomingShares,
-    },
-    /// Ask a survivor for its unmask shares.
-    UnmaskRequest {
-        /// Recipient.
-        to: MemberId,
-        /// Message.
-        msg: UnmaskRequest,
-    },
-    /// A stage closed (for logs and metrics).
-    StageClosed {
-        /// Which stage.
-        stage: Stage,
-        /// Members that completed it.
-        completed: Vec<MemberId>,
-        /// Members that were expected but did not (or were pruned below threshold).
-        dropped: Vec<MemberId>,
-    },
-    /// The round ended: the unmasked sum, or why it failed.
-    Finished(Result<RoundResult<R>, ProtocolError>),
-}
-
-/// A successful round.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RoundResult<R> {
-    /// Σ of the survivors' input vectors in the ring.
-    pub sum: Vec<R>,
-    /// Members whose inputs are in the sum.
-    pub survivors: Vec<MemberId>,
-    /// Members that shared keys but whose inputs are not in the sum.
-    pub dropped: Vec<MemberId>,
-    /// Secrets reconstructed (self-mask seeds + mask keys).
-    pub reconstructions: usize,
 }
 
 /// The coordinator's state machine for one round. Inputs from sites go in
@@ -238,9 +188,9 @@ impl<R: RingElement> CoordinatorMachine<R> {
     /// Abort the round (for example on shutdown).
     pub fn abort(&mut self, reason: &str) {
         if !matches!(self.phase, Phase::Done) {
-            self.finish(Err(ProtocolError::Config(format!(
-                "round aborted: {reason}"
-            ))));
+            self.finish(Err(ProtocolError::Aborted {
+                reason: reason.to_owned(),
+            }));
         }
     }
 
@@ -404,39 +354,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
         if responses.contains_key(&from) {
             return Err(ProtocolError::Duplicate(from));
         }
-        let neighbours: BTreeSet<MemberId> = topo.neighbours(from).into_iter().collect();
-        let want_seed: BTreeSet<MemberId> = neighbours
-            .iter()
-            .copied()
-            .filter(|v| u3.contains(v))
-            .collect();
-        let want_key: BTreeSet<MemberId> = neighbours
-            .iter()
-            .copied()
-            .filter(|v| u2.contains(v) && !u3.contains(v))
-            .collect();
-        let check_set = |list: &[(MemberId, Share)], want: &BTreeSet<MemberId>, what: &str| {
-            let mut seen = BTreeSet::new();
-            for (owner, share) in list {
-                if !want.contains(owner) || !seen.insert(*owner) || share.x() != share_x(from) {
-                    return Err(ProtocolError::Malformed {
-                        member: from,
-                        reason: format!(
-                            "unexpected, repeated or mislabelled {what} share for member {owner}"
-                        ),
-                    });
-                }
-            }
-            if &seen != want {
-                return Err(ProtocolError::Malformed {
-                    member: from,
-                    reason: format!("{} {what} shares, expected {}", seen.len(), want.len()),
-                });
-            }
-            Ok(())
-        };
-        check_set(&resp.seed_shares, &want_seed, "self-mask seed")?;
-        check_set(&resp.key_shares, &want_key, "mask key")?;
+        check_response(topo, u2, u3, &resp)?;
         responses.insert(from, resp);
         if responses.len() == u3.len() {
             self.close_stage(now);
@@ -607,117 +525,17 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 let u4: BTreeSet<MemberId> = responses.keys().copied().collect();
                 let silent: Vec<MemberId> = u3.difference(&u4).copied().collect();
                 self.closed(Stage::Unmask, &u4, silent);
-                let result = self.unmask(&u2, &u3, acc, &responses);
+                let unmasker = Unmasker {
+                    cfg: &self.cfg,
+                    topo: &self.topo,
+                    adverts: &self.adverts,
+                    commitments: &self.commitments,
+                };
+                let result = unmasker.unmask(&u2, &u3, acc, &responses);
                 self.finish(result);
             }
             Phase::Done => {}
         }
-    }
-
-    /// Remove every mask from the sum of the survivors' masked inputs.
-    fn unmask(
-        &self,
-        u2: &BTreeSet<MemberId>,
-        u3: &BTreeSet<MemberId>,
-        mut acc: Vec<R>,
-        responses: &BTreeMap<MemberId, UnmaskResponse>,
-    ) -> Result<RoundResult<R>, ProtocolError> {
-        let suite = self.cfg.suite;
-        let round = self.cfg.round;
-        let t = self.cfg.params.t;
-        // Group the received shares by owner.
-        let mut seed_shares: BTreeMap<MemberId, Vec<&Share>> = BTreeMap::new();
-        let mut key_shares: BTreeMap<MemberId, Vec<&Share>> = BTreeMap::new();
-        for r in responses.values() {
-            for (owner, s) in &r.seed_shares {
-                seed_shares.entry(*owner).or_default().push(s);
-            }
-            for (owner, s) in &r.key_shares {
-                key_shares.entry(*owner).or_default().push(s);
-            }
-        }
-        // Lagrange coefficients depend only on the set of x-coordinates; owners
-        // answered by the same neighbours reuse them.
-        let mut cache: HashMap<Vec<u32>, Reconstructor> = HashMap::new();
-        let mut rebuild = |owner: MemberId, shares: Option<&Vec<&Share>>, what: &'static str| {
-            let mut shares: Vec<Share> = shares
-                .map(|v| v.iter().map(|s| (*s).clone()).collect())
-                .unwrap_or_default();
-            if shares.len() < t {
-                return Err(ProtocolError::Reconstruction {
-                    member: owner,
-                    what,
-                    have: shares.len(),
-                    need: t,
-                });
-            }
-            shares.sort_by_key(|s| s.x());
-            let xs: Vec<u32> = shares.iter().map(Share::x).collect();
-            let rec = match cache.get(&xs) {
-                Some(r) => r,
-                None => {
-                    let r = Reconstructor::new(&xs, t)?;
-                    cache.entry(xs).or_insert(r)
-                }
-            };
-            Ok(rec.reconstruct(&shares)?)
-        };
-        let mut reconstructions = 0;
-        for &u in u3 {
-            let seed = rebuild(u, seed_shares.get(&u), "self-mask seed")?;
-            let committed = self.commitments.get(&u).copied().unwrap_or_default();
-            if seed_commitment(suite, round, u, &seed) != committed {
-                return Err(ProtocolError::CommitmentMismatch {
-                    member: u,
-                    what: "self-mask seed",
-                });
-            }
-            self_mask_prg(suite, round, u, &seed)?.sub_from(&mut acc)?;
-            reconstructions += 1;
-        }
-        let dropped: Vec<MemberId> = u2.difference(u3).copied().collect();
-        for &v in &dropped {
-            let secret = rebuild(v, key_shares.get(&v), "mask key")?;
-            let advert = self
-                .adverts
-                .get(&v)
-                .ok_or(ProtocolError::NotParticipant(v))?;
-            let public = suite.provider().agreement_public(&secret).map_err(|_| {
-                ProtocolError::CommitmentMismatch {
-                    member: v,
-                    what: "mask key",
-                }
-            })?;
-            if public != advert.mask_public {
-                return Err(ProtocolError::CommitmentMismatch {
-                    member: v,
-                    what: "mask key",
-                });
-            }
-            reconstructions += 1;
-            for u in self.topo.neighbours(v) {
-                if !u3.contains(&u) {
-                    continue;
-                }
-                let peer = self
-                    .adverts
-                    .get(&u)
-                    .ok_or(ProtocolError::NotParticipant(u))?;
-                let prg = pairwise_prg(suite, round, &secret, &peer.mask_public, v, u)?;
-                // u added +mask if v > u, −mask otherwise; undo exactly that.
-                if v > u {
-                    prg.sub_from(&mut acc)?;
-                } else {
-                    prg.add_into(&mut acc)?;
-                }
-            }
-        }
-        Ok(RoundResult {
-            sum: acc,
-            survivors: u3.iter().copied().collect(),
-            dropped,
-            reconstructions,
-        })
     }
 }
 

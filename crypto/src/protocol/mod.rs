@@ -15,15 +15,36 @@
 //!        ─ Unmask(UnmaskResponse) ───▶ handle_unmask_response  stage Unmask
 //!                                      ─ Finished(sum of survivors' inputs)
 //! ```
+//!
+//! [`PlainAggregator`] is the coordinator of a round with secure aggregation
+//! off: only the masked-input stage, plaintext vectors, the same checks and
+//! the same [`CoordinatorOutput::Finished`] report. [`AnySite`] and
+//! [`AnyCoordinator`] erase the ring (and, for the coordinator, secure versus
+//! plain) so callers that learn the ring at run time write each call once;
+//! vectors then travel as [`RingVec`].
+//!
+//! Files: `site.rs` and `coordinator.rs` hold the machines, `unmask.rs` the
+//! coordinator's reconstruction step, `output.rs` what coordinators report,
+//! `plain.rs` and `any.rs` the above. This file holds the shared message
+//! types and key-derivation helpers, and imports nothing back from them.
 
+mod any;
 mod coordinator;
+mod output;
+mod plain;
 mod site;
+mod unmask;
 
-pub use coordinator::{CoordinatorMachine, CoordinatorOutput, RoundResult, StageTimeouts};
+pub use any::{AnyCoordinator, AnyOutput, AnyRoundResult, AnySite, AnySiteOutput, RingVec};
+pub use coordinator::{CoordinatorMachine, StageTimeouts};
+pub use output::{CoordinatorOutput, RoundResult};
+pub use plain::PlainAggregator;
 pub use site::{SiteMachine, SiteOutput};
 
+// Defined in a leaf module so `error` and `kdf` need not import `protocol`.
+pub use crate::ids::{MemberId, Stage};
+
 use std::collections::{BTreeSet, HashMap};
-use std::fmt;
 
 use crate::error::{CryptoError, ProtocolError};
 use crate::graph::{self, NeighbourGraph, SecAggParams};
@@ -31,36 +52,6 @@ use crate::prg::Prg;
 use crate::ring::Ring;
 use crate::shamir::Share;
 use crate::suite::{Suite, VerifyingKey};
-
-/// A member's id within the federation's current cohort numbering.
-pub type MemberId = u32;
-
-/// The stages of a round, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Stage {
-    /// Members send signed per-round public keys.
-    AdvertiseKeys,
-    /// Members send AEAD-sealed Shamir shares for their neighbours.
-    ShareKeys,
-    /// Members send their masked input vectors.
-    MaskedInput,
-    /// Survivors send the shares needed to remove the masks.
-    Unmask,
-    /// The round has ended.
-    Done,
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Stage::AdvertiseKeys => "advertise-keys",
-            Stage::ShareKeys => "share-keys",
-            Stage::MaskedInput => "masked-input",
-            Stage::Unmask => "unmask",
-            Stage::Done => "done",
-        })
-    }
-}
 
 /// Everything both sides must agree on for one round. The coordinator picks
 /// it and announces it; each site validates it before taking part.

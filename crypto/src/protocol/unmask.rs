@@ -1,0 +1,187 @@
+//! The coordinator's unmask stage, as free functions over borrowed round
+//! state: checking a survivor's [`UnmaskResponse`] and removing every mask
+//! from the sum once the stage closes.
+//!
+//! Kept out of `coordinator.rs` because it is the only part of the coordinator
+//! that touches secrets (reconstructed seeds and mask keys); it reads the
+//! machine's state but owns none, so it does not import the machine either.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::{
+    KeyAdvert, MemberId, RoundConfig, RoundResult, Topology, UnmaskResponse, pairwise_prg,
+    seed_commitment, self_mask_prg, share_x,
+};
+use crate::error::ProtocolError;
+use crate::ring::RingElement;
+use crate::shamir::{Reconstructor, Share};
+
+/// Check that `resp` carries exactly one correctly labelled share per
+/// neighbour of its sender: a self-mask-seed share for every neighbour in
+/// `u3` (survivors) and a mask-key share for every neighbour in `u2 \ u3`
+/// (shared keys, then dropped).
+pub(super) fn check_response(
+    topo: &Topology,
+    u2: &BTreeSet<MemberId>,
+    u3: &BTreeSet<MemberId>,
+    resp: &UnmaskResponse,
+) -> Result<(), ProtocolError> {
+    let from = resp.from;
+    let neighbours: BTreeSet<MemberId> = topo.neighbours(from).into_iter().collect();
+    let want_seed: BTreeSet<MemberId> = neighbours
+        .iter()
+        .copied()
+        .filter(|v| u3.contains(v))
+        .collect();
+    let want_key: BTreeSet<MemberId> = neighbours
+        .iter()
+        .copied()
+        .filter(|v| u2.contains(v) && !u3.contains(v))
+        .collect();
+    let check_set = |list: &[(MemberId, Share)], want: &BTreeSet<MemberId>, what: &str| {
+        let mut seen = BTreeSet::new();
+        for (owner, share) in list {
+            if !want.contains(owner) || !seen.insert(*owner) || share.x() != share_x(from) {
+                return Err(ProtocolError::Malformed {
+                    member: from,
+                    reason: format!(
+                        "unexpected, repeated or mislabelled {what} share for member {owner}"
+                    ),
+                });
+            }
+        }
+        if &seen != want {
+            return Err(ProtocolError::Malformed {
+                member: from,
+                reason: format!("{} {what} shares, expected {}", seen.len(), want.len()),
+            });
+        }
+        Ok(())
+    };
+    check_set(&resp.seed_shares, &want_seed, "self-mask seed")?;
+    check_set(&resp.key_shares, &want_key, "mask key")
+}
+
+/// What the unmask step reads from the coordinator: the round, its graph, and
+/// what members committed to in the earlier stages.
+pub(super) struct Unmasker<'a> {
+    /// The round configuration.
+    pub cfg: &'a RoundConfig,
+    /// The round's neighbour graph.
+    pub topo: &'a Topology,
+    /// Adverts of U1 (mask public keys check reconstructed mask keys).
+    pub adverts: &'a BTreeMap<MemberId, KeyAdvert>,
+    /// Self-mask-seed commitments of U2.
+    pub commitments: &'a BTreeMap<MemberId, [u8; 32]>,
+}
+
+impl Unmasker<'_> {
+    /// Remove every mask from `acc`, the sum of the masked inputs of `u3`:
+    /// each survivor's self mask (from its reconstructed seed) and, for each
+    /// member of `u2 \ u3`, the pairwise masks its surviving neighbours added
+    /// (from its reconstructed mask key).
+    pub(super) fn unmask<R: RingElement>(
+        &self,
+        u2: &BTreeSet<MemberId>,
+        u3: &BTreeSet<MemberId>,
+        mut acc: Vec<R>,
+        responses: &BTreeMap<MemberId, UnmaskResponse>,
+    ) -> Result<RoundResult<R>, ProtocolError> {
+        let suite = self.cfg.suite;
+        let round = self.cfg.round;
+        let t = self.cfg.params.t;
+        // Group the received shares by owner.
+        let mut seed_shares: BTreeMap<MemberId, Vec<&Share>> = BTreeMap::new();
+        let mut key_shares: BTreeMap<MemberId, Vec<&Share>> = BTreeMap::new();
+        for r in responses.values() {
+            for (owner, s) in &r.seed_shares {
+                seed_shares.entry(*owner).or_default().push(s);
+            }
+            for (owner, s) in &r.key_shares {
+                key_shares.entry(*owner).or_default().push(s);
+            }
+        }
+        // Lagrange coefficients depend only on the set of x-coordinates; owners
+        // answered by the same neighbours reuse them.
+        let mut cache: HashMap<Vec<u32>, Reconstructor> = HashMap::new();
+        let mut rebuild = |owner: MemberId, shares: Option<&Vec<&Share>>, what: &'static str| {
+            let mut shares: Vec<Share> = shares
+                .map(|v| v.iter().map(|s| (*s).clone()).collect())
+                .unwrap_or_default();
+            if shares.len() < t {
+                return Err(ProtocolError::Reconstruction {
+                    member: owner,
+                    what,
+                    have: shares.len(),
+                    need: t,
+                });
+            }
+            shares.sort_by_key(|s| s.x());
+            let xs: Vec<u32> = shares.iter().map(Share::x).collect();
+            let rec = match cache.get(&xs) {
+                Some(r) => r,
+                None => {
+                    let r = Reconstructor::new(&xs, t)?;
+                    cache.entry(xs).or_insert(r)
+                }
+            };
+            Ok(rec.reconstruct(&shares)?)
+        };
+        let mut reconstructions = 0;
+        for &u in u3 {
+            let seed = rebuild(u, seed_shares.get(&u), "self-mask seed")?;
+            let committed = self.commitments.get(&u).copied().unwrap_or_default();
+            if seed_commitment(suite, round, u, &seed) != committed {
+                return Err(ProtocolError::CommitmentMismatch {
+                    member: u,
+                    what: "self-mask seed",
+                });
+            }
+            self_mask_prg(suite, round, u, &seed)?.sub_from(&mut acc)?;
+            reconstructions += 1;
+        }
+        let dropped: Vec<MemberId> = u2.difference(u3).copied().collect();
+        for &v in &dropped {
+            let secret = rebuild(v, key_shares.get(&v), "mask key")?;
+            let advert = self
+                .adverts
+                .get(&v)
+                .ok_or(ProtocolError::NotParticipant(v))?;
+            let public = suite.provider().agreement_public(&secret).map_err(|_| {
+                ProtocolError::CommitmentMismatch {
+                    member: v,
+                    what: "mask key",
+                }
+            })?;
+            if public != advert.mask_public {
+                return Err(ProtocolError::CommitmentMismatch {
+                    member: v,
+                    what: "mask key",
+                });
+            }
+            reconstructions += 1;
+            for u in self.topo.neighbours(v) {
+                if !u3.contains(&u) {
+                    continue;
+                }
+                let peer = self
+                    .adverts
+                    .get(&u)
+                    .ok_or(ProtocolError::NotParticipant(u))?;
+                let prg = pairwise_prg(suite, round, &secret, &peer.mask_public, v, u)?;
+                // u added +mask if v > u, −mask otherwise; undo exactly that.
+                if v > u {
+                    prg.sub_from(&mut acc)?;
+                } else {
+                    prg.add_into(&mut acc)?;
+                }
+            }
+        }
+        Ok(RoundResult {
+            sum: acc,
+            survivors: u3.iter().copied().collect(),
+            dropped,
+            reconstructions,
+        })
+    }
+}

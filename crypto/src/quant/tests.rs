@@ -1,0 +1,371 @@
+//! Unit and property tests of the quantiser.
+
+use super::*;
+use crate::ring::add_assign;
+use proptest::prelude::*;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+type Site = (Vec<f32>, u64);
+
+fn rng(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(seed)
+}
+
+/// Exact-as-f64 weighted mean of the clipped inputs (the decode target).
+fn reference(q: &Quantiser, sites: &[Site]) -> Vec<f64> {
+    let d = sites[0].0.len();
+    let total: f64 = sites
+        .iter()
+        .map(|(_, w)| (*w).min(q.max_weight()) as f64)
+        .sum();
+    (0..d)
+        .map(|i| {
+            sites
+                .iter()
+                .map(|(x, w)| {
+                    (*w).min(q.max_weight()) as f64 * f64::from(x[i]).clamp(-q.clip(), q.clip())
+                })
+                .sum::<f64>()
+                / total
+        })
+        .collect()
+}
+
+fn sum_all<R: RingElement>(
+    q: &Quantiser,
+    sites: &[Site],
+    extras: &[Vec<i64>],
+    seed: u64,
+) -> Vec<R> {
+    let mut r = rng(seed);
+    let mut acc: Option<Vec<R>> = None;
+    for ((x, w), e) in sites.iter().zip(extras) {
+        let enc = q.encode::<R>(x, *w, e, &mut r).expect("encode");
+        match acc.as_mut() {
+            None => acc = Some(enc),
+            Some(a) => add_assign(a, &enc),
+        }
+    }
+    acc.expect("at least one site")
+}
+
+fn assert_close(q: &Quantiser, sites: &[Site], dec: &Decoded) {
+    let want = reference(q, sites);
+    let bound = q.error_bound(sites.len(), dec.total_weight);
+    for (i, (got, want)) in dec.mean.iter().zip(&want).enumerate() {
+        assert!(
+            (got - want).abs() <= bound,
+            "element {i}: got {got}, want {want}, bound {bound}"
+        );
+    }
+}
+
+#[test]
+fn single_site_round_trip() {
+    for ring in [Ring::U32, Ring::U64] {
+        let q = Quantiser::new(&QuantConfig::new(ring, 1.0, 1000, 100)).expect("config");
+        let x = vec![0.5f32, -0.25, 0.0, 1.0, -1.0, 0.123_456_79, 7.0, -9.5];
+        let sites = vec![(x.clone(), 37)];
+        let extras = vec![vec![3, -4]];
+        let dec = match ring {
+            Ring::U32 => q.decode(&sum_all::<u32>(&q, &sites, &extras, 1), x.len(), 1),
+            Ring::U64 => q.decode(&sum_all::<u64>(&q, &sites, &extras, 1), x.len(), 1),
+        }
+        .expect("decode");
+        assert_eq!(dec.total_weight, 37);
+        assert_eq!(dec.extras, vec![3, -4]);
+        assert_close(&q, &sites, &dec);
+        // Clipping applied: 7.0 → 1.0, -9.5 → -1.0.
+        assert!((dec.mean[6] - 1.0).abs() <= q.error_bound(1, 37));
+        assert!((dec.mean[7] + 1.0).abs() <= q.error_bound(1, 37));
+    }
+}
+
+#[test]
+fn unbiased_rounding() {
+    // scale 1, weight 1: each element is SR(±0.3) ∈ {0, 1} or {-1, 0}.
+    let cfg = QuantConfig {
+        scale: Some(1.0),
+        min_levels: 0,
+        ..QuantConfig::new(Ring::U64, 1.0, 1, 1)
+    };
+    let q = Quantiser::new(&cfg).expect("config");
+    let trials = 200_000;
+    let mut r = rng(42);
+    for target in [0.3f32, -0.3] {
+        let enc = q
+            .encode::<u64>(&vec![target; trials], 1, &[], &mut r)
+            .expect("encode");
+        let mean = enc[..trials]
+            .iter()
+            .map(|v| v.to_signed() as f64)
+            .sum::<f64>()
+            / trials as f64;
+        // Bernoulli(0.3): σ = √(0.21 / n) ≈ 0.001; allow 5σ.
+        let se = (0.21f64 / trials as f64).sqrt();
+        assert!(
+            (mean - f64::from(target)).abs() < 5.0 * se,
+            "mean {mean} for {target}"
+        );
+        assert!(enc[..trials].iter().all(|v| {
+            let s = v.to_signed();
+            if target > 0.0 {
+                s == 0 || s == 1
+            } else {
+                s == -1 || s == 0
+            }
+        }));
+    }
+}
+
+#[test]
+fn extremes_do_not_overflow() {
+    for ring in [Ring::U32, Ring::U64] {
+        let (n, w) = (50usize, 1000u64);
+        let q = Quantiser::new(&QuantConfig::new(ring, 0.5, w, n)).expect("config");
+        for sign in [1.0f32, -1.0] {
+            // Values beyond the clip and weights beyond the cap: worst case.
+            let sites: Vec<_> = (0..n).map(|_| (vec![sign * 3.0; 4], w * 10)).collect();
+            let bound = q.extra_bound();
+            let extras: Vec<_> = (0..n).map(|_| vec![bound, -bound]).collect();
+            let dec = match ring {
+                Ring::U32 => q.decode(&sum_all::<u32>(&q, &sites, &extras, 9), 4, n),
+                Ring::U64 => q.decode(&sum_all::<u64>(&q, &sites, &extras, 9), 4, n),
+            }
+            .expect("decode");
+            assert_eq!(dec.total_weight, n as u64 * w);
+            assert_eq!(dec.extras, vec![bound * n as i64, -bound * n as i64]);
+            for m in &dec.mean {
+                assert!((m - f64::from(sign) * 0.5).abs() <= q.error_bound(n, n as u64 * w));
+            }
+        }
+    }
+}
+
+#[test]
+fn auto_scale_is_tight() {
+    let q = Quantiser::new(&QuantConfig::new(Ring::U32, 2.0, 100, 10)).expect("config");
+    let m = Ring::U32.max_signed() as f64;
+    let worst = 10.0 * 100.0 * (q.levels() + 1.0);
+    assert!(worst <= m && worst > m * (1.0 - 1e-9), "{worst} vs {m}");
+    assert_eq!(q.scale() * 2.0, q.levels());
+}
+
+#[test]
+fn config_errors() {
+    let base = QuantConfig::new(Ring::U32, 1.0, 100, 100);
+    let bad = |cfg: QuantConfig| Quantiser::new(&cfg).unwrap_err();
+    for clip in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        assert!(matches!(
+            bad(QuantConfig { clip, ..base }),
+            QuantError::InvalidClip { .. }
+        ));
+    }
+    assert_eq!(
+        bad(QuantConfig {
+            max_weight: 0,
+            ..base
+        }),
+        QuantError::ZeroMaxWeight
+    );
+    assert_eq!(
+        bad(QuantConfig {
+            max_cohort: 0,
+            ..base
+        }),
+        QuantError::ZeroMaxCohort
+    );
+    let e = bad(QuantConfig {
+        scale: Some(f64::NAN),
+        ..base
+    });
+    assert!(matches!(e, QuantError::InvalidScale { .. }));
+
+    // Explicit scale that overflows u32.
+    let e = bad(QuantConfig {
+        scale: Some(1e9),
+        ..base
+    });
+    assert!(matches!(e, QuantError::Overflow { .. }));
+    let msg = e.to_string();
+    for needle in [
+        "max_cohort (100)",
+        "max_weight (100)",
+        "u32",
+        "ring = \"u64\"",
+        "lower max_weight",
+        "cohort size",
+        "clip/scale",
+        "2147483647",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing from {msg}");
+    }
+
+    // Auto scale leaves too few levels in u32; fine in u64.
+    let coarse = QuantConfig::new(Ring::U32, 1.0, 1000, 10_000);
+    let e = bad(coarse);
+    assert!(matches!(e, QuantError::TooCoarse { .. }));
+    let msg = e.to_string();
+    for needle in [
+        "min_levels = 1024",
+        "ring = \"u64\"",
+        "lower max_weight",
+        "cohort size",
+        "10000",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing from {msg}");
+    }
+    assert!(
+        Quantiser::new(&QuantConfig {
+            ring: Ring::U64,
+            ..coarse
+        })
+        .is_ok()
+    );
+
+    // Explicit scale that is safe but too small points at the scale.
+    let e = bad(QuantConfig {
+        scale: Some(10.0),
+        ..base
+    });
+    assert!(e.to_string().contains("raise scale"), "{e}");
+
+    // Weight slot alone overflows.
+    let e = bad(QuantConfig::new(Ring::U32, 1.0, 1 << 16, 1 << 16));
+    assert!(matches!(e, QuantError::WeightOverflow { .. }));
+    assert!(e.to_string().contains("4294967296"), "{e}");
+}
+
+#[test]
+fn encode_errors() {
+    let q = Quantiser::new(&QuantConfig::new(Ring::U32, 1.0, 100, 100)).expect("config");
+    let mut r = rng(3);
+    for (bad, idx) in [(f32::NAN, 2), (f32::INFINITY, 0), (f32::NEG_INFINITY, 4)] {
+        let mut x = vec![0.1f32; 5];
+        x[idx] = bad;
+        let e = q.encode::<u32>(&x, 1, &[], &mut r).unwrap_err();
+        assert!(
+            matches!(e, QuantError::NonFinite { index, .. } if index == idx),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&format!("element {idx}")), "{e}");
+    }
+    assert_eq!(
+        q.encode::<u32>(&[0.1], 0, &[], &mut r),
+        Err(QuantError::ZeroWeight)
+    );
+    let e = q.encode::<u64>(&[0.1], 1, &[], &mut r).unwrap_err();
+    assert!(matches!(e, QuantError::RingMismatch { .. }));
+    assert_eq!(
+        e.to_string(),
+        "quantiser is configured for ring u32 but was asked to use u64"
+    );
+    let too_big = q.extra_bound() + 1;
+    let e = q
+        .encode::<u32>(&[0.1], 1, &[0, -too_big], &mut r)
+        .unwrap_err();
+    assert!(
+        matches!(e, QuantError::ExtraOutOfRange { index: 1, .. }),
+        "{e}"
+    );
+    // Weight above the cap is capped, not rejected.
+    let enc = q
+        .encode::<u32>(&[0.1], 1_000_000, &[], &mut r)
+        .expect("capped");
+    assert_eq!(enc[1], 100);
+}
+
+#[test]
+fn decode_errors() {
+    let q = Quantiser::new(&QuantConfig::new(Ring::U64, 1.0, 100, 10)).expect("config");
+    let mut r = rng(4);
+    let enc = q
+        .encode::<u64>(&[0.5, -0.5], 3, &[], &mut r)
+        .expect("encode");
+    assert!(matches!(
+        q.decode(&enc, 2, 0),
+        Err(QuantError::NoContributors)
+    ));
+    assert!(matches!(
+        q.decode(&enc, 2, 11),
+        Err(QuantError::TooManyContributors { .. })
+    ));
+    assert!(matches!(
+        q.decode(&enc, 3, 1),
+        Err(QuantError::LengthMismatch { .. })
+    ));
+    assert_eq!(
+        q.decode(&[0u64, 0, 0], 2, 1),
+        Err(QuantError::ZeroTotalWeight)
+    );
+    // An uncancelled mask looks like a huge value: rejected, not decoded.
+    let mut masked = enc.clone();
+    masked[0] = masked[0].wrapping_add(0x1234_5678_9abc_def0);
+    let e = q.decode(&masked, 2, 1).unwrap_err();
+    assert!(matches!(e, QuantError::OutOfRange { slot: 0, .. }), "{e}");
+    let mut heavy = enc;
+    heavy[2] = 101;
+    assert!(matches!(
+        q.decode(&heavy, 2, 1),
+        Err(QuantError::OutOfRange { slot: 2, .. })
+    ));
+}
+
+#[test]
+fn negative_values() {
+    let q = Quantiser::new(&QuantConfig::new(Ring::U32, 1.0, 10, 4)).expect("config");
+    let sites = vec![
+        (vec![-0.75f32, -1.5, -0.001], 3),
+        (vec![-0.25f32, 0.5, -0.002], 1),
+    ];
+    let extras = vec![vec![-5], vec![-7]];
+    let dec = q
+        .decode(&sum_all::<u32>(&q, &sites, &extras, 5), 3, 2)
+        .expect("decode");
+    assert_eq!(dec.extras, vec![-12]);
+    assert_close(&q, &sites, &dec);
+    assert!((dec.mean[0] + 0.625).abs() <= q.error_bound(2, 4));
+}
+
+/// (model length, sites as (update, weight), per-site extras).
+type Case = (usize, Vec<Site>, Vec<Vec<i64>>);
+
+fn sites_strategy() -> impl Strategy<Value = Case> {
+    (1usize..=16, 1usize..=24).prop_flat_map(|(d, n)| {
+        let site = (prop::collection::vec(-3.0f32..3.0, d), 1u64..=1500);
+        (
+            Just(d),
+            prop::collection::vec(site, n),
+            prop::collection::vec(prop::collection::vec(-1000i64..1000, 2), n),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn many_sites_within_bound(
+        (d, sites, extras) in sites_strategy(),
+        clip in 0.01f64..4.0,
+        seed in any::<u64>(),
+    ) {
+        for ring in [Ring::U32, Ring::U64] {
+            let q = Quantiser::new(&QuantConfig::new(ring, clip, 1000, 32)).expect("config");
+            let dec = match ring {
+                Ring::U32 => q.decode(&sum_all::<u32>(&q, &sites, &extras, seed), d, sites.len()),
+                Ring::U64 => q.decode(&sum_all::<u64>(&q, &sites, &extras, seed), d, sites.len()),
+            }.expect("decode");
+            let total: u64 = sites.iter().map(|(_, w)| (*w).min(1000)).sum();
+            prop_assert_eq!(dec.total_weight, total);
+            let want_extras: Vec<i64> = (0..2).map(|j| extras.iter().map(|e| e[j]).sum()).collect();
+            prop_assert_eq!(&dec.extras, &want_extras);
+            let want = reference(&q, &sites);
+            let bound = q.error_bound(sites.len(), total);
+            for (got, want) in dec.mean.iter().zip(&want) {
+                prop_assert!((got - want).abs() <= bound, "{} vs {} (bound {})", got, want, bound);
+            }
+        }
+    }
+}
