@@ -25,5 +25,7 @@ pub mod v1 {
     tonic::include_proto!("confide.v1");
 }
 
+pub mod model;
+
 /// Largest data payload of one model or masked-input chunk (1 MiB).
 pub const CHUNK_BYTES: usize = 1 << 20;
