@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use confide_crypto::Stage;
 use confide_crypto::suite::SigningKey;
-use confide_crypto::{Stage, Suite};
-use serde::Deserialize;
+use confide_proto::keys;
 
 use crate::error::ClientError;
 
@@ -156,60 +156,28 @@ pub struct SiteReport {
     pub vanished: bool,
 }
 
-/// The signing-key file `confide certs` writes: `suite = "intl"`,
-/// `secret = "<64 hex digits>"`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SigningKeyFile {
-    suite: String,
-    secret: String,
-}
-
-/// Parses a signing-key TOML document.
+/// Parses a signing-key TOML document (format: [`confide_proto::keys`]).
 pub fn parse_signing_key(text: &str) -> Result<SigningKey, String> {
-    let file: SigningKeyFile =
-        toml::from_str(text).map_err(|e| format!("not a valid key file: {}", e.message()))?;
-    let suite: Suite = file.suite.parse().map_err(|_| {
-        format!(
-            "unknown suite '{}': expected \"intl\" or \"gm\"",
-            file.suite
-        )
-    })?;
-    let bytes = hex::decode(file.secret.trim()).map_err(|e| format!("secret is not hex: {e}"))?;
-    if bytes.len() != 32 {
-        return Err(format!(
-            "secret must be 32 bytes (64 hex digits), got {} bytes",
-            bytes.len()
-        ));
-    }
-    SigningKey::from_bytes(suite, &bytes)
-        .map_err(|e| format!("secret is not a valid {suite} signing key: {e}"))
+    keys::parse_signing_key(text).map_err(|e| e.to_string())
 }
 
 /// Reads and parses a signing-key file.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, ClientError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ClientError::SigningKey {
+    keys::load_signing_key(path).map_err(|e| ClientError::SigningKey {
         path: path.to_path_buf(),
-        reason: format!("unreadable: {e}"),
-    })?;
-    parse_signing_key(&text).map_err(|reason| ClientError::SigningKey {
-        path: path.to_path_buf(),
-        reason,
+        reason: match e {
+            keys::KeyFileError::Read { source, .. } => format!("unreadable: {source}"),
+            other => other.to_string(),
+        },
     })
 }
 
-/// The signing-key TOML for `key` (what `confide certs` writes).
-pub fn signing_key_toml(key: &SigningKey) -> String {
-    format!(
-        "suite = \"{}\"\nsecret = \"{}\"\n",
-        key.suite(),
-        hex::encode(key.secret_bytes())
-    )
-}
+pub use confide_proto::keys::signing_key_toml;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use confide_crypto::Suite;
 
     #[test]
     fn signing_key_round_trips_for_both_suites() {

@@ -1,54 +1,37 @@
-//! Pure pieces of the site's wire handling: the vector layouts of each round
-//! kind, chunking a vector for upload, reassembling a model download with
-//! bounds, and the reconnect backoff schedule. No I/O, so all of it is unit
-//! tested.
+//! Pure pieces of the site's wire handling: the site's side of the shared
+//! vector layouts ([`confide_proto::layout`], fed from its own training
+//! results), reassembling a model download with bounds, and the reconnect
+//! backoff schedule. No I/O, so all of it is unit tested.
 
 use std::time::Duration;
 
 use confide_crypto::quant::Quantiser;
-use confide_crypto::ring::{self, RingElement};
-use confide_crypto::stats::{encode_stats, stats_len};
-use confide_proto::{CHUNK_BYTES, v1};
+use confide_crypto::ring::RingElement;
+use confide_proto::layout::{self, LayoutError, Metrics};
+use confide_proto::v1;
 use rand::{CryptoRng, Rng};
 
 use crate::error::ClientError;
 use crate::train::{EvalResult, FeatureStats};
 
-/// Number of metric slots after the weight slot: correct, examples, loss·1000.
-pub const EXTRA_SLOTS: usize = 3;
+pub use confide_proto::layout::{EVAL_LEN, EXTRA_SLOTS, masked_input_chunks, train_len};
 
 /// Hard ceiling on a downloaded model, whatever the coordinator announces (4 GiB).
 pub const MAX_MODEL_BYTES: u64 = 4 << 30;
 
-/// Length of a TRAIN vector for a model with `d` parameters.
-pub fn train_len(d: usize) -> usize {
-    d + 1 + EXTRA_SLOTS
+/// The metric slots of an evaluation ([`Metrics`] in the shared layout).
+pub fn metrics(e: &EvalResult) -> Metrics {
+    Metrics::new(e.correct, e.num_examples, e.loss_sum)
 }
-
-/// Length of an EVALUATE vector.
-pub const EVAL_LEN: usize = 1 + EXTRA_SLOTS;
 
 /// The metric slots of an evaluation: `[correct, examples, round(loss_sum·1000)]`.
 pub fn eval_extras(e: &EvalResult) -> [i64; EXTRA_SLOTS] {
-    let loss_milli = (e.loss_sum * 1000.0).round();
-    let loss_milli = if loss_milli.is_finite() {
-        loss_milli as i64
-    } else {
-        i64::MAX
-    };
-    [
-        i64::try_from(e.correct).unwrap_or(i64::MAX),
-        i64::try_from(e.num_examples).unwrap_or(i64::MAX),
-        loss_milli,
-    ]
+    metrics(e).slots()
 }
 
 /// Refuses NaN and infinities in a local update before anything is quantised.
 pub fn check_finite(update: &[f32]) -> Result<(), ClientError> {
-    match update.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-        Some((index, &value)) => Err(ClientError::NonFiniteUpdate { index, value }),
-        None => Ok(()),
-    }
+    Ok(layout::check_finite(update)?)
 }
 
 /// TRAIN: `[q(delta)…, weight, correct, examples, loss_milli]`.
@@ -59,9 +42,13 @@ pub fn train_vector<R: RingElement>(
     eval: Option<&EvalResult>,
     rng: &mut impl CryptoRng,
 ) -> Result<Vec<R>, ClientError> {
-    check_finite(delta)?;
-    let extras = eval.map(eval_extras).unwrap_or_default();
-    Ok(q.encode::<R>(delta, weight, &extras, rng)?)
+    Ok(layout::train_vector(
+        q,
+        delta,
+        weight,
+        eval.map(metrics),
+        rng,
+    )?)
 }
 
 /// EVALUATE: `[1, correct, examples, loss_milli]`.
@@ -70,7 +57,7 @@ pub fn eval_vector<R: RingElement>(
     eval: &EvalResult,
     rng: &mut impl CryptoRng,
 ) -> Result<Vec<R>, ClientError> {
-    Ok(q.encode::<R>(&[], 1, &eval_extras(eval), rng)?)
+    Ok(layout::eval_vector(q, metrics(eval), rng)?)
 }
 
 /// STATISTICS: `[Σx·2^b…, Σx²·2^b…, n]` in the u64 ring.
@@ -79,30 +66,22 @@ pub fn stats_vector(
     bits: u32,
     max_cohort: usize,
 ) -> Result<Vec<u64>, ClientError> {
-    let v = encode_stats(&stats.sum, &stats.sum_sq, stats.n, bits, max_cohort)?;
-    debug_assert_eq!(v.len(), stats_len(stats.sum.len()));
-    Ok(v)
+    Ok(layout::statistics_vector(stats, bits, max_cohort)?)
 }
 
-/// Splits a vector into `SubmitMaskedInput` chunks of at most
-/// [`CHUNK_BYTES`] each; offsets and `total_len` count elements.
-pub fn masked_input_chunks<R: RingElement>(
-    session: &str,
-    round: u64,
-    v: &[R],
-) -> Vec<v1::MaskedInputChunk> {
-    let per_chunk = (CHUNK_BYTES / R::RING.bytes()).max(1);
-    let total_len = v.len() as u64;
-    v.chunks(per_chunk)
-        .enumerate()
-        .map(|(i, c)| v1::MaskedInputChunk {
-            session: session.to_string(),
-            round,
-            offset: (i * per_chunk) as u64,
-            total_len,
-            data: ring::to_le_bytes(c),
-        })
-        .collect()
+impl From<LayoutError> for ClientError {
+    fn from(e: LayoutError) -> Self {
+        match e {
+            LayoutError::NonFinite { index, value } => {
+                ClientError::NonFiniteUpdate { index, value }
+            }
+            LayoutError::Quant(q) => ClientError::Quant(q),
+            LayoutError::Stats(s) => ClientError::Stats(s),
+            LayoutError::StatisticsRing(ring) => {
+                ClientError::InvalidRound(format!("statistics rounds use the u64 ring, not {ring}"))
+            }
+        }
+    }
 }
 
 /// Reassembles a streamed model: chunks must arrive in order, agree on the
@@ -247,7 +226,9 @@ mod tests {
     use super::*;
     use confide_crypto::Ring;
     use confide_crypto::quant::QuantConfig;
-    use confide_crypto::stats::decode_stats;
+    use confide_crypto::ring;
+    use confide_crypto::stats::{decode_stats, stats_len};
+    use confide_proto::CHUNK_BYTES;
 
     fn quantiser(ring: Ring) -> Result<Quantiser, ClientError> {
         Ok(Quantiser::new(&QuantConfig {

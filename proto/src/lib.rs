@@ -25,7 +25,11 @@ pub mod v1 {
     tonic::include_proto!("confide.v1");
 }
 
+pub mod convert;
+pub mod keys;
+pub mod layout;
 pub mod model;
+pub mod standardise;
 
 /// Largest data payload of one model or masked-input chunk (1 MiB).
 pub const CHUNK_BYTES: usize = 1 << 20;

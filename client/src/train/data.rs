@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 
-use ndarray::{Array1, Array2, Axis};
+use ndarray::{Array2, Axis};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -270,121 +270,62 @@ impl Dataset {
     }
 }
 
-/// Per-feature count, sum and sum of squares: additive across sites.
+pub use confide_proto::standardise::{FeatureStats, STD_FLOOR};
+
+/// Maps each feature to `(x - mean) / std`: the shared
+/// [`confide_proto::standardise::Standardiser`] (one formula for the
+/// coordinator that derives it and every site that applies it), applied to
+/// a [`Dataset`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FeatureStats {
-    /// Number of rows.
-    pub n: u64,
-    /// Per-feature sum of values.
-    pub sum: Vec<f64>,
-    /// Per-feature sum of squared values.
-    pub sum_sq: Vec<f64>,
-}
-
-impl FeatureStats {
-    /// Adds another site's statistics (the plaintext version of the secure sum).
-    pub fn add(&mut self, other: &FeatureStats) -> Result<()> {
-        if self.sum.len() != other.sum.len() || other.sum.len() != other.sum_sq.len() {
-            return Err(TrainError::InvalidStats(format!(
-                "cannot add statistics over {} and {} features",
-                self.sum.len(),
-                other.sum.len()
-            )));
-        }
-        self.n += other.n;
-        self.sum
-            .iter_mut()
-            .zip(&other.sum)
-            .for_each(|(a, b)| *a += b);
-        self.sum_sq
-            .iter_mut()
-            .zip(&other.sum_sq)
-            .for_each(|(a, b)| *a += b);
-        Ok(())
-    }
-}
-
-/// Smallest standard deviation used, so constant features map to 0 instead of NaN.
-pub const STD_FLOOR: f64 = 1e-6;
-
-/// Maps each feature to `(x - mean) / std`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Standardiser {
-    mean: Vec<f64>,
-    std: Vec<f64>,
-}
+pub struct Standardiser(confide_proto::standardise::Standardiser);
 
 impl Standardiser {
     /// Builds the standardiser from statistics summed over all sites, using
     /// the population standard deviation (as scikit-learn's `StandardScaler`).
     pub fn from_global(stats: &FeatureStats) -> Result<Self> {
-        if stats.n == 0 {
-            return Err(TrainError::InvalidStats("row count is zero".into()));
-        }
-        if stats.sum.len() != stats.sum_sq.len() {
-            return Err(TrainError::InvalidStats(format!(
-                "{} sums but {} sums of squares",
-                stats.sum.len(),
-                stats.sum_sq.len()
-            )));
-        }
-        let n = stats.n as f64;
-        let mut mean = Vec::with_capacity(stats.sum.len());
-        let mut std = Vec::with_capacity(stats.sum.len());
-        for (j, (&s, &q)) in stats.sum.iter().zip(&stats.sum_sq).enumerate() {
-            if !s.is_finite() || !q.is_finite() {
-                return Err(TrainError::InvalidStats(format!(
-                    "feature {j} has a non-finite sum"
-                )));
-            }
-            let m = s / n;
-            // Cancellation can push the variance slightly below zero.
-            let var = (q / n - m * m).max(0.0);
-            mean.push(m);
-            std.push(var.sqrt().max(STD_FLOOR));
-        }
-        Ok(Self { mean, std })
+        Ok(Self(confide_proto::standardise::Standardiser::from_global(
+            stats,
+        )?))
     }
 
-    /// Rebuilds a stored standardiser.
+    /// Rebuilds an announced standardiser.
     pub fn new(mean: Vec<f64>, std: Vec<f64>) -> Result<Self> {
-        if mean.len() != std.len() {
-            return Err(TrainError::InvalidStats(format!(
-                "{} means but {} standard deviations",
-                mean.len(),
-                std.len()
-            )));
-        }
-        if mean.iter().chain(&std).any(|v| !v.is_finite()) || std.iter().any(|&s| s <= 0.0) {
-            return Err(TrainError::InvalidStats(
-                "means must be finite and standard deviations positive".into(),
-            ));
-        }
-        Ok(Self { mean, std })
+        Ok(Self(confide_proto::standardise::Standardiser::new(
+            mean, std,
+        )?))
     }
 
     /// Per-feature means.
     pub fn mean(&self) -> &[f64] {
-        &self.mean
+        self.0.mean()
     }
 
     /// Per-feature standard deviations (floored at [`STD_FLOOR`]).
     pub fn std(&self) -> &[f64] {
-        &self.std
+        self.0.std()
     }
 
     /// Standardises `data` in place.
     pub fn apply(&self, data: &mut Dataset) -> Result<()> {
-        if data.num_features() != self.mean.len() {
+        if data.num_features() != self.0.features() {
             return Err(TrainError::FeatureMismatch {
-                expected: self.mean.len(),
+                expected: self.0.features(),
                 found: data.num_features(),
             });
         }
-        let mean: Array1<f32> = self.mean.iter().map(|&m| m as f32).collect();
-        let inv_std: Array1<f32> = self.std.iter().map(|&s| (1.0 / s) as f32).collect();
-        data.features -= &mean;
-        data.features *= &inv_std;
+        if data.is_empty() {
+            return Ok(());
+        }
+        match data.features.as_slice_mut() {
+            Some(rows) => self.0.apply_rows(rows)?,
+            None => {
+                for mut row in data.features.rows_mut() {
+                    let mut r = row.to_vec();
+                    self.0.apply_rows(&mut r)?;
+                    row.iter_mut().zip(r).for_each(|(x, v)| *x = v);
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -123,3 +123,49 @@ pub enum TrainError {
     #[error("training diverged: non-finite loss in epoch {epoch} (try a lower learning rate)")]
     Diverged { epoch: usize },
 }
+
+impl From<confide_proto::model::ModelError> for TrainError {
+    fn from(e: confide_proto::model::ModelError) -> Self {
+        use confide_proto::model::ModelError as M;
+        match e {
+            M::TensorSize {
+                shape,
+                expected,
+                found,
+            } => TrainError::TensorSize {
+                shape,
+                expected,
+                found,
+            },
+            M::FlatLength { expected, found } => TrainError::FlatLength { expected, found },
+            M::LayoutMismatch { name } => TrainError::LayoutMismatch { name },
+            M::ShapeMismatch {
+                name,
+                expected,
+                found,
+            } => TrainError::ShapeMismatch {
+                name,
+                expected,
+                found,
+            },
+            M::File(reason) => TrainError::ModelFile(reason),
+            M::Spec(reason) => TrainError::InvalidConfig(reason),
+        }
+    }
+}
+
+impl From<confide_proto::standardise::StatsError> for TrainError {
+    fn from(e: confide_proto::standardise::StatsError) -> Self {
+        use confide_proto::standardise::StatsError as S;
+        match e {
+            S::FeatureMismatch { expected, found } => {
+                TrainError::FeatureMismatch { expected, found }
+            }
+            S::NoRows
+            | S::Mismatch { .. }
+            | S::AddMismatch { .. }
+            | S::NonFiniteSum { .. }
+            | S::BadParameters => TrainError::InvalidStats(e.to_string()),
+        }
+    }
+}

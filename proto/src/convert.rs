@@ -1,0 +1,565 @@
+//! Lossless conversions between the wire messages (`confide_proto::v1`) and
+//! the protocol types of `confide_crypto`, in both directions, so the site and
+//! the coordinator agree on one mapping. Checks on the way in are structural
+//! (lengths, enums, ranges); the state machines check the semantics.
+//! Messages are destructured field by field, so a field added to the
+//! `.proto` is a compile error here until it is mapped or consciously
+//! skipped.
+//!
+//! ```text
+//!  v1::RoundStart      ──round_config──▶  RoundConfig  ──round_start──▶ v1::RoundStart
+//!  v1::KeyAdvert       ◀─────────────────▶ KeyAdvert
+//!  v1::NeighbourKeys   ◀─────────────────▶ NeighbourKeys      (identity = verifying_key;
+//!                                                              site + certificate relayed)
+//!  v1::ShareKeysRequest◀─────────────────▶ ShareBundle
+//!  v1::IncomingShares  ◀─────────────────▶ IncomingShares
+//!  v1::UnmaskRequest   ◀─────────────────▶ UnmaskRequest
+//!  v1::UnmaskResponse  ◀─────────────────▶ UnmaskResponse     (44-byte shares)
+//!  v1::Quantisation    ──quant_config───▶ QuantConfig
+//! ```
+
+use crate::v1;
+use confide_crypto::graph::SecAggParams;
+use confide_crypto::protocol::{
+    EncryptedShare, IncomingShares, KeyAdvert, NeighbourKeys, RelayedAdvert, ShareBundle,
+    UnmaskRequest, UnmaskResponse,
+};
+use confide_crypto::quant::QuantConfig;
+use confide_crypto::shamir::Share;
+use confide_crypto::{MemberId, Ring, RoundConfig, Suite};
+
+/// A wire message that does not convert; `field` names the offending field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ConvertError {
+    /// Field path, for example `round_start.graph_seed`.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> ConvertError {
+    ConvertError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Largest vector a round may announce: 2^31 elements (8 GiB of u32), far
+/// above any model this project trains, but small enough to refuse nonsense
+/// before anything is allocated.
+pub const MAX_VECTOR_LEN: u64 = 1 << 31;
+
+/// The cryptographic part of a round announcement.
+pub fn round_config(rs: &v1::RoundStart) -> Result<RoundConfig, ConvertError> {
+    let suite: Suite = rs
+        .suite
+        .parse()
+        .map_err(|_| bad("round_start.suite", format!("unknown suite '{}'", rs.suite)))?;
+    let ring: Ring = rs
+        .ring
+        .parse()
+        .map_err(|_| bad("round_start.ring", format!("unknown ring '{}'", rs.ring)))?;
+    let graph_seed: [u8; 32] = rs.graph_seed.as_slice().try_into().map_err(|_| {
+        bad(
+            "round_start.graph_seed",
+            format!("must be 32 bytes, got {}", rs.graph_seed.len()),
+        )
+    })?;
+    if rs.vector_len == 0 || rs.vector_len > MAX_VECTOR_LEN {
+        return Err(bad(
+            "round_start.vector_len",
+            format!(
+                "must be between 1 and {MAX_VECTOR_LEN}, got {}",
+                rs.vector_len
+            ),
+        ));
+    }
+    if rs.cohort.is_empty() {
+        return Err(bad("round_start.cohort", "empty"));
+    }
+    Ok(RoundConfig {
+        round: rs.round,
+        suite,
+        ring,
+        cohort: rs.cohort.clone(),
+        params: SecAggParams {
+            k: rs.k as usize,
+            t: rs.t as usize,
+        },
+        graph_seed,
+        vector_len: rs.vector_len as usize,
+        min_survivors: rs.min_survivors as usize,
+    })
+}
+
+/// A `RoundStart` carrying `cfg` for `member`; the non-cryptographic fields
+/// (kind, quantisation, training, …) are left at their defaults for the
+/// caller to fill in.
+pub fn round_start(cfg: &RoundConfig, member: MemberId) -> v1::RoundStart {
+    v1::RoundStart {
+        round: cfg.round,
+        member,
+        cohort: cfg.cohort.clone(),
+        suite: cfg.suite.name().to_string(),
+        ring: cfg.ring.to_string(),
+        k: u32::try_from(cfg.params.k).unwrap_or(u32::MAX),
+        t: u32::try_from(cfg.params.t).unwrap_or(u32::MAX),
+        graph_seed: cfg.graph_seed.to_vec(),
+        vector_len: cfg.vector_len as u64,
+        min_survivors: u32::try_from(cfg.min_survivors).unwrap_or(u32::MAX),
+        ..Default::default()
+    }
+}
+
+/// The quantiser settings of a round (`min_levels = 1`: the coordinator
+/// already chose the scale, the site must not second-guess it).
+pub fn quant_config(q: Option<&v1::Quantisation>, ring: Ring) -> Result<QuantConfig, ConvertError> {
+    let v1::Quantisation {
+        clip,
+        scale,
+        max_weight,
+        max_cohort,
+    } = q.ok_or_else(|| bad("round_start.quantisation", "missing"))?;
+    if !(scale.is_finite() && *scale > 0.0) {
+        return Err(bad(
+            "round_start.quantisation.scale",
+            format!("must be a positive number, got {scale}"),
+        ));
+    }
+    Ok(QuantConfig {
+        ring,
+        clip: *clip,
+        max_weight: *max_weight,
+        max_cohort: *max_cohort as usize,
+        scale: Some(*scale),
+        min_levels: 1,
+    })
+}
+
+/// Crypto → wire.
+pub fn key_advert_to_proto(a: &KeyAdvert) -> v1::KeyAdvert {
+    let KeyAdvert {
+        round,
+        member,
+        enc_public,
+        mask_public,
+        signature,
+    } = a;
+    v1::KeyAdvert {
+        round: *round,
+        member: *member,
+        enc_public: enc_public.clone(),
+        mask_public: mask_public.clone(),
+        signature: signature.clone(),
+    }
+}
+
+/// Wire → crypto.
+pub fn key_advert_from_proto(a: &v1::KeyAdvert) -> KeyAdvert {
+    let v1::KeyAdvert {
+        round,
+        member,
+        enc_public,
+        mask_public,
+        signature,
+    } = a;
+    KeyAdvert {
+        round: *round,
+        member: *member,
+        enc_public: enc_public.clone(),
+        mask_public: mask_public.clone(),
+        signature: signature.clone(),
+    }
+}
+
+/// Crypto → wire; the identity travels as `verifying_key`, with no site
+/// name or certificate (insecure mode and tests).
+pub fn neighbour_keys_to_proto(m: &NeighbourKeys) -> v1::NeighbourKeys {
+    neighbour_keys_with_certificates(m, |_| None)
+}
+
+/// The site name and certificate (DER) the coordinator relays with one
+/// member's advert, so neighbours can check the key binding themselves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RelayedIdentity {
+    /// The member's site name.
+    pub site: String,
+    /// The certificate the member presented over mTLS.
+    pub certificate: Vec<u8>,
+}
+
+/// Crypto → wire, as the coordinator relays it: `identity_of(member)` gives
+/// the site name and certificate to attach (empty when `None`).
+pub fn neighbour_keys_with_certificates<'a>(
+    m: &NeighbourKeys,
+    identity_of: impl Fn(MemberId) -> Option<&'a RelayedIdentity>,
+) -> v1::NeighbourKeys {
+    let NeighbourKeys { round, adverts } = m;
+    v1::NeighbourKeys {
+        round: *round,
+        adverts: adverts
+            .iter()
+            .map(|r| {
+                let RelayedAdvert { advert, identity } = r;
+                let (site, certificate) = identity_of(advert.member)
+                    .map(|i| (i.site.clone(), i.certificate.clone()))
+                    .unwrap_or_default();
+                v1::RelayedAdvert {
+                    advert: Some(key_advert_to_proto(advert)),
+                    verifying_key: identity.clone(),
+                    certificate,
+                    site,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Wire → crypto; the identity is the relayed `verifying_key`, which must be
+/// present.
+pub fn neighbour_keys_from_proto(m: &v1::NeighbourKeys) -> Result<NeighbourKeys, ConvertError> {
+    let v1::NeighbourKeys {
+        round,
+        adverts: relayed,
+    } = m;
+    let mut adverts = Vec::with_capacity(relayed.len());
+    for r in relayed {
+        // Site name and certificate are for the identity check
+        // (`confide_client::identity`), not for the crypto machine.
+        let v1::RelayedAdvert {
+            advert,
+            verifying_key,
+            certificate: _,
+            site: _,
+        } = r;
+        let advert = advert
+            .as_ref()
+            .ok_or_else(|| bad("neighbour_keys.adverts.advert", "missing"))?;
+        if verifying_key.is_empty() {
+            return Err(bad(
+                "neighbour_keys.adverts.verifying_key",
+                format!("empty for member {}", advert.member),
+            ));
+        }
+        adverts.push(RelayedAdvert {
+            advert: key_advert_from_proto(advert),
+            identity: verifying_key.clone(),
+        });
+    }
+    Ok(NeighbourKeys {
+        round: *round,
+        adverts,
+    })
+}
+
+/// Crypto → wire.
+pub fn share_to_proto(e: &EncryptedShare) -> v1::EncryptedShare {
+    let EncryptedShare {
+        from,
+        to,
+        ciphertext,
+    } = e;
+    v1::EncryptedShare {
+        from: *from,
+        to: *to,
+        ciphertext: ciphertext.clone(),
+    }
+}
+
+fn share_from_proto(e: &v1::EncryptedShare) -> EncryptedShare {
+    let v1::EncryptedShare {
+        from,
+        to,
+        ciphertext,
+    } = e;
+    EncryptedShare {
+        from: *from,
+        to: *to,
+        ciphertext: ciphertext.clone(),
+    }
+}
+
+/// Crypto → wire.
+pub fn share_bundle_to_proto(b: &ShareBundle, session: &str) -> v1::ShareKeysRequest {
+    let ShareBundle {
+        round,
+        from,
+        seed_commitment,
+        shares,
+    } = b;
+    v1::ShareKeysRequest {
+        session: session.to_string(),
+        round: *round,
+        from: *from,
+        seed_commitment: seed_commitment.to_vec(),
+        shares: shares.iter().map(share_to_proto).collect(),
+    }
+}
+
+/// Wire → crypto.
+/// The session travels beside the bundle; the caller checks it.
+pub fn share_bundle_from_proto(r: &v1::ShareKeysRequest) -> Result<ShareBundle, ConvertError> {
+    let v1::ShareKeysRequest {
+        session: _,
+        round,
+        from,
+        seed_commitment,
+        shares,
+    } = r;
+    let seed_commitment: [u8; 32] = seed_commitment.as_slice().try_into().map_err(|_| {
+        bad(
+            "share_keys.seed_commitment",
+            format!("must be 32 bytes, got {}", seed_commitment.len()),
+        )
+    })?;
+    Ok(ShareBundle {
+        round: *round,
+        from: *from,
+        seed_commitment,
+        shares: shares.iter().map(share_from_proto).collect(),
+    })
+}
+
+/// Crypto → wire.
+pub fn incoming_shares_to_proto(m: &IncomingShares) -> v1::IncomingShares {
+    let IncomingShares { round, shares } = m;
+    v1::IncomingShares {
+        round: *round,
+        shares: shares.iter().map(share_to_proto).collect(),
+    }
+}
+
+/// Wire → crypto.
+pub fn incoming_shares_from_proto(m: &v1::IncomingShares) -> IncomingShares {
+    let v1::IncomingShares { round, shares } = m;
+    IncomingShares {
+        round: *round,
+        shares: shares.iter().map(share_from_proto).collect(),
+    }
+}
+
+/// Crypto → wire.
+pub fn unmask_request_to_proto(m: &UnmaskRequest) -> v1::UnmaskRequest {
+    let UnmaskRequest {
+        round,
+        survivors,
+        dropped,
+    } = m;
+    v1::UnmaskRequest {
+        round: *round,
+        survivors: survivors.clone(),
+        dropped: dropped.clone(),
+    }
+}
+
+/// Wire → crypto.
+pub fn unmask_request_from_proto(m: &v1::UnmaskRequest) -> UnmaskRequest {
+    let v1::UnmaskRequest {
+        round,
+        survivors,
+        dropped,
+    } = m;
+    UnmaskRequest {
+        round: *round,
+        survivors: survivors.clone(),
+        dropped: dropped.clone(),
+    }
+}
+
+fn shares_to_proto(v: &[(MemberId, Share)]) -> Vec<v1::Share> {
+    v.iter()
+        .map(|(owner, s)| v1::Share {
+            owner: *owner,
+            share: s.to_bytes().to_vec(),
+        })
+        .collect()
+}
+
+fn shares_from_proto(
+    v: &[v1::Share],
+    field: &'static str,
+) -> Result<Vec<(MemberId, Share)>, ConvertError> {
+    v.iter()
+        .map(|s| {
+            let v1::Share { owner, share } = s;
+            Share::from_bytes(share)
+                .map(|share| (*owner, share))
+                .map_err(|e| bad(field, format!("share of member {owner}: {e}")))
+        })
+        .collect()
+}
+
+/// Crypto → wire (shares as 44-byte [`Share::to_bytes`]).
+pub fn unmask_response_to_proto(m: &UnmaskResponse, session: &str) -> v1::UnmaskResponse {
+    let UnmaskResponse {
+        round,
+        from,
+        seed_shares,
+        key_shares,
+    } = m;
+    v1::UnmaskResponse {
+        session: session.to_string(),
+        round: *round,
+        from: *from,
+        seed_shares: shares_to_proto(seed_shares),
+        key_shares: shares_to_proto(key_shares),
+    }
+}
+
+/// Wire → crypto.
+/// The session travels beside the response; the caller checks it.
+pub fn unmask_response_from_proto(m: &v1::UnmaskResponse) -> Result<UnmaskResponse, ConvertError> {
+    let v1::UnmaskResponse {
+        session: _,
+        round,
+        from,
+        seed_shares,
+        key_shares,
+    } = m;
+    Ok(UnmaskResponse {
+        round: *round,
+        from: *from,
+        seed_shares: shares_from_proto(seed_shares, "unmask.seed_shares")?,
+        key_shares: shares_from_proto(key_shares, "unmask.key_shares")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_start() -> v1::RoundStart {
+        v1::RoundStart {
+            round: 4,
+            kind: v1::RoundKind::Train as i32,
+            member: 2,
+            cohort: vec![1, 2, 3],
+            suite: "gm".into(),
+            ring: "u32".into(),
+            k: 2,
+            t: 2,
+            graph_seed: vec![9; 32],
+            vector_len: 10,
+            min_survivors: 2,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_start_converts_both_ways() -> Result<(), ConvertError> {
+        let rs = sample_start();
+        let cfg = round_config(&rs)?;
+        assert_eq!(cfg.suite, Suite::Gm);
+        assert_eq!(cfg.ring, Ring::U32);
+        assert_eq!(cfg.params, SecAggParams { k: 2, t: 2 });
+        assert_eq!(cfg.vector_len, 10);
+        assert!(cfg.topology().is_ok());
+        let back = round_start(&cfg, 2);
+        assert_eq!(round_config(&back)?, cfg);
+        assert_eq!(back.member, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn round_start_validation_names_the_field() {
+        type Mutate = fn(&mut v1::RoundStart);
+        let cases: [(Mutate, &str); 6] = [
+            (|r| r.suite = "rsa".into(), "suite"),
+            (|r| r.ring = "u16".into(), "ring"),
+            (|r| r.graph_seed = vec![0; 31], "graph_seed"),
+            (|r| r.vector_len = 0, "vector_len"),
+            (|r| r.vector_len = MAX_VECTOR_LEN + 1, "vector_len"),
+            (|r| r.cohort.clear(), "cohort"),
+        ];
+        for (mutate, field) in cases {
+            let mut rs = sample_start();
+            mutate(&mut rs);
+            match round_config(&rs) {
+                Ok(_) => panic!("accepted a bad {field}"),
+                Err(e) => assert!(e.field.ends_with(field), "{e} should name {field}"),
+            }
+        }
+    }
+
+    #[test]
+    fn quant_config_requires_a_positive_scale() {
+        let q = v1::Quantisation {
+            clip: 1.0,
+            scale: 0.0,
+            max_weight: 10,
+            max_cohort: 3,
+        };
+        assert!(quant_config(Some(&q), Ring::U32).is_err());
+        assert!(quant_config(None, Ring::U32).is_err());
+        let q = v1::Quantisation { scale: 1000.0, ..q };
+        let c = quant_config(Some(&q), Ring::U64);
+        assert_eq!(
+            c.map(|c| (c.scale, c.max_cohort, c.ring)),
+            Ok((Some(1000.0), 3, Ring::U64))
+        );
+    }
+
+    #[test]
+    fn malformed_shares_and_commitments_are_refused() {
+        let r = v1::UnmaskResponse {
+            seed_shares: vec![v1::Share {
+                owner: 3,
+                share: vec![1; 10],
+            }],
+            ..Default::default()
+        };
+        assert!(unmask_response_from_proto(&r).is_err_and(|e| e.field == "unmask.seed_shares"));
+        let b = v1::ShareKeysRequest {
+            seed_commitment: vec![0; 5],
+            ..Default::default()
+        };
+        assert!(share_bundle_from_proto(&b).is_err());
+        let nk = v1::NeighbourKeys {
+            round: 1,
+            adverts: vec![v1::RelayedAdvert {
+                advert: Some(v1::KeyAdvert::default()),
+                ..Default::default()
+            }],
+        };
+        assert!(neighbour_keys_from_proto(&nk).is_err_and(|e| e.field.ends_with("verifying_key")));
+    }
+
+    #[test]
+    fn relayed_keys_carry_site_and_certificate_and_convert_back() -> Result<(), ConvertError> {
+        let advert = |member| KeyAdvert {
+            round: 7,
+            member,
+            enc_public: vec![member as u8; 3],
+            mask_public: vec![9; 3],
+            signature: vec![1, 2],
+        };
+        let msg = NeighbourKeys {
+            round: 7,
+            adverts: vec![
+                RelayedAdvert {
+                    advert: advert(1),
+                    identity: vec![0xaa],
+                },
+                RelayedAdvert {
+                    advert: advert(2),
+                    identity: vec![0xbb],
+                },
+            ],
+        };
+        let alice = RelayedIdentity {
+            site: "alice".into(),
+            certificate: vec![0x30, 0x01],
+        };
+        let wire = neighbour_keys_with_certificates(&msg, |m| (m == 1).then_some(&alice));
+        assert_eq!(wire.adverts[0].site, "alice");
+        assert_eq!(wire.adverts[0].certificate, vec![0x30, 0x01]);
+        assert_eq!(wire.adverts[1].site, "");
+        assert_eq!(neighbour_keys_from_proto(&wire)?, msg);
+        assert_eq!(
+            neighbour_keys_from_proto(&neighbour_keys_to_proto(&msg))?,
+            msg
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! The vectors a site uploads, slot by slot, encoded by the site and decoded
+//! by the coordinator with the same code.
+//!
+//! ```text
+//!  TRAIN       [ q(w·Δ)₀ … q(w·Δ)_{d-1} | w | correct | examples | loss·1000 ]   d + 1 + EXTRA_SLOTS
+//!  EVALUATE    [ 1 | correct | examples | loss·1000 ]                            1 + EXTRA_SLOTS
+//!  STATISTICS  [ Σx·2^b … | Σx²·2^b … | rows ]   (u64 ring)                     2·features + 1
+//! ```
+//!
+//! `q` is the quantiser of the round (`confide_crypto::quant`); the weight and
+//! metric slots are plain integers, so the secure sum yields Σw, Σcorrect,
+//! Σexamples and Σloss·1000 exactly. Vectors travel in
+//! [`masked_input_chunks`] of at most [`CHUNK_BYTES`](crate::CHUNK_BYTES).
+//!
+//! ```
+//! use confide_proto::layout::{Metrics, train_len, EVAL_LEN, EXTRA_SLOTS};
+//! assert_eq!(train_len(31), 35);
+//! assert_eq!(EVAL_LEN, 1 + EXTRA_SLOTS);
+//! let summed = Metrics::from_slots(&[18, 20, 5000]);
+//! assert_eq!(summed.and_then(|m| m.accuracy()), Some(0.9));
+//! ```
+
+use confide_crypto::protocol::RingVec;
+use confide_crypto::quant::{Decoded, QuantError, Quantiser};
+use confide_crypto::ring::{self, RingElement};
+use confide_crypto::stats::{self, StatsError as EncodeError};
+use rand::CryptoRng;
+
+use crate::standardise::FeatureStats;
+use crate::{CHUNK_BYTES, v1};
+
+/// Number of metric slots after the weight slot: correct, examples, loss·1000.
+pub const EXTRA_SLOTS: usize = 3;
+
+/// Length of a TRAIN vector for a model with `d` parameters.
+pub fn train_len(d: usize) -> usize {
+    d + 1 + EXTRA_SLOTS
+}
+
+/// Length of an EVALUATE vector.
+pub const EVAL_LEN: usize = 1 + EXTRA_SLOTS;
+
+/// Length of a STATISTICS vector over `features` features.
+pub fn statistics_len(features: usize) -> usize {
+    stats::stats_len(features)
+}
+
+/// Why a vector cannot be encoded or a sum decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// A local update holds NaN or an infinity (refused before quantising).
+    #[error("update element {index} is {value}, not a finite number")]
+    NonFinite {
+        /// Position in the flattened update.
+        index: usize,
+        /// The offending value.
+        value: f32,
+    },
+    /// The quantiser refused the values or the sum.
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    /// The statistics encoding refused the values or the sum.
+    #[error(transparent)]
+    Stats(#[from] EncodeError),
+    /// A statistics round must sum in the u64 ring.
+    #[error("statistics vectors use the u64 ring, this sum is {0}")]
+    StatisticsRing(confide_crypto::Ring),
+}
+
+/// Metric slots of one site (encode) or their sum over a cohort (decode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Correct predictions.
+    pub correct: i64,
+    /// Examples evaluated.
+    pub examples: i64,
+    /// Summed loss times 1000, rounded.
+    pub loss_milli: i64,
+}
+
+impl Metrics {
+    /// One site's metrics; counts beyond `i64` and a non-finite loss saturate
+    /// rather than wrap, so a broken trainer cannot fake a good score.
+    pub fn new(correct: u64, examples: u64, loss_sum: f64) -> Self {
+        let loss_milli = (loss_sum * 1000.0).round();
+        let loss_milli = if loss_milli.is_finite() {
+            loss_milli as i64
+        } else {
+            i64::MAX
+        };
+        Metrics {
+            correct: i64::try_from(correct).unwrap_or(i64::MAX),
+            examples: i64::try_from(examples).unwrap_or(i64::MAX),
+            loss_milli,
+        }
+    }
+
+    /// The slots, in vector order.
+    pub fn slots(&self) -> [i64; EXTRA_SLOTS] {
+        [self.correct, self.examples, self.loss_milli]
+    }
+
+    /// Reads the slots of a decoded sum; `None` when there are too few.
+    pub fn from_slots(slots: &[i64]) -> Option<Self> {
+        match slots {
+            [correct, examples, loss_milli, ..] => Some(Metrics {
+                correct: *correct,
+                examples: *examples,
+                loss_milli: *loss_milli,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Fraction correct; `None` when nothing was evaluated.
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.examples > 0).then(|| self.correct as f64 / self.examples as f64)
+    }
+
+    /// Mean loss per example; `None` when nothing was evaluated.
+    pub fn mean_loss(&self) -> Option<f64> {
+        (self.examples > 0).then(|| self.loss_milli as f64 / 1000.0 / self.examples as f64)
+    }
+}
+
+/// Refuses NaN and infinities in a local update before anything is quantised.
+pub fn check_finite(update: &[f32]) -> Result<(), LayoutError> {
+    match update.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        Some((index, &value)) => Err(LayoutError::NonFinite { index, value }),
+        None => Ok(()),
+    }
+}
+
+/// TRAIN: `[q(delta)…, weight, correct, examples, loss_milli]`; the metric
+/// slots are zero when the site did not evaluate.
+pub fn train_vector<R: RingElement>(
+    q: &Quantiser,
+    delta: &[f32],
+    weight: u64,
+    metrics: Option<Metrics>,
+    rng: &mut impl CryptoRng,
+) -> Result<Vec<R>, LayoutError> {
+    check_finite(delta)?;
+    let extras = metrics.map(|m| m.slots()).unwrap_or_default();
+    Ok(q.encode::<R>(delta, weight, &extras, rng)?)
+}
+
+/// EVALUATE: `[1, correct, examples, loss_milli]`.
+pub fn eval_vector<R: RingElement>(
+    q: &Quantiser,
+    metrics: Metrics,
+    rng: &mut impl CryptoRng,
+) -> Result<Vec<R>, LayoutError> {
+    Ok(q.encode::<R>(&[], 1, &metrics.slots(), rng)?)
+}
+
+/// STATISTICS: `[Σx·2^b…, Σx²·2^b…, n]` in the u64 ring.
+pub fn statistics_vector(
+    stats: &FeatureStats,
+    bits: u32,
+    max_cohort: usize,
+) -> Result<Vec<u64>, LayoutError> {
+    Ok(stats::encode_stats(
+        &stats.sum,
+        &stats.sum_sq,
+        stats.n,
+        bits,
+        max_cohort,
+    )?)
+}
+
+/// A decoded TRAIN or EVALUATE sum.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodedSum {
+    /// Weighted mean update, one value per model parameter (empty for EVALUATE).
+    pub mean: Vec<f64>,
+    /// Σ weights (for EVALUATE: the number of contributors).
+    pub total_weight: u64,
+    /// Summed metrics, when the sum carries the slots.
+    pub metrics: Option<Metrics>,
+}
+
+/// Decodes the sum of `contributors` TRAIN (`model_len` = d) or EVALUATE
+/// (`model_len` = 0) vectors.
+pub fn decode_sum(
+    q: &Quantiser,
+    sum: &RingVec,
+    model_len: usize,
+    contributors: usize,
+) -> Result<DecodedSum, LayoutError> {
+    let Decoded {
+        mean,
+        total_weight,
+        extras,
+    } = match sum {
+        RingVec::U32(v) => q.decode::<u32>(v, model_len, contributors)?,
+        RingVec::U64(v) => q.decode::<u64>(v, model_len, contributors)?,
+    };
+    Ok(DecodedSum {
+        mean,
+        total_weight,
+        metrics: Metrics::from_slots(&extras),
+    })
+}
+
+/// Decodes a STATISTICS sum into cohort-wide [`FeatureStats`].
+pub fn decode_statistics(
+    sum: &RingVec,
+    features: usize,
+    bits: u32,
+) -> Result<FeatureStats, LayoutError> {
+    let RingVec::U64(v) = sum else {
+        return Err(LayoutError::StatisticsRing(sum.ring()));
+    };
+    let (sum, sum_sq, n) = stats::decode_stats(v, features, bits)?;
+    Ok(FeatureStats { n, sum, sum_sq })
+}
+
+/// Splits a vector into `SubmitMaskedInput` chunks of at most
+/// [`CHUNK_BYTES`] each; offsets and `total_len` count elements.
+pub fn masked_input_chunks<R: RingElement>(
+    session: &str,
+    round: u64,
+    v: &[R],
+) -> Vec<v1::MaskedInputChunk> {
+    let per_chunk = (CHUNK_BYTES / R::RING.bytes()).max(1);
+    let total_len = v.len() as u64;
+    v.chunks(per_chunk)
+        .enumerate()
+        .map(|(i, c)| v1::MaskedInputChunk {
+            session: session.to_string(),
+            round,
+            offset: (i * per_chunk) as u64,
+            total_len,
+            data: ring::to_le_bytes(c),
+        })
+        .collect()
+}
+
+/// [`masked_input_chunks`] of a vector of either ring.
+pub fn ring_vec_chunks(session: &str, round: u64, v: &RingVec) -> Vec<v1::MaskedInputChunk> {
+    match v {
+        RingVec::U32(v) => masked_input_chunks(session, round, v),
+        RingVec::U64(v) => masked_input_chunks(session, round, v),
+    }
+}
+
+#[cfg(test)]
+mod tests;
