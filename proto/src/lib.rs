@@ -1,22 +1,38 @@
 //! # confide-proto
 //!
-//! Confide's public gRPC API, package `confide.v1`: the `Site` service that
-//! participants call (outbound only), the `Admin` service for operators, and
-//! the messages of a secure-aggregation round. The `.proto` source is
-//! `proto/confide/v1/confide.proto`; code is generated at build time with
-//! `protox`, so no system `protoc` is needed.
+//! Confide's wire contract: everything the coordinator and the sites must
+//! agree on byte for byte, in one crate both depend on.
+//!
+//! | module | what both sides share |
+//! |---|---|
+//! | [`v1`] | the gRPC API, package `confide.v1` (generated at build time with `protox`, no system `protoc`) |
+//! | [`convert`] | wire messages ↔ `confide_crypto` protocol types, both directions |
+//! | [`model`] | [`Model`](model::Model)/[`Tensor`](model::Tensor), flatten order, the safetensors codec, [`ModelSpec`](model::ModelSpec) with seeded initial weights |
+//! | [`layout`] | the TRAIN / EVALUATE / STATISTICS vectors, encode and decode, upload chunks |
+//! | [`standardise`] | feature statistics and the standardiser derived from their sum |
+//! | [`keys`] | the verifying-key SAN URI and the signing-key file format |
 //!
 //! ```text
+//!   crypto  ◀──  proto  ◀──┬── coordinator
+//!                          └── client
 //!   site ──Join──────────────▶ coordinator
 //!        ──Tasks (stream) ◀──── RoundStart, NeighbourKeys, IncomingShares, UnmaskRequest, RoundEnd
 //!        ──DownloadModel ◀───── model chunks (safetensors)
 //!        ──AdvertiseKeys / ShareKeys / SubmitMaskedInput (chunks) / Unmask ──▶
 //! ```
 //!
+//! `proto` depends on `confide-crypto` and nothing else of Confide's.
+//!
 //! ```
 //! use confide_proto::v1::{Task, task, RoundEnd};
+//! use confide_proto::model::{ModelKind, ModelSpec};
 //! let t = Task { kind: Some(task::Kind::RoundEnd(RoundEnd { round: 3, success: true, message: String::new() })) };
 //! assert!(matches!(t.kind, Some(task::Kind::RoundEnd(ref e)) if e.round == 3));
+//! // Both sides derive the same initial model from the same settings.
+//! let spec = ModelSpec::new(ModelKind::Logistic, 30, vec![], 2)?;
+//! assert_eq!(spec.num_params(), 31);
+//! assert_eq!(spec.init_seeded(0), spec.init_seeded(0));
+//! # Ok::<(), confide_proto::model::ModelError>(())
 //! ```
 
 /// Generated code of package `confide.v1`.
