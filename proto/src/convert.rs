@@ -226,7 +226,7 @@ pub fn neighbour_keys_from_proto(m: &v1::NeighbourKeys) -> Result<NeighbourKeys,
     let mut adverts = Vec::with_capacity(relayed.len());
     for r in relayed {
         // Site name and certificate are for the identity check
-        // (`confide_client::identity`), not for the crypto machine.
+        // the site does against the federation CA, not for the crypto machine.
         let v1::RelayedAdvert {
             advert,
             verifying_key,
