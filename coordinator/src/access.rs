@@ -5,7 +5,7 @@
 //! ```text
 //! request ─▶ PeerCert::from_der (name, serial, bound key)
 //!         ─▶ Access::check: revoked? (stat revoked.txt; reload on change) ─▶ allowed? ─▶ handler
-//! Join    ─▶ JoinLimiter::try_take (token bucket) ─▶ key in cert == key in Join
+//! Join    ─▶ JoinLimiter::try_take (token bucket) ─▶ check_join_key: key in cert == key in Join
 //! ```
 //!
 //! The TLS layer (rustls) has already verified the chain to the federation CA
@@ -90,6 +90,61 @@ pub enum Refusal {
     /// The revocation list exists but cannot be read: fail closed.
     #[error("revocation list unreadable, refusing everyone until it is fixed: {0}")]
     RevocationUnreadable(String),
+}
+
+/// Why a Join's verifying key is refused (PERMISSION_DENIED with this text).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyBindingRefusal {
+    /// The certificate binds a key, but not the one in Join (or not of the
+    /// federation's suite).
+    #[error("the verifying key in Join is not the {suite} key bound to {site}'s certificate")]
+    Mismatch {
+        /// Site named by the certificate.
+        site: String,
+        /// The federation's suite, as configured.
+        suite: String,
+    },
+    /// Secure aggregation is on and the certificate binds no key at all.
+    #[error(
+        "{site}'s certificate carries no confide:vk SAN; reissue it with `confide certs issue --site`"
+    )]
+    Unbound {
+        /// Site named by the certificate.
+        site: String,
+    },
+}
+
+/// The Join key-binding rule: the verifying key a site advertises in Join
+/// must be the `suite` key its certificate binds (`confide:vk` SAN).
+///
+/// Neighbours only accept adverts signed with the key the CA bound to the
+/// site's name, so a mismatch is refused at Join with a clear status instead
+/// of letting every round abort later. `cert` is `None` in insecure mode,
+/// where nothing is bound and everything passes; a certificate without a
+/// binding passes only when secure aggregation is off, since then no advert
+/// is ever signed.
+pub fn check_join_key(
+    cert: Option<&PeerCert>,
+    advertised: &[u8],
+    suite: &str,
+    secure_aggregation: bool,
+) -> Result<(), KeyBindingRefusal> {
+    let Some(c) = cert else {
+        return Ok(());
+    };
+    // An unparsable configured suite can match no bound key.
+    let suite_v = suite.parse::<Suite>().ok();
+    match &c.verifying_key {
+        Some((s, k)) if Some(*s) == suite_v && k.as_slice() == advertised => Ok(()),
+        Some(_) => Err(KeyBindingRefusal::Mismatch {
+            site: c.name.clone(),
+            suite: suite.to_string(),
+        }),
+        None if secure_aggregation => Err(KeyBindingRefusal::Unbound {
+            site: c.name.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -244,6 +299,58 @@ mod tests {
         std::fs::remove_file(&path)?;
         assert_eq!(a.check(&peer("a", "0a1b"), false), Ok(()));
         Ok(())
+    }
+
+    fn bound(key: Option<(Suite, Vec<u8>)>) -> PeerCert {
+        PeerCert {
+            verifying_key: key,
+            ..peer("hospital-a", "01")
+        }
+    }
+
+    #[test]
+    fn join_key_matching_the_certificate_is_admitted() {
+        let c = bound(Some((Suite::Intl, vec![7; 32])));
+        assert_eq!(check_join_key(Some(&c), &[7; 32], "intl", true), Ok(()));
+        assert_eq!(check_join_key(Some(&c), &[7; 32], "intl", false), Ok(()));
+    }
+
+    #[test]
+    fn join_key_differing_from_the_certificate_is_refused() {
+        let c = bound(Some((Suite::Intl, vec![7; 32])));
+        let mismatch = Err(KeyBindingRefusal::Mismatch {
+            site: "hospital-a".into(),
+            suite: "intl".into(),
+        });
+        assert_eq!(check_join_key(Some(&c), &[8; 32], "intl", true), mismatch);
+        // The right bytes under another suite are another key.
+        let gm = Err(KeyBindingRefusal::Mismatch {
+            site: "hospital-a".into(),
+            suite: "gm".into(),
+        });
+        assert_eq!(check_join_key(Some(&c), &[7; 32], "gm", true), gm);
+        assert_eq!(
+            check_join_key(Some(&c), &[8; 32], "intl", false),
+            mismatch,
+            "a bound key is checked even without secure aggregation"
+        );
+    }
+
+    #[test]
+    fn certificate_without_a_binding_is_refused_only_under_secure_aggregation() {
+        let c = bound(None);
+        assert_eq!(
+            check_join_key(Some(&c), &[7; 32], "intl", true),
+            Err(KeyBindingRefusal::Unbound {
+                site: "hospital-a".into()
+            })
+        );
+        assert_eq!(check_join_key(Some(&c), &[7; 32], "intl", false), Ok(()));
+    }
+
+    #[test]
+    fn insecure_mode_has_no_binding_to_check() {
+        assert_eq!(check_join_key(None, &[7; 32], "intl", true), Ok(()));
     }
 
     #[test]

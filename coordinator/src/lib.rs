@@ -7,12 +7,15 @@
 //! the `Site`, `Admin` and gRPC health services.
 //!
 //! ```text
-//!  sites ──gRPC(mTLS)──▶ grpc (thin handlers, CoreError → Status)
-//!                          │
+//!  sites ──gRPC(mTLS)──▶ grpc (site, admin: thin handlers; status: CoreError → Status)
+//!                          │   └─▶ access (certificates, revocation, join rate, key binding)
 //!                          ▼
 //!                     federation (registry, scheduler, machine per round)
 //!                       │            │              │
 //!                    optim       checkpoint      settings (TOML + CONFIDE_* env)
+//!
+//!  operator ─▶ `confide` (main.rs: clap + dispatch) ─▶ cli (admin client, rendering)
+//!  convert: RoundRecord ↔ Admin API message, for grpc and cli alike
 //! ```
 //!
 //! ```
@@ -28,6 +31,8 @@
 pub mod access;
 pub mod certs;
 pub mod checkpoint;
+pub mod cli;
+pub mod convert;
 pub mod error;
 pub mod federation;
 pub mod grpc;
@@ -37,32 +42,14 @@ pub mod settings;
 use std::path::Path;
 
 pub use checkpoint::{RoundRecord, RoundRecordSummary};
+pub use cli::render::rounds_table;
+pub use convert::record_to_pb;
 pub use error::{CoordinatorError, CoreError};
 pub use federation::{Federation, ServeReport};
 pub use grpc::serve;
 pub use settings::Settings;
 
 use confide_proto::v1 as pb;
-
-/// A history record as the Admin API's message.
-pub fn record_to_pb(r: RoundRecord) -> pb::RoundRecord {
-    pb::RoundRecord {
-        round: r.round,
-        kind: r.kind,
-        success: r.success,
-        message: r.message,
-        cohort: r.cohort,
-        survivors: r.survivors,
-        dropped: r.dropped,
-        accuracy: r.accuracy.unwrap_or(f64::NAN),
-        loss: r.loss.unwrap_or(f64::NAN),
-        eval_examples: r.eval_examples,
-        duration_secs: r.duration_secs,
-        stage_secs: r.stage_secs.into_iter().collect(),
-        bytes_in: r.bytes_in,
-        bytes_out: r.bytes_out,
-    }
-}
 
 /// Checkpoints in `dir`, with accuracy and the best one marked.
 pub fn checkpoint_infos(dir: &Path) -> Result<Vec<pb::CheckpointInfo>, CoordinatorError> {
@@ -89,37 +76,4 @@ pub fn checkpoint_infos(dir: &Path) -> Result<Vec<pb::CheckpointInfo>, Coordinat
         });
     }
     Ok(out)
-}
-
-/// Render a history as a text table.
-pub fn rounds_table(history: &[RoundRecord]) -> String {
-    let mut s = String::from(
-        "round  kind        ok   cohort  surv  drop  accuracy   loss     secs    bytes_in   bytes_out\n",
-    );
-    for r in history {
-        let f = |v: Option<f64>, w: usize| {
-            v.map(|x| format!("{x:<w$.4}"))
-                .unwrap_or_else(|| format!("{:<w$}", "-"))
-        };
-        s.push_str(&format!(
-            "{:<6} {:<11} {:<4} {:<7} {:<5} {:<5} {} {} {:<7.2} {:<10} {:<10}{}\n",
-            r.round,
-            r.kind,
-            if r.success { "yes" } else { "NO" },
-            r.cohort,
-            r.survivors,
-            r.dropped,
-            f(r.accuracy, 10),
-            f(r.loss, 8),
-            r.duration_secs,
-            r.bytes_in,
-            r.bytes_out,
-            if r.success {
-                String::new()
-            } else {
-                format!(" {}", r.message)
-            }
-        ));
-    }
-    s
 }

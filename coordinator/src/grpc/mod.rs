@@ -1,0 +1,182 @@
+//! The gRPC layer, the only part of the coordinator that knows tonic:
+//! [`serve`] sets up the server (TLS, health, message limits) and runs it
+//! beside the [`Federation`]; the handlers in `site` and `admin` validate,
+//! convert, call the federation and map its error with the one map in
+//! `status`.
+//!
+//! ```text
+//! serve ─▶ Handlers::admit (access: certificate, revocation, allow-list)
+//!       ├─▶ site   (Site service)  ─▶ Federation
+//!       ├─▶ admin  (Admin service) ─▶ Federation, checkpoints
+//!       └─▶ status (CoreError → Status, exhaustive)
+//! ```
+
+mod admin;
+mod site;
+mod status;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use confide_proto::v1 as pb;
+use pb::admin_server::AdminServer;
+use pb::site_server::SiteServer;
+use tokio_stream::Stream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Status};
+use tracing::{info, warn};
+
+use crate::access::{Access, JoinLimiter, PeerCert, Refusal};
+use crate::error::CoordinatorError;
+use crate::federation::{Federation, ServeReport};
+use crate::settings::Settings;
+
+// The admin client moved to `cli`; these stay reachable here so callers of
+// the former paths (the end-to-end tests) keep compiling unchanged.
+pub use crate::cli::admin::{admin_status, health_check};
+
+/// The peer's TLS certificate (the leaf), if mTLS is on and one was presented.
+fn peer_cert<T>(req: &Request<T>) -> Option<PeerCert> {
+    let certs = req.peer_certs()?;
+    let der = certs.first()?;
+    PeerCert::from_der(der.as_ref())
+}
+
+/// Site and Admin handlers.
+#[derive(Clone, Debug)]
+pub struct Handlers {
+    fed: Arc<Federation>,
+    tls: bool,
+    access: Arc<Access>,
+    joins: Arc<JoinLimiter>,
+}
+
+impl Handlers {
+    /// The admitted peer certificate (`None` in insecure mode). Every Site and
+    /// Admin call goes through here, so revocation takes effect on the next
+    /// call of an already-connected peer too.
+    fn admit<T>(&self, req: &Request<T>, operator: bool) -> Result<Option<PeerCert>, Status> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let remote = req.remote_addr();
+        let Some(cert) = peer_cert(req) else {
+            let r = Refusal::NoCertificate;
+            warn!(remote = ?remote, reason = %r, "request refused");
+            return Err(Status::permission_denied(r.to_string()));
+        };
+        if let Err(r) = self.access.check(&cert, operator) {
+            warn!(remote = ?remote, peer = %cert.name, serial = %cert.serial, reason = %r, "request refused");
+            return Err(Status::permission_denied(r.to_string()));
+        }
+        Ok(Some(cert))
+    }
+
+    fn peer<T>(&self, req: &Request<T>) -> Result<Option<String>, Status> {
+        Ok(self.admit(req, false)?.map(|c| c.name))
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Run the federation on `listener` until the configured rounds are done or
+/// `shutdown` fires. Binds nothing itself.
+pub async fn serve(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<ServeReport, CoordinatorError> {
+    let fed = Federation::new(settings)?;
+    let s = fed.settings().clone();
+    let access = Arc::new(Access::new(&s.tls.allowed_sites, s.revocation_file()));
+    let handlers = Handlers {
+        fed: fed.clone(),
+        tls: !s.tls.insecure,
+        access: access.clone(),
+        joins: Arc::new(JoinLimiter::new(
+            s.limits.join_rate_per_sec,
+            s.limits.join_burst,
+        )),
+    };
+    let mut builder = Server::builder();
+    if s.tls.insecure {
+        warn!(
+            "running WITHOUT TLS (--insecure): site identities are not authenticated; for local experiments only"
+        );
+    } else {
+        let (ca, cert, key) = s.tls_files()?;
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", p.display())))
+        };
+        if s.tls.allowed_sites.is_empty() {
+            warn!(
+                "tls.allowed_sites is empty: ANY site holding a certificate from the federation CA may join; list the sites in production"
+            );
+        }
+        info!(revocation_list = ?access.revocation_path(), allowed_sites = ?s.tls.allowed_sites, "mTLS admission");
+        // Client certificates are verified against the federation CA during
+        // the handshake whenever presented; a connection without one is let
+        // through the handshake only so that every RPC can refuse it with a
+        // clear PERMISSION_DENIED (the health service stays reachable).
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&cert)?, read(&key)?))
+            .client_ca_root(Certificate::from_pem(read(&ca)?))
+            .client_auth_optional(true);
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+    }
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<SiteServer<Handlers>>().await;
+    let max = s.limits.max_message_bytes;
+    let site = SiteServer::new(handlers.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let admin = AdminServer::new(handlers).max_decoding_message_size(max);
+    let addr = listener.local_addr().ok();
+    info!(addr = ?addr, federation = %s.federation, suite = %s.suite, secure_aggregation = s.secure_aggregation, "coordinator listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = builder
+        .add_service(health)
+        .add_service(site)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            // Small stage messages must not wait out delayed ACKs (~40 ms each).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = stop_rx.await;
+            },
+        );
+    let server = tokio::spawn(server);
+    let result = tokio::select! {
+        r = fed.run() => r,
+        _ = shutdown => {
+            info!("shutdown requested");
+            Ok(fed.report())
+        }
+    };
+    if result.is_ok() {
+        fed.send_done();
+        // Let sites read Done and hang up (bounded).
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while !fed.all_disconnected() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    // End every task stream so graceful shutdown does not wait on them.
+    fed.close_streams();
+    let _ = stop_tx.send(());
+    let mut server = server;
+    match tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "server task failed"),
+        Err(_) => {
+            warn!("server did not stop within 5 s; aborting it");
+            server.abort();
+        }
+        Ok(Ok(Ok(()))) => {}
+    }
+    result
+}
