@@ -70,15 +70,19 @@ pub mod convert;
 pub mod error;
 pub mod external;
 pub mod identity;
+mod round;
 mod run;
 pub mod site;
 pub mod train;
+pub mod trainer;
+mod transport;
 pub mod wire;
 
 pub use config::{SiteConfig, SiteReport, TlsFiles, Vanish};
 pub use error::ClientError;
-pub use run::RelayedKeyVerifier;
-pub use site::{BoxTrainer, Site, SiteBuilder, TrainerFactory, builtin_trainer};
+pub use identity::RelayedKeyVerifier;
+pub use site::{Site, SiteBuilder};
+pub use trainer::{BoxTrainer, TrainerFactory, builtin_trainer};
 
 /// Runs a site until the federation says Done (`Ok`), `shutdown` fires
 /// (`Ok`), the configured [`Vanish`] point is reached (`Ok` with
