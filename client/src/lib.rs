@@ -9,14 +9,20 @@
 //! ```text
 //!   local CSV ──▶ train::Dataset ──split_holdout──▶ train / held-out rows
 //!                                        │
-//!   coordinator ◀─Join──────────────── run loop (run_site / Site::run)
-//!               ──Tasks stream──▶        │ RoundStart ─▶ convert::round_config ─▶ SiteMachine
-//!               ──DownloadModel──▶       │ Trainer (spawn_blocking) ─▶ delta ─▶ Quantiser
-//!               ◀─AdvertiseKeys /        │ wire::train_vector / stats_vector / eval_vector
-//!                 ShareKeys /            │ SiteMachine masks ─▶ wire::masked_input_chunks
-//!                 SubmitMaskedInput /    ▼
-//!                 Unmask ──────────── reconnect with backoff (wire::Backoff), resume the stage
+//!   coordinator ◀─Join──────────────── run.rs: connect, Join, follow the Tasks stream,
+//!               ──Tasks stream──▶        │        reconnect with backoff, resend the outbox
+//!               ──DownloadModel──▶       │   transport.rs: the calls as a trait; tonic impl
+//!               ◀─AdvertiseKeys /        ▼
+//!                 ShareKeys /       round.rs: task ─▶ Action (no I/O); RoundStart ─▶
+//!                 SubmitMaskedInput /  convert::round_config ─▶ AnySite (u32 or u64 ring)
+//!                 Unmask ──────────    trainer.rs: LocalJob ─▶ Trainer (blocking thread)
+//!                                      ─▶ delta ─▶ Quantiser ─▶ wire::train_vector /
+//!                                      stats_vector / eval_vector ─▶ masked upload chunks
 //! ```
+//!
+//! Module dependencies point one way, without cycles: `site` → `run` →
+//! (`transport`, `round` → `trainer`, `identity`) → (`config`, `convert`,
+//! `wire`, `train`) → `error`.
 //!
 //! * [`run_site`] with a [`SiteConfig`] is the entry point the daemon, the
 //!   coordinator's `demo` and the end-to-end tests use.

@@ -1,13 +1,12 @@
 //! The coordinator calls a site makes, behind a small trait, and their gRPC
 //! (tonic) implementation.
 //!
-//! The run loop ([`crate::run`]) and the round logic ([`crate::round`]) only
-//! see [`Transport`] and [`Connection`], so they can be driven by an
-//! in-memory coordinator in tests; this module and `main.rs` are the only
-//! client modules that know tonic. Every call returns [`ClientError`]; a
-//! gRPC status becomes [`ClientError::Refused`] with its code, which the run
-//! loop's reconnect policy reads through [`ClientError::is_transient`] and
-//! its companions.
+//! The run loop (`run.rs`) and the round logic (`round.rs`) only see
+//! [`Transport`] and [`Connection`], so an in-memory coordinator can drive
+//! them in tests; this module and `main.rs` are the only client modules that
+//! know tonic. Every call returns [`ClientError`]; a gRPC status becomes
+//! [`ClientError::Refused`] with its code, which the reconnect policy reads
+//! through [`ClientError::is_transient`] and its companions.
 
 use std::future::Future;
 use std::time::Duration;
