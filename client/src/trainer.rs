@@ -6,9 +6,9 @@
 //! [`v1::TrainingConfig`], so a federation can change model or
 //! hyper-parameters between rounds without restarting its sites.
 //!
-//! [`local_vector`] is a round's local computation (statistics, or
+//! `local_vector` is a round's local computation (statistics, or
 //! training and evaluation, then quantisation in the round's ring) as one
-//! blocking function: the round logic describes the work as a [`LocalJob`],
+//! blocking function: the round logic describes the work as a `LocalJob`,
 //! the run loop runs it off the async runtime.
 
 use std::sync::Arc;

@@ -38,6 +38,8 @@ struct State {
     refuse_connects: usize,
     /// Uploads to fail with UNAVAILABLE (the link dropping mid-call).
     drop_uploads: usize,
+    /// The global model served by DownloadModel, in two chunks.
+    model: Vec<u8>,
     connects: usize,
     joins: Vec<v1::JoinRequest>,
     streams: Vec<String>,
@@ -121,7 +123,24 @@ impl Connection for MemoryConn {
         &mut self,
         _: v1::DownloadModelRequest,
     ) -> Result<Vec<v1::ModelChunk>, ClientError> {
-        Err(unexpected("DownloadModel"))
+        let model = self.state.with(|s| s.model.clone());
+        if model.is_empty() {
+            return Err(unexpected("DownloadModel"));
+        }
+        let half = model.len() / 2;
+        let total_len = model.len() as u64;
+        Ok(vec![
+            v1::ModelChunk {
+                offset: 0,
+                data: model[..half].to_vec(),
+                total_len,
+            },
+            v1::ModelChunk {
+                offset: half as u64,
+                data: model[half..].to_vec(),
+                total_len,
+            },
+        ])
     }
 
     async fn advertise_keys(&mut self, _: v1::AdvertiseKeysRequest) -> Result<(), ClientError> {
@@ -301,5 +320,80 @@ async fn gives_up_when_the_coordinator_stays_away() -> Result<(), ClientError> {
         other => panic!("expected GaveUp, got {other:?}"),
     }
     assert!(memory.with(|s| s.connects) >= 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn plaintext_train_round_downloads_trains_and_uploads_its_weight()
+-> Result<(), Box<dyn std::error::Error>> {
+    use crate::train::{LogisticRegression, Trainer};
+    use confide_crypto::quant::Quantiser;
+    use rand::SeedableRng;
+
+    let lr = LogisticRegression::new(2, 2)?;
+    let global = lr.init(&mut StdRng::seed_from_u64(0));
+    let d = global.num_params();
+    let model = global.to_safetensors(None)?;
+    let cfg = RoundConfig {
+        round: 4,
+        suite: Suite::Intl,
+        ring: Ring::U32,
+        cohort: vec![1, 2],
+        params: SecAggParams { k: 1, t: 1 },
+        graph_seed: [5; 32],
+        vector_len: wire::train_len(d),
+        min_survivors: 1,
+    };
+    let quantisation = v1::Quantisation {
+        clip: 1.0,
+        scale: 1000.0,
+        max_weight: 1000,
+        max_cohort: 2,
+    };
+    let start = v1::RoundStart {
+        kind: v1::RoundKind::Train as i32,
+        plaintext: true,
+        stage_timeout_secs: 60,
+        model_bytes: model.len() as u64,
+        quantisation: Some(quantisation),
+        training: Some(v1::TrainingConfig {
+            model: "logistic".into(),
+            features: 2,
+            classes: 2,
+            epochs: 1,
+            batch_size: 4,
+            learning_rate: 0.1,
+            ..Default::default()
+        }),
+        ..convert::round_start(&cfg, 1)
+    };
+    let memory = Memory::default();
+    memory.with(|s| {
+        s.model = model;
+        s.scripts.push_back(vec![
+            v1::Task {
+                kind: Some(v1::task::Kind::RoundStart(start)),
+            },
+            round_end(4),
+            done(),
+        ]);
+    });
+    let report = runner(&memory)?.run(std::future::pending()).await?;
+    assert_eq!(report.rounds, 1);
+    let upload = memory.with(|s| s.uploads.first().map(|u| uploaded(u)));
+    let v = RingVec::from_le_bytes(Ring::U32, &upload.ok_or("nothing uploaded")?)?;
+    assert_eq!(v.len(), wire::train_len(d));
+    let q = Quantiser::new(&convert::quant_config(Some(&quantisation), Ring::U32)?)?;
+    let decoded = q.decode(v.as_u32().ok_or("ring")?, d, 1)?;
+    let (train, _) = dataset()?.split_holdout(config().holdout, 0)?;
+    assert_eq!(
+        decoded.total_weight,
+        train.len() as u64,
+        "weighted by its rows"
+    );
+    assert!(
+        decoded.mean.iter().any(|x| *x != 0.0),
+        "a non-trivial update"
+    );
     Ok(())
 }
