@@ -145,15 +145,17 @@ pub(crate) enum Resume {
 pub(crate) struct DriverConfig {
     /// The site's name (sent with Join).
     pub site: String,
-    /// The site's signing key and where it came from.
+    /// The site's signing key.
     pub signing: SigningKey,
+    /// Where the key came from (whether it may be replaced).
     pub key_source: KeySource,
     /// Fault injection.
     pub vanish: Option<Vanish>,
     /// Whether neighbours are checked against certificates (mTLS).
     pub authenticated: bool,
-    /// Rows in the site's training split's feature count (statistics rounds).
+    /// The site's feature count (checks a statistics round's vector length).
     pub num_features: usize,
+    /// Makes each secure round's neighbour-identity verifier.
     pub verifier: VerifierFactory,
 }
 
@@ -193,6 +195,7 @@ impl RoundDriver {
     pub(crate) fn current_round(&self) -> Option<u64> {
         self.round.as_ref().map(|r| r.start.round)
     }
+
     /// Ends this site's part in the round in progress.
     pub(crate) fn leave_round(&mut self) {
         if let Some(r) = self.round.take() {

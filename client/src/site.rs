@@ -1,5 +1,7 @@
-//! The embeddable API: [`Site::builder`] and the [`TrainerFactory`] hook that
-//! picks the local trainer from the announced training configuration.
+//! The embeddable API: [`Site::builder`] to configure a site (coordinator,
+//! identity, data, the [`TrainerFactory`] hook defined in
+//! [`trainer`](crate::trainer)) and [`Site::run`], which hands over to the
+//! run loop.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
