@@ -128,6 +128,41 @@ impl ClientError {
         }
     }
 
+    /// The coordinator no longer knows the session (it restarted): Join
+    /// again, promptly, since it is up and answering.
+    pub(crate) fn is_session_lost(&self) -> bool {
+        self.is_refused_with(tonic::Code::Unauthenticated)
+    }
+
+    /// An earlier attempt of this message arrived: the call succeeded.
+    pub(crate) fn is_already_received(&self) -> bool {
+        self.is_refused_with(tonic::Code::AlreadyExists)
+    }
+
+    /// The stage the message was for has closed.
+    pub(crate) fn is_stage_closed(&self) -> bool {
+        self.is_refused_with(tonic::Code::FailedPrecondition)
+    }
+
+    /// The link (or the session on it) is gone, as opposed to a coordinator
+    /// that answered and refused: only then is resending after a reconnect
+    /// worth it.
+    pub(crate) fn is_link_lost(&self) -> bool {
+        match self {
+            ClientError::Refused { code, .. } => {
+                matches!(
+                    code,
+                    tonic::Code::Unavailable | tonic::Code::Unauthenticated
+                )
+            }
+            other => other.is_transient(),
+        }
+    }
+
+    fn is_refused_with(&self, want: tonic::Code) -> bool {
+        matches!(self, ClientError::Refused { code, .. } if *code == want)
+    }
+
     pub(crate) fn refused(call: &'static str, status: tonic::Status) -> Self {
         ClientError::Refused {
             call,

@@ -21,8 +21,8 @@ use confide_proto::v1;
 use rand::Rng;
 
 use crate::error::ClientError;
-use crate::site::{BoxTrainer, TrainerFactory, builtin_trainer};
 use crate::train::{Dataset, EvalResult, FitConfig, FitResult, Model, Result, TrainError, Trainer};
+use crate::trainer::{BoxTrainer, TrainerFactory, builtin_trainer};
 
 /// A [`Trainer`] that runs a command for `fit`.
 pub struct ExternalTrainer {

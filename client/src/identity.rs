@@ -45,7 +45,6 @@ use tracing::warn;
 use crate::config::SiteConfig;
 use crate::convert::{self, ConvertError};
 use crate::error::ClientError;
-use crate::run::RelayedKeyVerifier;
 
 /// Prefix of the SAN URI that carries a site's verifying key (written by
 /// `confide certs issue --site`): `confide:vk:<suite>:<lowercase hex>`.
@@ -224,6 +223,23 @@ impl IdentityVerifier for CertificateVerifier {
     }
 }
 
+/// Trusts the verifying key the coordinator relays with each advert (insecure
+/// mode: nothing binds keys to sites); refuses an empty one.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayedKeyVerifier {
+    /// The federation's suite.
+    pub suite: Suite,
+}
+
+impl IdentityVerifier for RelayedKeyVerifier {
+    fn verifying_key(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String> {
+        if identity.is_empty() {
+            return Err(format!("no verifying key relayed for member {member}"));
+        }
+        Ok(VerifyingKey::from_bytes(self.suite, identity))
+    }
+}
+
 /// Whether `cfg` authenticates neighbours through certificates (mTLS
 /// configured and not insecure).
 pub fn authenticated(cfg: &SiteConfig) -> bool {
@@ -241,5 +257,20 @@ pub fn verifier(cfg: &SiteConfig, suite: Suite) -> Result<Arc<dyn IdentityVerifi
             );
             Ok(Arc::new(RelayedKeyVerifier { suite }))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relayed_key_verifier_refuses_an_empty_key() {
+        let v = RelayedKeyVerifier { suite: Suite::Gm };
+        assert!(v.verifying_key(3, &[]).is_err());
+        assert!(
+            v.verifying_key(3, &[4; 65])
+                .is_ok_and(|k| k.suite() == Suite::Gm)
+        );
     }
 }

@@ -9,14 +9,20 @@
 //! ```text
 //!   local CSV ──▶ train::Dataset ──split_holdout──▶ train / held-out rows
 //!                                        │
-//!   coordinator ◀─Join──────────────── run loop (run_site / Site::run)
-//!               ──Tasks stream──▶        │ RoundStart ─▶ convert::round_config ─▶ SiteMachine
-//!               ──DownloadModel──▶       │ Trainer (spawn_blocking) ─▶ delta ─▶ Quantiser
-//!               ◀─AdvertiseKeys /        │ wire::train_vector / stats_vector / eval_vector
-//!                 ShareKeys /            │ SiteMachine masks ─▶ wire::masked_input_chunks
-//!                 SubmitMaskedInput /    ▼
-//!                 Unmask ──────────── reconnect with backoff (wire::Backoff), resume the stage
+//!   coordinator ◀─Join──────────────── run.rs: connect, Join, follow the Tasks stream,
+//!               ──Tasks stream──▶        │        reconnect with backoff, resend the outbox
+//!               ──DownloadModel──▶       │   transport.rs: the calls as a trait; tonic impl
+//!               ◀─AdvertiseKeys /        ▼
+//!                 ShareKeys /       round.rs: task ─▶ Action (no I/O); RoundStart ─▶
+//!                 SubmitMaskedInput /  convert::round_config ─▶ AnySite (u32 or u64 ring)
+//!                 Unmask ──────────    trainer.rs: LocalJob ─▶ Trainer (blocking thread)
+//!                                      ─▶ delta ─▶ Quantiser ─▶ wire::train_vector /
+//!                                      stats_vector / eval_vector ─▶ masked upload chunks
 //! ```
+//!
+//! Module dependencies point one way, without cycles: `site` → `run` →
+//! (`transport`, `round` → `trainer`, `identity`) → (`config`, `convert`,
+//! `wire`, `train`) → `error`.
 //!
 //! * [`run_site`] with a [`SiteConfig`] is the entry point the daemon, the
 //!   coordinator's `demo` and the end-to-end tests use.
@@ -70,15 +76,19 @@ pub mod convert;
 pub mod error;
 pub mod external;
 pub mod identity;
+mod round;
 mod run;
 pub mod site;
 pub mod train;
+pub mod trainer;
+mod transport;
 pub mod wire;
 
 pub use config::{SiteConfig, SiteReport, TlsFiles, Vanish};
 pub use error::ClientError;
-pub use run::RelayedKeyVerifier;
-pub use site::{BoxTrainer, Site, SiteBuilder, TrainerFactory, builtin_trainer};
+pub use identity::RelayedKeyVerifier;
+pub use site::{Site, SiteBuilder};
+pub use trainer::{BoxTrainer, TrainerFactory, builtin_trainer};
 
 /// Runs a site until the federation says Done (`Ok`), `shutdown` fires
 /// (`Ok`), the configured [`Vanish`] point is reached (`Ok` with

@@ -1,5 +1,7 @@
-//! The embeddable API: [`Site::builder`] and the [`TrainerFactory`] hook that
-//! picks the local trainer from the announced training configuration.
+//! The embeddable API: [`Site::builder`] to configure a site (coordinator,
+//! identity, data, the [`TrainerFactory`] hook defined in
+//! [`trainer`](crate::trainer)) and [`Site::run`], which hands over to the
+//! run loop.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -10,54 +12,10 @@ use confide_proto::v1;
 
 use crate::config::{SiteConfig, SiteReport, TlsFiles, Vanish};
 use crate::error::ClientError;
-use crate::train::{Dataset, FitConfig, LogisticRegression, Mlp, Trainer};
-
-/// A trainer usable from the run loop (training runs on a blocking thread).
-pub type BoxTrainer = Box<dyn Trainer + Send>;
-
-/// Chooses the trainer for a round from its announced [`v1::TrainingConfig`].
-pub type TrainerFactory =
-    Arc<dyn Fn(&v1::TrainingConfig) -> Result<BoxTrainer, ClientError> + Send + Sync>;
-
-/// The built-in trainers: `"logistic"` → [`LogisticRegression`], `"mlp"` →
-/// [`Mlp`] with the announced hidden sizes.
-pub fn builtin_trainer(t: &v1::TrainingConfig) -> Result<BoxTrainer, ClientError> {
-    let features = t.features as usize;
-    let classes = t.classes as usize;
-    match t.model.as_str() {
-        "logistic" | "logreg" | "logistic_regression" => {
-            Ok(Box::new(LogisticRegression::new(features, classes)?))
-        }
-        "mlp" => Ok(Box::new(Mlp::new(
-            features,
-            t.hidden.iter().map(|&h| h as usize).collect(),
-            classes,
-        )?)),
-        other => Err(ClientError::InvalidRound(format!(
-            "unknown model '{other}': this site has the built-in trainers \"logistic\" and \"mlp\""
-        ))),
-    }
-}
-
-/// Local SGD settings from the announced training configuration.
-pub fn fit_config(t: &v1::TrainingConfig) -> FitConfig {
-    FitConfig {
-        epochs: t.epochs as usize,
-        batch_size: t.batch_size as usize,
-        learning_rate: t.learning_rate as f32,
-        l2: t.l2 as f32,
-        proximal_mu: t.proximal_mu as f32,
-    }
-}
-
-/// Where a site's rows come from.
-#[derive(Clone, Debug)]
-pub(crate) enum DataSource {
-    /// The CSV named in [`SiteConfig::data`].
-    Csv,
-    /// Rows the embedding service already holds (never written anywhere).
-    Memory(Dataset),
-}
+use crate::run::DataSource;
+use crate::train::Dataset;
+// Re-exported here too: `site::builtin_trainer` and friends were public paths.
+pub use crate::trainer::{BoxTrainer, TrainerFactory, builtin_trainer, fit_config};
 
 /// A configured site, ready to [`run`](Site::run).
 #[derive(Clone)]
@@ -101,7 +59,7 @@ impl Site {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<SiteReport, ClientError> {
-        crate::run::run(self, shutdown).await
+        crate::run::run(self.cfg, self.data, self.trainer, shutdown).await
     }
 }
 
@@ -310,24 +268,5 @@ mod tests {
             && c.tls.is_some_and(
                 |t| t.key == Path::new("/certs/sites/hospital-a.key") && t.domain == "c"
             )));
-    }
-
-    #[test]
-    fn builtin_trainer_by_model_name() {
-        let mut t = v1::TrainingConfig {
-            model: "logistic".into(),
-            features: 4,
-            classes: 2,
-            ..Default::default()
-        };
-        assert!(builtin_trainer(&t).is_ok());
-        t.model = "mlp".into();
-        t.hidden = vec![8];
-        assert!(builtin_trainer(&t).is_ok());
-        t.model = "xgboost".into();
-        assert!(builtin_trainer(&t).is_err_and(|e| e.to_string().contains("xgboost")));
-        t.model = "logistic".into();
-        t.classes = 0;
-        assert!(builtin_trainer(&t).is_err());
     }
 }

@@ -10,7 +10,7 @@ use rand::Rng;
 use super::data::Dataset;
 use super::error::{Result, TrainError};
 use super::model::Model;
-use super::net::{Head, LayerSpec, Net, check_data};
+use super::net::{Architecture, Head, LayerSpec, Net};
 use super::{EvalResult, FitConfig, FitResult, Trainer};
 
 /// Linear classifier trained with minibatch SGD on cross-entropy.
@@ -45,8 +45,8 @@ impl LogisticRegression {
         }
     }
 
-    fn specs(&self) -> [LayerSpec; 1] {
-        [LayerSpec {
+    fn specs(&self) -> Vec<LayerSpec> {
+        vec![LayerSpec {
             weight: "weight".into(),
             bias: "bias".into(),
             inputs: self.features,
@@ -54,8 +54,20 @@ impl LogisticRegression {
         }]
     }
 
+    /// The shared dense-network description (one layer, no hidden ReLU).
+    fn architecture(&self) -> Architecture {
+        Architecture {
+            features: self.features,
+            classes: self.classes,
+            specs: self.specs(),
+            head: self.head(),
+        }
+    }
+
+    /// The network in `model`, for the tests' gradient checks.
+    #[cfg(test)]
     pub(crate) fn net(&self, model: &Model) -> Result<Net> {
-        Net::from_model(model, &self.specs(), self.head())
+        self.architecture().net(model)
     }
 }
 
@@ -80,19 +92,11 @@ impl Trainer for LogisticRegression {
         cfg: &FitConfig,
         rng: &mut dyn Rng,
     ) -> Result<FitResult> {
-        check_data(data, self.features, self.classes)?;
-        let mut net = self.net(global)?;
-        let train_loss = net.sgd(data, cfg, rng)?;
-        Ok(FitResult {
-            delta: net.to_model(&self.specs()).sub(global)?,
-            num_examples: data.len() as u64,
-            train_loss,
-        })
+        self.architecture().fit(global, data, cfg, rng)
     }
 
     fn evaluate(&self, model: &Model, data: &Dataset) -> Result<EvalResult> {
-        check_data(data, self.features, self.classes)?;
-        Ok(self.net(model)?.evaluate(data))
+        self.architecture().evaluate(model, data)
     }
 }
 

@@ -13,7 +13,7 @@ use rand::Rng;
 use super::data::Dataset;
 use super::error::{Result, TrainError};
 use super::model::Model;
-use super::net::{Dense, Head, LayerSpec, Net, check_data, standard_normal};
+use super::net::{Architecture, Dense, Head, LayerSpec, Net, standard_normal};
 use super::{EvalResult, FitConfig, FitResult, Trainer};
 
 /// Fully connected ReLU network trained with minibatch SGD.
@@ -60,8 +60,20 @@ impl Mlp {
             .collect()
     }
 
+    /// The shared dense-network description (ReLU between layers, softmax).
+    fn architecture(&self) -> Architecture {
+        Architecture {
+            features: self.features,
+            classes: self.classes,
+            specs: self.specs(),
+            head: Head::Softmax,
+        }
+    }
+
+    /// The network in `model`, for the tests' gradient checks.
+    #[cfg(test)]
     pub(crate) fn net(&self, model: &Model) -> Result<Net> {
-        Net::from_model(model, &self.specs(), Head::Softmax)
+        self.architecture().net(model)
     }
 }
 
@@ -95,19 +107,11 @@ impl Trainer for Mlp {
         cfg: &FitConfig,
         rng: &mut dyn Rng,
     ) -> Result<FitResult> {
-        check_data(data, self.features, self.classes)?;
-        let mut net = self.net(global)?;
-        let train_loss = net.sgd(data, cfg, rng)?;
-        Ok(FitResult {
-            delta: net.to_model(&self.specs()).sub(global)?,
-            num_examples: data.len() as u64,
-            train_loss,
-        })
+        self.architecture().fit(global, data, cfg, rng)
     }
 
     fn evaluate(&self, model: &Model, data: &Dataset) -> Result<EvalResult> {
-        check_data(data, self.features, self.classes)?;
-        Ok(self.net(model)?.evaluate(data))
+        self.architecture().evaluate(model, data)
     }
 }
 

@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use super::data::Dataset;
 use super::error::{Result, TrainError};
 use super::model::{Model, Tensor};
-use super::{EvalResult, FitConfig};
+use super::{EvalResult, FitConfig, FitResult};
 
 /// One affine layer `z = x · wᵀ + b`, `w` shaped `[out, in]`.
 #[derive(Debug, Clone)]
@@ -59,6 +59,51 @@ fn sigmoid(z: f32) -> f32 {
 
 fn sum_f64(a: &Array1<f32>) -> f64 {
     a.fold(0.0f64, |acc, &v| acc + f64::from(v))
+}
+
+/// What distinguishes one built-in dense architecture from another: its
+/// input and class counts, its layers' tensor names and shapes, and its
+/// output head. Logistic regression is the one-layer case, the MLP the deeper
+/// one; both train and evaluate through this one implementation, so a fix to
+/// local training reaches every built-in model at once.
+#[derive(Debug, Clone)]
+pub(crate) struct Architecture {
+    pub features: usize,
+    pub classes: usize,
+    pub specs: Vec<LayerSpec>,
+    pub head: Head,
+}
+
+impl Architecture {
+    /// The network held in `model` (tensor names and shapes checked).
+    pub fn net(&self, model: &Model) -> Result<Net> {
+        Net::from_model(model, &self.specs, self.head)
+    }
+
+    /// [`Trainer::fit`](super::Trainer::fit): SGD from `global`, returning
+    /// `local − global` and the example count for FedAvg.
+    pub fn fit(
+        &self,
+        global: &Model,
+        data: &Dataset,
+        cfg: &FitConfig,
+        rng: &mut dyn Rng,
+    ) -> Result<FitResult> {
+        check_data(data, self.features, self.classes)?;
+        let mut net = self.net(global)?;
+        let train_loss = net.sgd(data, cfg, rng)?;
+        Ok(FitResult {
+            delta: net.to_model(&self.specs).sub(global)?,
+            num_examples: data.len() as u64,
+            train_loss,
+        })
+    }
+
+    /// [`Trainer::evaluate`](super::Trainer::evaluate): summable metrics.
+    pub fn evaluate(&self, model: &Model, data: &Dataset) -> Result<EvalResult> {
+        check_data(data, self.features, self.classes)?;
+        Ok(self.net(model)?.evaluate(data))
+    }
 }
 
 /// Checks a data set against a model's input size and class count.

@@ -1,0 +1,526 @@
+//! The site's side of the federation's rounds, without I/O or awaits.
+//!
+//! [`RoundDriver`] holds what a site knows between calls — its session, the
+//! round in progress with its secure-aggregation machine ([`AnySite`], in
+//! whichever ring the round announced), the round it left, the report —
+//! and turns each coordinator task into an [`Action`] for the run loop:
+//! download the model, compute the local vector, send the queued message,
+//! vanish, or stop. The run loop performs the action and reports back
+//! ([`RoundDriver::model_downloaded`], [`RoundDriver::input_ready`],
+//! [`RoundDriver::sent`]), which may yield the next action.
+//!
+//! ```text
+//!  RoundStart ─▶ SettingUp ─Download─▶ model_downloaded ─┬─ plaintext ─Compute─▶ input_ready ─▶ Plain ─Send
+//!                                                        └─ secure ─▶ Secure(AnySite) ─Send(advert)
+//!  NeighbourKeys ─▶ Send(shares)   IncomingShares ─Compute─▶ input_ready ─Send(masked)
+//!  UnmaskRequest ─▶ Send(unmask)   RoundEnd ─▶ report      Done ─▶ Done
+//! ```
+//!
+//! Because nothing here awaits, every branch is unit-tested directly
+//! (`round/tests.rs`). The parts: this file (tasks of a round in progress),
+//! `round/setup.rs` (download, machine, local job), `round/session.rs`
+//! (Join, reconnect), `round/outgoing.rs` (the outbox messages),
+//! `round/announce.rs` (replays and stale tasks).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confide_crypto::protocol::IdentityVerifier;
+use confide_crypto::protocol::{AnySite, RingVec};
+use confide_crypto::stats::stats_len;
+use confide_crypto::suite::SigningKey;
+use confide_crypto::{ProtocolError, Ring, RoundConfig, Stage, Suite};
+use confide_proto::v1;
+use rand::rngs::StdRng;
+use tracing::{debug, info, warn};
+
+use crate::config::{SiteReport, Vanish};
+use crate::convert;
+use crate::error::ClientError;
+use crate::identity;
+use crate::train::Model;
+use crate::trainer::LocalJob;
+use crate::wire::EVAL_LEN;
+
+use self::announce::{Announcement, announcement, kind_name, routed};
+pub(crate) use self::outgoing::Outgoing;
+use self::outgoing::masked_chunks;
+
+/// Makes the neighbour-identity verifier for a round of the given suite
+/// (reading the federation CA is the caller's business, hence a hook).
+pub(crate) type VerifierFactory =
+    Box<dyn Fn(Suite) -> Result<Arc<dyn IdentityVerifier>, ClientError> + Send + Sync>;
+
+/// What the run loop does next.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Nothing: wait for the next task.
+    Wait,
+    /// Download the global model, then call [`RoundDriver::model_downloaded`].
+    Download(v1::DownloadModelRequest),
+    /// Run the job on a blocking thread, then call [`RoundDriver::input_ready`].
+    Compute(LocalJob),
+    /// Send [`RoundDriver::outbox`], then call [`RoundDriver::sent`].
+    Send,
+    /// Fault injection: stop without sending.
+    Vanish,
+    /// The federation is done.
+    Done,
+}
+
+/// Where the round in progress is. Replaces a set of flags that could
+/// contradict each other (a machine but not kicked off, …).
+#[derive(Debug)]
+enum Phase {
+    /// Announced; the model download or set-up has not finished, so a
+    /// replayed announcement restarts it.
+    SettingUp,
+    /// Secure aggregation: the machine holds this round's keys and shares.
+    Secure(Box<AnySite>),
+    /// Plaintext comparison mode: the input is queued or sent.
+    Plain,
+}
+
+/// One round in progress.
+#[derive(Debug)]
+struct Round {
+    start: v1::RoundStart,
+    kind: v1::RoundKind,
+    cfg: RoundConfig,
+    phase: Phase,
+    global: Option<Model>,
+    started: Instant,
+    stage_started: Instant,
+    /// This site's time per acknowledged stage; also tells whether its
+    /// input reached the coordinator.
+    stage_secs: Vec<(Stage, f64)>,
+    bytes_in: u64,
+    bytes_out: u64,
+    outbox: Option<Outgoing>,
+    /// From the unmask request: (survivors, dropped).
+    survivors: Option<(usize, usize)>,
+}
+
+impl Round {
+    fn deadline(&self) -> Instant {
+        self.stage_started + Duration::from_secs(u64::from(self.start.stage_timeout_secs.max(1)))
+    }
+
+    fn submitted(&self) -> bool {
+        self.stage_secs
+            .iter()
+            .any(|(s, _)| *s == Stage::MaskedInput)
+    }
+}
+
+/// Whether the signing key may be replaced when the federation's suite
+/// turns out to differ (only a key nobody else has seen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeySource {
+    /// Loaded from the site's signing-key file (bound to its certificate).
+    File,
+    /// Generated for this run (insecure mode).
+    Ephemeral,
+}
+
+/// The answer to a Join.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Joined {
+    /// Registered; the session is set.
+    Session,
+    /// The ephemeral key was for another suite: Join again with the new one.
+    Retry,
+}
+
+/// What to do after a reconnect.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// Nothing pending.
+    Nothing,
+    /// Resend [`RoundDriver::outbox`].
+    Resend,
+}
+
+/// What the driver is built from.
+pub(crate) struct DriverConfig {
+    /// The site's name (sent with Join).
+    pub site: String,
+    /// The site's signing key.
+    pub signing: SigningKey,
+    /// Where the key came from (whether it may be replaced).
+    pub key_source: KeySource,
+    /// Fault injection.
+    pub vanish: Option<Vanish>,
+    /// Whether neighbours are checked against certificates (mTLS).
+    pub authenticated: bool,
+    /// The site's feature count (checks a statistics round's vector length).
+    pub num_features: usize,
+    /// Makes each secure round's neighbour-identity verifier.
+    pub verifier: VerifierFactory,
+}
+
+/// The site's protocol state across rounds and reconnects.
+pub(crate) struct RoundDriver {
+    cfg: DriverConfig,
+    rng: StdRng,
+    session: Option<String>,
+    round: Option<Round>,
+    /// A round this site left in this session; its replayed announcement
+    /// must not start it again (the coordinator holds the first keys).
+    left_round: Option<u64>,
+    report: SiteReport,
+}
+
+impl RoundDriver {
+    pub(crate) fn new(cfg: DriverConfig, rng: StdRng) -> Self {
+        RoundDriver {
+            cfg,
+            rng,
+            session: None,
+            round: None,
+            left_round: None,
+            report: SiteReport::default(),
+        }
+    }
+
+    pub(crate) fn report(&self) -> SiteReport {
+        self.report
+    }
+
+    pub(crate) fn report_mut(&mut self) -> &mut SiteReport {
+        &mut self.report
+    }
+
+    /// The round in progress, for logs.
+    pub(crate) fn current_round(&self) -> Option<u64> {
+        self.round.as_ref().map(|r| r.start.round)
+    }
+
+    /// Ends this site's part in the round in progress.
+    pub(crate) fn leave_round(&mut self) {
+        if let Some(r) = self.round.take() {
+            self.left_round = Some(r.start.round);
+        }
+    }
+
+    fn session_str(&self) -> String {
+        self.session.clone().unwrap_or_default()
+    }
+
+    /// The message to send, stamped with the current session.
+    pub(crate) fn outbox(&self) -> Option<Outgoing> {
+        let mut out = self.round.as_ref()?.outbox.clone()?;
+        out.set_session(&self.session_str());
+        Some(out)
+    }
+
+    /// The coordinator acknowledged the outbox (or had it already).
+    pub(crate) fn sent(&mut self, now: Instant) {
+        let Some(r) = self.round.as_mut() else {
+            return;
+        };
+        let Some(out) = r.outbox.take() else {
+            return;
+        };
+        let (stage, bytes) = (out.stage(), out.bytes());
+        r.bytes_out += bytes;
+        // This site's time in the stage: from its input arriving to its
+        // message being acknowledged (local work plus upload).
+        r.stage_secs
+            .push((stage, (now - r.stage_started).as_secs_f64()));
+        r.stage_started = now;
+        debug!(round = r.start.round, %stage, bytes, "sent");
+    }
+
+    /// Queues `out`, unless this is where the site must vanish.
+    fn queue(&mut self, out: Outgoing) -> Action {
+        let Some(r) = self.round.as_mut() else {
+            return Action::Wait;
+        };
+        if Vanish::hits(self.cfg.vanish, r.start.round, out.stage()) {
+            warn!(round = r.start.round, stage = %out.stage(), "fault injection: vanishing now");
+            return Action::Vanish;
+        }
+        r.outbox = Some(out);
+        Action::Send
+    }
+
+    fn vanish_now(&self, stage: Stage) -> bool {
+        self.round
+            .as_ref()
+            .is_some_and(|r| Vanish::hits(self.cfg.vanish, r.start.round, stage))
+    }
+
+    /// The round in progress if it is `round`; other rounds' tasks are stale
+    /// (a replay after reconnect, or a round this site left).
+    fn current(&mut self, round: u64, what: &str) -> Option<&mut Round> {
+        let current = self.current_round();
+        if current != Some(round) {
+            debug!(
+                round,
+                ?current,
+                what,
+                "ignoring a task for a round this site is not in"
+            );
+            return None;
+        }
+        self.round.as_mut()
+    }
+
+    /// Feeds the round's machine with `f`, then queues what it produced.
+    fn step(
+        &mut self,
+        round: u64,
+        what: &str,
+        now: Instant,
+        f: impl FnOnce(&mut AnySite, &mut StdRng) -> Result<(), ProtocolError>,
+    ) -> Result<Action, ClientError> {
+        let session = self.session_str();
+        let rng = &mut self.rng;
+        let Some(r) = self.round.as_mut().filter(|r| r.start.round == round) else {
+            debug!(
+                round,
+                what, "ignoring a task for a round this site is not in"
+            );
+            return Ok(Action::Wait);
+        };
+        let Phase::Secure(m) = &mut r.phase else {
+            return Ok(Action::Wait);
+        };
+        if !routed(f(m, rng))? {
+            return Ok(Action::Wait);
+        }
+        match m.poll_output() {
+            Some(o) => {
+                r.stage_started = now;
+                let out = Outgoing::from_site(o, &session, round);
+                Ok(self.queue(out))
+            }
+            None => Ok(Action::Wait),
+        }
+    }
+
+    /// One task from the coordinator.
+    pub(crate) fn on_task(&mut self, task: v1::Task, now: Instant) -> Result<Action, ClientError> {
+        use v1::task::Kind;
+        let Some(kind) = task.kind else {
+            warn!("empty task ignored");
+            return Ok(Action::Wait);
+        };
+        match kind {
+            Kind::RoundStart(rs) => self.on_round_start(rs, now),
+            Kind::NeighbourKeys(nk) => {
+                if self.current(nk.round, "neighbour keys").is_none() {
+                    return Ok(Action::Wait);
+                }
+                let msg = identity::neighbour_keys(&nk, self.cfg.authenticated)
+                    .map_err(|e| ClientError::InvalidRound(e.to_string()))?;
+                self.step(nk.round, "neighbour keys", now, |m, rng| {
+                    m.handle_neighbour_keys(msg, rng)
+                })
+            }
+            Kind::IncomingShares(is) => {
+                let Some(r) = self.current(is.round, "incoming shares") else {
+                    return Ok(Action::Wait);
+                };
+                let Phase::Secure(m) = &mut r.phase else {
+                    return Ok(Action::Wait);
+                };
+                if !routed(m.handle_incoming_shares(convert::incoming_shares_from_proto(&is)))? {
+                    return Ok(Action::Wait);
+                }
+                r.stage_started = now;
+                self.compute()
+            }
+            Kind::UnmaskRequest(ur) => {
+                let Some(r) = self.current(ur.round, "unmask request") else {
+                    return Ok(Action::Wait);
+                };
+                info!(
+                    round = ur.round,
+                    survivors = ur.survivors.len(),
+                    dropped = ur.dropped.len(),
+                    "unmask requested"
+                );
+                r.survivors = Some((ur.survivors.len(), ur.dropped.len()));
+                let msg = convert::unmask_request_from_proto(&ur);
+                self.step(ur.round, "unmask request", now, |m, _| {
+                    m.handle_unmask_request(msg)
+                })
+            }
+            Kind::RoundEnd(end) => {
+                self.on_round_end(end, now);
+                Ok(Action::Wait)
+            }
+            Kind::Done(d) => {
+                info!(
+                    rounds = d.rounds,
+                    site_rounds = self.report.rounds,
+                    "federation done"
+                );
+                Ok(Action::Done)
+            }
+        }
+    }
+
+    fn on_round_end(&mut self, end: v1::RoundEnd, now: Instant) {
+        let Some(r) = self.round.take_if(|r| r.start.round == end.round) else {
+            info!(round = end.round, success = end.success, message = %end.message, "round ended (this site was not taking part)");
+            return;
+        };
+        if end.success && r.submitted() {
+            self.report.rounds += 1;
+        }
+        let stages: Vec<String> = r
+            .stage_secs
+            .iter()
+            .map(|(s, d)| format!("{s}={d:.3}s"))
+            .collect();
+        info!(
+            round = end.round,
+            kind = kind_name(r.kind),
+            success = end.success,
+            message = %end.message,
+            duration_secs = (now - r.started).as_secs_f64(),
+            stages = %stages.join(" "),
+            survivors = r.survivors.map(|s| s.0),
+            dropped = r.survivors.map(|s| s.1),
+            bytes_in = r.bytes_in,
+            bytes_out = r.bytes_out,
+            "round ended"
+        );
+    }
+
+    fn on_round_start(&mut self, rs: v1::RoundStart, now: Instant) -> Result<Action, ClientError> {
+        let current = self
+            .round
+            .as_ref()
+            .map(|r| (&r.start, !matches!(r.phase, Phase::SettingUp)));
+        match announcement(current, self.left_round, &rs) {
+            Announcement::Ignore => {
+                debug!(round = rs.round, "repeated announcement ignored");
+                return Ok(Action::Wait);
+            }
+            Announcement::Restart => {
+                info!(
+                    round = rs.round,
+                    "round set-up was interrupted; starting it again"
+                );
+            }
+            Announcement::Start => {
+                if let Some(old) = &self.round {
+                    warn!(
+                        round = old.start.round,
+                        "a new round started before this one ended here"
+                    );
+                }
+            }
+        }
+        self.round = None;
+        self.report.last_round = self.report.last_round.max(rs.round);
+        let invalid = |e: convert::ConvertError| ClientError::InvalidRound(e.to_string());
+        let cfg = convert::round_config(&rs).map_err(invalid)?;
+        let kind = v1::RoundKind::try_from(rs.kind)
+            .map_err(|_| ClientError::InvalidRound(format!("unknown round kind {}", rs.kind)))?;
+        info!(
+            round = rs.round,
+            kind = kind_name(kind),
+            member = rs.member,
+            cohort = rs.cohort.len(),
+            plaintext = rs.plaintext,
+            "round started"
+        );
+        let plaintext = rs.plaintext;
+        let download = v1::DownloadModelRequest {
+            session: self.session_str(),
+            round: rs.round,
+        };
+        self.round = Some(Round {
+            start: rs,
+            kind,
+            cfg: cfg.clone(),
+            phase: Phase::SettingUp,
+            global: None,
+            started: now,
+            stage_started: now,
+            stage_secs: Vec::new(),
+            bytes_in: 0,
+            bytes_out: 0,
+            outbox: None,
+            survivors: None,
+        });
+        match kind {
+            v1::RoundKind::Statistics => {
+                if cfg.ring != Ring::U64 {
+                    return Err(ClientError::InvalidRound(format!(
+                        "statistics rounds use ring u64, got {}",
+                        cfg.ring
+                    )));
+                }
+                let want = stats_len(self.cfg.num_features);
+                if cfg.vector_len != want {
+                    return Err(ClientError::InvalidRound(format!(
+                        "statistics vector of {} elements announced, this site's {} features need {want}",
+                        cfg.vector_len, self.cfg.num_features
+                    )));
+                }
+                self.kick_off()
+            }
+            v1::RoundKind::Evaluate | v1::RoundKind::Train => {
+                if kind == v1::RoundKind::Evaluate && cfg.vector_len != EVAL_LEN {
+                    return Err(ClientError::InvalidRound(format!(
+                        "evaluation vector of {} elements announced, expected {EVAL_LEN}",
+                        cfg.vector_len
+                    )));
+                }
+                if self.vanish_now(Stage::AdvertiseKeys) && !plaintext {
+                    return Ok(Action::Vanish);
+                }
+                Ok(Action::Download(download))
+            }
+            v1::RoundKind::Unspecified => {
+                Err(ClientError::InvalidRound("round kind unspecified".into()))
+            }
+        }
+    }
+
+    /// The local vector is ready (for [`Action::Compute`]): mask it or, in
+    /// plaintext mode, send it as is.
+    pub(crate) fn input_ready(&mut self, v: RingVec) -> Result<Action, ClientError> {
+        let session = self.session_str();
+        let Some(r) = self.round.as_mut() else {
+            return Ok(Action::Wait);
+        };
+        let round = r.start.round;
+        let out = match &mut r.phase {
+            Phase::SettingUp | Phase::Plain => {
+                r.phase = Phase::Plain;
+                Some(Outgoing::Masked(masked_chunks(&session, round, &v)))
+            }
+            Phase::Secure(m) => {
+                if v.ring() != m.ring() {
+                    return Err(ClientError::InvalidRound(
+                        "vector ring differs from the round's ring".into(),
+                    ));
+                }
+                if routed(m.handle_input(v))? {
+                    m.poll_output()
+                        .map(|o| Outgoing::from_site(o, &session, round))
+                } else {
+                    None
+                }
+            }
+        };
+        Ok(match out {
+            Some(out) => self.queue(out),
+            None => Action::Wait,
+        })
+    }
+}
+
+mod announce;
+mod outgoing;
+mod session;
+mod setup;
+#[cfg(test)]
+mod tests;

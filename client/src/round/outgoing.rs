@@ -1,0 +1,79 @@
+//! The stage messages a site sends, as they wait in the round's outbox:
+//! built from the site machine's output, stamped with the session when
+//! (re)sent, measured for the round's log line.
+
+use confide_crypto::Stage;
+use confide_crypto::protocol::{AnySiteOutput, RingVec};
+use confide_proto::v1;
+
+use crate::convert;
+use crate::wire;
+
+/// A stage message waiting to be (re)sent; kept until acknowledged so it can
+/// be resent after a reconnect within the stage deadline.
+#[derive(Clone, Debug)]
+pub(crate) enum Outgoing {
+    Advertise(v1::AdvertiseKeysRequest),
+    Shares(v1::ShareKeysRequest),
+    Masked(Vec<v1::MaskedInputChunk>),
+    Unmask(v1::UnmaskResponse),
+}
+
+impl Outgoing {
+    pub(crate) fn stage(&self) -> Stage {
+        match self {
+            Outgoing::Advertise(_) => Stage::AdvertiseKeys,
+            Outgoing::Shares(_) => Stage::ShareKeys,
+            Outgoing::Masked(_) => Stage::MaskedInput,
+            Outgoing::Unmask(_) => Stage::Unmask,
+        }
+    }
+
+    pub(super) fn from_site(o: AnySiteOutput, session: &str, round: u64) -> Outgoing {
+        match o {
+            AnySiteOutput::Advertise(a) => Outgoing::Advertise(v1::AdvertiseKeysRequest {
+                session: session.to_string(),
+                advert: Some(convert::key_advert_to_proto(&a)),
+            }),
+            AnySiteOutput::Shares(b) => {
+                Outgoing::Shares(convert::share_bundle_to_proto(&b, session))
+            }
+            AnySiteOutput::MaskedInput(v) => Outgoing::Masked(masked_chunks(session, round, &v)),
+            AnySiteOutput::Unmask(u) => {
+                Outgoing::Unmask(convert::unmask_response_to_proto(&u, session))
+            }
+        }
+    }
+
+    /// Stamps the current session (it may have been renewed by a rejoin).
+    pub(super) fn set_session(&mut self, session: &str) {
+        match self {
+            Outgoing::Advertise(m) => m.session = session.to_string(),
+            Outgoing::Shares(m) => m.session = session.to_string(),
+            Outgoing::Masked(chunks) => {
+                for c in chunks {
+                    c.session = session.to_string();
+                }
+            }
+            Outgoing::Unmask(m) => m.session = session.to_string(),
+        }
+    }
+
+    /// Bytes on the wire, for the round's log line (payload only for chunks).
+    pub(super) fn bytes(&self) -> u64 {
+        use prost::Message;
+        match self {
+            Outgoing::Advertise(m) => m.encoded_len() as u64,
+            Outgoing::Shares(m) => m.encoded_len() as u64,
+            Outgoing::Masked(chunks) => chunks.iter().map(|c| c.data.len() as u64).sum(),
+            Outgoing::Unmask(m) => m.encoded_len() as u64,
+        }
+    }
+}
+
+pub(super) fn masked_chunks(session: &str, round: u64, v: &RingVec) -> Vec<v1::MaskedInputChunk> {
+    match v {
+        RingVec::U32(v) => wire::masked_input_chunks(session, round, v),
+        RingVec::U64(v) => wire::masked_input_chunks(session, round, v),
+    }
+}

@@ -1,0 +1,142 @@
+//! Setting a round up: the model download, then either the plaintext
+//! input or the secure machine with its first message, and the description
+//! of the local computation ([`LocalJob`]) the run loop performs.
+
+use confide_crypto::Stage;
+use confide_crypto::protocol::AnySite;
+use confide_crypto::quant::Quantiser;
+use confide_proto::v1;
+use tracing::debug;
+
+use super::outgoing::Outgoing;
+use super::{Action, Phase, RoundDriver};
+use crate::convert;
+use crate::error::ClientError;
+use crate::train::{Model, Standardiser};
+use crate::trainer::{Learn, LocalJob};
+use crate::wire::{self, ModelAssembler};
+
+impl RoundDriver {
+    /// The global model arrived (for [`Action::Download`]).
+    pub(crate) fn model_downloaded(
+        &mut self,
+        chunks: &[v1::ModelChunk],
+    ) -> Result<Action, ClientError> {
+        let Some(r) = self.round.as_mut() else {
+            return Ok(Action::Wait);
+        };
+        let mut asm = ModelAssembler::new(r.start.model_bytes);
+        for c in chunks {
+            asm.push(c)?;
+        }
+        let bytes = asm.finish()?;
+        r.bytes_in += bytes.len() as u64;
+        debug!(
+            round = r.start.round,
+            bytes = bytes.len(),
+            "global model downloaded"
+        );
+        let model = Model::from_safetensors(&bytes)?;
+        if r.kind == v1::RoundKind::Train && r.cfg.vector_len != wire::train_len(model.num_params())
+        {
+            return Err(ClientError::InvalidRound(format!(
+                "vector of {} elements announced for a model of {} parameters (expected {})",
+                r.cfg.vector_len,
+                model.num_params(),
+                wire::train_len(model.num_params())
+            )));
+        }
+        r.global = Some(model);
+        self.kick_off()
+    }
+
+    /// The round is set up: compute the input right away (plaintext) or
+    /// start the secure machine and queue its advert.
+    pub(super) fn kick_off(&mut self) -> Result<Action, ClientError> {
+        let Some(r) = self.round.as_ref() else {
+            return Ok(Action::Wait);
+        };
+        if r.start.plaintext {
+            // Comparison mode: no keys, no shares; submit right away.
+            return self.compute();
+        }
+        let cfg = r.cfg.clone();
+        let (member, round) = (r.start.member, r.start.round);
+        if cfg.suite != self.cfg.signing.suite() {
+            return Err(ClientError::InvalidRound(format!(
+                "round uses suite {} but this site's key is for {}",
+                cfg.suite,
+                self.cfg.signing.suite()
+            )));
+        }
+        let verifier = (self.cfg.verifier)(cfg.suite)?;
+        let mut machine = AnySite::new(
+            cfg,
+            member,
+            self.cfg.signing.clone(),
+            verifier,
+            &mut self.rng,
+        )?;
+        let out = machine
+            .poll_output()
+            .map(|o| Outgoing::from_site(o, &self.session_str(), round));
+        if let Some(r) = self.round.as_mut() {
+            r.phase = Phase::Secure(Box::new(machine));
+        }
+        Ok(match out {
+            Some(out) => self.queue(out),
+            None => Action::Wait,
+        })
+    }
+
+    /// The round's local computation, unless this is where the site vanishes.
+    pub(super) fn compute(&mut self) -> Result<Action, ClientError> {
+        if self.vanish_now(Stage::MaskedInput) {
+            return Ok(Action::Vanish);
+        }
+        let Some(r) = self.round.as_ref() else {
+            return Err(ClientError::InvalidRound("no round in progress".into()));
+        };
+        let rs = &r.start;
+        if r.kind == v1::RoundKind::Statistics {
+            let max_cohort = rs
+                .quantisation
+                .as_ref()
+                .map_or(0, |q| q.max_cohort as usize);
+            let max_cohort = if max_cohort == 0 {
+                rs.cohort.len()
+            } else {
+                max_cohort
+            };
+            let bits = rs.training.as_ref().map_or(0, |t| t.stats_scale_bits);
+            return Ok(Action::Compute(LocalJob::Statistics { bits, max_cohort }));
+        }
+        let ring = r.cfg.ring;
+        let quantiser = Quantiser::new(
+            &convert::quant_config(rs.quantisation.as_ref(), ring)
+                .map_err(|e| ClientError::InvalidRound(e.to_string()))?,
+        )?;
+        let global = r
+            .global
+            .clone()
+            .ok_or_else(|| ClientError::InvalidRound("no global model".into()))?;
+        let standardiser = if !rs.feature_mean.is_empty() || !rs.feature_std.is_empty() {
+            Some(
+                Standardiser::new(rs.feature_mean.clone(), rs.feature_std.clone())
+                    .map_err(|e| ClientError::InvalidRound(format!("feature statistics: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(Action::Compute(LocalJob::Learn(Box::new(Learn {
+            round: rs.round,
+            ring,
+            quantiser,
+            training: rs.training.clone().unwrap_or_default(),
+            global,
+            standardiser,
+            evaluate: rs.evaluate || r.kind == v1::RoundKind::Evaluate,
+            fit: r.kind == v1::RoundKind::Train,
+        }))))
+    }
+}

@@ -1,0 +1,494 @@
+//! The round logic without a network: announcements, stale tasks, the
+//! messages a task sequence produces, and the report.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confide_crypto::graph::SecAggParams;
+use confide_crypto::protocol::{AnySiteOutput, RingVec};
+use confide_crypto::protocol::{IdentityVerifier, SiteOutput};
+use confide_crypto::stats::stats_len;
+use confide_crypto::suite::SigningKey;
+use confide_crypto::{ProtocolError, Ring, RoundConfig, Stage, Suite};
+use confide_proto::v1;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::*;
+use crate::config::Vanish;
+use crate::error::ClientError;
+use crate::identity::RelayedKeyVerifier;
+use crate::trainer::LocalJob;
+
+const FEATURES: usize = 2;
+
+fn driver(vanish: Option<Vanish>) -> Result<RoundDriver, ClientError> {
+    seeded_driver(vanish, 7)
+}
+
+/// A driver whose keys come from `seed` (sites of one round need distinct keys).
+fn seeded_driver(vanish: Option<Vanish>, seed: u64) -> Result<RoundDriver, ClientError> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let signing = SigningKey::generate(Suite::Intl, &mut rng);
+    let mut d = RoundDriver::new(
+        DriverConfig {
+            site: "site-a".into(),
+            signing,
+            key_source: KeySource::File,
+            vanish,
+            authenticated: false,
+            num_features: FEATURES,
+            verifier: Box::new(|suite| {
+                Ok(Arc::new(RelayedKeyVerifier { suite }) as Arc<dyn IdentityVerifier>)
+            }),
+        },
+        rng,
+    );
+    let joined = d.joined(v1::JoinResponse {
+        session: "s1".into(),
+        federation: "f".into(),
+        suite: "intl".into(),
+    })?;
+    assert_eq!(joined, Joined::Session);
+    Ok(d)
+}
+
+fn round_cfg(round: u64, ring: Ring, vector_len: usize) -> RoundConfig {
+    RoundConfig {
+        round,
+        suite: Suite::Intl,
+        ring,
+        cohort: vec![1, 2, 3],
+        params: SecAggParams { k: 2, t: 2 },
+        graph_seed: [1; 32],
+        vector_len,
+        min_survivors: 2,
+    }
+}
+
+/// A statistics round for this site (member 1).
+fn stats_start(round: u64, plaintext: bool) -> v1::RoundStart {
+    v1::RoundStart {
+        kind: v1::RoundKind::Statistics as i32,
+        plaintext,
+        stage_timeout_secs: 30,
+        ..convert::round_start(&round_cfg(round, Ring::U64, stats_len(FEATURES)), 1)
+    }
+}
+
+fn task(kind: v1::task::Kind) -> v1::Task {
+    v1::Task { kind: Some(kind) }
+}
+
+fn start(rs: &v1::RoundStart) -> v1::Task {
+    task(v1::task::Kind::RoundStart(rs.clone()))
+}
+
+fn end(round: u64, success: bool) -> v1::Task {
+    task(v1::task::Kind::RoundEnd(v1::RoundEnd {
+        round,
+        success,
+        message: String::new(),
+    }))
+}
+
+#[test]
+fn stale_tasks_are_ignored_and_content_errors_end_the_round() {
+    assert!(matches!(
+        routed(Err(ProtocolError::WrongRound {
+            expected: 2,
+            got: 1
+        })),
+        Ok(false)
+    ));
+    assert!(matches!(
+        routed(Err(ProtocolError::WrongStage {
+            expected: Stage::ShareKeys,
+            got: Stage::AdvertiseKeys
+        })),
+        Ok(false)
+    ));
+    assert!(matches!(routed(Ok(())), Ok(true)));
+    assert!(routed(Err(ProtocolError::Ended)).is_err());
+}
+
+#[test]
+fn outgoing_messages_map_to_their_stage_for_vanish() -> Result<(), ClientError> {
+    let mut rng = StdRng::seed_from_u64(1);
+    let key = SigningKey::generate(Suite::Intl, &mut rng);
+    let verifier: Arc<dyn IdentityVerifier> = Arc::new(RelayedKeyVerifier { suite: Suite::Intl });
+    let mut m = AnySite::new(round_cfg(5, Ring::U32, 4), 2, key, verifier, &mut rng)?;
+    let advert = m.poll_output().map(|o| Outgoing::from_site(o, "s", 5));
+    let Some(Outgoing::Advertise(a)) = &advert else {
+        panic!("first output must be the advert")
+    };
+    assert_eq!(a.session, "s");
+    assert_eq!(advert.map(|o| o.stage()), Some(Stage::AdvertiseKeys));
+    let masked = Outgoing::from_site(
+        AnySiteOutput::from(SiteOutput::<u32>::MaskedInput(vec![1, 2, 3, 4])),
+        "s",
+        5,
+    );
+    assert_eq!(masked.stage(), Stage::MaskedInput);
+    let v = Some(Vanish {
+        round: 5,
+        stage: masked.stage(),
+    });
+    assert!(Vanish::hits(v, 5, Stage::MaskedInput));
+    assert!(!Vanish::hits(v, 5, Stage::AdvertiseKeys));
+    Ok(())
+}
+
+#[test]
+fn replayed_announcements() {
+    let rs = v1::RoundStart {
+        round: 4,
+        graph_seed: vec![1; 32],
+        ..Default::default()
+    };
+    let other = v1::RoundStart {
+        round: 5,
+        ..rs.clone()
+    };
+    // Same round restarted by a restarted coordinator: a new seed.
+    let reseeded = v1::RoundStart {
+        graph_seed: vec![2; 32],
+        ..rs.clone()
+    };
+    assert_eq!(announcement(None, None, &rs), Announcement::Start);
+    assert_eq!(
+        announcement(Some((&rs, true)), None, &rs),
+        Announcement::Ignore
+    );
+    assert_eq!(
+        announcement(Some((&rs, false)), None, &rs),
+        Announcement::Restart
+    );
+    assert_eq!(
+        announcement(Some((&rs, true)), None, &other),
+        Announcement::Start
+    );
+    assert_eq!(
+        announcement(Some((&rs, true)), None, &reseeded),
+        Announcement::Start
+    );
+    assert_eq!(announcement(None, Some(4), &rs), Announcement::Ignore);
+    assert_eq!(announcement(None, Some(3), &rs), Announcement::Start);
+}
+
+#[test]
+fn announcements_this_site_cannot_serve_are_refused() -> Result<(), ClientError> {
+    let mut d = driver(None)?;
+    let now = Instant::now();
+    // Statistics must use ring u64.
+    let mut rs = stats_start(1, false);
+    rs.ring = "u32".into();
+    assert!(matches!(
+        d.on_task(start(&rs), now),
+        Err(ClientError::InvalidRound(m)) if m.contains("ring u64")
+    ));
+    // A vector length that does not fit this site's features.
+    let mut rs = stats_start(2, false);
+    rs.vector_len += 1;
+    assert!(matches!(
+        d.on_task(start(&rs), now),
+        Err(ClientError::InvalidRound(m)) if m.contains("features")
+    ));
+    // An evaluation vector of the wrong length, an unspecified kind, a bad seed.
+    let mut rs = stats_start(3, false);
+    rs.kind = v1::RoundKind::Evaluate as i32;
+    assert!(d.on_task(start(&rs), now).is_err());
+    rs.kind = v1::RoundKind::Unspecified as i32;
+    assert!(d.on_task(start(&rs), now).is_err());
+    let mut rs = stats_start(4, false);
+    rs.graph_seed = vec![1; 3];
+    assert!(matches!(
+        d.on_task(start(&rs), now),
+        Err(ClientError::InvalidRound(m)) if m.contains("graph_seed")
+    ));
+    // The last round seen is still reported.
+    assert_eq!(d.report().last_round, 4);
+    Ok(())
+}
+
+#[test]
+fn a_key_of_another_suite_is_refused_unless_ephemeral() -> Result<(), ClientError> {
+    let mut d = driver(None)?;
+    let gm = v1::JoinResponse {
+        session: "s2".into(),
+        federation: "f".into(),
+        suite: "gm".into(),
+    };
+    assert!(matches!(d.joined(gm.clone()), Err(ClientError::Config(_))));
+    d.cfg.key_source = KeySource::Ephemeral;
+    assert_eq!(d.joined(gm.clone())?, Joined::Retry);
+    assert_eq!(d.joined(gm)?, Joined::Session);
+    assert_eq!(d.session(), Some("s2"));
+    assert!(
+        d.join_request()
+            .is_ok_and(|r| r.site == "site-a" && !r.verifying_key.is_empty())
+    );
+    Ok(())
+}
+
+#[test]
+fn plaintext_statistics_round_sends_the_vector_and_counts_the_round() -> Result<(), ClientError> {
+    let mut d = driver(None)?;
+    let now = Instant::now();
+    let rs = stats_start(3, true);
+    let Action::Compute(LocalJob::Statistics { max_cohort, .. }) = d.on_task(start(&rs), now)?
+    else {
+        panic!("a plaintext statistics round computes right away")
+    };
+    assert_eq!(max_cohort, 3, "no quantisation announced: the cohort size");
+    let v: Vec<u64> = (0..stats_len(FEATURES) as u64).collect();
+    assert!(matches!(
+        d.input_ready(RingVec::U64(v.clone()))?,
+        Action::Send
+    ));
+    let Some(Outgoing::Masked(chunks)) = d.outbox() else {
+        panic!("the input is queued")
+    };
+    assert!(chunks.iter().all(|c| c.session == "s1" && c.round == 3));
+    let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.data.clone()).collect();
+    assert_eq!(bytes, RingVec::U64(v).to_le_bytes());
+    // A replay of the announcement after the input is out changes nothing.
+    assert!(matches!(d.on_task(start(&rs), now)?, Action::Wait));
+    d.sent(now + Duration::from_millis(5));
+    assert!(d.outbox().is_none());
+    assert!(matches!(d.on_task(end(3, true), now)?, Action::Wait));
+    assert_eq!(d.report().rounds, 1);
+    assert_eq!(d.report().last_round, 3);
+    assert_eq!(d.current_round(), None);
+    Ok(())
+}
+
+#[test]
+fn an_unsent_input_does_not_count() -> Result<(), ClientError> {
+    let mut d = driver(None)?;
+    let now = Instant::now();
+    assert!(matches!(
+        d.on_task(start(&stats_start(3, true)), now)?,
+        Action::Compute(_)
+    ));
+    assert!(matches!(d.on_task(end(3, true), now)?, Action::Wait));
+    assert_eq!(d.report().rounds, 0);
+    Ok(())
+}
+
+#[test]
+fn secure_round_starts_with_an_advert_and_ignores_other_rounds() -> Result<(), ClientError> {
+    let mut d = driver(None)?;
+    let now = Instant::now();
+    let rs = stats_start(8, false);
+    assert!(matches!(d.on_task(start(&rs), now)?, Action::Send));
+    let Some(Outgoing::Advertise(a)) = d.outbox() else {
+        panic!("the advert is queued")
+    };
+    assert_eq!(a.session, "s1");
+    assert!(a.advert.is_some_and(|k| k.round == 8 && k.member == 1));
+    // Replayed announcement: ignored, the first keys stay.
+    assert!(matches!(d.on_task(start(&rs), now)?, Action::Wait));
+    // Tasks of other rounds: ignored.
+    let stale = task(v1::task::Kind::NeighbourKeys(v1::NeighbourKeys {
+        round: 7,
+        ..Default::default()
+    }));
+    assert!(matches!(d.on_task(stale, now)?, Action::Wait));
+    let stale = task(v1::task::Kind::UnmaskRequest(v1::UnmaskRequest {
+        round: 9,
+        ..Default::default()
+    }));
+    assert!(matches!(d.on_task(stale, now)?, Action::Wait));
+    assert_eq!(d.current_round(), Some(8));
+    // Leaving the round: its replayed announcement must not restart it.
+    d.leave_round();
+    assert!(matches!(d.on_task(start(&rs), now)?, Action::Wait));
+    assert_eq!(d.current_round(), None);
+    // …until a new session (coordinator restart) makes it a new round.
+    d.joined(v1::JoinResponse {
+        session: "s2".into(),
+        federation: "f".into(),
+        suite: "intl".into(),
+    })?;
+    assert!(matches!(d.on_task(start(&rs), now)?, Action::Send));
+    Ok(())
+}
+
+#[test]
+fn vanish_points_stop_before_sending() -> Result<(), ClientError> {
+    let now = Instant::now();
+    let mut d = driver(Some(Vanish {
+        round: 8,
+        stage: Stage::AdvertiseKeys,
+    }))?;
+    assert!(matches!(
+        d.on_task(start(&stats_start(8, false)), now)?,
+        Action::Vanish
+    ));
+    let mut d = driver(Some(Vanish {
+        round: 8,
+        stage: Stage::MaskedInput,
+    }))?;
+    assert!(matches!(
+        d.on_task(start(&stats_start(8, true)), now)?,
+        Action::Vanish
+    ));
+    Ok(())
+}
+
+#[test]
+fn resend_policy_after_a_reconnect() -> Result<(), ClientError> {
+    let now = Instant::now();
+    let refused = |code| ClientError::Refused {
+        call: "AdvertiseKeys",
+        code,
+        message: String::new(),
+    };
+    let mut d = driver(None)?;
+    assert_eq!(d.resume(now), Resume::Nothing);
+    d.on_task(start(&stats_start(8, false)), now)?;
+    assert_eq!(d.resume(now), Resume::Resend);
+    // A lost link: reconnect again, keep the round.
+    assert!(d.resend_failed(refused(tonic::Code::Unavailable)).is_err());
+    // The stage closed meanwhile: keep the round, drop the message.
+    assert!(
+        d.resend_failed(refused(tonic::Code::FailedPrecondition))
+            .is_ok()
+    );
+    assert_eq!(d.current_round(), Some(8));
+    assert_eq!(d.resume(now), Resume::Nothing);
+    // Refused outright: leave the round.
+    d.on_task(start(&stats_start(9, false)), now)?;
+    assert!(
+        d.resend_failed(refused(tonic::Code::InvalidArgument))
+            .is_ok()
+    );
+    assert_eq!(d.current_round(), None);
+    // The stage deadline passed while disconnected: leave the round.
+    d.on_task(start(&stats_start(10, false)), now)?;
+    assert_eq!(d.resume(now + Duration::from_secs(31)), Resume::Nothing);
+    assert_eq!(d.current_round(), None);
+    Ok(())
+}
+
+/// Three drivers and crypto's coordinator machine exchange a whole secure
+/// round through the wire messages: each task yields the next message, and
+/// the unmasked sum is the sum of the sites' inputs.
+#[test]
+fn secure_round_between_three_drivers_sums_their_inputs() -> Result<(), Box<dyn std::error::Error>>
+{
+    use confide_crypto::protocol::{AnyCoordinator, AnyOutput, StageTimeouts};
+    use std::collections::BTreeMap;
+
+    let now = Instant::now();
+    let round = 11;
+    let cfg = round_cfg(round, Ring::U64, stats_len(FEATURES));
+    let mut coord = AnyCoordinator::secure(
+        cfg.clone(),
+        StageTimeouts::uniform(Duration::from_secs(60)),
+        now,
+    )?;
+    let input = |m: u32| -> Vec<u64> {
+        (0..cfg.vector_len as u64)
+            .map(|i| u64::from(m) * 1000 + i)
+            .collect()
+    };
+    let mut drivers = BTreeMap::new();
+    let mut keys = BTreeMap::new();
+    let mut actions = Vec::new();
+    for m in [1u32, 2, 3] {
+        let mut d = seeded_driver(None, u64::from(m))?;
+        keys.insert(m, d.join_request()?.verifying_key);
+        let rs = v1::RoundStart {
+            kind: v1::RoundKind::Statistics as i32,
+            stage_timeout_secs: 60,
+            ..convert::round_start(&cfg, m)
+        };
+        actions.push((m, d.on_task(start(&rs), now)?));
+        drivers.insert(m, d);
+    }
+    let mut sum = None;
+    for _ in 0..20 {
+        // Sites → coordinator.
+        while let Some((m, action)) = actions.pop() {
+            let d = drivers.get_mut(&m).ok_or("unknown member")?;
+            match action {
+                Action::Send => {
+                    let out = d.outbox().ok_or("nothing queued")?;
+                    match out {
+                        Outgoing::Advertise(req) => {
+                            assert_eq!(req.session, "s1");
+                            let a = req.advert.as_ref().ok_or("no advert")?;
+                            coord.handle_advert(
+                                convert::key_advert_from_proto(a),
+                                keys[&m].clone(),
+                                now,
+                            )?;
+                        }
+                        Outgoing::Shares(req) => {
+                            coord.handle_shares(convert::share_bundle_from_proto(&req)?, now)?
+                        }
+                        Outgoing::Masked(chunks) => {
+                            let bytes: Vec<u8> =
+                                chunks.iter().flat_map(|c| c.data.clone()).collect();
+                            // Masked: not the input itself.
+                            assert_ne!(bytes, RingVec::U64(input(m)).to_le_bytes());
+                            coord.handle_masked_input_bytes(round, m, &bytes, now)?;
+                        }
+                        Outgoing::Unmask(r) => coord.handle_unmask_response(
+                            convert::unmask_response_from_proto(&r)?,
+                            now,
+                        )?,
+                    }
+                    d.sent(now);
+                }
+                Action::Compute(LocalJob::Statistics { .. }) => {
+                    actions.push((m, d.input_ready(RingVec::U64(input(m)))?));
+                }
+                Action::Wait => {}
+                other => panic!("unexpected action {other:?}"),
+            }
+        }
+        // Coordinator → sites.
+        while let Some(o) = coord.poll_output() {
+            let (to, kind) = match o {
+                AnyOutput::NeighbourKeys { to, msg } => (
+                    to,
+                    v1::task::Kind::NeighbourKeys(convert::neighbour_keys_to_proto(&msg)),
+                ),
+                AnyOutput::IncomingShares { to, msg } => (
+                    to,
+                    v1::task::Kind::IncomingShares(convert::incoming_shares_to_proto(&msg)),
+                ),
+                AnyOutput::UnmaskRequest { to, msg } => (
+                    to,
+                    v1::task::Kind::UnmaskRequest(convert::unmask_request_to_proto(&msg)),
+                ),
+                AnyOutput::StageClosed { .. } => continue,
+                AnyOutput::Finished(r) => {
+                    sum = Some(r?.sum);
+                    continue;
+                }
+            };
+            let d = drivers.get_mut(&to).ok_or("unknown member")?;
+            actions.push((to, d.on_task(task(kind), now)?));
+        }
+        if sum.is_some() {
+            break;
+        }
+    }
+    let want: Vec<u64> = (0..cfg.vector_len)
+        .map(|i| {
+            input(1)[i]
+                .wrapping_add(input(2)[i])
+                .wrapping_add(input(3)[i])
+        })
+        .collect();
+    assert_eq!(sum, Some(RingVec::U64(want)));
+    for d in drivers.values_mut() {
+        d.on_task(end(round, true), now)?;
+        assert_eq!(d.report().rounds, 1);
+    }
+    Ok(())
+}

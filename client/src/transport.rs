@@ -1,0 +1,265 @@
+//! The coordinator calls a site makes, behind a small trait, and their gRPC
+//! (tonic) implementation.
+//!
+//! The run loop (`run.rs`) and the round logic (`round.rs`) only see
+//! [`Transport`] and [`Connection`], so an in-memory coordinator can drive
+//! them in tests; this module and `main.rs` are the only client modules that
+//! know tonic. Every call returns [`ClientError`]; a gRPC status becomes
+//! [`ClientError::Refused`] with its code, which the reconnect policy reads
+//! through [`ClientError::is_transient`] and its companions.
+
+use std::future::Future;
+use std::time::Duration;
+
+use confide_proto::v1;
+use confide_proto::v1::site_client::SiteClient;
+use tonic::Streaming;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::SiteConfig;
+use crate::error::ClientError;
+
+/// Opens connections to the coordinator; one per attempt of the run loop.
+pub(crate) trait Transport: Send {
+    /// An open connection.
+    type Conn: Connection;
+
+    /// Connects (TCP, TLS and HTTP/2 for gRPC). Failing here is transient.
+    fn connect(&mut self) -> impl Future<Output = Result<Self::Conn, ClientError>> + Send;
+}
+
+/// One connection's calls, in the order a site uses them. Stage messages
+/// carry the session inside the request; `ALREADY_EXISTS` comes back as a
+/// refusal for the caller to treat as success (an earlier attempt arrived).
+pub(crate) trait Connection: Send {
+    /// Registers the site's name and verifying key; returns the session.
+    fn join(
+        &mut self,
+        req: v1::JoinRequest,
+    ) -> impl Future<Output = Result<v1::JoinResponse, ClientError>> + Send;
+
+    /// Opens the task stream of `session`.
+    fn open_tasks(
+        &mut self,
+        session: String,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
+
+    /// The next task of the stream opened last; `Ok(None)` when it ended.
+    fn next_task(&mut self) -> impl Future<Output = Result<Option<v1::Task>, ClientError>> + Send;
+
+    /// The global model of a round, as the chunks the coordinator sent.
+    fn download_model(
+        &mut self,
+        req: v1::DownloadModelRequest,
+    ) -> impl Future<Output = Result<Vec<v1::ModelChunk>, ClientError>> + Send;
+
+    /// Stage 1: the signed key advert.
+    fn advertise_keys(
+        &mut self,
+        req: v1::AdvertiseKeysRequest,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
+
+    /// Stage 2: the sealed shares.
+    fn share_keys(
+        &mut self,
+        req: v1::ShareKeysRequest,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
+
+    /// Stage 3: the (masked) input vector, in chunks.
+    fn submit_masked_input(
+        &mut self,
+        chunks: Vec<v1::MaskedInputChunk>,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
+
+    /// Stage 4: the shares that unmask the sum.
+    fn unmask(
+        &mut self,
+        req: v1::UnmaskResponse,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
+}
+
+/// gRPC over HTTP/2, with mutual TLS unless the configuration is insecure.
+pub(crate) struct GrpcTransport {
+    url: String,
+    endpoint: Endpoint,
+}
+
+impl GrpcTransport {
+    /// Checks the URL and reads the TLS files now, so a bad configuration
+    /// fails before the first connection attempt instead of being retried.
+    pub(crate) fn new(cfg: &SiteConfig) -> Result<Self, ClientError> {
+        Ok(GrpcTransport {
+            url: cfg.coordinator.clone(),
+            endpoint: endpoint(cfg)?,
+        })
+    }
+}
+
+/// The one place the client builds its endpoint: keep-alives so a dead link
+/// is noticed while a site waits for its next task, and mTLS with the
+/// federation CA and the site's certificate.
+fn endpoint(cfg: &SiteConfig) -> Result<Endpoint, ClientError> {
+    let url = &cfg.coordinator;
+    let bad = |reason: String| ClientError::InvalidUrl {
+        url: url.clone(),
+        reason,
+    };
+    let mut ep = Endpoint::from_shared(url.clone())
+        .map_err(|e| bad(error_chain(&e)))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .http2_keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    if let Some(tls) = cfg
+        .tls
+        .as_ref()
+        .filter(|_| !cfg.insecure || url.starts_with("https"))
+    {
+        let ca = Certificate::from_pem(read_file(&tls.ca)?);
+        let identity = Identity::from_pem(read_file(&tls.cert)?, read_file(&tls.key)?);
+        let tls_cfg = ClientTlsConfig::new()
+            .ca_certificate(ca)
+            .identity(identity)
+            .domain_name(tls.domain.clone());
+        ep = ep
+            .tls_config(tls_cfg)
+            .map_err(|e| bad(format!("TLS configuration: {}", error_chain(&e))))?;
+    }
+    Ok(ep)
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|source| ClientError::CertFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// An error with its causes, for messages an operator reads.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        // Layers often repeat their cause's text; keep each piece once.
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+impl Transport for GrpcTransport {
+    type Conn = GrpcConnection;
+
+    async fn connect(&mut self) -> Result<GrpcConnection, ClientError> {
+        let channel = self
+            .endpoint
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect {
+                url: self.url.clone(),
+                reason: error_chain(&e),
+            })?;
+        let client = SiteClient::new(channel)
+            .max_decoding_message_size(4 * confide_proto::CHUNK_BYTES)
+            .max_encoding_message_size(4 * confide_proto::CHUNK_BYTES);
+        Ok(GrpcConnection {
+            client,
+            tasks: None,
+        })
+    }
+}
+
+/// A tonic client and the task stream opened on it.
+pub(crate) struct GrpcConnection {
+    client: SiteClient<Channel>,
+    tasks: Option<Streaming<v1::Task>>,
+}
+
+impl Connection for GrpcConnection {
+    async fn join(&mut self, req: v1::JoinRequest) -> Result<v1::JoinResponse, ClientError> {
+        self.client
+            .join(req)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| ClientError::refused("Join", s))
+    }
+
+    async fn open_tasks(&mut self, session: String) -> Result<(), ClientError> {
+        let stream = self
+            .client
+            .tasks(v1::TasksRequest { session })
+            .await
+            .map_err(|s| ClientError::refused("Tasks", s))?
+            .into_inner();
+        self.tasks = Some(stream);
+        Ok(())
+    }
+
+    async fn next_task(&mut self) -> Result<Option<v1::Task>, ClientError> {
+        let Some(stream) = self.tasks.as_mut() else {
+            return Ok(None);
+        };
+        stream
+            .message()
+            .await
+            .map_err(|s| ClientError::refused("Tasks", s))
+    }
+
+    async fn download_model(
+        &mut self,
+        req: v1::DownloadModelRequest,
+    ) -> Result<Vec<v1::ModelChunk>, ClientError> {
+        let refused = |s| ClientError::refused("DownloadModel", s);
+        let mut stream = self
+            .client
+            .download_model(req)
+            .await
+            .map_err(refused)?
+            .into_inner();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(refused)? {
+            chunks.push(chunk);
+        }
+        Ok(chunks)
+    }
+
+    async fn advertise_keys(&mut self, req: v1::AdvertiseKeysRequest) -> Result<(), ClientError> {
+        self.client
+            .advertise_keys(req)
+            .await
+            .map(drop)
+            .map_err(|s| ClientError::refused("AdvertiseKeys", s))
+    }
+
+    async fn share_keys(&mut self, req: v1::ShareKeysRequest) -> Result<(), ClientError> {
+        self.client
+            .share_keys(req)
+            .await
+            .map(drop)
+            .map_err(|s| ClientError::refused("ShareKeys", s))
+    }
+
+    async fn submit_masked_input(
+        &mut self,
+        chunks: Vec<v1::MaskedInputChunk>,
+    ) -> Result<(), ClientError> {
+        self.client
+            .submit_masked_input(tokio_stream::iter(chunks))
+            .await
+            .map(drop)
+            .map_err(|s| ClientError::refused("SubmitMaskedInput", s))
+    }
+
+    async fn unmask(&mut self, req: v1::UnmaskResponse) -> Result<(), ClientError> {
+        self.client
+            .unmask(req)
+            .await
+            .map(drop)
+            .map_err(|s| ClientError::refused("Unmask", s))
+    }
+}
