@@ -46,23 +46,9 @@ use crate::config::SiteConfig;
 use crate::convert::{self, ConvertError};
 use crate::error::ClientError;
 
-/// Prefix of the SAN URI that carries a site's verifying key (written by
-/// `confide certs issue --site`): `confide:vk:<suite>:<lowercase hex>`.
-pub const VK_URI_PREFIX: &str = "confide:vk:";
-
-/// The SAN URI binding `key` (of `suite`) to a site certificate.
-pub fn vk_uri(suite: Suite, key: &[u8]) -> String {
-    format!("{VK_URI_PREFIX}{}:{}", suite.name(), hex::encode(key))
-}
-
-/// Parse a [`vk_uri`]; `None` if `uri` is not one.
-pub fn parse_vk_uri(uri: &str) -> Option<(Suite, Vec<u8>)> {
-    let rest = uri.strip_prefix(VK_URI_PREFIX)?;
-    let (suite, hex_key) = rest.split_once(':')?;
-    let suite = suite.parse::<Suite>().ok()?;
-    let key = hex::decode(hex_key).ok()?;
-    (!key.is_empty()).then_some((suite, key))
-}
+// The URI format is part of the wire contract (the CA writes it, every
+// neighbour reads it back), so it lives in `confide_proto::keys`.
+pub use confide_proto::keys::{VK_URI_PREFIX, parse_vk_uri, vk_uri};
 
 /// The verifying key a certificate binds, if it carries a [`vk_uri`].
 pub fn certificate_key(der: &[u8]) -> Option<(Suite, Vec<u8>)> {
