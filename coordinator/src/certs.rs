@@ -19,7 +19,7 @@ use rcgen::{
     KeyUsagePurpose, SanType, string::Ia5String,
 };
 
-pub use confide_client::identity::{VK_URI_PREFIX, parse_vk_uri, vk_uri};
+pub use confide_proto::keys::{VK_URI_PREFIX, parse_vk_uri, vk_uri};
 
 /// File name of the revocation list inside the certs directory.
 pub const REVOKED_FILE: &str = "revoked.txt";
@@ -172,11 +172,7 @@ pub fn issue_site(dir: &Path, name: &str, suite: Suite) -> Result<Vec<PathBuf>, 
         &sites.join(format!("{name}.key")),
         key.serialize_pem().as_bytes(),
     )?;
-    let toml = format!(
-        "suite = \"{}\"\nsecret = \"{}\"\n",
-        suite.name(),
-        hex::encode(sk.secret_bytes())
-    );
+    let toml = confide_proto::keys::signing_key_toml(&sk);
     let signing = sites.join(format!("{name}.signing.toml"));
     write_private(&signing, toml.as_bytes())?;
     Ok(vec![pem, signing])
@@ -326,7 +322,7 @@ mod tests {
         let tmp = tempfile::tempdir()?;
         init(tmp.path(), "test", &[])?;
         issue_site(tmp.path(), "bank-b", Suite::Intl)?;
-        let sk = confide_client::config::load_signing_key(
+        let sk = confide_proto::keys::load_signing_key(
             &tmp.path().join("sites/bank-b.signing.toml"),
         )?;
         let pem = fs::read_to_string(tmp.path().join("sites/bank-b.pem"))?;
