@@ -719,6 +719,25 @@ mod tests {
         Ok(())
     }
 
+    /// The hash names the checkpoints a coordinator may resume from: it must
+    /// not change for the same config file across releases.
+    #[test]
+    fn config_hash_is_pinned() -> Result<(), CoordinatorError> {
+        assert_eq!(
+            Settings::default().config_hash(),
+            "2206dd7d6ee8dea092c9cf049be347b6200f67bf7a6ca978395cb6db82dc0f99"
+        );
+        let s = Settings::from_toml_str(
+            "suite = \"gm\"\nring = \"u64\"\n[model]\nkind = \"mlp\"\nhidden = [16, 8]\n\
+             [optimiser]\nkind = \"fedadam\"\n",
+        )?;
+        assert_eq!(
+            s.config_hash(),
+            "dcfd92dfa133f1c5658d1b410e76589fdd517a387c8bfa0446f8f97d307af170"
+        );
+        Ok(())
+    }
+
     #[test]
     fn config_hash_covers_training_settings_only() {
         let a = Settings::default();
