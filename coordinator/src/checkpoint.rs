@@ -9,7 +9,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use confide_client::train::{Model, Tensor};
+use confide_proto::model::{Model, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoordinatorError;

@@ -7,7 +7,7 @@
 //! the `Site`, `Admin` and gRPC health services.
 //!
 //! ```text
-//!  sites ──gRPC(mTLS)──▶ grpc (thin handlers, CoreError → Status)
+//!  sites ──gRPC(mTLS)──▶ grpc (thin handlers, RequestError → Status)
 //!                          │
 //!                          ▼
 //!                     federation (registry, scheduler, machine per round)
@@ -37,7 +37,7 @@ pub mod settings;
 use std::path::Path;
 
 pub use checkpoint::{RoundRecord, RoundRecordSummary};
-pub use error::{CoordinatorError, CoreError};
+pub use error::{CoordinatorError, RequestError};
 pub use federation::{Federation, ServeReport};
 pub use grpc::serve;
 pub use settings::Settings;

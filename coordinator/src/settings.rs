@@ -592,7 +592,7 @@ impl Settings {
             return bad("training.stats_scale_bits must be at most 40".into());
         }
         let q = self.quantiser(ring)?;
-        let model_bytes = crate::federation::initial_model(self)?.num_params() as u64 * 4;
+        let model_bytes = crate::federation::model_spec(self)?.num_params() as u64 * 4;
         if model_bytes > self.limits.max_model_bytes {
             return bad(format!(
                 "the model has {model_bytes} bytes, above limits.max_model_bytes"
