@@ -26,7 +26,7 @@ use confide_crypto::protocol::StageTimeouts;
 use confide_crypto::protocol::{AnyCoordinator, AnyRoundResult};
 use confide_crypto::quant::Quantiser;
 use confide_crypto::{ProtocolError, Suite};
-use confide_proto::model::{Model, ModelKind, ModelSpec};
+use confide_proto::model::{Model, ModelSpec};
 use confide_proto::v1 as pb;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{info, warn};
@@ -61,9 +61,8 @@ pub struct ServeReport {
 
 /// The model the settings describe.
 pub fn model_spec(s: &Settings) -> Result<ModelSpec, CoordinatorError> {
-    let kind: ModelKind = s.model.kind.parse()?;
     Ok(ModelSpec::new(
-        kind,
+        s.model_kind()?,
         s.model.features as usize,
         s.model.hidden.iter().map(|&h| h as usize).collect(),
         s.model.classes as usize,
