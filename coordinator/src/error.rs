@@ -135,6 +135,18 @@ pub enum CoordinatorError {
     /// A checkpoint whose model does not fit the configured one.
     #[error("checkpoint: {0}")]
     CheckpointModel(#[source] ModelError),
+    /// A manifest that does not serialise.
+    #[error("checkpoint: {0}")]
+    ManifestJson(#[source] serde_json::Error),
+    /// A manifest that does not parse.
+    #[error("checkpoint: {}: {source}", path.display())]
+    Manifest {
+        /// The checkpoint directory's manifest.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
     /// TLS material.
     #[error("TLS: {0}")]
     Tls(String),
