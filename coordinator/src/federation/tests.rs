@@ -212,3 +212,138 @@ async fn a_plaintext_round_updates_the_model_from_the_uploads()
     );
     Ok(())
 }
+
+/// One in-process site: its signing key, session, task stream and machine.
+struct Member {
+    session: String,
+    rx: mpsc::UnboundedReceiver<pb::Task>,
+    site: Option<confide_crypto::protocol::AnySite>,
+    ended: Option<bool>,
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_secure_round_of_in_process_sites_updates_the_model()
+-> Result<(), Box<dyn std::error::Error>> {
+    use confide_crypto::protocol::{AnySite, AnySiteOutput, IdentityVerifier, KeyDirectory};
+    use confide_crypto::suite::SigningKey;
+
+    let s = one_round(true, 3);
+    let fed = Federation::new(s.clone())?;
+    let before = initial_model(&s)?.flatten();
+    let d = before.len();
+    let mut rng = rand::rng();
+    let mut directory = KeyDirectory::new();
+    let mut keys = Vec::new();
+    let mut members = Vec::new();
+    for name in ["a", "b", "c"] {
+        let key = SigningKey::generate(s.suite()?, &mut rng);
+        let vk = key.verifying_key()?;
+        let session = fed.join(name, vk.as_bytes(), None)?;
+        let member = fed.session(&session, None)?.member;
+        directory.insert(member, vk);
+        let rx = fed.open_tasks(&session, None)?;
+        keys.push(key);
+        members.push(Member {
+            session,
+            rx,
+            site: None,
+            ended: None,
+        });
+    }
+    let verifier: Arc<dyn IdentityVerifier> = Arc::new(directory);
+    let driver = tokio::spawn({
+        let fed = fed.clone();
+        async move { fed.run().await }
+    });
+    let mut quant = None;
+    for _ in 0..200 {
+        for (m, key) in members.iter_mut().zip(&keys) {
+            while let Ok(t) = m.rx.try_recv() {
+                let site = m.site.as_mut();
+                match (t.kind.ok_or("empty task")?, site) {
+                    (pb::task::Kind::RoundStart(rs), None) => {
+                        let cfg = convert::round_config(&rs)?;
+                        quant.get_or_insert(convert::quant_config(
+                            rs.quantisation.as_ref(),
+                            cfg.ring,
+                        )?);
+                        m.site = Some(AnySite::new(
+                            cfg,
+                            rs.member,
+                            key.clone(),
+                            verifier.clone(),
+                            &mut rng,
+                        )?);
+                    }
+                    (pb::task::Kind::NeighbourKeys(nk), Some(site)) => {
+                        site.handle_neighbour_keys(
+                            convert::neighbour_keys_from_proto(&nk)?,
+                            &mut rng,
+                        )?;
+                    }
+                    (pb::task::Kind::IncomingShares(sh), Some(site)) => {
+                        site.handle_incoming_shares(convert::incoming_shares_from_proto(&sh))?;
+                        // Every site moves every parameter by 0.5, weight 1.
+                        let q = Quantiser::new(quant.as_ref().ok_or("no quantiser")?)?;
+                        let v: Vec<u32> = q.encode(&vec![0.5; d], 1, &[1, 2, 500], &mut rng)?;
+                        site.handle_input(RingVec::U32(v))?;
+                    }
+                    (pb::task::Kind::UnmaskRequest(u), Some(site)) => {
+                        site.handle_unmask_request(convert::unmask_request_from_proto(&u))?;
+                    }
+                    (pb::task::Kind::RoundEnd(e), _) => m.ended = Some(e.success),
+                    (other, _) => return Err(format!("unexpected task {other:?}").into()),
+                }
+            }
+            let Some(site) = m.site.as_mut() else {
+                continue;
+            };
+            while let Some(out) = site.poll_output() {
+                match out {
+                    AnySiteOutput::Advertise(a) => fed.advertise(
+                        &m.session,
+                        None,
+                        convert::key_advert_to_proto(&a),
+                        Vec::new(),
+                    )?,
+                    AnySiteOutput::Shares(b) => fed.share_keys(
+                        &m.session,
+                        None,
+                        convert::share_bundle_to_proto(&b, &m.session),
+                    )?,
+                    AnySiteOutput::MaskedInput(v) => {
+                        let round = site.config().round;
+                        let mut up = fed
+                            .begin_upload(&m.session, None, round, v.len() as u64)
+                            .await?;
+                        up.push(0, &v.to_le_bytes())?;
+                        fed.finish_upload(&m.session, None, up)?;
+                    }
+                    AnySiteOutput::Unmask(u) => fed.unmask(
+                        &m.session,
+                        None,
+                        convert::unmask_response_to_proto(&u, &m.session),
+                    )?,
+                }
+            }
+        }
+        if members.iter().all(|m| m.ended.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(members.iter().all(|m| m.ended == Some(true)));
+    let report = driver.await??;
+    assert_eq!(report.completed_rounds, 1);
+    let rec = &report.history[0];
+    assert!(rec.success, "{}", rec.message);
+    assert_eq!((rec.cohort, rec.survivors, rec.dropped), (3, 3, 0));
+    assert_eq!(rec.accuracy, Some(0.5));
+    assert_eq!(rec.eval_examples, 6);
+    assert_eq!(rec.stage_secs.len(), 4, "{:?}", rec.stage_secs);
+    let after = Model::from_safetensors(&fed.model_bytes())?.flatten();
+    for (a, b) in after.iter().zip(&before) {
+        assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
+    }
+    Ok(())
+}
