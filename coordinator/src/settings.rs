@@ -13,13 +13,15 @@ use confide_crypto::ring::Ring;
 use confide_proto::model::ModelKind;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::CoordinatorError;
 
 mod defaults;
+mod names;
+
+use names::{model_kind_name, optimiser_name, ring_name, suite_name};
 
 /// Everything the coordinator needs to run one federation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -248,46 +250,6 @@ impl FromStr for OptimiserKind {
             }
         })
     }
-}
-
-// The named choices stay strings in `Settings` (their exact spelling is part
-// of the config hash, and callers assign them as text), but a file or
-// environment value that names nothing is refused while it is read, with the
-// field and the accepted values in the message.
-
-/// A name `T` parses, or a deserialisation error naming `field` and `accepted`.
-fn checked_name<'de, D: Deserializer<'de>, T: FromStr>(
-    d: D,
-    field: &str,
-    accepted: &str,
-) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    match s.parse::<T>() {
-        Ok(_) => Ok(s),
-        Err(_) => Err(D::Error::custom(format!(
-            "{field}: unknown value {s:?}, expected {accepted}"
-        ))),
-    }
-}
-
-fn suite_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    checked_name::<D, Suite>(d, "suite", "\"intl\" or \"gm\"")
-}
-
-fn ring_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    checked_name::<D, Ring>(d, "ring", "\"u32\" or \"u64\"")
-}
-
-fn model_kind_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    checked_name::<D, ModelKind>(d, "model.kind", "\"logistic\" or \"mlp\"")
-}
-
-fn optimiser_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    checked_name::<D, OptimiserKind>(
-        d,
-        "optimiser.kind",
-        "\"fedavg\", \"fedavgm\", \"fedadam\", \"fedyogi\" or \"fedadagrad\"",
-    )
 }
 
 /// The training-relevant part of the settings: what the config hash covers.

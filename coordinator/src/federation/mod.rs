@@ -209,6 +209,11 @@ impl Federation {
         &self.settings
     }
 
+    /// The cipher suite (parsed once, at start).
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+
     /// The current global model bytes (safetensors).
     pub fn model_bytes(&self) -> Arc<Vec<u8>> {
         self.lock().model_bytes.clone()
