@@ -322,9 +322,8 @@ mod tests {
         let tmp = tempfile::tempdir()?;
         init(tmp.path(), "test", &[])?;
         issue_site(tmp.path(), "bank-b", Suite::Intl)?;
-        let sk = confide_proto::keys::load_signing_key(
-            &tmp.path().join("sites/bank-b.signing.toml"),
-        )?;
+        let sk =
+            confide_proto::keys::load_signing_key(&tmp.path().join("sites/bank-b.signing.toml"))?;
         let pem = fs::read_to_string(tmp.path().join("sites/bank-b.pem"))?;
         let der = x509_parser::pem::parse_x509_pem(pem.as_bytes())?.1.contents;
         let peer = crate::access::PeerCert::from_der(&der).ok_or("unparsable")?;

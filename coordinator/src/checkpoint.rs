@@ -9,7 +9,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use confide_client::train::{Model, Tensor};
+use confide_proto::model::{Model, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoordinatorError;
@@ -134,9 +134,17 @@ pub fn round_dir_name(r: u64) -> String {
 /// Serialise the optimiser state as safetensors (`m`, `v`).
 fn optimiser_file(m: &[f32], v: &[f32]) -> Result<Vec<u8>, CoordinatorError> {
     let mut model = Model::new();
-    model.insert("m", Tensor::new(vec![m.len()], m.to_vec()).map_err(ck)?);
-    model.insert("v", Tensor::new(vec![v.len()], v.to_vec()).map_err(ck)?);
-    model.to_safetensors(None).map_err(ck)
+    model.insert(
+        "m",
+        Tensor::new(vec![m.len()], m.to_vec()).map_err(CoordinatorError::CheckpointModel)?,
+    );
+    model.insert(
+        "v",
+        Tensor::new(vec![v.len()], v.to_vec()).map_err(CoordinatorError::CheckpointModel)?,
+    );
+    model
+        .to_safetensors(None)
+        .map_err(CoordinatorError::CheckpointModel)
 }
 
 /// Write a checkpoint for `manifest.round`; returns its directory.
@@ -157,7 +165,7 @@ pub fn save(
     if let Some((m, v)) = optimiser {
         write_synced(&tmp.join("optimiser.safetensors"), &optimiser_file(m, v)?)?;
     }
-    let json = serde_json::to_vec_pretty(manifest).map_err(ck)?;
+    let json = serde_json::to_vec_pretty(manifest).map_err(CoordinatorError::ManifestJson)?;
     write_synced(&tmp.join("manifest.json"), &json)?;
     sync_dir(&tmp)?;
     let final_dir = dir.join(&name);
@@ -195,17 +203,21 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CoordinatorError> {
 /// Load the manifest of a checkpoint directory.
 pub fn load_manifest(path: &Path) -> Result<Manifest, CoordinatorError> {
     let text = fs::read(path.join("manifest.json"))?;
-    serde_json::from_slice(&text).map_err(|e| ck(format!("{}: {e}", path.display())))
+    serde_json::from_slice(&text).map_err(|source| CoordinatorError::Manifest {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Load one checkpoint directory.
 pub fn load(path: &Path) -> Result<Checkpoint, CoordinatorError> {
     let manifest = load_manifest(path)?;
     let model_bytes = fs::read(path.join("model.safetensors"))?;
-    let model = Model::from_safetensors(&model_bytes).map_err(ck)?;
+    let model = Model::from_safetensors(&model_bytes).map_err(CoordinatorError::CheckpointModel)?;
     let optimiser = match &manifest.optimiser_state {
         Some(f) => {
-            let m = Model::from_safetensors(&fs::read(path.join(f))?).map_err(ck)?;
+            let m = Model::from_safetensors(&fs::read(path.join(f))?)
+                .map_err(CoordinatorError::CheckpointModel)?;
             let get = |n: &str| {
                 m.get(n)
                     .map(|t| t.data.clone())
@@ -263,17 +275,20 @@ pub fn export(ckpt: &Checkpoint, out: &Path) -> Result<(), CoordinatorError> {
         let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         model.insert(
             "preprocess.mean",
-            Tensor::new(vec![p.mean.len()], f(&p.mean)).map_err(ck)?,
+            Tensor::new(vec![p.mean.len()], f(&p.mean))
+                .map_err(CoordinatorError::CheckpointModel)?,
         );
         model.insert(
             "preprocess.std",
-            Tensor::new(vec![p.std.len()], f(&p.std)).map_err(ck)?,
+            Tensor::new(vec![p.std.len()], f(&p.std)).map_err(CoordinatorError::CheckpointModel)?,
         );
     }
     let mut meta = HashMap::new();
     meta.insert("round".to_string(), ckpt.manifest.round.to_string());
     meta.insert("config_hash".to_string(), ckpt.manifest.config_hash.clone());
-    let bytes = model.to_safetensors(Some(meta)).map_err(ck)?;
+    let bytes = model
+        .to_safetensors(Some(meta))
+        .map_err(CoordinatorError::CheckpointModel)?;
     write_synced(out, &bytes)
 }
 

@@ -1,12 +1,14 @@
-//! Errors of the coordinator. [`CoreError`] is what a site's request can
+//! Errors of the coordinator. [`RequestError`] is what a site's request can
 //! provoke (mapped to one gRPC status in `grpc`); [`CoordinatorError`] is what
 //! stops the coordinator.
 
-use confide_crypto::ProtocolError;
+use confide_crypto::{MemberId, ProtocolError, Stage};
+use confide_proto::convert::ConvertError;
+use confide_proto::model::ModelError;
 
 /// Why a site's request was refused.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
-pub enum CoreError {
+pub enum RequestError {
     /// Unknown or replaced session.
     #[error("unknown or expired session")]
     UnknownSession,
@@ -18,6 +20,14 @@ pub enum CoreError {
         /// Site claimed.
         site: String,
     },
+    /// A stage message claims another member than the session's.
+    #[error("site {site:?} may not act as member {claimed}")]
+    MemberMismatch {
+        /// The session's site.
+        site: String,
+        /// Member named in the message.
+        claimed: MemberId,
+    },
     /// Message for another round.
     #[error("message for round {got}, but the current round is {expected}")]
     WrongRound {
@@ -26,40 +36,88 @@ pub enum CoreError {
         /// Message's round.
         got: u64,
     },
-    /// Message for another stage or a member not in this stage.
-    #[error("{0}")]
-    WrongStage(String),
-    /// Duplicate submission.
-    #[error("duplicate submission: {0}")]
-    Duplicate(String),
-    /// Malformed content.
+    /// The site is not in the round's cohort.
+    #[error("site {site} is not in the cohort of round {round}")]
+    NotInCohort {
+        /// Site name.
+        site: String,
+        /// The round.
+        round: u64,
+    },
+    /// An upload outside the masked-input stage.
+    #[error("round {round} is in stage {stage}, not masked-input")]
+    NotUploading {
+        /// The round.
+        round: u64,
+        /// Its current stage.
+        stage: Stage,
+    },
+    /// The member already submitted its vector (or is not in this stage).
+    #[error("duplicate submission: member {0} already submitted (or is not in this stage)")]
+    AlreadySubmitted(MemberId),
+    /// The crypto machine refused the message.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// A wire message that does not convert into the protocol's types.
     #[error("invalid argument: {0}")]
-    Invalid(String),
-    /// A configured limit.
-    #[error("limit exceeded: {0}")]
-    Limit(String),
-    /// Not found.
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// Internal failure.
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl From<ProtocolError> for CoreError {
-    fn from(e: ProtocolError) -> Self {
-        match e {
-            ProtocolError::WrongRound { expected, got } => CoreError::WrongRound { expected, got },
-            ProtocolError::WrongStage { .. }
-            | ProtocolError::Ended
-            | ProtocolError::NotParticipant(_) => CoreError::WrongStage(e.to_string()),
-            ProtocolError::Duplicate(_) => CoreError::Duplicate(e.to_string()),
-            ProtocolError::WrongLength { .. } | ProtocolError::Malformed { .. } => {
-                CoreError::Invalid(e.to_string())
-            }
-            other => CoreError::Invalid(other.to_string()),
-        }
-    }
+    Convert(#[from] ConvertError),
+    /// A site name outside `[A-Za-z0-9._-]{1,253}`.
+    #[error("invalid argument: site name must be 1–253 characters of [A-Za-z0-9._-]")]
+    SiteName,
+    /// A verifying key of impossible length.
+    #[error("invalid argument: verifying_key must be a public key of the federation's suite")]
+    VerifyingKey,
+    /// An upload announcing another vector length than the round's.
+    #[error("invalid argument: vector has {got} elements, expected {expected}")]
+    VectorLength {
+        /// Elements the round's vector has.
+        expected: usize,
+        /// Elements announced.
+        got: u64,
+    },
+    /// An upload chunk at the wrong offset.
+    #[error("invalid argument: chunk offset {offset}, expected {expected}")]
+    ChunkOffset {
+        /// Offset given (elements).
+        offset: u64,
+        /// Elements received so far.
+        expected: u64,
+    },
+    /// An upload chunk that does not fit the vector.
+    #[error(
+        "invalid argument: chunk of {bytes} bytes does not fit a vector of {elements} elements of {width} bytes"
+    )]
+    ChunkSize {
+        /// Chunk bytes.
+        bytes: usize,
+        /// Elements of the vector.
+        elements: usize,
+        /// Bytes per element.
+        width: usize,
+    },
+    /// An upload stream that ended early.
+    #[error("invalid argument: stream ended after {received} of {elements} elements")]
+    Truncated {
+        /// Elements received.
+        received: usize,
+        /// Elements of the vector.
+        elements: usize,
+    },
+    /// `max_sites` reached.
+    #[error("limit exceeded: the federation already has max_sites = {max_sites} sites")]
+    TooManySites {
+        /// The limit.
+        max_sites: usize,
+    },
+    /// No model to download for that round.
+    #[error("not found: no model for round {round}")]
+    NoModel {
+        /// The round asked for.
+        round: u64,
+    },
+    /// The coordinator is shutting down.
+    #[error("internal error: shutting down")]
+    ShuttingDown,
 }
 
 /// Why the coordinator cannot start or had to stop.
@@ -68,9 +126,27 @@ pub enum CoordinatorError {
     /// Invalid settings.
     #[error("configuration: {0}")]
     Config(String),
+    /// The model from the settings cannot be built.
+    #[error("configuration: model: {0}")]
+    Model(#[from] ModelError),
     /// Checkpoint trouble.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A checkpoint whose model does not fit the configured one.
+    #[error("checkpoint: {0}")]
+    CheckpointModel(#[source] ModelError),
+    /// A manifest that does not serialise.
+    #[error("checkpoint: {0}")]
+    ManifestJson(#[source] serde_json::Error),
+    /// A manifest that does not parse.
+    #[error("checkpoint: {}: {source}", path.display())]
+    Manifest {
+        /// The checkpoint directory's manifest.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
     /// TLS material.
     #[error("TLS: {0}")]
     Tls(String),
@@ -80,7 +156,13 @@ pub enum CoordinatorError {
     /// Transport.
     #[error("transport: {0}")]
     Transport(String),
+    /// A background task (checkpoint writer) panicked or was cancelled.
+    #[error("checkpoint: {0}")]
+    Join(#[from] tokio::task::JoinError),
     /// Too many failed rounds in a row.
-    #[error("{0}")]
-    Rounds(String),
+    #[error("{failures} consecutive rounds failed; giving up")]
+    Rounds {
+        /// Consecutive failures.
+        failures: u32,
+    },
 }

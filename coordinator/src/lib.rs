@@ -7,7 +7,7 @@
 //! the `Site`, `Admin` and gRPC health services.
 //!
 //! ```text
-//!  sites ──gRPC(mTLS)──▶ grpc (site, admin: thin handlers; status: CoreError → Status)
+//!  sites ──gRPC(mTLS)──▶ grpc (site, admin: thin handlers; status: RequestError → Status)
 //!                          │   └─▶ access (certificates, revocation, join rate, key binding)
 //!                          ▼
 //!                     federation (registry, scheduler, machine per round)
@@ -44,7 +44,7 @@ use std::path::Path;
 pub use checkpoint::{RoundRecord, RoundRecordSummary};
 pub use cli::render::rounds_table;
 pub use convert::record_to_pb;
-pub use error::{CoordinatorError, CoreError};
+pub use error::{CoordinatorError, RequestError};
 pub use federation::{Federation, ServeReport};
 pub use grpc::serve;
 pub use settings::Settings;

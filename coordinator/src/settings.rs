@@ -10,12 +10,18 @@ use confide_crypto::Suite;
 use confide_crypto::graph::{self, SecAggParams};
 use confide_crypto::quant::{QuantConfig, Quantiser};
 use confide_crypto::ring::Ring;
+use confide_proto::model::ModelKind;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::CoordinatorError;
+
+mod defaults;
+mod names;
+
+use names::{model_kind_name, optimiser_name, ring_name, suite_name};
 
 /// Everything the coordinator needs to run one federation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -25,7 +31,8 @@ pub struct Settings {
     pub federation: String,
     /// Address `confide serve` binds (the library's `serve` binds nothing).
     pub listen: String,
-    /// Cipher suite: "intl" or "gm".
+    /// Cipher suite: "intl" or "gm" (checked when the file is read).
+    #[serde(deserialize_with = "suite_name")]
     pub suite: String,
     /// Training rounds to complete successfully.
     pub rounds: u64,
@@ -39,7 +46,9 @@ pub struct Settings {
     pub cohort_size: Option<usize>,
     /// Secure aggregation on (default). `false` is a plaintext comparison mode.
     pub secure_aggregation: bool,
-    /// Ring of training rounds: "u32" or "u64" (statistics rounds always use u64).
+    /// Ring of training rounds: "u32" or "u64" (statistics rounds always use
+    /// u64; checked when the file is read).
+    #[serde(deserialize_with = "ring_name")]
     pub ring: String,
     /// Run a statistics round first for federated standardisation.
     pub statistics_round: bool,
@@ -97,7 +106,8 @@ pub struct SecAggSettings {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSettings {
-    /// "logistic" or "mlp".
+    /// "logistic" or "mlp" (checked when the file is read).
+    #[serde(deserialize_with = "model_kind_name")]
     pub kind: String,
     /// Input features.
     pub features: u32,
@@ -143,7 +153,9 @@ pub struct QuantSettings {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimiserSettings {
-    /// "fedavg", "fedavgm", "fedadam", "fedyogi" or "fedadagrad".
+    /// "fedavg", "fedavgm", "fedadam", "fedyogi" or "fedadagrad" (checked
+    /// when the file is read).
+    #[serde(deserialize_with = "optimiser_name")]
     pub kind: String,
     /// Server learning rate η.
     pub server_lr: f64,
@@ -205,120 +217,6 @@ pub struct LimitSettings {
     pub join_rate_per_sec: f64,
     /// Join requests admitted in a burst.
     pub join_burst: u32,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            federation: "confide".into(),
-            listen: "0.0.0.0:7443".into(),
-            suite: "intl".into(),
-            rounds: 10,
-            min_sites: 3,
-            max_sites: 100,
-            cohort_fraction: 1.0,
-            cohort_size: None,
-            secure_aggregation: true,
-            ring: "u32".into(),
-            statistics_round: true,
-            evaluate_every_round: true,
-            final_evaluation: true,
-            max_consecutive_failures: 10,
-            join_grace_secs: 0.0,
-            secagg: SecAggSettings::default(),
-            model: ModelSettings::default(),
-            training: TrainingSettings::default(),
-            quantisation: QuantSettings::default(),
-            optimiser: OptimiserSettings::default(),
-            checkpoints: CheckpointSettings::default(),
-            tls: TlsSettings::default(),
-            limits: LimitSettings::default(),
-        }
-    }
-}
-
-impl Default for SecAggSettings {
-    fn default() -> Self {
-        SecAggSettings {
-            dropout_fraction: 0.1,
-            collusion_fraction: 0.1,
-            sigma: 40,
-            eta: 30,
-            k: None,
-            t: None,
-            min_survivors: None,
-            stage_timeout_secs: 60,
-        }
-    }
-}
-
-impl Default for ModelSettings {
-    fn default() -> Self {
-        ModelSettings {
-            kind: "logistic".into(),
-            features: 30,
-            classes: 2,
-            hidden: Vec::new(),
-            init_seed: 0,
-        }
-    }
-}
-
-impl Default for TrainingSettings {
-    fn default() -> Self {
-        TrainingSettings {
-            epochs: 5,
-            batch_size: 16,
-            learning_rate: 0.05,
-            l2: 0.0,
-            proximal_mu: 0.0,
-            stats_scale_bits: 16,
-        }
-    }
-}
-
-impl Default for QuantSettings {
-    fn default() -> Self {
-        QuantSettings {
-            clip: 4.0,
-            max_weight: 10_000,
-            scale: None,
-        }
-    }
-}
-
-impl Default for OptimiserSettings {
-    fn default() -> Self {
-        OptimiserSettings {
-            kind: "fedavg".into(),
-            server_lr: 1.0,
-            beta1: 0.9,
-            beta2: 0.99,
-            tau: 1e-3,
-        }
-    }
-}
-
-impl Default for CheckpointSettings {
-    fn default() -> Self {
-        CheckpointSettings {
-            dir: None,
-            keep_last: 3,
-            allow_config_change: false,
-        }
-    }
-}
-
-impl Default for LimitSettings {
-    fn default() -> Self {
-        LimitSettings {
-            max_message_bytes: 4 << 20,
-            max_model_bytes: 1 << 30,
-            max_concurrent_uploads: 8,
-            join_rate_per_sec: 5.0,
-            join_burst: 50,
-        }
-    }
 }
 
 /// The server optimiser families.
@@ -398,6 +296,11 @@ impl Settings {
     /// The training ring.
     pub fn ring(&self) -> Result<Ring, CoordinatorError> {
         Ring::from_str(&self.ring).map_err(|e| CoordinatorError::Config(format!("ring: {}", e.0)))
+    }
+
+    /// The model family.
+    pub fn model_kind(&self) -> Result<ModelKind, CoordinatorError> {
+        Ok(self.model.kind.parse()?)
     }
 
     /// The optimiser family.
@@ -566,16 +469,17 @@ impl Settings {
         if self.secagg.stage_timeout_secs == 0 {
             return bad("secagg.stage_timeout_secs must be at least 1".into());
         }
-        match self.model.kind.as_str() {
-            "logistic" => {}
-            "mlp" => {
+        match self.model_kind() {
+            Ok(ModelKind::Logistic) => {}
+            Ok(ModelKind::Mlp) => {
                 if self.model.hidden.is_empty() || self.model.hidden.contains(&0) {
                     return bad("model.hidden must list positive layer widths for an mlp".into());
                 }
             }
-            other => {
+            Err(_) => {
                 return bad(format!(
-                    "model.kind must be \"logistic\" or \"mlp\", got {other:?}"
+                    "model.kind must be \"logistic\" or \"mlp\", got {:?}",
+                    self.model.kind
                 ));
             }
         }
@@ -592,7 +496,7 @@ impl Settings {
             return bad("training.stats_scale_bits must be at most 40".into());
         }
         let q = self.quantiser(ring)?;
-        let model_bytes = crate::federation::initial_model(self)?.num_params() as u64 * 4;
+        let model_bytes = crate::federation::model_spec(self)?.num_params() as u64 * 4;
         if model_bytes > self.limits.max_model_bytes {
             return bad(format!(
                 "the model has {model_bytes} bytes, above limits.max_model_bytes"
@@ -655,77 +559,4 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn example_file_parses_and_validates() -> Result<(), CoordinatorError> {
-        let text = include_str!("../federation.example.toml");
-        let mut s = Settings::from_toml_str(text)?;
-        assert_eq!(s.model.features, 30);
-        assert_eq!(s.rounds, 30);
-        assert_eq!(s.optimiser_kind()?, OptimiserKind::FedAvg);
-        s.tls.insecure = true;
-        s.validate()?;
-        Ok(())
-    }
-
-    #[test]
-    fn refuses_bad_configs() {
-        let mut s = Settings {
-            tls: TlsSettings {
-                insecure: true,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        assert!(s.validate().is_ok());
-        s.min_sites = 1;
-        assert!(s.validate().is_err());
-        s.min_sites = 3;
-        s.quantisation.max_weight = u64::MAX / 2;
-        assert!(s.validate().is_err(), "quantiser overflow must be refused");
-        s.quantisation.max_weight = 100;
-        s.secagg.k = Some(2);
-        s.secagg.t = Some(1);
-        assert!(s.validate().is_err(), "t <= k/2 must be refused");
-        s.secagg.k = None;
-        s.secagg.t = None;
-        s.optimiser.kind = "sgd".into();
-        assert!(s.validate().is_err());
-        s.optimiser.kind = "fedadam".into();
-        s.tls.insecure = false;
-        assert!(s.validate().is_err(), "TLS without files must be refused");
-    }
-
-    #[test]
-    fn environment_overrides_the_file() -> Result<(), Box<dyn std::error::Error>> {
-        let tmp = tempfile::tempdir()?;
-        let path = tmp.path().join("f.toml");
-        std::fs::write(&path, "rounds = 4\n[training]\nepochs = 2\n")?;
-        // SAFETY: no other test reads or writes CONFIDE_* variables.
-        unsafe {
-            std::env::set_var("CONFIDE_TRAINING__EPOCHS", "7");
-            std::env::set_var("CONFIDE_ROUNDS", "9");
-        }
-        let s = Settings::load(&path);
-        unsafe {
-            std::env::remove_var("CONFIDE_TRAINING__EPOCHS");
-            std::env::remove_var("CONFIDE_ROUNDS");
-        }
-        let s = s?;
-        assert_eq!((s.rounds, s.training.epochs), (9, 7));
-        assert!(Settings::load(&tmp.path().join("missing.toml")).is_err());
-        Ok(())
-    }
-
-    #[test]
-    fn config_hash_covers_training_settings_only() {
-        let a = Settings::default();
-        let mut b = a.clone();
-        b.listen = "127.0.0.1:1".into();
-        assert_eq!(a.config_hash(), b.config_hash());
-        b.training.epochs += 1;
-        assert_ne!(a.config_hash(), b.config_hash());
-    }
-}
+mod tests;

@@ -33,7 +33,8 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 #[test]
-fn a_checkpoint_from_before_the_restructure_resumes_byte_identical() -> Result<(), Box<dyn std::error::Error>> {
+fn a_checkpoint_from_before_the_restructure_resumes_byte_identical()
+-> Result<(), Box<dyn std::error::Error>> {
     let tmp = tempfile::tempdir()?;
     copy_dir(Path::new(FIXTURE), tmp.path())?;
     let written = checkpoint::latest(tmp.path())?.ok_or("fixture checkpoint not found")?;

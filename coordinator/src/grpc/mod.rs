@@ -8,7 +8,7 @@
 //! serve ─▶ Handlers::admit (access: certificate, revocation, allow-list)
 //!       ├─▶ site   (Site service)  ─▶ Federation
 //!       ├─▶ admin  (Admin service) ─▶ Federation, checkpoints
-//!       └─▶ status (CoreError → Status, exhaustive)
+//!       └─▶ status (RequestError → Status, exhaustive)
 //! ```
 
 mod admin;

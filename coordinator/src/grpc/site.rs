@@ -12,7 +12,7 @@ use pb::site_server::Site;
 
 use super::{BoxStream, Handlers};
 use crate::access::{KeyBindingRefusal, check_join_key};
-use crate::error::CoreError;
+use crate::error::RequestError;
 
 #[tonic::async_trait]
 impl Site for Handlers {
@@ -33,7 +33,7 @@ impl Site for Handlers {
         if let Some(c) = &cert
             && c.name != r.site
         {
-            let e = CoreError::IdentityMismatch {
+            let e = RequestError::IdentityMismatch {
                 peer: c.name.clone(),
                 site: r.site.clone(),
             };

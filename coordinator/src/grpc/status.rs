@@ -1,78 +1,156 @@
-//! The one map from a refused request ([`CoreError`]) to a gRPC [`Status`].
-//! Exhaustive on purpose, with no catch-all arm: a new refusal must be given
-//! its status here, or the crate does not compile.
+//! The one map from a refused request ([`RequestError`]) to a gRPC [`Status`].
+//! Exhaustive on purpose, with no catch-all arm: a new refusal (or a new
+//! protocol error) must be given its status here, or the crate does not
+//! compile.
 
-use tonic::Status;
+use confide_crypto::ProtocolError;
+use tonic::{Code, Status};
 use tracing::{info, warn};
 
-use crate::error::CoreError;
+use crate::error::RequestError;
 
-impl From<CoreError> for Status {
-    fn from(e: CoreError) -> Self {
+impl From<RequestError> for Status {
+    fn from(e: RequestError) -> Self {
         let msg = e.to_string();
+        let code = status_code(&e);
         // One log line per refusal: identity and limit violations are what
         // an operator must see; the rest (late, duplicate, malformed) are
         // normal under retries and reconnects.
-        match &e {
-            CoreError::IdentityMismatch { .. } | CoreError::Limit(_) => {
+        match code {
+            Code::PermissionDenied | Code::ResourceExhausted => {
                 warn!(reason = %msg, "request refused")
             }
             _ => info!(reason = %msg, "request refused"),
         }
-        match e {
-            CoreError::UnknownSession => Status::unauthenticated(msg),
-            CoreError::IdentityMismatch { .. } => Status::permission_denied(msg),
-            CoreError::WrongRound { .. } | CoreError::WrongStage(_) => {
-                Status::failed_precondition(msg)
-            }
-            CoreError::Duplicate(_) => Status::already_exists(msg),
-            CoreError::Invalid(_) => Status::invalid_argument(msg),
-            CoreError::Limit(_) => Status::resource_exhausted(msg),
-            CoreError::NotFound(_) => Status::not_found(msg),
-            CoreError::Internal(_) => Status::internal(msg),
+        Status::new(code, msg)
+    }
+}
+
+/// The status of each refusal; exhaustive, so a new error variant must be
+/// given its code here.
+fn status_code(e: &RequestError) -> Code {
+    match e {
+        RequestError::UnknownSession => Code::Unauthenticated,
+        RequestError::IdentityMismatch { .. } | RequestError::MemberMismatch { .. } => {
+            Code::PermissionDenied
         }
+        RequestError::WrongRound { .. }
+        | RequestError::NotInCohort { .. }
+        | RequestError::NotUploading { .. } => Code::FailedPrecondition,
+        RequestError::AlreadySubmitted(_) => Code::AlreadyExists,
+        RequestError::Protocol(p) => protocol_code(p),
+        RequestError::Convert(_)
+        | RequestError::SiteName
+        | RequestError::VerifyingKey
+        | RequestError::VectorLength { .. }
+        | RequestError::ChunkOffset { .. }
+        | RequestError::ChunkSize { .. }
+        | RequestError::Truncated { .. } => Code::InvalidArgument,
+        RequestError::TooManySites { .. } => Code::ResourceExhausted,
+        RequestError::NoModel { .. } => Code::NotFound,
+        RequestError::ShuttingDown => Code::Internal,
+    }
+}
+
+/// The status of a message the round's machine refused.
+fn protocol_code(e: &ProtocolError) -> Code {
+    match e {
+        ProtocolError::WrongRound { .. }
+        | ProtocolError::WrongStage { .. }
+        | ProtocolError::Ended
+        | ProtocolError::NotParticipant(_)
+        | ProtocolError::Aborted { .. } => Code::FailedPrecondition,
+        ProtocolError::Duplicate(_) => Code::AlreadyExists,
+        ProtocolError::WrongLength { .. }
+        | ProtocolError::Malformed { .. }
+        | ProtocolError::BadAdvert { .. }
+        | ProtocolError::BothSharesRequested(_)
+        | ProtocolError::CommitmentMismatch { .. }
+        | ProtocolError::Crypto(_)
+        | ProtocolError::Shamir(_)
+        | ProtocolError::Config(_)
+        | ProtocolError::BelowThreshold { .. }
+        | ProtocolError::TooFewSurvivors { .. }
+        | ProtocolError::Reconstruction { .. } => Code::InvalidArgument,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
 
     #[test]
-    fn core_errors_map_to_the_documented_statuses() {
+    fn request_errors_map_to_the_documented_statuses() {
         let cases = [
-            (CoreError::UnknownSession, Code::Unauthenticated),
+            (RequestError::UnknownSession, Code::Unauthenticated),
             (
-                CoreError::IdentityMismatch {
+                RequestError::IdentityMismatch {
                     peer: "a".into(),
                     site: "b".into(),
                 },
                 Code::PermissionDenied,
             ),
             (
-                CoreError::WrongRound {
+                RequestError::MemberMismatch {
+                    site: "a".into(),
+                    claimed: 2,
+                },
+                Code::PermissionDenied,
+            ),
+            (
+                RequestError::WrongRound {
                     expected: 2,
                     got: 1,
                 },
                 Code::FailedPrecondition,
             ),
-            (CoreError::WrongStage("x".into()), Code::FailedPrecondition),
-            (CoreError::Duplicate("x".into()), Code::AlreadyExists),
-            (CoreError::Invalid("x".into()), Code::InvalidArgument),
-            (CoreError::Limit("x".into()), Code::ResourceExhausted),
-            (CoreError::NotFound("x".into()), Code::NotFound),
+            (
+                RequestError::NotInCohort {
+                    site: "a".into(),
+                    round: 1,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                RequestError::NotUploading {
+                    round: 1,
+                    stage: confide_crypto::Stage::ShareKeys,
+                },
+                Code::FailedPrecondition,
+            ),
+            (RequestError::AlreadySubmitted(3), Code::AlreadyExists),
+            (RequestError::SiteName, Code::InvalidArgument),
+            (RequestError::VerifyingKey, Code::InvalidArgument),
+            (
+                RequestError::ChunkOffset {
+                    offset: 1,
+                    expected: 0,
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                RequestError::TooManySites { max_sites: 2 },
+                Code::ResourceExhausted,
+            ),
+            (RequestError::NoModel { round: 1 }, Code::NotFound),
+            (RequestError::ShuttingDown, Code::Internal),
         ];
         for (e, code) in cases {
             assert_eq!(Status::from(e.clone()).code(), code, "{e}");
         }
-        let dup: CoreError = confide_crypto::ProtocolError::Duplicate(3).into();
+        let dup: RequestError = confide_crypto::ProtocolError::Duplicate(3).into();
         assert_eq!(Status::from(dup).code(), Code::AlreadyExists);
-        let len: CoreError = confide_crypto::ProtocolError::WrongLength {
+        let len: RequestError = confide_crypto::ProtocolError::WrongLength {
             expected: 2,
             got: 1,
         }
         .into();
         assert_eq!(Status::from(len).code(), Code::InvalidArgument);
+        let stage: RequestError = confide_crypto::ProtocolError::WrongStage {
+            expected: confide_crypto::Stage::MaskedInput,
+            got: confide_crypto::Stage::AdvertiseKeys,
+        }
+        .into();
+        assert_eq!(Status::from(stage).code(), Code::FailedPrecondition);
     }
 }

@@ -1,0 +1,476 @@
+//! The round driver: waits for sites, asks the scheduler for a plan, runs the
+//! round's machine until it finishes (woken by site messages or by the
+//! machine's next deadline, never by polling), applies the outcome and writes
+//! the checkpoint.
+
+use super::*;
+
+impl Federation {
+    /// Drive rounds until the configured training rounds (and the final
+    /// evaluation) are done. Cancel-safe: dropping the future aborts the round.
+    pub async fn run(self: &Arc<Self>) -> Result<ServeReport, CoordinatorError> {
+        let mut failures = 0u32;
+        let mut eval_failures = 0u32;
+        loop {
+            let progress = self.lock().progress();
+            let Some(kind) = scheduler::next_kind(&self.settings, &progress) else {
+                break;
+            };
+            let cohort = self.wait_for_sites().await;
+            let ok = self.run_round(kind, cohort).await?;
+            if ok {
+                failures = 0;
+            } else {
+                failures += 1;
+                if kind == RoundKind::Evaluate {
+                    eval_failures += 1;
+                    if eval_failures >= 3 {
+                        warn!("final evaluation failed three times; skipping it");
+                        self.lock().final_done = true;
+                    }
+                }
+                if failures >= self.settings.max_consecutive_failures {
+                    return Err(CoordinatorError::Rounds { failures });
+                }
+            }
+        }
+        Ok(self.report())
+    }
+
+    async fn wait_for_sites(&self) -> Vec<(confide_crypto::MemberId, String)> {
+        let mut logged = false;
+        loop {
+            let c = self.lock().registry.connected();
+            if c.len() >= self.settings.min_sites {
+                if self
+                    .grace_done
+                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+                    || self.settings.join_grace_secs <= 0.0
+                {
+                    return c;
+                }
+                // First round: give sites that are still connecting a moment
+                // to be included (every new stream wakes us).
+                let until = tokio::time::Instant::now()
+                    + Duration::from_secs_f64(self.settings.join_grace_secs);
+                while self.lock().registry.connected().len() < self.settings.max_sites
+                    && tokio::time::timeout_at(until, self.wake.notified())
+                        .await
+                        .is_ok()
+                {}
+                continue;
+            }
+            if !logged {
+                info!(
+                    connected = c.len(),
+                    min_sites = self.settings.min_sites,
+                    "waiting for sites"
+                );
+                logged = true;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), self.wake.notified()).await;
+        }
+    }
+
+    fn training_config(&self) -> pb::TrainingConfig {
+        let s = &self.settings;
+        pb::TrainingConfig {
+            model: s.model.kind.to_string(),
+            hidden: s.model.hidden.clone(),
+            features: s.model.features,
+            classes: s.model.classes,
+            epochs: s.training.epochs,
+            batch_size: s.training.batch_size,
+            learning_rate: s.training.learning_rate,
+            l2: s.training.l2,
+            proximal_mu: s.training.proximal_mu,
+            stats_scale_bits: s.training.stats_scale_bits,
+        }
+    }
+
+    /// The `RoundStart` of a plan (`member` filled in per recipient).
+    fn round_start(
+        &self,
+        plan: &RoundPlan,
+        model_len: usize,
+        preprocess: Option<&Preprocess>,
+    ) -> pb::RoundStart {
+        let s = &self.settings;
+        pb::RoundStart {
+            kind: plan.kind.proto() as i32,
+            quantisation: Some(pb::Quantisation {
+                clip: self.quant.clip(),
+                scale: self.quant.scale(),
+                max_weight: self.quant.max_weight(),
+                max_cohort: self.quant.max_cohort() as u32,
+            }),
+            training: Some(self.training_config()),
+            model_bytes: match plan.kind {
+                RoundKind::Statistics => 0,
+                RoundKind::Train | RoundKind::Evaluate => model_len as u64,
+            },
+            evaluate: match plan.kind {
+                RoundKind::Train => s.evaluate_every_round,
+                RoundKind::Evaluate => true,
+                RoundKind::Statistics => false,
+            },
+            feature_mean: preprocess.map(|p| p.mean.clone()).unwrap_or_default(),
+            feature_std: preprocess.map(|p| p.std.clone()).unwrap_or_default(),
+            stage_timeout_secs: s.secagg.stage_timeout_secs,
+            plaintext: !plan.secure,
+            ..convert::round_start(&plan.config, 0)
+        }
+    }
+
+    async fn run_round(
+        self: &Arc<Self>,
+        kind: RoundKind,
+        connected: Vec<(confide_crypto::MemberId, String)>,
+    ) -> Result<bool, CoordinatorError> {
+        let now = clock();
+        let (plan, model_bytes, model_round, preprocess) = {
+            let g = self.lock();
+            // ThreadRng is not Send: it lives only in this block, outside any await.
+            let plan = scheduler::plan_round(
+                &self.settings,
+                &self.quant,
+                self.suite,
+                kind,
+                &g.progress(),
+                connected,
+                &mut rand::rng(),
+                now,
+            );
+            (
+                plan,
+                g.model_bytes.clone(),
+                g.model_round,
+                g.preprocess.clone(),
+            )
+        };
+        let plan = match plan {
+            Ok(p) => p,
+            Err(PlanError::TooFewSites { .. }) => return Ok(false),
+            Err(PlanError::Params {
+                round,
+                cohort,
+                source,
+            }) => {
+                warn!(round, cohort, error = %source, "cannot start round");
+                self.record_failure(round, kind, cohort, model_round, &source.to_string(), 0.0);
+                // Wait for the set of connected sites to change before retrying.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return Ok(false);
+            }
+        };
+        let round_id = plan.config.round;
+        let n = plan.names.len();
+        let machine = if plan.secure {
+            AnyCoordinator::secure(
+                plan.config.clone(),
+                StageTimeouts::uniform(plan.stage_timeout),
+                now,
+            )
+        } else {
+            Ok(AnyCoordinator::plain(&plan.config, plan.plain_deadline()))
+        };
+        let machine = match machine {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(round = round_id, error = %e, "cannot start round");
+                self.record_failure(round_id, kind, n, model_round, &e.to_string(), 0.0);
+                return Ok(false);
+            }
+        };
+        info!(
+            round = round_id,
+            kind = kind.name(),
+            cohort = n,
+            k = plan.config.params.k,
+            t = plan.config.params.t,
+            "round started"
+        );
+        let start = self.round_start(&plan, model_bytes.len(), preprocess.as_ref());
+        {
+            let mut g = self.lock();
+            let mut active = ActiveRound::new(
+                round_id,
+                kind,
+                plan.names.clone(),
+                machine,
+                plan.config.vector_len,
+                model_bytes,
+                now,
+            );
+            for &m in plan.names.keys() {
+                let st = pb::RoundStart {
+                    member: m,
+                    ..start.clone()
+                };
+                active.send(&g.registry, m, task(pb::task::Kind::RoundStart(st)));
+            }
+            g.round = Some(active);
+        }
+        let mut guard = AbortOnDrop {
+            fed: self.clone(),
+            armed: true,
+        };
+        let result = self.drive().await;
+        guard.armed = false;
+        let active = self.lock().round.take();
+        let Some(active) = active else {
+            return Ok(false);
+        };
+        self.finish_round(active, result, plan.model_len, model_round)
+            .await
+    }
+
+    /// Close stages at their deadlines until the machine finishes. Site
+    /// messages (which may finish it) wake the driver through `wake`.
+    async fn drive(&self) -> Result<AnyRoundResult, ProtocolError> {
+        loop {
+            let deadline = {
+                let now = clock();
+                let mut g = self.lock();
+                let Inner {
+                    round: active,
+                    registry,
+                    ..
+                } = &mut *g;
+                let Some(r) = active.as_mut() else {
+                    return Err(ProtocolError::Ended);
+                };
+                r.machine.handle_timeout(now);
+                r.pump(registry, now);
+                if let Some(res) = r.result.take() {
+                    return res;
+                }
+                r.machine.poll_timeout()
+            };
+            match deadline {
+                Some(d) => {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(d)) => {}
+                    }
+                }
+                // No deadline left: only a site message can move the machine.
+                None => self.wake.notified().await,
+            }
+        }
+    }
+
+    fn record_failure(
+        &self,
+        round_id: u64,
+        kind: RoundKind,
+        n: usize,
+        model_round: u64,
+        msg: &str,
+        duration_secs: f64,
+    ) {
+        let mut g = self.lock();
+        g.history.push(RoundRecord {
+            round: round_id,
+            kind: kind.name().into(),
+            success: false,
+            message: msg.to_string(),
+            cohort: n as u32,
+            model_round,
+            duration_secs,
+            ..Default::default()
+        });
+        g.next_round = round_id + 1;
+    }
+
+    async fn finish_round(
+        self: &Arc<Self>,
+        active: ActiveRound,
+        result: Result<AnyRoundResult, ProtocolError>,
+        model_len: usize,
+        model_round: u64,
+    ) -> Result<bool, CoordinatorError> {
+        let kind = active.kind;
+        let now = clock();
+        let mut rec = RoundRecord {
+            round: active.id,
+            kind: kind.name().into(),
+            cohort: active.names.len() as u32,
+            model_round,
+            duration_secs: now.saturating_duration_since(active.started).as_secs_f64(),
+            stage_secs: active.stage_secs.clone(),
+            bytes_in: active.bytes_in,
+            bytes_out: active.bytes_out,
+            ..Default::default()
+        };
+        let applied: Result<(), String> = match result {
+            Err(e) => Err(e.to_string()),
+            Ok(sum) => {
+                rec.survivors = sum.survivors.len() as u32;
+                // Everyone in the cohort whose input is not in the sum, whatever
+                // the stage they vanished at (the protocol's own list only
+                // names those whose masks had to be reconstructed).
+                rec.dropped = rec.cohort.saturating_sub(rec.survivors);
+                self.apply(kind, &sum, model_len, &mut rec)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let ok = applied.is_ok();
+        rec.success = ok;
+        if let Err(m) = &applied {
+            rec.message = m.clone();
+            rec.dropped = rec.cohort.saturating_sub(rec.survivors);
+            warn!(round = rec.round, kind = kind.name(), reason = %m, "round failed; global model unchanged");
+        }
+        info!(
+            round = rec.round,
+            kind = kind.name(),
+            success = ok,
+            survivors = rec.survivors,
+            dropped = rec.dropped,
+            accuracy = rec.accuracy.map(|a| format!("{a:.4}")).unwrap_or_default(),
+            secs = format!("{:.2}", rec.duration_secs),
+            bytes_in = rec.bytes_in,
+            bytes_out = rec.bytes_out,
+            stages = ?rec.stage_secs,
+            "round finished"
+        );
+        let end = task(pb::task::Kind::RoundEnd(pb::RoundEnd {
+            round: rec.round,
+            success: ok,
+            message: rec.message.clone(),
+        }));
+        let save = {
+            let mut g = self.lock();
+            for name in active.names.values() {
+                g.registry.send(name, end.clone());
+            }
+            g.next_round = rec.round + 1;
+            g.history.push(rec);
+            if ok { self.snapshot(&g) } else { None }
+        };
+        if let (Some((manifest, bytes, opt)), Some(dir)) =
+            (save, self.settings.checkpoints.dir.clone())
+        {
+            let keep = self.settings.checkpoints.keep_last;
+            let res = tokio::task::spawn_blocking(
+                move || -> Result<std::path::PathBuf, CoordinatorError> {
+                    let p = checkpoint::save(
+                        &dir,
+                        &manifest,
+                        &bytes,
+                        opt.as_ref().map(|(m, v)| (m.as_slice(), v.as_slice())),
+                    )?;
+                    checkpoint::prune(&dir, keep, checkpoint::best_round(&manifest.history))?;
+                    Ok(p)
+                },
+            )
+            .await?;
+            let p = res?;
+            info!(path = %p.display(), "checkpoint written");
+        }
+        Ok(ok)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn snapshot(
+        &self,
+        g: &Inner,
+    ) -> Option<(Manifest, Arc<Vec<u8>>, Option<(Vec<f32>, Vec<f32>)>)> {
+        self.settings.checkpoints.dir.as_ref()?;
+        let opt = g
+            .optimiser
+            .has_state()
+            .then(|| (g.optimiser.m.clone(), g.optimiser.v.clone()));
+        let manifest = Manifest {
+            format: 1,
+            round: g.history.last().map(|r| r.round).unwrap_or(0),
+            model_round: g.model_round,
+            next_round: g.next_round,
+            completed_train_rounds: g.completed,
+            suite: self.suite.name().into(),
+            config_hash: self.config_hash.clone(),
+            optimiser: self.settings.optimiser.kind.to_string(),
+            optimiser_state: opt.as_ref().map(|_| "optimiser.safetensors".to_string()),
+            preprocess: g.preprocess.clone(),
+            tensors: g
+                .model
+                .tensors
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shape.clone()))
+                .collect(),
+            history: g.history.clone(),
+        };
+        Some((manifest, g.model_bytes.clone(), opt))
+    }
+
+    /// Apply a successful round's sum to the federation's state.
+    fn apply(
+        &self,
+        kind: RoundKind,
+        sum: &AnyRoundResult,
+        model_len: usize,
+        rec: &mut RoundRecord,
+    ) -> Result<(), OutcomeError> {
+        let mut g = self.lock();
+        let cx = Context {
+            features: self.settings.model.features as usize,
+            stats_scale_bits: self.settings.training.stats_scale_bits,
+            quant: &self.quant,
+            model_len,
+            model: &g.model,
+            optimiser: &g.optimiser,
+            max_model_bytes: self.settings.limits.max_model_bytes,
+        };
+        match outcome::outcome(kind, sum, &cx)? {
+            Outcome::Statistics(st) => {
+                info!(rows = st.rows, "federated feature statistics computed");
+                rec.eval_examples = st.rows;
+                g.preprocess = Some(st.preprocess);
+            }
+            Outcome::Evaluated(e) => {
+                record_evaluation(rec, e.as_ref());
+                g.final_accuracy = rec.accuracy;
+                g.final_done = true;
+            }
+            Outcome::Trained(update, e) => {
+                record_evaluation(rec, e.as_ref());
+                let update = *update;
+                g.optimiser = update.optimiser;
+                g.model = update.model;
+                g.model_bytes = Arc::new(update.bytes);
+                g.model_round = rec.round;
+                g.completed += 1;
+                rec.message = format!("Σweight = {}", update.total_weight);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn record_evaluation(rec: &mut RoundRecord, e: Option<&Evaluation>) {
+    if let Some(e) = e {
+        rec.accuracy = Some(e.accuracy);
+        rec.loss = Some(e.loss);
+        rec.eval_examples = e.examples;
+    }
+}
+
+/// Aborts the active round if the driver future is dropped (shutdown).
+struct AbortOnDrop {
+    fed: Arc<Federation>,
+    armed: bool,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut g = self.fed.lock();
+        if let Some(r) = g.round.as_mut() {
+            r.machine.abort("coordinator shutting down");
+        }
+        g.round = None;
+    }
+}

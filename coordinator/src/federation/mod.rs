@@ -1,0 +1,489 @@
+//! The federation core: the [`Federation`] handle shared by the gRPC handlers
+//! and the round driver. No tonic here; the `grpc` module translates requests
+//! into calls on [`Federation`].
+//!
+//! One round, as the driver ([`Federation::run`]) sees it:
+//!
+//! ```text
+//! wait for min_sites ─▶ scheduler: RoundPlan ─▶ RoundStart ─▶ round: machine stages (site RPCs + deadlines)
+//!        ▲                                                          │ Finished(sum)
+//!        └── checkpoint ◀── outcome: optimiser step / statistics ◀──┘   (failure: model untouched)
+//! ```
+//!
+//! Time is read only at the edges (each entry point and each driver wake-up,
+//! from tokio's clock so tests can pause it) and passed down as `now`.
+
+pub mod outcome;
+pub mod registry;
+pub mod round;
+pub mod scheduler;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use confide_crypto::protocol::StageTimeouts;
+use confide_crypto::protocol::{AnyCoordinator, AnyRoundResult};
+use confide_crypto::quant::Quantiser;
+use confide_crypto::{ProtocolError, Suite};
+use confide_proto::convert;
+use confide_proto::model::{Model, ModelSpec};
+use confide_proto::v1 as pb;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tracing::{info, warn};
+
+use crate::checkpoint::{self, Manifest, Preprocess, RoundRecord};
+use crate::error::{CoordinatorError, RequestError};
+use crate::optim::ServerOptimiser;
+use crate::settings::Settings;
+use outcome::{Context, Evaluation, Outcome, OutcomeError};
+use registry::Registry;
+pub use registry::SessionInfo;
+pub use round::Upload;
+use round::{ActiveRound, SiteMessage, task};
+pub use scheduler::RoundKind;
+use scheduler::{PlanError, Progress, RoundPlan};
+
+/// The current time on tokio's clock (virtual under a paused test runtime).
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// What `serve` reports when it returns.
+#[derive(Clone, Debug, Default)]
+pub struct ServeReport {
+    /// Training rounds completed successfully.
+    pub completed_rounds: u64,
+    /// Every round's record.
+    pub history: Vec<RoundRecord>,
+    /// Held-out accuracy of the final model (from the evaluation round).
+    pub final_accuracy: Option<f64>,
+}
+
+/// The model the settings describe.
+pub fn model_spec(s: &Settings) -> Result<ModelSpec, CoordinatorError> {
+    Ok(ModelSpec::new(
+        s.model_kind()?,
+        s.model.features as usize,
+        s.model.hidden.iter().map(|&h| h as usize).collect(),
+        s.model.classes as usize,
+    )?)
+}
+
+/// The initial global model from the settings (seeded, so it is the same on every fresh start).
+pub fn initial_model(s: &Settings) -> Result<Model, CoordinatorError> {
+    Ok(model_spec(s)?.init_seeded(s.model.init_seed))
+}
+
+struct Inner {
+    registry: Registry,
+    round: Option<ActiveRound>,
+    model: Model,
+    model_bytes: Arc<Vec<u8>>,
+    model_round: u64,
+    optimiser: ServerOptimiser,
+    preprocess: Option<Preprocess>,
+    next_round: u64,
+    completed: u64,
+    history: Vec<RoundRecord>,
+    final_accuracy: Option<f64>,
+    final_done: bool,
+}
+
+impl Inner {
+    fn progress(&self) -> Progress {
+        Progress {
+            next_round: self.next_round,
+            completed: self.completed,
+            preprocessed: self.preprocess.is_some(),
+            final_done: self.final_done,
+            num_params: self.model.num_params(),
+        }
+    }
+}
+
+/// The federation: shared by the gRPC handlers and the round driver.
+pub struct Federation {
+    settings: Settings,
+    suite: Suite,
+    quant: Quantiser,
+    config_hash: String,
+    inner: Mutex<Inner>,
+    wake: Notify,
+    uploads: Arc<Semaphore>,
+    grace_done: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Federation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Federation")
+            .field("federation", &self.settings.federation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Federation {
+    /// Validate the settings and resume from the latest checkpoint of the same config.
+    pub fn new(settings: Settings) -> Result<Arc<Self>, CoordinatorError> {
+        settings.validate()?;
+        let suite = settings.suite()?;
+        let quant = settings.quantiser(settings.ring()?)?;
+        let config_hash = settings.config_hash();
+        let mut model = initial_model(&settings)?;
+        let mut optimiser = ServerOptimiser::new(
+            settings.optimiser_kind()?,
+            &settings.optimiser,
+            model.num_params(),
+        );
+        let (mut preprocess, mut next_round, mut completed, mut history, mut model_round) =
+            (None, 1, 0, Vec::new(), 0);
+        if let Some(dir) = &settings.checkpoints.dir
+            && let Some(c) = checkpoint::latest(dir)?
+        {
+            if c.manifest.config_hash != config_hash && !settings.checkpoints.allow_config_change {
+                return Err(CoordinatorError::Checkpoint(format!(
+                    "{} was written with config hash {}, the current config hashes to {}; \
+                     use a new checkpoint dir or set checkpoints.allow_config_change",
+                    c.path.display(),
+                    c.manifest.config_hash,
+                    config_hash
+                )));
+            }
+            model
+                .check_same_layout(&c.model)
+                .map_err(CoordinatorError::CheckpointModel)?;
+            if let Some((m, v)) = c.optimiser.clone() {
+                optimiser
+                    .restore(m, v)
+                    .map_err(CoordinatorError::Checkpoint)?;
+            }
+            info!(checkpoint = %c.path.display(), next_round = c.manifest.next_round, "resuming from checkpoint");
+            model = c.model;
+            preprocess = c.manifest.preprocess;
+            next_round = c.manifest.next_round;
+            completed = c.manifest.completed_train_rounds;
+            history = c.manifest.history;
+            model_round = c.manifest.model_round;
+        }
+        let model_bytes = Arc::new(model.to_safetensors(None)?);
+        let final_done = completed >= settings.rounds
+            && history
+                .iter()
+                .any(|r| r.kind == "evaluate" && r.success && r.model_round == model_round);
+        let final_accuracy = history
+            .iter()
+            .rev()
+            .find(|r| r.kind == "evaluate" && r.success)
+            .and_then(|r| r.accuracy);
+        Ok(Arc::new(Federation {
+            uploads: Arc::new(Semaphore::new(settings.limits.max_concurrent_uploads)),
+            suite,
+            quant,
+            config_hash,
+            inner: Mutex::new(Inner {
+                registry: Registry::default(),
+                round: None,
+                model,
+                model_bytes,
+                model_round,
+                optimiser,
+                preprocess,
+                next_round,
+                completed,
+                history,
+                final_accuracy,
+                final_done,
+            }),
+            wake: Notify::new(),
+            grace_done: std::sync::atomic::AtomicBool::new(false),
+            settings,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means a handler panicked mid-update; the state is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The cipher suite (parsed once, at start).
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+
+    /// The current global model bytes (safetensors).
+    pub fn model_bytes(&self) -> Arc<Vec<u8>> {
+        self.lock().model_bytes.clone()
+    }
+
+    /// Round history.
+    pub fn history(&self) -> Vec<RoundRecord> {
+        self.lock().history.clone()
+    }
+
+    /// (current round, stage, connected sites, completed training rounds).
+    pub fn status(&self) -> (u64, String, Vec<String>, u64) {
+        let g = self.lock();
+        let (round, stage) = match &g.round {
+            Some(r) => (r.id, format!("{} {}", r.kind.name(), r.machine.stage())),
+            None => (0, "waiting".to_string()),
+        };
+        let mut names: Vec<String> = g.registry.connected().into_iter().map(|(_, n)| n).collect();
+        names.sort();
+        (round, stage, names, g.completed)
+    }
+
+    /// `Join`: register (or re-register) a site; returns a fresh session token.
+    pub fn join(
+        &self,
+        site: &str,
+        verifying_key: &[u8],
+        peer: Option<&str>,
+    ) -> Result<String, RequestError> {
+        let session =
+            self.lock()
+                .registry
+                .join(site, verifying_key, peer, self.settings.max_sites)?;
+        info!(site, "site joined");
+        self.wake.notify_one();
+        Ok(session)
+    }
+
+    /// Look a session up.
+    pub fn session(&self, session: &str, peer: Option<&str>) -> Result<SessionInfo, RequestError> {
+        self.lock().registry.session(session, peer)
+    }
+
+    /// `Tasks`: open (or replace) the site's task stream.
+    pub fn open_tasks(
+        &self,
+        session: &str,
+        peer: Option<&str>,
+    ) -> Result<mpsc::UnboundedReceiver<pb::Task>, RequestError> {
+        let mut g = self.lock();
+        let info = g.registry.session(session, peer)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Some(r) = g.round.as_ref()
+            && let Some(tasks) = r.sent.get(&info.member)
+        {
+            info!(site = %info.site, round = r.id, tasks = tasks.len(), "task stream reopened; replaying this round's tasks");
+            for t in tasks {
+                let _ = tx.send(t.clone());
+            }
+        }
+        g.registry.set_stream(&info.site, tx);
+        drop(g);
+        self.wake.notify_one();
+        Ok(rx)
+    }
+
+    /// Run `f` on the active round if the session's site may act in `round`,
+    /// then send what the machine produced (at `now`).
+    fn with_round<T>(
+        &self,
+        session: &str,
+        peer: Option<&str>,
+        round: u64,
+        now: Instant,
+        f: impl FnOnce(&mut ActiveRound, &SessionInfo, Vec<u8>) -> Result<T, RequestError>,
+    ) -> Result<T, RequestError> {
+        let mut g = self.lock();
+        let info = g.registry.session(session, peer)?;
+        let vk = g.registry.verifying_key(&info.site);
+        let Inner {
+            round: active,
+            registry,
+            ..
+        } = &mut *g;
+        let r = active.as_mut().ok_or(RequestError::WrongRound {
+            expected: 0,
+            got: round,
+        })?;
+        r.admit(&info, round)?;
+        let out = f(r, &info, vk)?;
+        r.pump(registry, now);
+        let finished = r.result.is_some();
+        drop(g);
+        if finished {
+            self.wake.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// The one route of the stage messages: session, round and cohort
+    /// checks, the message's member must be the session's, then `build`
+    /// (given the site's verifying key) converts it for the machine.
+    fn route(
+        &self,
+        session: &str,
+        peer: Option<&str>,
+        round: u64,
+        claimed: confide_crypto::MemberId,
+        build: impl FnOnce(Vec<u8>) -> Result<SiteMessage, RequestError>,
+    ) -> Result<(), RequestError> {
+        let now = clock();
+        self.with_round(session, peer, round, now, |r, info, vk| {
+            if claimed != info.member {
+                return Err(RequestError::MemberMismatch {
+                    site: info.site.clone(),
+                    claimed,
+                });
+            }
+            r.deliver(info.member, build(vk)?, now)
+        })
+    }
+
+    /// `DownloadModel`: the model the current round started from.
+    pub fn download(
+        &self,
+        session: &str,
+        peer: Option<&str>,
+        round: u64,
+    ) -> Result<Arc<Vec<u8>>, RequestError> {
+        let mut g = self.lock();
+        let info = g.registry.session(session, peer)?;
+        match g.round.as_mut() {
+            Some(r) if r.id == round && r.names.contains_key(&info.member) => {
+                r.bytes_out += r.model_bytes.len() as u64;
+                Ok(r.model_bytes.clone())
+            }
+            Some(r) => Err(RequestError::WrongRound {
+                expected: r.id,
+                got: round,
+            }),
+            None => Err(RequestError::NoModel { round }),
+        }
+    }
+
+    /// `AdvertiseKeys`.
+    pub fn advertise(
+        &self,
+        session: &str,
+        peer: Option<&str>,
+        a: pb::KeyAdvert,
+        certificate: Vec<u8>,
+    ) -> Result<(), RequestError> {
+        self.route(session, peer, a.round, a.member, |identity| {
+            Ok(SiteMessage::Advert {
+                advert: convert::key_advert_from_proto(&a),
+                identity,
+                certificate,
+            })
+        })
+    }
+
+    /// `ShareKeys`.
+    pub fn share_keys(
+        &self,
+        session: &str,
+        peer: Option<&str>,
+        req: pb::ShareKeysRequest,
+    ) -> Result<(), RequestError> {
+        self.route(session, peer, req.round, req.from, |_| {
+            Ok(SiteMessage::Shares(convert::share_bundle_from_proto(&req)?))
+        })
+    }
+
+    /// `Unmask`.
+    pub fn unmask(
+        &self,
+        session: &str,
+        peer: Option<&str>,
+        req: pb::UnmaskResponse,
+    ) -> Result<(), RequestError> {
+        self.route(session, peer, req.round, req.from, |_| {
+            Ok(SiteMessage::Unmask(convert::unmask_response_from_proto(
+                &req,
+            )?))
+        })
+    }
+
+    /// Start a masked-input upload: checks session, round, stage, duplicate and
+    /// length before anything is buffered, then waits for an upload slot.
+    pub async fn begin_upload(
+        &self,
+        session: &str,
+        peer: Option<&str>,
+        round: u64,
+        total_len: u64,
+    ) -> Result<Upload, RequestError> {
+        let (member, width) = {
+            let g = self.lock();
+            let info = g.registry.session(session, peer)?;
+            let r = g.round.as_ref().ok_or(RequestError::WrongRound {
+                expected: 0,
+                got: round,
+            })?;
+            (info.member, r.precheck_upload(&info, round, total_len)?)
+        };
+        let permit = self
+            .uploads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RequestError::ShuttingDown)?;
+        Ok(Upload::new(
+            round,
+            member,
+            total_len as usize,
+            width,
+            permit,
+        ))
+    }
+
+    /// Finish an upload: the whole vector goes into the sum at once.
+    pub fn finish_upload(
+        &self,
+        session: &str,
+        peer: Option<&str>,
+        up: Upload,
+    ) -> Result<(), RequestError> {
+        let (round, member) = (up.round, up.member);
+        // The permit is held until the vector is in the sum.
+        let (vector, _permit) = up.into_vector()?;
+        let now = clock();
+        self.with_round(session, peer, round, now, |r, info, _| {
+            if info.member != member {
+                return Err(RequestError::UnknownSession);
+            }
+            r.deliver(member, SiteMessage::Input(vector), now)
+        })
+    }
+
+    /// The report so far.
+    pub fn report(&self) -> ServeReport {
+        let g = self.lock();
+        ServeReport {
+            completed_rounds: g.completed,
+            history: g.history.clone(),
+            final_accuracy: g.final_accuracy,
+        }
+    }
+
+    /// Tell every connected site the federation is done.
+    pub fn send_done(&self) {
+        let g = self.lock();
+        g.registry
+            .broadcast(&task(pb::task::Kind::Done(pb::FederationDone {
+                rounds: g.completed,
+            })));
+    }
+
+    /// Drop every task stream (shutdown).
+    pub fn close_streams(&self) {
+        self.lock().registry.close_streams();
+    }
+
+    /// Whether every site's task stream has gone.
+    pub fn all_disconnected(&self) -> bool {
+        self.lock().registry.all_disconnected()
+    }
+}
+
+mod driver;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! The site registry: names, member ids, sessions and task streams. Admission
+//! checks that need no round state live here too.
+
+use std::collections::HashMap;
+
+use confide_crypto::MemberId;
+use confide_proto::v1 as pb;
+use rand::Rng;
+use tokio::sync::mpsc;
+
+use crate::error::RequestError;
+
+/// Longest verifying key of any suite (SEC1 uncompressed P-521).
+const MAX_VERIFYING_KEY: usize = 133;
+
+/// A site's verified session.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    /// Site name.
+    pub site: String,
+    /// Member id.
+    pub member: MemberId,
+}
+
+struct SiteEntry {
+    member: MemberId,
+    session: String,
+    verifying_key: Vec<u8>,
+    tx: Option<mpsc::UnboundedSender<pb::Task>>,
+}
+
+impl SiteEntry {
+    fn connected(&self) -> bool {
+        self.tx.as_ref().is_some_and(|t| !t.is_closed())
+    }
+}
+
+/// Every site that ever joined, by name, and the live sessions.
+pub struct Registry {
+    sites: HashMap<String, SiteEntry>,
+    sessions: HashMap<String, String>,
+    next_member: MemberId,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            sites: HashMap::new(),
+            sessions: HashMap::new(),
+            next_member: 1,
+        }
+    }
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// The TLS identity (if any) must be the site itself.
+pub fn check_peer(site: &str, peer: Option<&str>) -> Result<(), RequestError> {
+    match peer {
+        Some(p) if p != site => Err(RequestError::IdentityMismatch {
+            peer: p.to_string(),
+            site: site.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl Registry {
+    /// Register (or re-register) `site`; returns a fresh session token. A
+    /// rejoin replaces the session and the key and keeps the member id.
+    pub fn join(
+        &mut self,
+        site: &str,
+        verifying_key: &[u8],
+        peer: Option<&str>,
+        max_sites: usize,
+    ) -> Result<String, RequestError> {
+        if site.is_empty()
+            || site.len() > 253
+            || !site
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(RequestError::SiteName);
+        }
+        if verifying_key.is_empty() || verifying_key.len() > MAX_VERIFYING_KEY {
+            return Err(RequestError::VerifyingKey);
+        }
+        check_peer(site, peer)?;
+        let session = random_token();
+        if let Some(e) = self.sites.get_mut(site) {
+            let old = std::mem::replace(&mut e.session, session.clone());
+            e.verifying_key = verifying_key.to_vec();
+            self.sessions.remove(&old);
+        } else {
+            if self.sites.len() >= max_sites {
+                return Err(RequestError::TooManySites { max_sites });
+            }
+            let member = self.next_member;
+            self.next_member += 1;
+            self.sites.insert(
+                site.to_string(),
+                SiteEntry {
+                    member,
+                    session: session.clone(),
+                    verifying_key: verifying_key.to_vec(),
+                    tx: None,
+                },
+            );
+        }
+        self.sessions.insert(session.clone(), site.to_string());
+        Ok(session)
+    }
+
+    /// The session's site, checked against the TLS identity.
+    pub fn session(&self, session: &str, peer: Option<&str>) -> Result<SessionInfo, RequestError> {
+        let site = self
+            .sessions
+            .get(session)
+            .ok_or(RequestError::UnknownSession)?;
+        check_peer(site, peer)?;
+        let e = self.sites.get(site).ok_or(RequestError::UnknownSession)?;
+        Ok(SessionInfo {
+            site: site.clone(),
+            member: e.member,
+        })
+    }
+
+    /// The verifying key `site` joined with (empty if unknown).
+    pub fn verifying_key(&self, site: &str) -> Vec<u8> {
+        self.sites
+            .get(site)
+            .map(|e| e.verifying_key.clone())
+            .unwrap_or_default()
+    }
+
+    /// Make `tx` the site's task stream (replacing an older one).
+    pub fn set_stream(&mut self, site: &str, tx: mpsc::UnboundedSender<pb::Task>) {
+        if let Some(e) = self.sites.get_mut(site) {
+            e.tx = Some(tx);
+        }
+    }
+
+    /// Queue `task` on the site's stream, if it has one. A stream that has
+    /// gone is not an error: the task is replayed when the site reconnects.
+    pub fn send(&self, site: &str, task: pb::Task) {
+        if let Some(tx) = self.sites.get(site).and_then(|e| e.tx.as_ref()) {
+            let _ = tx.send(task);
+        }
+    }
+
+    /// Sites with an open task stream, by member id.
+    pub fn connected(&self) -> Vec<(MemberId, String)> {
+        let mut v: Vec<(MemberId, String)> = self
+            .sites
+            .iter()
+            .filter(|(_, e)| e.connected())
+            .map(|(n, e)| (e.member, n.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Queue `task` on every stream.
+    pub fn broadcast(&self, task: &pb::Task) {
+        for e in self.sites.values() {
+            if let Some(tx) = &e.tx {
+                let _ = tx.send(task.clone());
+            }
+        }
+    }
+
+    /// Drop every task stream (shutdown).
+    pub fn close_streams(&mut self) {
+        for e in self.sites.values_mut() {
+            e.tx = None;
+        }
+    }
+
+    /// Whether every site's task stream has gone.
+    pub fn all_disconnected(&self) -> bool {
+        self.sites.values().all(|e| !e.connected())
+    }
+}

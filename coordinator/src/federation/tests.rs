@@ -1,0 +1,349 @@
+use super::*;
+use confide_crypto::protocol::RingVec;
+use confide_crypto::quant::QuantConfig;
+
+fn insecure(min_sites: usize, max_sites: usize) -> Settings {
+    let mut s = Settings {
+        min_sites,
+        max_sites,
+        ..Default::default()
+    };
+    s.tls.insecure = true;
+    s
+}
+
+#[test]
+fn initial_model_is_deterministic() -> Result<(), CoordinatorError> {
+    let s = Settings::default();
+    let a = initial_model(&s)?.to_safetensors(None)?;
+    let b = initial_model(&s)?.to_safetensors(None)?;
+    assert_eq!(a, b);
+    Ok(())
+}
+
+#[test]
+fn unknown_model_kind_is_a_config_error() {
+    let mut s = Settings::default();
+    s.model.kind = "transformer".into();
+    assert!(matches!(initial_model(&s), Err(CoordinatorError::Model(_))));
+}
+
+#[test]
+fn joins_are_limited_named_and_bound_to_the_tls_identity() -> Result<(), Box<dyn std::error::Error>>
+{
+    let fed = Federation::new(insecure(2, 2))?;
+    let a = fed.join("a", &[1; 32], None)?;
+    assert_eq!(
+        fed.join("b", &[1; 32], Some("a")),
+        Err(RequestError::IdentityMismatch {
+            peer: "a".into(),
+            site: "b".into()
+        })
+    );
+    assert!(fed.join("b", &[1; 32], Some("b")).is_ok());
+    assert!(matches!(
+        fed.join("c", &[1; 32], None),
+        Err(RequestError::TooManySites { max_sites: 2 })
+    ));
+    assert_eq!(
+        fed.join("../x", &[1; 32], None),
+        Err(RequestError::SiteName)
+    );
+    assert_eq!(fed.join("a", &[], None), Err(RequestError::VerifyingKey));
+    // Rejoining replaces the session and keeps the member id.
+    let m = fed.session(&a, None)?.member;
+    let a2 = fed.join("a", &[2; 32], None)?;
+    assert_eq!(
+        fed.session(&a, None).err(),
+        Some(RequestError::UnknownSession)
+    );
+    assert_eq!(fed.session(&a2, None).map(|i| i.member).ok(), Some(m));
+    assert!(matches!(
+        fed.session(&a2, Some("b")),
+        Err(RequestError::IdentityMismatch { .. })
+    ));
+    // No round is running: stage messages are refused without effect.
+    assert_eq!(
+        fed.download(&a2, None, 1).err(),
+        Some(RequestError::NoModel { round: 1 })
+    );
+    assert!(matches!(
+        fed.advertise(
+            &a2,
+            None,
+            pb::KeyAdvert {
+                round: 1,
+                member: m,
+                ..Default::default()
+            },
+            Vec::new()
+        ),
+        Err(RequestError::WrongRound { .. })
+    ));
+    Ok(())
+}
+
+/// Settings of a one-round federation of `n` sites: no statistics round, no
+/// final evaluation, 4 s stages, give up after the first failure.
+fn one_round(secure: bool, n: usize) -> Settings {
+    let mut s = insecure(n, n);
+    s.rounds = 1;
+    s.statistics_round = false;
+    s.final_evaluation = false;
+    s.secure_aggregation = secure;
+    s.secagg.stage_timeout_secs = 4;
+    s.max_consecutive_failures = 1;
+    s
+}
+
+/// Sites joined with open task streams.
+type Joined = Vec<(
+    String,
+    confide_crypto::MemberId,
+    mpsc::UnboundedReceiver<pb::Task>,
+)>;
+
+fn join(fed: &Federation, names: &[&str]) -> Result<Joined, RequestError> {
+    let mut out = Vec::new();
+    for name in names {
+        let session = fed.join(name, &[7; 32], None)?;
+        let member = fed.session(&session, None)?.member;
+        let rx = fed.open_tasks(&session, None)?;
+        out.push((session, member, rx));
+    }
+    Ok(out)
+}
+
+async fn round_start(rx: &mut mpsc::UnboundedReceiver<pb::Task>) -> Option<pb::RoundStart> {
+    match rx.recv().await?.kind? {
+        pb::task::Kind::RoundStart(s) => Some(s),
+        _ => None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_cohort_fails_the_round_at_the_stage_deadline()
+-> Result<(), Box<dyn std::error::Error>> {
+    // A secure cohort needs three members.
+    let fed = Federation::new(one_round(true, 3))?;
+    let mut sites = join(&fed, &["a", "b", "c"])?;
+    let begun = tokio::time::Instant::now();
+    let driver = tokio::spawn({
+        let fed = fed.clone();
+        async move { fed.run().await }
+    });
+    let start = round_start(&mut sites[0].2).await.ok_or("no RoundStart")?;
+    assert_eq!((start.round, start.cohort.len()), (1, 3));
+    // Nobody advertises: the first stage closes at its deadline, in virtual time.
+    let res = driver.await?;
+    assert!(matches!(res, Err(CoordinatorError::Rounds { failures: 1 })));
+    let waited = tokio::time::Instant::now() - begun;
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    let h = fed.history();
+    assert_eq!(h.len(), 1);
+    assert!(!h[0].success && h[0].kind == "train" && h[0].cohort == 3);
+    assert_eq!((h[0].survivors, h[0].dropped), (0, 3));
+    assert_eq!(fed.report().completed_rounds, 0);
+    // Both sites were told the round ended.
+    for (_, _, rx) in &mut sites {
+        let mut ended = false;
+        while let Ok(t) = rx.try_recv() {
+            ended |= matches!(t.kind, Some(pb::task::Kind::RoundEnd(ref e)) if !e.success);
+        }
+        assert!(ended);
+    }
+    assert_eq!(fed.status().0, 0, "no round is active any more");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plaintext_round_updates_the_model_from_the_uploads()
+-> Result<(), Box<dyn std::error::Error>> {
+    let s = one_round(false, 2);
+    let fed = Federation::new(s.clone())?;
+    let before = initial_model(&s)?.flatten();
+    let mut sites = join(&fed, &["a", "b"])?;
+    let driver = tokio::spawn({
+        let fed = fed.clone();
+        async move { fed.run().await }
+    });
+    let quant = Quantiser::new(&QuantConfig {
+        ring: s.ring()?,
+        clip: s.quantisation.clip,
+        max_weight: s.quantisation.max_weight,
+        max_cohort: s.max_sites,
+        scale: s.quantisation.scale,
+        min_levels: confide_crypto::quant::DEFAULT_MIN_LEVELS,
+    })?;
+    let d = before.len();
+    for (i, (session, _, rx)) in sites.iter_mut().enumerate() {
+        let start = round_start(rx).await.ok_or("no RoundStart")?;
+        assert!(start.plaintext);
+        assert_eq!(start.vector_len as usize, d + 4);
+        // Site i moves every parameter by i + 1 and saw [correct, examples, loss].
+        let delta = vec![(i + 1) as f32 * 0.25; d];
+        let v: Vec<u32> = quant.encode(&delta, 1, &[3, 4, 1_000], &mut rand::rng())?;
+        let bytes = RingVec::U32(v).to_le_bytes();
+        let mut up = fed
+            .begin_upload(session, None, start.round, start.vector_len)
+            .await?;
+        up.push(0, &bytes)?;
+        fed.finish_upload(session, None, up)?;
+    }
+    let report = driver.await??;
+    assert_eq!(report.completed_rounds, 1);
+    let rec = &report.history[0];
+    assert!(rec.success, "{}", rec.message);
+    assert_eq!((rec.survivors, rec.dropped), (2, 0));
+    assert_eq!(rec.accuracy, Some(0.75));
+    assert_eq!(rec.eval_examples, 8);
+    let after = Model::from_safetensors(&fed.model_bytes())?.flatten();
+    for (a, b) in after.iter().zip(&before) {
+        assert!((a - b - 0.375).abs() < 1e-3, "{a} vs {b}");
+    }
+    // A second upload from the same site is refused: the round has ended.
+    assert!(
+        fed.begin_upload(&sites[0].0, None, 1, d as u64 + 4)
+            .await
+            .is_err()
+    );
+    Ok(())
+}
+
+/// One in-process site: its signing key, session, task stream and machine.
+struct Member {
+    session: String,
+    rx: mpsc::UnboundedReceiver<pb::Task>,
+    site: Option<confide_crypto::protocol::AnySite>,
+    ended: Option<bool>,
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_secure_round_of_in_process_sites_updates_the_model()
+-> Result<(), Box<dyn std::error::Error>> {
+    use confide_crypto::protocol::{AnySite, AnySiteOutput, IdentityVerifier, KeyDirectory};
+    use confide_crypto::suite::SigningKey;
+
+    let s = one_round(true, 3);
+    let fed = Federation::new(s.clone())?;
+    let before = initial_model(&s)?.flatten();
+    let d = before.len();
+    let mut rng = rand::rng();
+    let mut directory = KeyDirectory::new();
+    let mut keys = Vec::new();
+    let mut members = Vec::new();
+    for name in ["a", "b", "c"] {
+        let key = SigningKey::generate(s.suite()?, &mut rng);
+        let vk = key.verifying_key()?;
+        let session = fed.join(name, vk.as_bytes(), None)?;
+        let member = fed.session(&session, None)?.member;
+        directory.insert(member, vk);
+        let rx = fed.open_tasks(&session, None)?;
+        keys.push(key);
+        members.push(Member {
+            session,
+            rx,
+            site: None,
+            ended: None,
+        });
+    }
+    let verifier: Arc<dyn IdentityVerifier> = Arc::new(directory);
+    let driver = tokio::spawn({
+        let fed = fed.clone();
+        async move { fed.run().await }
+    });
+    let mut quant = None;
+    for _ in 0..200 {
+        for (m, key) in members.iter_mut().zip(&keys) {
+            while let Ok(t) = m.rx.try_recv() {
+                let site = m.site.as_mut();
+                match (t.kind.ok_or("empty task")?, site) {
+                    (pb::task::Kind::RoundStart(rs), None) => {
+                        let cfg = convert::round_config(&rs)?;
+                        quant.get_or_insert(convert::quant_config(
+                            rs.quantisation.as_ref(),
+                            cfg.ring,
+                        )?);
+                        m.site = Some(AnySite::new(
+                            cfg,
+                            rs.member,
+                            key.clone(),
+                            verifier.clone(),
+                            &mut rng,
+                        )?);
+                    }
+                    (pb::task::Kind::NeighbourKeys(nk), Some(site)) => {
+                        site.handle_neighbour_keys(
+                            convert::neighbour_keys_from_proto(&nk)?,
+                            &mut rng,
+                        )?;
+                    }
+                    (pb::task::Kind::IncomingShares(sh), Some(site)) => {
+                        site.handle_incoming_shares(convert::incoming_shares_from_proto(&sh))?;
+                        // Every site moves every parameter by 0.5, weight 1.
+                        let q = Quantiser::new(quant.as_ref().ok_or("no quantiser")?)?;
+                        let v: Vec<u32> = q.encode(&vec![0.5; d], 1, &[1, 2, 500], &mut rng)?;
+                        site.handle_input(RingVec::U32(v))?;
+                    }
+                    (pb::task::Kind::UnmaskRequest(u), Some(site)) => {
+                        site.handle_unmask_request(convert::unmask_request_from_proto(&u))?;
+                    }
+                    (pb::task::Kind::RoundEnd(e), _) => m.ended = Some(e.success),
+                    (other, _) => return Err(format!("unexpected task {other:?}").into()),
+                }
+            }
+            let Some(site) = m.site.as_mut() else {
+                continue;
+            };
+            while let Some(out) = site.poll_output() {
+                match out {
+                    AnySiteOutput::Advertise(a) => fed.advertise(
+                        &m.session,
+                        None,
+                        convert::key_advert_to_proto(&a),
+                        Vec::new(),
+                    )?,
+                    AnySiteOutput::Shares(b) => fed.share_keys(
+                        &m.session,
+                        None,
+                        convert::share_bundle_to_proto(&b, &m.session),
+                    )?,
+                    AnySiteOutput::MaskedInput(v) => {
+                        let round = site.config().round;
+                        let mut up = fed
+                            .begin_upload(&m.session, None, round, v.len() as u64)
+                            .await?;
+                        up.push(0, &v.to_le_bytes())?;
+                        fed.finish_upload(&m.session, None, up)?;
+                    }
+                    AnySiteOutput::Unmask(u) => fed.unmask(
+                        &m.session,
+                        None,
+                        convert::unmask_response_to_proto(&u, &m.session),
+                    )?,
+                }
+            }
+        }
+        if members.iter().all(|m| m.ended.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(members.iter().all(|m| m.ended == Some(true)));
+    let report = driver.await??;
+    assert_eq!(report.completed_rounds, 1);
+    let rec = &report.history[0];
+    assert!(rec.success, "{}", rec.message);
+    assert_eq!((rec.cohort, rec.survivors, rec.dropped), (3, 3, 0));
+    assert_eq!(rec.accuracy, Some(0.5));
+    assert_eq!(rec.eval_examples, 6);
+    assert_eq!(rec.stage_secs.len(), 4, "{:?}", rec.stage_secs);
+    let after = Model::from_safetensors(&fed.model_bytes())?.flatten();
+    for (a, b) in after.iter().zip(&before) {
+        assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
+    }
+    Ok(())
+}

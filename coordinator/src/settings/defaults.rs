@@ -1,0 +1,117 @@
+//! The defaults of every setting (what an empty config file means).
+
+use super::*;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            federation: "confide".into(),
+            listen: "0.0.0.0:7443".into(),
+            suite: "intl".into(),
+            rounds: 10,
+            min_sites: 3,
+            max_sites: 100,
+            cohort_fraction: 1.0,
+            cohort_size: None,
+            secure_aggregation: true,
+            ring: "u32".into(),
+            statistics_round: true,
+            evaluate_every_round: true,
+            final_evaluation: true,
+            max_consecutive_failures: 10,
+            join_grace_secs: 0.0,
+            secagg: SecAggSettings::default(),
+            model: ModelSettings::default(),
+            training: TrainingSettings::default(),
+            quantisation: QuantSettings::default(),
+            optimiser: OptimiserSettings::default(),
+            checkpoints: CheckpointSettings::default(),
+            tls: TlsSettings::default(),
+            limits: LimitSettings::default(),
+        }
+    }
+}
+
+impl Default for SecAggSettings {
+    fn default() -> Self {
+        SecAggSettings {
+            dropout_fraction: 0.1,
+            collusion_fraction: 0.1,
+            sigma: 40,
+            eta: 30,
+            k: None,
+            t: None,
+            min_survivors: None,
+            stage_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            kind: "logistic".into(),
+            features: 30,
+            classes: 2,
+            hidden: Vec::new(),
+            init_seed: 0,
+        }
+    }
+}
+
+impl Default for TrainingSettings {
+    fn default() -> Self {
+        TrainingSettings {
+            epochs: 5,
+            batch_size: 16,
+            learning_rate: 0.05,
+            l2: 0.0,
+            proximal_mu: 0.0,
+            stats_scale_bits: 16,
+        }
+    }
+}
+
+impl Default for QuantSettings {
+    fn default() -> Self {
+        QuantSettings {
+            clip: 4.0,
+            max_weight: 10_000,
+            scale: None,
+        }
+    }
+}
+
+impl Default for OptimiserSettings {
+    fn default() -> Self {
+        OptimiserSettings {
+            kind: "fedavg".into(),
+            server_lr: 1.0,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+        }
+    }
+}
+
+impl Default for CheckpointSettings {
+    fn default() -> Self {
+        CheckpointSettings {
+            dir: None,
+            keep_last: 3,
+            allow_config_change: false,
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_message_bytes: 4 << 20,
+            max_model_bytes: 1 << 30,
+            max_concurrent_uploads: 8,
+            join_rate_per_sec: 5.0,
+            join_burst: 50,
+        }
+    }
+}

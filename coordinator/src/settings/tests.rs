@@ -1,0 +1,111 @@
+use super::*;
+
+#[test]
+fn example_file_parses_and_validates() -> Result<(), CoordinatorError> {
+    let text = include_str!("../../federation.example.toml");
+    let mut s = Settings::from_toml_str(text)?;
+    assert_eq!(s.model.features, 30);
+    assert_eq!(s.rounds, 30);
+    assert_eq!(s.optimiser_kind()?, OptimiserKind::FedAvg);
+    s.tls.insecure = true;
+    s.validate()?;
+    Ok(())
+}
+
+#[test]
+fn refuses_bad_configs() {
+    let mut s = Settings {
+        tls: TlsSettings {
+            insecure: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(s.validate().is_ok());
+    s.min_sites = 1;
+    assert!(s.validate().is_err());
+    s.min_sites = 3;
+    s.quantisation.max_weight = u64::MAX / 2;
+    assert!(s.validate().is_err(), "quantiser overflow must be refused");
+    s.quantisation.max_weight = 100;
+    s.secagg.k = Some(2);
+    s.secagg.t = Some(1);
+    assert!(s.validate().is_err(), "t <= k/2 must be refused");
+    s.secagg.k = None;
+    s.secagg.t = None;
+    s.optimiser.kind = "sgd".into();
+    assert!(s.validate().is_err());
+    s.optimiser.kind = "fedadam".into();
+    s.tls.insecure = false;
+    assert!(s.validate().is_err(), "TLS without files must be refused");
+}
+
+#[test]
+fn environment_overrides_the_file() -> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let path = tmp.path().join("f.toml");
+    std::fs::write(&path, "rounds = 4\n[training]\nepochs = 2\n")?;
+    // SAFETY: no other test reads or writes CONFIDE_* variables.
+    unsafe {
+        std::env::set_var("CONFIDE_TRAINING__EPOCHS", "7");
+        std::env::set_var("CONFIDE_ROUNDS", "9");
+    }
+    let s = Settings::load(&path);
+    unsafe {
+        std::env::remove_var("CONFIDE_TRAINING__EPOCHS");
+        std::env::remove_var("CONFIDE_ROUNDS");
+    }
+    let s = s?;
+    assert_eq!((s.rounds, s.training.epochs), (9, 7));
+    assert!(Settings::load(&tmp.path().join("missing.toml")).is_err());
+    Ok(())
+}
+
+/// The hash names the checkpoints a coordinator may resume from: it must
+/// not change for the same config file across releases.
+#[test]
+fn config_hash_is_pinned() -> Result<(), CoordinatorError> {
+    assert_eq!(
+        Settings::default().config_hash(),
+        "2206dd7d6ee8dea092c9cf049be347b6200f67bf7a6ca978395cb6db82dc0f99"
+    );
+    let s = Settings::from_toml_str(
+        "suite = \"gm\"\nring = \"u64\"\n[model]\nkind = \"mlp\"\nhidden = [16, 8]\n\
+         [optimiser]\nkind = \"fedadam\"\n",
+    )?;
+    assert_eq!(
+        s.config_hash(),
+        "dcfd92dfa133f1c5658d1b410e76589fdd517a387c8bfa0446f8f97d307af170"
+    );
+    Ok(())
+}
+
+#[test]
+fn config_hash_covers_training_settings_only() {
+    let a = Settings::default();
+    let mut b = a.clone();
+    b.listen = "127.0.0.1:1".into();
+    assert_eq!(a.config_hash(), b.config_hash());
+    b.training.epochs += 1;
+    assert_ne!(a.config_hash(), b.config_hash());
+}
+
+#[test]
+fn unknown_names_are_refused_when_read_naming_field_and_choices() {
+    for (text, field, choice) in [
+        ("suite = \"rsa\"\n", "suite", "\"gm\""),
+        ("ring = \"u16\"\n", "ring", "\"u64\""),
+        ("[model]\nkind = \"cnn\"\n", "model.kind", "\"mlp\""),
+        (
+            "[optimiser]\nkind = \"sgd\"\n",
+            "optimiser.kind",
+            "\"fedyogi\"",
+        ),
+    ] {
+        let e = Settings::from_toml_str(text).err().map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(e.contains(field) && e.contains(choice), "{text}: {e}");
+    }
+    let ok = Settings::from_toml_str("suite = \"gm\"\n[optimiser]\nkind = \"FedAdam\"\n");
+    assert!(ok.is_ok_and(|s| s.optimiser.kind == "FedAdam"));
+}
