@@ -226,9 +226,7 @@ mod tests {
     use super::*;
     use confide_crypto::Ring;
     use confide_crypto::quant::QuantConfig;
-    use confide_crypto::ring;
     use confide_crypto::stats::{decode_stats, stats_len};
-    use confide_proto::CHUNK_BYTES;
 
     fn quantiser(ring: Ring) -> Result<Quantiser, ClientError> {
         Ok(Quantiser::new(&QuantConfig {
@@ -299,35 +297,6 @@ mod tests {
         assert_eq!(v.len(), stats_len(2));
         let (s, q2, n) = decode_stats(&v, 2, 16)?;
         assert_eq!((s, q2, n), (stats.sum.clone(), stats.sum_sq.clone(), 3));
-        Ok(())
-    }
-
-    #[test]
-    fn chunks_round_trip_and_respect_the_size_limit() -> Result<(), ClientError> {
-        let n = CHUNK_BYTES / 4 * 2 + 5;
-        let v: Vec<u32> = (0..n as u32)
-            .map(|i| i.wrapping_mul(2_654_435_761))
-            .collect();
-        let chunks = masked_input_chunks("s", 9, &v);
-        assert_eq!(chunks.len(), 3);
-        let mut back = Vec::new();
-        for c in &chunks {
-            assert!(c.data.len() <= CHUNK_BYTES);
-            assert_eq!(c.offset as usize, back.len());
-            assert_eq!(
-                (c.total_len, c.round, c.session.as_str()),
-                (n as u64, 9, "s")
-            );
-            back.extend(
-                ring::from_le_bytes::<u32>(&c.data)
-                    .map_err(|e| ClientError::Download(e.to_string()))?,
-            );
-        }
-        assert_eq!(back, v);
-        let v64: Vec<u64> = vec![u64::MAX; CHUNK_BYTES / 8 + 1];
-        let chunks = masked_input_chunks("s", 1, &v64);
-        assert_eq!(chunks.len(), 2);
-        assert_eq!(chunks[1].offset as usize, CHUNK_BYTES / 8);
         Ok(())
     }
 

@@ -10,7 +10,11 @@ use rand::Rng;
 use super::data::Dataset;
 use super::error::{Result, TrainError};
 use super::model::Model;
-use super::net::{Architecture, Head, LayerSpec, Net};
+use confide_proto::model::{ModelKind, ModelSpec};
+
+#[cfg(test)]
+use super::net::Net;
+use super::net::{Architecture, Head, LayerSpec};
 use super::{EvalResult, FitConfig, FitResult, Trainer};
 
 /// Linear classifier trained with minibatch SGD on cross-entropy.
@@ -33,10 +37,6 @@ impl LogisticRegression {
         Ok(Self { features, classes })
     }
 
-    fn outputs(&self) -> usize {
-        if self.classes == 2 { 1 } else { self.classes }
-    }
-
     fn head(&self) -> Head {
         if self.classes == 2 {
             Head::Sigmoid
@@ -45,13 +45,18 @@ impl LogisticRegression {
         }
     }
 
+    /// The wire contract's description of this model.
+    fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            kind: ModelKind::Logistic,
+            features: self.features,
+            hidden: Vec::new(),
+            classes: self.classes,
+        }
+    }
+
     fn specs(&self) -> Vec<LayerSpec> {
-        vec![LayerSpec {
-            weight: "weight".into(),
-            bias: "bias".into(),
-            inputs: self.features,
-            outputs: self.outputs(),
-        }]
+        self.spec().layers()
     }
 
     /// The shared dense-network description (one layer, no hidden ReLU).
@@ -74,15 +79,8 @@ impl LogisticRegression {
 impl Trainer for LogisticRegression {
     /// All zeros: the loss is convex, so no symmetry needs breaking and the
     /// start is reproducible without randomness (`rng` is unused).
-    fn init(&self, _rng: &mut dyn Rng) -> Model {
-        Net {
-            layers: vec![super::net::Dense {
-                w: ndarray::Array2::zeros((self.outputs(), self.features)),
-                b: ndarray::Array1::zeros(self.outputs()),
-            }],
-            head: self.head(),
-        }
-        .to_model(&self.specs())
+    fn init(&self, rng: &mut dyn Rng) -> Model {
+        self.spec().init(rng)
     }
 
     fn fit(
@@ -112,7 +110,7 @@ mod tests {
         let template = lr.init(&mut ChaCha8Rng::seed_from_u64(0));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let flat: Vec<f32> = (0..template.num_params())
-            .map(|_| 0.5 * crate::train::net::standard_normal(&mut rng))
+            .map(|_| 0.5 * confide_proto::model::standard_normal(&mut rng))
             .collect();
         template.unflatten_like(&flat).unwrap()
     }

@@ -7,13 +7,16 @@
 //! `layer1.bias` [10]. In NumPy: `h = relu(x @ W0.T + b0)`,
 //! `logits = h @ W1.T + b1`.
 
-use ndarray::{Array1, Array2};
 use rand::Rng;
 
 use super::data::Dataset;
 use super::error::{Result, TrainError};
 use super::model::Model;
-use super::net::{Architecture, Dense, Head, LayerSpec, Net, standard_normal};
+use confide_proto::model::{ModelKind, ModelSpec};
+
+#[cfg(test)]
+use super::net::Net;
+use super::net::{Architecture, Head, LayerSpec};
 use super::{EvalResult, FitConfig, FitResult, Trainer};
 
 /// Fully connected ReLU network trained with minibatch SGD.
@@ -43,21 +46,18 @@ impl Mlp {
         })
     }
 
+    /// The wire contract's description of this network.
+    fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            kind: ModelKind::Mlp,
+            features: self.features,
+            hidden: self.hidden.clone(),
+            classes: self.classes,
+        }
+    }
+
     fn specs(&self) -> Vec<LayerSpec> {
-        let mut widths = Vec::with_capacity(self.hidden.len() + 2);
-        widths.push(self.features);
-        widths.extend_from_slice(&self.hidden);
-        widths.push(self.classes);
-        widths
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| LayerSpec {
-                weight: format!("layer{i}.weight"),
-                bias: format!("layer{i}.bias"),
-                inputs: w[0],
-                outputs: w[1],
-            })
-            .collect()
+        self.spec().layers()
     }
 
     /// The shared dense-network description (ReLU between layers, softmax).
@@ -80,24 +80,8 @@ impl Mlp {
 impl Trainer for Mlp {
     /// He-normal weights (`N(0, 2 / fan_in)`, suited to ReLU) and zero biases.
     fn init(&self, rng: &mut dyn Rng) -> Model {
-        let specs = self.specs();
-        let layers = specs
-            .iter()
-            .map(|s| {
-                let scale = (2.0 / s.inputs as f32).sqrt();
-                Dense {
-                    w: Array2::from_shape_simple_fn((s.outputs, s.inputs), || {
-                        scale * standard_normal(rng)
-                    }),
-                    b: Array1::zeros(s.outputs),
-                }
-            })
-            .collect();
-        Net {
-            layers,
-            head: Head::Softmax,
-        }
-        .to_model(&specs)
+        // The coordinator builds its initial model from the same spec.
+        self.spec().init(rng)
     }
 
     fn fit(
@@ -132,7 +116,7 @@ mod tests {
             if name.ends_with("bias") {
                 t.data
                     .iter_mut()
-                    .for_each(|v| *v = 0.3 * standard_normal(&mut rng));
+                    .for_each(|v| *v = 0.3 * confide_proto::model::standard_normal(&mut rng));
             }
         }
         let (x, y) = random_batch(9, 4, 3, 7);

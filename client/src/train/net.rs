@@ -18,14 +18,10 @@ pub(crate) struct Dense {
     pub b: Array1<f32>,
 }
 
-/// Where a layer's tensors live in a [`Model`].
-#[derive(Debug, Clone)]
-pub(crate) struct LayerSpec {
-    pub weight: String,
-    pub bias: String,
-    pub inputs: usize,
-    pub outputs: usize,
-}
+/// Where a layer's tensors live in a [`Model`]: the wire contract's layer
+/// description, so the trainers read exactly the tensors the coordinator
+/// initialises.
+pub(crate) use confide_proto::model::LayerSpec;
 
 /// Output non-linearity and matching cross-entropy loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,13 +114,6 @@ pub(crate) fn check_data(data: &Dataset, features: usize, classes: usize) -> Res
         return Err(TrainError::LabelOutOfRange { label, classes });
     }
     Ok(())
-}
-
-/// A standard normal draw (Box–Muller); `rand_distr` is not a dependency.
-pub(crate) fn standard_normal(rng: &mut dyn Rng) -> f32 {
-    let u1: f64 = 1.0 - rand::RngExt::random::<f64>(rng); // (0, 1], so ln is finite
-    let u2: f64 = rand::RngExt::random::<f64>(rng);
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
 }
 
 impl Net {
@@ -414,7 +403,9 @@ pub(crate) mod tests {
         seed: u64,
     ) -> (Array2<f32>, Vec<u32>) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let x = Array2::from_shape_simple_fn((rows, cols), || standard_normal(&mut rng));
+        let x = Array2::from_shape_simple_fn((rows, cols), || {
+            confide_proto::model::standard_normal(&mut rng)
+        });
         let y = (0..rows)
             .map(|_| rand::RngExt::random_range(&mut rng, 0..classes))
             .collect();
