@@ -109,3 +109,21 @@ fn unknown_names_are_refused_when_read_naming_field_and_choices() {
     let ok = Settings::from_toml_str("suite = \"gm\"\n[optimiser]\nkind = \"FedAdam\"\n");
     assert!(ok.is_ok_and(|s| s.optimiser.kind == OptimiserKind::FedAdam));
 }
+
+/// The typed choices write back the canonical lowercase names (what the
+/// config hash and `confide` output show), and read back unchanged.
+#[test]
+fn named_choices_are_written_as_their_lowercase_names() -> Result<(), Box<dyn std::error::Error>> {
+    let s = Settings::from_toml_str(
+        "suite = \"gm\"\nring = \"U64\"\n[model]\nkind = \"mlp\"\nhidden = [4]\n\
+         [optimiser]\nkind = \"FedAdam\"\n",
+    )?;
+    let v = serde_json::to_value(&s)?;
+    assert_eq!(v["suite"], "gm");
+    assert_eq!(v["ring"], "u64");
+    assert_eq!(v["model"]["kind"], "mlp");
+    assert_eq!(v["optimiser"]["kind"], "fedadam");
+    let back: Settings = serde_json::from_value(v)?;
+    assert_eq!(back, s);
+    Ok(())
+}
