@@ -150,6 +150,9 @@ pub enum CoordinatorError {
     /// TLS material (files, certificates, keys) that cannot be read or made.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A certificate or key that could not be made or parsed.
+    #[error("TLS: {0}")]
+    Certificate(#[source] rcgen::Error),
     /// A TLS configuration the transport refused.
     #[error("TLS: {0}")]
     TlsConfig(#[source] tonic::transport::Error),
