@@ -26,6 +26,7 @@ pub const REVOKED_FILE: &str = "revoked.txt";
 
 use crate::error::CoordinatorError;
 
+/// A TLS error from a message (for refusals with no underlying error).
 fn err(e: impl std::fmt::Display) -> CoordinatorError {
     CoordinatorError::Tls(e.to_string())
 }
@@ -82,8 +83,9 @@ fn issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CoordinatorError> {
             dir.display()
         ))
     })?;
-    let key = KeyPair::from_pem(&fs::read_to_string(dir.join("ca.key"))?).map_err(err)?;
-    Issuer::from_ca_cert_pem(&ca_pem, key).map_err(err)
+    let key = KeyPair::from_pem(&fs::read_to_string(dir.join("ca.key"))?)
+        .map_err(CoordinatorError::Certificate)?;
+    Issuer::from_ca_cert_pem(&ca_pem, key).map_err(CoordinatorError::Certificate)
 }
 
 fn leaf(
@@ -91,7 +93,7 @@ fn leaf(
     cn: &str,
     eku: &[ExtendedKeyUsagePurpose],
 ) -> Result<CertificateParams, CoordinatorError> {
-    let mut p = CertificateParams::new(names.to_vec()).map_err(err)?;
+    let mut p = CertificateParams::new(names.to_vec()).map_err(CoordinatorError::Certificate)?;
     p.distinguished_name.push(DnType::CommonName, cn);
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -107,7 +109,8 @@ pub fn init(
     extra_names: &[String],
 ) -> Result<Vec<PathBuf>, CoordinatorError> {
     fs::create_dir_all(dir)?;
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    let mut ca =
+        CertificateParams::new(Vec::<String>::new()).map_err(CoordinatorError::Certificate)?;
     ca.distinguished_name
         .push(DnType::CommonName, format!("{federation} federation CA"));
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -116,8 +119,10 @@ pub fn init(
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let ca_key = KeyPair::generate().map_err(err)?;
-    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let ca_key = KeyPair::generate().map_err(CoordinatorError::Certificate)?;
+    let ca_cert = ca
+        .self_signed(&ca_key)
+        .map_err(CoordinatorError::Certificate)?;
     write_public(&dir.join("ca.pem"), ca_cert.pem().as_bytes())?;
     write_private(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
     let mut names: Vec<String> = ["localhost", "127.0.0.1", "coordinator"]
@@ -131,8 +136,10 @@ pub fn init(
         "coordinator",
         &[ExtendedKeyUsagePurpose::ServerAuth],
     )?;
-    let key = KeyPair::generate().map_err(err)?;
-    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    let key = KeyPair::generate().map_err(CoordinatorError::Certificate)?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(CoordinatorError::Certificate)?;
     write_public(&dir.join("coordinator.pem"), cert.pem().as_bytes())?;
     write_private(&dir.join("coordinator.key"), key.serialize_pem().as_bytes())?;
     Ok(vec![dir.join("ca.pem"), dir.join("coordinator.pem")])
@@ -163,10 +170,12 @@ pub fn issue_site(dir: &Path, name: &str, suite: Suite) -> Result<Vec<PathBuf>, 
         &[ExtendedKeyUsagePurpose::ClientAuth],
     )?;
     params.subject_alt_names.push(SanType::URI(
-        Ia5String::try_from(vk_uri(suite, vk.as_bytes())).map_err(err)?,
+        Ia5String::try_from(vk_uri(suite, vk.as_bytes())).map_err(CoordinatorError::Certificate)?,
     ));
-    let key = KeyPair::generate().map_err(err)?;
-    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    let key = KeyPair::generate().map_err(CoordinatorError::Certificate)?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(CoordinatorError::Certificate)?;
     write_public(&pem, cert.pem().as_bytes())?;
     write_private(
         &sites.join(format!("{name}.key")),
@@ -189,8 +198,10 @@ pub fn issue_operator(dir: &Path, name: &str) -> Result<Vec<PathBuf>, Coordinato
         &format!("operator {name}"),
         &[ExtendedKeyUsagePurpose::ClientAuth],
     )?;
-    let key = KeyPair::generate().map_err(err)?;
-    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    let key = KeyPair::generate().map_err(CoordinatorError::Certificate)?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(CoordinatorError::Certificate)?;
     let pem = ops.join(format!("{name}.pem"));
     write_public(&pem, cert.pem().as_bytes())?;
     write_private(

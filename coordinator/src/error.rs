@@ -147,15 +147,34 @@ pub enum CoordinatorError {
         #[source]
         source: serde_json::Error,
     },
-    /// TLS material.
+    /// TLS material (files, certificates, keys) that cannot be read or made.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A certificate or key that could not be made or parsed.
+    #[error("TLS: {0}")]
+    Certificate(#[source] rcgen::Error),
+    /// A TLS configuration the transport refused.
+    #[error("TLS: {0}")]
+    TlsConfig(#[source] tonic::transport::Error),
     /// I/O.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-    /// Transport.
+    /// An endpoint the transport refused (e.g. a malformed URL).
     #[error("transport: {0}")]
-    Transport(String),
+    Transport(#[source] tonic::transport::Error),
+    /// A connection that could not be made.
+    #[error("transport: {url}: {source}")]
+    Connect {
+        /// The coordinator's URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A call the remote end answered with an error status. Boxed because a
+    /// `Status` is large and this error travels in every `Result`.
+    #[error("transport: {0}")]
+    Rpc(#[source] Box<tonic::Status>),
     /// A background task (checkpoint writer) panicked or was cancelled.
     #[error("checkpoint: {0}")]
     Join(#[from] tokio::task::JoinError),

@@ -139,7 +139,7 @@ mod tests {
 
     fn settings() -> OptimiserSettings {
         OptimiserSettings {
-            kind: String::new(),
+            kind: OptimiserKind::FedAvg, // unused: each test passes its kind to `new`
             server_lr: 0.5,
             beta1: 0.9,
             beta2: 0.99,

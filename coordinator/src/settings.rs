@@ -3,6 +3,7 @@
 //! `CONFIDE_TRAINING__EPOCHS=3`) and by CLI flags, validated before any port
 //! is bound.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -21,8 +22,6 @@ use crate::error::CoordinatorError;
 mod defaults;
 mod names;
 
-use names::{model_kind_name, optimiser_name, ring_name, suite_name};
-
 /// Everything the coordinator needs to run one federation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -31,9 +30,9 @@ pub struct Settings {
     pub federation: String,
     /// Address `confide serve` binds (the library's `serve` binds nothing).
     pub listen: String,
-    /// Cipher suite: "intl" or "gm" (checked when the file is read).
-    #[serde(deserialize_with = "suite_name")]
-    pub suite: String,
+    /// Cipher suite: "intl" or "gm" in the file.
+    #[serde(with = "names::suite")]
+    pub suite: Suite,
     /// Training rounds to complete successfully.
     pub rounds: u64,
     /// Sites that must be connected before a round starts.
@@ -46,10 +45,10 @@ pub struct Settings {
     pub cohort_size: Option<usize>,
     /// Secure aggregation on (default). `false` is a plaintext comparison mode.
     pub secure_aggregation: bool,
-    /// Ring of training rounds: "u32" or "u64" (statistics rounds always use
-    /// u64; checked when the file is read).
-    #[serde(deserialize_with = "ring_name")]
-    pub ring: String,
+    /// Ring of training rounds: "u32" or "u64" in the file (statistics rounds
+    /// always use u64).
+    #[serde(with = "names::ring")]
+    pub ring: Ring,
     /// Run a statistics round first for federated standardisation.
     pub statistics_round: bool,
     /// Sites evaluate the incoming global model in every training round.
@@ -106,9 +105,9 @@ pub struct SecAggSettings {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSettings {
-    /// "logistic" or "mlp" (checked when the file is read).
-    #[serde(deserialize_with = "model_kind_name")]
-    pub kind: String,
+    /// "logistic" or "mlp" in the file.
+    #[serde(with = "names::model_kind")]
+    pub kind: ModelKind,
     /// Input features.
     pub features: u32,
     /// Classes.
@@ -153,10 +152,10 @@ pub struct QuantSettings {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimiserSettings {
-    /// "fedavg", "fedavgm", "fedadam", "fedyogi" or "fedadagrad" (checked
-    /// when the file is read).
-    #[serde(deserialize_with = "optimiser_name")]
-    pub kind: String,
+    /// "fedavg", "fedavgm", "fedadam", "fedyogi" or "fedadagrad" in the file
+    /// (any case).
+    #[serde(with = "names::optimiser_kind")]
+    pub kind: OptimiserKind,
     /// Server learning rate η.
     pub server_lr: f64,
     /// Momentum (FedAvgM) or β₁ (adaptive methods).
@@ -234,6 +233,25 @@ pub enum OptimiserKind {
     FedAdagrad,
 }
 
+impl OptimiserKind {
+    /// The canonical (lowercase) name, as settings and checkpoints write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimiserKind::FedAvg => "fedavg",
+            OptimiserKind::FedAvgM => "fedavgm",
+            OptimiserKind::FedAdam => "fedadam",
+            OptimiserKind::FedYogi => "fedyogi",
+            OptimiserKind::FedAdagrad => "fedadagrad",
+        }
+    }
+}
+
+impl fmt::Display for OptimiserKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl FromStr for OptimiserKind {
     type Err = CoordinatorError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -253,11 +271,16 @@ impl FromStr for OptimiserKind {
 }
 
 /// The training-relevant part of the settings: what the config hash covers.
+/// Its JSON must stay byte-identical across releases (checkpoints are found
+/// by it), so the suite and ring appear as their lowercase names, in this
+/// field order, as when they were strings.
 #[derive(Serialize)]
 struct HashedConfig<'a> {
     federation: &'a str,
-    suite: &'a str,
-    ring: &'a str,
+    #[serde(with = "names::suite")]
+    suite: Suite,
+    #[serde(with = "names::ring")]
+    ring: Ring,
     secure_aggregation: bool,
     statistics_round: bool,
     model: &'a ModelSettings,
@@ -288,32 +311,12 @@ impl Settings {
             .map_err(|e| CoordinatorError::Config(e.to_string()))
     }
 
-    /// The cipher suite.
-    pub fn suite(&self) -> Result<Suite, CoordinatorError> {
-        Suite::from_str(&self.suite).map_err(|e| CoordinatorError::Config(e.to_string()))
-    }
-
-    /// The training ring.
-    pub fn ring(&self) -> Result<Ring, CoordinatorError> {
-        Ring::from_str(&self.ring).map_err(|e| CoordinatorError::Config(format!("ring: {}", e.0)))
-    }
-
-    /// The model family.
-    pub fn model_kind(&self) -> Result<ModelKind, CoordinatorError> {
-        Ok(self.model.kind.parse()?)
-    }
-
-    /// The optimiser family.
-    pub fn optimiser_kind(&self) -> Result<OptimiserKind, CoordinatorError> {
-        self.optimiser.kind.parse()
-    }
-
     /// SHA-256 (hex) of the canonical JSON of the training-relevant settings.
     pub fn config_hash(&self) -> String {
         let h = HashedConfig {
             federation: &self.federation,
-            suite: &self.suite,
-            ring: &self.ring,
+            suite: self.suite,
+            ring: self.ring,
             secure_aggregation: self.secure_aggregation,
             statistics_round: self.statistics_round,
             model: &self.model,
@@ -408,9 +411,6 @@ impl Settings {
         if self.federation.trim().is_empty() {
             return bad("federation must not be empty".into());
         }
-        self.suite()?;
-        let ring = self.ring()?;
-        self.optimiser_kind()?;
         if self.rounds == 0 {
             return bad("rounds must be at least 1".into());
         }
@@ -469,19 +469,10 @@ impl Settings {
         if self.secagg.stage_timeout_secs == 0 {
             return bad("secagg.stage_timeout_secs must be at least 1".into());
         }
-        match self.model_kind() {
-            Ok(ModelKind::Logistic) => {}
-            Ok(ModelKind::Mlp) => {
-                if self.model.hidden.is_empty() || self.model.hidden.contains(&0) {
-                    return bad("model.hidden must list positive layer widths for an mlp".into());
-                }
-            }
-            Err(_) => {
-                return bad(format!(
-                    "model.kind must be \"logistic\" or \"mlp\", got {:?}",
-                    self.model.kind
-                ));
-            }
+        if self.model.kind == ModelKind::Mlp
+            && (self.model.hidden.is_empty() || self.model.hidden.contains(&0))
+        {
+            return bad("model.hidden must list positive layer widths for an mlp".into());
         }
         if self.model.features == 0 || self.model.classes < 2 {
             return bad("model needs at least 1 feature and 2 classes".into());
@@ -495,7 +486,7 @@ impl Settings {
         if self.training.stats_scale_bits > 40 {
             return bad("training.stats_scale_bits must be at most 40".into());
         }
-        let q = self.quantiser(ring)?;
+        let q = self.quantiser(self.ring)?;
         let model_bytes = crate::federation::model_spec(self)?.num_params() as u64 * 4;
         if model_bytes > self.limits.max_model_bytes {
             return bad(format!(

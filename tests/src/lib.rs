@@ -11,7 +11,7 @@
 //! ```
 //!
 //! ```
-//! let s = confide_tests::settings(2, "intl");
+//! let s = confide_tests::settings(2, confide_crypto::Suite::Intl);
 //! assert!(s.tls.insecure && s.rounds == 2);
 //! ```
 
@@ -44,10 +44,10 @@ pub const BREAST_CANCER: &str = include_str!("../../examples/data/breast_cancer_
 
 /// Test settings: insecure transport, logistic regression on the 30
 /// breast-cancer features, statistics round, short stage timeouts.
-pub fn settings(rounds: u64, suite: &str) -> Settings {
+pub fn settings(rounds: u64, suite: Suite) -> Settings {
     let mut s = Settings {
         federation: "test".into(),
-        suite: suite.into(),
+        suite,
         rounds,
         min_sites: 3,
         max_sites: 20,

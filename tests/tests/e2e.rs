@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use confide_coordinator::settings::OptimiserKind;
 use confide_coordinator::{Federation, ServeReport, Settings, checkpoint};
-use confide_crypto::Stage;
+use confide_crypto::{Stage, Suite};
 use confide_tests::{
     BoxError, Coordinator, settings, site, spawn_sites, split_non_iid, split_round_robin,
 };
@@ -57,7 +58,7 @@ fn assert_all_succeeded(r: &ServeReport, rounds: u64) {
 async fn three_sites_train_several_rounds_in_both_suites() -> Result<(), BoxError> {
     let tmp = tempfile::tempdir()?;
     let data = split_non_iid(tmp.path(), &[0.2, 0.5])?;
-    for suite in ["intl", "gm"] {
+    for suite in Suite::ALL {
         let t = Instant::now();
         let mut s = settings(3, suite);
         s.join_grace_secs = 1.0;
@@ -79,7 +80,7 @@ async fn three_sites_train_several_rounds_in_both_suites() -> Result<(), BoxErro
 async fn ten_sites_small_data() -> Result<(), BoxError> {
     let tmp = tempfile::tempdir()?;
     let data = split_round_robin(tmp.path(), 10)?;
-    for suite in ["intl", "gm"] {
+    for suite in Suite::ALL {
         let mut s = settings(2, suite);
         s.min_sites = 10;
         let t = Instant::now();
@@ -114,7 +115,7 @@ async fn a_site_vanishing_at_any_stage_does_not_stop_the_round() -> Result<(), B
     ];
     let mut runs = Vec::new();
     for (i, stage) in stages.into_iter().enumerate() {
-        let mut s = settings(2, if i % 2 == 0 { "intl" } else { "gm" });
+        let mut s = settings(2, if i % 2 == 0 { Suite::Intl } else { Suite::Gm });
         s.min_sites = 4;
         // Round one should include all five; the grace ends as soon as they are connected.
         s.max_sites = 5;
@@ -155,7 +156,7 @@ async fn a_round_that_cannot_complete_fails_cleanly_and_the_next_succeeds() -> R
     let tmp = tempfile::tempdir()?;
     let data = split_round_robin(tmp.path(), 3)?;
     let ck = tmp.path().join("ck");
-    let mut s = settings(1, "intl");
+    let mut s = settings(1, Suite::Intl);
     s.join_grace_secs = 1.0;
     s.statistics_round = false;
     s.final_evaluation = false;
@@ -219,10 +220,10 @@ async fn restart_from_checkpoints_continues_with_identical_model_bytes() -> Resu
     let tmp = tempfile::tempdir()?;
     let data = split_non_iid(tmp.path(), &[0.2, 0.5])?;
     let ck = tmp.path().join("ck");
-    let mut s = settings(2, "intl");
+    let mut s = settings(2, Suite::Intl);
     s.join_grace_secs = 1.0;
     s.final_evaluation = false;
-    s.optimiser.kind = "fedadam".into(); // has state that must survive too
+    s.optimiser.kind = OptimiserKind::FedAdam; // has state that must survive too
     s.optimiser.server_lr = 0.1;
     s.checkpoints.dir = Some(ck.clone());
     let first = run_federation(s.clone(), &data, None).await?;
@@ -276,7 +277,7 @@ async fn breast_cancer_three_hospitals_non_iid_mtls_reaches_95_percent() -> Resu
     for n in names {
         confide_coordinator::certs::issue_site(&certs, n, confide_crypto::Suite::Intl)?;
     }
-    let mut s = settings(30, "intl");
+    let mut s = settings(30, Suite::Intl);
     s.tls.insecure = false;
     s.tls.certs_dir = Some(certs.clone());
     s.join_grace_secs = 1.0;
@@ -430,7 +431,7 @@ async fn breast_cancer_three_hospitals_non_iid_mtls_reaches_95_percent() -> Resu
 async fn plaintext_comparison_mode_trains_with_the_same_flow() -> Result<(), BoxError> {
     let tmp = tempfile::tempdir()?;
     let data = split_non_iid(tmp.path(), &[0.2, 0.5])?;
-    let mut s = settings(3, "intl");
+    let mut s = settings(3, Suite::Intl);
     s.join_grace_secs = 1.0;
     s.secure_aggregation = false;
     let r = run_federation(s, &data, None).await?;

@@ -14,7 +14,7 @@ use rand::RngExt;
 use tokio::sync::watch;
 use tonic::Code;
 
-fn fake_settings(suite: &str, secure: bool, dir: &std::path::Path) -> Settings {
+fn fake_settings(suite: Suite, secure: bool, dir: &std::path::Path) -> Settings {
     let mut s = settings(1, suite);
     s.statistics_round = false;
     s.evaluate_every_round = false;
@@ -29,7 +29,7 @@ fn fake_settings(suite: &str, secure: bool, dir: &std::path::Path) -> Settings {
 /// against the plaintext weighted mean of the deltas.
 async fn fedavg_case(suite: Suite, secure: bool) -> Result<(), BoxError> {
     let tmp = tempfile::tempdir()?;
-    let s = fake_settings(suite.name(), secure, tmp.path());
+    let s = fake_settings(suite, secure, tmp.path());
     let initial = confide_coordinator::federation::initial_model(&s)?.flatten();
     let d = initial.len();
     let coord = Coordinator::start(s).await?;
@@ -184,7 +184,7 @@ impl AsyncPoke for WaitFor {
 async fn bad_submissions_get_specific_statuses_and_do_not_disturb_the_round() -> Result<(), BoxError>
 {
     let tmp = tempfile::tempdir()?;
-    let s = fake_settings("intl", true, tmp.path());
+    let s = fake_settings(Suite::Intl, true, tmp.path());
     let initial = confide_coordinator::federation::initial_model(&s)?.flatten();
     let d = initial.len();
     let coord = Coordinator::start(s).await?;

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use confide_crypto::Suite;
+use confide_proto::model::ModelKind;
 use confide_tests::{BoxError, Coordinator, settings, site, spawn_sites};
 
 const DIGITS: &str = include_str!("../../examples/data/digits.csv");
@@ -47,10 +49,10 @@ async fn digits_ten_sites_two_digits_each_mlp_reaches_93_percent() -> Result<(),
     let tmp = tempfile::tempdir()?;
     let data = split_digits(tmp.path())?;
     let rounds = 100;
-    let mut s = settings(rounds, "intl");
+    let mut s = settings(rounds, Suite::Intl);
     s.min_sites = 10;
     s.join_grace_secs = 1.0;
-    s.model.kind = "mlp".into();
+    s.model.kind = ModelKind::Mlp;
     s.model.features = 64;
     s.model.classes = 10;
     s.model.hidden = vec![64];

@@ -112,7 +112,7 @@ fn denied(r: Result<impl std::fmt::Debug, tonic::Status>, why: &str) -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_admission_refuses_each_bad_peer_with_a_specific_status() -> Result<(), BoxError> {
     let pki = Pki::new()?;
-    let mut s = settings(1, "intl");
+    let mut s = settings(1, Suite::Intl);
     s.tls.insecure = false;
     s.tls.certs_dir = Some(pki.dir.clone());
     s.tls.allowed_sites = vec!["a".into(), "b".into(), "c".into()];
@@ -232,7 +232,7 @@ fn rustls_pem_der(pem: &[u8]) -> Result<Vec<u8>, BoxError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_flood_is_rate_limited() -> Result<(), BoxError> {
-    let mut s = settings(1, "intl");
+    let mut s = settings(1, Suite::Intl);
     s.limits.join_burst = 3;
     s.limits.join_rate_per_sec = 0.01;
     let mut coord = Coordinator::start(s).await?;

@@ -64,8 +64,7 @@ fn read(p: &Path) -> Result<Vec<u8>, CoordinatorError> {
 
 /// An endpoint for `url`, over TLS when `tls` is given (plaintext otherwise).
 pub fn endpoint(url: &str, tls: Option<ClientTls<'_>>) -> Result<Endpoint, CoordinatorError> {
-    let ep = Endpoint::from_shared(url.to_string())
-        .map_err(|e| CoordinatorError::Transport(e.to_string()))?;
+    let ep = Endpoint::from_shared(url.to_string()).map_err(CoordinatorError::Transport)?;
     let Some(tls) = tls else {
         return Ok(ep);
     };
@@ -74,13 +73,16 @@ pub fn endpoint(url: &str, tls: Option<ClientTls<'_>>) -> Result<Endpoint, Coord
         cfg = cfg.identity(Identity::from_pem(read(cert)?, read(key)?));
     }
     ep.tls_config(cfg.domain_name(tls.domain))
-        .map_err(|e| CoordinatorError::Tls(e.to_string()))
+        .map_err(CoordinatorError::TlsConfig)
 }
 
 async fn connect(url: &str, ep: Endpoint) -> Result<Channel, CoordinatorError> {
     ep.connect()
         .await
-        .map_err(|e| CoordinatorError::Transport(format!("{url}: {e}")))
+        .map_err(|source| CoordinatorError::Connect {
+            url: url.to_string(),
+            source,
+        })
 }
 
 async fn admin_client(
@@ -119,7 +121,7 @@ pub async fn health_check(
             service: "confide.v1.Site".into(),
         })
         .await
-        .map_err(|e| CoordinatorError::Transport(e.to_string()))?
+        .map_err(|e| CoordinatorError::Rpc(Box::new(e)))?
         .into_inner();
     Ok(reply.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
 }
@@ -133,7 +135,7 @@ pub async fn status(
     c.status(pb::StatusRequest {})
         .await
         .map(Response::into_inner)
-        .map_err(|e| CoordinatorError::Transport(e.to_string()))
+        .map_err(|e| CoordinatorError::Rpc(Box::new(e)))
 }
 
 /// `confide rounds`: the Admin API's history, as records.
@@ -145,7 +147,7 @@ pub async fn rounds(
     let r = c
         .rounds(pb::RoundsRequest {})
         .await
-        .map_err(|e| CoordinatorError::Transport(e.to_string()))?
+        .map_err(|e| CoordinatorError::Rpc(Box::new(e)))?
         .into_inner();
     Ok(r.rounds.into_iter().map(record_from_pb).collect())
 }

@@ -62,7 +62,7 @@ pub struct ServeReport {
 /// The model the settings describe.
 pub fn model_spec(s: &Settings) -> Result<ModelSpec, CoordinatorError> {
     Ok(ModelSpec::new(
-        s.model_kind()?,
+        s.model.kind,
         s.model.features as usize,
         s.model.hidden.iter().map(|&h| h as usize).collect(),
         s.model.classes as usize,
@@ -125,12 +125,12 @@ impl Federation {
     /// Validate the settings and resume from the latest checkpoint of the same config.
     pub fn new(settings: Settings) -> Result<Arc<Self>, CoordinatorError> {
         settings.validate()?;
-        let suite = settings.suite()?;
-        let quant = settings.quantiser(settings.ring()?)?;
+        let suite = settings.suite;
+        let quant = settings.quantiser(settings.ring)?;
         let config_hash = settings.config_hash();
         let mut model = initial_model(&settings)?;
         let mut optimiser = ServerOptimiser::new(
-            settings.optimiser_kind()?,
+            settings.optimiser.kind,
             &settings.optimiser,
             model.num_params(),
         );

@@ -38,7 +38,7 @@ impl Admin for Handlers {
         let s = self.fed.settings();
         Ok(Response::new(pb::StatusResponse {
             federation: s.federation.clone(),
-            suite: s.suite.clone(),
+            suite: s.suite.name().into(),
             current_round: round,
             stage,
             connected_sites: sites,

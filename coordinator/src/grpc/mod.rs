@@ -125,7 +125,7 @@ pub async fn serve(
             .client_auth_optional(true);
         builder = builder
             .tls_config(tls)
-            .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+            .map_err(CoordinatorError::TlsConfig)?;
     }
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SiteServer<Handlers>>().await;

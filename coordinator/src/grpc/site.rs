@@ -43,7 +43,7 @@ impl Site for Handlers {
         if let Err(refusal) = check_join_key(
             cert.as_ref(),
             &r.verifying_key,
-            &s.suite,
+            s.suite.name(),
             s.secure_aggregation,
         ) {
             let peer = cert.as_ref().map(|c| c.name.as_str()).unwrap_or_default();
@@ -63,7 +63,7 @@ impl Site for Handlers {
         Ok(Response::new(pb::JoinResponse {
             session,
             federation: s.federation.clone(),
-            suite: s.suite.clone(),
+            suite: s.suite.name().into(),
         }))
     }
 

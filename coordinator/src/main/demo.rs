@@ -71,7 +71,7 @@ pub async fn run(rounds: u64, suite: &str, dir: Option<PathBuf>) -> Result<()> {
     }
     let mut s = Settings::from_toml_str(include_str!("../../federation.example.toml"))?;
     s.federation = "demo".into();
-    s.suite = suite.into();
+    s.suite = suite_v;
     s.rounds = rounds;
     s.listen = "127.0.0.1:0".into();
     s.tls.certs_dir = Some(certs_dir.clone());

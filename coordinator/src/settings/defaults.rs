@@ -7,14 +7,14 @@ impl Default for Settings {
         Settings {
             federation: "confide".into(),
             listen: "0.0.0.0:7443".into(),
-            suite: "intl".into(),
+            suite: Suite::Intl,
             rounds: 10,
             min_sites: 3,
             max_sites: 100,
             cohort_fraction: 1.0,
             cohort_size: None,
             secure_aggregation: true,
-            ring: "u32".into(),
+            ring: Ring::U32,
             statistics_round: true,
             evaluate_every_round: true,
             final_evaluation: true,
@@ -50,7 +50,7 @@ impl Default for SecAggSettings {
 impl Default for ModelSettings {
     fn default() -> Self {
         ModelSettings {
-            kind: "logistic".into(),
+            kind: ModelKind::Logistic,
             features: 30,
             classes: 2,
             hidden: Vec::new(),
@@ -85,7 +85,7 @@ impl Default for QuantSettings {
 impl Default for OptimiserSettings {
     fn default() -> Self {
         OptimiserSettings {
-            kind: "fedavg".into(),
+            kind: OptimiserKind::FedAvg,
             server_lr: 1.0,
             beta1: 0.9,
             beta2: 0.99,

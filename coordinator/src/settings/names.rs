@@ -1,52 +1,106 @@
-//! Deserialisers of the named choices (suite, ring, model and optimiser
-//! kinds): the value must name something, checked while the file is read.
+//! Serde adapters of the named choices (suite, ring, model and optimiser
+//! kinds): each reads a name into its typed value, refusing a name that
+//! means nothing while the file is read, and writes the canonical lowercase
+//! name back.
 
 use std::str::FromStr;
 
-use confide_crypto::Suite;
-use confide_crypto::ring::Ring;
-use confide_proto::model::ModelKind;
 use serde::de::Error as _;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serializer};
 
-use super::OptimiserKind;
+// The written names are part of the config hash (see `HashedConfig`), so
+// each adapter writes exactly the lowercase spelling the string fields of
+// earlier releases held. `confide_crypto` deliberately has no serde, hence
+// adapters here rather than derives on `Suite` and `Ring`.
 
-// The named choices stay strings in `Settings` (their exact spelling is part
-// of the config hash, and callers assign them as text), but a file or
-// environment value that names nothing is refused while it is read, with the
-// field and the accepted values in the message.
-
-/// A name `T` parses, or a deserialisation error naming `field` and `accepted`.
-fn checked_name<'de, D: Deserializer<'de>, T: FromStr>(
+/// The value a name `T` parses to, or a deserialisation error naming `field`
+/// and `accepted`.
+fn checked<'de, D: Deserializer<'de>, T: FromStr>(
     d: D,
     field: &str,
     accepted: &str,
-) -> Result<String, D::Error> {
+) -> Result<T, D::Error> {
     let s = String::deserialize(d)?;
-    match s.parse::<T>() {
-        Ok(_) => Ok(s),
-        Err(_) => Err(D::Error::custom(format!(
-            "{field}: unknown value {s:?}, expected {accepted}"
-        ))),
+    s.parse::<T>()
+        .map_err(|_| D::Error::custom(format!("{field}: unknown value {s:?}, expected {accepted}")))
+}
+
+/// `suite`: "intl" or "gm".
+pub(super) mod suite {
+    use confide_crypto::Suite;
+
+    use super::*;
+
+    pub(in crate::settings) fn serialize<S: Serializer>(
+        v: &Suite,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.name())
+    }
+
+    pub(in crate::settings) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Suite, D::Error> {
+        checked(d, "suite", "\"intl\" or \"gm\"")
     }
 }
 
-pub(super) fn suite_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    checked_name::<D, Suite>(d, "suite", "\"intl\" or \"gm\"")
+/// `ring`: "u32" or "u64".
+pub(super) mod ring {
+    use confide_crypto::ring::Ring;
+
+    use super::*;
+
+    pub(in crate::settings) fn serialize<S: Serializer>(v: &Ring, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub(in crate::settings) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Ring, D::Error> {
+        checked(d, "ring", "\"u32\" or \"u64\"")
+    }
 }
 
-pub(super) fn ring_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    checked_name::<D, Ring>(d, "ring", "\"u32\" or \"u64\"")
+/// `model.kind`: "logistic" or "mlp".
+pub(super) mod model_kind {
+    use confide_proto::model::ModelKind;
+
+    use super::*;
+
+    pub(in crate::settings) fn serialize<S: Serializer>(
+        v: &ModelKind,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.name())
+    }
+
+    pub(in crate::settings) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<ModelKind, D::Error> {
+        checked(d, "model.kind", "\"logistic\" or \"mlp\"")
+    }
 }
 
-pub(super) fn model_kind_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    checked_name::<D, ModelKind>(d, "model.kind", "\"logistic\" or \"mlp\"")
-}
+/// `optimiser.kind`: "fedavg", "fedavgm", "fedadam", "fedyogi" or "fedadagrad".
+pub(super) mod optimiser_kind {
+    use super::super::OptimiserKind;
+    use super::*;
 
-pub(super) fn optimiser_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    checked_name::<D, OptimiserKind>(
-        d,
-        "optimiser.kind",
-        "\"fedavg\", \"fedavgm\", \"fedadam\", \"fedyogi\" or \"fedadagrad\"",
-    )
+    pub(in crate::settings) fn serialize<S: Serializer>(
+        v: &OptimiserKind,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.name())
+    }
+
+    pub(in crate::settings) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<OptimiserKind, D::Error> {
+        checked(
+            d,
+            "optimiser.kind",
+            "\"fedavg\", \"fedavgm\", \"fedadam\", \"fedyogi\" or \"fedadagrad\"",
+        )
+    }
 }

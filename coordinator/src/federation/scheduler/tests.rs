@@ -32,19 +32,12 @@ fn plan(
     connected: Vec<(MemberId, String)>,
     seed: u64,
 ) -> Result<RoundPlan, PlanError> {
-    let quant = s
-        .ring()
-        .and_then(|r| s.quantiser(r))
-        .map_err(|source| PlanError::Params {
-            round: 0,
-            cohort: 0,
-            source,
-        })?;
-    let suite = s.suite().map_err(|source| PlanError::Params {
+    let quant = s.quantiser(s.ring).map_err(|source| PlanError::Params {
         round: 0,
         cohort: 0,
         source,
     })?;
+    let suite = s.suite;
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     plan_round(
         s,
