@@ -11,7 +11,7 @@ use confide_crypto::Suite;
 use confide_crypto::graph::{self, SecAggParams};
 use confide_crypto::quant::{QuantConfig, Quantiser};
 use confide_crypto::ring::Ring;
-use confide_proto::model::ModelKind;
+use confide_proto::model::{ModelKind, ModelSpec};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
@@ -290,6 +290,16 @@ struct HashedConfig<'a> {
 }
 
 impl Settings {
+    /// The model these settings describe.
+    pub fn model_spec(&self) -> Result<ModelSpec, CoordinatorError> {
+        Ok(ModelSpec::new(
+            self.model.kind,
+            self.model.features as usize,
+            self.model.hidden.iter().map(|&h| h as usize).collect(),
+            self.model.classes as usize,
+        )?)
+    }
+
     /// Parse TOML text (no environment overrides).
     pub fn from_toml_str(s: &str) -> Result<Self, CoordinatorError> {
         Figment::from(Toml::string(s))
@@ -487,7 +497,7 @@ impl Settings {
             return bad("training.stats_scale_bits must be at most 40".into());
         }
         let q = self.quantiser(self.ring)?;
-        let model_bytes = crate::federation::model_spec(self)?.num_params() as u64 * 4;
+        let model_bytes = self.model_spec()?.num_params() as u64 * 4;
         if model_bytes > self.limits.max_model_bytes {
             return bad(format!(
                 "the model has {model_bytes} bytes, above limits.max_model_bytes"

@@ -26,7 +26,7 @@ use confide_crypto::protocol::{AnyCoordinator, AnyRoundResult};
 use confide_crypto::quant::Quantiser;
 use confide_crypto::{ProtocolError, Suite};
 use confide_proto::convert;
-use confide_proto::model::{Model, ModelSpec};
+use confide_proto::model::Model;
 use confide_proto::v1 as pb;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{info, warn};
@@ -59,19 +59,9 @@ pub struct ServeReport {
     pub final_accuracy: Option<f64>,
 }
 
-/// The model the settings describe.
-pub fn model_spec(s: &Settings) -> Result<ModelSpec, CoordinatorError> {
-    Ok(ModelSpec::new(
-        s.model.kind,
-        s.model.features as usize,
-        s.model.hidden.iter().map(|&h| h as usize).collect(),
-        s.model.classes as usize,
-    )?)
-}
-
 /// The initial global model from the settings (seeded, so it is the same on every fresh start).
 pub fn initial_model(s: &Settings) -> Result<Model, CoordinatorError> {
-    Ok(model_spec(s)?.init_seeded(s.model.init_seed))
+    Ok(s.model_spec()?.init_seeded(s.model.init_seed))
 }
 
 struct Inner {
