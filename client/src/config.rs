@@ -31,6 +31,10 @@ pub struct SiteConfig {
     pub signing_key: Option<PathBuf>,
     /// Plaintext transport, for local experiments only.
     pub insecure: bool,
+    /// Take part in rounds the coordinator announces as plaintext
+    /// (comparison mode), where it sees this site's update itself. Off by
+    /// default: the coordinator's flag alone never unmasks a site.
+    pub allow_plaintext: bool,
     /// Fault injection for tests and demos.
     pub vanish: Option<Vanish>,
     /// Give up reconnecting after this long (default 60 s).
@@ -55,6 +59,7 @@ impl SiteConfig {
             tls: None,
             signing_key: None,
             insecure: false,
+            allow_plaintext: false,
             vanish: None,
             max_reconnect: Duration::from_secs(60),
         }

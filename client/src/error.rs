@@ -75,6 +75,16 @@ pub enum ClientError {
     /// A round announcement that this site cannot take part in.
     #[error("invalid round announcement: {0}")]
     InvalidRound(String),
+    /// The coordinator announced a plaintext round and this site's policy
+    /// requires secure aggregation.
+    #[error(
+        "round {round} is announced as plaintext (the coordinator would see this site's update): \
+         refused, this site takes part only with secure aggregation (--allow-plaintext to opt in)"
+    )]
+    PlaintextRefused {
+        /// The refused round.
+        round: u64,
+    },
     /// The secure-aggregation state machine refused a message.
     #[error("secure aggregation: {0}")]
     Protocol(#[from] ProtocolError),

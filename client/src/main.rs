@@ -65,6 +65,10 @@ struct RunArgs {
     /// Plaintext transport and an ephemeral signing key: local experiments only.
     #[arg(long, env = "CONFIDE_INSECURE")]
     insecure: bool,
+    /// Take part in plaintext comparison rounds, where the coordinator sees
+    /// this site's update (off: only secure aggregation).
+    #[arg(long, env = "CONFIDE_ALLOW_PLAINTEXT")]
+    allow_plaintext: bool,
     /// Fraction of rows held out for evaluation.
     #[arg(long, env = "CONFIDE_HOLDOUT", default_value_t = 0.2)]
     holdout: f64,
@@ -122,6 +126,7 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
     let mut cfg = SiteConfig::new(&a.coordinator, &a.site, &a.data, &a.label);
     cfg.holdout = a.holdout;
     cfg.insecure = a.insecure;
+    cfg.allow_plaintext = a.allow_plaintext;
     cfg.max_reconnect = Duration::from_secs(a.max_reconnect_secs);
     let domain = match &a.tls_domain {
         Some(d) => d.clone(),

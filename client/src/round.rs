@@ -157,6 +157,9 @@ pub(crate) struct DriverConfig {
     pub num_features: usize,
     /// Makes each secure round's neighbour-identity verifier.
     pub verifier: VerifierFactory,
+    /// Whether the site takes part in plaintext rounds (its own policy; the
+    /// announcement cannot switch secure aggregation off).
+    pub allow_plaintext: bool,
 }
 
 /// The site's protocol state across rounds and reconnects.
@@ -431,6 +434,12 @@ impl RoundDriver {
             "round started"
         );
         let plaintext = rs.plaintext;
+        if plaintext && !self.cfg.allow_plaintext {
+            // Refused before anything is computed; replays of this round's
+            // tasks are then ignored like those of any round left.
+            self.left_round = Some(rs.round);
+            return Err(ClientError::PlaintextRefused { round: rs.round });
+        }
         let download = v1::DownloadModelRequest {
             session: self.session_str(),
             round: rs.round,

@@ -113,6 +113,7 @@ impl<T: Transport> Runner<T> {
                 authenticated: identity::authenticated(cfg),
                 num_features: train.num_features(),
                 verifier: Box::new(move |suite| identity::verifier(&verifier_cfg, suite)),
+                allow_plaintext: cfg.allow_plaintext,
             },
             StdRng::from_rng(&mut rng),
         );

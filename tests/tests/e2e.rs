@@ -15,12 +15,15 @@ async fn run_federation(
     data: &[std::path::PathBuf],
     vanish: Option<(usize, u64, Stage)>,
 ) -> Result<ServeReport, BoxError> {
+    // Sites take part in plaintext comparison rounds only when they opt in.
+    let plaintext = !s.secure_aggregation;
     let coord = Coordinator::start(s).await?;
     let cfgs = data
         .iter()
         .enumerate()
         .map(|(i, p)| {
             let mut c = site(&coord.url(), &format!("site-{i}"), p);
+            c.allow_plaintext = plaintext;
             if let Some((who, round, stage)) = vanish
                 && who == i
             {

@@ -28,6 +28,14 @@ fn driver(vanish: Option<Vanish>) -> Result<RoundDriver, ClientError> {
 
 /// A driver whose keys come from `seed` (sites of one round need distinct keys).
 fn seeded_driver(vanish: Option<Vanish>, seed: u64) -> Result<RoundDriver, ClientError> {
+    driver_with_policy(vanish, seed, true)
+}
+
+fn driver_with_policy(
+    vanish: Option<Vanish>,
+    seed: u64,
+    allow_plaintext: bool,
+) -> Result<RoundDriver, ClientError> {
     let mut rng = StdRng::seed_from_u64(seed);
     let signing = SigningKey::generate(Suite::Intl, &mut rng);
     let mut d = RoundDriver::new(
@@ -41,6 +49,7 @@ fn seeded_driver(vanish: Option<Vanish>, seed: u64) -> Result<RoundDriver, Clien
             verifier: Box::new(|suite| {
                 Ok(Arc::new(RelayedKeyVerifier { suite }) as Arc<dyn IdentityVerifier>)
             }),
+            allow_plaintext,
         },
         rng,
     );
@@ -228,6 +237,32 @@ fn a_key_of_another_suite_is_refused_unless_ephemeral() -> Result<(), ClientErro
         d.join_request()
             .is_ok_and(|r| r.site == "site-a" && !r.verifying_key.is_empty())
     );
+    Ok(())
+}
+
+/// The coordinator's `plaintext` flag alone never makes a site upload its
+/// update in the clear: without the site's own opt-in the round is refused
+/// before anything is computed, replays are ignored, and secure rounds go on.
+#[test]
+fn a_plaintext_round_is_refused_unless_the_site_opted_in() -> Result<(), ClientError> {
+    let mut d = driver_with_policy(None, 7, false)?;
+    let now = Instant::now();
+    let rs = stats_start(3, true);
+    let r = d.on_task(start(&rs), now);
+    assert!(
+        matches!(r, Err(ClientError::PlaintextRefused { round: 3 })),
+        "{r:?}"
+    );
+    assert!(d.outbox().is_none(), "nothing queued");
+    assert_eq!(d.current_round(), None);
+    assert!(
+        matches!(d.on_task(start(&rs), now)?, Action::Wait),
+        "replay ignored"
+    );
+    // The next, secure, round is served as usual: its first message is the advert.
+    let secure = stats_start(4, false);
+    assert!(!matches!(d.on_task(start(&secure), now)?, Action::Wait));
+    assert_eq!(d.current_round(), Some(4));
     Ok(())
 }
 

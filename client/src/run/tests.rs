@@ -184,6 +184,8 @@ fn dataset() -> Result<Dataset, ClientError> {
 fn config() -> SiteConfig {
     let mut cfg = SiteConfig::new("memory://coordinator", "site-a", "unused.csv", "y");
     cfg.insecure = true;
+    // The in-memory coordinator runs plaintext rounds.
+    cfg.allow_plaintext = true;
     cfg.max_reconnect = Duration::from_secs(30);
     cfg
 }
