@@ -21,15 +21,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confide_coordinator::{CoordinatorError, ServeReport, Settings};
-use confide_crypto::graph::SecAggParams;
 use confide_crypto::protocol::{
     EncryptedShare, IdentityVerifier, IncomingShares, KeyAdvert, NeighbourKeys, RelayedAdvert,
     UnmaskRequest,
 };
-use confide_crypto::quant::{QuantConfig, Quantiser};
+use confide_crypto::quant::Quantiser;
 use confide_crypto::ring::{Ring, to_le_bytes};
 use confide_crypto::suite::{SigningKey, VerifyingKey};
-use confide_crypto::{MemberId, RoundConfig, SiteMachine, Suite};
+use confide_crypto::{MemberId, SiteMachine, Suite};
+use confide_proto::convert;
 use confide_proto::v1 as pb;
 use pb::site_client::SiteClient;
 use tokio::sync::oneshot;
@@ -299,15 +299,11 @@ impl FakeSite {
 
     /// The quantiser a RoundStart announces.
     pub fn quantiser(rs: &pb::RoundStart) -> Result<Quantiser, BoxError> {
-        let q = rs.quantisation.ok_or("no quantisation")?;
-        Ok(Quantiser::new(&QuantConfig {
-            ring: rs.ring.parse::<Ring>().map_err(|e| e.0)?,
-            clip: q.clip,
-            max_weight: q.max_weight,
-            max_cohort: q.max_cohort as usize,
-            scale: Some(q.scale),
-            min_levels: 1,
-        })?)
+        let ring = rs.ring.parse::<Ring>().map_err(|e| e.0)?;
+        Ok(Quantiser::new(&convert::quant_config(
+            rs.quantisation.as_ref(),
+            ring,
+        )?)?)
     }
 
     /// Take part in a TRAIN round already announced by `rs` with update
@@ -328,24 +324,16 @@ impl FakeSite {
             }
             return self.round_end().await;
         }
-        let mut graph_seed = [0u8; 32];
-        if rs.graph_seed.len() != 32 {
-            return Err("graph seed must be 32 bytes".into());
+        // The same conversion the real site uses; this scripted site keeps
+        // to the u32 ring its vectors are built in.
+        let cfg = convert::round_config(rs)?;
+        if cfg.ring != Ring::U32 || cfg.suite != self.suite {
+            return Err(format!(
+                "scripted site speaks {} / u32, round is {} / {}",
+                self.suite, cfg.suite, cfg.ring
+            )
+            .into());
         }
-        graph_seed.copy_from_slice(&rs.graph_seed);
-        let cfg = RoundConfig {
-            round: rs.round,
-            suite: self.suite,
-            ring: Ring::U32,
-            cohort: rs.cohort.clone(),
-            params: SecAggParams {
-                k: rs.k as usize,
-                t: rs.t as usize,
-            },
-            graph_seed,
-            vector_len: rs.vector_len as usize,
-            min_survivors: rs.min_survivors as usize,
-        };
         let verifier: Arc<dyn IdentityVerifier> = Arc::new(TrustRelayed(self.suite));
         let mut m =
             SiteMachine::<u32>::new(cfg, rs.member, self.key.clone(), verifier, &mut rand::rng())?;
