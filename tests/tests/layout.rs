@@ -109,9 +109,8 @@ fn expand_use_tree(tree: &str) -> Vec<String> {
 /// Every `crate::…` / `super::…` path a file's production code names,
 /// resolved to absolute segment lists. `pub use` lines are re-exports (a
 /// facade, not a dependency) and are skipped.
-fn referenced_paths(module: &[String], is_dir_module: bool, code: &str) -> Vec<Vec<String>> {
-    // `super` of a file module is its parent; of a `mod.rs`/root, also its parent.
-    let _ = is_dir_module;
+fn referenced_paths(module: &[String], code: &str) -> Vec<Vec<String>> {
+    // `super` is the parent module, for `a/b.rs` and `a/b/mod.rs` alike.
     let parent: Vec<String> = module[..module.len().saturating_sub(1)].to_vec();
     let mut raw = Vec::new();
     let mut stmt = String::new();
@@ -218,8 +217,7 @@ fn edges(c: &CrateFiles) -> BTreeMap<String, BTreeSet<String>> {
         if module.is_empty() {
             continue;
         }
-        let is_dir = file.ends_with("mod.rs");
-        for path in referenced_paths(module, is_dir, code) {
+        for path in referenced_paths(module, code) {
             // Longest prefix of the path that is a module with its own file.
             let target = (1..=path.len())
                 .rev()

@@ -134,7 +134,6 @@ impl Federation {
             let plan = scheduler::plan_round(
                 &self.settings,
                 &self.quant,
-                self.suite,
                 kind,
                 &g.progress(),
                 connected,
@@ -388,7 +387,7 @@ impl Federation {
             model_round: g.model_round,
             next_round: g.next_round,
             completed_train_rounds: g.completed,
-            suite: self.suite.name().into(),
+            suite: self.settings.suite.name().into(),
             config_hash: self.config_hash.clone(),
             optimiser: self.settings.optimiser.kind.to_string(),
             optimiser_state: opt.as_ref().map(|_| "optimiser.safetensors".to_string()),

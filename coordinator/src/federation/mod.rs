@@ -21,10 +21,10 @@ pub mod scheduler;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use confide_crypto::ProtocolError;
 use confide_crypto::protocol::StageTimeouts;
 use confide_crypto::protocol::{AnyCoordinator, AnyRoundResult};
 use confide_crypto::quant::Quantiser;
-use confide_crypto::{ProtocolError, Suite};
 use confide_proto::convert;
 use confide_proto::model::Model;
 use confide_proto::v1 as pb;
@@ -94,7 +94,6 @@ impl Inner {
 /// The federation: shared by the gRPC handlers and the round driver.
 pub struct Federation {
     settings: Settings,
-    suite: Suite,
     quant: Quantiser,
     config_hash: String,
     inner: Mutex<Inner>,
@@ -115,7 +114,6 @@ impl Federation {
     /// Validate the settings and resume from the latest checkpoint of the same config.
     pub fn new(settings: Settings) -> Result<Arc<Self>, CoordinatorError> {
         settings.validate()?;
-        let suite = settings.suite;
         let quant = settings.quantiser(settings.ring)?;
         let config_hash = settings.config_hash();
         let mut model = initial_model(&settings)?;
@@ -166,7 +164,6 @@ impl Federation {
             .and_then(|r| r.accuracy);
         Ok(Arc::new(Federation {
             uploads: Arc::new(Semaphore::new(settings.limits.max_concurrent_uploads)),
-            suite,
             quant,
             config_hash,
             inner: Mutex::new(Inner {
@@ -197,11 +194,6 @@ impl Federation {
     /// The settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
-    }
-
-    /// The cipher suite (parsed once, at start).
-    pub fn suite(&self) -> Suite {
-        self.suite
     }
 
     /// The current global model bytes (safetensors).

@@ -68,8 +68,9 @@ pub struct ActiveRound {
     pub kind: RoundKind,
     /// Cohort members' site names.
     pub names: BTreeMap<MemberId, String>,
-    /// Each member's TLS certificate as presented with its advert this round.
-    certs: BTreeMap<MemberId, Vec<u8>>,
+    /// Each member's site name and TLS certificate as presented with its
+    /// advert this round: what neighbours get relayed to check the binding.
+    relayed: BTreeMap<MemberId, convert::RelayedIdentity>,
     /// The crypto machine.
     pub machine: AnyCoordinator,
     /// Elements of each site's vector.
@@ -107,7 +108,7 @@ impl ActiveRound {
             id,
             kind,
             names,
-            certs: BTreeMap::new(),
+            relayed: BTreeMap::new(),
             machine,
             vector_len,
             model_bytes,
@@ -164,7 +165,10 @@ impl ActiveRound {
             } => {
                 // Recorded before the machine sees the advert: a duplicate is
                 // refused by the machine and the certificate stays the first one.
-                self.certs.entry(from).or_insert(certificate);
+                let site = self.names.get(&from).cloned().unwrap_or_default();
+                self.relayed
+                    .entry(from)
+                    .or_insert(convert::RelayedIdentity { site, certificate });
                 self.machine.handle_advert(advert, identity, now)?
             }
             SiteMessage::Shares(bundle) => self.machine.handle_shares(bundle, now)?,
@@ -213,14 +217,10 @@ impl ActiveRound {
         while let Some(o) = self.machine.poll_output() {
             match o {
                 AnyOutput::NeighbourKeys { to, msg } => {
-                    let mut keys = convert::neighbour_keys_to_proto(&msg);
-                    for r in &mut keys.adverts {
-                        let member = r.advert.as_ref().map(|a| a.member).unwrap_or_default();
-                        r.site = self.names.get(&member).cloned().unwrap_or_default();
-                        // The DER the signer presented when it advertised
-                        // (empty in insecure mode).
-                        r.certificate = self.certs.get(&member).cloned().unwrap_or_default();
-                    }
+                    // With each advert, the signer's site name and the DER it
+                    // presented when it advertised (empty in insecure mode).
+                    let keys =
+                        convert::neighbour_keys_with_certificates(&msg, |m| self.relayed.get(&m));
                     self.send(registry, to, task(pb::task::Kind::NeighbourKeys(keys)));
                 }
                 AnyOutput::IncomingShares { to, msg } => {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use confide_crypto::graph::SecAggParams;
 use confide_crypto::quant::Quantiser;
 use confide_crypto::ring::Ring;
-use confide_crypto::{MemberId, RoundConfig, Suite, stats};
+use confide_crypto::{MemberId, RoundConfig};
+use confide_proto::layout;
 use confide_proto::v1 as pb;
 use rand::{CryptoRng, Rng, RngExt};
 
@@ -138,7 +139,6 @@ impl RoundPlan {
 pub fn plan_round<G: Rng + CryptoRng + ?Sized>(
     s: &Settings,
     quant: &Quantiser,
-    suite: Suite,
     kind: RoundKind,
     progress: &Progress,
     mut connected: Vec<(MemberId, String)>,
@@ -185,7 +185,7 @@ pub fn plan_round<G: Rng + CryptoRng + ?Sized>(
         names,
         config: RoundConfig {
             round: progress.next_round,
-            suite,
+            suite: s.suite,
             ring,
             cohort,
             params,
@@ -200,20 +200,15 @@ pub fn plan_round<G: Rng + CryptoRng + ?Sized>(
     })
 }
 
-/// (model parameters, vector length) of a round: training vectors carry the
-/// model delta then the quantiser's extra slots, evaluation vectors only the
-/// extras, statistics vectors the encoded feature sums.
+/// (model parameters, vector length) of a round, in the layout the sites
+/// encode (`confide_proto::layout`).
 fn vector_layout(s: &Settings, kind: RoundKind, num_params: usize) -> (usize, usize) {
     match kind {
-        RoundKind::Train => (num_params, num_params + QUANT_EXTRA_SLOTS),
-        RoundKind::Evaluate => (0, QUANT_EXTRA_SLOTS),
-        RoundKind::Statistics => (0, stats::stats_len(s.model.features as usize)),
+        RoundKind::Train => (num_params, layout::train_len(num_params)),
+        RoundKind::Evaluate => (0, layout::EVAL_LEN),
+        RoundKind::Statistics => (0, layout::statistics_len(s.model.features as usize)),
     }
 }
-
-/// Slots after the model in a train/evaluate vector: the weight and the
-/// evaluation extras (see `outcome`).
-const QUANT_EXTRA_SLOTS: usize = 4;
 
 #[cfg(test)]
 mod tests;

@@ -37,12 +37,10 @@ fn plan(
         cohort: 0,
         source,
     })?;
-    let suite = s.suite;
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     plan_round(
         s,
         &quant,
-        suite,
         kind,
         &progress(),
         connected,
