@@ -143,6 +143,14 @@ pub enum ProtocolError {
         /// Which secret.
         what: &'static str,
     },
+    /// The round breaks this site's own policy ([`crate::protocol::SitePolicy`]);
+    /// nothing the coordinator sends can override it.
+    #[error("round refused by site policy: {0}")]
+    Policy(String),
+    /// The coordinator's survivor set is inconsistent with what this site saw
+    /// or signed, or lacks a quorum of signatures.
+    #[error("survivor set refused: {0}")]
+    Inconsistent(String),
     /// The round is over (finished or failed) and accepts nothing more.
     #[error("the round has ended")]
     Ended,

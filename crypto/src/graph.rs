@@ -33,8 +33,9 @@
 //! `c ≈ γk` and `d ≈ δk` this is possible only when `γ + 2δ < 1`, which
 //! [`choose`] checks first.
 //!
-//! With `C = ⌊γn⌋` colluding and `D = ⌊δn⌋` dropped sites (rounded up when
-//! `γn` is within 1e-9 of an integer, against float error):
+//! With `C = ⌈γn⌉` colluding and `D = ⌊δn⌋` dropped sites (colluders are
+//! counted up, so small cohorts never assume zero; `δn` within 1e-9 below an
+//! integer rounds up, against float error):
 //!
 //! * `k = n − 1` (complete graph): `c = C`, `d = D` exactly, worst case, and
 //!   no connectivity condition is needed.
@@ -324,9 +325,74 @@ pub fn choose(
 }
 
 /// `⌊rate · n⌋`, rounding up when within 1e-9 of the next integer so float
-/// error (e.g. 0.29·100 = 28.999…) never under-counts bad sites.
+/// error (e.g. 0.29·100 = 28.999…) never under-counts dropped sites.
 fn count(rate: f64, n: usize) -> usize {
     ((rate * n as f64 + 1e-9).floor() as usize).min(n)
+}
+
+/// `⌈rate · n⌉`, rounding down only when within 1e-9 of the integer below:
+/// colluders are counted up, so a cohort of 5 with γ = 0.1 assumes one
+/// colluder, not none.
+fn count_up(rate: f64, n: usize) -> usize {
+    ((rate * n as f64 - 1e-9).ceil().max(0.0) as usize).min(n)
+}
+
+/// Colluders assumed among `n` sites at collusion fraction `gamma`: `⌈γ·n⌉`.
+pub fn colluders(n: usize, gamma: f64) -> Result<usize, GraphError> {
+    if !(gamma.is_finite() && (0.0..1.0).contains(&gamma)) {
+        return Err(GraphError::InvalidRate {
+            name: "collusion fraction γ",
+            value: gamma,
+        });
+    }
+    Ok(count_up(gamma, n))
+}
+
+/// The smallest threshold a site accepts for degree `k` in a cohort of `n`
+/// with `c` colluders in all: `⌊(k + c')/2⌋ + 1`, where `c' = c` for the
+/// complete graph and otherwise the `σ`-bit upper bound on colluding
+/// neighbours used by [`choose`].
+pub fn secure_threshold(n: usize, k: usize, c: usize, sigma: u32) -> usize {
+    if n < 2 || k == 0 {
+        return usize::MAX;
+    }
+    let c_nbr = if k + 1 >= n {
+        c.min(k)
+    } else {
+        let ln_eps = -(f64::from(sigma) + 1.0) * std::f64::consts::LN_2 - (n as f64).ln() - 1e-9;
+        binom_upper_quantile(k, (c as f64 / (n - 1) as f64).min(1.0), ln_eps).min(c)
+    };
+    (k + c_nbr) / 2 + 1
+}
+
+/// Parameters for the complete graph (`k = n − 1`): the threshold covers
+/// `⌈γ·n⌉` colluders and must leave room for `⌊δ·n⌋` dropouts.
+pub fn choose_complete(n: usize, delta: f64, gamma: f64) -> Result<SecAggParams, GraphError> {
+    if n < 2 {
+        return Err(GraphError::TooFewSites { n });
+    }
+    if !(delta.is_finite() && (0.0..1.0).contains(&delta)) {
+        return Err(GraphError::InvalidRate {
+            name: "dropout fraction δ",
+            value: delta,
+        });
+    }
+    let k = n - 1;
+    let c = colluders(n, gamma)?.min(k);
+    let d = count(delta, n).min(k);
+    match threshold(k, c, d) {
+        Some(t) => Ok(SecAggParams { k, t }),
+        None => Err(GraphError::NoParameters {
+            n,
+            delta,
+            gamma,
+            sigma: 0,
+            eta: 0,
+            k,
+            c,
+            d,
+        }),
+    }
 }
 
 fn choose_detailed(
@@ -352,7 +418,7 @@ fn choose_detailed(
         return Err(GraphError::Infeasible { delta, gamma, sum });
     }
 
-    let big_c = count(gamma, n);
+    let big_c = count_up(gamma, n);
     let big_d = count(delta, n);
     let ln2 = std::f64::consts::LN_2;
     let ln_n = (n as f64).ln();

@@ -24,6 +24,8 @@ pub enum Stage {
     ShareKeys,
     /// Members send their masked input vectors.
     MaskedInput,
+    /// Survivors sign the one survivor set the coordinator announced.
+    Consistency,
     /// Survivors send the shares needed to remove the masks.
     Unmask,
     /// The round has ended.
@@ -36,6 +38,7 @@ impl fmt::Display for Stage {
             Stage::AdvertiseKeys => "advertise-keys",
             Stage::ShareKeys => "share-keys",
             Stage::MaskedInput => "masked-input",
+            Stage::Consistency => "consistency",
             Stage::Unmask => "unmask",
             Stage::Done => "done",
         })

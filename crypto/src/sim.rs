@@ -13,8 +13,9 @@ use rand_core::{Rng, SeedableRng};
 use crate::error::ProtocolError;
 use crate::graph::SecAggParams;
 use crate::protocol::{
-    CoordinatorMachine, CoordinatorOutput, KeyDirectory, MemberId, RoundConfig, RoundResult,
-    SiteMachine, SiteOutput, Stage, StageTimeouts, UnmaskResponse,
+    CoordinatorMachine, CoordinatorOutput, KeyDirectory, MaskingSet, MemberId, RoundConfig,
+    RoundResult, SiteMachine, SiteOutput, SitePolicy, Stage, StageTimeouts, SurvivorSignature,
+    UnmaskResponse,
 };
 use crate::ring::RingElement;
 use crate::suite::{SigningKey, Suite};
@@ -30,6 +31,10 @@ pub struct Simulation {
     pub params: SecAggParams,
     /// Minimum survivors.
     pub min_survivors: usize,
+    /// Colluders the round assumes (sets the signature quorum).
+    pub max_colluders: usize,
+    /// Every site's policy ([`lenient_policy`] unless set).
+    pub policy: SitePolicy,
     /// Round number.
     pub round: u64,
     /// Seed of every random choice (keys, shares, graph, delivery order).
@@ -56,7 +61,9 @@ impl Simulation {
             suite,
             members: (1..=n as MemberId).collect(),
             params,
-            min_survivors: params.t.max(2),
+            min_survivors: params.t.max(3).min(n),
+            max_colluders: 0,
+            policy: lenient_policy(),
             round: 1,
             seed: 0,
             drops: BTreeMap::new(),
@@ -66,6 +73,12 @@ impl Simulation {
     /// Member `m` vanishes before sending its message of `stage`.
     pub fn drop_at(mut self, m: MemberId, stage: Stage) -> Self {
         self.drops.insert(m, stage);
+        self
+    }
+
+    /// Sites apply `policy`.
+    pub fn with_policy(mut self, policy: SitePolicy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -89,6 +102,8 @@ impl Simulation {
             graph_seed,
             vector_len,
             min_survivors: self.min_survivors,
+            max_colluders: self.max_colluders,
+            context: [7; 32],
         }
     }
 
@@ -129,6 +144,7 @@ impl Simulation {
                 m,
                 keys[&m].clone(),
                 directory.clone(),
+                &self.policy,
                 &mut rng,
             )?;
             sites.insert(m, (site, Some(input.clone())));
@@ -150,7 +166,8 @@ impl Simulation {
                     let s = match &o {
                         SiteOutput::Advertise(_) => Stage::AdvertiseKeys,
                         SiteOutput::Shares(_) => Stage::ShareKeys,
-                        SiteOutput::MaskedInput(_) => Stage::MaskedInput,
+                        SiteOutput::MaskedInput { .. } => Stage::MaskedInput,
+                        SiteOutput::Consistency(_) => Stage::Consistency,
                         SiteOutput::Unmask(_) => Stage::Unmask,
                     };
                     if !self.gone(m, s) {
@@ -166,7 +183,10 @@ impl Simulation {
                         coord.handle_advert(a, id, now)
                     }
                     SiteOutput::Shares(b) => coord.handle_shares(b, now),
-                    SiteOutput::MaskedInput(v) => coord.handle_masked_input(cfg.round, m, &v, now),
+                    SiteOutput::MaskedInput { vector, masking } => {
+                        coord.handle_masked_input(cfg.round, m, &vector, masking, now)
+                    }
+                    SiteOutput::Consistency(sig) => coord.handle_consistency(sig, now),
                     SiteOutput::Unmask(u) => coord.handle_unmask_response(u, now),
                 };
                 if let Err(e) = r {
@@ -215,6 +235,12 @@ impl Simulation {
                             .get_mut(&to)
                             .map(|(s, _)| s.handle_incoming_shares(msg)),
                     ),
+                    CoordinatorOutput::ConsistencyRequest { to, msg } => (
+                        to,
+                        sites
+                            .get_mut(&to)
+                            .map(|(s, _)| s.handle_consistency_request(msg)),
+                    ),
                     CoordinatorOutput::UnmaskRequest { to, msg } => (
                         to,
                         sites
@@ -229,6 +255,19 @@ impl Simulation {
             }
             now += Duration::from_millis(1);
         }
+    }
+}
+
+/// A policy for simulations of the protocol's mechanics: no collusion
+/// assumed and any graph accepted (the default [`SitePolicy`] would refuse the
+/// sparse graphs small tests use). The minimum of 3 survivors still holds.
+pub fn lenient_policy() -> SitePolicy {
+    SitePolicy {
+        min_cohort: 3,
+        min_survivors: 3,
+        collusion_fraction: 0.0,
+        sigma: 40,
+        complete_graph_up_to: 0,
     }
 }
 
@@ -264,8 +303,18 @@ pub struct Stepper<R: RingElement> {
 }
 
 impl<R: RingElement> Stepper<R> {
-    /// Set up round `cfg` with fresh identities drawn from `seed`.
+    /// Set up round `cfg` with fresh identities drawn from `seed`; sites apply
+    /// [`lenient_policy`].
     pub fn new(cfg: RoundConfig, seed: u64) -> Result<Self, ProtocolError> {
+        Self::with_policy(cfg, seed, &lenient_policy())
+    }
+
+    /// Set up round `cfg`; every site applies `policy`.
+    pub fn with_policy(
+        cfg: RoundConfig,
+        seed: u64,
+        policy: &SitePolicy,
+    ) -> Result<Self, ProtocolError> {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let keys: Vec<SigningKey> = cfg
             .cohort
@@ -287,7 +336,9 @@ impl<R: RingElement> Stepper<R> {
             .cohort
             .iter()
             .zip(&keys)
-            .map(|(&m, k)| SiteMachine::new(cfg.clone(), m, k.clone(), dir.clone(), &mut rng))
+            .map(|(&m, k)| {
+                SiteMachine::new(cfg.clone(), m, k.clone(), dir.clone(), policy, &mut rng)
+            })
             .collect::<Result<_, _>>()?;
         Ok(Stepper {
             coord,
@@ -362,7 +413,7 @@ impl<R: RingElement> Stepper<R> {
         &mut self,
         outputs: Vec<CoordinatorOutput<R>>,
         inputs: Vec<Option<Vec<R>>>,
-    ) -> Result<Vec<(MemberId, Vec<R>)>, ProtocolError> {
+    ) -> Result<Vec<(MemberId, Vec<R>, MaskingSet)>, ProtocolError> {
         for o in outputs {
             if let CoordinatorOutput::IncomingShares { to, msg } = o {
                 let i = self.index(to)?;
@@ -373,29 +424,78 @@ impl<R: RingElement> Stepper<R> {
         for (i, x) in inputs.into_iter().enumerate() {
             let Some(x) = x else { continue };
             self.sites[i].handle_input(x)?;
-            while let Some(SiteOutput::MaskedInput(v)) = self.sites[i].poll_output() {
-                out.push((self.sites[i].member(), v));
+            while let Some(SiteOutput::MaskedInput { vector, masking }) =
+                self.sites[i].poll_output()
+            {
+                out.push((self.sites[i].member(), vector, masking));
             }
         }
         Ok(out)
     }
 
     /// Deliver masked vectors, close the stage at its deadline if needed, and
-    /// return the coordinator's outputs (unmask requests).
+    /// return the coordinator's outputs (consistency requests).
     pub fn submit(
         &mut self,
-        masked: &[(MemberId, Vec<R>)],
+        masked: &[(MemberId, Vec<R>, MaskingSet)],
     ) -> Result<Vec<CoordinatorOutput<R>>, ProtocolError> {
         let round = self.coord.config().round;
-        for (m, v) in masked {
-            self.coord.handle_masked_input(round, *m, v, self.now)?;
+        for (m, v, set) in masked {
+            self.coord
+                .handle_masked_input(round, *m, v, set.clone(), self.now)?;
         }
-        if self.coord.stage() == Stage::MaskedInput
+        self.close(Stage::MaskedInput);
+        Ok(self.drain())
+    }
+
+    fn close(&mut self, stage: Stage) {
+        if self.coord.stage() == stage
             && let Some(d) = self.coord.poll_timeout()
         {
             self.coord.handle_timeout(d);
         }
+    }
+
+    /// Let the sites answer the consistency requests among `outputs`; returns
+    /// their signatures, not yet delivered.
+    pub fn consistency(
+        &mut self,
+        outputs: Vec<CoordinatorOutput<R>>,
+    ) -> Result<Vec<SurvivorSignature>, ProtocolError> {
+        let mut out = Vec::new();
+        for o in outputs {
+            if let CoordinatorOutput::ConsistencyRequest { to, msg } = o {
+                let i = self.index(to)?;
+                self.sites[i].handle_consistency_request(msg)?;
+                while let Some(SiteOutput::Consistency(s)) = self.sites[i].poll_output() {
+                    out.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deliver signatures, close the stage at its deadline if needed, and
+    /// return the coordinator's outputs (unmask requests).
+    pub fn sign(
+        &mut self,
+        signatures: Vec<SurvivorSignature>,
+    ) -> Result<Vec<CoordinatorOutput<R>>, ProtocolError> {
+        for s in signatures {
+            self.coord.handle_consistency(s, self.now)?;
+        }
+        self.close(Stage::Consistency);
         Ok(self.drain())
+    }
+
+    /// [`Stepper::consistency`] then [`Stepper::sign`]: every site that is
+    /// asked signs, and the coordinator gets every signature.
+    pub fn agree(
+        &mut self,
+        outputs: Vec<CoordinatorOutput<R>>,
+    ) -> Result<Vec<CoordinatorOutput<R>>, ProtocolError> {
+        let sigs = self.consistency(outputs)?;
+        self.sign(sigs)
     }
 
     /// Let the sites answer the unmask requests among `outputs`; returns the

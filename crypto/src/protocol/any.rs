@@ -27,9 +27,10 @@ use std::time::Instant;
 use rand_core::CryptoRng;
 
 use super::{
-    CoordinatorMachine, CoordinatorOutput, IdentityVerifier, IncomingShares, KeyAdvert, MemberId,
-    NeighbourKeys, PlainAggregator, RoundConfig, RoundResult, ShareBundle, SiteMachine, SiteOutput,
-    Stage, StageTimeouts, UnmaskRequest, UnmaskResponse,
+    ConsistencyRequest, CoordinatorMachine, CoordinatorOutput, IdentityVerifier, IncomingShares,
+    KeyAdvert, MaskingSet, MemberId, NeighbourKeys, PlainAggregator, RoundConfig, RoundResult,
+    ShareBundle, SiteMachine, SiteOutput, SitePolicy, Stage, StageTimeouts, SurvivorSignature,
+    UnmaskRequest, UnmaskResponse,
 };
 use crate::error::ProtocolError;
 use crate::ring::{self, ByteLengthError, Ring, RingElement};
@@ -181,7 +182,14 @@ pub enum AnyOutput {
         /// Message.
         msg: IncomingShares,
     },
-    /// Ask a survivor for its unmask shares.
+    /// Ask a survivor to sign the survivor set.
+    ConsistencyRequest {
+        /// Recipient.
+        to: MemberId,
+        /// Message.
+        msg: ConsistencyRequest,
+    },
+    /// Ask a signer for its unmask shares.
     UnmaskRequest {
         /// Recipient.
         to: MemberId,
@@ -209,6 +217,9 @@ where
         match o {
             CoordinatorOutput::NeighbourKeys { to, msg } => AnyOutput::NeighbourKeys { to, msg },
             CoordinatorOutput::IncomingShares { to, msg } => AnyOutput::IncomingShares { to, msg },
+            CoordinatorOutput::ConsistencyRequest { to, msg } => {
+                AnyOutput::ConsistencyRequest { to, msg }
+            }
             CoordinatorOutput::UnmaskRequest { to, msg } => AnyOutput::UnmaskRequest { to, msg },
             CoordinatorOutput::StageClosed {
                 stage,
@@ -368,7 +379,21 @@ impl AnyCoordinator {
         }
     }
 
-    /// Stage 4: a survivor's unmask shares
+    /// Stage 4: a survivor's signature on the survivor set
+    /// ([`CoordinatorMachine::handle_consistency`]).
+    pub fn handle_consistency(
+        &mut self,
+        sig: SurvivorSignature,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        match self {
+            AnyCoordinator::Secure32(m) => m.handle_consistency(sig, now),
+            AnyCoordinator::Secure64(m) => m.handle_consistency(sig, now),
+            _ => Err(Self::not_secure(Stage::Consistency)),
+        }
+    }
+
+    /// Stage 5: a signer's unmask shares
     /// ([`CoordinatorMachine::handle_unmask_response`]).
     pub fn handle_unmask_response(
         &mut self,
@@ -382,21 +407,27 @@ impl AnyCoordinator {
         }
     }
 
-    /// Stage 3: a member's (masked, or in plaintext mode plain) vector.
-    /// A vector in the wrong ring is [`ProtocolError::Malformed`].
+    /// Stage 3: a member's (masked, or in plaintext mode plain) vector, with
+    /// its signed masking set (required in a secure round, ignored in a
+    /// plaintext one). A vector in the wrong ring is [`ProtocolError::Malformed`].
     pub fn handle_masked_input(
         &mut self,
         round: u64,
         from: MemberId,
         vector: &RingVec,
+        masking: Option<MaskingSet>,
         now: Instant,
     ) -> Result<(), ProtocolError> {
+        let no_set = || ProtocolError::Malformed {
+            member: from,
+            reason: "masked input without its signed masking set".into(),
+        };
         match (self, vector) {
             (AnyCoordinator::Secure32(m), RingVec::U32(v)) => {
-                m.handle_masked_input(round, from, v, now)
+                m.handle_masked_input(round, from, v, masking.ok_or_else(no_set)?, now)
             }
             (AnyCoordinator::Secure64(m), RingVec::U64(v)) => {
-                m.handle_masked_input(round, from, v, now)
+                m.handle_masked_input(round, from, v, masking.ok_or_else(no_set)?, now)
             }
             (AnyCoordinator::Plain32(m), RingVec::U32(v)) => {
                 m.handle_masked_input(round, from, v, now)
@@ -425,6 +456,7 @@ impl AnyCoordinator {
         round: u64,
         from: MemberId,
         bytes: &[u8],
+        masking: Option<MaskingSet>,
         now: Instant,
     ) -> Result<(), ProtocolError> {
         let vector =
@@ -432,7 +464,7 @@ impl AnyCoordinator {
                 member: from,
                 reason: e.to_string(),
             })?;
-        self.handle_masked_input(round, from, &vector, now)
+        self.handle_masked_input(round, from, &vector, masking, now)
     }
 }
 
@@ -443,9 +475,17 @@ pub enum AnySiteOutput {
     Advertise(KeyAdvert),
     /// Stage 2: sealed shares for the neighbours.
     Shares(ShareBundle),
-    /// Stage 3: the masked input vector.
-    MaskedInput(RingVec),
-    /// Stage 4: the shares needed to unmask the sum.
+    /// Stage 3: the masked input vector and the signed set of peers it was
+    /// masked with.
+    MaskedInput {
+        /// The masked vector.
+        vector: RingVec,
+        /// The peers masked with, signed.
+        masking: MaskingSet,
+    },
+    /// Stage 4: the site's signature on the survivor set.
+    Consistency(SurvivorSignature),
+    /// Stage 5: the shares needed to unmask the sum.
     Unmask(UnmaskResponse),
 }
 
@@ -455,7 +495,8 @@ impl AnySiteOutput {
         match self {
             AnySiteOutput::Advertise(_) => Stage::AdvertiseKeys,
             AnySiteOutput::Shares(_) => Stage::ShareKeys,
-            AnySiteOutput::MaskedInput(_) => Stage::MaskedInput,
+            AnySiteOutput::MaskedInput { .. } => Stage::MaskedInput,
+            AnySiteOutput::Consistency(_) => Stage::Consistency,
             AnySiteOutput::Unmask(_) => Stage::Unmask,
         }
     }
@@ -469,7 +510,11 @@ where
         match o {
             SiteOutput::Advertise(a) => AnySiteOutput::Advertise(a),
             SiteOutput::Shares(b) => AnySiteOutput::Shares(b),
-            SiteOutput::MaskedInput(v) => AnySiteOutput::MaskedInput(v.into()),
+            SiteOutput::MaskedInput { vector, masking } => AnySiteOutput::MaskedInput {
+                vector: vector.into(),
+                masking,
+            },
+            SiteOutput::Consistency(s) => AnySiteOutput::Consistency(s),
             SiteOutput::Unmask(u) => AnySiteOutput::Unmask(u),
         }
     }
@@ -501,12 +546,22 @@ impl AnySite {
         member: MemberId,
         signing: SigningKey,
         verifier: Arc<dyn IdentityVerifier>,
+        policy: &SitePolicy,
         rng: &mut impl CryptoRng,
     ) -> Result<Self, ProtocolError> {
         Ok(match cfg.ring {
-            Ring::U32 => AnySite::U32(SiteMachine::new(cfg, member, signing, verifier, rng)?),
-            Ring::U64 => AnySite::U64(SiteMachine::new(cfg, member, signing, verifier, rng)?),
+            Ring::U32 => AnySite::U32(SiteMachine::new(
+                cfg, member, signing, verifier, policy, rng,
+            )?),
+            Ring::U64 => AnySite::U64(SiteMachine::new(
+                cfg, member, signing, verifier, policy, rng,
+            )?),
         })
+    }
+
+    /// Peers this site left out, and why ([`SiteMachine::rejected`]).
+    pub fn rejected(&self) -> &[(MemberId, String)] {
+        each_site!(self, m => m.rejected())
     }
 
     /// The round's ring.
@@ -566,7 +621,15 @@ impl AnySite {
         }
     }
 
-    /// Stage 4 input ([`SiteMachine::handle_unmask_request`]).
+    /// Stage 4 input ([`SiteMachine::handle_consistency_request`]).
+    pub fn handle_consistency_request(
+        &mut self,
+        msg: ConsistencyRequest,
+    ) -> Result<(), ProtocolError> {
+        each_site!(self, m => m.handle_consistency_request(msg))
+    }
+
+    /// Stage 5 input ([`SiteMachine::handle_unmask_request`]).
     pub fn handle_unmask_request(&mut self, msg: UnmaskRequest) -> Result<(), ProtocolError> {
         each_site!(self, m => m.handle_unmask_request(msg))
     }

@@ -4,11 +4,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use super::consistency::{CheckedSurvivors, SurvivorRules};
 use super::unmask::{Unmasker, check_response};
 use super::{
-    CoordinatorOutput, EncryptedShare, IncomingShares, KeyAdvert, MemberId, NeighbourKeys,
-    RelayedAdvert, RoundConfig, RoundResult, ShareBundle, Stage, Topology, UnmaskRequest,
-    UnmaskResponse,
+    ConsistencyRequest, CoordinatorOutput, EncryptedShare, IncomingShares, KeyAdvert, MaskingSet,
+    MemberId, NeighbourKeys, RelayedAdvert, RelayedMaskingSet, RelayedSignature, RoundConfig,
+    RoundResult, ShareBundle, Stage, SurvivorSignature, Topology, UnmaskRequest, UnmaskResponse,
 };
 use crate::error::ProtocolError;
 use crate::ring::RingElement;
@@ -22,6 +23,8 @@ pub struct StageTimeouts {
     pub share: Duration,
     /// Masked input (includes local training).
     pub input: Duration,
+    /// Survivor-set signatures.
+    pub consistency: Duration,
     /// Unmask.
     pub unmask: Duration,
 }
@@ -33,6 +36,7 @@ impl StageTimeouts {
             advertise: d,
             share: d,
             input: d,
+            consistency: d,
             unmask: d,
         }
     }
@@ -42,6 +46,7 @@ impl StageTimeouts {
             Stage::AdvertiseKeys => self.advertise,
             Stage::ShareKeys => self.share,
             Stage::MaskedInput => self.input,
+            Stage::Consistency => self.consistency,
             Stage::Unmask | Stage::Done => self.unmask,
         }
     }
@@ -61,6 +66,8 @@ pub struct CoordinatorMachine<R: RingElement> {
     out: VecDeque<CoordinatorOutput<R>>,
     /// Adverts of U1, kept for reconstruction checks.
     adverts: BTreeMap<MemberId, KeyAdvert>,
+    /// Identity material of U1, relayed with masking sets and signatures.
+    identities: BTreeMap<MemberId, Vec<u8>>,
     /// Seed commitments of U2.
     commitments: BTreeMap<MemberId, [u8; 32]>,
 }
@@ -75,12 +82,20 @@ enum Phase<R> {
     },
     Input {
         u2: BTreeSet<MemberId>,
-        received: BTreeSet<MemberId>,
+        /// Who sent an input, and the signed set of peers it masked with.
+        received: BTreeMap<MemberId, MaskingSet>,
         acc: Vec<R>,
     },
+    Consistency {
+        checked: CheckedSurvivors,
+        masking: BTreeMap<MemberId, BTreeSet<MemberId>>,
+        acc: Vec<R>,
+        signatures: BTreeMap<MemberId, SurvivorSignature>,
+    },
     Unmask {
-        u2: BTreeSet<MemberId>,
-        u3: BTreeSet<MemberId>,
+        checked: CheckedSurvivors,
+        masking: BTreeMap<MemberId, BTreeSet<MemberId>>,
+        signers: BTreeSet<MemberId>,
         acc: Vec<R>,
         responses: BTreeMap<MemberId, UnmaskResponse>,
     },
@@ -93,6 +108,7 @@ impl<R> Phase<R> {
             Phase::Advertise { .. } => Stage::AdvertiseKeys,
             Phase::Share { .. } => Stage::ShareKeys,
             Phase::Input { .. } => Stage::MaskedInput,
+            Phase::Consistency { .. } => Stage::Consistency,
             Phase::Unmask { .. } => Stage::Unmask,
             Phase::Done => Stage::Done,
         }
@@ -124,6 +140,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
             },
             out: VecDeque::new(),
             adverts: BTreeMap::new(),
+            identities: BTreeMap::new(),
             commitments: BTreeMap::new(),
         })
     }
@@ -168,8 +185,24 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 .copied()
                 .filter(|m| !bundles.contains_key(m))
                 .collect(),
-            Phase::Input { u2, received, .. } => u2.difference(received).copied().collect(),
-            Phase::Unmask { u3, responses, .. } => u3
+            Phase::Input { u2, received, .. } => u2
+                .iter()
+                .copied()
+                .filter(|m| !received.contains_key(m))
+                .collect(),
+            Phase::Consistency {
+                checked,
+                signatures,
+                ..
+            } => checked
+                .survivors
+                .iter()
+                .copied()
+                .filter(|m| !signatures.contains_key(m))
+                .collect(),
+            Phase::Unmask {
+                signers, responses, ..
+            } => signers
                 .iter()
                 .copied()
                 .filter(|m| !responses.contains_key(m))
@@ -287,10 +320,15 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 });
             }
         }
-        if got != expected {
+        // A site leaves out peers whose adverts it refused, but it needs t.
+        if got.len() < self.cfg.params.t {
             return Err(ProtocolError::Malformed {
                 member: from,
-                reason: format!("shares for {} of {} neighbours", got.len(), expected.len()),
+                reason: format!(
+                    "shares for {} neighbours, threshold is {}",
+                    got.len(),
+                    self.cfg.params.t
+                ),
             });
         }
         self.commitments.insert(from, bundle.seed_commitment);
@@ -301,22 +339,25 @@ impl<R: RingElement> CoordinatorMachine<R> {
         Ok(())
     }
 
-    /// Stage 3: a member's complete masked vector, added into the sum at once.
+    /// Stage 3: a member's complete masked vector and its signed masking set;
+    /// the vector is added into the sum at once.
     pub fn handle_masked_input(
         &mut self,
         round: u64,
         from: MemberId,
         vector: &[R],
+        masking: MaskingSet,
         now: Instant,
     ) -> Result<(), ProtocolError> {
         self.check(round, Stage::MaskedInput, from)?;
+        let topo = &self.topo;
         let Phase::Input { u2, received, acc } = &mut self.phase else {
             return Err(ProtocolError::Ended);
         };
         if !u2.contains(&from) {
             return Err(ProtocolError::NotParticipant(from));
         }
-        if received.contains(&from) {
+        if received.contains_key(&from) {
             return Err(ProtocolError::Duplicate(from));
         }
         if vector.len() != acc.len() {
@@ -325,38 +366,96 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 got: vector.len(),
             });
         }
+        let malformed = |reason: &str| ProtocolError::Malformed {
+            member: from,
+            reason: reason.into(),
+        };
+        if masking.member != from || masking.round != round {
+            return Err(malformed("masking set names another member or round"));
+        }
+        if masking.peers.windows(2).any(|w| w[0] >= w[1])
+            || masking
+                .peers
+                .iter()
+                .any(|&p| !u2.contains(&p) || !topo.are_neighbours(from, p))
+            || masking.signature.len() > 128
+        {
+            return Err(malformed(
+                "masking set names a peer that is not a neighbour that shared keys",
+            ));
+        }
         crate::ring::add_assign(acc, vector);
-        received.insert(from);
+        received.insert(from, masking);
         if received.len() == u2.len() {
             self.close_stage(now);
         }
         Ok(())
     }
 
-    /// Stage 4: a survivor's unmask shares.
+    /// Stage 4: a survivor's signature on the survivor set. Checked by the
+    /// sites, not here: the coordinator relays, and needs only a count.
+    pub fn handle_consistency(
+        &mut self,
+        sig: SurvivorSignature,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        self.check(sig.round, Stage::Consistency, sig.member)?;
+        let Phase::Consistency {
+            checked,
+            signatures,
+            ..
+        } = &mut self.phase
+        else {
+            return Err(ProtocolError::Ended);
+        };
+        let from = sig.member;
+        if !checked.survivors.contains(&from) {
+            return Err(ProtocolError::NotParticipant(from));
+        }
+        if signatures.contains_key(&from) {
+            return Err(ProtocolError::Duplicate(from));
+        }
+        if sig.signature.len() > 128 {
+            return Err(ProtocolError::Malformed {
+                member: from,
+                reason: "oversized signature".into(),
+            });
+        }
+        signatures.insert(from, sig);
+        if signatures.len() == checked.survivors.len() {
+            self.close_stage(now);
+        }
+        Ok(())
+    }
+
+    /// Stage 5: a signer's unmask shares.
     pub fn handle_unmask_response(
         &mut self,
         resp: UnmaskResponse,
         now: Instant,
     ) -> Result<(), ProtocolError> {
         self.check(resp.round, Stage::Unmask, resp.from)?;
-        let topo = &self.topo;
         let Phase::Unmask {
-            u2, u3, responses, ..
+            checked,
+            masking,
+            signers,
+            responses,
+            ..
         } = &mut self.phase
         else {
             return Err(ProtocolError::Ended);
         };
         let from = resp.from;
-        if !u3.contains(&from) {
+        if !signers.contains(&from) {
             return Err(ProtocolError::NotParticipant(from));
         }
         if responses.contains_key(&from) {
             return Err(ProtocolError::Duplicate(from));
         }
-        check_response(topo, u2, u3, &resp)?;
+        let held = masking.get(&from).cloned().unwrap_or_default();
+        check_response(&held, &checked.survivors, &checked.dropped, &resp)?;
         responses.insert(from, resp);
-        if responses.len() == u3.len() {
+        if responses.len() == signers.len() {
             self.close_stage(now);
         }
         Ok(())
@@ -422,11 +521,12 @@ impl<R: RingElement> CoordinatorMachine<R> {
                         },
                     });
                 }
-                self.adverts = adverts
-                    .into_iter()
-                    .filter(|(m, _)| u1.contains(m))
-                    .map(|(m, r)| (m, r.advert))
-                    .collect();
+                for (m, r) in adverts {
+                    if u1.contains(&m) {
+                        self.identities.insert(m, r.identity);
+                        self.adverts.insert(m, r.advert);
+                    }
+                }
                 self.deadline = Some(now + self.timeouts.get(Stage::ShareKeys));
                 self.phase = Phase::Share {
                     u1,
@@ -466,72 +566,136 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 self.deadline = Some(now + self.timeouts.get(Stage::MaskedInput));
                 self.phase = Phase::Input {
                     u2,
-                    received: BTreeSet::new(),
+                    received: BTreeMap::new(),
                     acc: vec![R::default(); self.cfg.vector_len],
                 };
             }
-            Phase::Input {
-                u2,
-                received: u3,
-                acc,
-            } => {
+            Phase::Input { u2, received, acc } => {
+                let u3: BTreeSet<MemberId> = received.keys().copied().collect();
                 let dropped: Vec<MemberId> = u2.difference(&u3).copied().collect();
-                self.closed(Stage::MaskedInput, &u3, dropped.clone());
+                self.closed(Stage::MaskedInput, &u3, dropped);
                 if !self.enough(Stage::MaskedInput, &u3) {
                     return;
                 }
-                // Every survivor's self mask needs t answering neighbours among the survivors.
-                for &u in &u3 {
-                    let have = self
-                        .topo
-                        .neighbours(u)
-                        .iter()
-                        .filter(|v| u3.contains(v))
-                        .count();
-                    if have < t {
-                        self.finish(Err(ProtocolError::BelowThreshold {
-                            member: u,
-                            have,
-                            need: t,
-                        }));
+                // The sites will apply these rules; checking first names the
+                // culprit instead of collecting refusals.
+                let session = self.cfg.session_id();
+                let rules = SurvivorRules {
+                    cfg: &self.cfg,
+                    topo: &self.topo,
+                    session: &session,
+                    min_survivors: self.cfg.min_survivors,
+                };
+                let survivors: Vec<MemberId> = u3.iter().copied().collect();
+                let relayed: Vec<RelayedMaskingSet> = received
+                    .into_values()
+                    .map(|set| RelayedMaskingSet {
+                        identity: self
+                            .identities
+                            .get(&set.member)
+                            .cloned()
+                            .unwrap_or_default(),
+                        set,
+                    })
+                    .collect();
+                let checked = rules.check_set(&survivors).and_then(|()| {
+                    let sets = rules.masking_sets(&u3, &relayed, None)?;
+                    let checked = rules.check_masking(&u3, &sets)?;
+                    Ok((checked, sets))
+                });
+                let (checked, masking) = match checked {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.finish(Err(e));
                         return;
                     }
-                }
-                let survivors: Vec<MemberId> = u3.iter().copied().collect();
+                };
+                let msg = ConsistencyRequest {
+                    round: self.cfg.round,
+                    survivors,
+                    masking: relayed,
+                };
                 for &u in &u3 {
+                    self.out.push_back(CoordinatorOutput::ConsistencyRequest {
+                        to: u,
+                        msg: msg.clone(),
+                    });
+                }
+                self.deadline = Some(now + self.timeouts.get(Stage::Consistency));
+                self.phase = Phase::Consistency {
+                    checked,
+                    masking,
+                    acc,
+                    signatures: BTreeMap::new(),
+                };
+            }
+            Phase::Consistency {
+                checked,
+                masking,
+                acc,
+                signatures,
+            } => {
+                let signers: BTreeSet<MemberId> = signatures.keys().copied().collect();
+                let silent: Vec<MemberId> =
+                    checked.survivors.difference(&signers).copied().collect();
+                self.closed(Stage::Consistency, &signers, silent);
+                let quorum = self.cfg.quorum();
+                if signers.len() < quorum {
+                    self.finish(Err(ProtocolError::Inconsistent(format!(
+                        "{} of {} survivors signed the survivor set, quorum is {quorum}",
+                        signers.len(),
+                        checked.survivors.len()
+                    ))));
+                    return;
+                }
+                let relayed: Vec<RelayedSignature> = signatures
+                    .into_values()
+                    .map(|signature| RelayedSignature {
+                        identity: self
+                            .identities
+                            .get(&signature.member)
+                            .cloned()
+                            .unwrap_or_default(),
+                        signature,
+                    })
+                    .collect();
+                let msg = UnmaskRequest {
+                    round: self.cfg.round,
+                    survivors: checked.survivors.iter().copied().collect(),
+                    signatures: relayed,
+                };
+                for &u in &signers {
                     self.out.push_back(CoordinatorOutput::UnmaskRequest {
                         to: u,
-                        msg: UnmaskRequest {
-                            round: self.cfg.round,
-                            survivors: survivors.clone(),
-                            dropped: dropped.clone(),
-                        },
+                        msg: msg.clone(),
                     });
                 }
                 self.deadline = Some(now + self.timeouts.get(Stage::Unmask));
                 self.phase = Phase::Unmask {
-                    u2,
-                    u3,
+                    checked,
+                    masking,
+                    signers,
                     acc,
                     responses: BTreeMap::new(),
                 };
             }
             Phase::Unmask {
-                u2,
-                u3,
+                checked,
+                masking,
+                signers,
                 acc,
                 responses,
             } => {
-                let u4: BTreeSet<MemberId> = responses.keys().copied().collect();
-                let silent: Vec<MemberId> = u3.difference(&u4).copied().collect();
-                self.closed(Stage::Unmask, &u4, silent);
+                let u5: BTreeSet<MemberId> = responses.keys().copied().collect();
+                let silent: Vec<MemberId> = signers.difference(&u5).copied().collect();
+                self.closed(Stage::Unmask, &u5, silent);
                 let unmasker = Unmasker {
                     cfg: &self.cfg,
-                    topo: &self.topo,
+                    masking: &masking,
                     adverts: &self.adverts,
                     commitments: &self.commitments,
                 };
-                let result = unmasker.unmask(&u2, &u3, acc, &responses);
+                let result = unmasker.unmask(&checked.survivors, &checked.dropped, acc, &responses);
                 self.finish(result);
             }
             Phase::Done => {}

@@ -29,16 +29,22 @@
 //! types and key-derivation helpers, and imports nothing back from them.
 
 mod any;
+mod consistency;
 mod coordinator;
 mod output;
 mod plain;
+mod policy;
 mod site;
 mod unmask;
 
 pub use any::{AnyCoordinator, AnyOutput, AnyRoundResult, AnySite, AnySiteOutput, RingVec};
+pub use consistency::{
+    ConsistencyRequest, MaskingSet, RelayedMaskingSet, RelayedSignature, SurvivorSignature,
+};
 pub use coordinator::{CoordinatorMachine, StageTimeouts};
 pub use output::{CoordinatorOutput, RoundResult};
 pub use plain::PlainAggregator;
+pub use policy::SitePolicy;
 pub use site::{SiteMachine, SiteOutput};
 
 // Defined in a leaf module so `error` and `kdf` need not import `protocol`.
@@ -74,9 +80,56 @@ pub struct RoundConfig {
     /// Fewest members whose inputs may be aggregated (never below 2: a sum of
     /// one input is that input).
     pub min_survivors: usize,
+    /// Most cohort members assumed to collude with the coordinator; sets the
+    /// quorum of survivor-set signatures ([`RoundConfig::quorum`]).
+    pub max_colluders: usize,
+    /// What the layer above binds into the round: a hash over the federation,
+    /// its CA, the attempt nonce, the model and the training settings. Opaque
+    /// here; it enters [`RoundConfig::session_id`] with everything above.
+    pub context: [u8; 32],
 }
 
 impl RoundConfig {
+    /// The hash every signature of the round covers: the suite, ring, round,
+    /// cohort, `k`, `t`, graph seed, vector length, minimum survivors,
+    /// collusion bound and [`RoundConfig::context`]. Two sites holding
+    /// different views of the round compute different ids, so each refuses
+    /// the other's signed messages.
+    pub fn session_id(&self) -> [u8; 32] {
+        let mut cohort = Vec::with_capacity(4 * self.cohort.len());
+        for id in &self.cohort {
+            cohort.extend_from_slice(&id.to_be_bytes());
+        }
+        let ring = match self.ring {
+            Ring::U32 => [32u8],
+            Ring::U64 => [64u8],
+        };
+        let count = |v: usize| (v as u64).to_be_bytes();
+        self.suite.provider().hash(&[
+            b"confide/v2/session",
+            &[self.suite.code()],
+            &ring,
+            &self.round.to_be_bytes(),
+            &count(self.cohort.len()),
+            &cohort,
+            &count(self.params.k),
+            &count(self.params.t),
+            &self.graph_seed,
+            &count(self.vector_len),
+            &count(self.min_survivors),
+            &count(self.max_colluders),
+            &self.context,
+        ])
+    }
+
+    /// Signatures on one survivor set needed before any site reveals shares:
+    /// `⌊(n + c)/2⌋ + 1` of the `n` cohort members. Honest sites sign one set
+    /// per round, so two different sets would need `2·quorum ≤ n + c` signers
+    /// (the `c` colluders signing both): impossible.
+    pub fn quorum(&self) -> usize {
+        (self.cohort.len() + self.max_colluders) / 2 + 1
+    }
+
     /// Check the configuration and derive the neighbour graph.
     pub fn topology(&self) -> Result<Topology, ProtocolError> {
         let n = self.cohort.len();
@@ -109,6 +162,12 @@ impl RoundConfig {
             return Err(ProtocolError::Config(format!(
                 "min_survivors must be between 2 and the cohort size {n}, got {}",
                 self.min_survivors
+            )));
+        }
+        if self.max_colluders >= n || self.quorum() > n {
+            return Err(ProtocolError::Config(format!(
+                "collusion bound {} leaves no quorum in a cohort of {n}",
+                self.max_colluders
             )));
         }
         let width = match self.ring {
@@ -231,19 +290,18 @@ pub struct KeyAdvert {
 
 impl KeyAdvert {
     /// The exact bytes a member signs:
-    /// `"confide/v1/key-advert" ‖ suite ‖ round (u64 BE) ‖ member (u32 BE) ‖
-    /// len(enc) (u16 BE) ‖ enc ‖ len(mask) (u16 BE) ‖ mask`.
+    /// `"confide/v2/key-advert" ‖ session id ‖ member (u32 BE) ‖
+    /// len(enc) (u16 BE) ‖ enc ‖ len(mask) (u16 BE) ‖ mask`, the session id
+    /// being [`RoundConfig::session_id`] of the signer's view of the round.
     pub fn signed_bytes(
-        suite: Suite,
-        round: u64,
+        session: &[u8; 32],
         member: MemberId,
         enc_public: &[u8],
         mask_public: &[u8],
     ) -> Vec<u8> {
-        let mut m = Vec::with_capacity(48 + enc_public.len() + mask_public.len());
-        m.extend_from_slice(b"confide/v1/key-advert");
-        m.push(suite.code());
-        m.extend_from_slice(&round.to_be_bytes());
+        let mut m = Vec::with_capacity(64 + enc_public.len() + mask_public.len());
+        m.extend_from_slice(b"confide/v2/key-advert");
+        m.extend_from_slice(session);
         m.extend_from_slice(&member.to_be_bytes());
         for k in [enc_public, mask_public] {
             m.extend_from_slice(&(k.len().min(u16::MAX as usize) as u16).to_be_bytes());
@@ -306,15 +364,17 @@ pub struct IncomingShares {
     pub shares: Vec<EncryptedShare>,
 }
 
-/// Coordinator → survivors: who submitted a masked input and who did not.
+/// Coordinator → signers of the survivor set: the set again, with the
+/// signatures of at least [`RoundConfig::quorum`] members on it. Who dropped is
+/// not sent: every site derives it from the signed masking sets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnmaskRequest {
     /// Round number.
     pub round: u64,
     /// Members whose masked inputs are in the sum.
     pub survivors: Vec<MemberId>,
-    /// Members that shared keys but sent no input.
-    pub dropped: Vec<MemberId>,
+    /// Survivor-set signatures, each with its signer's identity.
+    pub signatures: Vec<RelayedSignature>,
 }
 
 /// Survivor → coordinator: self-mask-seed shares of surviving neighbours and

@@ -2,7 +2,7 @@
 //! and `PlainAggregator` so callers drain both the same way; defined apart
 //! from either so that neither imports the other.
 
-use super::{IncomingShares, MemberId, NeighbourKeys, Stage, UnmaskRequest};
+use super::{ConsistencyRequest, IncomingShares, MemberId, NeighbourKeys, Stage, UnmaskRequest};
 use crate::error::ProtocolError;
 
 /// What the coordinator must send, and what it reports.
@@ -22,7 +22,14 @@ pub enum CoordinatorOutput<R> {
         /// Message.
         msg: IncomingShares,
     },
-    /// Ask a survivor for its unmask shares.
+    /// Ask a survivor to sign the survivor set.
+    ConsistencyRequest {
+        /// Recipient.
+        to: MemberId,
+        /// Message (the same for every survivor).
+        msg: ConsistencyRequest,
+    },
+    /// Ask a signer for its unmask shares.
     UnmaskRequest {
         /// Recipient.
         to: MemberId,

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
+use super::consistency::{CheckedSurvivors, SurvivorRules, check_quorum};
 use super::{
-    EncryptedShare, IdentityVerifier, IncomingShares, KeyAdvert, MemberId, NeighbourKeys,
-    RoundConfig, SHARE_PLAINTEXT_LEN, ShareBundle, Stage, Topology, UnmaskRequest, UnmaskResponse,
-    pairwise_prg, seed_commitment, self_mask_prg, share_aad, share_x,
+    ConsistencyRequest, EncryptedShare, IdentityVerifier, IncomingShares, KeyAdvert, MaskingSet,
+    MemberId, NeighbourKeys, RoundConfig, SHARE_PLAINTEXT_LEN, ShareBundle, SitePolicy, Stage,
+    SurvivorSignature, Topology, UnmaskRequest, UnmaskResponse, pairwise_prg, seed_commitment,
+    self_mask_prg, share_aad, share_x,
 };
 use crate::error::ProtocolError;
 use crate::kdf::{Purpose, derive_key};
@@ -25,22 +27,38 @@ pub enum SiteOutput<R> {
     Advertise(KeyAdvert),
     /// Stage 2: sealed shares for the neighbours.
     Shares(ShareBundle),
-    /// Stage 3: the masked input vector.
-    MaskedInput(Vec<R>),
-    /// Stage 4: the shares needed to unmask the sum.
+    /// Stage 3: the masked input vector and the signed set of peers it was
+    /// masked with.
+    MaskedInput {
+        /// The masked vector.
+        vector: Vec<R>,
+        /// The peers masked with, signed.
+        masking: MaskingSet,
+    },
+    /// Stage 4: this site's signature on the announced survivor set.
+    Consistency(SurvivorSignature),
+    /// Stage 5: the shares needed to unmask the sum.
     Unmask(UnmaskResponse),
 }
 
 /// One site's state machine for one round.
 ///
 /// Routing mistakes (a message for another round or stage) are rejected and
-/// leave the machine as it was; a message whose content is wrong (a bad
-/// signature, a share that does not decrypt, a request for both shares of one
-/// neighbour) aborts the site's part in the round: every later input gets
-/// [`ProtocolError::Ended`].
+/// leave the machine as it was. A faulty *peer* (an advert that does not
+/// verify for this site's view of the round, a share that does not decrypt)
+/// is left out and named in [`SiteMachine::rejected`]; the site goes on while
+/// at least `t` good peers remain. A wrong *coordinator* message (a survivor
+/// set that breaks the rules, too few signatures) aborts the site's part in
+/// the round: every later input gets [`ProtocolError::Ended`].
 pub struct SiteMachine<R: RingElement> {
     cfg: RoundConfig,
     topo: Topology,
+    /// [`RoundConfig::session_id`], computed once.
+    session: [u8; 32],
+    /// The larger of the round's and this site's minimum survivors.
+    min_survivors: usize,
+    /// Peers left out, and why.
+    rejected: Vec<(MemberId, String)>,
     me: MemberId,
     signing: SigningKey,
     verifier: Arc<dyn IdentityVerifier>,
@@ -52,6 +70,7 @@ enum Phase {
     AwaitKeys(AwaitKeys),
     AwaitShares(AwaitShares),
     AwaitInput(AwaitInput),
+    AwaitConsistency(AwaitConsistency),
     AwaitUnmask(AwaitUnmask),
     Done,
 }
@@ -81,8 +100,18 @@ struct AwaitInput {
 }
 
 /// Input sent; waiting for the unmask request.
+struct AwaitConsistency {
+    /// The peers masked with, as signed.
+    masked_with: Vec<MemberId>,
+    held: BTreeMap<MemberId, HeldShares>,
+}
+
+/// Survivor set signed; waiting for the quorum and the unmask request.
 struct AwaitUnmask {
     held: BTreeMap<MemberId, HeldShares>,
+    /// The one set this site signed, ascending.
+    signed: Vec<MemberId>,
+    checked: CheckedSurvivors,
 }
 
 /// The shares of one neighbour's secrets that this site holds.
@@ -97,6 +126,7 @@ impl Phase {
             Phase::AwaitKeys(_) => Stage::AdvertiseKeys,
             Phase::AwaitShares(_) => Stage::ShareKeys,
             Phase::AwaitInput(_) => Stage::MaskedInput,
+            Phase::AwaitConsistency(_) => Stage::Consistency,
             Phase::AwaitUnmask(_) => Stage::Unmask,
             Phase::Done => Stage::Done,
         }
@@ -104,16 +134,18 @@ impl Phase {
 }
 
 impl<R: RingElement> SiteMachine<R> {
-    /// Join round `cfg` as member `me`: validates the configuration, makes the
-    /// two fresh key pairs and queues the signed advert.
+    /// Join round `cfg` as member `me`: validates the configuration against
+    /// `policy`, makes the two fresh key pairs and queues the signed advert.
     pub fn new(
         cfg: RoundConfig,
         me: MemberId,
         signing: SigningKey,
         verifier: Arc<dyn IdentityVerifier>,
+        policy: &SitePolicy,
         rng: &mut impl CryptoRng,
     ) -> Result<Self, ProtocolError> {
         let topo = cfg.topology()?;
+        policy.check(&cfg)?;
         if !topo.contains(me) {
             return Err(ProtocolError::Config(format!(
                 "member {me} is not in the cohort"
@@ -138,9 +170,9 @@ impl<R: RingElement> SiteMachine<R> {
         let mask_secret = random_secret(rng, |s| p.check_agreement_secret(s));
         let enc_public = p.agreement_public(&enc_secret)?;
         let mask_public = p.agreement_public(&mask_secret)?;
+        let session = cfg.session_id();
         let signature = signing.sign(&KeyAdvert::signed_bytes(
-            cfg.suite,
-            cfg.round,
+            &session,
             me,
             &enc_public,
             &mask_public,
@@ -155,8 +187,11 @@ impl<R: RingElement> SiteMachine<R> {
         let mut out = VecDeque::new();
         out.push_back(SiteOutput::Advertise(advert));
         Ok(SiteMachine {
+            min_survivors: cfg.min_survivors.max(policy.min_survivors),
             cfg,
             topo,
+            session,
+            rejected: Vec::new(),
             me,
             signing,
             verifier,
@@ -188,6 +223,12 @@ impl<R: RingElement> SiteMachine<R> {
         &self.cfg
     }
 
+    /// Peers this site left out of the round, and why (for the log and the
+    /// coordinator's blame record).
+    pub fn rejected(&self) -> &[(MemberId, String)] {
+        &self.rejected
+    }
+
     fn check(&self, round: u64, stage: Stage) -> Result<(), ProtocolError> {
         if round != self.cfg.round {
             return Err(ProtocolError::WrongRound {
@@ -205,8 +246,8 @@ impl<R: RingElement> SiteMachine<R> {
         }
     }
 
-    /// Stage 2 input: the neighbours' signed adverts. Verifies every one,
-    /// then deals and seals the shares.
+    /// Stage 2 input: the neighbours' signed adverts. Verifies every one (an
+    /// advert that fails is left out), then deals and seals the shares.
     pub fn handle_neighbour_keys(
         &mut self,
         msg: NeighbourKeys,
@@ -223,7 +264,7 @@ impl<R: RingElement> SiteMachine<R> {
     }
 
     fn deal(
-        &self,
+        &mut self,
         st: AwaitKeys,
         msg: NeighbourKeys,
         rng: &mut impl CryptoRng,
@@ -233,36 +274,28 @@ impl<R: RingElement> SiteMachine<R> {
         let mut keys = BTreeMap::new();
         let mut seen_keys = BTreeSet::new();
         for r in msg.adverts {
-            let a = r.advert;
-            let bad = |reason: String| ProtocolError::BadAdvert {
-                member: a.member,
-                reason,
-            };
-            if a.round != self.cfg.round {
-                return Err(bad(format!("advert is for round {}", a.round)));
+            let checked = self
+                .check_advert(&r.advert, &r.identity, &keys, &seen_keys)
+                .and_then(|()| {
+                    // Both public keys must be usable, or this peer cannot be masked with.
+                    for (secret, public) in [
+                        (&st.enc_secret, &r.advert.enc_public),
+                        (&st.mask_secret, &r.advert.mask_public),
+                    ] {
+                        p.agree(secret, public)
+                            .map_err(|e| format!("unusable public key: {e}"))?;
+                    }
+                    Ok(())
+                });
+            match checked {
+                Ok(()) => {
+                    let a = r.advert;
+                    seen_keys.insert(a.enc_public.clone());
+                    seen_keys.insert(a.mask_public.clone());
+                    keys.insert(a.member, (a.enc_public, a.mask_public));
+                }
+                Err(why) => self.rejected.push((r.advert.member, why)),
             }
-            if !self.topo.are_neighbours(self.me, a.member) {
-                return Err(bad("not a neighbour of this site".into()));
-            }
-            if keys.contains_key(&a.member) {
-                return Err(ProtocolError::Duplicate(a.member));
-            }
-            let vk = self
-                .verifier
-                .verifying_key(a.member, &r.identity)
-                .map_err(bad)?;
-            if vk.suite() != suite {
-                return Err(bad(format!("identity key is for suite {}", vk.suite())));
-            }
-            let signed =
-                KeyAdvert::signed_bytes(suite, a.round, a.member, &a.enc_public, &a.mask_public);
-            vk.verify(&signed, &a.signature)
-                .map_err(|e| bad(e.to_string()))?;
-            // Reused public keys would let one member's secrets stand in for another's.
-            if !seen_keys.insert(a.enc_public.clone()) || !seen_keys.insert(a.mask_public.clone()) {
-                return Err(bad("public key reused".into()));
-            }
-            keys.insert(a.member, (a.enc_public, a.mask_public));
         }
         let t = self.cfg.params.t;
         if keys.len() < t {
@@ -280,6 +313,8 @@ impl<R: RingElement> SiteMachine<R> {
         let mut shares = Vec::with_capacity(holders.len());
         for ((&to, s), k) in holders.iter().zip(&seed_shares).zip(&key_shares) {
             let (enc_public, _) = &keys[&to];
+            // Public keys were checked in `check_advert`, so this cannot fail
+            // for an advert that passed.
             let shared =
                 p.agree(&st.enc_secret, enc_public)
                     .map_err(|e| ProtocolError::BadAdvert {
@@ -340,56 +375,28 @@ impl<R: RingElement> SiteMachine<R> {
         Ok(())
     }
 
-    fn receive(&self, st: AwaitShares, msg: IncomingShares) -> Result<AwaitInput, ProtocolError> {
-        let suite = self.cfg.suite;
-        let p = suite.provider();
+    fn receive(
+        &mut self,
+        st: AwaitShares,
+        msg: IncomingShares,
+    ) -> Result<AwaitInput, ProtocolError> {
         let mut held = BTreeMap::new();
         let mut peers = BTreeMap::new();
         for e in msg.shares {
-            let malformed = |reason: &str| ProtocolError::Malformed {
-                member: e.from,
-                reason: reason.into(),
-            };
-            if e.to != self.me {
-                return Err(malformed("share addressed to another member"));
-            }
-            let Some((enc_public, mask_public)) = st.keys.get(&e.from) else {
-                return Err(malformed(
-                    "share from a member that did not advertise keys to this site",
-                ));
-            };
             if held.contains_key(&e.from) {
-                return Err(ProtocolError::Duplicate(e.from));
+                self.rejected
+                    .push((e.from, "a second share from the same peer".into()));
+                continue;
             }
-            let shared = p.agree(&st.enc_secret, enc_public)?;
-            let key = derive_key(
-                suite,
-                Purpose::ShareEncryption,
-                &shared[..],
-                self.cfg.round,
-                e.from,
-                self.me,
-            )?;
-            let pt = p.open(
-                &key,
-                &[0u8; 12],
-                &share_aad(suite, self.cfg.round, e.from, self.me),
-                &e.ciphertext,
-            )?;
-            if pt.len() != SHARE_PLAINTEXT_LEN
-                || pt[0..4] != e.from.to_be_bytes()
-                || pt[4..8] != self.me.to_be_bytes()
-            {
-                return Err(malformed("sealed share names the wrong members"));
+            match self.open_share(&st, &e) {
+                Ok(h) => {
+                    if let Some((_, mask_public)) = st.keys.get(&e.from) {
+                        peers.insert(e.from, mask_public.clone());
+                        held.insert(e.from, h);
+                    }
+                }
+                Err(why) => self.rejected.push((e.from, why)),
             }
-            let half = 8 + shamir::SHARE_LEN;
-            let seed = Share::from_bytes(&pt[8..half])?;
-            let key = Share::from_bytes(&pt[half..])?;
-            if seed.x() != share_x(self.me) || key.x() != share_x(self.me) {
-                return Err(malformed("share has the wrong x-coordinate"));
-            }
-            held.insert(e.from, HeldShares { seed, key });
-            peers.insert(e.from, mask_public.clone());
         }
         let t = self.cfg.params.t;
         if held.len() < t {
@@ -405,6 +412,88 @@ impl<R: RingElement> SiteMachine<R> {
             peers,
             held,
         })
+    }
+
+    /// Why `a` is not acceptable, if it is not.
+    fn check_advert(
+        &self,
+        a: &KeyAdvert,
+        identity: &[u8],
+        keys: &BTreeMap<MemberId, (Vec<u8>, Vec<u8>)>,
+        seen_keys: &BTreeSet<Vec<u8>>,
+    ) -> Result<(), String> {
+        let suite = self.cfg.suite;
+        if a.round != self.cfg.round {
+            return Err(format!("advert is for round {}", a.round));
+        }
+        if !self.topo.are_neighbours(self.me, a.member) {
+            return Err("not a neighbour of this site".into());
+        }
+        if keys.contains_key(&a.member) {
+            return Err("advertised twice".into());
+        }
+        let vk = self.verifier.verifying_key(a.member, identity)?;
+        if vk.suite() != suite {
+            return Err(format!("identity key is for suite {}", vk.suite()));
+        }
+        let signed =
+            KeyAdvert::signed_bytes(&self.session, a.member, &a.enc_public, &a.mask_public);
+        vk.verify(&signed, &a.signature).map_err(|_| {
+            "signature does not verify for this site's view of the round".to_string()
+        })?;
+        // Reused public keys would let one member's secrets stand in for another's.
+        if seen_keys.contains(&a.enc_public)
+            || seen_keys.contains(&a.mask_public)
+            || a.enc_public == a.mask_public
+        {
+            return Err("public key reused".into());
+        }
+        Ok(())
+    }
+
+    /// Decrypt and check one sealed share pair.
+    fn open_share(&self, st: &AwaitShares, e: &EncryptedShare) -> Result<HeldShares, String> {
+        let suite = self.cfg.suite;
+        let p = suite.provider();
+        if e.to != self.me {
+            return Err("share addressed to another member".into());
+        }
+        let Some((enc_public, _)) = st.keys.get(&e.from) else {
+            return Err("share from a member whose advert this site did not accept".into());
+        };
+        let shared = p
+            .agree(&st.enc_secret, enc_public)
+            .map_err(|e| e.to_string())?;
+        let key = derive_key(
+            suite,
+            Purpose::ShareEncryption,
+            &shared[..],
+            self.cfg.round,
+            e.from,
+            self.me,
+        )
+        .map_err(|e| e.to_string())?;
+        let pt = p
+            .open(
+                &key,
+                &[0u8; 12],
+                &share_aad(suite, self.cfg.round, e.from, self.me),
+                &e.ciphertext,
+            )
+            .map_err(|_| "sealed share does not decrypt".to_string())?;
+        if pt.len() != SHARE_PLAINTEXT_LEN
+            || pt[0..4] != e.from.to_be_bytes()
+            || pt[4..8] != self.me.to_be_bytes()
+        {
+            return Err("sealed share names the wrong members".into());
+        }
+        let half = 8 + shamir::SHARE_LEN;
+        let seed = Share::from_bytes(&pt[8..half]).map_err(|e| e.to_string())?;
+        let key = Share::from_bytes(&pt[half..]).map_err(|e| e.to_string())?;
+        if seed.x() != share_x(self.me) || key.x() != share_x(self.me) {
+            return Err("share has the wrong x-coordinate".into());
+        }
+        Ok(HeldShares { seed, key })
     }
 
     /// Stage 3: mask the local (quantised) input in place and queue it.
@@ -431,29 +520,102 @@ impl<R: RingElement> SiteMachine<R> {
                 prg.sub_from(&mut input)?;
             }
         }
-        self.phase = Phase::AwaitUnmask(AwaitUnmask { held: st.held });
-        self.out.push_back(SiteOutput::MaskedInput(input));
+        let masked_with: Vec<MemberId> = st.peers.keys().copied().collect();
+        let signature = self.signing.sign(&MaskingSet::signed_bytes(
+            &self.session,
+            self.me,
+            &masked_with,
+        ))?;
+        self.out.push_back(SiteOutput::MaskedInput {
+            vector: input,
+            masking: MaskingSet {
+                round,
+                member: self.me,
+                peers: masked_with.clone(),
+                signature,
+            },
+        });
+        self.phase = Phase::AwaitConsistency(AwaitConsistency {
+            masked_with,
+            held: st.held,
+        });
         Ok(())
     }
 
-    /// Stage 4 input: reveal the seed share of every surviving neighbour and the
-    /// key share of every dropped one — refusing if any member is named as both,
-    /// if this site is not a survivor, or if too few neighbours survived.
+    /// Stage 4 input: the survivor set and every survivor's masking set.
+    /// Checks them against this site's view and rules (see
+    /// [`super::consistency`]) and signs the set — the only set this site will
+    /// sign this round.
+    pub fn handle_consistency_request(
+        &mut self,
+        msg: ConsistencyRequest,
+    ) -> Result<(), ProtocolError> {
+        self.check(msg.round, Stage::Consistency)?;
+        let Phase::AwaitConsistency(st) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return Err(ProtocolError::Ended);
+        };
+        let rules = SurvivorRules {
+            cfg: &self.cfg,
+            topo: &self.topo,
+            session: &self.session,
+            min_survivors: self.min_survivors,
+        };
+        rules.check_set(&msg.survivors)?;
+        let survivors: BTreeSet<MemberId> = msg.survivors.iter().copied().collect();
+        if !survivors.contains(&self.me) {
+            return Err(ProtocolError::Inconsistent(
+                "the survivor set does not list this site".into(),
+            ));
+        }
+        let sets = rules.masking_sets(&survivors, &msg.masking, Some(self.verifier.as_ref()))?;
+        let mine: BTreeSet<MemberId> = st.masked_with.iter().copied().collect();
+        if sets.get(&self.me) != Some(&mine) {
+            return Err(ProtocolError::Inconsistent(
+                "the masking set relayed for this site is not the one it signed".into(),
+            ));
+        }
+        let checked = rules.check_masking(&survivors, &sets)?;
+        let signature = self.signing.sign(&SurvivorSignature::signed_bytes(
+            &self.session,
+            &msg.survivors,
+        ))?;
+        self.out
+            .push_back(SiteOutput::Consistency(SurvivorSignature {
+                round: self.cfg.round,
+                member: self.me,
+                signature,
+            }));
+        self.phase = Phase::AwaitUnmask(AwaitUnmask {
+            held: st.held,
+            signed: msg.survivors,
+            checked,
+        });
+        Ok(())
+    }
+
+    /// Stage 5 input: once a quorum has signed the same survivor set this site
+    /// signed, reveal the seed share of every surviving neighbour and the key
+    /// share of every dropped one (never both for one member).
     pub fn handle_unmask_request(&mut self, msg: UnmaskRequest) -> Result<(), ProtocolError> {
         self.check(msg.round, Stage::Unmask)?;
         let Phase::AwaitUnmask(st) = std::mem::replace(&mut self.phase, Phase::Done) else {
             return Err(ProtocolError::Ended);
         };
-        let survivors: BTreeSet<MemberId> = msg.survivors.iter().copied().collect();
-        let dropped: BTreeSet<MemberId> = msg.dropped.iter().copied().collect();
-        if let Some(&both) = survivors.intersection(&dropped).next() {
-            return Err(ProtocolError::BothSharesRequested(both));
+        if msg.survivors != st.signed {
+            return Err(ProtocolError::Inconsistent(
+                "the unmask request names a survivor set this site did not sign".into(),
+            ));
         }
-        if !survivors.contains(&self.me) {
-            return Err(ProtocolError::Malformed {
-                member: self.me,
-                reason: "unmask request does not list this site as a survivor".into(),
-            });
+        check_quorum(
+            &self.cfg,
+            &self.session,
+            &st.signed,
+            &msg.signatures,
+            self.verifier.as_ref(),
+        )?;
+        let CheckedSurvivors { survivors, dropped } = &st.checked;
+        if let Some(&both) = survivors.intersection(dropped).next() {
+            return Err(ProtocolError::BothSharesRequested(both));
         }
         let alive = st.held.keys().filter(|v| survivors.contains(v)).count();
         let t = self.cfg.params.t;

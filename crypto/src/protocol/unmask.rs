@@ -9,35 +9,26 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{
-    KeyAdvert, MemberId, RoundConfig, RoundResult, Topology, UnmaskResponse, pairwise_prg,
-    seed_commitment, self_mask_prg, share_x,
+    KeyAdvert, MemberId, RoundConfig, RoundResult, UnmaskResponse, pairwise_prg, seed_commitment,
+    self_mask_prg, share_x,
 };
 use crate::error::ProtocolError;
 use crate::ring::RingElement;
 use crate::shamir::{Reconstructor, Share};
 
-/// Check that `resp` carries exactly one correctly labelled share per
-/// neighbour of its sender: a self-mask-seed share for every neighbour in
-/// `u3` (survivors) and a mask-key share for every neighbour in `u2 \ u3`
-/// (shared keys, then dropped).
+/// Check that `resp` carries exactly one correctly labelled share per peer
+/// its sender holds shares of (`held`, its signed masking set): a
+/// self-mask-seed share for every peer in `survivors` and a mask-key share
+/// for every peer in `dropped`.
 pub(super) fn check_response(
-    topo: &Topology,
-    u2: &BTreeSet<MemberId>,
-    u3: &BTreeSet<MemberId>,
+    held: &BTreeSet<MemberId>,
+    survivors: &BTreeSet<MemberId>,
+    dropped: &BTreeSet<MemberId>,
     resp: &UnmaskResponse,
 ) -> Result<(), ProtocolError> {
     let from = resp.from;
-    let neighbours: BTreeSet<MemberId> = topo.neighbours(from).into_iter().collect();
-    let want_seed: BTreeSet<MemberId> = neighbours
-        .iter()
-        .copied()
-        .filter(|v| u3.contains(v))
-        .collect();
-    let want_key: BTreeSet<MemberId> = neighbours
-        .iter()
-        .copied()
-        .filter(|v| u2.contains(v) && !u3.contains(v))
-        .collect();
+    let want_seed: BTreeSet<MemberId> = held.intersection(survivors).copied().collect();
+    let want_key: BTreeSet<MemberId> = held.intersection(dropped).copied().collect();
     let check_set = |list: &[(MemberId, Share)], want: &BTreeSet<MemberId>, what: &str| {
         let mut seen = BTreeSet::new();
         for (owner, share) in list {
@@ -62,13 +53,13 @@ pub(super) fn check_response(
     check_set(&resp.key_shares, &want_key, "mask key")
 }
 
-/// What the unmask step reads from the coordinator: the round, its graph, and
-/// what members committed to in the earlier stages.
+/// What the unmask step reads from the coordinator: the round, who masked
+/// with whom, and what members committed to in the earlier stages.
 pub(super) struct Unmasker<'a> {
     /// The round configuration.
     pub cfg: &'a RoundConfig,
-    /// The round's neighbour graph.
-    pub topo: &'a Topology,
+    /// Each survivor's signed masking set.
+    pub masking: &'a BTreeMap<MemberId, BTreeSet<MemberId>>,
     /// Adverts of U1 (mask public keys check reconstructed mask keys).
     pub adverts: &'a BTreeMap<MemberId, KeyAdvert>,
     /// Self-mask-seed commitments of U2.
@@ -78,12 +69,12 @@ pub(super) struct Unmasker<'a> {
 impl Unmasker<'_> {
     /// Remove every mask from `acc`, the sum of the masked inputs of `u3`:
     /// each survivor's self mask (from its reconstructed seed) and, for each
-    /// member of `u2 \ u3`, the pairwise masks its surviving neighbours added
-    /// (from its reconstructed mask key).
+    /// member of `dropped`, the pairwise masks survivors added with it (from
+    /// its reconstructed mask key).
     pub(super) fn unmask<R: RingElement>(
         &self,
-        u2: &BTreeSet<MemberId>,
         u3: &BTreeSet<MemberId>,
+        dropped: &BTreeSet<MemberId>,
         mut acc: Vec<R>,
         responses: &BTreeMap<MemberId, UnmaskResponse>,
     ) -> Result<RoundResult<R>, ProtocolError> {
@@ -140,8 +131,7 @@ impl Unmasker<'_> {
             self_mask_prg(suite, round, u, &seed)?.sub_from(&mut acc)?;
             reconstructions += 1;
         }
-        let dropped: Vec<MemberId> = u2.difference(u3).copied().collect();
-        for &v in &dropped {
+        for &v in dropped {
             let secret = rebuild(v, key_shares.get(&v), "mask key")?;
             let advert = self
                 .adverts
@@ -160,10 +150,12 @@ impl Unmasker<'_> {
                 });
             }
             reconstructions += 1;
-            for u in self.topo.neighbours(v) {
-                if !u3.contains(&u) {
-                    continue;
-                }
+            let masked_with_v = self
+                .masking
+                .iter()
+                .filter(|(u, peers)| u3.contains(u) && peers.contains(&v))
+                .map(|(&u, _)| u);
+            for u in masked_with_v {
                 let peer = self
                     .adverts
                     .get(&u)
@@ -180,7 +172,7 @@ impl Unmasker<'_> {
         Ok(RoundResult {
             sum: acc,
             survivors: u3.iter().copied().collect(),
-            dropped,
+            dropped: dropped.iter().copied().collect(),
             reconstructions,
         })
     }

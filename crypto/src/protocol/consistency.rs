@@ -1,0 +1,275 @@
+//! The consistency stage: every survivor signs the one survivor set before any
+//! share is revealed.
+//!
+//! Without it a coordinator can tell each site a different story about who
+//! survived (so that some sites reveal a member's self-mask seed and others its
+//! mask key), or withhold shares so that a victim masks with few peers and then
+//! call exactly those peers dropped. Here:
+//!
+//! 1. With its masked input each site sends a [`MaskingSet`]: the peers it
+//!    masked with, signed over the session id.
+//! 2. The coordinator sends every survivor the same [`ConsistencyRequest`]: the
+//!    survivor set and every survivor's signed masking set.
+//! 3. A site checks the request against its own view ([`check_request`]) and
+//!    signs the set ([`SurvivorSignature`]) — once per round.
+//! 4. The [`super::UnmaskRequest`] must carry at least
+//!    [`RoundConfig::quorum`] valid signatures on that identical set
+//!    ([`check_quorum`]); only then does a site reveal shares.
+//!
+//! The dropped set is not announced: every site derives it from the signed
+//! masking sets as the peers some survivor masked with that are not survivors.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{IdentityVerifier, MemberId, RoundConfig, Topology};
+use crate::error::ProtocolError;
+
+/// A member's signed list of the peers it masked its input with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskingSet {
+    /// Round number.
+    pub round: u64,
+    /// Who masked.
+    pub member: MemberId,
+    /// The peers, strictly ascending.
+    pub peers: Vec<MemberId>,
+    /// Signature by the member's long-term key over [`MaskingSet::signed_bytes`].
+    pub signature: Vec<u8>,
+}
+
+impl MaskingSet {
+    /// `"confide/v2/masking-set" ‖ session id ‖ member (u32 BE) ‖
+    /// count (u32 BE) ‖ peers (u32 BE each)`.
+    pub fn signed_bytes(session: &[u8; 32], member: MemberId, peers: &[MemberId]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(64 + 4 * peers.len());
+        m.extend_from_slice(b"confide/v2/masking-set");
+        m.extend_from_slice(session);
+        m.extend_from_slice(&member.to_be_bytes());
+        push_ids(&mut m, peers);
+        m
+    }
+}
+
+/// A masking set as relayed by the coordinator, with its signer's identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayedMaskingSet {
+    /// The set.
+    pub set: MaskingSet,
+    /// Opaque identity material for [`IdentityVerifier`].
+    pub identity: Vec<u8>,
+}
+
+/// Coordinator → every survivor: the one survivor set and the masking sets
+/// of all its members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsistencyRequest {
+    /// Round number.
+    pub round: u64,
+    /// Members whose masked inputs are in the sum, strictly ascending.
+    pub survivors: Vec<MemberId>,
+    /// One per survivor.
+    pub masking: Vec<RelayedMaskingSet>,
+}
+
+/// Survivor → coordinator: its signature on the survivor set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SurvivorSignature {
+    /// Round number.
+    pub round: u64,
+    /// Signer.
+    pub member: MemberId,
+    /// Signature over [`SurvivorSignature::signed_bytes`].
+    pub signature: Vec<u8>,
+}
+
+impl SurvivorSignature {
+    /// `"confide/v2/survivors" ‖ session id ‖ count (u32 BE) ‖ survivors`.
+    pub fn signed_bytes(session: &[u8; 32], survivors: &[MemberId]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(64 + 4 * survivors.len());
+        m.extend_from_slice(b"confide/v2/survivors");
+        m.extend_from_slice(session);
+        push_ids(&mut m, survivors);
+        m
+    }
+}
+
+/// A survivor-set signature as relayed, with its signer's identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayedSignature {
+    /// The signature.
+    pub signature: SurvivorSignature,
+    /// Opaque identity material for [`IdentityVerifier`].
+    pub identity: Vec<u8>,
+}
+
+fn push_ids(m: &mut Vec<u8>, ids: &[MemberId]) {
+    m.extend_from_slice(&(ids.len().min(u32::MAX as usize) as u32).to_be_bytes());
+    for id in ids {
+        m.extend_from_slice(&id.to_be_bytes());
+    }
+}
+
+/// A survivor set that passed [`check_request`].
+#[derive(Clone, Debug)]
+pub(crate) struct CheckedSurvivors {
+    pub(crate) survivors: BTreeSet<MemberId>,
+    /// Peers some survivor masked with that are not survivors: their mask
+    /// keys are to be rebuilt.
+    pub(crate) dropped: BTreeSet<MemberId>,
+}
+
+/// The survivor-set rules every site applies before signing (and the
+/// coordinator before asking): see the module docs.
+pub(crate) struct SurvivorRules<'a> {
+    pub(crate) cfg: &'a RoundConfig,
+    pub(crate) topo: &'a Topology,
+    pub(crate) session: &'a [u8; 32],
+    /// Fewest survivors acceptable (the larger of the round's and the site's).
+    pub(crate) min_survivors: usize,
+}
+
+impl SurvivorRules<'_> {
+    /// Structure only: ascending members of the cohort, enough of them.
+    pub(crate) fn check_set(&self, survivors: &[MemberId]) -> Result<(), ProtocolError> {
+        let bad = |r: String| Err(ProtocolError::Inconsistent(r));
+        if survivors.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("survivors are not strictly ascending".into());
+        }
+        if let Some(&m) = survivors.iter().find(|&&m| !self.topo.contains(m)) {
+            return bad(format!("survivor {m} is not in the cohort"));
+        }
+        let need = self.min_survivors.max(self.cfg.quorum());
+        if survivors.len() < need {
+            return bad(format!(
+                "{} survivors, at least {need} required (minimum survivors and signature quorum)",
+                survivors.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every survivor's masking set: shape, and (if `verifier` is given) its
+    /// signature. Returns the peers of each survivor.
+    pub(crate) fn masking_sets(
+        &self,
+        survivors: &BTreeSet<MemberId>,
+        masking: &[RelayedMaskingSet],
+        verifier: Option<&dyn IdentityVerifier>,
+    ) -> Result<BTreeMap<MemberId, BTreeSet<MemberId>>, ProtocolError> {
+        let mut sets = BTreeMap::new();
+        for r in masking {
+            let s = &r.set;
+            let bad = |why: String| {
+                Err(ProtocolError::Inconsistent(format!(
+                    "masking set of member {}: {why}",
+                    s.member
+                )))
+            };
+            if s.round != self.cfg.round {
+                return bad(format!("is for round {}", s.round));
+            }
+            if !survivors.contains(&s.member) {
+                return bad("member is not a survivor".into());
+            }
+            if sets.contains_key(&s.member) {
+                return bad("sent twice".into());
+            }
+            if s.peers.windows(2).any(|w| w[0] >= w[1]) {
+                return bad("peers are not strictly ascending".into());
+            }
+            if let Some(p) = s
+                .peers
+                .iter()
+                .find(|&&p| !self.topo.are_neighbours(s.member, p))
+            {
+                return bad(format!("names {p}, not a neighbour"));
+            }
+            if let Some(v) = verifier {
+                let vk = match v.verifying_key(s.member, &r.identity) {
+                    Ok(vk) => vk,
+                    Err(e) => return bad(e),
+                };
+                let signed = MaskingSet::signed_bytes(self.session, s.member, &s.peers);
+                if vk.suite() != self.cfg.suite || vk.verify(&signed, &s.signature).is_err() {
+                    return bad("signature does not verify for this round".into());
+                }
+            }
+            sets.insert(s.member, s.peers.iter().copied().collect::<BTreeSet<_>>());
+        }
+        if let Some(m) = survivors.iter().find(|m| !sets.contains_key(m)) {
+            return Err(ProtocolError::Inconsistent(format!(
+                "no masking set for survivor {m}"
+            )));
+        }
+        Ok(sets)
+    }
+
+    /// The global rules over the masking sets: every survivor masked with at
+    /// least `t` survivors (so no survivor's pairwise masks can all be
+    /// removed), and masking between survivors is mutual (else the sum would
+    /// keep a mask). Returns the derived dropped set.
+    pub(crate) fn check_masking(
+        &self,
+        survivors: &BTreeSet<MemberId>,
+        sets: &BTreeMap<MemberId, BTreeSet<MemberId>>,
+    ) -> Result<CheckedSurvivors, ProtocolError> {
+        let t = self.cfg.params.t;
+        let mut dropped = BTreeSet::new();
+        for (&p, peers) in sets {
+            let alive = peers.iter().filter(|q| survivors.contains(q)).count();
+            if alive < t {
+                return Err(ProtocolError::Inconsistent(format!(
+                    "survivor {p} masked with {alive} other survivors, at least {t} required"
+                )));
+            }
+            for &q in peers {
+                if !survivors.contains(&q) {
+                    dropped.insert(q);
+                } else if !sets.get(&q).is_some_and(|s| s.contains(&p)) {
+                    return Err(ProtocolError::Inconsistent(format!(
+                        "survivor {p} masked with {q} but {q} did not mask with {p}"
+                    )));
+                }
+            }
+        }
+        Ok(CheckedSurvivors {
+            survivors: survivors.clone(),
+            dropped,
+        })
+    }
+}
+
+/// At least `quorum` valid signatures on (`session`, `survivors`) from
+/// distinct survivors.
+pub(crate) fn check_quorum(
+    cfg: &RoundConfig,
+    session: &[u8; 32],
+    survivors: &[MemberId],
+    signatures: &[RelayedSignature],
+    verifier: &dyn IdentityVerifier,
+) -> Result<(), ProtocolError> {
+    let signed = SurvivorSignature::signed_bytes(session, survivors);
+    let mut valid = BTreeSet::new();
+    for r in signatures {
+        let s = &r.signature;
+        // Invalid or foreign signatures are ignored, not fatal: only the count
+        // of valid ones matters.
+        if s.round != cfg.round || survivors.binary_search(&s.member).is_err() {
+            continue;
+        }
+        let Ok(vk) = verifier.verifying_key(s.member, &r.identity) else {
+            continue;
+        };
+        if vk.suite() == cfg.suite && vk.verify(&signed, &s.signature).is_ok() {
+            valid.insert(s.member);
+        }
+    }
+    let need = cfg.quorum();
+    if valid.len() < need {
+        return Err(ProtocolError::Inconsistent(format!(
+            "{} valid signatures on the survivor set, quorum is {need}",
+            valid.len()
+        )));
+    }
+    Ok(())
+}
