@@ -1,6 +1,8 @@
 //! Whole-protocol costs on one core: the coordinator's unmask for n = 100,
-//! d = 10^6, k = 15, t = 8 with 10 % dropouts (the Flower comparison), and one
-//! site's masking with 15 neighbours.
+//! d = 10^6, k = 15, t = 8 with 10 % dropouts (the Flower comparison), one
+//! site's masking with 15 neighbours, and what the consistency stage adds at
+//! one site of 100 (checking 90 signed masking sets, signing, then checking
+//! the quorum's signatures) — to be read against the masking time.
 
 use std::hint::black_box;
 
@@ -23,6 +25,8 @@ fn cfg(suite: Suite, n: u32, k: usize, t: usize) -> RoundConfig {
         graph_seed: [1u8; 32],
         vector_len: D,
         min_survivors: t,
+        max_colluders: 0,
+        context: [2; 32],
     }
 }
 
@@ -41,7 +45,8 @@ fn unmask(c: &mut Criterion) {
                         .map(|i| (i % 10 != 0).then(|| vec![i as u32; D]))
                         .collect();
                     let masked = s.mask(sh, inputs).expect("mask");
-                    let req = s.submit(&masked).expect("submit");
+                    let out = s.submit(&masked).expect("submit");
+                    let req = s.agree(out).expect("consistency");
                     let mut resp = s.responses(req).expect("responses");
                     let last = resp.pop().expect("a response");
                     s.finish(resp).expect("deliver");
@@ -87,5 +92,73 @@ fn site_mask(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, unmask, site_mask);
+fn consistency(c: &mut Criterion) {
+    use confide_crypto::protocol::{
+        CoordinatorOutput, RelayedSignature, SiteOutput, SurvivorSignature, UnmaskRequest,
+    };
+    let mut group = c.benchmark_group("site_consistency_n100_k15_drop10");
+    group.sample_size(10);
+    for suite in Suite::ALL {
+        group.bench_function(suite.name(), |b| {
+            b.iter_batched(
+                || {
+                    // Vectors are short here: this stage never touches them.
+                    let mut cfg = cfg(suite, 100, 15, 8);
+                    cfg.vector_len = 4;
+                    let mut s = Stepper::<u32>::new(cfg, 5).expect("set-up");
+                    let nk = s.advertise().expect("advertise");
+                    let sh = s.share(nk).expect("share");
+                    let inputs = (0..100)
+                        .map(|i| (i % 10 != 0).then(|| vec![1u32; 4]))
+                        .collect();
+                    let masked = s.mask(sh, inputs).expect("mask");
+                    let out = s.submit(&masked).expect("submit");
+                    // Every survivor but member 2 signs now; member 2 is measured.
+                    let mut request = None;
+                    let mut signatures = Vec::new();
+                    for o in out {
+                        let CoordinatorOutput::ConsistencyRequest { to, msg } = o else {
+                            continue;
+                        };
+                        if to == 2 {
+                            request = Some(msg);
+                            continue;
+                        }
+                        let site = s.site(to).expect("site");
+                        site.handle_consistency_request(msg).expect("sign");
+                        if let Some(SiteOutput::Consistency(g)) = site.poll_output() {
+                            signatures.push(g);
+                        }
+                    }
+                    let relayed: Vec<RelayedSignature> = signatures
+                        .into_iter()
+                        .map(|g: SurvivorSignature| RelayedSignature {
+                            identity: s.identity(g.member).expect("identity"),
+                            signature: g,
+                        })
+                        .collect();
+                    (s, request.expect("a request for member 2"), relayed)
+                },
+                |(mut s, request, signatures)| {
+                    let survivors = request.survivors.clone();
+                    let site = s.site(2).expect("site");
+                    site.handle_consistency_request(request)
+                        .expect("check and sign");
+                    let _ = site.poll_output();
+                    site.handle_unmask_request(UnmaskRequest {
+                        round: 1,
+                        survivors,
+                        signatures,
+                    })
+                    .expect("quorum");
+                    black_box(site.poll_output().is_some())
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, unmask, site_mask, consistency);
 criterion_main!(benches);

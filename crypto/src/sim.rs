@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
+pub mod isolation;
+
 use crate::error::ProtocolError;
 use crate::graph::SecAggParams;
 use crate::protocol::{

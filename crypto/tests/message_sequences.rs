@@ -9,8 +9,9 @@
 
 use confide_crypto::graph::SecAggParams;
 use confide_crypto::protocol::{
-    EncryptedShare, IncomingShares, KeyAdvert, NeighbourKeys, RelayedAdvert, ShareBundle,
-    SiteOutput, UnmaskRequest, UnmaskResponse,
+    ConsistencyRequest, EncryptedShare, IncomingShares, KeyAdvert, MaskingSet, NeighbourKeys,
+    RelayedAdvert, RelayedMaskingSet, ShareBundle, SiteOutput, SurvivorSignature, UnmaskRequest,
+    UnmaskResponse,
 };
 use confide_crypto::shamir::Share;
 use confide_crypto::sim::{Simulation, Stepper};
@@ -38,6 +39,11 @@ enum Hostile {
         round: u64,
         from: MemberId,
         v: Vec<u32>,
+    },
+    Signature {
+        round: u64,
+        from: MemberId,
+        bytes: Vec<u8>,
     },
     Unmask {
         round: u64,
@@ -83,6 +89,11 @@ fn hostile() -> impl Strategy<Value = Hostile> {
             proptest::collection::vec(any::<u32>(), 0..8)
         )
             .prop_map(|(round, from, v)| Hostile::Masked { round, from, v }),
+        (round(), member(), bytes.clone()).prop_map(|(round, from, bytes)| Hostile::Signature {
+            round,
+            from,
+            bytes
+        }),
         (round(), member(), member(), bytes).prop_map(|(round, from, owner, share)| {
             Hostile::Unmask {
                 round,
@@ -103,6 +114,7 @@ fn could_be_first(h: &Hostile, stage_open_for: &[MemberId]) -> bool {
         Hostile::Advert { round, member, .. } => (*round, *member),
         Hostile::Shares { round, from, .. } => (*round, *from),
         Hostile::Masked { round, from, .. } => (*round, *from),
+        Hostile::Signature { round, from, .. } => (*round, *from),
         Hostile::Unmask { round, from, .. } => (*round, *from),
     };
     round == 1 && stage_open_for.contains(&from)
@@ -148,7 +160,26 @@ fn deliver(
             },
             now,
         ),
-        Hostile::Masked { round, from, v } => c.handle_masked_input(round, from, &v, now),
+        Hostile::Masked { round, from, v } => c.handle_masked_input(
+            round,
+            from,
+            &v,
+            MaskingSet {
+                round,
+                member: from,
+                peers: Vec::new(),
+                signature: Vec::new(),
+            },
+            now,
+        ),
+        Hostile::Signature { round, from, bytes } => c.handle_consistency(
+            SurvivorSignature {
+                round,
+                member: from,
+                signature: bytes,
+            },
+            now,
+        ),
         Hostile::Unmask {
             round,
             from,
@@ -191,7 +222,7 @@ proptest! {
     fn hostile_messages_are_refused_and_leave_the_sum_unchanged(
         seed in any::<u64>(),
         inputs in proptest::collection::vec(proptest::collection::vec(any::<u32>(), LEN), N),
-        garbage in proptest::collection::vec(proptest::collection::vec(hostile(), 0..6), 5),
+        garbage in proptest::collection::vec(proptest::collection::vec(hostile(), 0..6), 6),
     ) {
         let sim = Simulation::new(Suite::Intl, N, SecAggParams { k: 4, t: 3 }).with_seed(seed);
         let mut st = Stepper::<u32>::new(sim.config::<u32>(LEN), seed)
@@ -204,11 +235,13 @@ proptest! {
         let shares = st.share(adv).map_err(fail)?;
         inject(&mut st, &garbage[2], &all)?;
         let masked = st.mask(shares, inputs.iter().cloned().map(Some).collect()).map_err(fail)?;
-        let unmask = st.submit(&masked).map_err(fail)?;
+        let consistency = st.submit(&masked).map_err(fail)?;
         inject(&mut st, &garbage[3], &all)?;
+        let unmask = st.agree(consistency).map_err(fail)?;
+        inject(&mut st, &garbage[4], &all)?;
         let responses = st.responses(unmask).map_err(fail)?;
         let result = st.finish(responses).map_err(fail)?;
-        inject(&mut st, &garbage[4], &[])?;
+        inject(&mut st, &garbage[5], &[])?;
         let sum = result
             .ok_or_else(|| TestCaseError::fail("round did not finish"))?
             .map_err(fail)?
@@ -222,7 +255,7 @@ proptest! {
     #[test]
     fn site_machine_survives_arbitrary_messages(
         seed in any::<u64>(),
-        ops in proptest::collection::vec((0u8..4, round(), member(), member(),
+        ops in proptest::collection::vec((0u8..5, round(), member(), member(),
             proptest::collection::vec(any::<u8>(), 0..80)), 0..12),
     ) {
         let sim = Simulation::new(Suite::Intl, N, SecAggParams { k: 4, t: 3 }).with_seed(seed);
@@ -242,12 +275,17 @@ proptest! {
                 1 => site.handle_incoming_shares(IncomingShares { round,
                         shares: vec![EncryptedShare { from: a, to: b, ciphertext: bytes.clone() }] }),
                 2 => site.handle_input(bytes.iter().map(|&x| u32::from(x)).collect()),
-                _ => site.handle_unmask_request(UnmaskRequest { round, survivors: vec![a], dropped: vec![b] }),
+                3 => site.handle_consistency_request(ConsistencyRequest { round, survivors: vec![a, b],
+                        masking: vec![RelayedMaskingSet { set: MaskingSet { round, member: a,
+                            peers: vec![b], signature: bytes.clone() }, identity: bytes.clone() }] }),
+                _ => site.handle_unmask_request(UnmaskRequest { round, survivors: vec![a],
+                        signatures: Vec::new() }),
             };
             failed |= r.is_err();
             if failed {
                 prop_assert!(site.poll_output().is_none_or(|o| !matches!(o,
-                    SiteOutput::Shares(_) | SiteOutput::MaskedInput(_) | SiteOutput::Unmask(_))),
+                    SiteOutput::Shares(_) | SiteOutput::MaskedInput { .. }
+                    | SiteOutput::Consistency(_) | SiteOutput::Unmask(_))),
                     "output after an error");
             }
         }

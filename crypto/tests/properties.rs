@@ -64,11 +64,28 @@ fn oracle(sim: &Simulation, vector_len: usize) -> Result<BTreeSet<MemberId>, &'s
     if u3.iter().any(|&u| nb_in(u, &u3) < t) {
         return Err("survivor below threshold");
     }
-    let u4 = alive(&u3, Stage::Unmask);
-    if u3.iter().any(|&u| nb_in(u, &u4) < t) {
+    // Sites sign only a set at least as large as their own minimum (3) and
+    // the quorum; the coordinator needs a quorum of signers.
+    let quorum = cfg.quorum();
+    let signers = if u3.len() >= sim.min_survivors.max(sim.policy.min_survivors).max(quorum) {
+        alive(&u3, Stage::Consistency)
+    } else {
+        BTreeSet::new()
+    };
+    if signers.len() < quorum {
+        return Err("no quorum on the survivor set");
+    }
+    let u5 = alive(&signers, Stage::Unmask);
+    if u3.iter().any(|&u| nb_in(u, &u5) < t) {
         return Err("self mask not reconstructible");
     }
-    if u2.difference(&u3).any(|&v| nb_in(v, &u4) < t) {
+    // Only peers some survivor masked with need their mask key rebuilt.
+    let dropped: BTreeSet<MemberId> = u2
+        .difference(&u3)
+        .copied()
+        .filter(|&v| u3.iter().any(|&u| topo.are_neighbours(u, v)))
+        .collect();
+    if dropped.iter().any(|&v| nb_in(v, &u5) < t) {
         return Err("mask key not reconstructible");
     }
     Ok(u3)
@@ -99,6 +116,7 @@ fn scenario() -> impl Strategy<Value = (Simulation, usize)> {
                                 Stage::AdvertiseKeys,
                                 Stage::ShareKeys,
                                 Stage::MaskedInput,
+                                Stage::Consistency,
                                 Stage::Unmask,
                             ]),
                         ),
@@ -150,7 +168,8 @@ proptest! {
             }
             (Err(why), Err(e)) => {
                 prop_assert!(
-                    matches!(e, ProtocolError::TooFewSurvivors { .. } | ProtocolError::BelowThreshold { .. } | ProtocolError::Reconstruction { .. }),
+                    matches!(e, ProtocolError::TooFewSurvivors { .. } | ProtocolError::BelowThreshold { .. }
+                        | ProtocolError::Reconstruction { .. } | ProtocolError::Inconsistent(_)),
                     "expected failure ({}) but got unexpected error {:?}", why, e
                 );
             }

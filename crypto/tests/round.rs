@@ -84,6 +84,8 @@ fn unsafe_or_inconsistent_round_configurations_are_refused() {
         graph_seed: [0; 32],
         vector_len: 10,
         min_survivors: 2,
+        max_colluders: 0,
+        context: [0; 32],
     };
     assert!(good.topology().is_ok());
     type Mutation = Box<dyn Fn(&mut RoundConfig)>;

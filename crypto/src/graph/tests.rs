@@ -166,13 +166,13 @@ fn choose_meets_its_inequalities() {
             validate(n, ch.params).expect("valid");
             assert!(2 * t > k + ch.c, "security n={n} {ch:?}");
             assert!(t + ch.d <= k, "correctness n={n} {ch:?}");
-            assert!(ch.c <= count(gamma, n) && ch.d <= count(delta, n));
+            assert!(ch.c <= count_up(gamma, n) && ch.d <= count(delta, n));
             if k < n - 1 {
-                let removed = count(gamma, n) + count(delta, n);
+                let removed = count_up(gamma, n) + count(delta, n);
                 assert!(ln_disconnect(n, k, removed) <= -41.0 * std::f64::consts::LN_2);
                 // The binomial bound really dominates the exact
                 // hypergeometric tail at the chosen cut-offs.
-                for (bad, cut) in [(count(gamma, n), ch.c), (count(delta, n), ch.d)] {
+                for (bad, cut) in [(count_up(gamma, n), ch.c), (count(delta, n), ch.d)] {
                     let h = ln_hypergeom_tail(n - 1, bad, k, cut);
                     let b = ln_binom_tail(k, bad as f64 / (n - 1) as f64, cut);
                     assert!(
@@ -200,6 +200,55 @@ fn choose_small_cohorts_use_complete_graph() {
     assert_eq!(choose(5, 0.2, 0.2, 40, 20), Ok(SecAggParams { k: 4, t: 3 }));
     // n = 2 with no tolerated bad sites.
     assert_eq!(choose(2, 0.0, 0.0, 40, 20), Ok(SecAggParams { k: 1, t: 1 }));
+}
+
+#[test]
+fn colluders_are_counted_up() {
+    // Small cohorts never assume zero colluders at a positive fraction.
+    for (n, gamma, c) in [
+        (3, 0.1, 1),
+        (5, 0.1, 1),
+        (9, 0.1, 1),
+        (10, 0.1, 1),
+        (11, 0.1, 2),
+    ] {
+        assert_eq!(colluders(n, gamma), Ok(c), "n={n} γ={gamma}");
+    }
+    // Float error just above an integer does not add a colluder.
+    assert_eq!(colluders(100, 0.29), Ok(29));
+    assert_eq!(colluders(20, 0.0), Ok(0));
+    assert!(colluders(20, 1.0).is_err());
+    // Explicit parameters at n = 20, k = 19: the threshold must beat
+    // ⌈0.1·20⌉ = 2 colluders, so t ≥ ⌊21/2⌋ + 1 = 11.
+    assert_eq!(secure_threshold(20, 19, 2, 40), 11);
+    // A sparse graph's bound uses the colluding-neighbour quantile, at most c.
+    let sparse = secure_threshold(100, 30, 10, 40);
+    assert!((16..=21).contains(&sparse), "{sparse}");
+}
+
+#[test]
+fn complete_graph_parameters() {
+    // 5 sites, γ = δ = 0.1 → one colluder, no dropout assumed: t = 3 of k = 4.
+    assert_eq!(
+        choose_complete(5, 0.1, 0.1),
+        Ok(SecAggParams { k: 4, t: 3 })
+    );
+    // 20 sites: c = 2, d = 2 → t = ⌊(19 + 2)/2⌋ + 1 = 11 ≤ 17.
+    assert_eq!(
+        choose_complete(20, 0.1, 0.1),
+        Ok(SecAggParams { k: 19, t: 11 })
+    );
+    // Every chosen threshold meets the site's floor for the same colluders.
+    for n in 3..40 {
+        let p = choose_complete(n, 0.1, 0.1).expect("feasible");
+        let c = colluders(n, 0.1).expect("γ");
+        assert!(p.t >= secure_threshold(n, p.k, c, 40), "n={n}");
+        validate(n, p).expect("valid");
+    }
+    assert!(matches!(
+        choose_complete(4, 0.3, 0.3),
+        Err(GraphError::NoParameters { .. })
+    ));
 }
 
 #[test]

@@ -45,6 +45,8 @@ pub use coordinator::{CoordinatorMachine, StageTimeouts};
 pub use output::{CoordinatorOutput, RoundResult};
 pub use plain::PlainAggregator;
 pub use policy::SitePolicy;
+#[cfg(any(test, feature = "test-util"))]
+pub use site::LeakedSecrets;
 pub use site::{SiteMachine, SiteOutput};
 
 // Defined in a leaf module so `error` and `kdf` need not import `protocol`.

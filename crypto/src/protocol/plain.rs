@@ -350,6 +350,8 @@ mod tests {
             graph_seed: [0; 32],
             vector_len: 3,
             min_survivors: 3,
+            max_colluders: 0,
+            context: [0; 32],
         };
         let now = Instant::now();
         let mut p = PlainAggregator::<u64>::from_config(&cfg, now);

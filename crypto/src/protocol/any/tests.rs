@@ -49,6 +49,7 @@ fn run_any(
                 m,
                 keys[&m].clone(),
                 directory.clone(),
+                &crate::sim::lenient_policy(),
                 &mut rng,
             )?;
             assert_eq!((site.member(), site.ring()), (m, cfg.ring));
@@ -68,7 +69,7 @@ fn run_any(
             // Plaintext mode: the inputs go straight to the coordinator, as bytes.
             for (m, x) in std::mem::take(&mut pending) {
                 if Some(m) != drop {
-                    coord.handle_masked_input_bytes(cfg.round, m, &x.to_le_bytes(), now)?;
+                    coord.handle_masked_input_bytes(cfg.round, m, &x.to_le_bytes(), None, now)?;
                 }
             }
         }
@@ -90,10 +91,11 @@ fn run_any(
                         coord.handle_advert(a, id, now)?
                     }
                     AnySiteOutput::Shares(b) => coord.handle_shares(b, now)?,
-                    AnySiteOutput::MaskedInput(v) => {
-                        assert_eq!((v.ring(), v.len()), (cfg.ring, cfg.vector_len));
-                        coord.handle_masked_input(cfg.round, m, &v, now)?
+                    AnySiteOutput::MaskedInput { vector, masking } => {
+                        assert_eq!((vector.ring(), vector.len()), (cfg.ring, cfg.vector_len));
+                        coord.handle_masked_input(cfg.round, m, &vector, Some(masking), now)?
                     }
+                    AnySiteOutput::Consistency(sig) => coord.handle_consistency(sig, now)?,
                     AnySiteOutput::Unmask(u) => coord.handle_unmask_response(u, now)?,
                 }
             }
@@ -122,6 +124,12 @@ fn run_any(
                         .get_mut(&to)
                         .expect("site")
                         .handle_incoming_shares(msg)?;
+                }
+                AnyOutput::ConsistencyRequest { to, msg } => {
+                    sites
+                        .get_mut(&to)
+                        .expect("site")
+                        .handle_consistency_request(msg)?;
                 }
                 AnyOutput::UnmaskRequest { to, msg } => {
                     sites
@@ -230,6 +238,8 @@ fn config(ring: Ring) -> RoundConfig {
         graph_seed: [3; 32],
         vector_len: 2,
         min_survivors: 2,
+        max_colluders: 0,
+        context: [0; 32],
     }
 }
 
@@ -296,25 +306,28 @@ fn coordinator_input_errors() {
         };
         // Bytes that are not whole elements: malformed, before any other check.
         assert!(matches!(
-            c.handle_masked_input_bytes(99, 2, &[0; 7], now),
+            c.handle_masked_input_bytes(99, 2, &[0; 7], None, now),
             Err(ProtocolError::Malformed { member: 2, .. })
         ));
         // A vector in the other ring: malformed.
         let err = c
-            .handle_masked_input(7, 2, &RingVec::U64(vec![1, 2]), now)
+            .handle_masked_input(7, 2, &RingVec::U64(vec![1, 2]), None, now)
             .unwrap_err();
         assert!(
             matches!(&err, ProtocolError::Malformed { member: 2, reason } if reason.contains("u64")),
             "{err}"
         );
-        let got = c.handle_masked_input_bytes(7, 2, &[0; 8], now);
+        let got = c.handle_masked_input_bytes(7, 2, &[0; 8], None, now);
         if secure {
-            // The secure machine is still exchanging keys.
-            assert!(matches!(got, Err(ProtocolError::WrongStage { .. })));
+            // A secure round needs the signed masking set with every input.
+            assert!(matches!(
+                got,
+                Err(ProtocolError::Malformed { member: 2, .. })
+            ));
         } else {
             assert!(got.is_ok());
             assert!(matches!(
-                c.handle_masked_input_bytes(7, 3, &[0; 4], now),
+                c.handle_masked_input_bytes(7, 3, &[0; 4], None, now),
                 Err(ProtocolError::WrongLength {
                     expected: 2,
                     got: 1
@@ -360,7 +373,14 @@ fn site_rejects_input_in_the_wrong_ring() -> Result<(), ProtocolError> {
     let key = SigningKey::generate(cfg.suite, &mut rng);
     let mut dir = KeyDirectory::new();
     dir.insert(1, key.verifying_key()?);
-    let mut site = AnySite::new(cfg, 1, key, Arc::new(dir), &mut rng)?;
+    let mut site = AnySite::new(
+        cfg,
+        1,
+        key,
+        Arc::new(dir),
+        &crate::sim::lenient_policy(),
+        &mut rng,
+    )?;
     assert!(matches!(
         site.poll_output(),
         Some(AnySiteOutput::Advertise(_))

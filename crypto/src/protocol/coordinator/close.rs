@@ -1,0 +1,259 @@
+//! How each stage of the coordinator's round closes: who completed it, what
+//! goes out next, and when the round ends.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use super::{CoordinatorMachine, Phase};
+use crate::error::ProtocolError;
+use crate::ids::{MemberId, Stage};
+use crate::protocol::consistency::SurvivorRules;
+use crate::protocol::unmask::Unmasker;
+use crate::protocol::{
+    ConsistencyRequest, CoordinatorOutput, EncryptedShare, IncomingShares, NeighbourKeys,
+    RelayedAdvert, RelayedMaskingSet, RelayedSignature, RoundResult, UnmaskRequest,
+};
+use crate::ring::RingElement;
+
+impl<R: RingElement> CoordinatorMachine<R> {
+    pub(super) fn finish(&mut self, result: Result<RoundResult<R>, ProtocolError>) {
+        self.phase = Phase::Done;
+        self.deadline = None;
+        self.out.push_back(CoordinatorOutput::Finished(result));
+    }
+
+    fn closed(&mut self, stage: Stage, completed: &BTreeSet<MemberId>, dropped: Vec<MemberId>) {
+        self.out.push_back(CoordinatorOutput::StageClosed {
+            stage,
+            completed: completed.iter().copied().collect(),
+            dropped,
+        });
+    }
+
+    fn enough(&mut self, stage: Stage, set: &BTreeSet<MemberId>) -> bool {
+        if set.len() < self.cfg.min_survivors {
+            let need = self.cfg.min_survivors;
+            self.finish(Err(ProtocolError::TooFewSurvivors {
+                stage,
+                have: set.len(),
+                need,
+            }));
+            return false;
+        }
+        true
+    }
+
+    pub(super) fn close_stage(&mut self, now: Instant) {
+        let t = self.cfg.params.t;
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Advertise { adverts } => {
+                let mut u1: BTreeSet<MemberId> = adverts.keys().copied().collect();
+                let mut dropped: Vec<MemberId> = self
+                    .topo
+                    .cohort()
+                    .iter()
+                    .copied()
+                    .filter(|m| !u1.contains(m))
+                    .collect();
+                dropped.extend(self.topo.prune(&mut u1, t));
+                self.closed(Stage::AdvertiseKeys, &u1, dropped);
+                if !self.enough(Stage::AdvertiseKeys, &u1) {
+                    return;
+                }
+                for &u in &u1 {
+                    let relayed: Vec<RelayedAdvert> = self
+                        .topo
+                        .neighbours(u)
+                        .iter()
+                        .filter(|v| u1.contains(v))
+                        .filter_map(|v| adverts.get(v).cloned())
+                        .collect();
+                    self.out.push_back(CoordinatorOutput::NeighbourKeys {
+                        to: u,
+                        msg: NeighbourKeys {
+                            round: self.cfg.round,
+                            adverts: relayed,
+                        },
+                    });
+                }
+                for (m, r) in adverts {
+                    if u1.contains(&m) {
+                        self.identities.insert(m, r.identity);
+                        self.adverts.insert(m, r.advert);
+                    }
+                }
+                self.deadline = Some(now + self.timeouts.get(Stage::ShareKeys));
+                self.phase = Phase::Share {
+                    u1,
+                    bundles: BTreeMap::new(),
+                };
+            }
+            Phase::Share { u1, bundles } => {
+                let mut u2: BTreeSet<MemberId> = bundles.keys().copied().collect();
+                let mut dropped: Vec<MemberId> = u1.difference(&u2).copied().collect();
+                dropped.extend(self.topo.prune(&mut u2, t));
+                self.closed(Stage::ShareKeys, &u2, dropped);
+                self.commitments.retain(|m, _| u2.contains(m));
+                if !self.enough(Stage::ShareKeys, &u2) {
+                    return;
+                }
+                let mut inbox: HashMap<MemberId, Vec<EncryptedShare>> = HashMap::new();
+                for (from, shares) in bundles {
+                    if !u2.contains(&from) {
+                        continue;
+                    }
+                    for s in shares {
+                        if u2.contains(&s.to) {
+                            inbox.entry(s.to).or_default().push(s);
+                        }
+                    }
+                }
+                for &u in &u2 {
+                    let shares = inbox.remove(&u).unwrap_or_default();
+                    self.out.push_back(CoordinatorOutput::IncomingShares {
+                        to: u,
+                        msg: IncomingShares {
+                            round: self.cfg.round,
+                            shares,
+                        },
+                    });
+                }
+                self.deadline = Some(now + self.timeouts.get(Stage::MaskedInput));
+                self.phase = Phase::Input {
+                    u2,
+                    received: BTreeMap::new(),
+                    acc: vec![R::default(); self.cfg.vector_len],
+                };
+            }
+            Phase::Input { u2, received, acc } => {
+                let u3: BTreeSet<MemberId> = received.keys().copied().collect();
+                let dropped: Vec<MemberId> = u2.difference(&u3).copied().collect();
+                self.closed(Stage::MaskedInput, &u3, dropped);
+                if !self.enough(Stage::MaskedInput, &u3) {
+                    return;
+                }
+                // The sites will apply these rules; checking first names the
+                // culprit instead of collecting refusals.
+                let session = self.cfg.session_id();
+                let rules = SurvivorRules {
+                    cfg: &self.cfg,
+                    topo: &self.topo,
+                    session: &session,
+                    min_survivors: self.cfg.min_survivors,
+                };
+                let survivors: Vec<MemberId> = u3.iter().copied().collect();
+                let relayed: Vec<RelayedMaskingSet> = received
+                    .into_values()
+                    .map(|set| RelayedMaskingSet {
+                        identity: self
+                            .identities
+                            .get(&set.member)
+                            .cloned()
+                            .unwrap_or_default(),
+                        set,
+                    })
+                    .collect();
+                let checked = rules.check_set(&survivors).and_then(|()| {
+                    let sets = rules.masking_sets(&u3, &relayed, None)?;
+                    let checked = rules.check_masking(&u3, &sets)?;
+                    Ok((checked, sets))
+                });
+                let (checked, masking) = match checked {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.finish(Err(e));
+                        return;
+                    }
+                };
+                let msg = ConsistencyRequest {
+                    round: self.cfg.round,
+                    survivors,
+                    masking: relayed,
+                };
+                for &u in &u3 {
+                    self.out.push_back(CoordinatorOutput::ConsistencyRequest {
+                        to: u,
+                        msg: msg.clone(),
+                    });
+                }
+                self.deadline = Some(now + self.timeouts.get(Stage::Consistency));
+                self.phase = Phase::Consistency {
+                    checked,
+                    masking,
+                    acc,
+                    signatures: BTreeMap::new(),
+                };
+            }
+            Phase::Consistency {
+                checked,
+                masking,
+                acc,
+                signatures,
+            } => {
+                let signers: BTreeSet<MemberId> = signatures.keys().copied().collect();
+                let silent: Vec<MemberId> =
+                    checked.survivors.difference(&signers).copied().collect();
+                self.closed(Stage::Consistency, &signers, silent);
+                let quorum = self.cfg.quorum();
+                if signers.len() < quorum {
+                    self.finish(Err(ProtocolError::Inconsistent(format!(
+                        "{} of {} survivors signed the survivor set, quorum is {quorum}",
+                        signers.len(),
+                        checked.survivors.len()
+                    ))));
+                    return;
+                }
+                let relayed: Vec<RelayedSignature> = signatures
+                    .into_values()
+                    .map(|signature| RelayedSignature {
+                        identity: self
+                            .identities
+                            .get(&signature.member)
+                            .cloned()
+                            .unwrap_or_default(),
+                        signature,
+                    })
+                    .collect();
+                let msg = UnmaskRequest {
+                    round: self.cfg.round,
+                    survivors: checked.survivors.iter().copied().collect(),
+                    signatures: relayed,
+                };
+                for &u in &signers {
+                    self.out.push_back(CoordinatorOutput::UnmaskRequest {
+                        to: u,
+                        msg: msg.clone(),
+                    });
+                }
+                self.deadline = Some(now + self.timeouts.get(Stage::Unmask));
+                self.phase = Phase::Unmask {
+                    checked,
+                    masking,
+                    signers,
+                    acc,
+                    responses: BTreeMap::new(),
+                };
+            }
+            Phase::Unmask {
+                checked,
+                masking,
+                signers,
+                acc,
+                responses,
+            } => {
+                let u5: BTreeSet<MemberId> = responses.keys().copied().collect();
+                let silent: Vec<MemberId> = signers.difference(&u5).copied().collect();
+                self.closed(Stage::Unmask, &u5, silent);
+                let unmasker = Unmasker {
+                    cfg: &self.cfg,
+                    masking: &masking,
+                    adverts: &self.adverts,
+                    commitments: &self.commitments,
+                };
+                let result = unmasker.unmask(&checked.survivors, &checked.dropped, acc, &responses);
+                self.finish(result);
+            }
+            Phase::Done => {}
+        }
+    }
+}
