@@ -149,6 +149,8 @@ pub struct AnyRoundResult {
     pub dropped: Vec<MemberId>,
     /// Secrets reconstructed (always 0 in plaintext mode).
     pub reconstructions: usize,
+    /// Members whose contribution was found faulty and left out, and why.
+    pub blamed: Vec<(MemberId, String)>,
 }
 
 impl<R> From<RoundResult<R>> for AnyRoundResult
@@ -161,6 +163,7 @@ where
             survivors: r.survivors,
             dropped: r.dropped,
             reconstructions: r.reconstructions,
+            blamed: r.blamed,
         }
     }
 }

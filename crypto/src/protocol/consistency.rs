@@ -226,9 +226,13 @@ impl SurvivorRules<'_> {
                 if !survivors.contains(&q) {
                     dropped.insert(q);
                 } else if !sets.get(&q).is_some_and(|s| s.contains(&p)) {
-                    return Err(ProtocolError::Inconsistent(format!(
-                        "survivor {p} masked with {q} but {q} did not mask with {p}"
-                    )));
+                    // An honest site masks only with peers whose valid share it
+                    // holds, and (with an honest relay) those peers hold its
+                    // share too: the one-sided claim is the suspect.
+                    return Err(ProtocolError::Malformed {
+                        member: p,
+                        reason: format!("claims to have masked with {q}, which did not mask with it"),
+                    });
                 }
             }
         }

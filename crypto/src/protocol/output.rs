@@ -60,4 +60,6 @@ pub struct RoundResult<R> {
     pub dropped: Vec<MemberId>,
     /// Secrets reconstructed (self-mask seeds + mask keys).
     pub reconstructions: usize,
+    /// Members whose contribution was found faulty and left out, and why.
+    pub blamed: Vec<(MemberId, String)>,
 }

@@ -186,6 +186,7 @@ impl<R: RingElement> PlainAggregator<R> {
                 survivors,
                 dropped,
                 reconstructions: 0,
+                blamed: Vec::new(),
             })
         });
     }

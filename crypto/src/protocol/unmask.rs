@@ -14,7 +14,7 @@ use super::{
 };
 use crate::error::ProtocolError;
 use crate::ring::RingElement;
-use crate::shamir::{Reconstructor, Share};
+use crate::shamir::{Reconstructor, ShamirError, Share};
 
 /// Check that `resp` carries exactly one correctly labelled share per peer
 /// its sender holds shares of (`held`, its signed masking set): a
@@ -82,41 +82,64 @@ impl Unmasker<'_> {
         let round = self.cfg.round;
         let t = self.cfg.params.t;
         // Group the received shares by owner.
-        let mut seed_shares: BTreeMap<MemberId, Vec<&Share>> = BTreeMap::new();
-        let mut key_shares: BTreeMap<MemberId, Vec<&Share>> = BTreeMap::new();
+        // Shares by owner, each with who sent it (to name a bad one).
+        type Held<'r> = Vec<(MemberId, &'r Share)>;
+        let mut seed_shares: BTreeMap<MemberId, Held> = BTreeMap::new();
+        let mut key_shares: BTreeMap<MemberId, Held> = BTreeMap::new();
         for r in responses.values() {
             for (owner, s) in &r.seed_shares {
-                seed_shares.entry(*owner).or_default().push(s);
+                seed_shares.entry(*owner).or_default().push((r.from, s));
             }
             for (owner, s) in &r.key_shares {
-                key_shares.entry(*owner).or_default().push(s);
+                key_shares.entry(*owner).or_default().push((r.from, s));
             }
         }
+        let mut blamed: BTreeMap<MemberId, String> = BTreeMap::new();
         // Lagrange coefficients depend only on the set of x-coordinates; owners
         // answered by the same neighbours reuse them.
         let mut cache: HashMap<Vec<u32>, Reconstructor> = HashMap::new();
-        let mut rebuild = |owner: MemberId, shares: Option<&Vec<&Share>>, what: &'static str| {
-            let mut shares: Vec<Share> = shares
-                .map(|v| v.iter().map(|s| (*s).clone()).collect())
+        let mut rebuild = |owner: MemberId, held: Option<&Held>, what: &'static str| {
+            let mut held: Vec<(MemberId, Share)> = held
+                .map(|v| v.iter().map(|(from, s)| (*from, (*s).clone())).collect())
                 .unwrap_or_default();
-            if shares.len() < t {
-                return Err(ProtocolError::Reconstruction {
-                    member: owner,
-                    what,
-                    have: shares.len(),
-                    need: t,
-                });
-            }
-            shares.sort_by_key(|s| s.x());
-            let xs: Vec<u32> = shares.iter().map(Share::x).collect();
-            let rec = match cache.get(&xs) {
-                Some(r) => r,
-                None => {
-                    let r = Reconstructor::new(&xs, t)?;
-                    cache.entry(xs).or_insert(r)
+            held.sort_by_key(|(_, s)| s.x());
+            loop {
+                if held.len() < t {
+                    return Err(ProtocolError::Reconstruction {
+                        member: owner,
+                        what,
+                        have: held.len(),
+                        need: t,
+                    });
                 }
-            };
-            Ok(rec.reconstruct(&shares)?)
+                let shares: Vec<Share> = held.iter().map(|(_, s)| s.clone()).collect();
+                let xs: Vec<u32> = shares.iter().map(Share::x).collect();
+                let rec = match cache.get(&xs) {
+                    Some(r) => r,
+                    None => {
+                        let r = Reconstructor::new(&xs, t)?;
+                        cache.entry(xs).or_insert(r)
+                    }
+                };
+                match rec.reconstruct(&shares) {
+                    Ok(secret) => return Ok(secret),
+                    // With redundancy a single bad share is located: leave
+                    // it out, name its sender, and try again.
+                    Err(ShamirError::Inconsistent {
+                        offender: Some(x),
+                    }) => {
+                        let Some(i) = held.iter().position(|(_, s)| s.x() == x) else {
+                            return Err(ShamirError::Inconsistent { offender: Some(x) }.into());
+                        };
+                        let (from, _) = held.remove(i);
+                        blamed.insert(
+                            from,
+                            format!("sent an inconsistent {what} share of member {owner}"),
+                        );
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
         let mut reconstructions = 0;
         for &u in u3 {
@@ -174,6 +197,7 @@ impl Unmasker<'_> {
             survivors: u3.iter().copied().collect(),
             dropped: dropped.iter().copied().collect(),
             reconstructions,
+            blamed: blamed.into_iter().collect(),
         })
     }
 }
