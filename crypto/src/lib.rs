@@ -54,29 +54,53 @@
 //! (evaluation metrics), and who dropped out when. A single masked vector is
 //! uniformly distributed in the ring to anyone not holding the masks.
 //!
-//! **Malicious coordinator.** A coordinator that deviates — substitutes a
-//! site's advertised keys, relays a forged signature, lists a member as both
-//! survivor and dropped, or asks a site about too few survivors — is detected
-//! by the sites (signatures are verified against identities checked by the
-//! transport; a site never reveals both the self-mask-seed share and the
-//! mask-key share of one neighbour; it refuses to unmask when fewer than t of
-//! its neighbours survived). Such a round aborts without revealing an input.
-//! It can still drop honest sites at will and so learn the sum of any subset of
-//! at least `min_survivors` sites with enough surviving neighbours: choose
-//! `min_survivors` accordingly. It can also announce different round
-//! parameters to different sites; sites check the parameters they receive are
-//! safe (t > k/2, graph derived from the announced seed) but do not
-//! cross-check each other's view.
+//! **Malicious coordinator** (holds against any deviation, with up to
+//! `max_colluders` sites colluding; argued in `docs/security.md`):
+//!
+//! * Every signature of a round — key adverts, masking sets, survivor-set
+//!   signatures — covers [`RoundConfig::session_id`], a hash of the cohort,
+//!   `k`, `t`, graph seed, collusion bound, vector length and the caller's
+//!   context (federation, CA, attempt nonce, model hash, training settings).
+//!   A site leaves out any peer whose signed view differs from its own, so a
+//!   coordinator that splits views or sends one site another model only
+//!   splits the cohort; each part is a round of its own under every rule
+//!   below.
+//! * [`SitePolicy`] is the site's own floor: minimum cohort and survivors
+//!   (≥ 3), the complete graph up to a cohort size (32 by default, so no
+//!   graph seed matters there), `⌈γ·n⌉` colluders assumed, and `t` at least
+//!   [`graph::secure_threshold`]. No announced parameter can lower it.
+//! * Before any share is revealed, every survivor signs the one survivor set,
+//!   after checking every survivor's signed masking set: each masked with at
+//!   least `t` survivors, mutually. A site reveals only with a quorum of
+//!   `⌊(n + c)/2⌋ + 1` signatures on the very set it signed; since honest
+//!   sites sign one set per round, no two sets reach a quorum, so no member
+//!   is ever "survived" to some sites and "dropped" to others. Withholding
+//!   shares from a victim and calling its few peers dropped fails the
+//!   masking check at every honest site.
+//! * Hence the coordinator learns the sum over a signed survivor set of at
+//!   least `max(min_survivors, quorum)` members, or nothing. It can still drop
+//!   honest sites at will (the sum of any large-enough subset), partition the
+//!   cohort into views each meeting the policy, and run more rounds;
+//!   differencing across rounds is out of scope (see below). For cohorts
+//!   above `complete_graph_up_to` the SecAgg+ graph seed is still chosen by
+//!   the coordinator, which could grind it; such federations should lower
+//!   their exposure by keeping cohorts complete.
+//!
+//! **Faulty sites.** A peer whose advert or sealed share is bad is left out
+//! ([`SiteMachine::rejected`]) while `t` good peers remain; a located bad
+//! unmask share is dropped and its sender named ([`RoundResult::blamed`]); a
+//! one-sided masking claim fails the round naming the claimer.
 //!
 //! **Colluding sites.** Up to γ·n sites colluding with the coordinator learn
 //! nothing beyond the sum of the honest survivors' inputs, provided the
 //! threshold was chosen for γ ([`graph::choose`]): t > (k + c)/2, where c bounds
 //! the colluders among any site's k neighbours (for the SecAgg+ graph, with
-//! failure probability 2^-σ).
+//! failure probability 2^-σ). `tests/malicious_coordinator.rs` checks each
+//! attack of the security review with an isolation oracle.
 //!
 //! **Out of scope.** Poisoning beyond what clipping bounds (a site can submit
-//! any update within ±clip), inference from the aggregate itself (use
-//! differential privacy on top), traffic analysis, side channels of the
+//! any update within ±clip), inference from the aggregate itself and
+//! differencing across rounds (use differential privacy on top), traffic analysis, side channels of the
 //! machines involved, and the correctness of a site's local training.
 //!
 //! **Hygiene.** Secret keys, seeds and shares are zeroized on drop and never
@@ -107,7 +131,7 @@ pub use error::{CryptoError, ProtocolError};
 pub use ids::{MemberId, Stage};
 pub use protocol::{
     AnyCoordinator, AnyOutput, AnyRoundResult, AnySite, AnySiteOutput, CoordinatorMachine,
-    PlainAggregator, RingVec, RoundConfig, SiteMachine,
+    PlainAggregator, RingVec, RoundConfig, RoundResult, SiteMachine, SitePolicy,
 };
 pub use ring::{Ring, RingElement};
 pub use suite::{CipherSuite, Suite};

@@ -468,7 +468,7 @@ impl<R: RingElement> SiteMachine<R> {
 
     /// Stage 4 input: the survivor set and every survivor's masking set.
     /// Checks them against this site's view and rules (see
-    /// [`super::consistency`]) and signs the set — the only set this site will
+    /// `docs/security.md`) and signs the set — the only set this site will
     /// sign this round.
     pub fn handle_consistency_request(
         &mut self,
