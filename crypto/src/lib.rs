@@ -87,9 +87,11 @@
 //!   their exposure by keeping cohorts complete.
 //!
 //! **Faulty sites.** A peer whose advert or sealed share is bad is left out
-//! ([`SiteMachine::rejected`]) while `t` good peers remain; a located bad
-//! unmask share is dropped and its sender named ([`RoundResult::blamed`]); a
-//! one-sided masking claim fails the round naming the claimer.
+//! ([`SiteMachine::rejected`]) while `t` good peers remain, and the
+//! coordinator names it once more sites refused it than may collude; a
+//! located bad unmask share is dropped and its sender named; a one-sided
+//! masking claim fails the round naming the claimer (all as
+//! `CoordinatorOutput::Blamed`).
 //!
 //! **Colluding sites.** Up to γ·n sites colluding with the coordinator learn
 //! nothing beyond the sum of the honest survivors' inputs, provided the

@@ -302,6 +302,8 @@ pub struct Stepper<R: RingElement> {
     pub rng: ChaCha20Rng,
     /// The (fixed) time passed to the coordinator.
     pub now: Instant,
+    /// Every member the coordinator blamed so far, and why.
+    pub blamed: Vec<(MemberId, String)>,
 }
 
 impl<R: RingElement> Stepper<R> {
@@ -348,6 +350,7 @@ impl<R: RingElement> Stepper<R> {
             keys,
             rng,
             now,
+            blamed: Vec::new(),
         })
     }
 
@@ -374,7 +377,14 @@ impl<R: RingElement> Stepper<R> {
     }
 
     fn drain(&mut self) -> Vec<CoordinatorOutput<R>> {
-        std::iter::from_fn(|| self.coord.poll_output()).collect()
+        let mut out = Vec::new();
+        while let Some(o) = self.coord.poll_output() {
+            match o {
+                CoordinatorOutput::Blamed { member, reason } => self.blamed.push((member, reason)),
+                o => out.push(o),
+            }
+        }
+        out
     }
 
     /// Deliver every site's advert; returns the coordinator's outputs

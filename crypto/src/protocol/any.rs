@@ -149,8 +149,6 @@ pub struct AnyRoundResult {
     pub dropped: Vec<MemberId>,
     /// Secrets reconstructed (always 0 in plaintext mode).
     pub reconstructions: usize,
-    /// Members whose contribution was found faulty and left out, and why.
-    pub blamed: Vec<(MemberId, String)>,
 }
 
 impl<R> From<RoundResult<R>> for AnyRoundResult
@@ -163,7 +161,6 @@ where
             survivors: r.survivors,
             dropped: r.dropped,
             reconstructions: r.reconstructions,
-            blamed: r.blamed,
         }
     }
 }
@@ -208,6 +205,14 @@ pub enum AnyOutput {
         /// Members that were expected but did not (or were pruned below threshold).
         dropped: Vec<MemberId>,
     },
+    /// A member's contribution was found faulty
+    /// ([`CoordinatorOutput::Blamed`]).
+    Blamed {
+        /// Who.
+        member: MemberId,
+        /// What was wrong.
+        reason: String,
+    },
     /// The round ended: the unmasked sum, or why it failed.
     Finished(Result<AnyRoundResult, ProtocolError>),
 }
@@ -233,6 +238,7 @@ where
                 completed,
                 dropped,
             },
+            CoordinatorOutput::Blamed { member, reason } => AnyOutput::Blamed { member, reason },
             CoordinatorOutput::Finished(r) => AnyOutput::Finished(r.map(AnyRoundResult::from)),
         }
     }

@@ -231,7 +231,9 @@ impl SurvivorRules<'_> {
                     // share too: the one-sided claim is the suspect.
                     return Err(ProtocolError::Malformed {
                         member: p,
-                        reason: format!("claims to have masked with {q}, which did not mask with it"),
+                        reason: format!(
+                            "claims to have masked with {q}, which did not mask with it"
+                        ),
                     });
                 }
             }

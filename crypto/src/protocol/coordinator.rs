@@ -69,6 +69,10 @@ pub struct CoordinatorMachine<R: RingElement> {
     adverts: BTreeMap<MemberId, KeyAdvert>,
     /// Identity material of U1, relayed with masking sets and signatures.
     identities: BTreeMap<MemberId, Vec<u8>>,
+    /// Who each member dealt or was delivered a share from: (to → from).
+    delivered: BTreeMap<MemberId, BTreeSet<MemberId>>,
+    /// Member → the sites that refused its advert or its share.
+    refusals: BTreeMap<MemberId, BTreeSet<MemberId>>,
     /// Seed commitments of U2.
     commitments: BTreeMap<MemberId, [u8; 32]>,
 }
@@ -142,6 +146,8 @@ impl<R: RingElement> CoordinatorMachine<R> {
             out: VecDeque::new(),
             adverts: BTreeMap::new(),
             identities: BTreeMap::new(),
+            delivered: BTreeMap::new(),
+            refusals: BTreeMap::new(),
             commitments: BTreeMap::new(),
         })
     }

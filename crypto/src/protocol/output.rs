@@ -45,6 +45,14 @@ pub enum CoordinatorOutput<R> {
         /// Members that were expected but did not (or were pruned below threshold).
         dropped: Vec<MemberId>,
     },
+    /// A member's contribution was found faulty (and left out where it could
+    /// be). Reported before the round ends, whatever its outcome.
+    Blamed {
+        /// Who.
+        member: MemberId,
+        /// What was wrong.
+        reason: String,
+    },
     /// The round ended: the unmasked sum, or why it failed.
     Finished(Result<RoundResult<R>, ProtocolError>),
 }
@@ -60,6 +68,4 @@ pub struct RoundResult<R> {
     pub dropped: Vec<MemberId>,
     /// Secrets reconstructed (self-mask seeds + mask keys).
     pub reconstructions: usize,
-    /// Members whose contribution was found faulty and left out, and why.
-    pub blamed: Vec<(MemberId, String)>,
 }

@@ -186,7 +186,6 @@ impl<R: RingElement> PlainAggregator<R> {
                 survivors,
                 dropped,
                 reconstructions: 0,
-                blamed: Vec::new(),
             })
         });
     }

@@ -77,6 +77,7 @@ impl Unmasker<'_> {
         dropped: &BTreeSet<MemberId>,
         mut acc: Vec<R>,
         responses: &BTreeMap<MemberId, UnmaskResponse>,
+        blamed: &mut BTreeMap<MemberId, String>,
     ) -> Result<RoundResult<R>, ProtocolError> {
         let suite = self.cfg.suite;
         let round = self.cfg.round;
@@ -94,7 +95,7 @@ impl Unmasker<'_> {
                 key_shares.entry(*owner).or_default().push((r.from, s));
             }
         }
-        let mut blamed: BTreeMap<MemberId, String> = BTreeMap::new();
+
         // Lagrange coefficients depend only on the set of x-coordinates; owners
         // answered by the same neighbours reuse them.
         let mut cache: HashMap<Vec<u32>, Reconstructor> = HashMap::new();
@@ -125,9 +126,7 @@ impl Unmasker<'_> {
                     Ok(secret) => return Ok(secret),
                     // With redundancy a single bad share is located: leave
                     // it out, name its sender, and try again.
-                    Err(ShamirError::Inconsistent {
-                        offender: Some(x),
-                    }) => {
+                    Err(ShamirError::Inconsistent { offender: Some(x) }) => {
                         let Some(i) = held.iter().position(|(_, s)| s.x() == x) else {
                             return Err(ShamirError::Inconsistent { offender: Some(x) }.into());
                         };
@@ -197,7 +196,6 @@ impl Unmasker<'_> {
             survivors: u3.iter().copied().collect(),
             dropped: dropped.iter().copied().collect(),
             reconstructions,
-            blamed: blamed.into_iter().collect(),
         })
     }
 }

@@ -112,7 +112,7 @@ fn run_any(
         while let Some(o) = coord.poll_output() {
             match o {
                 AnyOutput::Finished(r) => return r,
-                AnyOutput::StageClosed { .. } => {}
+                AnyOutput::StageClosed { .. } | AnyOutput::Blamed { .. } => {}
                 AnyOutput::NeighbourKeys { to, msg } => {
                     sites
                         .get_mut(&to)

@@ -16,6 +16,23 @@ use crate::protocol::{
 use crate::ring::RingElement;
 
 impl<R: RingElement> CoordinatorMachine<R> {
+    /// Blame every member refused by more sites than may collude: at least
+    /// one honest site found its advert or share bad.
+    fn blame_refused(&mut self) {
+        let c = self.cfg.max_colluders;
+        for (&q, by) in &self.refusals {
+            if by.len() > c {
+                self.out.push_back(CoordinatorOutput::Blamed {
+                    member: q,
+                    reason: format!(
+                        "its key advert or sealed shares were refused by {} sites",
+                        by.len()
+                    ),
+                });
+            }
+        }
+    }
+
     pub(super) fn finish(&mut self, result: Result<RoundResult<R>, ProtocolError>) {
         self.phase = Phase::Done;
         self.deadline = None;
@@ -89,6 +106,15 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 };
             }
             Phase::Share { u1, bundles } => {
+                // A member that dealt no share to a live neighbour refused its advert.
+                for (&p, shares) in &bundles {
+                    let to: BTreeSet<MemberId> = shares.iter().map(|s| s.to).collect();
+                    for q in self.topo.neighbours(p) {
+                        if u1.contains(&q) && !to.contains(&q) {
+                            self.refusals.entry(q).or_default().insert(p);
+                        }
+                    }
+                }
                 let mut u2: BTreeSet<MemberId> = bundles.keys().copied().collect();
                 let mut dropped: Vec<MemberId> = u1.difference(&u2).copied().collect();
                 dropped.extend(self.topo.prune(&mut u2, t));
@@ -110,6 +136,8 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 }
                 for &u in &u2 {
                     let shares = inbox.remove(&u).unwrap_or_default();
+                    self.delivered
+                        .insert(u, shares.iter().map(|s| s.from).collect());
                     self.out.push_back(CoordinatorOutput::IncomingShares {
                         to: u,
                         msg: IncomingShares {
@@ -126,6 +154,17 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 };
             }
             Phase::Input { u2, received, acc } => {
+                // A survivor that did not mask with a peer whose share it was
+                // delivered refused that share.
+                for (&p, set) in &received {
+                    let peers: BTreeSet<MemberId> = set.peers.iter().copied().collect();
+                    for &q in self.delivered.get(&p).into_iter().flatten() {
+                        if !peers.contains(&q) {
+                            self.refusals.entry(q).or_default().insert(p);
+                        }
+                    }
+                }
+                self.blame_refused();
                 let u3: BTreeSet<MemberId> = received.keys().copied().collect();
                 let dropped: Vec<MemberId> = u2.difference(&u3).copied().collect();
                 self.closed(Stage::MaskedInput, &u3, dropped);
@@ -161,6 +200,12 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 let (checked, masking) = match checked {
                     Ok(c) => c,
                     Err(e) => {
+                        if let ProtocolError::Malformed { member, reason } = &e {
+                            self.out.push_back(CoordinatorOutput::Blamed {
+                                member: *member,
+                                reason: reason.clone(),
+                            });
+                        }
                         self.finish(Err(e));
                         return;
                     }
@@ -250,7 +295,18 @@ impl<R: RingElement> CoordinatorMachine<R> {
                     adverts: &self.adverts,
                     commitments: &self.commitments,
                 };
-                let result = unmasker.unmask(&checked.survivors, &checked.dropped, acc, &responses);
+                let mut blamed = BTreeMap::new();
+                let result = unmasker.unmask(
+                    &checked.survivors,
+                    &checked.dropped,
+                    acc,
+                    &responses,
+                    &mut blamed,
+                );
+                for (member, reason) in blamed {
+                    self.out
+                        .push_back(CoordinatorOutput::Blamed { member, reason });
+                }
                 self.finish(result);
             }
             Phase::Done => {}
