@@ -103,6 +103,58 @@ pub enum RequestError {
         /// Elements of the vector.
         elements: usize,
     },
+    /// A second masked-input stream of a member while its first is open.
+    #[error(
+        "upload in progress: member {0} already has a masked-input stream open for this round; \
+         only one is accepted at a time"
+    )]
+    UploadInProgress(MemberId),
+    /// No upload slot freed before the masked-input stage's deadline.
+    #[error(
+        "no upload slot became free before round {round}'s masked-input deadline \
+         (limits.max_concurrent_uploads)"
+    )]
+    UploadSlotTimeout {
+        /// The round.
+        round: u64,
+    },
+    /// An upload stream that sent nothing for too long; its slot was released.
+    #[error(
+        "upload stalled: no chunk for {idle_secs} s after {received} of {elements} elements \
+         (limits.upload_idle_secs); its upload slot was released"
+    )]
+    UploadStalled {
+        /// The idle limit.
+        idle_secs: u32,
+        /// Elements received.
+        received: usize,
+        /// Elements of the vector.
+        elements: usize,
+    },
+    /// An upload stream still incomplete when the masked-input stage closed.
+    #[error(
+        "upload not finished by the masked-input deadline: {received} of {elements} elements \
+         received; its upload slot was released"
+    )]
+    UploadPastDeadline {
+        /// Elements received.
+        received: usize,
+        /// Elements of the vector.
+        elements: usize,
+    },
+    /// The identity sent requests faster than its token bucket allows.
+    #[error(
+        "rate limit: site {site:?} exceeded limits.site_rate_per_sec = {rate} \
+         (burst limits.site_burst = {burst}); retry later"
+    )]
+    RateLimited {
+        /// The site (or certificate name) limited.
+        site: String,
+        /// Sustained requests per second allowed.
+        rate: f64,
+        /// Requests allowed at once.
+        burst: u32,
+    },
     /// `max_sites` reached.
     #[error("limit exceeded: the federation already has max_sites = {max_sites} sites")]
     TooManySites {

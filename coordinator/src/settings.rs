@@ -216,6 +216,13 @@ pub struct LimitSettings {
     pub join_rate_per_sec: f64,
     /// Join requests admitted in a burst.
     pub join_burst: u32,
+    /// Site RPCs admitted per second per identity (certificate name, or the
+    /// session's site without TLS); a whole upload stream counts once.
+    pub site_rate_per_sec: f64,
+    /// Site RPCs admitted in a burst per identity.
+    pub site_burst: u32,
+    /// Seconds an upload stream may send nothing before it loses its slot.
+    pub upload_idle_secs: u32,
 }
 
 /// The server optimiser families.
@@ -531,6 +538,16 @@ impl Settings {
             return bad(
                 "limits.join_rate_per_sec must be positive and limits.join_burst at least 1".into(),
             );
+        }
+        if !(self.limits.site_rate_per_sec.is_finite() && self.limits.site_rate_per_sec > 0.0)
+            || self.limits.site_burst == 0
+        {
+            return bad(
+                "limits.site_rate_per_sec must be positive and limits.site_burst at least 1".into(),
+            );
+        }
+        if self.limits.upload_idle_secs == 0 {
+            return bad("limits.upload_idle_secs must be at least 1".into());
         }
         if let Some(bad_name) = self.tls.allowed_sites.iter().find(|n| {
             n.is_empty()

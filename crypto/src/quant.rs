@@ -61,11 +61,23 @@
 //! up to `B + 8ε·(c + B)` with `B = N/(sT)` and `ε = 2u = f64::EPSILON`
 //! (the extra factor covers rounding in evaluating the bound itself).
 //! The bound is worst case; the typical error is `O(√N / (sT))`.
+//!
+//! # Validating a sum
+//!
+//! The decoder sees only the sum, so it checks what `N` honest encodings
+//! imply about it: `N ≤ T ≤ N·W`, `|S_i| ≤ ⌊T·c·s·(1 + 2^-41)⌋ + N` (the mean
+//! within `±c` up to the rounding slack `N/(sT)`, see
+//! [`Quantiser::element_limit`]) and `|Σe| ≤ N·⌊M/n⌋`. A sum outside is an
+//! error naming the slot, its value and the bound. What it cannot see: one
+//! site moving the mean anywhere inside `±c`, or claiming more weight while
+//! the others claim less.
 
 use rand_core::CryptoRng;
-use thiserror::Error;
 
 use crate::ring::{Ring, RingElement};
+
+mod error;
+pub use error::QuantError;
 
 /// Default for [`QuantConfig::min_levels`].
 pub const DEFAULT_MIN_LEVELS: u64 = 1024;
@@ -106,172 +118,6 @@ impl QuantConfig {
             min_levels: DEFAULT_MIN_LEVELS,
         }
     }
-}
-
-/// Errors from configuring, encoding or decoding.
-#[derive(Clone, Debug, PartialEq, Error)]
-pub enum QuantError {
-    /// Clip bound is not a positive finite number.
-    #[error("clip must be a finite number > 0, got {clip}")]
-    InvalidClip {
-        /// The rejected value.
-        clip: f64,
-    },
-    /// Explicit scale is not a positive finite number.
-    #[error("scale must be a finite number > 0, got {scale}")]
-    InvalidScale {
-        /// The rejected value.
-        scale: f64,
-    },
-    /// `max_weight` is zero.
-    #[error("max_weight must be at least 1")]
-    ZeroMaxWeight,
-    /// `max_cohort` is zero.
-    #[error("max_cohort must be at least 1")]
-    ZeroMaxCohort,
-    /// The weight slot alone could overflow.
-    #[error(
-        "weight slot can overflow: max_cohort ({max_cohort}) × max_weight ({max_weight}) = \
-         {product} exceeds the {ring} limit 2^{half_bits}−1 = {limit}; \
-         use ring = \"u64\", lower max_weight or lower the cohort size"
-    )]
-    WeightOverflow {
-        /// Configured ring.
-        ring: Ring,
-        /// `b − 1`.
-        half_bits: u32,
-        /// `2^(b−1) − 1`.
-        limit: u64,
-        /// Configured cohort bound.
-        max_cohort: usize,
-        /// Configured weight cap.
-        max_weight: u64,
-        /// `max_cohort · max_weight`.
-        product: u128,
-    },
-    /// An explicit scale makes the element sums overflow.
-    #[error(
-        "scale {scale} can overflow: max_cohort ({max_cohort}) × max_weight ({max_weight}) × \
-         (clip·scale + 1 = {per_weight:.6e}) = {total:.6e} exceeds the {ring} limit \
-         2^{half_bits}−1 = {limit} (with a 2^-40 safety margin); the largest safe scale is \
-         {max_scale:.6e}; use ring = \"u64\", lower max_weight, lower the cohort size, \
-         or lower clip/scale"
-    )]
-    Overflow {
-        /// Configured ring.
-        ring: Ring,
-        /// `b − 1`.
-        half_bits: u32,
-        /// `2^(b−1) − 1`.
-        limit: u64,
-        /// Configured cohort bound.
-        max_cohort: usize,
-        /// Configured weight cap.
-        max_weight: u64,
-        /// Configured scale.
-        scale: f64,
-        /// `clip · scale + 1`.
-        per_weight: f64,
-        /// Worst-case `|sum|`.
-        total: f64,
-        /// Largest scale that would pass.
-        max_scale: f64,
-    },
-    /// Too few quanta per clip range.
-    #[error(
-        "quantisation too coarse: clip·scale = {levels:.1} quanta per clip range in ring {ring} \
-         with max_cohort {max_cohort} and max_weight {max_weight}, but min_levels = {min_levels}; \
-         {hint}"
-    )]
-    TooCoarse {
-        /// Configured ring.
-        ring: Ring,
-        /// `clip · scale` achieved.
-        levels: f64,
-        /// Required minimum.
-        min_levels: u64,
-        /// Configured cohort bound.
-        max_cohort: usize,
-        /// Configured weight cap.
-        max_weight: u64,
-        /// Which knob to turn.
-        hint: &'static str,
-    },
-    /// Encoding type does not match the configured ring.
-    #[error("quantiser is configured for ring {config} but was asked to use {element}")]
-    RingMismatch {
-        /// Ring in the config.
-        config: Ring,
-        /// Ring of the element type used.
-        element: Ring,
-    },
-    /// Update contains NaN or an infinity.
-    #[error("update element {index} is not finite ({value})")]
-    NonFinite {
-        /// Position in the update.
-        index: usize,
-        /// The offending value.
-        value: f32,
-    },
-    /// Site weight is zero.
-    #[error("site weight must be at least 1 (a site with no examples should not contribute)")]
-    ZeroWeight,
-    /// An extra slot value is too large to be summed safely.
-    #[error(
-        "extra slot {index} = {value} exceeds ±{bound} = ⌊(2^(b−1)−1) / max_cohort⌋; \
-         use ring = \"u64\" or lower the cohort size"
-    )]
-    ExtraOutOfRange {
-        /// Position among the extras.
-        index: usize,
-        /// The offending value.
-        value: i64,
-        /// Allowed magnitude.
-        bound: i64,
-    },
-    /// Sum is too short to hold the model plus the weight slot.
-    #[error(
-        "sum has {len} slots but a model of {model_len} elements needs at least {} \
-         (elements + weight slot)", model_len.saturating_add(1)
-    )]
-    LengthMismatch {
-        /// Length of the sum.
-        len: usize,
-        /// Expected model length.
-        model_len: usize,
-    },
-    /// No contributors.
-    #[error("cannot decode a sum of zero contributors")]
-    NoContributors,
-    /// More contributors than the overflow analysis allows.
-    #[error(
-        "{contributors} contributors exceed max_cohort = {max_cohort}; the sum may have \
-         overflowed and cannot be decoded"
-    )]
-    TooManyContributors {
-        /// Claimed contributors.
-        contributors: usize,
-        /// Configured bound.
-        max_cohort: usize,
-    },
-    /// Weight slot sums to zero.
-    #[error("total weight is 0: nothing to average")]
-    ZeroTotalWeight,
-    /// A slot of the sum is outside what honest contributors can produce.
-    #[error(
-        "sum slot {slot} = {value} is outside ±{limit}, the most {contributors} contributors \
-         can produce; the masks did not cancel or the contributor count is wrong"
-    )]
-    OutOfRange {
-        /// Slot index in the sum vector.
-        slot: usize,
-        /// Lifted value found.
-        value: i64,
-        /// Largest magnitude possible.
-        limit: i128,
-        /// Claimed contributors.
-        contributors: usize,
-    },
 }
 
 /// Result of [`Quantiser::decode`].
@@ -499,9 +345,17 @@ impl Quantiser {
     /// Decodes the (unmasked) sum of `contributors` encodings of a model with
     /// `model_len` elements. The number of extras is inferred from the length.
     ///
-    /// Besides length and count checks, every slot is compared against the
-    /// largest value `contributors` honest sites can produce, which catches
-    /// masks that failed to cancel with overwhelming probability.
+    /// The sum is validated against what `contributors` honest encodings can
+    /// hold (the coordinator sees only the sum, so this is all it can check):
+    ///
+    /// * the weight slot `T` is in `[contributors, contributors × max_weight]`
+    ///   (every honest weight is in `[1, max_weight]`);
+    /// * every element is within ±[`Self::element_limit`]`(contributors, T)`,
+    ///   i.e. the mean stays within `±clip` up to rounding — a sum that would
+    ///   rescale the mean beyond the clip is refused, not decoded;
+    /// * every extra is within `±contributors × extra_bound`.
+    ///
+    /// An uncancelled mask fails these with overwhelming probability.
     pub fn decode<R: RingElement>(
         &self,
         sum: &[R],
@@ -524,48 +378,79 @@ impl Quantiser {
                 max_cohort: self.max_cohort,
             });
         }
-        let in_range = |slot: usize, per_site: i64| -> Result<i64, QuantError> {
-            let value = sum[slot].to_signed();
-            let limit = per_site as i128 * contributors as i128;
-            if (value as i128).abs() > limit {
-                return Err(QuantError::OutOfRange {
-                    slot,
-                    value,
-                    limit,
-                    contributors,
-                });
-            }
-            Ok(value)
-        };
 
-        let total = in_range(model_len, self.max_weight.min(i64::MAX as u64) as i64)?;
-        if total <= 0 {
-            // Every honest weight is ≥ 1, so a non-positive total is corruption
-            // unless it is exactly zero.
-            return Err(if total == 0 {
-                QuantError::ZeroTotalWeight
-            } else {
-                QuantError::OutOfRange {
-                    slot: model_len,
-                    value: total,
-                    limit: self.max_weight as i128 * contributors as i128,
-                    contributors,
-                }
+        let total = sum[model_len].to_signed();
+        let max_total = self.max_weight as u128 * contributors as u128;
+        if total == 0 {
+            return Err(QuantError::ZeroTotalWeight);
+        }
+        if total < contributors as i64 || total as u128 > max_total {
+            return Err(QuantError::WeightOutOfRange {
+                total,
+                min: contributors as u64,
+                max: max_total,
+                contributors,
             });
         }
+        // In range, hence positive and at most max_cohort × max_weight.
+        let total_weight = total as u64;
         let denom = self.scale * total as f64;
+        let limit = self.element_limit(contributors, total_weight);
         let mean = (0..model_len)
-            .map(|i| in_range(i, self.elem_cap).map(|v| v as f64 / denom))
+            .map(|index| {
+                let value = sum[index].to_signed();
+                if (value as i128).abs() > limit {
+                    return Err(QuantError::ElementOutOfRange {
+                        index,
+                        value,
+                        limit,
+                        total_weight,
+                        contributors,
+                        mean: value as f64 / denom,
+                        clip: self.clip,
+                    });
+                }
+                Ok(value as f64 / denom)
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let extra_bound = self.extra_bound();
+        let extra_limit = self.extra_bound() as i128 * contributors as i128;
         let extras = (model_len + 1..sum.len())
-            .map(|i| in_range(i, extra_bound))
+            .map(|slot| {
+                let value = sum[slot].to_signed();
+                if (value as i128).abs() > extra_limit {
+                    return Err(QuantError::OutOfRange {
+                        slot,
+                        value,
+                        limit: extra_limit,
+                        contributors,
+                    });
+                }
+                Ok(value)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Decoded {
             mean,
-            total_weight: total as u64,
+            total_weight,
             extras,
         })
+    }
+
+    /// Largest `|Σ q_i|` of one element that `contributors` honest sites of
+    /// total (capped) weight `total_weight` can produce:
+    /// `⌊T·c·s·(1 + 2^-41)⌋ + contributors`, and never more than
+    /// `contributors × elem_cap`.
+    ///
+    /// Each site's `|q| ≤ ⌈w·c·s·(1 + 3.01u)⌉ < w·c·s·(1 + 3.01u) + 1`
+    /// (stochastic rounding moves by less than one quantum, see the module
+    /// docs); summed, `< T·c·s·(1 + 3.01u) + contributors`. The 2^-41 factor
+    /// dwarfs that and the three roundings of evaluating `T·c·s` here, so the
+    /// limit holds every honest sum, while a mean beyond `±clip` (by more than
+    /// `contributors / (s·T)`, the rounding slack) fails it.
+    pub fn element_limit(&self, contributors: usize, total_weight: u64) -> i128 {
+        let weighted = (total_weight as f64 * self.levels() * (1.0 + MARGIN / 2.0)).floor();
+        // Saturating cast: a non-finite or huge value is cut by the min below.
+        let weighted = (weighted as i128).saturating_add(contributors as i128);
+        weighted.min(self.elem_cap as i128 * contributors as i128)
     }
 
     /// Worst-case absolute error of each decoded mean element versus the exact

@@ -12,6 +12,11 @@
 //! Σexamples and Σloss·1000 exactly. Vectors travel in
 //! [`masked_input_chunks`] of at most [`CHUNK_BYTES`](crate::CHUNK_BYTES).
 //!
+//! The decoders refuse a sum that no cohort of honest sites can produce
+//! ([`DecodeError::OutOfRange`] names the slot, its value and the range), so
+//! a poisoned or corrupted aggregate fails the round instead of moving the
+//! model or the standardiser.
+//!
 //! ```
 //! use confide_proto::layout::{Metrics, train_len, EVAL_LEN, EXTRA_SLOTS};
 //! assert_eq!(train_len(31), 35);
@@ -26,7 +31,7 @@ use confide_crypto::ring::{self, RingElement};
 use confide_crypto::stats::{self, StatsError as EncodeError};
 use rand::CryptoRng;
 
-use crate::standardise::FeatureStats;
+use crate::standardise::{self, FeatureStats};
 use crate::{CHUNK_BYTES, v1};
 
 /// Number of metric slots after the weight slot: correct, examples, loss·1000.
@@ -45,7 +50,7 @@ pub fn statistics_len(features: usize) -> usize {
     stats::stats_len(features)
 }
 
-/// Why a vector cannot be encoded or a sum decoded.
+/// Why a site's vector cannot be encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
     /// A local update holds NaN or an infinity (refused before quantising).
@@ -56,15 +61,115 @@ pub enum LayoutError {
         /// The offending value.
         value: f32,
     },
-    /// The quantiser refused the values or the sum.
+    /// The quantiser refused the values.
     #[error(transparent)]
     Quant(#[from] QuantError),
-    /// The statistics encoding refused the values or the sum.
+    /// The statistics encoding refused the values.
+    #[error(transparent)]
+    Stats(#[from] EncodeError),
+    /// A statistics vector must be in the u64 ring.
+    #[error("statistics vectors use the u64 ring, this sum is {0}")]
+    StatisticsRing(confide_crypto::Ring),
+}
+
+/// Why a summed vector cannot be used: it does not decode, or it holds what
+/// no cohort of honest sites can produce.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The quantiser refused the sum (length, count, or a weight, element
+    /// or extra outside what honest encodings hold).
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    /// The statistics sum does not decode (its length).
     #[error(transparent)]
     Stats(#[from] EncodeError),
     /// A statistics round must sum in the u64 ring.
     #[error("statistics vectors use the u64 ring, this sum is {0}")]
     StatisticsRing(confide_crypto::Ring),
+    /// A slot of a decoded sum that no cohort of honest sites can produce.
+    #[error(
+        "{slot} = {value} is outside [{min}, {max}], the range {contributors} honest \
+         contributors can produce"
+    )]
+    OutOfRange {
+        /// Which slot.
+        slot: SumSlot,
+        /// Its (lifted) value.
+        value: i128,
+        /// Smallest honest value.
+        min: i128,
+        /// Largest honest value.
+        max: i128,
+        /// Contributors in the sum.
+        contributors: usize,
+    },
+    /// A contributor count no sum of this round can have.
+    #[error("a sum of {contributors} contributors, but the cohort bound is 1..={max_cohort}")]
+    Contributors {
+        /// Claimed contributors.
+        contributors: usize,
+        /// Largest cohort the encodings were made for.
+        max_cohort: usize,
+    },
+    /// Statistics sums that no set of rows has.
+    #[error("feature statistics: {0}")]
+    Standardise(#[from] standardise::ValidationError),
+}
+
+/// A slot of a decoded sum, named for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SumSlot {
+    /// The weight slot of an EVALUATE sum (1 per site).
+    EvaluationWeight,
+    /// Σ correct predictions.
+    Correct,
+    /// Σ examples evaluated.
+    Examples,
+    /// Σ loss·1000.
+    LossMilli,
+    /// Σx of a feature (fixed point).
+    FeatureSum(usize),
+    /// Σx² of a feature (fixed point).
+    FeatureSumSq(usize),
+    /// Σ rows of a statistics round.
+    Rows,
+}
+
+impl std::fmt::Display for SumSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SumSlot::EvaluationWeight => f.write_str("evaluation weight slot (1 per site)"),
+            SumSlot::Correct => f.write_str("metric slot Σcorrect"),
+            SumSlot::Examples => f.write_str("metric slot Σexamples"),
+            SumSlot::LossMilli => f.write_str("metric slot Σloss·1000"),
+            SumSlot::FeatureSum(i) => write!(f, "statistics slot Σx of feature {i} (fixed point)"),
+            SumSlot::FeatureSumSq(i) => {
+                write!(f, "statistics slot Σx² of feature {i} (fixed point)")
+            }
+            SumSlot::Rows => f.write_str("statistics slot Σrows"),
+        }
+    }
+}
+
+/// `value` must lie in `[min, max]`.
+fn within(
+    slot: SumSlot,
+    value: i128,
+    min: i128,
+    max: i128,
+    contributors: usize,
+) -> Result<(), DecodeError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(DecodeError::OutOfRange {
+            slot,
+            value,
+            min,
+            max,
+            contributors,
+        })
+    }
 }
 
 /// Metric slots of one site (encode) or their sum over a cohort (decode).
@@ -181,13 +286,17 @@ pub struct DecodedSum {
 }
 
 /// Decodes the sum of `contributors` TRAIN (`model_len` = d) or EVALUATE
-/// (`model_len` = 0) vectors.
+/// (`model_len` = 0) vectors and checks it is one honest sites can produce:
+/// the quantiser's bounds on weight, elements and extras
+/// ([`Quantiser::decode`]), then what the slots mean — an EVALUATE weight
+/// slot is exactly `contributors` (each site puts 1), and
+/// `0 ≤ Σcorrect ≤ Σexamples`, `Σloss·1000 ≥ 0` (losses are cross-entropies).
 pub fn decode_sum(
     q: &Quantiser,
     sum: &RingVec,
     model_len: usize,
     contributors: usize,
-) -> Result<DecodedSum, LayoutError> {
+) -> Result<DecodedSum, DecodeError> {
     let Decoded {
         mean,
         total_weight,
@@ -196,24 +305,91 @@ pub fn decode_sum(
         RingVec::U32(v) => q.decode::<u32>(v, model_len, contributors)?,
         RingVec::U64(v) => q.decode::<u64>(v, model_len, contributors)?,
     };
+    let n = contributors as i128;
+    if model_len == 0 {
+        within(
+            SumSlot::EvaluationWeight,
+            total_weight.into(),
+            n,
+            n,
+            contributors,
+        )?;
+    }
+    let metrics = Metrics::from_slots(&extras);
+    if let Some(m) = &metrics {
+        // The quantiser already bounds each slot by ±contributors × extra_bound.
+        let max = i128::from(q.extra_bound()) * n;
+        within(SumSlot::Examples, m.examples.into(), 0, max, contributors)?;
+        within(
+            SumSlot::Correct,
+            m.correct.into(),
+            0,
+            m.examples.into(),
+            contributors,
+        )?;
+        within(
+            SumSlot::LossMilli,
+            m.loss_milli.into(),
+            0,
+            max,
+            contributors,
+        )?;
+    }
     Ok(DecodedSum {
         mean,
         total_weight,
-        metrics: Metrics::from_slots(&extras),
+        metrics,
     })
 }
 
-/// Decodes a STATISTICS sum into cohort-wide [`FeatureStats`].
+/// Decodes the STATISTICS sum of `contributors` sites, each of which encoded
+/// for a cohort of at most `max_cohort` ([`statistics_vector`]), into
+/// cohort-wide [`FeatureStats`], refusing a sum honest sites cannot produce:
+///
+/// * every slot within `contributors ×` the per-site encoding bound
+///   `(2^63 − 1) / max_cohort` (a wrapped or uncancelled sum fails this);
+/// * Σx² ≥ 0 and rows ≥ 0;
+/// * [`FeatureStats::validate`]: at least one row, and a variance no more
+///   negative than the fixed-point rounding (`contributors · 2^-(bits+1)`
+///   per sum) explains.
 pub fn decode_statistics(
     sum: &RingVec,
     features: usize,
     bits: u32,
-) -> Result<FeatureStats, LayoutError> {
+    contributors: usize,
+    max_cohort: usize,
+) -> Result<FeatureStats, DecodeError> {
     let RingVec::U64(v) = sum else {
-        return Err(LayoutError::StatisticsRing(sum.ring()));
+        return Err(DecodeError::StatisticsRing(sum.ring()));
     };
+    if contributors == 0 || contributors > max_cohort {
+        return Err(DecodeError::Contributors {
+            contributors,
+            max_cohort,
+        });
+    }
     let (sum, sum_sq, n) = stats::decode_stats(v, features, bits)?;
-    Ok(FeatureStats { n, sum, sum_sq })
+    // The encoder refuses |q| ≥ this bound as an f64, which may round the
+    // integer up; comparing against the same float keeps every honest sum in.
+    let per_site = (i64::MAX / max_cohort as i64) as f64 as i128;
+    let max = per_site * contributors as i128;
+    let signed = |i: usize| i128::from(v[i].to_signed());
+    for f in 0..features {
+        within(SumSlot::FeatureSum(f), signed(f), -max, max, contributors)?;
+        within(
+            SumSlot::FeatureSumSq(f),
+            signed(features + f),
+            0,
+            max,
+            contributors,
+        )?;
+    }
+    // Zero rows is honest (if useless); `validate` names it `NoRows`.
+    within(SumSlot::Rows, signed(2 * features), 0, max, contributors)?;
+    let totals = FeatureStats { n, sum, sum_sq };
+    let sum_error = contributors as f64 * (-(f64::from(bits) + 1.0)).exp2();
+    totals.validate(sum_error)?;
+    Ok(totals)
 }
 
 /// Splits a vector into `SubmitMaskedInput` chunks of at most

@@ -71,6 +71,36 @@ pub enum StatsError {
     },
 }
 
+/// Why summed statistics cannot come from real rows
+/// ([`FeatureStats::validate`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    /// No rows, ragged or non-finite sums.
+    #[error(transparent)]
+    Unusable(#[from] StatsError),
+    /// A sum of squares below zero: no rows produce one.
+    #[error("feature {feature} has a negative sum of squares ({value})")]
+    NegativeSumOfSquares {
+        /// Index of the feature.
+        feature: usize,
+        /// The sum of squares.
+        value: f64,
+    },
+    /// Σx² / n − (Σx / n)² below what rounding can explain: no rows produce it.
+    #[error(
+        "feature {feature} has variance {variance:.6e}, below -{tolerance:.3e} \
+         (the most rounding can explain); no set of rows has these sums"
+    )]
+    NegativeVariance {
+        /// Index of the feature.
+        feature: usize,
+        /// Σx² / n − mean².
+        variance: f64,
+        /// Largest negative variance honest sums can show.
+        tolerance: f64,
+    },
+}
+
 /// Per-feature count, sum and sum of squares: additive across sites.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureStats {
@@ -102,6 +132,69 @@ impl FeatureStats {
             .for_each(|(a, b)| *a += b);
         Ok(())
     }
+
+    /// Checks that these sums could come from real rows, before a
+    /// [`Standardiser`] is derived from them: at least one row, finite sums,
+    /// Σx² ≥ 0 and a variance Σx²/n − (Σx/n)² no more negative than rounding
+    /// explains ([`variance_tolerance`]). `sum_error` bounds the absolute
+    /// error of each sum beyond the sites' own f64 arithmetic (the fixed-point
+    /// rounding of a secure sum; 0 for exact sums).
+    pub fn validate(&self, sum_error: f64) -> Result<(), ValidationError> {
+        if self.n == 0 {
+            return Err(StatsError::NoRows.into());
+        }
+        if self.sum.len() != self.sum_sq.len() {
+            return Err(ValidationError::Unusable(StatsError::Mismatch {
+                left: self.sum.len(),
+                left_name: "sums",
+                right: self.sum_sq.len(),
+                right_name: "sums of squares",
+            }));
+        }
+        let n = self.n as f64;
+        for (feature, (&s, &q)) in self.sum.iter().zip(&self.sum_sq).enumerate() {
+            if !s.is_finite() || !q.is_finite() {
+                return Err(StatsError::NonFiniteSum { feature }.into());
+            }
+            if q < 0.0 {
+                return Err(ValidationError::NegativeSumOfSquares { feature, value: q });
+            }
+            let (mean, mean_sq) = (s / n, q / n);
+            let variance = mean_sq - mean * mean;
+            let tolerance = variance_tolerance(self.n, mean, mean_sq, sum_error);
+            if variance < -tolerance {
+                return Err(ValidationError::NegativeVariance {
+                    feature,
+                    variance,
+                    tolerance,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How far below zero Σx²/n − (Σx/n)² can fall for honest sums over `rows`
+/// rows with the given `mean` and `mean_sq` (= Σx²/n), each sum off by at
+/// most `sum_error` besides floating point.
+///
+/// Exactly, n·Σx² ≥ (Σx)². Recursive f64 summation over n rows errs by at
+/// most γₙ = n·u/(1 − n·u) relative (u = 2^-53), which by Cauchy–Schwarz
+/// moves n·Σx² − (Σx)² by at most n·Σx²·(3γₙ + γₙ²); an absolute error e in
+/// both sums moves the variance by at most e/n·(1 + 2|mean|) + (e/n)²; and
+/// computing the variance here rounds a few more times. Twice the sum of
+/// these, so that the bound survives its own rounding.
+pub fn variance_tolerance(rows: u64, mean: f64, mean_sq: f64, sum_error: f64) -> f64 {
+    let u = f64::EPSILON / 2.0;
+    let n = rows.max(1) as f64;
+    // Past n·u = 1/2 the summation bound means nothing; γ = 1 is generous.
+    let nu = (n * u).min(0.5);
+    let gamma = nu / (1.0 - nu);
+    let per_row = sum_error.abs() / n;
+    let summation = mean_sq.abs() * (3.0 * gamma + gamma * gamma);
+    let fixed_point = per_row * (1.0 + 2.0 * mean.abs()) + per_row * per_row;
+    let here = 4.0 * u * (mean_sq.abs() + mean * mean);
+    2.0 * (summation + fixed_point + here)
 }
 
 /// Maps each feature to `(x - mean) / std`.
@@ -254,6 +347,66 @@ mod tests {
         let st = Standardiser::new(vec![0.0, 0.0], vec![1.0, 1.0]);
         let mut odd = [1.0f32; 3];
         assert!(st.is_ok_and(|s| s.apply_rows(&mut odd).is_err()));
+    }
+
+    fn one_feature(n: u64, sum: f64, sum_sq: f64) -> FeatureStats {
+        FeatureStats {
+            n,
+            sum: vec![sum],
+            sum_sq: vec![sum_sq],
+        }
+    }
+
+    #[test]
+    fn validation_refuses_sums_no_rows_produce() {
+        // Rows {1, 3}: an honest total passes.
+        assert_eq!(one_feature(2, 4.0, 10.0).validate(0.0), Ok(()));
+        assert_eq!(
+            one_feature(0, 0.0, 0.0).validate(0.0),
+            Err(StatsError::NoRows.into())
+        );
+        assert_eq!(
+            one_feature(2, f64::INFINITY, 1.0).validate(0.0),
+            Err(StatsError::NonFiniteSum { feature: 0 }.into())
+        );
+        assert_eq!(one_feature(2, 0.0, 0.0).validate(0.0), Ok(()));
+        assert!(matches!(
+            one_feature(2, 0.0, -1e-300).validate(0.0),
+            Err(ValidationError::NegativeSumOfSquares { feature: 0, .. })
+        ));
+        let ragged = FeatureStats {
+            n: 2,
+            sum: vec![1.0],
+            sum_sq: vec![],
+        };
+        assert!(matches!(
+            ragged.validate(0.0),
+            Err(ValidationError::Unusable(StatsError::Mismatch { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_variance_below_rounding_is_refused_and_one_within_it_passes() {
+        // 1000 rows of mean 4 (Σx = 4000): the variance is Σx²/1000 − 16.
+        let (n, sum, sum_error) = (1000u64, 4000.0, 0.05);
+        let tol = variance_tolerance(n, 4.0, 16.0, sum_error);
+        // The fixed-point part dominates: e/n·(1 + 2·4) = 4.5e-4, doubled.
+        assert!(tol > 9e-4 && tol < 1e-3, "{tol}");
+        let inside = one_feature(n, sum, (16.0 - tol / 2.0) * n as f64);
+        assert_eq!(inside.validate(sum_error), Ok(()));
+        let outside = one_feature(n, sum, (16.0 - tol * 2.0) * n as f64);
+        let e = outside.validate(sum_error).unwrap_err();
+        assert!(
+            matches!(e, ValidationError::NegativeVariance { feature: 0, variance, tolerance }
+                if variance < -tolerance && (tolerance - tol).abs() < 1e-12),
+            "{e}"
+        );
+        assert!(e.to_string().contains("feature 0"), "{e}");
+        // Exact sums: only floating point is forgiven.
+        let exact = variance_tolerance(2, 2.0, 4.0, 0.0);
+        assert!(exact > 0.0 && exact < 1e-13, "{exact}");
+        assert_eq!(one_feature(2, 4.0, 8.0 - 1e-15).validate(0.0), Ok(()));
+        assert!(one_feature(2, 4.0, 8.0 - 1e-9).validate(0.0).is_err());
     }
 
     #[test]

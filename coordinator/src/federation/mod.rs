@@ -28,7 +28,7 @@ use confide_crypto::quant::Quantiser;
 use confide_proto::convert;
 use confide_proto::model::Model;
 use confide_proto::v1 as pb;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
 use crate::checkpoint::{self, Manifest, Preprocess, RoundRecord};
@@ -39,7 +39,7 @@ use outcome::{Context, Evaluation, Outcome, OutcomeError};
 use registry::Registry;
 pub use registry::SessionInfo;
 pub use round::Upload;
-use round::{ActiveRound, SiteMessage, task};
+use round::{ActiveRound, SiteMessage, UploadSlots, task};
 pub use scheduler::RoundKind;
 use scheduler::{PlanError, Progress, RoundPlan};
 
@@ -98,7 +98,7 @@ pub struct Federation {
     config_hash: String,
     inner: Mutex<Inner>,
     wake: Notify,
-    uploads: Arc<Semaphore>,
+    uploads: UploadSlots,
     grace_done: std::sync::atomic::AtomicBool,
 }
 
@@ -163,7 +163,7 @@ impl Federation {
             .find(|r| r.kind == "evaluate" && r.success)
             .and_then(|r| r.accuracy);
         Ok(Arc::new(Federation {
-            uploads: Arc::new(Semaphore::new(settings.limits.max_concurrent_uploads)),
+            uploads: UploadSlots::new(settings.limits.max_concurrent_uploads),
             quant,
             config_hash,
             inner: Mutex::new(Inner {
@@ -384,7 +384,8 @@ impl Federation {
     }
 
     /// Start a masked-input upload: checks session, round, stage, duplicate and
-    /// length before anything is buffered, then waits for an upload slot.
+    /// length before anything is buffered, claims the member's one stream,
+    /// then waits for an upload slot — until the stage deadline at most.
     pub async fn begin_upload(
         &self,
         session: &str,
@@ -392,27 +393,33 @@ impl Federation {
         round: u64,
         total_len: u64,
     ) -> Result<Upload, RequestError> {
-        let (member, width) = {
+        let (member, width, deadline, claim) = {
             let g = self.lock();
             let info = g.registry.session(session, peer)?;
             let r = g.round.as_ref().ok_or(RequestError::WrongRound {
                 expected: 0,
                 got: round,
             })?;
-            (info.member, r.precheck_upload(&info, round, total_len)?)
+            let width = r.precheck_upload(&info, round, total_len)?;
+            // Claimed under the lock that delivery takes too: a second stream
+            // sees either this claim or the submitted vector.
+            let claim = self.uploads.claim(round, info.member)?;
+            let stage_secs = u64::from(self.settings.secagg.stage_timeout_secs);
+            let deadline = match r.machine.poll_timeout() {
+                Some(d) => tokio::time::Instant::from_std(d),
+                None => tokio::time::Instant::now() + Duration::from_secs(stage_secs),
+            };
+            (info.member, width, deadline, claim)
         };
-        let permit = self
-            .uploads
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| RequestError::ShuttingDown)?;
+        let permit = self.uploads.slot(round, deadline).await?;
         Ok(Upload::new(
             round,
             member,
             total_len as usize,
             width,
+            deadline,
             permit,
+            claim,
         ))
     }
 
@@ -424,8 +431,8 @@ impl Federation {
         up: Upload,
     ) -> Result<(), RequestError> {
         let (round, member) = (up.round, up.member);
-        // The permit is held until the vector is in the sum.
-        let (vector, _permit) = up.into_vector()?;
+        // Slot and claim are held until the vector is in the sum.
+        let (vector, _hold) = up.into_vector()?;
         let now = clock();
         self.with_round(session, peer, round, now, |r, info, _| {
             if info.member != member {

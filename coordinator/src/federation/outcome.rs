@@ -7,9 +7,9 @@
 use confide_crypto::protocol::{AnyRoundResult, RingVec};
 use confide_crypto::quant::{QuantError, Quantiser};
 use confide_crypto::stats::StatsError;
-use confide_proto::layout::{self, LayoutError, Metrics};
+use confide_proto::layout::{self, DecodeError, Metrics};
 use confide_proto::model::{Model, ModelError};
-use confide_proto::standardise::{self, Standardiser};
+use confide_proto::standardise::{self, Standardiser, ValidationError};
 
 use super::scheduler::RoundKind;
 use crate::checkpoint::Preprocess;
@@ -20,7 +20,7 @@ use crate::optim::ServerOptimiser;
 pub use confide_proto::standardise::STD_FLOOR;
 
 /// Why an aggregate could not be used; the round fails and the global model
-/// stays as it was.
+/// stays as it was. The message goes into the round's record.
 #[derive(Debug, thiserror::Error)]
 pub enum OutcomeError {
     /// A statistics sum in the u32 ring.
@@ -38,6 +38,13 @@ pub enum OutcomeError {
     /// A train/evaluate sum that does not decode.
     #[error(transparent)]
     Quant(#[from] QuantError),
+    /// A sum of a contributor count the round cannot have.
+    #[error(transparent)]
+    Contributors(DecodeError),
+    /// A sum outside what the cohort's honest sites can produce (a poisoned
+    /// or corrupted aggregate): the reason names the slot, value and bound.
+    #[error("aggregate rejected: {0}")]
+    Rejected(#[source] DecodeError),
     /// The optimiser refused the step.
     #[error("{0}")]
     Optimiser(String),
@@ -49,14 +56,25 @@ pub enum OutcomeError {
     TooLarge,
 }
 
-impl From<LayoutError> for OutcomeError {
-    fn from(e: LayoutError) -> Self {
+impl From<DecodeError> for OutcomeError {
+    fn from(e: DecodeError) -> Self {
         match e {
-            LayoutError::StatisticsRing(_) => OutcomeError::StatisticsRing,
-            LayoutError::Stats(e) => OutcomeError::Statistics(e),
-            LayoutError::Quant(e) => OutcomeError::Quant(e),
-            // Only the sites encode; a decode never checks finiteness.
-            LayoutError::NonFinite { .. } => OutcomeError::Optimiser(e.to_string()),
+            DecodeError::StatisticsRing(_) => OutcomeError::StatisticsRing,
+            DecodeError::Stats(e) => OutcomeError::Statistics(e),
+            DecodeError::Standardise(ValidationError::Unusable(
+                standardise::StatsError::NoRows,
+            )) => OutcomeError::NoRows,
+            // Shape problems (length, contributor count) are the round's, not a site's.
+            DecodeError::Quant(
+                e @ (QuantError::LengthMismatch { .. }
+                | QuantError::NoContributors
+                | QuantError::TooManyContributors { .. }
+                | QuantError::RingMismatch { .. }),
+            ) => OutcomeError::Quant(e),
+            e @ DecodeError::Contributors { .. } => OutcomeError::Contributors(e),
+            e @ (DecodeError::Quant(_)
+            | DecodeError::OutOfRange { .. }
+            | DecodeError::Standardise(_)) => OutcomeError::Rejected(e),
         }
     }
 }
@@ -133,8 +151,14 @@ pub fn outcome(
     cx: &Context<'_>,
 ) -> Result<Outcome, OutcomeError> {
     match kind {
-        RoundKind::Statistics => decode_statistics(&result.sum, cx.features, cx.stats_scale_bits)
-            .map(Outcome::Statistics),
+        RoundKind::Statistics => decode_statistics(
+            &result.sum,
+            cx.features,
+            cx.stats_scale_bits,
+            result.survivors.len(),
+            cx.quant.max_cohort(),
+        )
+        .map(Outcome::Statistics),
         RoundKind::Evaluate => {
             let decoded = decode_extras(cx.quant, &result.sum, 0, result.survivors.len())?;
             Ok(Outcome::Evaluated(decoded.metrics.and_then(evaluation)))
@@ -173,15 +197,19 @@ fn evaluation(m: Metrics) -> Option<Evaluation> {
     })
 }
 
-/// A statistics sum (Σx, Σx², n in fixed point) → per-feature mean and
+/// A statistics sum of `contributors` sites (Σx, Σx², n in fixed point,
+/// encoded for cohorts of at most `max_cohort`) → per-feature mean and
 /// standard deviation (floored at [`STD_FLOOR`]), by the same
-/// [`Standardiser`] the sites rebuild from the announcement.
+/// [`Standardiser`] the sites rebuild from the announcement. A sum no honest
+/// sites produce is [`OutcomeError::Rejected`] before anything is derived.
 pub fn decode_statistics(
     sum: &RingVec,
     features: usize,
     bits: u32,
+    contributors: usize,
+    max_cohort: usize,
 ) -> Result<Statistics, OutcomeError> {
-    let totals = layout::decode_statistics(sum, features, bits)?;
+    let totals = layout::decode_statistics(sum, features, bits, contributors, max_cohort)?;
     let rows = totals.n;
     let (mean, std) = Standardiser::from_global(&totals)
         .map_err(|e| match e {

@@ -4,8 +4,8 @@
 //! the cohort's streams ([`ActiveRound::pump`]); masked inputs arrive as
 //! bounded [`Upload`]s.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use confide_crypto::protocol::{AnyCoordinator, AnyOutput, AnyRoundResult};
@@ -13,7 +13,7 @@ use confide_crypto::protocol::{KeyAdvert, ShareBundle, UnmaskResponse};
 use confide_crypto::{MemberId, ProtocolError, Stage};
 use confide_proto::convert;
 use confide_proto::v1 as pb;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::info;
 
 use super::registry::{Registry, SessionInfo};
@@ -249,35 +249,126 @@ impl ActiveRound {
     }
 }
 
-/// A masked-input upload in progress: bounded by a semaphore permit and by
-/// the round's vector length, so memory never exceeds
-/// `max_concurrent_uploads × vector bytes`.
+/// The coordinator's upload capacity: `max_concurrent_uploads` slots, and
+/// which member of which round has a stream open, so that a member uploads
+/// through one stream at a time.
+pub struct UploadSlots {
+    permits: Arc<Semaphore>,
+    open: Arc<Mutex<BTreeSet<(u64, MemberId)>>>,
+}
+
+impl UploadSlots {
+    /// `slots` uploads may be buffered at once.
+    pub fn new(slots: usize) -> Self {
+        UploadSlots {
+            permits: Arc::new(Semaphore::new(slots)),
+            open: Arc::default(),
+        }
+    }
+
+    /// Claims `member`'s stream of `round` until the returned claim drops;
+    /// refused while another stream of the member is open (the first one is
+    /// left alone). The caller checks under the federation's lock that the
+    /// member has not already submitted, and keeps the claim until its
+    /// vector is in the sum, so no second vector slips in between.
+    pub(super) fn claim(&self, round: u64, member: MemberId) -> Result<UploadClaim, RequestError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if !open.insert((round, member)) {
+            return Err(RequestError::UploadInProgress(member));
+        }
+        Ok(UploadClaim {
+            open: self.open.clone(),
+            key: (round, member),
+        })
+    }
+
+    /// Waits for a free slot until `deadline` (the masked-input stage's): a
+    /// slot that frees later is of no use to this upload.
+    pub(super) async fn slot(
+        &self,
+        round: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, RequestError> {
+        match tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(RequestError::ShuttingDown),
+            Err(_) => Err(RequestError::UploadSlotTimeout { round }),
+        }
+    }
+}
+
+/// A member's open upload stream; released on drop, whether the vector
+/// went into the sum or the stream failed (so an honest retry may follow).
+pub(super) struct UploadClaim {
+    open: Arc<Mutex<BTreeSet<(u64, MemberId)>>>,
+    key: (u64, MemberId),
+}
+
+impl Drop for UploadClaim {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.remove(&self.key);
+    }
+}
+
+/// What an upload holds until its vector is in the sum: the slot and the
+/// member's claim.
+pub(super) struct UploadHold {
+    _permit: OwnedSemaphorePermit,
+    _claim: UploadClaim,
+}
+
+/// A masked-input upload in progress: bounded by an upload slot and by the
+/// round's vector length, so memory never exceeds
+/// `max_concurrent_uploads × vector bytes`, and by the stage deadline.
 pub struct Upload {
     pub(super) round: u64,
     pub(super) member: MemberId,
     total: usize,
     width: usize,
+    deadline: tokio::time::Instant,
     buf: Vec<u8>,
-    _permit: OwnedSemaphorePermit,
+    hold: UploadHold,
 }
 
 impl Upload {
-    /// An empty upload of `total` elements of `width` bytes.
+    /// An empty upload of `total` elements of `width` bytes, due by `deadline`.
     pub(super) fn new(
         round: u64,
         member: MemberId,
         total: usize,
         width: usize,
+        deadline: tokio::time::Instant,
         permit: OwnedSemaphorePermit,
+        claim: UploadClaim,
     ) -> Self {
         Upload {
             round,
             member,
             total,
             width,
+            deadline,
             buf: Vec::with_capacity(total * width),
-            _permit: permit,
+            hold: UploadHold {
+                _permit: permit,
+                _claim: claim,
+            },
         }
+    }
+
+    /// When the masked-input stage closes: the stream must be complete by then.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.deadline
+    }
+
+    /// Elements received so far, of [`Self::elements`].
+    pub fn received(&self) -> usize {
+        self.buf.len() / self.width
+    }
+
+    /// Elements of the whole vector.
+    pub fn elements(&self) -> usize {
+        self.total
     }
 
     /// Append one chunk; `offset` counts elements and must continue the stream.
@@ -302,14 +393,17 @@ impl Upload {
         Ok(())
     }
 
-    /// The whole vector and the upload slot, or why the stream is incomplete.
-    pub(super) fn into_vector(self) -> Result<(Vec<u8>, OwnedSemaphorePermit), RequestError> {
+    /// The whole vector and what the upload holds, or why the stream is incomplete.
+    pub(super) fn into_vector(self) -> Result<(Vec<u8>, UploadHold), RequestError> {
         if self.buf.len() != self.total * self.width {
             return Err(RequestError::Truncated {
                 received: self.buf.len() / self.width,
                 elements: self.total,
             });
         }
-        Ok((self.buf, self._permit))
+        Ok((self.buf, self.hold))
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -12,6 +12,7 @@
 //! ```
 
 mod admin;
+mod rate;
 mod site;
 mod status;
 
@@ -50,6 +51,7 @@ pub struct Handlers {
     tls: bool,
     access: Arc<Access>,
     joins: Arc<JoinLimiter>,
+    rates: Arc<rate::SiteLimiter>,
 }
 
 impl Handlers {
@@ -97,6 +99,10 @@ pub async fn serve(
         joins: Arc::new(JoinLimiter::new(
             s.limits.join_rate_per_sec,
             s.limits.join_burst,
+        )),
+        rates: Arc::new(rate::SiteLimiter::new(
+            s.limits.site_rate_per_sec,
+            s.limits.site_burst,
         )),
     };
     let mut builder = Server::builder();

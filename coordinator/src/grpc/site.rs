@@ -3,7 +3,9 @@
 //! its error to a status. Round logic lives in the federation, admission
 //! rules in [`access`](crate::access).
 
-use tokio_stream::StreamExt;
+use std::time::{Duration, Instant};
+
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
@@ -13,6 +15,81 @@ use pb::site_server::Site;
 use super::{BoxStream, Handlers};
 use crate::access::{KeyBindingRefusal, check_join_key};
 use crate::error::RequestError;
+use crate::federation::Upload;
+
+impl Handlers {
+    /// The per-identity rate limit of a Site call made with `session`: the
+    /// certificate name under mTLS, else the session's site. Without TLS an
+    /// unknown session has no identity; the call itself refuses it.
+    fn limit(&self, peer: Option<&str>, session: &str) -> Result<(), Status> {
+        let site = match peer {
+            Some(p) => p.to_string(),
+            None => match self.fed.session(session, None) {
+                Ok(info) => info.site,
+                Err(_) => return Ok(()),
+            },
+        };
+        self.limit_site(site)
+    }
+
+    fn limit_site(&self, site: String) -> Result<(), Status> {
+        if self.rates.try_take(&site, Instant::now()) {
+            return Ok(());
+        }
+        let l = &self.fed.settings().limits;
+        Err(RequestError::RateLimited {
+            site,
+            rate: l.site_rate_per_sec,
+            burst: l.site_burst,
+        }
+        .into())
+    }
+}
+
+/// Reads the rest of an upload's chunks into `up`: each within `idle_secs`
+/// of the previous one, all by the stage deadline. On an error the caller
+/// drops `up`, which releases its slot and the member's claim.
+async fn receive_chunks<S>(
+    stream: &mut S,
+    up: &mut Upload,
+    session: &str,
+    round: u64,
+    idle_secs: u32,
+) -> Result<(), Status>
+where
+    S: Stream<Item = Result<pb::MaskedInputChunk, Status>> + Unpin,
+{
+    let idle = Duration::from_secs(u64::from(idle_secs));
+    loop {
+        let idle_until = tokio::time::Instant::now() + idle;
+        let until = idle_until.min(up.deadline());
+        let next = match tokio::time::timeout_at(until, stream.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                let (received, elements) = (up.received(), up.elements());
+                return Err(if until < idle_until {
+                    RequestError::UploadPastDeadline { received, elements }
+                } else {
+                    RequestError::UploadStalled {
+                        idle_secs,
+                        received,
+                        elements,
+                    }
+                }
+                .into());
+            }
+        };
+        let Some(c) = next.transpose()? else {
+            return Ok(());
+        };
+        if c.round != round || (!c.session.is_empty() && c.session != session) {
+            return Err(Status::invalid_argument(
+                "chunks of one stream must share session and round",
+            ));
+        }
+        up.push(c.offset, &c.data)?;
+    }
+}
 
 #[tonic::async_trait]
 impl Site for Handlers {
@@ -23,7 +100,12 @@ impl Site for Handlers {
         // Admission first: peers without an admitted certificate must not
         // drain the join bucket that admitted sites rely on.
         let cert = self.admit(&req, false)?;
-        if !self.joins.try_take(std::time::Instant::now()) {
+        // Per identity first, so one site's retries cannot drain the global
+        // bucket; without TLS a joining peer has no identity yet.
+        if let Some(c) = &cert {
+            self.limit_site(c.name.clone())?;
+        }
+        if !self.joins.try_take(Instant::now()) {
             warn!(remote = ?req.remote_addr(), "join refused: join rate limit");
             return Err(Status::resource_exhausted(
                 "too many joins; retry later (limits.join_rate_per_sec)",
@@ -74,6 +156,7 @@ impl Site for Handlers {
         req: Request<pb::TasksRequest>,
     ) -> Result<Response<Self::TasksStream>, Status> {
         let peer = self.peer(&req)?;
+        self.limit(peer.as_deref(), &req.get_ref().session)?;
         let rx = self
             .fed
             .open_tasks(&req.get_ref().session, peer.as_deref())?;
@@ -89,6 +172,7 @@ impl Site for Handlers {
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let peer = self.peer(&req)?;
         let r = req.into_inner();
+        self.limit(peer.as_deref(), &r.session)?;
         let bytes = self.fed.download(&r.session, peer.as_deref(), r.round)?;
         let total = bytes.len() as u64;
         let chunks = bytes.len().div_ceil(confide_proto::CHUNK_BYTES).max(1);
@@ -117,6 +201,7 @@ impl Site for Handlers {
             Some(c) => (Some(c.name), c.der),
             None => (None, Vec::new()),
         };
+        self.limit(peer.as_deref(), &r.session)?;
         // The certificate of the connection that sent the advert is what
         // neighbours get to check it against.
         self.fed
@@ -131,6 +216,7 @@ impl Site for Handlers {
         let peer = self.peer(&req)?;
         let r = req.into_inner();
         let session = r.session.clone();
+        self.limit(peer.as_deref(), &session)?;
         self.fed.share_keys(&session, peer.as_deref(), r)?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -140,36 +226,30 @@ impl Site for Handlers {
         req: Request<Streaming<pb::MaskedInputChunk>>,
     ) -> Result<Response<pb::Ack>, Status> {
         let peer = self.peer(&req)?;
+        let idle_secs = self.fed.settings().limits.upload_idle_secs;
         let mut stream = req.into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty masked-input stream"))?;
+        // No slot is held yet, but a silent stream should not linger either.
+        let first = tokio::time::timeout(
+            Duration::from_secs(u64::from(idle_secs)),
+            stream.message(),
+        )
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "upload stalled: no first chunk within {idle_secs} s (limits.upload_idle_secs)"
+            ))
+        })??
+        .ok_or_else(|| Status::invalid_argument("empty masked-input stream"))?;
         let session = first.session.clone();
         let round = first.round;
+        // One token per stream, not per chunk.
+        self.limit(peer.as_deref(), &session)?;
         let mut up = self
             .fed
             .begin_upload(&session, peer.as_deref(), round, first.total_len)
             .await?;
         up.push(first.offset, &first.data)?;
-        // A slow or stalled uploader must not hold an upload slot past the stage deadline.
-        let limit = std::time::Duration::from_secs(u64::from(
-            self.fed.settings().secagg.stage_timeout_secs,
-        ));
-        let rest = async {
-            while let Some(c) = stream.message().await? {
-                if c.round != round || (!c.session.is_empty() && c.session != session) {
-                    return Err(Status::invalid_argument(
-                        "chunks of one stream must share session and round",
-                    ));
-                }
-                up.push(c.offset, &c.data)?;
-            }
-            Ok(())
-        };
-        tokio::time::timeout(limit, rest).await.map_err(|_| {
-            Status::deadline_exceeded("masked-input upload took longer than the stage timeout")
-        })??;
+        receive_chunks(&mut stream, &mut up, &session, round, idle_secs).await?;
         self.fed.finish_upload(&session, peer.as_deref(), up)?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -178,7 +258,11 @@ impl Site for Handlers {
         let peer = self.peer(&req)?;
         let r = req.into_inner();
         let session = r.session.clone();
+        self.limit(peer.as_deref(), &session)?;
         self.fed.unmask(&session, peer.as_deref(), r)?;
         Ok(Response::new(pb::Ack {}))
     }
 }
+
+#[cfg(test)]
+mod tests;

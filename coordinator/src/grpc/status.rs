@@ -5,7 +5,7 @@
 
 use confide_crypto::ProtocolError;
 use tonic::{Code, Status};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::RequestError;
 
@@ -16,8 +16,11 @@ impl From<RequestError> for Status {
         // One log line per refusal: identity and limit violations are what
         // an operator must see; the rest (late, duplicate, malformed) are
         // normal under retries and reconnects.
-        match code {
-            Code::PermissionDenied | Code::ResourceExhausted => {
+        match (&e, code) {
+            // A flood would log one line per request; the limiter warns once
+            // when an identity starts being limited.
+            (RequestError::RateLimited { .. }, _) => debug!(reason = %msg, "request refused"),
+            (_, Code::PermissionDenied | Code::ResourceExhausted) => {
                 warn!(reason = %msg, "request refused")
             }
             _ => info!(reason = %msg, "request refused"),
@@ -38,6 +41,13 @@ fn status_code(e: &RequestError) -> Code {
         | RequestError::NotInCohort { .. }
         | RequestError::NotUploading { .. } => Code::FailedPrecondition,
         RequestError::AlreadySubmitted(_) => Code::AlreadyExists,
+        // A conflict with the member's own open stream: retrying later may
+        // succeed (the client treats ABORTED as transient), unlike ALREADY_EXISTS,
+        // which a site takes as "received".
+        RequestError::UploadInProgress(_) => Code::Aborted,
+        RequestError::UploadSlotTimeout { .. }
+        | RequestError::UploadStalled { .. }
+        | RequestError::UploadPastDeadline { .. } => Code::DeadlineExceeded,
         RequestError::Protocol(p) => protocol_code(p),
         RequestError::Convert(_)
         | RequestError::SiteName
@@ -46,7 +56,9 @@ fn status_code(e: &RequestError) -> Code {
         | RequestError::ChunkOffset { .. }
         | RequestError::ChunkSize { .. }
         | RequestError::Truncated { .. } => Code::InvalidArgument,
-        RequestError::TooManySites { .. } => Code::ResourceExhausted,
+        RequestError::TooManySites { .. } | RequestError::RateLimited { .. } => {
+            Code::ResourceExhausted
+        }
         RequestError::NoModel { .. } => Code::NotFound,
         RequestError::ShuttingDown => Code::Internal,
     }
@@ -133,6 +145,34 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (RequestError::NoModel { round: 1 }, Code::NotFound),
+            (RequestError::UploadInProgress(3), Code::Aborted),
+            (
+                RequestError::UploadSlotTimeout { round: 1 },
+                Code::DeadlineExceeded,
+            ),
+            (
+                RequestError::UploadStalled {
+                    idle_secs: 5,
+                    received: 1,
+                    elements: 9,
+                },
+                Code::DeadlineExceeded,
+            ),
+            (
+                RequestError::UploadPastDeadline {
+                    received: 1,
+                    elements: 9,
+                },
+                Code::DeadlineExceeded,
+            ),
+            (
+                RequestError::RateLimited {
+                    site: "a".into(),
+                    rate: 1.0,
+                    burst: 2,
+                },
+                Code::ResourceExhausted,
+            ),
             (RequestError::ShuttingDown, Code::Internal),
         ];
         for (e, code) in cases {

@@ -112,6 +112,11 @@ impl Default for LimitSettings {
             max_concurrent_uploads: 8,
             join_rate_per_sec: 5.0,
             join_burst: 50,
+            // A site makes about six calls a round; this leaves room for fast
+            // rounds and reconnect retries while bounding a flood.
+            site_rate_per_sec: 50.0,
+            site_burst: 200,
+            upload_idle_secs: 15,
         }
     }
 }

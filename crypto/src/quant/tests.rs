@@ -303,12 +303,133 @@ fn decode_errors() {
     let mut masked = enc.clone();
     masked[0] = masked[0].wrapping_add(0x1234_5678_9abc_def0);
     let e = q.decode(&masked, 2, 1).unwrap_err();
-    assert!(matches!(e, QuantError::OutOfRange { slot: 0, .. }), "{e}");
+    assert!(
+        matches!(e, QuantError::ElementOutOfRange { index: 0, .. }),
+        "{e}"
+    );
     let mut heavy = enc;
     heavy[2] = 101;
     assert!(matches!(
         q.decode(&heavy, 2, 1),
-        Err(QuantError::OutOfRange { slot: 2, .. })
+        Err(QuantError::WeightOutOfRange { total: 101, .. })
+    ));
+}
+
+/// `[element, weight, extra]` in the ring `R`.
+fn slots<R: RingElement>(element: i64, weight: i64, extra: i64) -> Vec<R> {
+    vec![
+        R::from_i64(element),
+        R::from_i64(weight),
+        R::from_i64(extra),
+    ]
+}
+
+#[test]
+fn the_weight_slot_must_lie_between_contributors_and_their_cap() {
+    // max_weight 100, three contributors: honest totals are 3 ..= 300.
+    let q = Quantiser::new(&QuantConfig::new(Ring::U64, 1.0, 100, 10)).expect("config");
+    for total in [3, 4, 299, 300] {
+        let dec = q.decode(&slots::<u64>(0, total, 0), 1, 3).expect("inside");
+        assert_eq!(dec.total_weight, total as u64);
+    }
+    for total in [2, 1, -1, -300, 301, i64::MAX] {
+        let e = q.decode(&slots::<u64>(0, total, 0), 1, 3).unwrap_err();
+        assert_eq!(
+            e,
+            QuantError::WeightOutOfRange {
+                total,
+                min: 3,
+                max: 300,
+                contributors: 3
+            }
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("{total}")) && msg.contains("[3, 300]"),
+            "{msg}"
+        );
+    }
+    assert_eq!(
+        q.decode(&slots::<u64>(0, 0, 0), 1, 3),
+        Err(QuantError::ZeroTotalWeight)
+    );
+}
+
+#[test]
+fn elements_must_keep_the_mean_within_the_clip() {
+    for ring in [Ring::U32, Ring::U64] {
+        let q = Quantiser::new(&QuantConfig::new(ring, 0.5, 1000, 10)).expect("config");
+        let (n, total) = (3usize, 7u64);
+        let limit = q.element_limit(n, total);
+        // The limit is the clip plus the rounding slack of n sites, no more.
+        let at_limit = limit as f64 / (q.scale() * total as f64);
+        let slack = n as f64 / (q.scale() * total as f64);
+        assert!(at_limit <= 0.5 * (1.0 + 1e-11) + slack, "{at_limit}");
+        assert!(at_limit >= 0.5, "{at_limit}");
+        let limit = i64::try_from(limit).expect("fits");
+        for value in [limit, -limit, 0] {
+            let dec = match ring {
+                Ring::U32 => q.decode(&slots::<u32>(value, total as i64, 0), 1, n),
+                Ring::U64 => q.decode(&slots::<u64>(value, total as i64, 0), 1, n),
+            };
+            assert!(dec.is_ok(), "{ring}: {value} within ±{limit}: {dec:?}");
+        }
+        for value in [limit + 1, -limit - 1] {
+            let e = match ring {
+                Ring::U32 => q.decode(&slots::<u32>(value, total as i64, 0), 1, n),
+                Ring::U64 => q.decode(&slots::<u64>(value, total as i64, 0), 1, n),
+            }
+            .unwrap_err();
+            assert!(
+                matches!(e, QuantError::ElementOutOfRange { index: 0, value: v, total_weight: 7, contributors: 3, .. } if v == value),
+                "{ring}: {e}"
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains("element 0") && msg.contains("clip 0.5"),
+                "{msg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn extras_must_be_what_contributors_can_sum() {
+    let q = Quantiser::new(&QuantConfig::new(Ring::U32, 1.0, 100, 10)).expect("config");
+    let limit = q.extra_bound() * 2;
+    for extra in [limit, -limit] {
+        assert!(q.decode(&slots::<u32>(0, 2, extra), 1, 2).is_ok());
+    }
+    for extra in [limit + 1, -limit - 1] {
+        assert!(matches!(
+            q.decode(&slots::<u32>(0, 2, extra), 1, 2),
+            Err(QuantError::OutOfRange { slot: 2, .. })
+        ));
+    }
+}
+
+/// What one malicious site can no longer do through the sum: shrink the
+/// total weight to blow the mean up, or send an element beyond the clip.
+#[test]
+fn a_poisoned_contribution_is_refused_not_rescaled() {
+    let q = Quantiser::new(&QuantConfig::new(Ring::U32, 1.0, 100, 10)).expect("config");
+    let mut r = rng(11);
+    let honest = q.encode::<u32>(&[0.5], 50, &[], &mut r).expect("encode");
+    // A negative weight that leaves T = 1 with two contributors.
+    let mut sum = honest.clone();
+    add_assign(&mut sum, &slots::<u32>(0, -49, 0)[..2]);
+    assert!(matches!(
+        q.decode(&sum, 1, 2),
+        Err(QuantError::WeightOutOfRange { total: 1, .. })
+    ));
+    // Weight 1 with the element of a full-weight site at the clip: the mean
+    // would be (0.5·50 + 1·100) / 51 ≈ 2.45, beyond the clip of 1.
+    let mut sum = honest;
+    let cap = q.element_limit(1, 100) as i64;
+    add_assign(&mut sum, &slots::<u32>(cap, 1, 0)[..2]);
+    assert!(matches!(
+        q.decode(&sum, 1, 2),
+        Err(QuantError::ElementOutOfRange { index: 0, .. })
     ));
 }
 

@@ -58,7 +58,8 @@ fn non_finite_updates_are_refused_with_their_index() -> Result<(), LayoutError> 
 
 /// What one site encodes, the coordinator decodes from the cohort's sum.
 #[test]
-fn a_summed_cohort_decodes_to_its_weighted_mean_and_metrics() -> Result<(), LayoutError> {
+fn a_summed_cohort_decodes_to_its_weighted_mean_and_metrics()
+-> Result<(), Box<dyn std::error::Error>> {
     for ring in [Ring::U32, Ring::U64] {
         let q = quantiser(ring)?;
         let mut rng = rand::rng();
@@ -97,7 +98,7 @@ fn a_summed_cohort_decodes_to_its_weighted_mean_and_metrics() -> Result<(), Layo
 }
 
 #[test]
-fn statistics_round_trip_and_need_the_u64_ring() -> Result<(), LayoutError> {
+fn statistics_round_trip_and_need_the_u64_ring() -> Result<(), Box<dyn std::error::Error>> {
     let a = FeatureStats {
         n: 3,
         sum: vec![1.5, -2.0],
@@ -113,7 +114,7 @@ fn statistics_round_trip_and_need_the_u64_ring() -> Result<(), LayoutError> {
         statistics_vector(&b, 16, 10)?,
     ]);
     assert_eq!(sum.len(), statistics_len(2));
-    let total = decode_statistics(&RingVec::from(sum), 2, 16)?;
+    let total = decode_statistics(&RingVec::from(sum), 2, 16, 2, 10)?;
     assert_eq!(
         total,
         FeatureStats {
@@ -122,9 +123,9 @@ fn statistics_round_trip_and_need_the_u64_ring() -> Result<(), LayoutError> {
             sum_sq: vec![4.25, 10.25]
         }
     );
-    let wrong = decode_statistics(&RingVec::zeros(Ring::U32, 5), 2, 16);
-    assert!(matches!(wrong, Err(LayoutError::StatisticsRing(Ring::U32))));
-    assert!(decode_statistics(&RingVec::zeros(Ring::U64, 4), 2, 16).is_err());
+    let wrong = decode_statistics(&RingVec::zeros(Ring::U32, 5), 2, 16, 2, 10);
+    assert!(matches!(wrong, Err(DecodeError::StatisticsRing(Ring::U32))));
+    assert!(decode_statistics(&RingVec::zeros(Ring::U64, 4), 2, 16, 2, 10).is_err());
     Ok(())
 }
 
@@ -153,5 +154,155 @@ fn chunks_cover_the_vector_in_order_within_the_size_limit() -> Result<(), Layout
     let chunks = masked_input_chunks("s", 1, &vec![u64::MAX; CHUNK_BYTES / 8 + 1]);
     assert_eq!(chunks.len(), 2);
     assert_eq!(chunks[1].offset as usize, CHUNK_BYTES / 8);
+    Ok(())
+}
+
+/// A sum with the given slots, as a TRAIN sum of a one-parameter model
+/// (`[element, weight, correct, examples, loss]`) in the u64 ring.
+fn train_sum(weight: i64, correct: i64, examples: i64, loss: i64) -> RingVec {
+    RingVec::from(
+        [0, weight, correct, examples, loss]
+            .map(u64::from_i64)
+            .to_vec(),
+    )
+}
+
+fn out_of_range(r: Result<DecodedSum, DecodeError>) -> Option<(SumSlot, i128)> {
+    match r {
+        Err(DecodeError::OutOfRange { slot, value, .. }) => Some((slot, value)),
+        _ => None,
+    }
+}
+
+#[test]
+fn metric_slots_must_be_consistent_counts() -> Result<(), Box<dyn std::error::Error>> {
+    let q = quantiser(Ring::U64)?;
+    // Two sites: correct ≤ examples, examples ≥ 0, loss ≥ 0.
+    let ok = decode_sum(&q, &train_sum(5, 20, 20, 0), 1, 2)?;
+    assert_eq!(ok.metrics.map(|m| m.slots()), Some([20, 20, 0]));
+    assert!(decode_sum(&q, &train_sum(5, 0, 0, 0), 1, 2).is_ok());
+    let cases = [
+        (train_sum(5, 21, 20, 0), SumSlot::Correct, 21),
+        (train_sum(5, -1, 20, 0), SumSlot::Correct, -1),
+        (train_sum(5, 0, -1, 0), SumSlot::Examples, -1),
+        (train_sum(5, 0, 0, -1), SumSlot::LossMilli, -1),
+    ];
+    for (sum, slot, value) in cases {
+        assert_eq!(
+            out_of_range(decode_sum(&q, &sum, 1, 2)),
+            Some((slot, value))
+        );
+    }
+    let e = decode_sum(&q, &train_sum(5, 21, 20, 0), 1, 2)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("Σcorrect = 21") && e.contains("[0, 20]") && e.contains("2 honest"),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_evaluation_sum_carries_one_weight_per_site() -> Result<(), Box<dyn std::error::Error>> {
+    let q = quantiser(Ring::U32)?;
+    let eval = |w: i64| RingVec::from([w, 3, 4, 10].map(u32::from_i64).to_vec());
+    assert_eq!(decode_sum(&q, &eval(3), 0, 3)?.total_weight, 3);
+    for w in [4, 5] {
+        assert_eq!(
+            out_of_range(decode_sum(&q, &eval(w), 0, 3)),
+            Some((SumSlot::EvaluationWeight, i128::from(w)))
+        );
+    }
+    // Below the contributor count the quantiser already refuses it.
+    assert!(matches!(
+        decode_sum(&q, &eval(2), 0, 3),
+        Err(DecodeError::Quant(QuantError::WeightOutOfRange { .. }))
+    ));
+    Ok(())
+}
+
+/// A STATISTICS sum over one feature: `[Σx, Σx², rows]` in fixed point.
+fn stats_sum(sum: i64, sum_sq: i64, rows: i64) -> RingVec {
+    RingVec::from([sum, sum_sq, rows].map(u64::from_i64).to_vec())
+}
+
+fn stats_slot(r: Result<FeatureStats, DecodeError>) -> Option<(SumSlot, i128)> {
+    match r {
+        Err(DecodeError::OutOfRange { slot, value, .. }) => Some((slot, value)),
+        _ => None,
+    }
+}
+
+#[test]
+fn statistics_slots_must_be_what_the_sites_can_encode() {
+    let (contributors, max_cohort) = (2usize, 4usize);
+    let max = (i64::MAX / max_cohort as i64) as f64 as i128 * contributors as i128;
+    let max = i64::try_from(max).unwrap_or(i64::MAX);
+    let dec = |s: &RingVec| decode_statistics(s, 1, 0, contributors, max_cohort);
+    // Inside: rows 1 and the extremes of Σx (Σx² large enough to keep the
+    // variance non-negative).
+    assert!(dec(&stats_sum(0, 0, 1)).is_ok());
+    assert!(dec(&stats_sum(0, max, max)).is_ok());
+    assert!(dec(&stats_sum(-4, 16, 1)).is_ok());
+    // Just outside, slot by slot.
+    assert!(matches!(
+        dec(&stats_sum(0, 0, 0)),
+        Err(DecodeError::Standardise(
+            crate::standardise::ValidationError::Unusable(crate::standardise::StatsError::NoRows)
+        ))
+    ));
+    assert_eq!(
+        stats_slot(dec(&stats_sum(0, 0, -1))),
+        Some((SumSlot::Rows, -1))
+    );
+    assert_eq!(
+        stats_slot(dec(&stats_sum(0, -1, 1))),
+        Some((SumSlot::FeatureSumSq(0), -1))
+    );
+    if max < i64::MAX {
+        assert_eq!(
+            stats_slot(dec(&stats_sum(0, max + 1, 1))),
+            Some((SumSlot::FeatureSumSq(0), i128::from(max) + 1))
+        );
+        assert_eq!(
+            stats_slot(dec(&stats_sum(-max - 1, max, max))),
+            Some((SumSlot::FeatureSum(0), -i128::from(max) - 1))
+        );
+        assert_eq!(
+            stats_slot(dec(&stats_sum(0, 0, max + 1))),
+            Some((SumSlot::Rows, i128::from(max) + 1))
+        );
+    }
+    // Contributor counts the round cannot have.
+    for c in [0, 5] {
+        assert!(matches!(
+            decode_statistics(&stats_sum(0, 0, 1), 1, 0, c, max_cohort),
+            Err(DecodeError::Contributors { .. })
+        ));
+    }
+}
+
+#[test]
+fn statistics_with_a_negative_variance_are_refused() -> Result<(), DecodeError> {
+    // 16 fractional bits, 2 contributors: each sum is off by ≤ 2·2^-17.
+    let bits = 16;
+    let fx = |x: f64| (x * f64::from(1u32 << bits)).round() as i64;
+    // 4 rows with Σx = 8 (mean 2): honest Σx² ≥ 16.
+    let honest = decode_statistics(&stats_sum(fx(8.0), fx(16.0), 4), 1, bits, 2, 10)?;
+    assert_eq!(honest.n, 4);
+    let poisoned = decode_statistics(&stats_sum(fx(8.0), fx(15.0), 4), 1, bits, 2, 10);
+    assert!(
+        matches!(
+            poisoned,
+            Err(DecodeError::Standardise(
+                crate::standardise::ValidationError::NegativeVariance { feature: 0, .. }
+            ))
+        ),
+        "{poisoned:?}"
+    );
+    // One quantum below: within what the rounding explains.
+    assert!(decode_statistics(&stats_sum(fx(8.0), fx(16.0) - 1, 4), 1, bits, 2, 10).is_ok());
     Ok(())
 }

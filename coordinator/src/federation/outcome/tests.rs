@@ -167,15 +167,15 @@ fn malformed_lengths_are_errors_not_panics() -> Result<(), Box<dyn std::error::E
     let wrong_ring = result(RingVec::U64(vec![0; 7]), 2);
     assert!(outcome(RoundKind::Train, &wrong_ring, &cx).is_err());
     assert!(matches!(
-        decode_statistics(&RingVec::U64(vec![0; 4]), 2, 16),
+        decode_statistics(&RingVec::U64(vec![0; 4]), 2, 16, 2, 10),
         Err(OutcomeError::Statistics(_))
     ));
     assert!(matches!(
-        decode_statistics(&RingVec::U32(vec![0; 5]), 2, 16),
+        decode_statistics(&RingVec::U32(vec![0; 5]), 2, 16, 2, 10),
         Err(OutcomeError::StatisticsRing)
     ));
     assert!(matches!(
-        decode_statistics(&RingVec::U64(vec![0; 5]), 2, 16),
+        decode_statistics(&RingVec::U64(vec![0; 5]), 2, 16, 2, 10),
         Err(OutcomeError::NoRows)
     ));
     Ok(())
@@ -188,11 +188,120 @@ fn statistics_give_mean_and_floored_std() -> Result<(), Box<dyn std::error::Erro
     let b = stats::encode_stats(&[3.0, 5.0], &[9.0, 25.0], 1, 16, 10)?;
     let mut sum = a;
     add_assign(&mut sum, &b);
-    let s = decode_statistics(&RingVec::U64(sum), 2, 16)?;
+    let s = decode_statistics(&RingVec::U64(sum), 2, 16, 2, 10)?;
     assert_eq!(s.rows, 2);
     assert!((s.preprocess.mean[0] - 2.0).abs() < 1e-4);
     assert!((s.preprocess.mean[1] - 5.0).abs() < 1e-4);
     assert!((s.preprocess.std[0] - 1.0).abs() < 1e-3);
     assert!(s.preprocess.std[1] <= 1e-2 && s.preprocess.std[1] >= STD_FLOOR);
+    Ok(())
+}
+
+fn context<'a>(
+    q: &'a Quantiser,
+    m: &'a Model,
+    opt: &'a ServerOptimiser,
+    model_len: usize,
+) -> Context<'a> {
+    Context {
+        features: 1,
+        stats_scale_bits: 16,
+        quant: q,
+        model_len,
+        model: m,
+        optimiser: opt,
+        max_model_bytes: 1 << 20,
+    }
+}
+
+/// A training sum with one element beyond what two honest sites of that
+/// total weight can produce is rejected by reason, and no update is made.
+#[test]
+fn a_poisoned_training_sum_is_rejected_with_its_reason() -> Result<(), Box<dyn std::error::Error>> {
+    let q = quant()?;
+    let m = model()?;
+    let opt = ServerOptimiser::new(OptimiserKind::FedAvg, &OptimiserSettings::default(), 3);
+    let cx = context(&q, &m, &opt, 3);
+    let honest = summed(
+        &q,
+        &[(&[0.5; 3], 2, [1, 2, 10]), (&[-0.5; 3], 3, [2, 2, 10])],
+    )?;
+    assert!(outcome(RoundKind::Train, &result(honest.clone(), 2), &cx).is_ok());
+    // Element 1 at the honest limit decodes; one quantum more is rejected.
+    let limit = i64::try_from(q.element_limit(2, 5))?;
+    let mut at = honest.to_signed();
+    at[1] = limit;
+    let at = RingVec::U32(at.iter().map(|&v| v as u32).collect());
+    assert!(outcome(RoundKind::Train, &result(at, 2), &cx).is_ok());
+    let mut poisoned = honest.to_signed();
+    poisoned[1] = limit + 1;
+    let poisoned = RingVec::U32(poisoned.iter().map(|&v| v as u32).collect());
+    let e = outcome(RoundKind::Train, &result(poisoned, 2), &cx)
+        .err()
+        .ok_or("a poisoned sum must fail")?;
+    assert!(
+        matches!(
+            e,
+            OutcomeError::Rejected(DecodeError::Quant(QuantError::ElementOutOfRange {
+                index: 1,
+                ..
+            }))
+        ),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("aggregate rejected: sum element 1 = ") && msg.contains("clip 4"),
+        "{msg}"
+    );
+    // A negative weight is rejected the same way.
+    let mut light = honest.to_signed();
+    light[3] = 1;
+    let light = RingVec::U32(light.iter().map(|&v| v as u32).collect());
+    assert!(matches!(
+        outcome(RoundKind::Train, &result(light, 2), &cx),
+        Err(OutcomeError::Rejected(DecodeError::Quant(
+            QuantError::WeightOutOfRange { total: 1, .. }
+        )))
+    ));
+    // Metric slots that cannot be counts.
+    let mut metrics = honest.to_signed();
+    metrics[4] = 5; // Σcorrect 5 > Σexamples 4
+    let metrics = RingVec::U32(metrics.iter().map(|&v| v as u32).collect());
+    let e = outcome(RoundKind::Train, &result(metrics, 2), &cx)
+        .err()
+        .ok_or("inconsistent metrics must fail")?;
+    assert!(e.to_string().contains("Σcorrect = 5"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn poisoned_statistics_are_rejected_with_their_reason() -> Result<(), Box<dyn std::error::Error>> {
+    let a = stats::encode_stats(&[2.0], &[4.0], 1, 16, 10)?;
+    let b = stats::encode_stats(&[-2.0], &[4.0], 1, 16, 10)?;
+    let mut sum = a.clone();
+    add_assign(&mut sum, &b);
+    assert!(decode_statistics(&RingVec::U64(sum.clone()), 1, 16, 2, 10).is_ok());
+    // A site that adds a negative Σx²: the variance would be clamped to 0 and
+    // the feature scaled by 1/STD_FLOOR.
+    let poison = stats::encode_stats(&[0.0], &[0.0], 0, 16, 10)?;
+    let mut bad = sum.clone();
+    add_assign(&mut bad, &poison);
+    bad[1] = bad[1].wrapping_sub(9 << 16);
+    let e = decode_statistics(&RingVec::U64(bad), 1, 16, 3, 10)
+        .err()
+        .ok_or("negative Σx² must fail")?;
+    assert!(
+        matches!(e, OutcomeError::Rejected(DecodeError::OutOfRange { .. })),
+        "{e}"
+    );
+    assert!(e.to_string().contains("Σx² of feature 0"), "{e}");
+    // Σx² that is positive but below (Σx)²/n.
+    let mut low = sum;
+    low[0] = low[0].wrapping_add(8 << 16); // Σx = 8 over 2 rows: Σx² ≥ 32
+    let e = decode_statistics(&RingVec::U64(low), 1, 16, 2, 10)
+        .err()
+        .ok_or("a negative variance must fail")?;
+    assert!(e.to_string().contains("variance"), "{e}");
     Ok(())
 }

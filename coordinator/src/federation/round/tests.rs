@@ -1,0 +1,207 @@
+//! Upload hygiene at the federation (one stream per member, a wait for a
+//! slot bounded by the stage deadline) and a poisoned upload failing its
+//! round cleanly. In-process sites, plaintext rounds, tokio's paused clock.
+
+use std::error::Error;
+use std::sync::Arc;
+use std::time::Duration;
+
+use confide_crypto::MemberId;
+use confide_crypto::protocol::RingVec;
+use confide_proto::model::Model;
+use confide_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::error::{CoordinatorError, RequestError};
+use crate::federation::{Federation, ServeReport, initial_model};
+use crate::settings::Settings;
+
+pub(crate) type Res<T> = Result<T, Box<dyn Error>>;
+
+/// One plaintext training round of `n` insecure sites, 4 s stages (so the
+/// round closes 12 s after it starts), stop at the first failure.
+pub(crate) fn plaintext(n: usize) -> Settings {
+    let mut s = Settings {
+        min_sites: n,
+        max_sites: n,
+        ..Default::default()
+    };
+    s.tls.insecure = true;
+    s.rounds = 1;
+    s.statistics_round = false;
+    s.final_evaluation = false;
+    s.secure_aggregation = false;
+    s.secagg.stage_timeout_secs = 4;
+    s.max_consecutive_failures = 1;
+    s
+}
+
+/// A joined in-process site.
+pub(crate) struct Site {
+    pub session: String,
+    pub member: MemberId,
+    rx: mpsc::UnboundedReceiver<pb::Task>,
+}
+
+/// A running round: the federation, its driver, the sites and the RoundStart.
+pub(crate) struct Running {
+    pub fed: Arc<Federation>,
+    pub sites: Vec<Site>,
+    pub driver: JoinHandle<Result<ServeReport, CoordinatorError>>,
+    pub start: pb::RoundStart,
+}
+
+/// Joins `names`, starts the driver and waits for every site's RoundStart.
+pub(crate) async fn start(s: Settings, names: &[&str]) -> Res<Running> {
+    let fed = Federation::new(s)?;
+    let mut sites = Vec::new();
+    for name in names {
+        let session = fed.join(name, &[7; 32], None)?;
+        let member = fed.session(&session, None)?.member;
+        let rx = fed.open_tasks(&session, None)?;
+        sites.push(Site {
+            session,
+            member,
+            rx,
+        });
+    }
+    let driver = tokio::spawn({
+        let fed = fed.clone();
+        async move { fed.run().await }
+    });
+    let mut start = None;
+    for site in &mut sites {
+        match site.rx.recv().await.and_then(|t| t.kind) {
+            Some(pb::task::Kind::RoundStart(rs)) => start = Some(rs),
+            other => return Err(format!("expected RoundStart, got {other:?}").into()),
+        }
+    }
+    let start = start.ok_or("no sites")?;
+    Ok(Running {
+        fed,
+        sites,
+        driver,
+        start,
+    })
+}
+
+/// The little-endian bytes of an honest TRAIN vector: every parameter moved
+/// by `delta`, weight 1, metrics [1 correct of 2, loss 0.5].
+pub(crate) fn honest(s: &Settings, delta: f32) -> Res<Vec<u32>> {
+    let q = s.quantiser(s.ring)?;
+    let d = initial_model(s)?.num_params();
+    Ok(q.encode::<u32>(&vec![delta; d], 1, &[1, 2, 500], &mut rand::rng())?)
+}
+
+fn bytes(v: Vec<u32>) -> Vec<u8> {
+    RingVec::U32(v).to_le_bytes()
+}
+
+/// Uploads `v` in one chunk for `site`.
+async fn upload(r: &Running, site: usize, v: Vec<u32>) -> Result<(), RequestError> {
+    let site = &r.sites[site];
+    let mut up = r
+        .fed
+        .begin_upload(&site.session, None, r.start.round, r.start.vector_len)
+        .await?;
+    up.push(0, &bytes(v))?;
+    r.fed.finish_upload(&site.session, None, up)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_uploads_through_one_stream_at_a_time() -> Res<()> {
+    let s = plaintext(2);
+    let r = start(s.clone(), &["a", "b"]).await?;
+    let (a, round, len) = (&r.sites[0], r.start.round, r.start.vector_len);
+    let first = r.fed.begin_upload(&a.session, None, round, len).await?;
+    // A second stream while the first is open is refused; the first goes on.
+    assert_eq!(
+        r.fed.begin_upload(&a.session, None, round, len).await.err(),
+        Some(RequestError::UploadInProgress(a.member))
+    );
+    // A stream that failed (dropped unfinished) does not lock the member out.
+    drop(first);
+    let mut retry = r.fed.begin_upload(&a.session, None, round, len).await?;
+    retry.push(0, &bytes(honest(&s, 0.25)?))?;
+    r.fed.finish_upload(&a.session, None, retry)?;
+    // Once the vector is in the sum, any later stream is a duplicate.
+    assert_eq!(
+        r.fed.begin_upload(&a.session, None, round, len).await.err(),
+        Some(RequestError::AlreadySubmitted(a.member))
+    );
+    upload(&r, 1, honest(&s, 0.25)?).await?;
+    let report = r.driver.await??;
+    assert!(report.history[0].success, "{}", report.history[0].message);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_an_upload_slot_ends_at_the_stage_deadline() -> Res<()> {
+    let mut s = plaintext(3);
+    s.limits.max_concurrent_uploads = 1;
+    let r = start(s, &["a", "b", "c"]).await?;
+    let (round, len) = (r.start.round, r.start.vector_len);
+    let begun = tokio::time::Instant::now();
+    let held = r
+        .fed
+        .begin_upload(&r.sites[0].session, None, round, len)
+        .await?;
+    // b waits for the one slot and gets it as soon as a's stream is dropped.
+    let waiting = tokio::spawn({
+        let (fed, session) = (r.fed.clone(), r.sites[1].session.clone());
+        async move { fed.begin_upload(&session, None, round, len).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "the only slot is held");
+    drop(held);
+    let b = waiting.await??;
+    // c waits behind b's stalled upload, but only until the stage deadline
+    // (12 s after the start), not indefinitely.
+    let c = r
+        .fed
+        .begin_upload(&r.sites[2].session, None, round, len)
+        .await;
+    let waited = tokio::time::Instant::now() - begun;
+    assert_eq!(c.err(), Some(RequestError::UploadSlotTimeout { round }));
+    assert!(
+        waited >= Duration::from_secs(12) && waited < Duration::from_secs(13),
+        "{waited:?}"
+    );
+    drop(b);
+    let res = r.driver.await?;
+    assert!(matches!(res, Err(CoordinatorError::Rounds { failures: 1 })));
+    Ok(())
+}
+
+/// One site's upload holds an element no honest site of its weight can
+/// produce: the round fails, the record says why, the model is unchanged.
+#[tokio::test(start_paused = true)]
+async fn a_poisoned_upload_fails_the_round_and_leaves_the_model() -> Res<()> {
+    let s = plaintext(2);
+    let before = initial_model(&s)?;
+    let r = start(s.clone(), &["a", "b"]).await?;
+    upload(&r, 0, honest(&s, 0.25)?).await?;
+    let mut poisoned = honest(&s, 0.25)?;
+    // Weight 1, but the element of a full-weight site at the clip: the mean
+    // would be ≈ max_weight / 2 × clip.
+    let q = s.quantiser(s.ring)?;
+    let big = q.element_limit(1, s.quantisation.max_weight);
+    poisoned[0] = u32::try_from(big)?;
+    upload(&r, 1, poisoned).await?;
+    let res = r.driver.await?;
+    assert!(matches!(res, Err(CoordinatorError::Rounds { failures: 1 })));
+    let h = r.fed.history();
+    assert_eq!(h.len(), 1);
+    assert!(!h[0].success);
+    assert!(
+        h[0].message
+            .starts_with("aggregate rejected: sum element 0 = "),
+        "{}",
+        h[0].message
+    );
+    assert_eq!((h[0].survivors, h[0].dropped), (2, 0));
+    assert_eq!(Model::from_safetensors(&r.fed.model_bytes())?, before);
+    assert_eq!(r.fed.report().completed_rounds, 0);
+    Ok(())
+}

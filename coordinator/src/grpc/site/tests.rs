@@ -1,0 +1,189 @@
+//! The Site handlers' own limits: the per-identity rate limit, and an upload
+//! stream that stalls or outlives the stage losing its slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Code;
+
+use super::*;
+use crate::access::{Access, JoinLimiter};
+use crate::federation::Federation;
+use crate::federation::round::tests::{Res, honest, plaintext, start};
+use crate::grpc::rate::SiteLimiter;
+
+fn handlers(fed: Arc<Federation>) -> Handlers {
+    let l = fed.settings().limits.clone();
+    Handlers {
+        tls: false,
+        access: Arc::new(Access::new(&[], None)),
+        joins: Arc::new(JoinLimiter::new(l.join_rate_per_sec, l.join_burst)),
+        rates: Arc::new(SiteLimiter::new(l.site_rate_per_sec, l.site_burst)),
+        fed,
+    }
+}
+
+fn unmask(session: &str) -> Request<pb::UnmaskResponse> {
+    Request::new(pb::UnmaskResponse {
+        session: session.into(),
+        round: 1,
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_site_over_its_rate_is_refused_and_others_are_not() -> Res<()> {
+    let mut s = plaintext(2);
+    s.limits.site_burst = 3;
+    s.limits.site_rate_per_sec = 0.001;
+    let fed = Federation::new(s)?;
+    let a = fed.join("a", &[7; 32], None)?;
+    let b = fed.join("b", &[7; 32], None)?;
+    let h = handlers(fed);
+    // Within the burst, calls reach the federation (no round: refused there).
+    for _ in 0..3 {
+        let e = h
+            .unmask(unmask(&a))
+            .await
+            .err()
+            .ok_or("no round is running")?;
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    }
+    let e = h.unmask(unmask(&a)).await.err().ok_or("over the burst")?;
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(
+        e.message().contains("rate limit") && e.message().contains("limits.site_rate_per_sec"),
+        "{e}"
+    );
+    // Other calls of the same site count against the same bucket.
+    let tasks = h
+        .tasks(Request::new(pb::TasksRequest { session: a.clone() }))
+        .await
+        .err()
+        .ok_or("limited")?;
+    assert_eq!(tasks.code(), Code::ResourceExhausted);
+    // Another site has its own bucket; an unknown session is not an identity.
+    let e = h
+        .unmask(unmask(&b))
+        .await
+        .err()
+        .ok_or("no round is running")?;
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    let e = h.unmask(unmask("nobody")).await.err().ok_or("unknown")?;
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    Ok(())
+}
+
+fn chunk(
+    session: &str,
+    round: u64,
+    offset: u64,
+    total_len: u64,
+    data: Vec<u8>,
+) -> pb::MaskedInputChunk {
+    pb::MaskedInputChunk {
+        session: session.into(),
+        round,
+        offset,
+        total_len,
+        data,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_upload_loses_its_slot_and_none_outlives_the_stage() -> Res<()> {
+    let mut s = plaintext(3);
+    s.limits.max_concurrent_uploads = 1;
+    s.limits.upload_idle_secs = 2;
+    let r = start(s.clone(), &["a", "b", "c"]).await?;
+    let (round, len) = (r.start.round, r.start.vector_len);
+    let v = honest(&s, 0.25)?;
+    let half = confide_crypto::ring::to_le_bytes(&v[..v.len() / 2]);
+
+    // a sends half its vector, then nothing: after 2 s it is cut off.
+    let a = &r.sites[0].session;
+    let mut up = r.fed.begin_upload(a, None, round, len).await?;
+    up.push(0, &half)?;
+    let mut stalled = tokio_stream::pending::<Result<pb::MaskedInputChunk, Status>>();
+    let begun = tokio::time::Instant::now();
+    let e = receive_chunks(&mut stalled, &mut up, a, round, 2)
+        .await
+        .err()
+        .ok_or("a stalled stream must fail")?;
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
+    assert!(e.message().contains("stalled"), "{e}");
+    assert_eq!(tokio::time::Instant::now() - begun, Duration::from_secs(2));
+    drop(up);
+
+    // Its slot is free at once for b, whose stream trickles a chunk every
+    // second (never idle for 2 s) but cannot outlive the stage deadline.
+    let b = &r.sites[1].session;
+    let mut up = tokio::time::timeout(
+        Duration::from_millis(1),
+        r.fed.begin_upload(b, None, round, len),
+    )
+    .await??;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sender = tokio::spawn({
+        let (b, v) = (b.clone(), v.clone());
+        async move {
+            for (i, x) in v.iter().enumerate() {
+                let data = confide_crypto::ring::to_le_bytes(std::slice::from_ref(x));
+                if tx.send(Ok(chunk(&b, round, i as u64, len, data))).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    let mut trickle = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+    let e = receive_chunks(&mut trickle, &mut up, b, round, 2)
+        .await
+        .err()
+        .ok_or("a stream past the deadline must fail")?;
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
+    assert!(e.message().contains("deadline"), "{e}");
+    // The deadline is the stage's: 12 s after the round started.
+    let waited = tokio::time::Instant::now() - begun;
+    assert!(
+        waited > Duration::from_secs(10) && waited <= Duration::from_secs(12),
+        "{waited:?}"
+    );
+    assert!(up.received() > 0 && up.received() < up.elements());
+    drop(up);
+    sender.abort();
+    let _ = r.driver.await?;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_complete_stream_is_received_in_chunks() -> Res<()> {
+    let s = plaintext(2);
+    let r = start(s.clone(), &["a", "b"]).await?;
+    let (round, len) = (r.start.round, r.start.vector_len);
+    let v = honest(&s, 0.25)?;
+    let a = &r.sites[0].session;
+    let mut up = r.fed.begin_upload(a, None, round, len).await?;
+    let mid = v.len() / 2;
+    up.push(0, &confide_crypto::ring::to_le_bytes(&v[..mid]))?;
+    let rest = chunk(
+        a,
+        round,
+        mid as u64,
+        len,
+        confide_crypto::ring::to_le_bytes(&v[mid..]),
+    );
+    let mut stream = tokio_stream::iter([Ok(rest)]);
+    receive_chunks(&mut stream, &mut up, a, round, 2).await?;
+    r.fed.finish_upload(a, None, up)?;
+    // A chunk of another round in the same stream is refused.
+    let b = &r.sites[1].session;
+    let mut up = r.fed.begin_upload(b, None, round, len).await?;
+    let mut wrong = tokio_stream::iter([Ok(chunk(b, round + 1, 0, len, Vec::new()))]);
+    let e = receive_chunks(&mut wrong, &mut up, b, round, 2)
+        .await
+        .err()
+        .ok_or("mixed rounds")?;
+    assert_eq!(e.code(), Code::InvalidArgument);
+    Ok(())
+}
