@@ -108,7 +108,10 @@
 //! **Hygiene.** Secret keys, seeds and shares are zeroized on drop and never
 //! printed by `Debug`. Randomness for keys, seeds, shares and rounding comes
 //! from a caller-supplied CSPRNG; no seed is ever reduced below 256 bits, and
-//! no non-cryptographic generator is used for masks or rounding.
+//! no non-cryptographic generator is used for masks or rounding. SM4 (the
+//! `gm` mask PRG and SM4-GCM) has no secret-indexed table look-ups or
+//! secret-dependent branches on any CPU ([`simd`] kernels, else the bitsliced
+//! [`sm4ct`]).
 
 #![warn(missing_docs)]
 
@@ -125,6 +128,7 @@ pub mod shamir;
 #[cfg(any(test, feature = "test-util"))]
 pub mod sim;
 pub mod simd;
+pub mod sm4ct;
 pub mod sm4fast;
 pub mod stats;
 pub mod suite;

@@ -1,20 +1,19 @@
 //! SM4 (GB/T 32907-2016) encryption and a fast CTR-mode keystream.
 //!
-//! # Construction
+//! # Implementations
 //!
-//! SM4 is a 32-round unbalanced Feistel network on four 32-bit big-endian
-//! words `X0..X3`: `X[i+4] = X[i] ^ T(X[i+1] ^ X[i+2] ^ X[i+3] ^ rk[i])`, with
-//! `T = L ∘ τ`, `τ` the byte-wise S-box and
-//! `L(B) = B ^ (B <<< 2) ^ (B <<< 10) ^ (B <<< 18) ^ (B <<< 24)`.
-//! The ciphertext is `X35 || X34 || X33 || X32`.
+//! Every path is constant-time: no table look-up, branch or memory address
+//! depends on the key or the data. On x86_64 with AVX2 the keystream comes
+//! from the SIMD kernels in [`crate::simd`] (GFNI or AES-NI S-box); elsewhere —
+//! aarch64 servers, x86 without AVX2 — from the portable bitsliced code in
+//! [`crate::sm4ct`] (S-box as a boolean circuit, 64 blocks per batch). The key
+//! schedule and [`Sm4Keystream::encrypt_block`] use the same circuit on one
+//! word at a time.
 //!
-//! The portable path folds `τ` and `L` into four 256-entry `u32` tables
-//! (`T(x) = T0[x₀] ^ T1[x₁] ^ T2[x₂] ^ T3[x₃]`, one per byte position, built at
-//! compile time) and interleaves four blocks so that independent rounds
-//! overlap in the pipeline. Table look-ups are indexed by secret data, so
-//! this path is **not** constant-time against cache-timing attackers; the
-//! SIMD paths in [`crate::simd`] are, and are preferred whenever the CPU has
-//! them.
+//! The former portable path (four 256-entry T-tables indexed by secret bytes,
+//! open to cache-timing attacks) survives only as a reference for tests and
+//! benchmarks (`keystream_table`, behind `cfg(test)` / the `test-util`
+//! feature).
 //!
 //! # CTR counter convention
 //!
@@ -29,161 +28,120 @@ use core::fmt;
 use zeroize::Zeroize;
 
 use crate::simd::{self, Backend};
+use crate::sm4ct;
 
-/// The SM4 S-box (GB/T 32907-2016, table 1).
-pub(crate) const SBOX: [u8; 256] = [
-    0xD6, 0x90, 0xE9, 0xFE, 0xCC, 0xE1, 0x3D, 0xB7, 0x16, 0xB6, 0x14, 0xC2, 0x28, 0xFB, 0x2C, 0x05,
-    0x2B, 0x67, 0x9A, 0x76, 0x2A, 0xBE, 0x04, 0xC3, 0xAA, 0x44, 0x13, 0x26, 0x49, 0x86, 0x06, 0x99,
-    0x9C, 0x42, 0x50, 0xF4, 0x91, 0xEF, 0x98, 0x7A, 0x33, 0x54, 0x0B, 0x43, 0xED, 0xCF, 0xAC, 0x62,
-    0xE4, 0xB3, 0x1C, 0xA9, 0xC9, 0x08, 0xE8, 0x95, 0x80, 0xDF, 0x94, 0xFA, 0x75, 0x8F, 0x3F, 0xA6,
-    0x47, 0x07, 0xA7, 0xFC, 0xF3, 0x73, 0x17, 0xBA, 0x83, 0x59, 0x3C, 0x19, 0xE6, 0x85, 0x4F, 0xA8,
-    0x68, 0x6B, 0x81, 0xB2, 0x71, 0x64, 0xDA, 0x8B, 0xF8, 0xEB, 0x0F, 0x4B, 0x70, 0x56, 0x9D, 0x35,
-    0x1E, 0x24, 0x0E, 0x5E, 0x63, 0x58, 0xD1, 0xA2, 0x25, 0x22, 0x7C, 0x3B, 0x01, 0x21, 0x78, 0x87,
-    0xD4, 0x00, 0x46, 0x57, 0x9F, 0xD3, 0x27, 0x52, 0x4C, 0x36, 0x02, 0xE7, 0xA0, 0xC4, 0xC8, 0x9E,
-    0xEA, 0xBF, 0x8A, 0xD2, 0x40, 0xC7, 0x38, 0xB5, 0xA3, 0xF7, 0xF2, 0xCE, 0xF9, 0x61, 0x15, 0xA1,
-    0xE0, 0xAE, 0x5D, 0xA4, 0x9B, 0x34, 0x1A, 0x55, 0xAD, 0x93, 0x32, 0x30, 0xF5, 0x8C, 0xB1, 0xE3,
-    0x1D, 0xF6, 0xE2, 0x2E, 0x82, 0x66, 0xCA, 0x60, 0xC0, 0x29, 0x23, 0xAB, 0x0D, 0x53, 0x4E, 0x6F,
-    0xD5, 0xDB, 0x37, 0x45, 0xDE, 0xFD, 0x8E, 0x2F, 0x03, 0xFF, 0x6A, 0x72, 0x6D, 0x6C, 0x5B, 0x51,
-    0x8D, 0x1B, 0xAF, 0x92, 0xBB, 0xDD, 0xBC, 0x7F, 0x11, 0xD9, 0x5C, 0x41, 0x1F, 0x10, 0x5A, 0xD8,
-    0x0A, 0xC1, 0x31, 0x88, 0xA5, 0xCD, 0x7B, 0xBD, 0x2D, 0x74, 0xD0, 0x12, 0xB8, 0xE5, 0xB4, 0xB0,
-    0x89, 0x69, 0x97, 0x4A, 0x0C, 0x96, 0x77, 0x7E, 0x65, 0xB9, 0xF1, 0x09, 0xC5, 0x6E, 0xC6, 0x84,
-    0x18, 0xF0, 0x7D, 0xEC, 0x3A, 0xDC, 0x4D, 0x20, 0x79, 0xEE, 0x5F, 0x3E, 0xD7, 0xCB, 0x39, 0x48,
-];
+/// The T-table SM4 this crate used before [`crate::sm4ct`]: **not**
+/// constant-time (look-ups indexed by secret bytes). Kept only as a
+/// reference for tests and benchmarks.
+#[cfg(any(test, feature = "test-util"))]
+mod table {
+    use crate::sm4ct::l;
 
-/// System parameter FK (key schedule whitening).
-const FK: [u32; 4] = [0xA3B1_BAC6, 0x56AA_3350, 0x677D_9197, 0xB270_22DC];
+    /// The SM4 S-box (GB/T 32907-2016, table 1).
+    pub(crate) const SBOX: [u8; 256] = [
+        0xD6, 0x90, 0xE9, 0xFE, 0xCC, 0xE1, 0x3D, 0xB7, 0x16, 0xB6, 0x14, 0xC2, 0x28, 0xFB, 0x2C,
+        0x05, 0x2B, 0x67, 0x9A, 0x76, 0x2A, 0xBE, 0x04, 0xC3, 0xAA, 0x44, 0x13, 0x26, 0x49, 0x86,
+        0x06, 0x99, 0x9C, 0x42, 0x50, 0xF4, 0x91, 0xEF, 0x98, 0x7A, 0x33, 0x54, 0x0B, 0x43, 0xED,
+        0xCF, 0xAC, 0x62, 0xE4, 0xB3, 0x1C, 0xA9, 0xC9, 0x08, 0xE8, 0x95, 0x80, 0xDF, 0x94, 0xFA,
+        0x75, 0x8F, 0x3F, 0xA6, 0x47, 0x07, 0xA7, 0xFC, 0xF3, 0x73, 0x17, 0xBA, 0x83, 0x59, 0x3C,
+        0x19, 0xE6, 0x85, 0x4F, 0xA8, 0x68, 0x6B, 0x81, 0xB2, 0x71, 0x64, 0xDA, 0x8B, 0xF8, 0xEB,
+        0x0F, 0x4B, 0x70, 0x56, 0x9D, 0x35, 0x1E, 0x24, 0x0E, 0x5E, 0x63, 0x58, 0xD1, 0xA2, 0x25,
+        0x22, 0x7C, 0x3B, 0x01, 0x21, 0x78, 0x87, 0xD4, 0x00, 0x46, 0x57, 0x9F, 0xD3, 0x27, 0x52,
+        0x4C, 0x36, 0x02, 0xE7, 0xA0, 0xC4, 0xC8, 0x9E, 0xEA, 0xBF, 0x8A, 0xD2, 0x40, 0xC7, 0x38,
+        0xB5, 0xA3, 0xF7, 0xF2, 0xCE, 0xF9, 0x61, 0x15, 0xA1, 0xE0, 0xAE, 0x5D, 0xA4, 0x9B, 0x34,
+        0x1A, 0x55, 0xAD, 0x93, 0x32, 0x30, 0xF5, 0x8C, 0xB1, 0xE3, 0x1D, 0xF6, 0xE2, 0x2E, 0x82,
+        0x66, 0xCA, 0x60, 0xC0, 0x29, 0x23, 0xAB, 0x0D, 0x53, 0x4E, 0x6F, 0xD5, 0xDB, 0x37, 0x45,
+        0xDE, 0xFD, 0x8E, 0x2F, 0x03, 0xFF, 0x6A, 0x72, 0x6D, 0x6C, 0x5B, 0x51, 0x8D, 0x1B, 0xAF,
+        0x92, 0xBB, 0xDD, 0xBC, 0x7F, 0x11, 0xD9, 0x5C, 0x41, 0x1F, 0x10, 0x5A, 0xD8, 0x0A, 0xC1,
+        0x31, 0x88, 0xA5, 0xCD, 0x7B, 0xBD, 0x2D, 0x74, 0xD0, 0x12, 0xB8, 0xE5, 0xB4, 0xB0, 0x89,
+        0x69, 0x97, 0x4A, 0x0C, 0x96, 0x77, 0x7E, 0x65, 0xB9, 0xF1, 0x09, 0xC5, 0x6E, 0xC6, 0x84,
+        0x18, 0xF0, 0x7D, 0xEC, 0x3A, 0xDC, 0x4D, 0x20, 0x79, 0xEE, 0x5F, 0x3E, 0xD7, 0xCB, 0x39,
+        0x48,
+    ];
 
-/// Fixed parameters CK: byte `j` of `CK[i]` is `(4i + j) * 7 mod 256`.
-const CK: [u32; 32] = {
-    let mut ck = [0u32; 32];
-    let mut i = 0;
-    while i < 32 {
-        let mut j = 0;
-        while j < 4 {
-            let byte = (((4 * i + j) * 7) % 256) as u32;
-            ck[i] |= byte << (24 - 8 * j);
-            j += 1;
+    /// `TABLES[k][v] = L(S(v) << (24 - 8k))`: since `L` is linear, `T(x)` is
+    /// the XOR of the four byte contributions.
+    static TABLES: [[u32; 256]; 4] = {
+        let mut t = [[0u32; 256]; 4];
+        let mut v = 0;
+        while v < 256 {
+            let s = SBOX[v] as u32;
+            let mut k = 0;
+            while k < 4 {
+                t[k][v] = l(s << (24 - 8 * k));
+                k += 1;
+            }
+            v += 1;
         }
-        i += 1;
+        t
+    };
+
+    /// Round function `T = L ∘ τ` via the tables.
+    pub(crate) fn t_table(x: u32) -> u32 {
+        let [b0, b1, b2, b3] = x.to_be_bytes();
+        TABLES[0][usize::from(b0)]
+            ^ TABLES[1][usize::from(b1)]
+            ^ TABLES[2][usize::from(b2)]
+            ^ TABLES[3][usize::from(b3)]
     }
-    ck
-};
 
-/// Linear transform of the encryption rounds.
-const fn l(b: u32) -> u32 {
-    b ^ b.rotate_left(2) ^ b.rotate_left(10) ^ b.rotate_left(18) ^ b.rotate_left(24)
-}
-
-/// Linear transform of the key schedule.
-const fn l_key(b: u32) -> u32 {
-    b ^ b.rotate_left(13) ^ b.rotate_left(23)
-}
-
-/// Byte-wise S-box on a word.
-const fn tau(a: u32) -> u32 {
-    let b = a.to_be_bytes();
-    u32::from_be_bytes([
-        SBOX[b[0] as usize],
-        SBOX[b[1] as usize],
-        SBOX[b[2] as usize],
-        SBOX[b[3] as usize],
-    ])
-}
-
-/// `TABLES[k][v] = L(S(v) << (24 - 8k))`: since `L` is linear, `T(x)` is the
-/// XOR of the four byte contributions.
-static TABLES: [[u32; 256]; 4] = {
-    let mut t = [[0u32; 256]; 4];
-    let mut v = 0;
-    while v < 256 {
-        let s = SBOX[v] as u32;
-        let mut k = 0;
-        while k < 4 {
-            t[k][v] = l(s << (24 - 8 * k));
-            k += 1;
-        }
-        v += 1;
-    }
-    t
-};
-
-/// Round function `T = L ∘ τ` via the tables.
-#[inline(always)]
-fn t_table(x: u32) -> u32 {
-    let [b0, b1, b2, b3] = x.to_be_bytes();
-    TABLES[0][usize::from(b0)]
-        ^ TABLES[1][usize::from(b1)]
-        ^ TABLES[2][usize::from(b2)]
-        ^ TABLES[3][usize::from(b3)]
-}
-
-/// Splits a 128-bit big-endian block value into the words `X0..X3`.
-#[inline(always)]
-fn to_words(v: u128) -> [u32; 4] {
-    [
-        (v >> 96) as u32,
-        (v >> 64) as u32,
-        (v >> 32) as u32,
-        v as u32,
-    ]
-}
-
-/// Output `X35 || X34 || X33 || X32` as a 128-bit big-endian value.
-#[inline(always)]
-fn from_final_words(x: &[u32; 4]) -> u128 {
-    (u128::from(x[3]) << 96)
-        | (u128::from(x[2]) << 64)
-        | (u128::from(x[1]) << 32)
-        | u128::from(x[0])
-}
-
-/// Runs the 32 rounds on `N` independent blocks, round-interleaved so the
-/// CPU can overlap their (otherwise serial) dependency chains.
-#[inline(always)]
-fn rounds<const N: usize>(rk: &[u32; 32], x: &mut [[u32; 4]; N]) {
-    let (rk4, _) = rk.as_chunks::<4>();
-    for k in rk4 {
-        for b in x.iter_mut() {
-            b[0] ^= t_table(b[1] ^ b[2] ^ b[3] ^ k[0]);
-        }
-        for b in x.iter_mut() {
-            b[1] ^= t_table(b[2] ^ b[3] ^ b[0] ^ k[1]);
-        }
-        for b in x.iter_mut() {
-            b[2] ^= t_table(b[3] ^ b[0] ^ b[1] ^ k[2]);
-        }
-        for b in x.iter_mut() {
-            b[3] ^= t_table(b[0] ^ b[1] ^ b[2] ^ k[3]);
+    /// Runs the 32 rounds on `N` independent blocks, round-interleaved so the
+    /// CPU can overlap their (otherwise serial) dependency chains.
+    #[inline(always)]
+    fn rounds<const N: usize>(rk: &[u32; 32], x: &mut [[u32; 4]; N]) {
+        let (rk4, _) = rk.as_chunks::<4>();
+        for k in rk4 {
+            for b in x.iter_mut() {
+                b[0] ^= t_table(b[1] ^ b[2] ^ b[3] ^ k[0]);
+            }
+            for b in x.iter_mut() {
+                b[1] ^= t_table(b[2] ^ b[3] ^ b[0] ^ k[1]);
+            }
+            for b in x.iter_mut() {
+                b[2] ^= t_table(b[3] ^ b[0] ^ b[1] ^ k[2]);
+            }
+            for b in x.iter_mut() {
+                b[3] ^= t_table(b[0] ^ b[1] ^ b[2] ^ k[3]);
+            }
         }
     }
-}
 
-/// Encrypts `N` consecutive counter blocks starting at `ctr` into `out`.
-#[inline(always)]
-fn ctr_blocks<const N: usize>(rk: &[u32; 32], ctr: u128, out: &mut [[u8; 16]; N]) {
-    let mut x = [[0u32; 4]; N];
-    for (i, w) in x.iter_mut().enumerate() {
-        *w = to_words(ctr.wrapping_add(i as u128));
+    /// Encrypts `N` consecutive counter blocks starting at `ctr` into `out`.
+    #[inline(always)]
+    fn ctr_blocks<const N: usize>(rk: &[u32; 32], ctr: u128, out: &mut [[u8; 16]; N]) {
+        let mut x = [[0u32; 4]; N];
+        for (i, w) in x.iter_mut().enumerate() {
+            let v = ctr.wrapping_add(i as u128);
+            *w = [
+                (v >> 96) as u32,
+                (v >> 64) as u32,
+                (v >> 32) as u32,
+                v as u32,
+            ];
+        }
+        rounds(rk, &mut x);
+        for (o, w) in out.iter_mut().zip(&x) {
+            let v = (u128::from(w[3]) << 96)
+                | (u128::from(w[2]) << 64)
+                | (u128::from(w[1]) << 32)
+                | u128::from(w[0]);
+            *o = v.to_be_bytes();
+        }
     }
-    rounds(rk, &mut x);
-    for (o, w) in out.iter_mut().zip(&x) {
-        *o = from_final_words(w).to_be_bytes();
-    }
-}
 
-/// Portable CTR keystream over whole blocks of `out` (a trailing partial
-/// block, if any, is left untouched).
-pub(crate) fn keystream_portable(rk: &[u32; 32], counter: u128, out: &mut [u8]) {
-    let (blocks, _) = out.as_chunks_mut::<16>();
-    let (quads, rest) = blocks.as_chunks_mut::<4>();
-    let mut ctr = counter;
-    for q in quads {
-        ctr_blocks::<4>(rk, ctr, q);
-        ctr = ctr.wrapping_add(4);
-    }
-    for b in rest {
-        ctr_blocks::<1>(rk, ctr, core::array::from_mut(b));
-        ctr = ctr.wrapping_add(1);
+    /// CTR keystream over whole blocks of `out`, four blocks interleaved.
+    pub(crate) fn keystream(rk: &[u32; 32], counter: u128, out: &mut [u8]) {
+        let (blocks, _) = out.as_chunks_mut::<16>();
+        let (quads, rest) = blocks.as_chunks_mut::<4>();
+        let mut ctr = counter;
+        for q in quads {
+            ctr_blocks::<4>(rk, ctr, q);
+            ctr = ctr.wrapping_add(4);
+        }
+        for b in rest {
+            ctr_blocks::<1>(rk, ctr, core::array::from_mut(b));
+            ctr = ctr.wrapping_add(1);
+        }
     }
 }
 
@@ -196,28 +154,15 @@ pub struct Sm4Keystream {
 impl Sm4Keystream {
     /// Expands `key` into the 32 round keys (GB/T 32907-2016, §7.3).
     pub fn new(key: &[u8; 16]) -> Self {
-        let mut k = to_words(u128::from_be_bytes(*key));
-        for (w, fk) in k.iter_mut().zip(FK) {
-            *w ^= fk;
+        Self {
+            rk: sm4ct::expand_key(key),
         }
-        let mut rk = [0u32; 32];
-        for (i, (r, ck)) in rk.iter_mut().zip(CK).enumerate() {
-            // k is a sliding window K[i..i+4]; slot i % 4 is replaced by K[i+4].
-            let j = i % 4;
-            let v = k[j] ^ l_key(tau(k[(j + 1) % 4] ^ k[(j + 2) % 4] ^ k[(j + 3) % 4] ^ ck));
-            k[j] = v;
-            *r = v;
-        }
-        k.zeroize();
-        Self { rk }
     }
 
-    /// Encrypt one 16-byte block in place (portable path), for tests/KATs.
+    /// Encrypt one 16-byte block in place (constant-time, one block at a
+    /// time: for tests and KATs, not bulk data).
     pub fn encrypt_block(&self, block: &mut [u8; 16]) {
-        let mut x = [to_words(u128::from_be_bytes(*block))];
-        rounds(&self.rk, &mut x);
-        *block = from_final_words(&x[0]).to_be_bytes();
-        x.zeroize();
+        sm4ct::encrypt_block(&self.rk, block);
     }
 
     /// Fill `out` with the CTR keystream for counter blocks `counter,
@@ -231,13 +176,22 @@ impl Sm4Keystream {
         self.keystream_with(Backend::detect(), counter, out);
     }
 
-    /// Same as [`Self::keystream`], forced onto the portable T-table path.
+    /// Same as [`Self::keystream`], forced onto the portable bitsliced path
+    /// ([`crate::sm4ct`]).
     pub fn keystream_portable(&self, counter: u128, out: &mut [u8]) {
         debug_assert!(
             out.len().is_multiple_of(16),
             "keystream length must be whole blocks"
         );
-        keystream_portable(&self.rk, counter, out);
+        sm4ct::keystream(&self.rk, counter, out);
+    }
+
+    /// The old T-table keystream (not constant-time), to compare against in
+    /// tests and benchmarks only.
+    #[cfg(any(test, feature = "test-util"))]
+    #[doc(hidden)]
+    pub fn keystream_table(&self, counter: u128, out: &mut [u8]) {
+        table::keystream(&self.rk, counter, out);
     }
 
     /// Same as [`Self::keystream`] with an explicit implementation (for tests
@@ -253,7 +207,7 @@ impl Sm4Keystream {
         if simd::keystream(backend, &self.rk, counter, out) {
             backend
         } else {
-            keystream_portable(&self.rk, counter, out);
+            sm4ct::keystream(&self.rk, counter, out);
             Backend::Portable
         }
     }
@@ -273,6 +227,10 @@ impl fmt::Debug for Sm4Keystream {
             .finish_non_exhaustive()
     }
 }
+
+/// The S-box table, for the SIMD module's tests.
+#[cfg(test)]
+pub(crate) use table::SBOX;
 
 #[cfg(test)]
 mod tests {
@@ -313,15 +271,15 @@ mod tests {
 
     #[test]
     fn ck_matches_standard() {
-        assert_eq!(CK[0], 0x0007_0E15);
-        assert_eq!(CK[1], 0x1C23_2A31);
-        assert_eq!(CK[31], 0x646B_7279);
+        assert_eq!(sm4ct::CK[0], 0x0007_0E15);
+        assert_eq!(sm4ct::CK[1], 0x1C23_2A31);
+        assert_eq!(sm4ct::CK[31], 0x646B_7279);
     }
 
     #[test]
-    fn tables_match_sbox_and_l() {
+    fn tables_match_circuit_and_l() {
         for x in [0u32, 1, 0x0123_4567, 0x89AB_CDEF, u32::MAX, 0xDEAD_BEEF] {
-            assert_eq!(t_table(x), l(tau(x)));
+            assert_eq!(table::t_table(x), sm4ct::l(sm4ct::tau(x)));
         }
     }
 
@@ -441,6 +399,9 @@ mod tests {
                 let mut port = vec![0u8; len];
                 ks.keystream_portable(counter, &mut port);
                 assert_eq!(port, want, "portable, counter {counter:#x}, len {len}");
+                let mut table = vec![0u8; len];
+                ks.keystream_table(counter, &mut table);
+                assert_eq!(table, want, "table, counter {counter:#x}, len {len}");
                 assert_eq!(fast, want, "dispatch, counter {counter:#x}, len {len}");
             }
         }

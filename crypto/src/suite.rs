@@ -274,7 +274,9 @@ impl CipherSuite for IntlSuite {
     }
 }
 
-type Sm4Gcm = aes_gcm::AesGcm<sm4::Sm4, aes_gcm::aead::consts::U12>;
+/// SM4-GCM over the constant-time SM4 of [`crate::sm4ct`] (the RustCrypto
+/// `sm4` crate indexes tables by secret bytes).
+type Sm4Gcm = aes_gcm::AesGcm<crate::sm4ct::Sm4, aes_gcm::aead::consts::U12>;
 
 fn sm2_secret(secret: &[u8; 32]) -> Result<sm2::SecretKey, CryptoError> {
     sm2::SecretKey::from_slice(secret)
