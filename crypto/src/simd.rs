@@ -49,7 +49,7 @@ use std::sync::OnceLock;
 /// An SM4-CTR keystream implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
-    /// Portable T-table code (any target).
+    /// Portable code (any target): table-free, bitsliced SM4 (`crate::sm4ct`).
     Portable,
     /// AES-NI S-box with AVX2 (256-bit, 8 blocks per register).
     AesniAvx2,
