@@ -148,13 +148,17 @@ impl SurvivorRules<'_> {
         Ok(())
     }
 
-    /// Every survivor's masking set: shape, and (if `verifier` is given) its
-    /// signature. Returns the peers of each survivor.
+    /// Every survivor's masking set: its shape, and the signature of each set
+    /// whose owner is in `verify` (checked with `verifier`). A site verifies
+    /// its neighbours' sets: they are the members whose shares it holds and
+    /// may reveal, and a forged set of any member is caught by all of that
+    /// member's neighbours — the only holders of its shares — who then
+    /// reveal nothing. Returns the peers of each survivor.
     pub(crate) fn masking_sets(
         &self,
         survivors: &BTreeSet<MemberId>,
         masking: &[RelayedMaskingSet],
-        verifier: Option<&dyn IdentityVerifier>,
+        verify: Option<(&dyn IdentityVerifier, &BTreeSet<MemberId>)>,
     ) -> Result<BTreeMap<MemberId, BTreeSet<MemberId>>, ProtocolError> {
         let mut sets = BTreeMap::new();
         for r in masking {
@@ -184,7 +188,9 @@ impl SurvivorRules<'_> {
             {
                 return bad(format!("names {p}, not a neighbour"));
             }
-            if let Some(v) = verifier {
+            if let Some((v, whom)) = verify
+                && whom.contains(&s.member)
+            {
                 let vk = match v.verifying_key(s.member, &r.identity) {
                     Ok(vk) => vk,
                     Err(e) => return bad(e),
@@ -255,8 +261,16 @@ pub(crate) fn check_quorum(
     verifier: &dyn IdentityVerifier,
 ) -> Result<(), ProtocolError> {
     let signed = SurvivorSignature::signed_bytes(session, survivors);
+    let need = cfg.quorum();
     let mut valid = BTreeSet::new();
     for r in signatures {
+        // Verifying is the cost of this stage: stop at the quorum.
+        if valid.len() >= need {
+            break;
+        }
+        if valid.contains(&r.signature.member) {
+            continue;
+        }
         let s = &r.signature;
         // Invalid or foreign signatures are ignored, not fatal: only the count
         // of valid ones matters.
@@ -270,7 +284,6 @@ pub(crate) fn check_quorum(
             valid.insert(s.member);
         }
     }
-    let need = cfg.quorum();
     if valid.len() < need {
         return Err(ProtocolError::Inconsistent(format!(
             "{} valid signatures on the survivor set, quorum is {need}",
