@@ -25,9 +25,9 @@ use confide_crypto::ProtocolError;
 use confide_crypto::protocol::StageTimeouts;
 use confide_crypto::protocol::{AnyCoordinator, AnyRoundResult};
 use confide_crypto::quant::Quantiser;
-use confide_proto::convert;
 use confide_proto::model::Model;
 use confide_proto::v1 as pb;
+use confide_proto::{context, convert};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{info, warn};
 
@@ -41,7 +41,7 @@ pub use registry::SessionInfo;
 pub use round::Upload;
 use round::{ActiveRound, SiteMessage, task};
 pub use scheduler::RoundKind;
-use scheduler::{PlanError, Progress, RoundPlan};
+use scheduler::{PlanError, Progress};
 
 /// The current time on tokio's clock (virtual under a paused test runtime).
 fn clock() -> Instant {
@@ -57,6 +57,21 @@ pub struct ServeReport {
     pub history: Vec<RoundRecord>,
     /// Held-out accuracy of the final model (from the evaluation round).
     pub final_accuracy: Option<f64>,
+}
+
+/// The CA fingerprint bound into every round's context: SHA-256 of the DER
+/// of the CA certificate the sites were issued under. Without TLS (local
+/// experiments and tests) there is no CA, so both sides use
+/// [`context::NO_CA`], 32 zero bytes; a site without a CA does the same.
+fn ca_fingerprint(s: &Settings) -> Result<[u8; 32], CoordinatorError> {
+    if s.tls.insecure {
+        return Ok(context::NO_CA);
+    }
+    let (ca, _, _) = s.tls_files()?;
+    let pem =
+        std::fs::read(&ca).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", ca.display())))?;
+    context::ca_fingerprint_pem(&pem)
+        .map_err(|e| CoordinatorError::Tls(format!("{}: {e}", ca.display())))
 }
 
 /// The initial global model from the settings (seeded, so it is the same on every fresh start).
@@ -96,6 +111,9 @@ pub struct Federation {
     settings: Settings,
     quant: Quantiser,
     config_hash: String,
+    /// SHA-256 of the federation CA certificate's DER, bound into every
+    /// round's context ([`confide_proto::context`]).
+    ca_fingerprint: [u8; 32],
     inner: Mutex<Inner>,
     wake: Notify,
     uploads: Arc<Semaphore>,
@@ -115,6 +133,7 @@ impl Federation {
     pub fn new(settings: Settings) -> Result<Arc<Self>, CoordinatorError> {
         settings.validate()?;
         let quant = settings.quantiser(settings.ring)?;
+        let ca_fingerprint = ca_fingerprint(&settings)?;
         let config_hash = settings.config_hash();
         let mut model = initial_model(&settings)?;
         let mut optimiser = ServerOptimiser::new(
@@ -166,6 +185,7 @@ impl Federation {
             uploads: Arc::new(Semaphore::new(settings.limits.max_concurrent_uploads)),
             quant,
             config_hash,
+            ca_fingerprint,
             inner: Mutex::new(Inner {
                 registry: Registry::default(),
                 round: None,
@@ -369,6 +389,20 @@ impl Federation {
         })
     }
 
+    /// `Consistency`: a survivor's signature on the survivor set.
+    pub fn consistency(
+        &self,
+        session: &str,
+        peer: Option<&str>,
+        req: pb::ConsistencyResponse,
+    ) -> Result<(), RequestError> {
+        self.route(session, peer, req.round, req.member, |_| {
+            Ok(SiteMessage::Consistency(
+                convert::consistency_response_from_proto(&req),
+            ))
+        })
+    }
+
     /// `Unmask`.
     pub fn unmask(
         &self,
@@ -416,12 +450,15 @@ impl Federation {
         ))
     }
 
-    /// Finish an upload: the whole vector goes into the sum at once.
+    /// Finish an upload: the whole vector goes into the sum at once, with the
+    /// signed masking set its first chunk carried (required in a secure
+    /// round, ignored in a plaintext one).
     pub fn finish_upload(
         &self,
         session: &str,
         peer: Option<&str>,
         up: Upload,
+        masking: Option<pb::MaskingSet>,
     ) -> Result<(), RequestError> {
         let (round, member) = (up.round, up.member);
         // The permit is held until the vector is in the sum.
@@ -431,7 +468,8 @@ impl Federation {
             if info.member != member {
                 return Err(RequestError::UnknownSession);
             }
-            r.deliver(member, SiteMessage::Input(vector), now)
+            let masking = masking.as_ref().map(convert::masking_set_from_proto);
+            r.deliver(member, SiteMessage::Input { vector, masking }, now)
         })
     }
 

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use confide_crypto::protocol::{AnyCoordinator, AnyOutput, AnyRoundResult};
-use confide_crypto::protocol::{KeyAdvert, ShareBundle, UnmaskResponse};
+use confide_crypto::protocol::{
+    KeyAdvert, MaskingSet, ShareBundle, SurvivorSignature, UnmaskResponse,
+};
 use confide_crypto::{MemberId, ProtocolError, Stage};
 use confide_proto::convert;
 use confide_proto::v1 as pb;
@@ -39,9 +41,17 @@ pub enum SiteMessage {
     },
     /// Stage 2: sealed shares.
     Shares(ShareBundle),
-    /// Stage 3: the (masked) vector, little-endian.
-    Input(Vec<u8>),
-    /// Stage 4: unmask shares.
+    /// Stage 3: the (masked) vector, little-endian, and the signed set of
+    /// peers it was masked with (none in plaintext mode).
+    Input {
+        /// The vector.
+        vector: Vec<u8>,
+        /// The masking set from the upload's first chunk.
+        masking: Option<MaskingSet>,
+    },
+    /// Stage 4: a signature on the survivor set.
+    Consistency(SurvivorSignature),
+    /// Stage 5: unmask shares.
     Unmask(UnmaskResponse),
 }
 
@@ -53,7 +63,13 @@ impl SiteMessage {
                 advert.enc_public.len() + advert.mask_public.len() + advert.signature.len()
             }
             SiteMessage::Shares(b) => b.shares.iter().map(|s| s.ciphertext.len() + 8).sum(),
-            SiteMessage::Input(bytes) => bytes.len(),
+            SiteMessage::Input { vector, masking } => {
+                vector.len()
+                    + masking
+                        .as_ref()
+                        .map_or(0, |m| 4 * m.peers.len() + m.signature.len())
+            }
+            SiteMessage::Consistency(s) => s.signature.len(),
             SiteMessage::Unmask(r) => (r.seed_shares.len() + r.key_shares.len()) * 48,
         };
         n as u64
@@ -172,9 +188,10 @@ impl ActiveRound {
                 self.machine.handle_advert(advert, identity, now)?
             }
             SiteMessage::Shares(bundle) => self.machine.handle_shares(bundle, now)?,
-            SiteMessage::Input(bytes) => self
+            SiteMessage::Input { vector, masking } => self
                 .machine
-                .handle_masked_input_bytes(self.id, from, &bytes, now)?,
+                .handle_masked_input_bytes(self.id, from, &vector, masking, now)?,
+            SiteMessage::Consistency(sig) => self.machine.handle_consistency(sig, now)?,
             SiteMessage::Unmask(resp) => self.machine.handle_unmask_response(resp, now)?,
         }
         Ok(())
@@ -227,8 +244,17 @@ impl ActiveRound {
                     let shares = convert::incoming_shares_to_proto(&msg);
                     self.send(registry, to, task(pb::task::Kind::IncomingShares(shares)));
                 }
+                AnyOutput::ConsistencyRequest { to, msg } => {
+                    // Masking sets and signatures travel with their signer's
+                    // site and certificate, like adverts.
+                    let req = convert::consistency_request_with_certificates(&msg, |m| {
+                        self.relayed.get(&m)
+                    });
+                    self.send(registry, to, task(pb::task::Kind::ConsistencyRequest(req)));
+                }
                 AnyOutput::UnmaskRequest { to, msg } => {
-                    let req = convert::unmask_request_to_proto(&msg);
+                    let req =
+                        convert::unmask_request_with_certificates(&msg, |m| self.relayed.get(&m));
                     self.send(registry, to, task(pb::task::Kind::UnmaskRequest(req)));
                 }
                 AnyOutput::StageClosed {

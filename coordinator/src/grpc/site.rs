@@ -147,6 +147,8 @@ impl Site for Handlers {
             .ok_or_else(|| Status::invalid_argument("empty masked-input stream"))?;
         let session = first.session.clone();
         let round = first.round;
+        // The signed masking set travels in the first chunk only.
+        let masking = first.masking.clone();
         let mut up = self
             .fed
             .begin_upload(&session, peer.as_deref(), round, first.total_len)
@@ -170,7 +172,19 @@ impl Site for Handlers {
         tokio::time::timeout(limit, rest).await.map_err(|_| {
             Status::deadline_exceeded("masked-input upload took longer than the stage timeout")
         })??;
-        self.fed.finish_upload(&session, peer.as_deref(), up)?;
+        self.fed
+            .finish_upload(&session, peer.as_deref(), up, masking)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn consistency(
+        &self,
+        req: Request<pb::ConsistencyResponse>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let peer = self.peer(&req)?;
+        let r = req.into_inner();
+        let session = r.session.clone();
+        self.fed.consistency(&session, peer.as_deref(), r)?;
         Ok(Response::new(pb::Ack {}))
     }
 

@@ -42,6 +42,7 @@ impl Default for SecAggSettings {
             k: None,
             t: None,
             min_survivors: None,
+            complete_graph_up_to: 32,
             stage_timeout_secs: 60,
         }
     }

@@ -31,6 +31,20 @@ fn refuses_bad_configs() {
     s.secagg.k = Some(2);
     s.secagg.t = Some(1);
     assert!(s.validate().is_err(), "t <= k/2 must be refused");
+    // A fixed degree that is not the complete graph for a small cohort, or a
+    // threshold below the collusion bound, is refused before any round.
+    s.secagg.k = Some(2);
+    s.secagg.t = Some(2);
+    s.min_sites = 4;
+    s.cohort_size = Some(4);
+    assert!(s.validate().is_err(), "k = 2 in a cohort of 4");
+    s.secagg.k = Some(3);
+    s.secagg.t = Some(2);
+    assert!(s.validate().is_err(), "t = 2 with k = 3 and one colluder");
+    s.secagg.t = Some(3);
+    assert!(s.validate().is_ok());
+    s.min_sites = 3;
+    s.cohort_size = None;
     s.secagg.k = None;
     s.secagg.t = None;
     // An unknown optimiser cannot be represented; it is refused when read.
