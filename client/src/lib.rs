@@ -84,6 +84,8 @@ pub mod trainer;
 mod transport;
 pub mod wire;
 
+/// What a site requires of a secure round (`SiteConfig::policy`).
+pub use confide_crypto::protocol::SitePolicy;
 pub use config::{SiteConfig, SiteReport, TlsFiles, Vanish};
 pub use error::ClientError;
 pub use identity::RelayedKeyVerifier;
