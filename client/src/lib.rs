@@ -15,6 +15,7 @@
 //!               ◀─AdvertiseKeys /        ▼
 //!                 ShareKeys /       round.rs: task ─▶ Action (no I/O); RoundStart ─▶
 //!                 SubmitMaskedInput /  convert::round_config ─▶ AnySite (u32 or u64 ring)
+//!                 Consistency /        under the site's own SitePolicy
 //!                 Unmask ──────────    trainer.rs: LocalJob ─▶ Trainer (blocking thread)
 //!                                      ─▶ delta ─▶ Quantiser ─▶ wire::train_vector /
 //!                                      stats_vector / eval_vector ─▶ masked upload chunks

@@ -427,7 +427,7 @@ fn unmask_without_a_quorum_on_the_signed_set_is_refused_over_certificate_verifie
     let too_few = UnmaskRequest {
         round: r.cfg.round,
         survivors: vec![1, 2, 3, 4],
-        signatures: vec![own.clone()],
+        signatures: vec![own],
     };
     let site = r.stepper.site(1)?;
     match site.handle_unmask_request(too_few) {
