@@ -400,6 +400,13 @@ impl Settings {
                 self.min_sites
             ));
         }
+        if self.secure_aggregation && self.min_sites < 3 {
+            return bad(format!(
+                "min_sites must be at least 3 with secure aggregation (with two sites each \
+                 would learn the other's update from the sum), got {}",
+                self.min_sites
+            ));
+        }
         if self.max_sites < self.min_sites {
             return bad(format!(
                 "max_sites ({}) must be at least min_sites ({})",

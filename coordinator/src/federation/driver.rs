@@ -114,6 +114,7 @@ impl Federation {
         };
         let round_id = plan.config.round;
         let n = plan.names.len();
+        let ca_fingerprint = self.ca_fingerprint()?;
         // The announcement first: its hash is the context the machine binds.
         let start = scheduler::announce(
             &self.settings,
@@ -122,7 +123,7 @@ impl Federation {
             &scheduler::Announced {
                 model_bytes: &model_bytes,
                 preprocess: preprocess.as_ref(),
-                ca_fingerprint: &self.ca_fingerprint,
+                ca_fingerprint: &ca_fingerprint,
             },
         );
         let machine = if plan.secure {

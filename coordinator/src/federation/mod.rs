@@ -112,8 +112,10 @@ pub struct Federation {
     quant: Quantiser,
     config_hash: String,
     /// SHA-256 of the federation CA certificate's DER, bound into every
-    /// round's context ([`confide_proto::context`]).
-    ca_fingerprint: [u8; 32],
+    /// round's context ([`confide_proto::context`]); read from the CA file
+    /// when the first round starts, so a federation opened only to inspect
+    /// its checkpoints needs no TLS files.
+    ca_fingerprint: std::sync::OnceLock<[u8; 32]>,
     inner: Mutex<Inner>,
     wake: Notify,
     uploads: Arc<Semaphore>,
@@ -133,7 +135,6 @@ impl Federation {
     pub fn new(settings: Settings) -> Result<Arc<Self>, CoordinatorError> {
         settings.validate()?;
         let quant = settings.quantiser(settings.ring)?;
-        let ca_fingerprint = ca_fingerprint(&settings)?;
         let config_hash = settings.config_hash();
         let mut model = initial_model(&settings)?;
         let mut optimiser = ServerOptimiser::new(
@@ -185,7 +186,7 @@ impl Federation {
             uploads: Arc::new(Semaphore::new(settings.limits.max_concurrent_uploads)),
             quant,
             config_hash,
-            ca_fingerprint,
+            ca_fingerprint: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 registry: Registry::default(),
                 round: None,
@@ -214,6 +215,15 @@ impl Federation {
     /// The settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The CA fingerprint of every round's context (read once).
+    fn ca_fingerprint(&self) -> Result<[u8; 32], CoordinatorError> {
+        if let Some(fp) = self.ca_fingerprint.get() {
+            return Ok(*fp);
+        }
+        let fp = ca_fingerprint(&self.settings)?;
+        Ok(*self.ca_fingerprint.get_or_init(|| fp))
     }
 
     /// The current global model bytes (safetensors).

@@ -24,6 +24,16 @@ fn refuses_bad_configs() {
     assert!(s.validate().is_ok());
     s.min_sites = 1;
     assert!(s.validate().is_err());
+    // Two sites: fine for the plaintext comparison mode, not for secure
+    // aggregation (each would learn the other's update from the sum).
+    s.min_sites = 2;
+    assert!(
+        s.validate()
+            .is_err_and(|e| e.to_string().contains("at least 3"))
+    );
+    s.secure_aggregation = false;
+    assert!(s.validate().is_ok());
+    s.secure_aggregation = true;
     s.min_sites = 3;
     s.quantisation.max_weight = u64::MAX / 2;
     assert!(s.validate().is_err(), "quantiser overflow must be refused");
