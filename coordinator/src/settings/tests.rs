@@ -151,3 +151,22 @@ fn named_choices_are_written_as_their_lowercase_names() -> Result<(), Box<dyn st
     assert_eq!(back, s);
     Ok(())
 }
+
+/// The compose demo's federation must validate for every cohort it can see
+/// (3 to 10 sites): its dropout fraction must leave complete-graph
+/// parameters for each, and five sites must survive one dropout.
+#[test]
+fn compose_federation_file_validates() -> Result<(), CoordinatorError> {
+    let mut s = Settings::from_toml_str(include_str!("../../../deploy/federation.toml"))?;
+    s.tls.insecure = true;
+    s.validate()?;
+    for n in 3..=s.max_sites {
+        let p = s.secagg_params(n)?;
+        assert_eq!(p.k, n - 1, "cohort of {n}: complete graph");
+    }
+    // Five sites: k = 4, t = 3; four survivors each keep t surviving neighbours.
+    let p = s.secagg_params(5)?;
+    assert_eq!((p.k, p.t), (4, 3));
+    assert_eq!(s.max_colluders(5)?, 1);
+    Ok(())
+}
