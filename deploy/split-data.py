@@ -9,9 +9,12 @@ split (a referral centre vs. screening clinics). Values are copied verbatim.
 This is the same split `confide demo` makes in memory.
 
 It also writes hospital-d.csv for the four-site variant
-(deploy/compose.four-sites.yml, used by the CI dropout scenario): every
-fourth row of the source file (rows 0, 4, 8, ...), i.e. a roughly IID
-sample that OVERLAPS the other three partitions. That is harmless for a
+(deploy/compose.four-sites.yml): every fourth row of the source file (rows
+0, 4, 8, ...), i.e. a roughly IID sample that OVERLAPS the other three
+partitions, and, the same way, hospital-e.csv for the five-site variant
+(deploy/compose.five-sites.yml, used by the CI dropout scenario): every
+fourth row starting at row 2 (rows 2, 6, 10, ...), disjoint from
+hospital-d's sample but again overlapping a-c. That is harmless for a
 resilience demo (those patients just count twice); with real sites each
 holds its own data.
 
@@ -45,8 +48,9 @@ for i, name in enumerate(["hospital-a", "hospital-b", "hospital-c"]):
     digest = hashlib.sha256(text.encode()).hexdigest()
     print(f"{name}: {len(part)} rows, {malignant} malignant, sha256 {digest}")
 
-part = body[::4]
-text = header + "\n" + "".join(l + "\n" for l in part)
-(out / "hospital-d.csv").write_text(text)
-malignant = sum(1 for l in part if l.split(",")[label].strip() == "1")
-print(f"hospital-d: {len(part)} rows, {malignant} malignant, sha256 {hashlib.sha256(text.encode()).hexdigest()} (overlaps a-c)")
+for name, start in [("hospital-d", 0), ("hospital-e", 2)]:
+    part = body[start::4]
+    text = header + "\n" + "".join(l + "\n" for l in part)
+    (out / f"{name}.csv").write_text(text)
+    malignant = sum(1 for l in part if l.split(",")[label].strip() == "1")
+    print(f"{name}: {len(part)} rows, {malignant} malignant, sha256 {hashlib.sha256(text.encode()).hexdigest()} (overlaps a-c)")

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use confide_crypto::Stage;
+use confide_crypto::protocol::SitePolicy;
 use confide_crypto::suite::SigningKey;
 use confide_proto::keys;
 
@@ -35,6 +36,10 @@ pub struct SiteConfig {
     /// (comparison mode), where it sees this site's update itself. Off by
     /// default: the coordinator's flag alone never unmasks a site.
     pub allow_plaintext: bool,
+    /// What this site requires of a secure round (cohort size, survivors,
+    /// collusion bound, complete graph for small cohorts); nothing the
+    /// coordinator announces overrides it. Default: [`SitePolicy::default`].
+    pub policy: SitePolicy,
     /// Fault injection for tests and demos.
     pub vanish: Option<Vanish>,
     /// Give up reconnecting after this long (default 60 s).
@@ -60,6 +65,7 @@ impl SiteConfig {
             signing_key: None,
             insecure: false,
             allow_plaintext: false,
+            policy: SitePolicy::default(),
             vanish: None,
             max_reconnect: Duration::from_secs(60),
         }
@@ -102,7 +108,29 @@ impl SiteConfig {
                 "a signing key file is required unless --insecure is set".into(),
             ));
         }
+        let p = &self.policy;
+        if p.min_survivors < 3 {
+            return Err(ClientError::Config(format!(
+                "minimum survivors must be at least 3 (with two, each learns the other's input), got {}",
+                p.min_survivors
+            )));
+        }
+        if !(p.collusion_fraction.is_finite() && (0.0..1.0).contains(&p.collusion_fraction)) {
+            return Err(ClientError::Config(format!(
+                "collusion fraction must be in [0, 1), got {}",
+                p.collusion_fraction
+            )));
+        }
         Ok(())
+    }
+
+    /// The TLS files the connection uses: configured, and either not
+    /// insecure or an `https://` URL (the one rule the transport and the
+    /// round context share).
+    pub(crate) fn tls_in_use(&self) -> Option<&TlsFiles> {
+        self.tls
+            .as_ref()
+            .filter(|_| !self.insecure || self.coordinator.starts_with("https"))
     }
 }
 
@@ -252,6 +280,13 @@ mod tests {
             "localhost",
         ));
         c.signing_key = Some("/certs/sites/a.signing.toml".into());
+        assert!(c.validate().is_ok());
+        c.policy.min_survivors = 2;
+        assert!(c.validate().is_err(), "two survivors");
+        c.policy.min_survivors = 3;
+        c.policy.collusion_fraction = 1.0;
+        assert!(c.validate().is_err(), "everyone colluding");
+        c.policy.collusion_fraction = 0.2;
         assert!(c.validate().is_ok());
         assert_eq!(
             c.tls.as_ref().map(|t| t.cert.clone()),

@@ -85,6 +85,34 @@ pub enum ClientError {
         /// The refused round.
         round: u64,
     },
+    /// The downloaded model is not the one the announcement bound the round
+    /// to (its SHA-256 differs from `RoundStart.model_sha256`).
+    #[error(
+        "round {round}: the downloaded model's SHA-256 is {got}, the round was announced for {announced}: refused"
+    )]
+    ModelHashMismatch {
+        /// The refused round.
+        round: u64,
+        /// SHA-256 announced (hex).
+        announced: String,
+        /// SHA-256 of the bytes received (hex).
+        got: String,
+    },
+    /// A second training round on a model this site already sent an update
+    /// for: two sums over different cohorts that both contain this site's
+    /// update on one model could be subtracted to isolate it.
+    #[error(
+        "round {round}: this site already contributed a training update on model {model} in federation {federation:?}; \
+         refusing a second contribution on the same model"
+    )]
+    AlreadyContributed {
+        /// The refused round.
+        round: u64,
+        /// The federation.
+        federation: String,
+        /// The model's SHA-256 (hex).
+        model: String,
+    },
     /// The secure-aggregation state machine refused a message.
     #[error("secure aggregation: {0}")]
     Protocol(#[from] ProtocolError),

@@ -15,9 +15,11 @@
 //! ```
 //!
 //! Any failure is an [`IdentityVerifier`] error, on which the crypto
-//! `SiteMachine` aborts the site's part of the round before it has sent any
-//! share. A coordinator that substitutes a key therefore needs the CA's key
-//! too. In insecure mode ([`verifier`] with no TLS files) the relayed key is
+//! `SiteMachine` leaves that neighbour out (it never gets a share, and the
+//! site names it in `rejected()`). A coordinator that substitutes a key
+//! therefore needs the CA's key too. Masking sets and survivor-set
+//! signatures are relayed with the same identity fields and checked the same
+//! way ([`consistency_request`], [`unmask_request`]). In insecure mode ([`verifier`] with no TLS files) the relayed key is
 //! trusted as is and a warning says so.
 //!
 //! ```
@@ -33,10 +35,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use confide_crypto::protocol::{IdentityVerifier, NeighbourKeys};
+use confide_crypto::protocol::{
+    ConsistencyRequest, IdentityVerifier, NeighbourKeys, UnmaskRequest,
+};
 use confide_crypto::suite::VerifyingKey;
 use confide_crypto::{MemberId, Suite};
-use confide_proto::v1;
+use confide_proto::{context, v1};
 use prost::Message;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
@@ -64,11 +68,17 @@ pub fn certificate_key(der: &[u8]) -> Option<(Suite, Vec<u8>)> {
 /// advert: the relayed advert itself minus the advert, protobuf-encoded (it
 /// never leaves this process, so the encoding only needs to round-trip).
 pub fn identity_blob(r: &v1::RelayedAdvert) -> Vec<u8> {
+    relayed_identity_blob(&r.verifying_key, &r.certificate, &r.site)
+}
+
+/// [`identity_blob`] from the three relayed identity fields, as every
+/// relayed message (advert, masking set, survivor signature) carries them.
+fn relayed_identity_blob(verifying_key: &[u8], certificate: &[u8], site: &str) -> Vec<u8> {
     v1::RelayedAdvert {
         advert: None,
-        verifying_key: r.verifying_key.clone(),
-        certificate: r.certificate.clone(),
-        site: r.site.clone(),
+        verifying_key: verifying_key.to_vec(),
+        certificate: certificate.to_vec(),
+        site: site.to_string(),
     }
     .encode_to_vec()
 }
@@ -88,6 +98,54 @@ pub fn neighbour_keys(
         }
     }
     Ok(msg)
+}
+
+/// Wire → crypto for a ConsistencyRequest, with identities as in
+/// [`neighbour_keys`].
+pub fn consistency_request(
+    c: &v1::ConsistencyRequest,
+    authenticated: bool,
+) -> Result<ConsistencyRequest, ConvertError> {
+    let mut msg = convert::consistency_request_from_proto(c)?;
+    if authenticated {
+        // from_proto keeps the masking sets in wire order.
+        for (r, w) in msg.masking.iter_mut().zip(&c.masking) {
+            r.identity = relayed_identity_blob(&w.verifying_key, &w.certificate, &w.site);
+        }
+    }
+    Ok(msg)
+}
+
+/// Wire → crypto for an UnmaskRequest, with identities as in
+/// [`neighbour_keys`].
+pub fn unmask_request(
+    u: &v1::UnmaskRequest,
+    authenticated: bool,
+) -> Result<UnmaskRequest, ConvertError> {
+    let mut msg = convert::unmask_request_from_proto(u)?;
+    if authenticated {
+        // from_proto keeps the signatures in wire order.
+        for (r, w) in msg.signatures.iter_mut().zip(&u.signatures) {
+            r.identity = relayed_identity_blob(&w.verifying_key, &w.certificate, &w.site);
+        }
+    }
+    Ok(msg)
+}
+
+/// The CA fingerprint this site binds into every round's context
+/// ([`confide_proto::context`]): SHA-256 of its federation CA certificate's
+/// DER when the connection uses TLS, else [`context::NO_CA`] — the
+/// coordinator's choice without TLS too, so plaintext test federations agree.
+pub fn ca_fingerprint(cfg: &SiteConfig) -> Result<[u8; 32], ClientError> {
+    let Some(tls) = cfg.tls_in_use() else {
+        return Ok(context::NO_CA);
+    };
+    let pem = std::fs::read(&tls.ca).map_err(|source| ClientError::CertFile {
+        path: tls.ca.clone(),
+        source,
+    })?;
+    context::ca_fingerprint_pem(&pem)
+        .map_err(|e| ClientError::Config(format!("{}: {e}", tls.ca.display())))
 }
 
 /// Checks relayed identities against the federation CA (see the module docs).

@@ -15,6 +15,7 @@
 //!               ◀─AdvertiseKeys /        ▼
 //!                 ShareKeys /       round.rs: task ─▶ Action (no I/O); RoundStart ─▶
 //!                 SubmitMaskedInput /  convert::round_config ─▶ AnySite (u32 or u64 ring)
+//!                 Consistency /        under the site's own SitePolicy
 //!                 Unmask ──────────    trainer.rs: LocalJob ─▶ Trainer (blocking thread)
 //!                                      ─▶ delta ─▶ Quantiser ─▶ wire::train_vector /
 //!                                      stats_vector / eval_vector ─▶ masked upload chunks
@@ -84,6 +85,8 @@ pub mod trainer;
 mod transport;
 pub mod wire;
 
+/// What a site requires of a secure round (`SiteConfig::policy`).
+pub use confide_crypto::protocol::SitePolicy;
 pub use config::{SiteConfig, SiteReport, TlsFiles, Vanish};
 pub use error::ClientError;
 pub use identity::RelayedKeyVerifier;

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use confide_client::train::Dataset;
 use confide_client::{Site, SiteConfig, TlsFiles};
+use confide_crypto::protocol::SitePolicy;
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +70,21 @@ struct RunArgs {
     /// this site's update (off: only secure aggregation).
     #[arg(long, env = "CONFIDE_ALLOW_PLAINTEXT")]
     allow_plaintext: bool,
+    /// Refuse secure rounds with a smaller cohort.
+    #[arg(long, env = "CONFIDE_MIN_COHORT", default_value_t = SitePolicy::default().min_cohort)]
+    min_cohort: usize,
+    /// Refuse to reveal shares for a sum of fewer inputs (at least 3).
+    #[arg(long, env = "CONFIDE_MIN_SURVIVORS", default_value_t = SitePolicy::default().min_survivors)]
+    min_survivors: usize,
+    /// Fraction of a cohort this site assumes may collude with the
+    /// coordinator; rounds whose collusion bound or threshold do not cover
+    /// ⌈fraction·n⌉ colluders are refused.
+    #[arg(long, env = "CONFIDE_COLLUSION_FRACTION", default_value_t = SitePolicy::default().collusion_fraction)]
+    collusion_fraction: f64,
+    /// Cohorts up to this size must use the complete graph (every pair of
+    /// sites cross-checks); a sparse graph is refused.
+    #[arg(long, env = "CONFIDE_COMPLETE_GRAPH_UP_TO", default_value_t = SitePolicy::default().complete_graph_up_to)]
+    complete_graph_up_to: usize,
     /// Fraction of rows held out for evaluation.
     #[arg(long, env = "CONFIDE_HOLDOUT", default_value_t = 0.2)]
     holdout: f64,
@@ -127,6 +143,13 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
     cfg.holdout = a.holdout;
     cfg.insecure = a.insecure;
     cfg.allow_plaintext = a.allow_plaintext;
+    cfg.policy = SitePolicy {
+        min_cohort: a.min_cohort,
+        min_survivors: a.min_survivors,
+        collusion_fraction: a.collusion_fraction,
+        complete_graph_up_to: a.complete_graph_up_to,
+        ..SitePolicy::default()
+    };
     cfg.max_reconnect = Duration::from_secs(a.max_reconnect_secs);
     let domain = match &a.tls_domain {
         Some(d) => d.clone(),
@@ -298,7 +321,9 @@ mod tests {
         };
         let a = *a;
         let cfg = site_config(&a).map_err(|e| e.to_string());
-        assert!(cfg.is_ok_and(|c| c.tls.is_some_and(|t| t.domain == "c")));
+        assert!(cfg.is_ok_and(
+            |c| c.tls.is_some_and(|t| t.domain == "c") && c.policy == SitePolicy::default()
+        ));
         let cli = Cli::try_parse_from([
             "confide-site",
             "run",
@@ -319,5 +344,47 @@ mod tests {
         };
         let a = *a;
         assert!(site_config(&a).is_err(), "no identity and not insecure");
+    }
+
+    #[test]
+    fn cli_sets_the_site_policy() {
+        let cli = Cli::try_parse_from([
+            "confide-site",
+            "run",
+            "--coordinator",
+            "http://c:7443",
+            "--site",
+            "a",
+            "--data",
+            "a.csv",
+            "--label",
+            "y",
+            "--insecure",
+            "--min-cohort",
+            "5",
+            "--min-survivors",
+            "4",
+            "--collusion-fraction",
+            "0.2",
+            "--complete-graph-up-to",
+            "10",
+        ]);
+        let Ok(Cli {
+            command: Command::Run(a),
+        }) = cli
+        else {
+            panic!("did not parse")
+        };
+        let p = site_config(&a).map(|c| c.policy).map_err(|e| e.to_string());
+        assert_eq!(
+            p,
+            Ok(SitePolicy {
+                min_cohort: 5,
+                min_survivors: 4,
+                collusion_fraction: 0.2,
+                complete_graph_up_to: 10,
+                ..SitePolicy::default()
+            })
+        );
     }
 }

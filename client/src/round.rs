@@ -12,24 +12,26 @@
 //! ```text
 //!  RoundStart ─▶ SettingUp ─Download─▶ model_downloaded ─┬─ plaintext ─Compute─▶ input_ready ─▶ Plain ─Send
 //!                                                        └─ secure ─▶ Secure(AnySite) ─Send(advert)
-//!  NeighbourKeys ─▶ Send(shares)   IncomingShares ─Compute─▶ input_ready ─Send(masked)
-//!  UnmaskRequest ─▶ Send(unmask)   RoundEnd ─▶ report      Done ─▶ Done
+//!  NeighbourKeys ─▶ Send(shares)   IncomingShares ─Compute─▶ input_ready ─Send(masked + masking set)
+//!  ConsistencyRequest ─▶ Send(signature)   UnmaskRequest ─▶ Send(unmask)
+//!  RoundEnd ─▶ report      Done ─▶ Done
 //! ```
 //!
 //! Because nothing here awaits, every branch is unit-tested directly
 //! (`round/tests.rs`). The parts: this file (tasks of a round in progress),
-//! `round/setup.rs` (download, machine, local job), `round/session.rs`
+//! `round/setup.rs` (download and its model hash, machine, local job),
+//! `round/secure.rs` (the secure stages' tasks), `round/session.rs`
 //! (Join, reconnect), `round/outgoing.rs` (the outbox messages),
-//! `round/announce.rs` (replays and stale tasks).
+//! `round/announce.rs` (replays and stale tasks), `round/contribution.rs`
+//! (one training update per model).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use confide_crypto::protocol::IdentityVerifier;
-use confide_crypto::protocol::{AnySite, RingVec};
+use confide_crypto::protocol::{AnySite, IdentityVerifier, RingVec, SitePolicy};
 use confide_crypto::stats::stats_len;
 use confide_crypto::suite::SigningKey;
-use confide_crypto::{ProtocolError, Ring, RoundConfig, Stage, Suite};
+use confide_crypto::{Ring, RoundConfig, Stage, Suite};
 use confide_proto::v1;
 use rand::rngs::StdRng;
 use tracing::{debug, info, warn};
@@ -37,12 +39,12 @@ use tracing::{debug, info, warn};
 use crate::config::{SiteReport, Vanish};
 use crate::convert;
 use crate::error::ClientError;
-use crate::identity;
 use crate::train::Model;
 use crate::trainer::LocalJob;
 use crate::wire::EVAL_LEN;
 
 use self::announce::{Announcement, announcement, kind_name, routed};
+use self::contribution::Contributions;
 pub(crate) use self::outgoing::Outgoing;
 use self::outgoing::masked_chunks;
 
@@ -97,8 +99,10 @@ struct Round {
     bytes_in: u64,
     bytes_out: u64,
     outbox: Option<Outgoing>,
-    /// From the unmask request: (survivors, dropped).
+    /// From the consistency request: (survivors, cohort members not in the sum).
     survivors: Option<(usize, usize)>,
+    /// Entries of the machine's `rejected()` already logged.
+    rejected_logged: usize,
 }
 
 impl Round {
@@ -160,6 +164,11 @@ pub(crate) struct DriverConfig {
     /// Whether the site takes part in plaintext rounds (its own policy; the
     /// announcement cannot switch secure aggregation off).
     pub allow_plaintext: bool,
+    /// What the site requires of a secure round.
+    pub policy: SitePolicy,
+    /// SHA-256 of the federation CA certificate's DER (zeros without TLS),
+    /// bound into every round's context.
+    pub ca_fingerprint: [u8; 32],
 }
 
 /// The site's protocol state across rounds and reconnects.
@@ -167,10 +176,13 @@ pub(crate) struct RoundDriver {
     cfg: DriverConfig,
     rng: StdRng,
     session: Option<String>,
+    /// The federation named by the last Join, bound into every round's context.
+    federation: String,
     round: Option<Round>,
     /// A round this site left in this session; its replayed announcement
     /// must not start it again (the coordinator holds the first keys).
     left_round: Option<u64>,
+    contributions: Contributions,
     report: SiteReport,
 }
 
@@ -180,8 +192,10 @@ impl RoundDriver {
             cfg,
             rng,
             session: None,
+            federation: String::new(),
             round: None,
             left_round: None,
+            contributions: Contributions::default(),
             report: SiteReport::default(),
         }
     }
@@ -270,39 +284,6 @@ impl RoundDriver {
         self.round.as_mut()
     }
 
-    /// Feeds the round's machine with `f`, then queues what it produced.
-    fn step(
-        &mut self,
-        round: u64,
-        what: &str,
-        now: Instant,
-        f: impl FnOnce(&mut AnySite, &mut StdRng) -> Result<(), ProtocolError>,
-    ) -> Result<Action, ClientError> {
-        let session = self.session_str();
-        let rng = &mut self.rng;
-        let Some(r) = self.round.as_mut().filter(|r| r.start.round == round) else {
-            debug!(
-                round,
-                what, "ignoring a task for a round this site is not in"
-            );
-            return Ok(Action::Wait);
-        };
-        let Phase::Secure(m) = &mut r.phase else {
-            return Ok(Action::Wait);
-        };
-        if !routed(f(m, rng))? {
-            return Ok(Action::Wait);
-        }
-        match m.poll_output() {
-            Some(o) => {
-                r.stage_started = now;
-                let out = Outgoing::from_site(o, &session, round);
-                Ok(self.queue(out))
-            }
-            None => Ok(Action::Wait),
-        }
-    }
-
     /// One task from the coordinator.
     pub(crate) fn on_task(&mut self, task: v1::Task, now: Instant) -> Result<Action, ClientError> {
         use v1::task::Kind;
@@ -312,45 +293,10 @@ impl RoundDriver {
         };
         match kind {
             Kind::RoundStart(rs) => self.on_round_start(rs, now),
-            Kind::NeighbourKeys(nk) => {
-                if self.current(nk.round, "neighbour keys").is_none() {
-                    return Ok(Action::Wait);
-                }
-                let msg = identity::neighbour_keys(&nk, self.cfg.authenticated)
-                    .map_err(|e| ClientError::InvalidRound(e.to_string()))?;
-                self.step(nk.round, "neighbour keys", now, |m, rng| {
-                    m.handle_neighbour_keys(msg, rng)
-                })
-            }
-            Kind::IncomingShares(is) => {
-                let Some(r) = self.current(is.round, "incoming shares") else {
-                    return Ok(Action::Wait);
-                };
-                let Phase::Secure(m) = &mut r.phase else {
-                    return Ok(Action::Wait);
-                };
-                if !routed(m.handle_incoming_shares(convert::incoming_shares_from_proto(&is)))? {
-                    return Ok(Action::Wait);
-                }
-                r.stage_started = now;
-                self.compute()
-            }
-            Kind::UnmaskRequest(ur) => {
-                let Some(r) = self.current(ur.round, "unmask request") else {
-                    return Ok(Action::Wait);
-                };
-                info!(
-                    round = ur.round,
-                    survivors = ur.survivors.len(),
-                    dropped = ur.dropped.len(),
-                    "unmask requested"
-                );
-                r.survivors = Some((ur.survivors.len(), ur.dropped.len()));
-                let msg = convert::unmask_request_from_proto(&ur);
-                self.step(ur.round, "unmask request", now, |m, _| {
-                    m.handle_unmask_request(msg)
-                })
-            }
+            Kind::NeighbourKeys(nk) => self.on_neighbour_keys(nk, now),
+            Kind::IncomingShares(is) => self.on_incoming_shares(is, now),
+            Kind::ConsistencyRequest(c) => self.on_consistency_request(c, now),
+            Kind::UnmaskRequest(ur) => self.on_unmask_request(ur, now),
             Kind::RoundEnd(end) => {
                 self.on_round_end(end, now);
                 Ok(Action::Wait)
@@ -422,7 +368,8 @@ impl RoundDriver {
         self.round = None;
         self.report.last_round = self.report.last_round.max(rs.round);
         let invalid = |e: convert::ConvertError| ClientError::InvalidRound(e.to_string());
-        let cfg = convert::round_config(&rs).map_err(invalid)?;
+        let cfg = convert::round_config(&rs, &self.federation, &self.cfg.ca_fingerprint)
+            .map_err(invalid)?;
         let kind = v1::RoundKind::try_from(rs.kind)
             .map_err(|_| ClientError::InvalidRound(format!("unknown round kind {}", rs.kind)))?;
         info!(
@@ -439,6 +386,10 @@ impl RoundDriver {
             // tasks are then ignored like those of any round left.
             self.left_round = Some(rs.round);
             return Err(ClientError::PlaintextRefused { round: rs.round });
+        }
+        if let Err(e) = self.contributions.check(&self.federation, &rs) {
+            self.left_round = Some(rs.round);
+            return Err(e);
         }
         let download = v1::DownloadModelRequest {
             session: self.session_str(),
@@ -457,6 +408,7 @@ impl RoundDriver {
             bytes_out: 0,
             outbox: None,
             survivors: None,
+            rejected_logged: 0,
         });
         match kind {
             v1::RoundKind::Statistics => {
@@ -504,7 +456,7 @@ impl RoundDriver {
         let out = match &mut r.phase {
             Phase::SettingUp | Phase::Plain => {
                 r.phase = Phase::Plain;
-                Some(Outgoing::Masked(masked_chunks(&session, round, &v)))
+                Some(Outgoing::Masked(masked_chunks(&session, round, &v, None)))
             }
             Phase::Secure(m) => {
                 if v.ring() != m.ring() {
@@ -520,15 +472,24 @@ impl RoundDriver {
                 }
             }
         };
-        Ok(match out {
-            Some(out) => self.queue(out),
-            None => Action::Wait,
-        })
+        let Some(out) = out else {
+            return Ok(Action::Wait);
+        };
+        let action = self.queue(out);
+        if matches!(action, Action::Send)
+            && let Some(r) = self.round.as_ref()
+        {
+            // The update is about to leave the site.
+            self.contributions.record(&self.federation, &r.start);
+        }
+        Ok(action)
     }
 }
 
 mod announce;
+mod contribution;
 mod outgoing;
+mod secure;
 mod session;
 mod setup;
 #[cfg(test)]

@@ -102,6 +102,7 @@ impl<T: Transport> Runner<T> {
                 KeySource::Ephemeral,
             ),
         };
+        let ca_fingerprint = identity::ca_fingerprint(cfg)?;
         let transport = transport()?;
         let verifier_cfg = cfg.clone();
         let driver = RoundDriver::new(
@@ -114,6 +115,8 @@ impl<T: Transport> Runner<T> {
                 num_features: train.num_features(),
                 verifier: Box::new(move |suite| identity::verifier(&verifier_cfg, suite)),
                 allow_plaintext: cfg.allow_plaintext,
+                policy: cfg.policy.clone(),
+                ca_fingerprint,
             },
             StdRng::from_rng(&mut rng),
         );
@@ -285,6 +288,7 @@ impl<T: Transport> Runner<T> {
             Outgoing::Advertise(m) => conn.advertise_keys(m).await,
             Outgoing::Shares(m) => conn.share_keys(m).await,
             Outgoing::Masked(chunks) => conn.submit_masked_input(chunks).await,
+            Outgoing::Consistency(m) => conn.consistency(m).await,
             Outgoing::Unmask(m) => conn.unmask(m).await,
         };
         match result {

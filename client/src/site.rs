@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use confide_crypto::protocol::SitePolicy;
 use confide_proto::v1;
 
 use crate::config::{SiteConfig, SiteReport, TlsFiles, Vanish};
@@ -72,6 +73,8 @@ pub struct SiteBuilder {
     tls: Option<TlsFiles>,
     signing_key: Option<PathBuf>,
     insecure: bool,
+    allow_plaintext: bool,
+    policy: Option<SitePolicy>,
     data: Option<(PathBuf, String)>,
     dataset: Option<Dataset>,
     holdout: Option<f64>,
@@ -88,6 +91,8 @@ impl SiteBuilder {
         self.tls = cfg.tls;
         self.signing_key = cfg.signing_key;
         self.insecure = cfg.insecure;
+        self.allow_plaintext = cfg.allow_plaintext;
+        self.policy = Some(cfg.policy);
         self.data = Some((cfg.data, cfg.label));
         self.holdout = Some(cfg.holdout);
         self.vanish = cfg.vanish;
@@ -134,6 +139,19 @@ impl SiteBuilder {
     pub fn insecure(mut self, site: impl Into<String>) -> Self {
         self.site = Some(site.into());
         self.insecure = true;
+        self
+    }
+
+    /// Take part in plaintext comparison rounds (off by default).
+    pub fn allow_plaintext(mut self, allow: bool) -> Self {
+        self.allow_plaintext = allow;
+        self
+    }
+
+    /// What this site requires of a secure round (default
+    /// [`SitePolicy::default`]).
+    pub fn policy(mut self, policy: SitePolicy) -> Self {
+        self.policy = Some(policy);
         self
     }
 
@@ -204,6 +222,10 @@ impl SiteBuilder {
         cfg.tls = self.tls;
         cfg.signing_key = self.signing_key;
         cfg.insecure = self.insecure;
+        cfg.allow_plaintext = self.allow_plaintext;
+        if let Some(p) = self.policy {
+            cfg.policy = p;
+        }
         cfg.vanish = self.vanish;
         if let Some(h) = self.holdout {
             cfg.holdout = h;
@@ -257,6 +279,15 @@ mod tests {
             .holdout(0.3)
             .build();
         assert!(site.is_ok_and(|s| s.config().holdout == 0.3 && s.config().insecure));
+        // Everything of a config survives the builder (the daemon's path).
+        let mut cfg = SiteConfig::new("http://127.0.0.1:1", "a", "a.csv", "y");
+        cfg.insecure = true;
+        cfg.allow_plaintext = true;
+        cfg.policy.min_survivors = 5;
+        let site = Site::builder().config(cfg).build();
+        assert!(
+            site.is_ok_and(|s| s.config().allow_plaintext && s.config().policy.min_survivors == 5)
+        );
         let site = Site::builder()
             .coordinator("https://c:7443")
             .certs_dir("/certs", "hospital-a", "c")

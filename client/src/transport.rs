@@ -71,7 +71,13 @@ pub(crate) trait Connection: Send {
         chunks: Vec<v1::MaskedInputChunk>,
     ) -> impl Future<Output = Result<(), ClientError>> + Send;
 
-    /// Stage 4: the shares that unmask the sum.
+    /// Stage 4: the signature on the survivor set.
+    fn consistency(
+        &mut self,
+        req: v1::ConsistencyResponse,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
+
+    /// Stage 5: the shares that unmask the sum.
     fn unmask(
         &mut self,
         req: v1::UnmaskResponse,
@@ -111,11 +117,7 @@ fn endpoint(cfg: &SiteConfig) -> Result<Endpoint, ClientError> {
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    if let Some(tls) = cfg
-        .tls
-        .as_ref()
-        .filter(|_| !cfg.insecure || url.starts_with("https"))
-    {
+    if let Some(tls) = cfg.tls_in_use() {
         let ca = Certificate::from_pem(read_file(&tls.ca)?);
         let identity = Identity::from_pem(read_file(&tls.cert)?, read_file(&tls.key)?);
         let tls_cfg = ClientTlsConfig::new()
@@ -253,6 +255,14 @@ impl Connection for GrpcConnection {
             .await
             .map(drop)
             .map_err(|s| ClientError::refused("SubmitMaskedInput", s))
+    }
+
+    async fn consistency(&mut self, req: v1::ConsistencyResponse) -> Result<(), ClientError> {
+        self.client
+            .consistency(req)
+            .await
+            .map(drop)
+            .map_err(|s| ClientError::refused("Consistency", s))
     }
 
     async fn unmask(&mut self, req: v1::UnmaskResponse) -> Result<(), ClientError> {

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use confide_client::RelayedKeyVerifier;
 use confide_client::convert::{self, round_config, round_start};
 use confide_client::wire::{self, masked_input_chunks, train_vector};
-use confide_crypto::graph::SecAggParams;
-use confide_crypto::protocol::{CoordinatorOutput, IdentityVerifier, SiteOutput, StageTimeouts};
+use confide_crypto::graph::{self, SecAggParams};
+use confide_crypto::protocol::{
+    CoordinatorOutput, IdentityVerifier, SiteOutput, SitePolicy, StageTimeouts,
+};
 use confide_crypto::quant::{QuantConfig, Quantiser};
 use confide_crypto::ring::{self, RingElement};
 use confide_crypto::suite::SigningKey;
@@ -34,6 +36,18 @@ struct Outcome {
     bound: f64,
 }
 
+/// The announcement of `cfg` to `member`, with what the layer above binds.
+fn announce(cfg: &RoundConfig, member: MemberId) -> v1::RoundStart {
+    v1::RoundStart {
+        kind: v1::RoundKind::Train as i32,
+        attempt: vec![0xa7; 32],
+        model_sha256: vec![0x5e; 32],
+        ..round_start(cfg, member)
+    }
+}
+
+const FEDERATION: &str = "over-proto";
+
 /// Runs one round; `vanish` names a member that never sends its masked input.
 fn run_round<R: RingElement>(
     suite: Suite,
@@ -44,19 +58,21 @@ fn run_round<R: RingElement>(
     let n = inputs.len();
     let d = inputs[0].0.len();
     let members: Vec<MemberId> = (1..=n as MemberId).map(|i| i * 10).collect();
-    let cfg = RoundConfig {
+    // What the coordinator schedules for a small cohort: the complete graph
+    // and a threshold covering ⌈0.1·n⌉ colluders.
+    let mut cfg = RoundConfig {
         round: 7,
         suite,
         ring: R::RING,
         cohort: members.clone(),
-        params: SecAggParams {
-            k: n - 1,
-            t: (n - 1) / 2 + 1,
-        },
+        params: graph::choose_complete(n, 0.1, 0.1)?,
         graph_seed: [3; 32],
         vector_len: wire::train_len(d),
-        min_survivors: 2,
+        min_survivors: 3,
+        max_colluders: graph::colluders(n, 0.1)?,
+        context: [0; 32],
     };
+    cfg.context = round_config(&announce(&cfg, 0), FEDERATION, &[0; 32])?.context;
     let q = Quantiser::new(&QuantConfig {
         ring: R::RING,
         clip: 1.0,
@@ -77,14 +93,21 @@ fn run_round<R: RingElement>(
     let mut sites = BTreeMap::new();
     let mut verifying = BTreeMap::new();
     for &m in &members {
-        let rs = wire(&round_start(&cfg, m))?;
-        let site_cfg = round_config(&rs)?;
+        let rs = wire(&announce(&cfg, m))?;
+        let site_cfg = round_config(&rs, FEDERATION, &[0; 32])?;
         assert_eq!(site_cfg, cfg, "RoundStart conversion must be lossless");
         let key = SigningKey::generate(suite, &mut rng);
         verifying.insert(m, key.verifying_key()?.as_bytes().to_vec());
         sites.insert(
             m,
-            SiteMachine::<R>::new(site_cfg, rs.member, key, verifier.clone(), &mut rng)?,
+            SiteMachine::<R>::new(
+                site_cfg,
+                rs.member,
+                key,
+                verifier.clone(),
+                &SitePolicy::default(),
+                &mut rng,
+            )?,
         );
     }
     let session = "session-token";
@@ -115,14 +138,26 @@ fn run_round<R: RingElement>(
                         assert_eq!(req.session, session);
                         coord.handle_shares(convert::share_bundle_from_proto(&req)?, now)?;
                     }
-                    SiteOutput::MaskedInput(v) => {
+                    SiteOutput::MaskedInput { vector, masking } => {
                         let mut assembled: Vec<R> = Vec::new();
-                        for c in masked_input_chunks(session, cfg.round, &v) {
+                        let mut relayed = None;
+                        for c in masked_input_chunks(session, cfg.round, &vector, Some(&masking)) {
                             let c = wire(&c)?;
                             assert_eq!(c.offset as usize, assembled.len());
                             assembled.extend(ring::from_le_bytes::<R>(&c.data)?);
+                            relayed = relayed.or(c.masking);
                         }
-                        coord.handle_masked_input(cfg.round, m, &assembled, now)?;
+                        let relayed = convert::masking_set_from_proto(
+                            relayed.as_ref().ok_or("no masking set uploaded")?,
+                        );
+                        assert_eq!(relayed, masking);
+                        coord.handle_masked_input(cfg.round, m, &assembled, relayed, now)?;
+                    }
+                    SiteOutput::Consistency(sig) => {
+                        let req = wire(&convert::consistency_response_to_proto(&sig, session))?;
+                        let back = convert::consistency_response_from_proto(&req);
+                        assert_eq!(back, sig);
+                        coord.handle_consistency(back, now)?;
                     }
                     SiteOutput::Unmask(u) => {
                         let req = wire(&convert::unmask_response_to_proto(&u, session))?;
@@ -136,7 +171,7 @@ fn run_round<R: RingElement>(
         }
         let all_in = sites
             .iter()
-            .all(|(&m, s)| vanish == Some(m) || s.stage() == Stage::Unmask);
+            .all(|(&m, s)| vanish == Some(m) || s.stage() == Stage::Consistency);
         if coord.stage() == Stage::MaskedInput && vanish.is_some() && all_in {
             // The vanished site never answers: let the deadline pass.
             if let Some(t) = coord.poll_timeout() {
@@ -163,16 +198,25 @@ fn run_round<R: RingElement>(
                         s.handle_incoming_shares(back)?;
                     }
                 }
+                CoordinatorOutput::ConsistencyRequest { to, msg } => {
+                    let back = convert::consistency_request_from_proto(&wire(
+                        &convert::consistency_request_to_proto(&msg),
+                    )?)?;
+                    assert_eq!(back, msg);
+                    if let Some(s) = sites.get_mut(&to).filter(|_| vanish != Some(to)) {
+                        s.handle_consistency_request(back)?;
+                    }
+                }
                 CoordinatorOutput::UnmaskRequest { to, msg } => {
                     let back = convert::unmask_request_from_proto(&wire(
                         &convert::unmask_request_to_proto(&msg),
-                    )?);
+                    )?)?;
                     assert_eq!(back, msg);
                     if let Some(s) = sites.get_mut(&to).filter(|_| vanish != Some(to)) {
                         s.handle_unmask_request(back)?;
                     }
                 }
-                CoordinatorOutput::StageClosed { .. } => {}
+                CoordinatorOutput::StageClosed { .. } | CoordinatorOutput::Blamed { .. } => {}
                 CoordinatorOutput::Finished(result) => {
                     let result = result?;
                     let decoded = q.decode(&result.sum, d, result.survivors.len())?;
@@ -236,12 +280,15 @@ fn secure_round_through_proto_matches_plain_weighted_mean() -> Result<(), Error>
     Ok(())
 }
 
+/// Five sites: the smallest complete-graph cohort that survives a dropout
+/// (k = 4, t = 3, signature quorum 4); with 3 or 4 sites the threshold
+/// that covers one colluder leaves no room for one.
 #[test]
 fn dropout_recovery_through_proto_in_the_u64_ring() -> Result<(), Error> {
     for suite in Suite::ALL {
-        let xs = inputs(4, 5);
+        let xs = inputs(5, 5);
         let out = run_round::<u64>(suite, &xs, Some(20))?;
-        assert_eq!(out.survivors, vec![10, 30, 40]);
+        assert_eq!(out.survivors, vec![10, 30, 40, 50]);
         let kept: Vec<(Vec<f32>, u64)> = xs
             .iter()
             .enumerate()
@@ -268,8 +315,11 @@ fn ring_names_round_trip() -> Result<(), Error> {
             graph_seed: [0; 32],
             vector_len: 4,
             min_survivors: 2,
+            max_colluders: 0,
+            context: [0; 32],
         };
-        assert_eq!(round_config(&wire(&round_start(&cfg, 1))?)?.ring, ring);
+        let rs = wire(&announce(&cfg, 1))?;
+        assert_eq!(round_config(&rs, FEDERATION, &[0; 32])?.ring, ring);
     }
     Ok(())
 }

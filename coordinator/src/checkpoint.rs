@@ -47,6 +47,10 @@ pub struct RoundRecord {
     pub bytes_in: u64,
     /// Bytes sent to sites.
     pub bytes_out: u64,
+    /// Sites found faulty this round, with the reason (absent in checkpoints
+    /// written before blame existed).
+    #[serde(default)]
+    pub blamed: Vec<(String, String)>,
 }
 
 /// Short summary returned by `serve`.

@@ -30,6 +30,7 @@ pub fn record_to_pb(r: RoundRecord) -> pb::RoundRecord {
         stage_secs,
         bytes_in,
         bytes_out,
+        blamed,
     } = r;
     pb::RoundRecord {
         round,
@@ -46,6 +47,10 @@ pub fn record_to_pb(r: RoundRecord) -> pb::RoundRecord {
         stage_secs: stage_secs.into_iter().collect(),
         bytes_in,
         bytes_out,
+        blamed: blamed
+            .into_iter()
+            .map(|(site, reason)| pb::Blame { site, reason })
+            .collect(),
     }
 }
 
@@ -67,6 +72,7 @@ pub fn record_from_pb(r: pb::RoundRecord) -> RoundRecord {
         stage_secs,
         bytes_in,
         bytes_out,
+        blamed,
     } = r;
     let opt = |x: f64| if x.is_nan() { None } else { Some(x) };
     RoundRecord {
@@ -85,6 +91,7 @@ pub fn record_from_pb(r: pb::RoundRecord) -> RoundRecord {
         stage_secs: stage_secs.into_iter().collect(),
         bytes_in,
         bytes_out,
+        blamed: blamed.into_iter().map(|b| (b.site, b.reason)).collect(),
     }
 }
 
@@ -109,6 +116,7 @@ mod tests {
             stage_secs: vec![("advertise".into(), 0.25)],
             bytes_in: 1000,
             bytes_out: 2000,
+            blamed: vec![("hospital-e".into(), "sent an inconsistent share".into())],
         }
     }
 

@@ -20,7 +20,7 @@
 //!
 //! ```
 //! use confide_coordinator::Settings;
-//! let mut s = Settings::from_toml_str("rounds = 2\nmin_sites = 2\n[tls]\ninsecure = true\n").unwrap();
+//! let mut s = Settings::from_toml_str("rounds = 2\nmin_sites = 3\n[tls]\ninsecure = true\n").unwrap();
 //! s.validate().unwrap();
 //! assert_eq!(s.rounds, 2);
 //! // In a tokio runtime:

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use confide_crypto::Suite;
-use confide_crypto::graph::{self, SecAggParams};
 use confide_crypto::quant::{QuantConfig, Quantiser};
 use confide_crypto::ring::Ring;
 use confide_proto::model::{ModelKind, ModelSpec};
@@ -21,6 +20,7 @@ use crate::error::CoordinatorError;
 
 mod defaults;
 mod names;
+mod secagg;
 
 /// Everything the coordinator needs to run one federation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -91,12 +91,23 @@ pub struct SecAggSettings {
     pub sigma: u32,
     /// Correctness bits η.
     pub eta: u32,
-    /// Explicit degree (with `t`); otherwise chosen from δ, γ.
+    /// Explicit degree (with `t`); otherwise chosen from δ, γ. Validated like
+    /// the sites validate it: `t` must reach `graph::secure_threshold`, and
+    /// cohorts up to `complete_graph_up_to` must get the complete graph.
     pub k: Option<usize>,
     /// Explicit threshold (with `k`).
     pub t: Option<usize>,
-    /// Fewest survivors a round accepts (default: max(t, 2)).
+    /// Fewest survivors a round accepts (default: max(t, 3), at most the cohort).
     pub min_survivors: Option<usize>,
+    /// Cohorts up to this size use the complete graph (`k = n − 1`, the
+    /// threshold from δ and γ); larger ones the sparse SecAgg+ graph. Sites
+    /// refuse a sparse graph for cohorts up to their own
+    /// `--complete-graph-up-to` (default 32), so keep this at least as large.
+    pub complete_graph_up_to: usize,
+    /// Leave a site out of every later cohort once it has been blamed in
+    /// this many rounds (see the round records); 0 never excludes. The
+    /// operator can exclude a site at once through the revocation file.
+    pub exclude_after_blamed_rounds: u32,
     /// Seconds each stage waits (training happens inside the masked-input stage).
     pub stage_timeout_secs: u32,
 }
@@ -354,43 +365,6 @@ impl Settings {
         n.clamp(self.min_sites.min(connected), connected)
     }
 
-    /// Degree and threshold for a cohort of `n`.
-    pub fn secagg_params(&self, n: usize) -> Result<SecAggParams, CoordinatorError> {
-        let p = match (self.secagg.k, self.secagg.t) {
-            (Some(k), Some(t)) => SecAggParams {
-                k: k.min(n.saturating_sub(1)),
-                t: t.min(k.min(n.saturating_sub(1))),
-            },
-            (None, None) => graph::choose(
-                n,
-                self.secagg.dropout_fraction,
-                self.secagg.collusion_fraction,
-                self.secagg.sigma,
-                self.secagg.eta,
-            )
-            .map_err(|e| {
-                CoordinatorError::Config(format!("SecAgg parameters for a cohort of {n}: {e}"))
-            })?,
-            _ => {
-                return Err(CoordinatorError::Config(
-                    "secagg.k and secagg.t must be set together".into(),
-                ));
-            }
-        };
-        graph::validate(n, p).map_err(|e| {
-            CoordinatorError::Config(format!("SecAgg parameters for a cohort of {n}: {e}"))
-        })?;
-        Ok(p)
-    }
-
-    /// Minimum survivors for a cohort of `n` with threshold `t`.
-    pub fn min_survivors(&self, n: usize, t: usize) -> usize {
-        self.secagg
-            .min_survivors
-            .unwrap_or(t.max(2))
-            .clamp(2, n.max(2))
-    }
-
     /// The training quantiser (automatic scale unless configured).
     pub fn quantiser(&self, ring: Ring) -> Result<Quantiser, CoordinatorError> {
         let cfg = QuantConfig {
@@ -434,6 +408,13 @@ impl Settings {
         if self.min_sites < 2 {
             return bad(format!(
                 "min_sites must be at least 2 (secure aggregation needs two sites), got {}",
+                self.min_sites
+            ));
+        }
+        if self.secure_aggregation && self.min_sites < 3 {
+            return bad(format!(
+                "min_sites must be at least 3 with secure aggregation (with two sites each \
+                 would learn the other's update from the sum), got {}",
                 self.min_sites
             ));
         }

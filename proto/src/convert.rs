@@ -8,21 +8,28 @@
 //!
 //! ```text
 //!  v1::RoundStart      ──round_config──▶  RoundConfig  ──round_start──▶ v1::RoundStart
+//!                        (+ federation, CA fingerprint → context)
 //!  v1::KeyAdvert       ◀─────────────────▶ KeyAdvert
 //!  v1::NeighbourKeys   ◀─────────────────▶ NeighbourKeys      (identity = verifying_key;
 //!                                                              site + certificate relayed)
 //!  v1::ShareKeysRequest◀─────────────────▶ ShareBundle
 //!  v1::IncomingShares  ◀─────────────────▶ IncomingShares
-//!  v1::UnmaskRequest   ◀─────────────────▶ UnmaskRequest
+//!  v1::MaskingSet      ◀─────────────────▶ MaskingSet         (first masked-input chunk)
+//!  v1::ConsistencyRequest ◀──────────────▶ ConsistencyRequest (masking sets relayed like adverts)
+//!  v1::ConsistencyResponse ◀─────────────▶ SurvivorSignature
+//!  v1::UnmaskRequest   ◀─────────────────▶ UnmaskRequest      (signatures relayed like adverts)
 //!  v1::UnmaskResponse  ◀─────────────────▶ UnmaskResponse     (44-byte shares)
 //!  v1::Quantisation    ──quant_config───▶ QuantConfig
 //! ```
+//!
+//! The stage-4/5 messages live in `convert/consistency.rs`.
 
+use crate::context;
 use crate::v1;
 use confide_crypto::graph::SecAggParams;
 use confide_crypto::protocol::{
     EncryptedShare, IncomingShares, KeyAdvert, NeighbourKeys, RelayedAdvert, ShareBundle,
-    UnmaskRequest, UnmaskResponse,
+    UnmaskResponse,
 };
 use confide_crypto::quant::QuantConfig;
 use confide_crypto::shamir::Share;
@@ -50,8 +57,24 @@ fn bad(field: &'static str, reason: impl Into<String>) -> ConvertError {
 /// before anything is allocated.
 pub const MAX_VECTOR_LEN: u64 = 1 << 31;
 
-/// The cryptographic part of a round announcement.
-pub fn round_config(rs: &v1::RoundStart) -> Result<RoundConfig, ConvertError> {
+mod consistency;
+pub use consistency::{
+    consistency_request_from_proto, consistency_request_to_proto,
+    consistency_request_with_certificates, consistency_response_from_proto,
+    consistency_response_to_proto, masking_set_from_proto, masking_set_to_proto,
+    unmask_request_from_proto, unmask_request_to_proto, unmask_request_with_certificates,
+};
+
+/// The cryptographic part of a round announcement, bound to `federation` and
+/// the CA with fingerprint `ca_fingerprint` through
+/// [`RoundConfig::context`] ([`context::round_context`]). The attempt nonce
+/// and the model hash must be 32 bytes each: they enter the context, and a
+/// round without them would not be bound to one attempt and one model.
+pub fn round_config(
+    rs: &v1::RoundStart,
+    federation: &str,
+    ca_fingerprint: &[u8; 32],
+) -> Result<RoundConfig, ConvertError> {
     let suite: Suite = rs
         .suite
         .parse()
@@ -78,6 +101,14 @@ pub fn round_config(rs: &v1::RoundStart) -> Result<RoundConfig, ConvertError> {
     if rs.cohort.is_empty() {
         return Err(bad("round_start.cohort", "empty"));
     }
+    for (field, v) in [
+        ("round_start.attempt", &rs.attempt),
+        ("round_start.model_sha256", &rs.model_sha256),
+    ] {
+        if v.len() != 32 {
+            return Err(bad(field, format!("must be 32 bytes, got {}", v.len())));
+        }
+    }
     Ok(RoundConfig {
         round: rs.round,
         suite,
@@ -90,12 +121,15 @@ pub fn round_config(rs: &v1::RoundStart) -> Result<RoundConfig, ConvertError> {
         graph_seed,
         vector_len: rs.vector_len as usize,
         min_survivors: rs.min_survivors as usize,
+        max_colluders: rs.max_colluders as usize,
+        context: context::round_context(suite, federation, ca_fingerprint, rs),
     })
 }
 
-/// A `RoundStart` carrying `cfg` for `member`; the non-cryptographic fields
-/// (kind, quantisation, training, …) are left at their defaults for the
-/// caller to fill in.
+/// A `RoundStart` carrying `cfg` for `member`; the other fields (kind,
+/// quantisation, training, attempt nonce, model hash, …) are left at their
+/// defaults for the caller to fill in. `cfg.context` is not carried: each
+/// side derives it from the finished announcement ([`round_config`]).
 pub fn round_start(cfg: &RoundConfig, member: MemberId) -> v1::RoundStart {
     v1::RoundStart {
         round: cfg.round,
@@ -108,6 +142,7 @@ pub fn round_start(cfg: &RoundConfig, member: MemberId) -> v1::RoundStart {
         graph_seed: cfg.graph_seed.to_vec(),
         vector_len: cfg.vector_len as u64,
         min_survivors: u32::try_from(cfg.min_survivors).unwrap_or(u32::MAX),
+        max_colluders: u32::try_from(cfg.max_colluders).unwrap_or(u32::MAX),
         ..Default::default()
     }
 }
@@ -339,34 +374,6 @@ pub fn incoming_shares_from_proto(m: &v1::IncomingShares) -> IncomingShares {
     }
 }
 
-/// Crypto → wire.
-pub fn unmask_request_to_proto(m: &UnmaskRequest) -> v1::UnmaskRequest {
-    let UnmaskRequest {
-        round,
-        survivors,
-        dropped,
-    } = m;
-    v1::UnmaskRequest {
-        round: *round,
-        survivors: survivors.clone(),
-        dropped: dropped.clone(),
-    }
-}
-
-/// Wire → crypto.
-pub fn unmask_request_from_proto(m: &v1::UnmaskRequest) -> UnmaskRequest {
-    let v1::UnmaskRequest {
-        round,
-        survivors,
-        dropped,
-    } = m;
-    UnmaskRequest {
-        round: *round,
-        survivors: survivors.clone(),
-        dropped: dropped.clone(),
-    }
-}
-
 fn shares_to_proto(v: &[(MemberId, Share)]) -> Vec<v1::Share> {
     v.iter()
         .map(|(owner, s)| v1::Share {
@@ -426,140 +433,4 @@ pub fn unmask_response_from_proto(m: &v1::UnmaskResponse) -> Result<UnmaskRespon
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample_start() -> v1::RoundStart {
-        v1::RoundStart {
-            round: 4,
-            kind: v1::RoundKind::Train as i32,
-            member: 2,
-            cohort: vec![1, 2, 3],
-            suite: "gm".into(),
-            ring: "u32".into(),
-            k: 2,
-            t: 2,
-            graph_seed: vec![9; 32],
-            vector_len: 10,
-            min_survivors: 2,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn round_start_converts_both_ways() -> Result<(), ConvertError> {
-        let rs = sample_start();
-        let cfg = round_config(&rs)?;
-        assert_eq!(cfg.suite, Suite::Gm);
-        assert_eq!(cfg.ring, Ring::U32);
-        assert_eq!(cfg.params, SecAggParams { k: 2, t: 2 });
-        assert_eq!(cfg.vector_len, 10);
-        assert!(cfg.topology().is_ok());
-        let back = round_start(&cfg, 2);
-        assert_eq!(round_config(&back)?, cfg);
-        assert_eq!(back.member, 2);
-        Ok(())
-    }
-
-    #[test]
-    fn round_start_validation_names_the_field() {
-        type Mutate = fn(&mut v1::RoundStart);
-        let cases: [(Mutate, &str); 6] = [
-            (|r| r.suite = "rsa".into(), "suite"),
-            (|r| r.ring = "u16".into(), "ring"),
-            (|r| r.graph_seed = vec![0; 31], "graph_seed"),
-            (|r| r.vector_len = 0, "vector_len"),
-            (|r| r.vector_len = MAX_VECTOR_LEN + 1, "vector_len"),
-            (|r| r.cohort.clear(), "cohort"),
-        ];
-        for (mutate, field) in cases {
-            let mut rs = sample_start();
-            mutate(&mut rs);
-            match round_config(&rs) {
-                Ok(_) => panic!("accepted a bad {field}"),
-                Err(e) => assert!(e.field.ends_with(field), "{e} should name {field}"),
-            }
-        }
-    }
-
-    #[test]
-    fn quant_config_requires_a_positive_scale() {
-        let q = v1::Quantisation {
-            clip: 1.0,
-            scale: 0.0,
-            max_weight: 10,
-            max_cohort: 3,
-        };
-        assert!(quant_config(Some(&q), Ring::U32).is_err());
-        assert!(quant_config(None, Ring::U32).is_err());
-        let q = v1::Quantisation { scale: 1000.0, ..q };
-        let c = quant_config(Some(&q), Ring::U64);
-        assert_eq!(
-            c.map(|c| (c.scale, c.max_cohort, c.ring)),
-            Ok((Some(1000.0), 3, Ring::U64))
-        );
-    }
-
-    #[test]
-    fn malformed_shares_and_commitments_are_refused() {
-        let r = v1::UnmaskResponse {
-            seed_shares: vec![v1::Share {
-                owner: 3,
-                share: vec![1; 10],
-            }],
-            ..Default::default()
-        };
-        assert!(unmask_response_from_proto(&r).is_err_and(|e| e.field == "unmask.seed_shares"));
-        let b = v1::ShareKeysRequest {
-            seed_commitment: vec![0; 5],
-            ..Default::default()
-        };
-        assert!(share_bundle_from_proto(&b).is_err());
-        let nk = v1::NeighbourKeys {
-            round: 1,
-            adverts: vec![v1::RelayedAdvert {
-                advert: Some(v1::KeyAdvert::default()),
-                ..Default::default()
-            }],
-        };
-        assert!(neighbour_keys_from_proto(&nk).is_err_and(|e| e.field.ends_with("verifying_key")));
-    }
-
-    #[test]
-    fn relayed_keys_carry_site_and_certificate_and_convert_back() -> Result<(), ConvertError> {
-        let advert = |member| KeyAdvert {
-            round: 7,
-            member,
-            enc_public: vec![member as u8; 3],
-            mask_public: vec![9; 3],
-            signature: vec![1, 2],
-        };
-        let msg = NeighbourKeys {
-            round: 7,
-            adverts: vec![
-                RelayedAdvert {
-                    advert: advert(1),
-                    identity: vec![0xaa],
-                },
-                RelayedAdvert {
-                    advert: advert(2),
-                    identity: vec![0xbb],
-                },
-            ],
-        };
-        let alice = RelayedIdentity {
-            site: "alice".into(),
-            certificate: vec![0x30, 0x01],
-        };
-        let wire = neighbour_keys_with_certificates(&msg, |m| (m == 1).then_some(&alice));
-        assert_eq!(wire.adverts[0].site, "alice");
-        assert_eq!(wire.adverts[0].certificate, vec![0x30, 0x01]);
-        assert_eq!(wire.adverts[1].site, "");
-        assert_eq!(neighbour_keys_from_proto(&wire)?, msg);
-        assert_eq!(
-            neighbour_keys_from_proto(&neighbour_keys_to_proto(&msg))?,
-            msg
-        );
-        Ok(())
-    }
-}
+mod tests;

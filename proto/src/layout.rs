@@ -25,12 +25,13 @@
 //! assert_eq!(summed.and_then(|m| m.accuracy()), Some(0.9));
 //! ```
 
-use confide_crypto::protocol::RingVec;
+use confide_crypto::protocol::{MaskingSet, RingVec};
 use confide_crypto::quant::{Decoded, QuantError, Quantiser};
 use confide_crypto::ring::{self, RingElement};
 use confide_crypto::stats::{self, StatsError as EncodeError};
 use rand::CryptoRng;
 
+use crate::convert;
 use crate::standardise::{self, FeatureStats};
 use crate::{CHUNK_BYTES, v1};
 
@@ -393,11 +394,14 @@ pub fn decode_statistics(
 }
 
 /// Splits a vector into `SubmitMaskedInput` chunks of at most
-/// [`CHUNK_BYTES`] each; offsets and `total_len` count elements.
+/// [`CHUNK_BYTES`] each; offsets and `total_len` count elements. The first
+/// chunk carries `masking`, the signed masking set of a secure round (`None`
+/// in plaintext mode).
 pub fn masked_input_chunks<R: RingElement>(
     session: &str,
     round: u64,
     v: &[R],
+    masking: Option<&MaskingSet>,
 ) -> Vec<v1::MaskedInputChunk> {
     let per_chunk = (CHUNK_BYTES / R::RING.bytes()).max(1);
     let total_len = v.len() as u64;
@@ -409,15 +413,23 @@ pub fn masked_input_chunks<R: RingElement>(
             offset: (i * per_chunk) as u64,
             total_len,
             data: ring::to_le_bytes(c),
+            masking: masking
+                .filter(|_| i == 0)
+                .map(convert::masking_set_to_proto),
         })
         .collect()
 }
 
 /// [`masked_input_chunks`] of a vector of either ring.
-pub fn ring_vec_chunks(session: &str, round: u64, v: &RingVec) -> Vec<v1::MaskedInputChunk> {
+pub fn ring_vec_chunks(
+    session: &str,
+    round: u64,
+    v: &RingVec,
+    masking: Option<&MaskingSet>,
+) -> Vec<v1::MaskedInputChunk> {
     match v {
-        RingVec::U32(v) => masked_input_chunks(session, round, v),
-        RingVec::U64(v) => masked_input_chunks(session, round, v),
+        RingVec::U32(v) => masked_input_chunks(session, round, v, masking),
+        RingVec::U64(v) => masked_input_chunks(session, round, v, masking),
     }
 }
 

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`v1`] | the gRPC API, package `confide.v1` (generated at build time with `protox`, no system `protoc`) |
 //! | [`convert`] | wire messages ↔ `confide_crypto` protocol types, both directions |
+//! | [`context`] | the round context bound into every signature (federation, CA, the whole `RoundStart`) |
 //! | [`model`] | [`Model`](model::Model)/[`Tensor`](model::Tensor), flatten order, the safetensors codec, [`ModelSpec`](model::ModelSpec) with seeded initial weights |
 //! | [`layout`] | the TRAIN / EVALUATE / STATISTICS vectors, encode and decode, upload chunks |
 //! | [`standardise`] | feature statistics and the standardiser derived from their sum |
@@ -16,9 +17,10 @@
 //!   crypto  ◀──  proto  ◀──┬── coordinator
 //!                          └── client
 //!   site ──Join──────────────▶ coordinator
-//!        ──Tasks (stream) ◀──── RoundStart, NeighbourKeys, IncomingShares, UnmaskRequest, RoundEnd
+//!        ──Tasks (stream) ◀──── RoundStart, NeighbourKeys, IncomingShares, ConsistencyRequest,
+//!                               UnmaskRequest, RoundEnd
 //!        ──DownloadModel ◀───── model chunks (safetensors)
-//!        ──AdvertiseKeys / ShareKeys / SubmitMaskedInput (chunks) / Unmask ──▶
+//!        ──AdvertiseKeys / ShareKeys / SubmitMaskedInput (chunks) / Consistency / Unmask ──▶
 //! ```
 //!
 //! `proto` depends on `confide-crypto` and nothing else of Confide's.
@@ -41,6 +43,7 @@ pub mod v1 {
     tonic::include_proto!("confide.v1");
 }
 
+pub mod context;
 pub mod convert;
 pub mod keys;
 pub mod layout;

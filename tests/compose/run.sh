@@ -12,10 +12,11 @@
 #     TCP probe from hospital-a's network to a container on hospital-b's
 #     network that must not connect, next to a control from inside
 #     hospital-b's network that must).
-# Scenario 2 — four hospitals (deploy/compose.four-sites.yml; three cannot
-#   recover a dropout, see docs/compose.md): hospital-b is frozen as a training
-#   round starts and killed while that round waits for it; the round must
-#   complete with the survivors and the later rounds must run without it.
+# Scenario 2 — five hospitals (deploy/compose.four-sites.yml +
+#   deploy/compose.five-sites.yml; three or four cannot recover a dropout, see
+#   docs/compose.md): hospital-b is frozen as a training round starts and
+#   killed while that round waits for it; the round must complete with the
+#   survivors and the later rounds must run without it.
 #
 # Always removes its containers, networks and volumes (trap). Exit 0 = pass.
 #
@@ -52,7 +53,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/confide-compose.XXXXXX")
 PROJECTS=()
 PROBES=()
 F1=(-f docker-compose.yml)
-F2=(-f docker-compose.yml -f deploy/compose.four-sites.yml -f tests/compose/dropout.yml)
+F2=(-f docker-compose.yml -f deploy/compose.four-sites.yml -f deploy/compose.five-sites.yml -f tests/compose/dropout.yml)
 
 log() { printf '[compose-test %4ss] %s\n' "$(($(date +%s) - T0))" "$*"; }
 fail() {
@@ -264,7 +265,7 @@ docker rm -f "$PROBE_B" >/dev/null
 timeout 120 "${DC[@]}" -p "$P1" "${F1[@]}" down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 
 # ------------------------------------------------------------ scenario 2
-log "scenario 2: 4 hospitals, kill hospital-b in the middle of a round (project $P2)"
+log "scenario 2: 5 hospitals, kill hospital-b in the middle of a round (project $P2)"
 t=$(date +%s)
 PROJECTS+=("$P2")
 KILL_ROUND=${KILL_ROUND:-4}
@@ -303,10 +304,10 @@ watch_and_kill() {
 watch_and_kill &
 WATCHER=$!
 timeout "$UP_TIMEOUT" "${DC[@]}" -p "$P2" "${F2[@]}" up -d --no-build \
-  || fail "docker compose up (4 sites) did not finish within $UP_TIMEOUT s"
+  || fail "docker compose up (5 sites) did not finish within $UP_TIMEOUT s"
 COORD2=$(cid "$P2" coordinator "${F2[@]}")
 declare -A SITE2
-for s in hospital-a hospital-b hospital-c hospital-d; do
+for s in hospital-a hospital-b hospital-c hospital-d hospital-e; do
   SITE2[$s]=$(cid "$P2" "$s" "${F2[@]}")
   [[ -n ${SITE2[$s]} ]] || fail "no $s container"
 done
@@ -315,8 +316,8 @@ wait "$WATCHER" || true
 [[ -f $WORK/killed ]] || fail "round $KILL_ROUND never started, or hospital-b could not be killed"
 rc=$(wait_exit "$COORD2" "$RUN_TIMEOUT")
 docker logs "$COORD2" >"$WORK/coordinator2.log" 2>&1 || true
-[[ $rc == 0 ]] || fail "coordinator (4 sites) exited $rc"
-for s in hospital-a hospital-c hospital-d; do
+[[ $rc == 0 ]] || fail "coordinator (5 sites) exited $rc"
+for s in hospital-a hospital-c hospital-d hospital-e; do
   src=$(wait_exit "${SITE2[$s]}" 30)
   [[ $src == 0 ]] || fail "$s exited $src"
 done
@@ -348,29 +349,32 @@ train = [r for r in h if r["kind"] == "train"]
 assert len(train) == 12 and all(r["success"] for r in train), f"training rounds: {[(r['round'], r['success'], r['message']) for r in train]}"
 assert all(r["success"] for r in h), f"failed rounds: {[r for r in h if not r['success']]}"
 before = [r for r in h if r["round"] < k]
-assert before and all(r["cohort"] == 4 and r["survivors"] == 4 for r in before), "the rounds before the kill did not run with all four hospitals"
+assert before and all(r["cohort"] == 5 and r["survivors"] == 5 for r in before), "the rounds before the kill did not run with all five hospitals"
 assert k <= dr <= k + 1, f"hospital-b dropped in round {dr}, expected round {k} or {k + 1}"
 d = next(r for r in h if r["round"] == dr)
-assert d["success"] and d["cohort"] == 4, f"round {dr}: {d}"
+assert d["success"] and d["cohort"] == 5, f"round {dr}: {d}"
 # Where it vanished decides what the survivors had to do:
 #   advertise-keys/share-keys: no one's masks involve it yet; the round goes
-#     on with the other 3;
+#     on with the other 4;
 #   masked-input: the survivors' inputs carry pairwise masks with it; its
 #     mask key is rebuilt from their shares to remove them;
-#   unmask: its input is in the sum; its self-mask seed is rebuilt likewise.
+#   consistency/unmask: its input is in the sum (the other 4 signed the
+#     survivor set, a quorum); its self-mask seed is rebuilt likewise.
 how = {
-    "advertise-keys": "it left before sharing keys; the round went on with the other 3",
-    "share-keys": "it left before its key shares were out; the round went on with the other 3",
-    "masked-input": "the sum holds the 3 survivors' inputs; their masks with hospital-b were removed "
+    "advertise-keys": "it left before sharing keys; the round went on with the other 4",
+    "share-keys": "it left before its key shares were out; the round went on with the other 4",
+    "masked-input": "the sum holds the 4 survivors' inputs; their masks with hospital-b were removed "
                     "with its mask key, rebuilt from their shares",
-    "unmask": "its masked input was in; its self-mask seed was rebuilt from the 3 survivors' shares",
+    "consistency": "its masked input was in; the 4 others signed the survivor set and its "
+                   "self-mask seed was rebuilt from their shares",
+    "unmask": "its masked input was in; its self-mask seed was rebuilt from the 4 survivors' shares",
 }[stage]
-assert d["survivors"] == (4 if stage == "unmask" else 3), d
+assert d["survivors"] == (5 if stage in ("consistency", "unmask") else 4), d
 print(f"PASS round {dr} ({d['kind']}) lost hospital-b at stage {stage} and still completed "
       f"(dropout recovery: {how}) in {d['duration_secs']:.1f} s")
 after = [r for r in h if r["round"] > dr]
-assert after and all(r["success"] and r["cohort"] == 3 and r["survivors"] == 3 for r in after), f"rounds after: {after}"
-print(f"PASS the next {len(after)} rounds ran with the 3 remaining hospitals and completed")
+assert after and all(r["success"] and r["cohort"] == 4 and r["survivors"] == 4 for r in after), f"rounds after: {after}"
+print(f"PASS the next {len(after)} rounds ran with the 4 remaining hospitals and completed")
 ev = [r for r in h if r["kind"] == "evaluate"]
 if ev and ev[-1]["accuracy"] is not None:
     print(f"     final held-out accuracy after the dropout: {ev[-1]['accuracy']:.4f}")
@@ -380,6 +384,6 @@ timeout 120 "${DC[@]}" -p "$P2" "${F2[@]}" down -v --remove-orphans --timeout 5 
 echo "---- compose test summary ----"
 echo "image          $CONFIDE_IMAGE $((IMAGE_BYTES / 1024 / 1024)) MiB ($IMAGE_BYTES bytes), build ${IMAGE_SECS} s"
 echo "scenario 1     ${S1_SECS} s (3 hospitals)"
-echo "scenario 2     ${S2_SECS} s (4 hospitals, hospital-b killed in round $KILL_ROUND)"
+echo "scenario 2     ${S2_SECS} s (5 hospitals, hospital-b killed in round $KILL_ROUND)"
 echo "wall time      $(($(date +%s) - T0)) s"
 log "PASS"

@@ -23,14 +23,14 @@ use std::time::Duration;
 use confide_coordinator::{CoordinatorError, ServeReport, Settings};
 use confide_crypto::protocol::{
     EncryptedShare, IdentityVerifier, IncomingShares, KeyAdvert, NeighbourKeys, RelayedAdvert,
-    UnmaskRequest,
+    SitePolicy,
 };
 use confide_crypto::quant::Quantiser;
 use confide_crypto::ring::{Ring, to_le_bytes};
 use confide_crypto::suite::{SigningKey, VerifyingKey};
 use confide_crypto::{MemberId, SiteMachine, Suite};
-use confide_proto::convert;
 use confide_proto::v1 as pb;
+use confide_proto::{context, convert};
 use pb::site_client::SiteClient;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -211,6 +211,11 @@ pub struct FakeSite {
     pub session: String,
     /// Task stream.
     pub tasks: tonic::Streaming<pb::Task>,
+    /// The federation named at Join (bound into every round's context).
+    pub federation: String,
+    /// The signed masking set of this round's masked input, attached to the
+    /// first chunk by [`FakeSite::submit`] (none in plaintext rounds).
+    pub masking: Option<pb::MaskingSet>,
     key: SigningKey,
     suite: Suite,
 }
@@ -226,6 +231,7 @@ pub fn chunks(session: &str, round: u64, v: &[u32]) -> Vec<pb::MaskedInputChunk>
             offset: (i * per) as u64,
             total_len: v.len() as u64,
             data: to_le_bytes(c),
+            masking: None,
         });
     }
     if out.is_empty() {
@@ -235,6 +241,7 @@ pub fn chunks(session: &str, round: u64, v: &[u32]) -> Vec<pb::MaskedInputChunk>
             offset: 0,
             total_len: 0,
             data: vec![],
+            masking: None,
         });
     }
     out
@@ -246,15 +253,15 @@ impl FakeSite {
         let mut client = SiteClient::connect(url.to_string()).await?;
         let key = SigningKey::generate(suite, &mut rand::rng());
         let vk = key.verifying_key()?;
-        let session = client
+        let joined = client
             .join(pb::JoinRequest {
                 site: name.into(),
                 verifying_key: vk.as_bytes().to_vec(),
                 version: "fake".into(),
             })
             .await?
-            .into_inner()
-            .session;
+            .into_inner();
+        let session = joined.session;
         let tasks = client
             .tasks(pb::TasksRequest {
                 session: session.clone(),
@@ -265,6 +272,8 @@ impl FakeSite {
             client,
             session,
             tasks,
+            federation: joined.federation,
+            masking: None,
             key,
             suite,
         })
@@ -288,9 +297,10 @@ impl FakeSite {
         }
     }
 
-    /// Submit a vector as chunks.
+    /// Submit a vector as chunks, the first carrying [`FakeSite::masking`].
     pub async fn submit(&mut self, round: u64, v: &[u32]) -> Result<(), tonic::Status> {
-        let c = chunks(&self.session, round, v);
+        let mut c = chunks(&self.session, round, v);
+        c[0].masking = self.masking.clone();
         self.client
             .submit_masked_input(tokio_stream::iter(c))
             .await
@@ -318,15 +328,17 @@ impl FakeSite {
     ) -> Result<pb::RoundEnd, BoxError> {
         let q = Self::quantiser(rs)?;
         let vector: Vec<u32> = q.encode(delta, weight, &[0, 0, 0], &mut rand::rng())?;
+        self.masking = None;
         if rs.plaintext {
             if !before_submit.poke(self, rs.round, &vector).await? {
                 self.submit(rs.round, &vector).await?;
             }
             return self.round_end().await;
         }
-        // The same conversion the real site uses; this scripted site keeps
-        // to the u32 ring its vectors are built in.
-        let cfg = convert::round_config(rs)?;
+        // The same conversion the real site uses (no TLS here: no CA
+        // fingerprint); this scripted site keeps to the u32 ring its vectors
+        // are built in.
+        let cfg = convert::round_config(rs, &self.federation, &context::NO_CA)?;
         if cfg.ring != Ring::U32 || cfg.suite != self.suite {
             return Err(format!(
                 "scripted site speaks {} / u32, round is {} / {}",
@@ -335,8 +347,14 @@ impl FakeSite {
             .into());
         }
         let verifier: Arc<dyn IdentityVerifier> = Arc::new(TrustRelayed(self.suite));
-        let mut m =
-            SiteMachine::<u32>::new(cfg, rs.member, self.key.clone(), verifier, &mut rand::rng())?;
+        let mut m = SiteMachine::<u32>::new(
+            cfg,
+            rs.member,
+            self.key.clone(),
+            verifier,
+            &SitePolicy::default(),
+            &mut rand::rng(),
+        )?;
         let mut pending_input = Some(vector);
         loop {
             while let Some(o) = m.poll_output() {
@@ -375,10 +393,15 @@ impl FakeSite {
                         };
                         self.client.share_keys(req).await?;
                     }
-                    O::MaskedInput(v) => {
-                        if !before_submit.poke(self, rs.round, &v).await? {
-                            self.submit(rs.round, &v).await?;
+                    O::MaskedInput { vector, masking } => {
+                        self.masking = Some(convert::masking_set_to_proto(&masking));
+                        if !before_submit.poke(self, rs.round, &vector).await? {
+                            self.submit(rs.round, &vector).await?;
                         }
+                    }
+                    O::Consistency(sig) => {
+                        let req = convert::consistency_response_to_proto(&sig, &self.session);
+                        self.client.consistency(req).await?;
                     }
                     O::Unmask(u) => {
                         let conv = |v: Vec<(MemberId, confide_crypto::shamir::Share)>| {
@@ -441,12 +464,11 @@ impl FakeSite {
                         m.handle_input(v)?;
                     }
                 }
+                pb::task::Kind::ConsistencyRequest(c) => {
+                    m.handle_consistency_request(convert::consistency_request_from_proto(&c)?)?;
+                }
                 pb::task::Kind::UnmaskRequest(u) => {
-                    m.handle_unmask_request(UnmaskRequest {
-                        round: u.round,
-                        survivors: u.survivors,
-                        dropped: u.dropped,
-                    })?;
+                    m.handle_unmask_request(convert::unmask_request_from_proto(&u)?)?;
                 }
                 pb::task::Kind::RoundEnd(e) => return Ok(e),
                 pb::task::Kind::Done(_) => return Err("federation ended mid-round".into()),

@@ -147,6 +147,13 @@ impl AsyncPoke for Poker {
             ),
             "wrong stage"
         );
+        // A secure upload without its signed masking set.
+        let r = site
+            .client
+            .submit_masked_input(tokio_stream::iter(chunks(&site.session, round, v)))
+            .await
+            .map(|_| ());
+        assert_eq!(code(r), Some(Code::InvalidArgument), "no masking set");
         // Unknown session.
         let mut other = pb::site_client::SiteClient::connect(self.url.clone()).await?;
         let r = other

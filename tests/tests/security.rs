@@ -8,8 +8,11 @@
 //!   Admin API, the join-rate limit;
 //! - key binding: a coordinator that substitutes a key, relays a wrong
 //!   signature, a foreign-CA certificate or another site's certificate is
-//!   caught by the neighbour before it sends any share; an honest round over
-//!   the same verifier completes; a request for both shares is refused.
+//!   caught by the neighbour, which leaves that peer out (no share reaches
+//!   it) and names it in `rejected()`; an honest round over the same
+//!   verifier, with masking sets and survivor signatures relayed with
+//!   certificates too, completes; an unmask request without a quorum of
+//!   signatures, or for a set the site did not sign, is refused.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,10 +22,12 @@ use confide_client::config::load_signing_key;
 use confide_client::identity::{CertificateVerifier, identity_blob};
 use confide_coordinator::certs;
 use confide_crypto::graph::SecAggParams;
-use confide_crypto::protocol::{CoordinatorOutput, SiteOutput, UnmaskRequest};
+use confide_crypto::protocol::{
+    CoordinatorOutput, RelayedSignature, SiteOutput, SitePolicy, UnmaskRequest,
+};
 use confide_crypto::sim::{Simulation, Stepper};
 use confide_crypto::suite::SigningKey;
-use confide_crypto::{SiteMachine, Suite};
+use confide_crypto::{RoundConfig, SiteMachine, Suite};
 use confide_proto::v1 as pb;
 use confide_proto::v1::admin_client::AdminClient;
 use confide_proto::v1::site_client::SiteClient;
@@ -261,12 +266,15 @@ async fn join_flood_is_rate_limited() -> Result<(), BoxError> {
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
-/// A round of 4 (complete graph, t = 2) whose sites hold certificates from
-/// one CA and check neighbours with the client's [`CertificateVerifier`].
+/// A round of 4 as the coordinator schedules it (complete graph, k = 3,
+/// t = 3, one colluder assumed: quorum 3) whose sites hold certificates from
+/// one CA, apply the default policy and check every relayed identity with
+/// the client's [`CertificateVerifier`].
 struct CertRound {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     other: PathBuf,
+    cfg: RoundConfig,
     stepper: Stepper<u32>,
     certs: Vec<Vec<u8>>,
 }
@@ -283,10 +291,11 @@ impl CertRound {
         let other = tmp.path().join("other");
         certs::init(&other, "evil", &[])?;
         certs::issue_site(&other, "b", Suite::Intl)?;
-        let cfg = Simulation::new(Suite::Intl, 4, SecAggParams { k: 3, t: 2 })
-            .with_seed(seed)
-            .config::<u32>(5);
-        let mut stepper = Stepper::<u32>::new(cfg.clone(), seed)?;
+        let mut sim = Simulation::new(Suite::Intl, 4, SecAggParams { k: 3, t: 3 }).with_seed(seed);
+        sim.max_colluders = 1;
+        let cfg = sim.config::<u32>(5);
+        let policy = SitePolicy::default();
+        let mut stepper = Stepper::<u32>::with_policy(cfg.clone(), seed, &policy)?;
         let ca = std::fs::read(dir.join("ca.pem"))?;
         let mut keys = Vec::new();
         let mut sites = Vec::new();
@@ -300,6 +309,7 @@ impl CertRound {
                 m,
                 key.clone(),
                 verifier,
+                &policy,
                 &mut stepper.rng,
             )?);
             keys.push(key);
@@ -311,8 +321,22 @@ impl CertRound {
             _tmp: tmp,
             dir,
             other,
+            cfg,
             stepper,
             certs: ders,
+        })
+    }
+
+    /// The identity an honest coordinator relays for member `m` whose
+    /// verifying key is `vk`: key, certificate and site name, as the client
+    /// hands them to its verifier.
+    fn identity(&self, m: confide_crypto::MemberId, vk: &[u8]) -> Vec<u8> {
+        let i = (m - 1) as usize;
+        identity_blob(&pb::RelayedAdvert {
+            advert: None,
+            verifying_key: vk.to_vec(),
+            certificate: self.certs[i].clone(),
+            site: NAMES[i].into(),
         })
     }
 
@@ -327,15 +351,21 @@ impl CertRound {
             .map(|o| match o {
                 CoordinatorOutput::NeighbourKeys { to, mut msg } => {
                     for r in &mut msg.adverts {
-                        let i = (r.advert.member - 1) as usize;
-                        r.identity = identity_blob(&pb::RelayedAdvert {
-                            advert: None,
-                            verifying_key: r.identity.clone(),
-                            certificate: self.certs[i].clone(),
-                            site: NAMES[i].into(),
-                        });
+                        r.identity = self.identity(r.advert.member, &r.identity);
                     }
                     Ok(CoordinatorOutput::NeighbourKeys { to, msg })
+                }
+                CoordinatorOutput::ConsistencyRequest { to, mut msg } => {
+                    for r in &mut msg.masking {
+                        r.identity = self.identity(r.set.member, &r.identity);
+                    }
+                    Ok(CoordinatorOutput::ConsistencyRequest { to, msg })
+                }
+                CoordinatorOutput::UnmaskRequest { to, mut msg } => {
+                    for r in &mut msg.signatures {
+                        r.identity = self.identity(r.signature.member, &r.identity);
+                    }
+                    Ok(CoordinatorOutput::UnmaskRequest { to, msg })
                 }
                 other => Ok(other),
             })
@@ -353,8 +383,9 @@ fn honest_round_over_certificate_verifier_completes() -> Result<(), BoxError> {
     let masked = r
         .stepper
         .mask(shares, inputs.iter().cloned().map(Some).collect())?;
-    let unmask = r.stepper.submit(&masked)?;
-    let responses = r.stepper.responses(unmask)?;
+    let consistency = r.stepper.submit(&masked)?;
+    let unmask = r.stepper.agree(r.relay(consistency)?)?;
+    let responses = r.stepper.responses(r.relay(unmask)?)?;
     let sum = r
         .stepper
         .finish(responses)?
@@ -367,31 +398,79 @@ fn honest_round_over_certificate_verifier_completes() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// No share leaves a site before a quorum of survivors signed the very set
+/// it signed: an unmask request with too few signatures, or naming another
+/// survivor set, is refused.
 #[test]
-fn request_for_both_shares_is_refused_over_certificate_verifier() -> Result<(), BoxError> {
+fn unmask_without_a_quorum_on_the_signed_set_is_refused_over_certificate_verifier()
+-> Result<(), BoxError> {
     let mut r = CertRound::new(7)?;
     let adv = r.stepper.advertise()?;
     let relayed = r.relay(adv)?;
     let shares = r.stepper.share(relayed)?;
-    let _masked = r.stepper.mask(shares, vec![Some(vec![1; 5]); 4])?;
-    // Neighbour 2 both "survived" (seed share) and "dropped" (key share):
-    // together the two would unmask its input.
-    let greedy = UnmaskRequest {
-        round: 1,
+    let masked = r.stepper.mask(shares, vec![Some(vec![1; 5]); 4])?;
+    let submitted = r.stepper.submit(&masked)?;
+    let consistency = r.relay(submitted)?;
+    // Only site 1 is asked to sign.
+    let mine: Vec<_> = consistency
+        .into_iter()
+        .filter(|o| matches!(o, CoordinatorOutput::ConsistencyRequest { to: 1, .. }))
+        .collect();
+    let sigs = r.stepper.consistency(mine)?;
+    assert_eq!(sigs.len(), 1, "site 1 signs the survivor set");
+    let own = RelayedSignature {
+        identity: r.identity(1, &r.stepper.identity(1)?),
+        signature: sigs[0].clone(),
+    };
+    let quorum = r.cfg.quorum();
+    assert_eq!(quorum, 3);
+    let too_few = UnmaskRequest {
+        round: r.cfg.round,
         survivors: vec![1, 2, 3, 4],
-        dropped: vec![2],
+        signatures: vec![own],
     };
     let site = r.stepper.site(1)?;
-    assert!(
-        site.handle_unmask_request(greedy).is_err(),
-        "a request for both shares of one neighbour must be refused"
-    );
+    match site.handle_unmask_request(too_few) {
+        Err(e) if e.to_string().contains("quorum") => {}
+        other => return Err(format!("expected a quorum refusal, got {other:?}").into()),
+    }
+    assert!(site.poll_output().is_none(), "no share may leave the site");
+    // A fresh site machine state is needed for the second refusal: the first
+    // one ended site 1's part in the round. Another set than it signed:
+    let mut r = CertRound::new(8)?;
+    let adv = r.stepper.advertise()?;
+    let relayed = r.relay(adv)?;
+    let shares = r.stepper.share(relayed)?;
+    let masked = r.stepper.mask(shares, vec![Some(vec![1; 5]); 4])?;
+    let submitted = r.stepper.submit(&masked)?;
+    let consistency = r.relay(submitted)?;
+    let sigs = r.stepper.consistency(consistency)?;
+    let signatures = sigs
+        .into_iter()
+        .map(|s| {
+            Ok(RelayedSignature {
+                identity: r.identity(s.member, &r.stepper.identity(s.member)?),
+                signature: s,
+            })
+        })
+        .collect::<Result<Vec<_>, BoxError>>()?;
+    let other_set = UnmaskRequest {
+        round: r.cfg.round,
+        survivors: vec![1, 2, 3],
+        signatures,
+    };
+    let site = r.stepper.site(1)?;
+    match site.handle_unmask_request(other_set) {
+        Err(e) if e.to_string().contains("did not sign") => {}
+        other => return Err(format!("expected an unsigned-set refusal, got {other:?}").into()),
+    }
     assert!(site.poll_output().is_none(), "no share may leave the site");
     Ok(())
 }
 
-/// Run one tampering of site `victim`'s NeighbourKeys; the victim must refuse
-/// with an error mentioning `why` and send nothing.
+/// Run one tampering of site `victim`'s NeighbourKeys; the victim must leave
+/// member 2 out with a reason mentioning `why`, and no share of it may reach
+/// member 2 (with t = 3 of 3 neighbours, it then deals no shares at all).
 fn tampered(
     seed: u64,
     why: &str,
@@ -415,17 +494,32 @@ fn tampered(
             tamper(&r, target)?;
             let mut rng = rand::rng();
             let site = r.stepper.site(victim)?;
-            outcome = Some(site.handle_neighbour_keys(msg, &mut rng));
-            // Nothing leaves the site: no share bundle, no masked input.
-            assert!(
-                !matches!(site.poll_output(), Some(SiteOutput::Shares(_))),
-                "a share bundle escaped after a bad advert"
-            );
+            let result = site.handle_neighbour_keys(msg, &mut rng);
+            // No share reaches the member whose advert failed.
+            while let Some(o) = site.poll_output() {
+                if let SiteOutput::Shares(b) = o {
+                    assert!(
+                        b.shares.iter().all(|s| s.to != 2),
+                        "a share went to the peer with the bad advert"
+                    );
+                }
+            }
+            outcome = Some((result, site.rejected().to_vec()));
         }
     }
-    match outcome.ok_or("victim got no NeighbourKeys")? {
-        Err(e) if e.to_string().contains(why) => Ok(()),
-        other => Err(format!("expected refusal mentioning {why:?}, got {other:?}").into()),
+    let (result, rejected) = outcome.ok_or("victim got no NeighbourKeys")?;
+    if !rejected
+        .iter()
+        .any(|(m, reason)| *m == 2 && reason.contains(why))
+    {
+        return Err(format!("expected member 2 left out for {why:?}, got {rejected:?}").into());
+    }
+    // Two good neighbours remain, below t = 3: the victim stops here.
+    match result {
+        Err(confide_crypto::ProtocolError::BelowThreshold {
+            have: 2, need: 3, ..
+        }) => Ok(()),
+        other => Err(format!("expected the victim to stop below threshold, got {other:?}").into()),
     }
 }
 
@@ -438,13 +532,12 @@ fn relayed_fields(
 #[test]
 fn coordinator_substituting_a_key_is_detected() -> Result<(), BoxError> {
     // New keys signed with the coordinator's own key, relayed with b's certificate.
-    tampered(2, "not the one in its certificate", |_, a| {
+    tampered(2, "not the one in its certificate", |r, a| {
         let evil = SigningKey::generate(Suite::Intl, &mut rand::rng());
         // The coordinator's own agreement key in place of b's.
         a.advert.enc_public = vec![9; a.advert.enc_public.len()];
         a.advert.signature = evil.sign(&confide_crypto::protocol::KeyAdvert::signed_bytes(
-            Suite::Intl,
-            a.advert.round,
+            &r.cfg.session_id(),
             a.advert.member,
             &a.advert.enc_public,
             &a.advert.mask_public,

@@ -3,7 +3,7 @@
 //! (re)sent, measured for the round's log line.
 
 use confide_crypto::Stage;
-use confide_crypto::protocol::{AnySiteOutput, RingVec};
+use confide_crypto::protocol::{AnySiteOutput, MaskingSet, RingVec};
 use confide_proto::v1;
 
 use crate::convert;
@@ -16,6 +16,7 @@ pub(crate) enum Outgoing {
     Advertise(v1::AdvertiseKeysRequest),
     Shares(v1::ShareKeysRequest),
     Masked(Vec<v1::MaskedInputChunk>),
+    Consistency(v1::ConsistencyResponse),
     Unmask(v1::UnmaskResponse),
 }
 
@@ -25,6 +26,7 @@ impl Outgoing {
             Outgoing::Advertise(_) => Stage::AdvertiseKeys,
             Outgoing::Shares(_) => Stage::ShareKeys,
             Outgoing::Masked(_) => Stage::MaskedInput,
+            Outgoing::Consistency(_) => Stage::Consistency,
             Outgoing::Unmask(_) => Stage::Unmask,
         }
     }
@@ -38,7 +40,12 @@ impl Outgoing {
             AnySiteOutput::Shares(b) => {
                 Outgoing::Shares(convert::share_bundle_to_proto(&b, session))
             }
-            AnySiteOutput::MaskedInput(v) => Outgoing::Masked(masked_chunks(session, round, &v)),
+            AnySiteOutput::MaskedInput { vector, masking } => {
+                Outgoing::Masked(masked_chunks(session, round, &vector, Some(&masking)))
+            }
+            AnySiteOutput::Consistency(s) => {
+                Outgoing::Consistency(convert::consistency_response_to_proto(&s, session))
+            }
             AnySiteOutput::Unmask(u) => {
                 Outgoing::Unmask(convert::unmask_response_to_proto(&u, session))
             }
@@ -55,6 +62,7 @@ impl Outgoing {
                     c.session = session.to_string();
                 }
             }
+            Outgoing::Consistency(m) => m.session = session.to_string(),
             Outgoing::Unmask(m) => m.session = session.to_string(),
         }
     }
@@ -66,14 +74,22 @@ impl Outgoing {
             Outgoing::Advertise(m) => m.encoded_len() as u64,
             Outgoing::Shares(m) => m.encoded_len() as u64,
             Outgoing::Masked(chunks) => chunks.iter().map(|c| c.data.len() as u64).sum(),
+            Outgoing::Consistency(m) => m.encoded_len() as u64,
             Outgoing::Unmask(m) => m.encoded_len() as u64,
         }
     }
 }
 
-pub(super) fn masked_chunks(session: &str, round: u64, v: &RingVec) -> Vec<v1::MaskedInputChunk> {
+/// The upload of `v`; the first chunk carries the signed masking set of a
+/// secure round.
+pub(super) fn masked_chunks(
+    session: &str,
+    round: u64,
+    v: &RingVec,
+    masking: Option<&MaskingSet>,
+) -> Vec<v1::MaskedInputChunk> {
     match v {
-        RingVec::U32(v) => wire::masked_input_chunks(session, round, v),
-        RingVec::U64(v) => wire::masked_input_chunks(session, round, v),
+        RingVec::U32(v) => wire::masked_input_chunks(session, round, v, masking),
+        RingVec::U64(v) => wire::masked_input_chunks(session, round, v, masking),
     }
 }

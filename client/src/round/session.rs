@@ -62,6 +62,7 @@ impl RoundDriver {
             );
         }
         self.session = Some(resp.session);
+        self.federation = resp.federation;
         Ok(Joined::Session)
     }
 

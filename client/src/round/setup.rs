@@ -5,7 +5,7 @@
 use confide_crypto::Stage;
 use confide_crypto::protocol::AnySite;
 use confide_crypto::quant::Quantiser;
-use confide_proto::v1;
+use confide_proto::{context, v1};
 use tracing::debug;
 
 use super::outgoing::Outgoing;
@@ -31,6 +31,16 @@ impl RoundDriver {
         }
         let bytes = asm.finish()?;
         r.bytes_in += bytes.len() as u64;
+        // The model must be the one the announcement (and so the round's
+        // context) names: a coordinator cannot hand this site another model.
+        let got = context::sha256(&bytes);
+        if got[..] != r.start.model_sha256[..] {
+            return Err(ClientError::ModelHashMismatch {
+                round: r.start.round,
+                announced: hex::encode(&r.start.model_sha256),
+                got: hex::encode(got),
+            });
+        }
         debug!(
             round = r.start.round,
             bytes = bytes.len(),
@@ -75,6 +85,7 @@ impl RoundDriver {
             member,
             self.cfg.signing.clone(),
             verifier,
+            &self.cfg.policy,
             &mut self.rng,
         )?;
         let out = machine

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confide_crypto::graph::SecAggParams;
-use confide_crypto::protocol::{AnySiteOutput, RingVec};
+use confide_crypto::protocol::{AnySiteOutput, MaskingSet, RingVec, SitePolicy, SurvivorSignature};
 use confide_crypto::protocol::{IdentityVerifier, SiteOutput};
 use confide_crypto::stats::stats_len;
 use confide_crypto::suite::SigningKey;
@@ -50,6 +50,8 @@ fn driver_with_policy(
                 Ok(Arc::new(RelayedKeyVerifier { suite }) as Arc<dyn IdentityVerifier>)
             }),
             allow_plaintext,
+            policy: SitePolicy::default(),
+            ca_fingerprint: [0; 32],
         },
         rng,
     );
@@ -71,18 +73,32 @@ fn round_cfg(round: u64, ring: Ring, vector_len: usize) -> RoundConfig {
         params: SecAggParams { k: 2, t: 2 },
         graph_seed: [1; 32],
         vector_len,
-        min_survivors: 2,
+        min_survivors: 3,
+        max_colluders: 1,
+        context: [0; 32],
+    }
+}
+
+/// What every announcement of these tests binds beside the configuration.
+fn bound(round: u64, rs: v1::RoundStart) -> v1::RoundStart {
+    v1::RoundStart {
+        attempt: vec![round as u8; 32],
+        model_sha256: vec![0xee; 32],
+        ..rs
     }
 }
 
 /// A statistics round for this site (member 1).
 fn stats_start(round: u64, plaintext: bool) -> v1::RoundStart {
-    v1::RoundStart {
-        kind: v1::RoundKind::Statistics as i32,
-        plaintext,
-        stage_timeout_secs: 30,
-        ..convert::round_start(&round_cfg(round, Ring::U64, stats_len(FEATURES)), 1)
-    }
+    bound(
+        round,
+        v1::RoundStart {
+            kind: v1::RoundKind::Statistics as i32,
+            plaintext,
+            stage_timeout_secs: 30,
+            ..convert::round_start(&round_cfg(round, Ring::U64, stats_len(FEATURES)), 1)
+        },
+    )
 }
 
 fn task(kind: v1::task::Kind) -> v1::Task {
@@ -126,19 +142,57 @@ fn outgoing_messages_map_to_their_stage_for_vanish() -> Result<(), ClientError> 
     let mut rng = StdRng::seed_from_u64(1);
     let key = SigningKey::generate(Suite::Intl, &mut rng);
     let verifier: Arc<dyn IdentityVerifier> = Arc::new(RelayedKeyVerifier { suite: Suite::Intl });
-    let mut m = AnySite::new(round_cfg(5, Ring::U32, 4), 2, key, verifier, &mut rng)?;
+    let mut m = AnySite::new(
+        round_cfg(5, Ring::U32, 4),
+        2,
+        key,
+        verifier,
+        &SitePolicy::default(),
+        &mut rng,
+    )?;
     let advert = m.poll_output().map(|o| Outgoing::from_site(o, "s", 5));
     let Some(Outgoing::Advertise(a)) = &advert else {
         panic!("first output must be the advert")
     };
     assert_eq!(a.session, "s");
     assert_eq!(advert.map(|o| o.stage()), Some(Stage::AdvertiseKeys));
+    let masking = MaskingSet {
+        round: 5,
+        member: 2,
+        peers: vec![1, 3],
+        signature: vec![9; 64],
+    };
     let masked = Outgoing::from_site(
-        AnySiteOutput::from(SiteOutput::<u32>::MaskedInput(vec![1, 2, 3, 4])),
+        AnySiteOutput::from(SiteOutput::<u32>::MaskedInput {
+            vector: vec![1, 2, 3, 4],
+            masking: masking.clone(),
+        }),
         "s",
         5,
     );
     assert_eq!(masked.stage(), Stage::MaskedInput);
+    let Outgoing::Masked(chunks) = &masked else {
+        panic!("a masked input is an upload")
+    };
+    assert_eq!(
+        chunks[0]
+            .masking
+            .as_ref()
+            .map(convert::masking_set_from_proto),
+        Some(masking),
+        "the first chunk carries the signed masking set"
+    );
+    let signed = Outgoing::from_site(
+        AnySiteOutput::Consistency(SurvivorSignature {
+            round: 5,
+            member: 2,
+            signature: vec![1; 64],
+        }),
+        "s",
+        5,
+    );
+    assert_eq!(signed.stage(), Stage::Consistency);
+    assert!(matches!(signed, Outgoing::Consistency(ref r) if r.session == "s" && r.member == 2));
     let v = Some(Vanish {
         round: 5,
         stage: masked.stage(),
@@ -418,7 +472,21 @@ fn secure_round_between_three_drivers_sums_their_inputs() -> Result<(), Box<dyn 
 
     let now = Instant::now();
     let round = 11;
-    let cfg = round_cfg(round, Ring::U64, stats_len(FEATURES));
+    let mut cfg = round_cfg(round, Ring::U64, stats_len(FEATURES));
+    // The context every driver derives (federation "f", no CA).
+    cfg.context = convert::round_config(
+        &bound(
+            round,
+            v1::RoundStart {
+                kind: v1::RoundKind::Statistics as i32,
+                stage_timeout_secs: 60,
+                ..convert::round_start(&cfg, 0)
+            },
+        ),
+        "f",
+        &[0; 32],
+    )?
+    .context;
     let mut coord = AnyCoordinator::secure(
         cfg.clone(),
         StageTimeouts::uniform(Duration::from_secs(60)),
@@ -435,11 +503,19 @@ fn secure_round_between_three_drivers_sums_their_inputs() -> Result<(), Box<dyn 
     for m in [1u32, 2, 3] {
         let mut d = seeded_driver(None, u64::from(m))?;
         keys.insert(m, d.join_request()?.verifying_key);
-        let rs = v1::RoundStart {
-            kind: v1::RoundKind::Statistics as i32,
-            stage_timeout_secs: 60,
-            ..convert::round_start(&cfg, m)
-        };
+        let rs = bound(
+            round,
+            v1::RoundStart {
+                kind: v1::RoundKind::Statistics as i32,
+                stage_timeout_secs: 60,
+                ..convert::round_start(&cfg, m)
+            },
+        );
+        // The coordinator's view: the same announcement, the same context.
+        assert_eq!(
+            convert::round_config(&rs, "f", &[0; 32])?.context,
+            cfg.context
+        );
         actions.push((m, d.on_task(start(&rs), now)?));
         drivers.insert(m, d);
     }
@@ -469,8 +545,17 @@ fn secure_round_between_three_drivers_sums_their_inputs() -> Result<(), Box<dyn 
                                 chunks.iter().flat_map(|c| c.data.clone()).collect();
                             // Masked: not the input itself.
                             assert_ne!(bytes, RingVec::U64(input(m)).to_le_bytes());
-                            coord.handle_masked_input_bytes(round, m, &bytes, now)?;
+                            let masking = chunks[0]
+                                .masking
+                                .as_ref()
+                                .map(convert::masking_set_from_proto);
+                            assert!(masking.is_some(), "no masking set in the first chunk");
+                            coord.handle_masked_input_bytes(round, m, &bytes, masking, now)?;
                         }
+                        Outgoing::Consistency(r) => coord.handle_consistency(
+                            convert::consistency_response_from_proto(&r),
+                            now,
+                        )?,
                         Outgoing::Unmask(r) => coord.handle_unmask_response(
                             convert::unmask_response_from_proto(&r)?,
                             now,
@@ -496,11 +581,15 @@ fn secure_round_between_three_drivers_sums_their_inputs() -> Result<(), Box<dyn 
                     to,
                     v1::task::Kind::IncomingShares(convert::incoming_shares_to_proto(&msg)),
                 ),
+                AnyOutput::ConsistencyRequest { to, msg } => (
+                    to,
+                    v1::task::Kind::ConsistencyRequest(convert::consistency_request_to_proto(&msg)),
+                ),
                 AnyOutput::UnmaskRequest { to, msg } => (
                     to,
                     v1::task::Kind::UnmaskRequest(convert::unmask_request_to_proto(&msg)),
                 ),
-                AnyOutput::StageClosed { .. } => continue,
+                AnyOutput::StageClosed { .. } | AnyOutput::Blamed { .. } => continue,
                 AnyOutput::Finished(r) => {
                     sum = Some(r?.sum);
                     continue;
@@ -525,5 +614,128 @@ fn secure_round_between_three_drivers_sums_their_inputs() -> Result<(), Box<dyn 
         d.on_task(end(round, true), now)?;
         assert_eq!(d.report().rounds, 1);
     }
+    Ok(())
+}
+
+/// A plaintext TRAIN round of member 1 on `model` (a logistic regression
+/// over [`FEATURES`]), announced with `model_sha256`.
+fn train_start(round: u64, model: &[u8], model_sha256: Vec<u8>, d: usize) -> v1::RoundStart {
+    v1::RoundStart {
+        kind: v1::RoundKind::Train as i32,
+        plaintext: true,
+        stage_timeout_secs: 30,
+        model_bytes: model.len() as u64,
+        quantisation: Some(v1::Quantisation {
+            clip: 1.0,
+            scale: 1000.0,
+            max_weight: 1000,
+            max_cohort: 3,
+        }),
+        training: Some(v1::TrainingConfig {
+            model: "logistic".into(),
+            features: FEATURES as u32,
+            classes: 2,
+            epochs: 1,
+            batch_size: 4,
+            learning_rate: 0.1,
+            ..Default::default()
+        }),
+        attempt: vec![round as u8; 32],
+        model_sha256,
+        ..convert::round_start(&round_cfg(round, Ring::U32, crate::wire::train_len(d)), 1)
+    }
+}
+
+fn model_chunks(model: &[u8]) -> Vec<v1::ModelChunk> {
+    vec![v1::ModelChunk {
+        offset: 0,
+        data: model.to_vec(),
+        total_len: model.len() as u64,
+    }]
+}
+
+fn logistic_model() -> Result<(Vec<u8>, usize), Box<dyn std::error::Error>> {
+    use crate::train::{LogisticRegression, Trainer};
+    let global = LogisticRegression::new(FEATURES, 2)?.init(&mut StdRng::seed_from_u64(0));
+    Ok((global.to_safetensors(None)?, global.num_params()))
+}
+
+#[test]
+fn a_model_other_than_the_announced_one_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+    let (model, d) = logistic_model()?;
+    let mut d1 = driver(None)?;
+    let now = Instant::now();
+    let rs = train_start(
+        3,
+        &model,
+        confide_proto::context::sha256(b"another model").to_vec(),
+        d,
+    );
+    assert!(matches!(d1.on_task(start(&rs), now)?, Action::Download(_)));
+    let r = d1.model_downloaded(&model_chunks(&model));
+    assert!(
+        matches!(r, Err(ClientError::ModelHashMismatch { round: 3, .. })),
+        "{r:?}"
+    );
+    // The announced model itself is taken.
+    let rs = train_start(
+        4,
+        &model,
+        confide_proto::context::sha256(&model).to_vec(),
+        d,
+    );
+    assert!(matches!(d1.on_task(start(&rs), now)?, Action::Download(_)));
+    assert!(matches!(
+        d1.model_downloaded(&model_chunks(&model))?,
+        Action::Compute(_)
+    ));
+    Ok(())
+}
+
+/// One training update per model: a second training round on a model this
+/// site already sent an update for is refused, a round on a new model is not.
+#[test]
+fn a_second_training_contribution_on_one_model_is_refused() -> Result<(), Box<dyn std::error::Error>>
+{
+    let (model, d) = logistic_model()?;
+    let hash = confide_proto::context::sha256(&model).to_vec();
+    let mut site = driver(None)?;
+    let now = Instant::now();
+    let rs = train_start(5, &model, hash.clone(), d);
+    assert!(matches!(
+        site.on_task(start(&rs), now)?,
+        Action::Download(_)
+    ));
+    assert!(matches!(
+        site.model_downloaded(&model_chunks(&model))?,
+        Action::Compute(_)
+    ));
+    let v = RingVec::U32(vec![0; crate::wire::train_len(d)]);
+    assert!(matches!(site.input_ready(v)?, Action::Send));
+    site.sent(now);
+    // The round "fails" and the coordinator tries the same model again.
+    site.on_task(end(5, false), now)?;
+    let again = train_start(6, &model, hash.clone(), d);
+    let r = site.on_task(start(&again), now);
+    assert!(
+        matches!(r, Err(ClientError::AlreadyContributed { round: 6, .. })),
+        "{r:?}"
+    );
+    assert_eq!(site.current_round(), None);
+    assert!(
+        matches!(site.on_task(start(&again), now)?, Action::Wait),
+        "replay ignored"
+    );
+    // Statistics and evaluation rounds on it are fine; so is a new model.
+    assert!(!matches!(
+        site.on_task(start(&stats_start(7, true)), now)?,
+        Action::Wait
+    ));
+    let mut newer = train_start(8, &model, hash, d);
+    newer.model_sha256[0] ^= 1;
+    assert!(matches!(
+        site.on_task(start(&newer), now)?,
+        Action::Download(_)
+    ));
     Ok(())
 }

@@ -169,6 +169,10 @@ impl Connection for MemoryConn {
         })
     }
 
+    async fn consistency(&mut self, _: v1::ConsistencyResponse) -> Result<(), ClientError> {
+        Err(unexpected("Consistency"))
+    }
+
     async fn unmask(&mut self, _: v1::UnmaskResponse) -> Result<(), ClientError> {
         Err(unexpected("Unmask"))
     }
@@ -201,6 +205,8 @@ fn stats_round(round: u64) -> v1::Task {
         graph_seed: [3; 32],
         vector_len: stats_len(2),
         min_survivors: 2,
+        max_colluders: 0,
+        context: [0; 32],
     };
     v1::Task {
         kind: Some(v1::task::Kind::RoundStart(v1::RoundStart {
@@ -211,6 +217,9 @@ fn stats_round(round: u64) -> v1::Task {
                 stats_scale_bits: 16,
                 ..Default::default()
             }),
+            attempt: vec![round as u8; 32],
+            // Statistics rounds download nothing; the hash is still bound.
+            model_sha256: vec![0; 32],
             ..convert::round_start(&cfg, 1)
         })),
     }
@@ -345,6 +354,8 @@ async fn plaintext_train_round_downloads_trains_and_uploads_its_weight()
         graph_seed: [5; 32],
         vector_len: wire::train_len(d),
         min_survivors: 1,
+        max_colluders: 0,
+        context: [0; 32],
     };
     let quantisation = v1::Quantisation {
         clip: 1.0,
@@ -367,6 +378,8 @@ async fn plaintext_train_round_downloads_trains_and_uploads_its_weight()
             learning_rate: 0.1,
             ..Default::default()
         }),
+        attempt: vec![4; 32],
+        model_sha256: confide_proto::context::sha256(&model).to_vec(),
         ..convert::round_start(&cfg, 1)
     };
     let memory = Memory::default();

@@ -39,8 +39,9 @@ impl Federation {
 
     async fn wait_for_sites(&self) -> Vec<(confide_crypto::MemberId, String)> {
         let mut logged = false;
+        let after = self.settings.secagg.exclude_after_blamed_rounds;
         loop {
-            let c = self.lock().registry.connected();
+            let c = self.lock().eligible(after);
             if c.len() >= self.settings.min_sites {
                 if self
                     .grace_done
@@ -72,56 +73,6 @@ impl Federation {
         }
     }
 
-    fn training_config(&self) -> pb::TrainingConfig {
-        let s = &self.settings;
-        pb::TrainingConfig {
-            model: s.model.kind.to_string(),
-            hidden: s.model.hidden.clone(),
-            features: s.model.features,
-            classes: s.model.classes,
-            epochs: s.training.epochs,
-            batch_size: s.training.batch_size,
-            learning_rate: s.training.learning_rate,
-            l2: s.training.l2,
-            proximal_mu: s.training.proximal_mu,
-            stats_scale_bits: s.training.stats_scale_bits,
-        }
-    }
-
-    /// The `RoundStart` of a plan (`member` filled in per recipient).
-    fn round_start(
-        &self,
-        plan: &RoundPlan,
-        model_len: usize,
-        preprocess: Option<&Preprocess>,
-    ) -> pb::RoundStart {
-        let s = &self.settings;
-        pb::RoundStart {
-            kind: plan.kind.proto() as i32,
-            quantisation: Some(pb::Quantisation {
-                clip: self.quant.clip(),
-                scale: self.quant.scale(),
-                max_weight: self.quant.max_weight(),
-                max_cohort: self.quant.max_cohort() as u32,
-            }),
-            training: Some(self.training_config()),
-            model_bytes: match plan.kind {
-                RoundKind::Statistics => 0,
-                RoundKind::Train | RoundKind::Evaluate => model_len as u64,
-            },
-            evaluate: match plan.kind {
-                RoundKind::Train => s.evaluate_every_round,
-                RoundKind::Evaluate => true,
-                RoundKind::Statistics => false,
-            },
-            feature_mean: preprocess.map(|p| p.mean.clone()).unwrap_or_default(),
-            feature_std: preprocess.map(|p| p.std.clone()).unwrap_or_default(),
-            stage_timeout_secs: s.secagg.stage_timeout_secs,
-            plaintext: !plan.secure,
-            ..convert::round_start(&plan.config, 0)
-        }
-    }
-
     async fn run_round(
         self: &Arc<Self>,
         kind: RoundKind,
@@ -147,7 +98,7 @@ impl Federation {
                 g.preprocess.clone(),
             )
         };
-        let plan = match plan {
+        let mut plan = match plan {
             Ok(p) => p,
             Err(PlanError::TooFewSites { .. }) => return Ok(false),
             Err(PlanError::Params {
@@ -164,6 +115,18 @@ impl Federation {
         };
         let round_id = plan.config.round;
         let n = plan.names.len();
+        let ca_fingerprint = self.ca_fingerprint()?;
+        // The announcement first: its hash is the context the machine binds.
+        let start = scheduler::announce(
+            &self.settings,
+            &self.quant,
+            &mut plan,
+            &scheduler::Announced {
+                model_bytes: &model_bytes,
+                preprocess: preprocess.as_ref(),
+                ca_fingerprint: &ca_fingerprint,
+            },
+        );
         let machine = if plan.secure {
             AnyCoordinator::secure(
                 plan.config.clone(),
@@ -187,9 +150,10 @@ impl Federation {
             cohort = n,
             k = plan.config.params.k,
             t = plan.config.params.t,
+            max_colluders = plan.config.max_colluders,
+            min_survivors = plan.config.min_survivors,
             "round started"
         );
-        let start = self.round_start(&plan, model_bytes.len(), preprocess.as_ref());
         {
             let mut g = self.lock();
             let mut active = ActiveRound::new(
@@ -300,6 +264,7 @@ impl Federation {
             stage_secs: active.stage_secs.clone(),
             bytes_in: active.bytes_in,
             bytes_out: active.bytes_out,
+            blamed: active.blamed.clone(),
             ..Default::default()
         };
         let applied: Result<(), String> = match result {
@@ -345,7 +310,13 @@ impl Federation {
                 g.registry.send(name, end.clone());
             }
             g.next_round = rec.round + 1;
+            let blamed: Vec<String> = rec.blamed.iter().map(|(s, _)| s.clone()).collect();
             g.history.push(rec);
+            let after = self.settings.secagg.exclude_after_blamed_rounds;
+            let excluded = g.excluded(after);
+            for site in blamed.iter().filter(|s| excluded.contains(*s)) {
+                warn!(%site, rounds = after, "site excluded from later cohorts: blamed in too many rounds");
+            }
             if ok { self.snapshot(&g) } else { None }
         };
         if let (Some((manifest, bytes, opt)), Some(dir)) =

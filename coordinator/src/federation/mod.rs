@@ -18,6 +18,7 @@ pub mod registry;
 pub mod round;
 pub mod scheduler;
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,9 +26,9 @@ use confide_crypto::ProtocolError;
 use confide_crypto::protocol::StageTimeouts;
 use confide_crypto::protocol::{AnyCoordinator, AnyRoundResult};
 use confide_crypto::quant::Quantiser;
-use confide_proto::convert;
 use confide_proto::model::Model;
 use confide_proto::v1 as pb;
+use confide_proto::{context, convert};
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
@@ -41,7 +42,7 @@ pub use registry::SessionInfo;
 pub use round::Upload;
 use round::{ActiveRound, SiteMessage, UploadSlots, task};
 pub use scheduler::RoundKind;
-use scheduler::{PlanError, Progress, RoundPlan};
+use scheduler::{PlanError, Progress};
 
 /// The current time on tokio's clock (virtual under a paused test runtime).
 fn clock() -> Instant {
@@ -57,6 +58,21 @@ pub struct ServeReport {
     pub history: Vec<RoundRecord>,
     /// Held-out accuracy of the final model (from the evaluation round).
     pub final_accuracy: Option<f64>,
+}
+
+/// The CA fingerprint bound into every round's context: SHA-256 of the DER
+/// of the CA certificate the sites were issued under. Without TLS (local
+/// experiments and tests) there is no CA, so both sides use
+/// [`context::NO_CA`], 32 zero bytes; a site without a CA does the same.
+fn ca_fingerprint(s: &Settings) -> Result<[u8; 32], CoordinatorError> {
+    if s.tls.insecure {
+        return Ok(context::NO_CA);
+    }
+    let (ca, _, _) = s.tls_files()?;
+    let pem =
+        std::fs::read(&ca).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", ca.display())))?;
+    context::ca_fingerprint_pem(&pem)
+        .map_err(|e| CoordinatorError::Tls(format!("{}: {e}", ca.display())))
 }
 
 /// The initial global model from the settings (seeded, so it is the same on every fresh start).
@@ -80,6 +96,33 @@ struct Inner {
 }
 
 impl Inner {
+    /// Sites blamed in at least `after` rounds of the history (none if 0).
+    fn excluded(&self, after: u32) -> BTreeSet<String> {
+        let mut counts: HashMap<&str, u32> = HashMap::new();
+        for r in &self.history {
+            let sites: BTreeSet<&str> =
+                r.blamed.iter().map(|(s, _)| s.as_str()).collect();
+            for s in sites {
+                *counts.entry(s).or_default() += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .filter(|&(_, n)| after > 0 && n >= after)
+            .map(|(s, _)| s.to_string())
+            .collect()
+    }
+
+    /// Connected sites that may be put in a cohort.
+    fn eligible(&self, exclude_after: u32) -> Vec<(confide_crypto::MemberId, String)> {
+        let excluded = self.excluded(exclude_after);
+        self.registry
+            .connected()
+            .into_iter()
+            .filter(|(_, name)| !excluded.contains(name))
+            .collect()
+    }
+
     fn progress(&self) -> Progress {
         Progress {
             next_round: self.next_round,
@@ -96,6 +139,11 @@ pub struct Federation {
     settings: Settings,
     quant: Quantiser,
     config_hash: String,
+    /// SHA-256 of the federation CA certificate's DER, bound into every
+    /// round's context ([`confide_proto::context`]); read from the CA file
+    /// when the first round starts, so a federation opened only to inspect
+    /// its checkpoints needs no TLS files.
+    ca_fingerprint: std::sync::OnceLock<[u8; 32]>,
     inner: Mutex<Inner>,
     wake: Notify,
     uploads: UploadSlots,
@@ -166,6 +214,7 @@ impl Federation {
             uploads: UploadSlots::new(settings.limits.max_concurrent_uploads),
             quant,
             config_hash,
+            ca_fingerprint: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 registry: Registry::default(),
                 round: None,
@@ -194,6 +243,15 @@ impl Federation {
     /// The settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The CA fingerprint of every round's context (read once).
+    fn ca_fingerprint(&self) -> Result<[u8; 32], CoordinatorError> {
+        if let Some(fp) = self.ca_fingerprint.get() {
+            return Ok(*fp);
+        }
+        let fp = ca_fingerprint(&self.settings)?;
+        Ok(*self.ca_fingerprint.get_or_init(|| fp))
     }
 
     /// The current global model bytes (safetensors).
@@ -369,6 +427,20 @@ impl Federation {
         })
     }
 
+    /// `Consistency`: a survivor's signature on the survivor set.
+    pub fn consistency(
+        &self,
+        session: &str,
+        peer: Option<&str>,
+        req: pb::ConsistencyResponse,
+    ) -> Result<(), RequestError> {
+        self.route(session, peer, req.round, req.member, |_| {
+            Ok(SiteMessage::Consistency(
+                convert::consistency_response_from_proto(&req),
+            ))
+        })
+    }
+
     /// `Unmask`.
     pub fn unmask(
         &self,
@@ -423,12 +495,15 @@ impl Federation {
         ))
     }
 
-    /// Finish an upload: the whole vector goes into the sum at once.
+    /// Finish an upload: the whole vector goes into the sum at once, with the
+    /// signed masking set its first chunk carried (required in a secure
+    /// round, ignored in a plaintext one).
     pub fn finish_upload(
         &self,
         session: &str,
         peer: Option<&str>,
         up: Upload,
+        masking: Option<pb::MaskingSet>,
     ) -> Result<(), RequestError> {
         let (round, member) = (up.round, up.member);
         // Slot and claim are held until the vector is in the sum.
@@ -438,7 +513,8 @@ impl Federation {
             if info.member != member {
                 return Err(RequestError::UnknownSession);
             }
-            r.deliver(member, SiteMessage::Input(vector), now)
+            let masking = masking.as_ref().map(convert::masking_set_from_proto);
+            r.deliver(member, SiteMessage::Input { vector, masking }, now)
         })
     }
 

@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use confide_crypto::protocol::{AnyCoordinator, AnyOutput, AnyRoundResult};
-use confide_crypto::protocol::{KeyAdvert, ShareBundle, UnmaskResponse};
+use confide_crypto::protocol::{
+    KeyAdvert, MaskingSet, ShareBundle, SurvivorSignature, UnmaskResponse,
+};
 use confide_crypto::{MemberId, ProtocolError, Stage};
 use confide_proto::convert;
 use confide_proto::v1 as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::registry::{Registry, SessionInfo};
 use super::scheduler::RoundKind;
@@ -39,9 +41,17 @@ pub enum SiteMessage {
     },
     /// Stage 2: sealed shares.
     Shares(ShareBundle),
-    /// Stage 3: the (masked) vector, little-endian.
-    Input(Vec<u8>),
-    /// Stage 4: unmask shares.
+    /// Stage 3: the (masked) vector, little-endian, and the signed set of
+    /// peers it was masked with (none in plaintext mode).
+    Input {
+        /// The vector.
+        vector: Vec<u8>,
+        /// The masking set from the upload's first chunk.
+        masking: Option<MaskingSet>,
+    },
+    /// Stage 4: a signature on the survivor set.
+    Consistency(SurvivorSignature),
+    /// Stage 5: unmask shares.
     Unmask(UnmaskResponse),
 }
 
@@ -53,7 +63,13 @@ impl SiteMessage {
                 advert.enc_public.len() + advert.mask_public.len() + advert.signature.len()
             }
             SiteMessage::Shares(b) => b.shares.iter().map(|s| s.ciphertext.len() + 8).sum(),
-            SiteMessage::Input(bytes) => bytes.len(),
+            SiteMessage::Input { vector, masking } => {
+                vector.len()
+                    + masking
+                        .as_ref()
+                        .map_or(0, |m| 4 * m.peers.len() + m.signature.len())
+            }
+            SiteMessage::Consistency(s) => s.signature.len(),
             SiteMessage::Unmask(r) => (r.seed_shares.len() + r.key_shares.len()) * 48,
         };
         n as u64
@@ -91,6 +107,8 @@ pub struct ActiveRound {
     /// Every task sent to each member this round, replayed when its stream
     /// reconnects (sites ignore what they already handled).
     pub sent: BTreeMap<MemberId, Vec<pb::Task>>,
+    /// Sites the machine found faulty, and why.
+    pub blamed: Vec<(String, String)>,
 }
 
 impl ActiveRound {
@@ -119,6 +137,7 @@ impl ActiveRound {
             bytes_in: 0,
             bytes_out: 0,
             sent: BTreeMap::new(),
+            blamed: Vec::new(),
         }
     }
 
@@ -172,9 +191,10 @@ impl ActiveRound {
                 self.machine.handle_advert(advert, identity, now)?
             }
             SiteMessage::Shares(bundle) => self.machine.handle_shares(bundle, now)?,
-            SiteMessage::Input(bytes) => self
+            SiteMessage::Input { vector, masking } => self
                 .machine
-                .handle_masked_input_bytes(self.id, from, &bytes, now)?,
+                .handle_masked_input_bytes(self.id, from, &vector, masking, now)?,
+            SiteMessage::Consistency(sig) => self.machine.handle_consistency(sig, now)?,
             SiteMessage::Unmask(resp) => self.machine.handle_unmask_response(resp, now)?,
         }
         Ok(())
@@ -227,8 +247,17 @@ impl ActiveRound {
                     let shares = convert::incoming_shares_to_proto(&msg);
                     self.send(registry, to, task(pb::task::Kind::IncomingShares(shares)));
                 }
+                AnyOutput::ConsistencyRequest { to, msg } => {
+                    // Masking sets and signatures travel with their signer's
+                    // site and certificate, like adverts.
+                    let req = convert::consistency_request_with_certificates(&msg, |m| {
+                        self.relayed.get(&m)
+                    });
+                    self.send(registry, to, task(pb::task::Kind::ConsistencyRequest(req)));
+                }
                 AnyOutput::UnmaskRequest { to, msg } => {
-                    let req = convert::unmask_request_to_proto(&msg);
+                    let req =
+                        convert::unmask_request_with_certificates(&msg, |m| self.relayed.get(&m));
                     self.send(registry, to, task(pb::task::Kind::UnmaskRequest(req)));
                 }
                 AnyOutput::StageClosed {
@@ -242,6 +271,15 @@ impl ActiveRound {
                     self.stage_started = now;
                     self.stage_secs.push((stage.to_string(), secs));
                     info!(round = self.id, %stage, secs = format!("{secs:.3}"), completed = completed.len(), dropped = ?dropped, "stage closed");
+                }
+                AnyOutput::Blamed { member, reason } => {
+                    let site = self
+                        .names
+                        .get(&member)
+                        .cloned()
+                        .unwrap_or_else(|| format!("member {member}"));
+                    warn!(round = self.id, %site, %reason, "site blamed");
+                    self.blamed.push((site, reason));
                 }
                 AnyOutput::Finished(res) => self.result = Some(res),
             }

@@ -1,7 +1,9 @@
-//! The round scheduler, as pure functions: which kind of round comes next and
-//! the [`RoundPlan`] of a round (cohort, [`RoundConfig`], vector layout) from
-//! the federation's progress, the settings, a CSPRNG and `now`. No awaits, no
-//! clock reads, no locks: the driver in `mod.rs` supplies all of them.
+//! The round scheduler, as pure functions: which kind of round comes next,
+//! the [`RoundPlan`] of a round (cohort, [`RoundConfig`], vector layout,
+//! attempt nonce) from the federation's progress, the settings, a CSPRNG and
+//! `now`, and its announcement ([`announce`]: the `RoundStart` every member
+//! gets, whose hash becomes the round's context). No awaits, no clock reads,
+//! no locks: the driver in `mod.rs` supplies all of them.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -10,10 +12,11 @@ use confide_crypto::graph::SecAggParams;
 use confide_crypto::quant::Quantiser;
 use confide_crypto::ring::Ring;
 use confide_crypto::{MemberId, RoundConfig};
-use confide_proto::layout;
 use confide_proto::v1 as pb;
+use confide_proto::{context, convert, layout};
 use rand::{CryptoRng, Rng, RngExt};
 
+use crate::checkpoint::Preprocess;
 use crate::error::CoordinatorError;
 use crate::settings::Settings;
 
@@ -109,8 +112,12 @@ pub struct RoundPlan {
     pub kind: RoundKind,
     /// Cohort members and their site names, by member id.
     pub names: BTreeMap<MemberId, String>,
-    /// The crypto machine's configuration (round id, ring, cohort, k/t, …).
+    /// The crypto machine's configuration (round id, ring, cohort, k/t, …);
+    /// its `context` is set by [`announce`].
     pub config: RoundConfig,
+    /// Fresh random bytes of this attempt, announced and bound into the
+    /// context: a retried round is a new attempt with a new nonce.
+    pub attempt: [u8; 32],
     /// Model parameters in the vector (0 when it carries none): the
     /// quantiser's decode length.
     pub model_len: usize,
@@ -133,8 +140,10 @@ impl RoundPlan {
 ///
 /// The cohort is a uniform sample of `Settings::cohort_for` sites (partial
 /// Fisher–Yates on `rng`), listed by member id; `rng` also draws the graph
-/// seed, so it must be a CSPRNG. Statistics rounds always use the u64 ring,
-/// the others the quantiser's.
+/// seed and the attempt nonce, so it must be a CSPRNG. Statistics rounds
+/// always use the u64 ring, the others the quantiser's. Secure rounds use
+/// the complete graph up to `secagg.complete_graph_up_to` members, assume
+/// `⌈γ·n⌉` colluders and default to `max(t, 3)` minimum survivors.
 #[allow(clippy::too_many_arguments)]
 pub fn plan_round<G: Rng + CryptoRng + ?Sized>(
     s: &Settings,
@@ -158,6 +167,8 @@ pub fn plan_round<G: Rng + CryptoRng + ?Sized>(
     }
     let mut graph_seed = [0u8; 32];
     rng.fill_bytes(&mut graph_seed);
+    let mut attempt = [0u8; 32];
+    rng.fill_bytes(&mut attempt);
     connected.truncate(n);
     connected.sort();
     let names: BTreeMap<MemberId, String> = connected.into_iter().collect();
@@ -167,17 +178,20 @@ pub fn plan_round<G: Rng + CryptoRng + ?Sized>(
         RoundKind::Train | RoundKind::Evaluate => quant.ring(),
     };
     let (model_len, vector_len) = vector_layout(s, kind, progress.num_params);
-    let (params, min_survivors) = if s.secure_aggregation {
-        let p = s.secagg_params(n).map_err(|source| PlanError::Params {
+    let (params, min_survivors, max_colluders) = if s.secure_aggregation {
+        let failed = |source| PlanError::Params {
             round: progress.next_round,
             cohort: n,
             source,
-        })?;
-        (p, s.min_survivors(n, p.t))
+        };
+        let p = s.secagg_params(n).map_err(failed)?;
+        let c = s.max_colluders(n).map_err(failed)?;
+        (p, s.min_survivors(n, p.t), c)
     } else {
         (
             SecAggParams { k: 0, t: 0 },
             s.secagg.min_survivors.unwrap_or(2).min(n),
+            0,
         )
     };
     Ok(RoundPlan {
@@ -192,12 +206,83 @@ pub fn plan_round<G: Rng + CryptoRng + ?Sized>(
             graph_seed,
             vector_len,
             min_survivors,
+            max_colluders,
+            context: [0; 32],
         },
+        attempt,
         model_len,
         secure: s.secure_aggregation,
         stage_timeout: Duration::from_secs(u64::from(s.secagg.stage_timeout_secs)),
         now,
     })
+}
+
+/// What an announcement binds beside the plan: the model sites download, the
+/// feature statistics, and the federation's CA.
+#[derive(Clone, Copy, Debug)]
+pub struct Announced<'a> {
+    /// The model bytes `DownloadModel` serves this round.
+    pub model_bytes: &'a [u8],
+    /// The federated standardisation, once known.
+    pub preprocess: Option<&'a Preprocess>,
+    /// SHA-256 of the federation CA's certificate DER
+    /// ([`context::NO_CA`] without TLS).
+    pub ca_fingerprint: &'a [u8; 32],
+}
+
+/// The `RoundStart` of `plan` (with `member` 0, filled in per recipient),
+/// and `plan.config.context` set to its context ([`context::round_context`]):
+/// exactly what each site derives from the announcement it receives.
+pub fn announce(
+    s: &Settings,
+    quant: &Quantiser,
+    plan: &mut RoundPlan,
+    a: &Announced<'_>,
+) -> pb::RoundStart {
+    let start = pb::RoundStart {
+        kind: plan.kind.proto() as i32,
+        quantisation: Some(pb::Quantisation {
+            clip: quant.clip(),
+            scale: quant.scale(),
+            max_weight: quant.max_weight(),
+            max_cohort: u32::try_from(quant.max_cohort()).unwrap_or(u32::MAX),
+        }),
+        training: Some(training_config(s)),
+        model_bytes: match plan.kind {
+            RoundKind::Statistics => 0,
+            RoundKind::Train | RoundKind::Evaluate => a.model_bytes.len() as u64,
+        },
+        evaluate: match plan.kind {
+            RoundKind::Train => s.evaluate_every_round,
+            RoundKind::Evaluate => true,
+            RoundKind::Statistics => false,
+        },
+        feature_mean: a.preprocess.map(|p| p.mean.clone()).unwrap_or_default(),
+        feature_std: a.preprocess.map(|p| p.std.clone()).unwrap_or_default(),
+        stage_timeout_secs: s.secagg.stage_timeout_secs,
+        plaintext: !plan.secure,
+        attempt: plan.attempt.to_vec(),
+        model_sha256: context::sha256(a.model_bytes).to_vec(),
+        ..convert::round_start(&plan.config, 0)
+    };
+    plan.config.context = context::round_context(s.suite, &s.federation, a.ca_fingerprint, &start);
+    start
+}
+
+/// The training settings sites receive.
+fn training_config(s: &Settings) -> pb::TrainingConfig {
+    pb::TrainingConfig {
+        model: s.model.kind.to_string(),
+        hidden: s.model.hidden.clone(),
+        features: s.model.features,
+        classes: s.model.classes,
+        epochs: s.training.epochs,
+        batch_size: s.training.batch_size,
+        learning_rate: s.training.learning_rate,
+        l2: s.training.l2,
+        proximal_mu: s.training.proximal_mu,
+        stats_scale_bits: s.training.stats_scale_bits,
+    }
 }
 
 /// (model parameters, vector length) of a round, in the layout the sites

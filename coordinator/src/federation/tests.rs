@@ -32,7 +32,8 @@ fn unknown_model_kind_is_a_config_error() {
 #[test]
 fn joins_are_limited_named_and_bound_to_the_tls_identity() -> Result<(), Box<dyn std::error::Error>>
 {
-    let fed = Federation::new(insecure(2, 2))?;
+    // Three sites: the smallest cohort secure aggregation accepts.
+    let fed = Federation::new(insecure(3, 3))?;
     let a = fed.join("a", &[1; 32], None)?;
     assert_eq!(
         fed.join("b", &[1; 32], Some("a")),
@@ -42,9 +43,10 @@ fn joins_are_limited_named_and_bound_to_the_tls_identity() -> Result<(), Box<dyn
         })
     );
     assert!(fed.join("b", &[1; 32], Some("b")).is_ok());
+    assert!(fed.join("c", &[1; 32], None).is_ok());
     assert!(matches!(
-        fed.join("c", &[1; 32], None),
-        Err(RequestError::TooManySites { max_sites: 2 })
+        fed.join("d", &[1; 32], None),
+        Err(RequestError::TooManySites { max_sites: 3 })
     ));
     assert_eq!(
         fed.join("../x", &[1; 32], None),
@@ -192,7 +194,7 @@ async fn a_plaintext_round_updates_the_model_from_the_uploads()
             .begin_upload(session, None, start.round, start.vector_len)
             .await?;
         up.push(0, &bytes)?;
-        fed.finish_upload(session, None, up)?;
+        fed.finish_upload(session, None, up, None)?;
     }
     let report = driver.await??;
     assert_eq!(report.completed_rounds, 1);
@@ -225,7 +227,9 @@ struct Member {
 #[tokio::test(start_paused = true)]
 async fn a_secure_round_of_in_process_sites_updates_the_model()
 -> Result<(), Box<dyn std::error::Error>> {
-    use confide_crypto::protocol::{AnySite, AnySiteOutput, IdentityVerifier, KeyDirectory};
+    use confide_crypto::protocol::{
+        AnySite, AnySiteOutput, IdentityVerifier, KeyDirectory, SitePolicy,
+    };
     use confide_crypto::suite::SigningKey;
 
     let s = one_round(true, 3);
@@ -263,7 +267,9 @@ async fn a_secure_round_of_in_process_sites_updates_the_model()
                 let site = m.site.as_mut();
                 match (t.kind.ok_or("empty task")?, site) {
                     (pb::task::Kind::RoundStart(rs), None) => {
-                        let cfg = convert::round_config(&rs)?;
+                        // An insecure federation: no CA, so the zero fingerprint.
+                        let cfg = convert::round_config(&rs, &s.federation, &context::NO_CA)?;
+                        assert_eq!(rs.model_sha256, context::sha256(&fed.model_bytes()));
                         quant.get_or_insert(convert::quant_config(
                             rs.quantisation.as_ref(),
                             cfg.ring,
@@ -273,6 +279,7 @@ async fn a_secure_round_of_in_process_sites_updates_the_model()
                             rs.member,
                             key.clone(),
                             verifier.clone(),
+                            &SitePolicy::default(),
                             &mut rng,
                         )?);
                     }
@@ -289,8 +296,13 @@ async fn a_secure_round_of_in_process_sites_updates_the_model()
                         let v: Vec<u32> = q.encode(&vec![0.5; d], 1, &[1, 2, 500], &mut rng)?;
                         site.handle_input(RingVec::U32(v))?;
                     }
+                    (pb::task::Kind::ConsistencyRequest(c), Some(site)) => {
+                        site.handle_consistency_request(convert::consistency_request_from_proto(
+                            &c,
+                        )?)?;
+                    }
                     (pb::task::Kind::UnmaskRequest(u), Some(site)) => {
-                        site.handle_unmask_request(convert::unmask_request_from_proto(&u))?;
+                        site.handle_unmask_request(convert::unmask_request_from_proto(&u)?)?;
                     }
                     (pb::task::Kind::RoundEnd(e), _) => m.ended = Some(e.success),
                     (other, _) => return Err(format!("unexpected task {other:?}").into()),
@@ -312,14 +324,20 @@ async fn a_secure_round_of_in_process_sites_updates_the_model()
                         None,
                         convert::share_bundle_to_proto(&b, &m.session),
                     )?,
-                    AnySiteOutput::MaskedInput(v) => {
+                    AnySiteOutput::MaskedInput { vector, masking } => {
                         let round = site.config().round;
                         let mut up = fed
-                            .begin_upload(&m.session, None, round, v.len() as u64)
+                            .begin_upload(&m.session, None, round, vector.len() as u64)
                             .await?;
-                        up.push(0, &v.to_le_bytes())?;
-                        fed.finish_upload(&m.session, None, up)?;
+                        up.push(0, &vector.to_le_bytes())?;
+                        let masking = convert::masking_set_to_proto(&masking);
+                        fed.finish_upload(&m.session, None, up, Some(masking))?;
                     }
+                    AnySiteOutput::Consistency(sig) => fed.consistency(
+                        &m.session,
+                        None,
+                        convert::consistency_response_to_proto(&sig, &m.session),
+                    )?,
                     AnySiteOutput::Unmask(u) => fed.unmask(
                         &m.session,
                         None,
@@ -341,7 +359,8 @@ async fn a_secure_round_of_in_process_sites_updates_the_model()
     assert_eq!((rec.cohort, rec.survivors, rec.dropped), (3, 3, 0));
     assert_eq!(rec.accuracy, Some(0.5));
     assert_eq!(rec.eval_examples, 6);
-    assert_eq!(rec.stage_secs.len(), 4, "{:?}", rec.stage_secs);
+    // advertise, share, input, consistency, unmask
+    assert_eq!(rec.stage_secs.len(), 5, "{:?}", rec.stage_secs);
     let after = Model::from_safetensors(&fed.model_bytes())?.flatten();
     for (a, b) in after.iter().zip(&before) {
         assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");

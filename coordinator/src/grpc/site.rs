@@ -244,13 +244,28 @@ impl Site for Handlers {
         let round = first.round;
         // One token per stream, not per chunk.
         self.limit(peer.as_deref(), &session)?;
+        // The signed masking set travels in the first chunk only.
+        let masking = first.masking.clone();
         let mut up = self
             .fed
             .begin_upload(&session, peer.as_deref(), round, first.total_len)
             .await?;
         up.push(first.offset, &first.data)?;
         receive_chunks(&mut stream, &mut up, &session, round, idle_secs).await?;
-        self.fed.finish_upload(&session, peer.as_deref(), up)?;
+        self.fed
+            .finish_upload(&session, peer.as_deref(), up, masking)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn consistency(
+        &self,
+        req: Request<pb::ConsistencyResponse>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let peer = self.peer(&req)?;
+        let r = req.into_inner();
+        let session = r.session.clone();
+        self.limit(peer.as_deref(), &session)?;
+        self.fed.consistency(&session, peer.as_deref(), r)?;
         Ok(Response::new(pb::Ack {}))
     }
 

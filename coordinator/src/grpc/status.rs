@@ -71,6 +71,7 @@ fn protocol_code(e: &ProtocolError) -> Code {
         | ProtocolError::WrongStage { .. }
         | ProtocolError::Ended
         | ProtocolError::NotParticipant(_)
+        | ProtocolError::Policy(_)
         | ProtocolError::Aborted { .. } => Code::FailedPrecondition,
         ProtocolError::Duplicate(_) => Code::AlreadyExists,
         ProtocolError::WrongLength { .. }
@@ -83,6 +84,7 @@ fn protocol_code(e: &ProtocolError) -> Code {
         | ProtocolError::Config(_)
         | ProtocolError::BelowThreshold { .. }
         | ProtocolError::TooFewSurvivors { .. }
+        | ProtocolError::Inconsistent(_)
         | ProtocolError::Reconstruction { .. } => Code::InvalidArgument,
     }
 }
@@ -192,5 +194,10 @@ mod tests {
         }
         .into();
         assert_eq!(Status::from(stage).code(), Code::FailedPrecondition);
+        let policy: RequestError = confide_crypto::ProtocolError::Policy("no".into()).into();
+        assert_eq!(Status::from(policy).code(), Code::FailedPrecondition);
+        let inconsistent: RequestError =
+            confide_crypto::ProtocolError::Inconsistent("bad signature".into()).into();
+        assert_eq!(Status::from(inconsistent).code(), Code::InvalidArgument);
     }
 }

@@ -42,6 +42,8 @@ impl Default for SecAggSettings {
             k: None,
             t: None,
             min_survivors: None,
+            complete_graph_up_to: 32,
+            exclude_after_blamed_rounds: 3,
             stage_timeout_secs: 60,
         }
     }

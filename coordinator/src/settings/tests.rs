@@ -24,6 +24,16 @@ fn refuses_bad_configs() {
     assert!(s.validate().is_ok());
     s.min_sites = 1;
     assert!(s.validate().is_err());
+    // Two sites: fine for the plaintext comparison mode, not for secure
+    // aggregation (each would learn the other's update from the sum).
+    s.min_sites = 2;
+    assert!(
+        s.validate()
+            .is_err_and(|e| e.to_string().contains("at least 3"))
+    );
+    s.secure_aggregation = false;
+    assert!(s.validate().is_ok());
+    s.secure_aggregation = true;
     s.min_sites = 3;
     s.quantisation.max_weight = u64::MAX / 2;
     assert!(s.validate().is_err(), "quantiser overflow must be refused");
@@ -31,6 +41,20 @@ fn refuses_bad_configs() {
     s.secagg.k = Some(2);
     s.secagg.t = Some(1);
     assert!(s.validate().is_err(), "t <= k/2 must be refused");
+    // A fixed degree that is not the complete graph for a small cohort, or a
+    // threshold below the collusion bound, is refused before any round.
+    s.secagg.k = Some(2);
+    s.secagg.t = Some(2);
+    s.min_sites = 4;
+    s.cohort_size = Some(4);
+    assert!(s.validate().is_err(), "k = 2 in a cohort of 4");
+    s.secagg.k = Some(3);
+    s.secagg.t = Some(2);
+    assert!(s.validate().is_err(), "t = 2 with k = 3 and one colluder");
+    s.secagg.t = Some(3);
+    assert!(s.validate().is_ok());
+    s.min_sites = 3;
+    s.cohort_size = None;
     s.secagg.k = None;
     s.secagg.t = None;
     // An unknown optimiser cannot be represented; it is refused when read.
@@ -125,5 +149,24 @@ fn named_choices_are_written_as_their_lowercase_names() -> Result<(), Box<dyn st
     assert_eq!(v["optimiser"]["kind"], "fedadam");
     let back: Settings = serde_json::from_value(v)?;
     assert_eq!(back, s);
+    Ok(())
+}
+
+/// The compose demo's federation must validate for every cohort it can see
+/// (3 to 10 sites): its dropout fraction must leave complete-graph
+/// parameters for each, and five sites must survive one dropout.
+#[test]
+fn compose_federation_file_validates() -> Result<(), CoordinatorError> {
+    let mut s = Settings::from_toml_str(include_str!("../../../deploy/federation.toml"))?;
+    s.tls.insecure = true;
+    s.validate()?;
+    for n in 3..=s.max_sites {
+        let p = s.secagg_params(n)?;
+        assert_eq!(p.k, n - 1, "cohort of {n}: complete graph");
+    }
+    // Five sites: k = 4, t = 3; four survivors each keep t surviving neighbours.
+    let p = s.secagg_params(5)?;
+    assert_eq!((p.k, p.t), (4, 3));
+    assert_eq!(s.max_colluders(5)?, 1);
     Ok(())
 }

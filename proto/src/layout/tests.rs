@@ -135,8 +135,23 @@ fn chunks_cover_the_vector_in_order_within_the_size_limit() -> Result<(), Layout
     let v: Vec<u32> = (0..n as u32)
         .map(|i| i.wrapping_mul(2_654_435_761))
         .collect();
-    let chunks = ring_vec_chunks("s", 9, &RingVec::from(v.clone()));
+    let set = confide_crypto::protocol::MaskingSet {
+        round: 9,
+        member: 2,
+        peers: vec![1, 3],
+        signature: vec![5; 64],
+    };
+    let chunks = ring_vec_chunks("s", 9, &RingVec::from(v.clone()), Some(&set));
     assert_eq!(chunks.len(), 3);
+    // Only the first chunk carries the signed masking set.
+    assert_eq!(
+        chunks[0]
+            .masking
+            .as_ref()
+            .map(crate::convert::masking_set_from_proto),
+        Some(set)
+    );
+    assert!(chunks[1..].iter().all(|c| c.masking.is_none()));
     let mut back = Vec::new();
     for c in &chunks {
         assert!(c.data.len() <= CHUNK_BYTES);
@@ -151,7 +166,7 @@ fn chunks_cover_the_vector_in_order_within_the_size_limit() -> Result<(), Layout
         );
     }
     assert_eq!(back, v);
-    let chunks = masked_input_chunks("s", 1, &vec![u64::MAX; CHUNK_BYTES / 8 + 1]);
+    let chunks = masked_input_chunks("s", 1, &vec![u64::MAX; CHUNK_BYTES / 8 + 1], None);
     assert_eq!(chunks.len(), 2);
     assert_eq!(chunks[1].offset as usize, CHUNK_BYTES / 8);
     Ok(())

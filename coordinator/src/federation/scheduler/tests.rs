@@ -146,10 +146,10 @@ fn secure_parameters_follow_the_settings() -> Result<(), Box<dyn std::error::Err
     s.secagg.min_survivors = None;
     let p = plan(&s, RoundKind::Train, sites(10), 1)?;
     assert!(p.config.params.t <= p.config.params.k && p.config.params.k < 10);
-    assert_eq!(p.config.min_survivors, p.config.params.t.max(2));
+    assert_eq!(p.config.min_survivors, p.config.params.t.max(3));
     // Unsafe explicit parameters: no plan, and the error says which round.
-    s.secagg.k = Some(2);
-    s.secagg.t = Some(1);
+    s.secagg.k = Some(4);
+    s.secagg.t = Some(2);
     assert!(matches!(
         plan(&s, RoundKind::Train, sites(5), 1),
         Err(PlanError::Params {
@@ -164,5 +164,119 @@ fn secure_parameters_follow_the_settings() -> Result<(), Box<dyn std::error::Err
     assert_eq!((p.config.params.k, p.config.params.t), (0, 0));
     assert_eq!(p.config.min_survivors, 2);
     assert!(!p.secure);
+    Ok(())
+}
+
+#[test]
+fn small_cohorts_use_the_complete_graph_with_a_collusion_quorum()
+-> Result<(), Box<dyn std::error::Error>> {
+    let s = settings();
+    // (n, k, t, colluders, quorum, min survivors): 3 and 4 survive no
+    // dropout; 5 survives one.
+    for (n, k, t, c, quorum, min) in [
+        (3, 2, 2, 1, 3, 3),
+        (4, 3, 3, 1, 3, 3),
+        (5, 4, 3, 1, 4, 3),
+        (10, 9, 6, 1, 6, 6),
+    ] {
+        let p = plan(&s, RoundKind::Train, sites(n as MemberId), 1)?;
+        let cfg = &p.config;
+        assert_eq!(
+            (
+                cfg.params.k,
+                cfg.params.t,
+                cfg.max_colluders,
+                cfg.quorum(),
+                cfg.min_survivors
+            ),
+            (k, t, c, quorum, min),
+            "cohort of {n}"
+        );
+        // Exactly what a site with the default policy accepts.
+        confide_crypto::protocol::SitePolicy::default().check(cfg)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn large_cohorts_use_a_sparse_graph_that_sites_accept() -> Result<(), Box<dyn std::error::Error>> {
+    let mut s = settings();
+    s.max_sites = 60;
+    let p = plan(&s, RoundKind::Train, sites(40), 1)?;
+    let cfg = &p.config;
+    assert!(cfg.params.k < 39, "k = {}", cfg.params.k);
+    assert_eq!(cfg.max_colluders, 4);
+    confide_crypto::protocol::SitePolicy::default().check(cfg)?;
+    // Raising the complete-graph bound makes it complete again.
+    s.secagg.complete_graph_up_to = 40;
+    assert_eq!(
+        plan(&s, RoundKind::Train, sites(40), 1)?.config.params.k,
+        39
+    );
+    Ok(())
+}
+
+#[test]
+fn explicit_parameters_are_checked_like_the_sites_check_them() {
+    let mut s = settings();
+    // A sparse graph where the sites require the complete one.
+    s.secagg.k = Some(3);
+    s.secagg.t = Some(3);
+    let e = s
+        .secagg_params(5)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("complete graph"), "{e}");
+    // The complete graph with a threshold that is a majority of k but too
+    // low for two colluders.
+    s.secagg.collusion_fraction = 0.4;
+    s.secagg.k = Some(4);
+    s.secagg.t = Some(3);
+    let e = s
+        .secagg_params(5)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("secure threshold 4"), "{e}");
+    s.secagg.t = Some(4);
+    assert!(s.secagg_params(5).is_ok());
+}
+
+#[test]
+fn every_plan_has_a_fresh_attempt_and_the_announcement_binds_it()
+-> Result<(), Box<dyn std::error::Error>> {
+    let s = settings();
+    let quant = s.quantiser(s.ring)?;
+    let mut a = plan(&s, RoundKind::Train, sites(3), 1)?;
+    let mut b = plan(&s, RoundKind::Train, sites(3), 2)?;
+    assert_ne!(a.attempt, b.attempt);
+    let model = vec![1u8, 2, 3];
+    let announced = Announced {
+        model_bytes: &model,
+        preprocess: None,
+        ca_fingerprint: &[4; 32],
+    };
+    let start = announce(&s, &quant, &mut a, &announced);
+    assert_eq!(start.attempt, a.attempt.to_vec());
+    assert_eq!(start.model_sha256, context::sha256(&model).to_vec());
+    assert_eq!(start.model_bytes, 3);
+    assert_eq!(start.max_colluders, 1);
+    assert!(!start.plaintext);
+    // A site derives exactly the coordinator's configuration, context included.
+    let site_view = convert::round_config(
+        &pb::RoundStart {
+            member: 2,
+            ..start.clone()
+        },
+        &s.federation,
+        &[4; 32],
+    )?;
+    assert_eq!(site_view, a.config);
+    assert_ne!(a.config.context, [0; 32]);
+    // Another attempt of the same round: another context.
+    b.config.round = a.config.round;
+    announce(&s, &quant, &mut b, &announced);
+    assert_ne!(b.config.context, a.config.context);
     Ok(())
 }

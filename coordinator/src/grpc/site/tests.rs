@@ -87,6 +87,7 @@ fn chunk(
         offset,
         total_len,
         data,
+        masking: None,
     }
 }
 
@@ -175,7 +176,7 @@ async fn a_complete_stream_is_received_in_chunks() -> Res<()> {
     );
     let mut stream = tokio_stream::iter([Ok(rest)]);
     receive_chunks(&mut stream, &mut up, a, round, 2).await?;
-    r.fed.finish_upload(a, None, up)?;
+    r.fed.finish_upload(a, None, up, None)?;
     // A chunk of another round in the same stream is refused.
     let b = &r.sites[1].session;
     let mut up = r.fed.begin_upload(b, None, round, len).await?;
