@@ -216,6 +216,8 @@ pub struct FakeSite {
     /// The signed masking set of this round's masked input, attached to the
     /// first chunk by [`FakeSite::submit`] (none in plaintext rounds).
     pub masking: Option<pb::MaskingSet>,
+    /// A faulty site: flip bits in every sealed share it deals.
+    pub garble_shares: bool,
     key: SigningKey,
     suite: Suite,
 }
@@ -274,6 +276,7 @@ impl FakeSite {
             tasks,
             federation: joined.federation,
             masking: None,
+            garble_shares: false,
             key,
             suite,
         })
@@ -387,7 +390,11 @@ impl FakeSite {
                                 .map(|s| pb::EncryptedShare {
                                     from: s.from,
                                     to: s.to,
-                                    ciphertext: s.ciphertext,
+                                    ciphertext: if self.garble_shares {
+                                        s.ciphertext.iter().map(|b| b ^ 0x5a).collect()
+                                    } else {
+                                        s.ciphertext
+                                    },
                                 })
                                 .collect(),
                         };

@@ -246,3 +246,74 @@ async fn bad_submissions_get_specific_statuses_and_do_not_disturb_the_round() ->
     let _ = Model::new();
     Ok(())
 }
+
+/// One site deals garbage share ciphertexts over real gRPC: its four honest
+/// peers leave it out, so it claims to have masked with peers that did not
+/// mask with it; the coordinator fails that round once, names the site in
+/// the round record, leaves it out of the next cohort, and the next round
+/// completes with the other four.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_dealing_garbage_shares_is_named_and_excluded() -> Result<(), BoxError> {
+    let tmp = tempfile::tempdir()?;
+    let mut s = fake_settings(Suite::Intl, true, tmp.path());
+    s.min_sites = 4;
+    s.secagg.exclude_after_blamed_rounds = 1;
+    s.max_consecutive_failures = 3;
+    let d = confide_coordinator::federation::initial_model(&s)?
+        .flatten()
+        .len();
+    let coord = Coordinator::start(s).await?;
+    let mut sites = Vec::new();
+    for i in 0..5 {
+        let mut site = FakeSite::join(&coord.url(), &format!("fake-{i}"), Suite::Intl).await?;
+        site.garble_shares = i == 4;
+        sites.push(site);
+    }
+    let mut tasks = Vec::new();
+    for (i, mut site) in sites.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut ends = Vec::new();
+            // The faulty site takes part once; the others until a round succeeds.
+            loop {
+                let rs = site.round_start().await?;
+                let delta = vec![0.01f32; d];
+                let end = site.train_round(&rs, &delta, 10, NoPoke).await?;
+                let ok = end.success;
+                ends.push(end);
+                if ok || i == 4 {
+                    return Ok::<_, BoxError>(ends);
+                }
+            }
+        }));
+    }
+    let bad = tasks.pop().ok_or("no task")?.await??;
+    assert_eq!(bad.len(), 1);
+    assert!(!bad[0].success, "the round with the faulty site completed");
+    for t in tasks {
+        let ends = t.await??;
+        assert_eq!(ends.len(), 2, "{ends:?}");
+        assert!(!ends[0].success && ends[1].success, "{ends:?}");
+    }
+    let report = coord.finish(Duration::from_secs(30)).await?;
+    assert_eq!(report.completed_rounds, 1);
+    let first = &report.history[0];
+    assert!(!first.success);
+    assert_eq!(first.cohort, 5);
+    assert!(
+        first.blamed.iter().any(|(site, _)| site == "fake-4"),
+        "{:?}",
+        first.blamed
+    );
+    assert!(
+        first.blamed.iter().all(|(site, _)| site == "fake-4"),
+        "an honest site was blamed: {:?}",
+        first.blamed
+    );
+    let second = report
+        .history
+        .iter()
+        .find(|r| r.success)
+        .ok_or("no success")?;
+    assert_eq!((second.cohort, second.survivors), (4, 4));
+    Ok(())
+}

@@ -100,8 +100,7 @@ impl Inner {
     fn excluded(&self, after: u32) -> BTreeSet<String> {
         let mut counts: HashMap<&str, u32> = HashMap::new();
         for r in &self.history {
-            let sites: BTreeSet<&str> =
-                r.blamed.iter().map(|(s, _)| s.as_str()).collect();
+            let sites: BTreeSet<&str> = r.blamed.iter().map(|(s, _)| s.as_str()).collect();
             for s in sites {
                 *counts.entry(s).or_default() += 1;
             }
