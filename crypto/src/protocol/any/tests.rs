@@ -2,6 +2,7 @@
 //! machines (driven by [`Simulation`]) and against the plain sum.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand_chacha::ChaCha20Rng;
@@ -11,7 +12,7 @@ use super::*;
 use crate::graph::SecAggParams;
 use crate::protocol::KeyDirectory;
 use crate::sim::Simulation;
-use crate::suite::Suite;
+use crate::suite::{SigningKey, Suite};
 
 /// Drive one round through [`AnySite`]s and an [`AnyCoordinator`]. Member
 /// `drop`, if any, never sends its masked input (nor anything after).
