@@ -478,8 +478,9 @@ impl RoundDriver {
         let action = self.queue(out);
         if matches!(action, Action::Send)
             && let Some(r) = self.round.as_ref()
+            && matches!(r.phase, Phase::Plain)
         {
-            // The update is about to leave the site.
+            // A plain update is readable the moment it leaves the site.
             self.contributions.record(&self.federation, &r.start);
         }
         Ok(action)

@@ -6,12 +6,19 @@
 //! a model this site already sent an update for is refused
 //! ([`ClientError::AlreadyContributed`]).
 //!
-//! An update counts from the moment it is ready to leave the site (masked,
-//! or plain in comparison mode), whether or not the round then succeeds: a
-//! round reported as failed may still have been unmasked by a dishonest
-//! coordinator. The consequence: after a training round fails past the
-//! masked-input stage, this site sits out retries on the same model until
-//! the model changes (or the site restarts).
+//! A plain update (comparison mode) counts the moment it leaves the site. A
+//! masked one counts once this site has signed a survivor set that includes
+//! it, whether or not the round then succeeds (a round reported as failed
+//! may still have been unmasked by a dishonest coordinator). Why not at
+//! upload: a round that fails before the consistency stage (too few inputs
+//! in time) would otherwise stall the federation on that model. Why that is
+//! still safe: any sum the coordinator can unmask needs a quorum of
+//! signatures, and every signer counts its update as given, so each
+//! unmaskable sum holds a quorum of inputs that never appear in another sum
+//! on the same model — no difference of sums isolates this site's update,
+//! even if its own signature was withheld. After a round fails past the
+//! consistency stage this site sits out retries on the same model until the
+//! model changes (or the site restarts).
 
 use std::collections::BTreeSet;
 

@@ -111,9 +111,17 @@ impl RoundDriver {
         r.survivors = Some((c.survivors.len(), cohort.saturating_sub(c.survivors.len())));
         let msg = identity::consistency_request(&c, authenticated)
             .map_err(|e| ClientError::InvalidRound(e.to_string()))?;
-        self.step(c.round, "consistency request", now, |m, _| {
+        let action = self.step(c.round, "consistency request", now, |m, _| {
             m.handle_consistency_request(msg)
-        })
+        })?;
+        if matches!(action, Action::Send)
+            && let Some(r) = self.round.as_ref()
+        {
+            // Signed a survivor set that includes this site: from here on a
+            // quorum may unmask a sum containing its update.
+            self.contributions.record(&self.federation, &r.start);
+        }
+        Ok(action)
     }
 
     pub(super) fn on_unmask_request(

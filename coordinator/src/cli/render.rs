@@ -39,6 +39,10 @@ pub fn rounds_table(history: &[RoundRecord]) -> String {
                 format!(" {}", r.message)
             }
         ));
+        // Faulty sites get a line each under their round.
+        for (site, reason) in &r.blamed {
+            s.push_str(&format!("       blamed {site}: {reason}\n"));
+        }
     }
     s
 }
@@ -195,8 +199,17 @@ mod tests {
             message: "too few".into(),
             ..RoundRecord::default()
         };
-        let t = rounds_table(&[r]);
+        let t = rounds_table(&[r.clone()]);
         assert!(t.lines().nth(1).is_some_and(|l| l.ends_with(" too few")));
+        let blamed = RoundRecord {
+            blamed: vec![("hospital-e".into(), "refused by 4 sites".into())],
+            ..r
+        };
+        let t = rounds_table(&[blamed]);
+        assert_eq!(
+            t.lines().nth(2),
+            Some("       blamed hospital-e: refused by 4 sites")
+        );
         assert_eq!(final_accuracy(None), "");
         assert_eq!(
             final_accuracy(Some(0.5)),
