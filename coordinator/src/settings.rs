@@ -228,7 +228,10 @@ pub struct LimitSettings {
     /// Join requests admitted in a burst.
     pub join_burst: u32,
     /// Site RPCs admitted per second per identity (certificate name, or the
-    /// session's site without TLS); a whole upload stream counts once.
+    /// session's site without TLS); a whole upload stream counts once. An
+    /// honest site makes about six calls a round, and rounds of a small
+    /// model can take 30 ms, so the default (1000/s, burst 2000) only stops
+    /// floods; a refused unmask fails the round.
     pub site_rate_per_sec: f64,
     /// Site RPCs admitted in a burst per identity.
     pub site_burst: u32,

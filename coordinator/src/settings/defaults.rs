@@ -116,8 +116,8 @@ impl Default for LimitSettings {
             join_burst: 50,
             // A site makes about six calls a round; this leaves room for fast
             // rounds and reconnect retries while bounding a flood.
-            site_rate_per_sec: 50.0,
-            site_burst: 200,
+            site_rate_per_sec: 1000.0,
+            site_burst: 2000,
             upload_idle_secs: 15,
         }
     }
