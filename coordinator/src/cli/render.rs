@@ -199,7 +199,7 @@ mod tests {
             message: "too few".into(),
             ..RoundRecord::default()
         };
-        let t = rounds_table(&[r.clone()]);
+        let t = rounds_table(std::slice::from_ref(&r));
         assert!(t.lines().nth(1).is_some_and(|l| l.ends_with(" too few")));
         let blamed = RoundRecord {
             blamed: vec![("hospital-e".into(), "refused by 4 sites".into())],
