@@ -89,9 +89,10 @@
 //! **Faulty sites.** A peer whose advert or sealed share is bad is left out
 //! ([`SiteMachine::rejected`]) while `t` good peers remain, and the
 //! coordinator names it once more sites refused it than may collude; a
-//! located bad unmask share is dropped and its sender named; a one-sided
-//! masking claim fails the round naming the claimer (all as
-//! `CoordinatorOutput::Blamed`).
+//! located bad unmask share is dropped and its sender named (both as
+//! `CoordinatorOutput::Blamed`, which callers may count towards exclusion);
+//! a one-sided masking claim fails the round, naming the claimer in the
+//! error only, since a lying peer can make an honest site the claimer.
 //!
 //! **Colluding sites.** Up to γ·n sites colluding with the coordinator learn
 //! nothing beyond the sum of the honest survivors' inputs, provided the

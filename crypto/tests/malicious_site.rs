@@ -233,6 +233,7 @@ fn a_one_sided_masking_claim_fails_the_round_once_naming_the_claimer() -> Res {
         ),
         "{failed:?}"
     );
-    assert_eq!(st.blamed.first().map(|b| b.0), Some(6));
+    // Named in the error, not blamed: the claimer may have been framed.
+    assert!(st.blamed.is_empty(), "{:?}", st.blamed);
     Ok(())
 }

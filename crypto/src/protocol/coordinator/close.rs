@@ -199,13 +199,11 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 });
                 let (checked, masking) = match checked {
                     Ok(c) => c,
+                    // The error names a one-sided claimer, but it is not
+                    // Blamed: a lying peer that leaves an honest site out of
+                    // its own set makes the honest site the claimer, and
+                    // blame counts towards exclusion.
                     Err(e) => {
-                        if let ProtocolError::Malformed { member, reason } = &e {
-                            self.out.push_back(CoordinatorOutput::Blamed {
-                                member: *member,
-                                reason: reason.clone(),
-                            });
-                        }
                         self.finish(Err(e));
                         return;
                     }
