@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One-shot job of the `certs` service (docker-compose.yml).
 #
-# 1. Creates the federation CA, the coordinator certificate, one certificate
-#    and long-term signing key per site, and an operator certificate, in
-#    $CA_DIR (the `ca` volume, mounted by this job only). Anything that
-#    already exists is kept: re-running never re-keys a federation.
-# 2. Hands each party only what it needs, in the layout `confide certs` uses:
+# 1. Creates the federation CA, the coordinator certificate and an operator
+#    certificate in $CA_DIR (the `ca` volume, mounted by this job only).
+# 2. Signs each site's certificate request, which the site's own `<site>-keys`
+#    job left in $EXCHANGE/requests: the sites' private keys never come here.
+#    Certificates go to $EXCHANGE/issued/<site>.pem, with ca.pem beside them.
+# 3. Hands the coordinator its files in its own volume:
 #      $OUT_DIR/coordinator/  ca.pem coordinator.{pem,key} operators/admin.{pem,key}
-#      $OUT_DIR/<site>/       ca.pem sites/<site>.{pem,key,signing.toml}
-#    ($OUT_DIR/<name> is that party's own volume.) The CA key never leaves $CA_DIR.
+# Anything that already exists is kept: re-running never re-keys a federation.
+# The CA key never leaves $CA_DIR.
 #
 # Runs as root only so that it can hand fresh volumes to the unprivileged
 # user (uid 10001) the long-running services use.
@@ -16,6 +17,7 @@ set -euo pipefail
 
 CA_DIR=${CA_DIR:-/ca}
 OUT_DIR=${OUT_DIR:-/out}
+EXCHANGE=${EXCHANGE:-/exchange}
 FEDERATION=${FEDERATION:-confide-demo}
 SITES=${SITES:-hospital-a hospital-b hospital-c}
 SUITE=${SUITE:-intl}
@@ -32,13 +34,19 @@ else
   for n in $COORDINATOR_NAMES; do names+=(--name "$n"); done
   confide certs init --dir "$CA_DIR" --federation "$FEDERATION" "${names[@]}"
 fi
+mkdir -p "$EXCHANGE/issued"
 for site in $SITES; do
   if [[ -f $CA_DIR/sites/$site.pem ]]; then
-    echo "certs: $site exists, keeping it"
+    echo "certs: $site already has a certificate, keeping it"
   else
-    confide certs issue --dir "$CA_DIR" --site "$site" --suite "$SUITE"
+    req=$EXCHANGE/requests/$site.csr
+    [[ -f $req ]] || { echo "certs: no request from $site in $req (its $site-keys job did not run)" >&2; exit 1; }
+    confide certs sign --dir "$CA_DIR" --csr "$req" --site "$site" --suite "$SUITE"
   fi
+  cp "$CA_DIR/sites/$site.pem" "$EXCHANGE/issued/$site.pem"
 done
+cp "$CA_DIR/ca.pem" "$EXCHANGE/ca.pem"
+chmod -R a+rX "$EXCHANGE"
 if [[ ! -f $CA_DIR/operators/$OPERATOR.pem ]]; then
   confide certs issue --dir "$CA_DIR" --operator "$OPERATOR"
 fi
@@ -60,17 +68,3 @@ if [[ -d $OUT_DIR/coordinator ]]; then
   chown -R "$RUN_AS" "$d"
   echo "certs: coordinator volume ready"
 fi
-for site in $SITES; do
-  d=$OUT_DIR/$site
-  if [[ ! -d $d ]]; then
-    echo "certs: no volume mounted at $d; not handing out $site's files" >&2
-    continue
-  fi
-  mkdir -p "$d/sites"
-  install_file "$CA_DIR/ca.pem" "$d/ca.pem" 0644
-  install_file "$CA_DIR/sites/$site.pem" "$d/sites/$site.pem" 0644
-  install_file "$CA_DIR/sites/$site.key" "$d/sites/$site.key" 0600
-  install_file "$CA_DIR/sites/$site.signing.toml" "$d/sites/$site.signing.toml" 0600
-  chown -R "$RUN_AS" "$d"
-  echo "certs: $site volume ready"
-done

@@ -74,6 +74,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod enrol;
 pub mod error;
 pub mod external;
 pub mod identity;

@@ -29,6 +29,45 @@ enum Command {
     Run(Box<RunArgs>),
     /// Validate a CSV (header, numeric features, integer labels) and print its shape.
     Check(CheckArgs),
+    /// Create this site's private keys and a certificate request, here; the
+    /// keys never leave DIR, only the request goes to the federation CA.
+    Init(InitArgs),
+    /// Check the certificate the CA returned against this site's own keys
+    /// and the federation CA, and install it.
+    InstallCert(InstallArgs),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// The site's key directory (created 0700).
+    #[arg(long, env = "CONFIDE_CERTS_DIR")]
+    dir: PathBuf,
+    /// This site's name, as agreed with the federation.
+    #[arg(long, env = "CONFIDE_SITE")]
+    site: String,
+    /// The federation's cipher suite (intl or gm).
+    #[arg(long, env = "CONFIDE_SUITE")]
+    suite: confide_crypto::Suite,
+    /// Make new keys beside the current ones (NAME.next.*); the current
+    /// ones keep working until install-cert promotes the new certificate.
+    #[arg(long)]
+    rotate: bool,
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// The site's key directory.
+    #[arg(long, env = "CONFIDE_CERTS_DIR")]
+    dir: PathBuf,
+    /// This site's name.
+    #[arg(long, env = "CONFIDE_SITE")]
+    site: String,
+    /// The certificate the CA sent back.
+    #[arg(long)]
+    cert: PathBuf,
+    /// The federation CA certificate (copied into DIR as ca.pem when DIR has none).
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -45,7 +84,8 @@ struct RunArgs {
     /// Label column of the CSV (integer class ids).
     #[arg(long, env = "CONFIDE_LABEL")]
     label: String,
-    /// Directory written by `confide certs`: ca.pem and sites/<site>.{pem,key,signing.toml}.
+    /// The site's key directory from `confide-site init` (NAME.{pem,key,signing.toml}, ca.pem),
+    /// or a demo CA directory (sites/NAME.*).
     #[arg(long, env = "CONFIDE_CERTS_DIR", conflicts_with_all = ["ca", "cert", "key"])]
     certs_dir: Option<PathBuf>,
     /// Federation CA certificate (PEM).
@@ -157,8 +197,9 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
             .with_context(|| format!("no host in coordinator URL {}", a.coordinator))?,
     };
     if let Some(dir) = &a.certs_dir {
-        cfg.tls = Some(TlsFiles::from_certs_dir(dir, &a.site, domain));
-        cfg.signing_key = Some(dir.join("sites").join(format!("{}.signing.toml", a.site)));
+        let (tls, signing) = confide_client::config::identity_in_dir(dir, &a.site, domain);
+        cfg.tls = Some(tls);
+        cfg.signing_key = Some(signing);
     } else if let (Some(ca), Some(cert), Some(key)) = (&a.ca, &a.cert, &a.key) {
         cfg.tls = Some(TlsFiles {
             ca: ca.clone(),
@@ -241,6 +282,45 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
+    let e = confide_client::enrol::init(&a.dir, &a.site, a.suite, a.rotate)?;
+    for p in &e.private {
+        println!(
+            "wrote {} (private, 0600: it never leaves this machine)",
+            p.display()
+        );
+    }
+    println!("wrote {}", e.request.display());
+    println!("request SHA-256: {}", e.request_sha256);
+    println!("signing key:     {}", e.verifying_key_uri);
+    println!(
+        "send {} to the federation CA, and read the SHA-256 above to its operator over a second channel (phone, in person); \
+         then install the certificate it returns with `confide-site install-cert --dir {} --site {} --cert FILE --ca ca.pem`",
+        e.request.display(),
+        a.dir.display(),
+        a.site
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn install_cert(a: InstallArgs) -> anyhow::Result<ExitCode> {
+    let pem = std::fs::read(&a.cert).with_context(|| format!("reading {}", a.cert.display()))?;
+    let i = confide_client::enrol::install_certificate(&a.dir, &a.site, &pem, a.ca.as_deref())?;
+    println!(
+        "installed {} (serial {}, valid until {})",
+        i.certificate.display(),
+        i.serial,
+        i.not_after
+    );
+    if let Some(old) = i.retired_serial {
+        println!(
+            "the previous keys are in {}/retired; once this site runs with the new certificate, ask the CA to revoke serial {old}",
+            a.dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// One line per distinct cause: our error messages already embed their
 /// sources, so repeating the chain would print everything twice.
 fn report(e: &anyhow::Error) -> String {
@@ -259,6 +339,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(a) => check(a),
+        Command::Init(a) => init(a),
+        Command::InstallCert(a) => install_cert(a),
         Command::Run(a) => {
             let a = *a;
             tokio::runtime::Runtime::new()

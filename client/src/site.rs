@@ -119,9 +119,9 @@ impl SiteBuilder {
         self
     }
 
-    /// The identity from a `confide certs` directory: `ca.pem`,
-    /// `sites/<site>.pem|.key|.signing.toml`; `domain` is the coordinator's
-    /// certificate name to expect.
+    /// The identity in a directory ([`crate::config::identity_in_dir`]): the
+    /// site's own from `confide-site init`, or a demo CA directory;
+    /// `domain` is the coordinator's certificate name to expect.
     pub fn certs_dir(
         self,
         dir: impl AsRef<Path>,
@@ -130,8 +130,7 @@ impl SiteBuilder {
     ) -> Self {
         let site = site.into();
         let dir = dir.as_ref();
-        let tls = TlsFiles::from_certs_dir(dir, &site, domain);
-        let key = dir.join("sites").join(format!("{site}.signing.toml"));
+        let (tls, key) = crate::config::identity_in_dir(dir, &site, domain);
         self.identity(site, tls, key)
     }
 
@@ -294,10 +293,10 @@ mod tests {
             .data("a.csv", "y")
             .build();
         let cfg = site.map(|s| s.cfg);
-        assert!(cfg.is_ok_and(|c| c.signing_key
-            == Some(PathBuf::from("/certs/sites/hospital-a.signing.toml"))
-            && c.tls.is_some_and(
-                |t| t.key == Path::new("/certs/sites/hospital-a.key") && t.domain == "c"
-            )));
+        assert!(cfg.is_ok_and(|c| {
+            c.signing_key == Some(PathBuf::from("/certs/hospital-a.signing.toml"))
+                && c.tls
+                    .is_some_and(|t| t.key == Path::new("/certs/hospital-a.key") && t.domain == "c")
+        }));
     }
 }

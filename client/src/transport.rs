@@ -118,6 +118,8 @@ fn endpoint(cfg: &SiteConfig) -> Result<Endpoint, ClientError> {
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
     if let Some(tls) = cfg.tls_in_use() {
+        confide_proto::keys::check_private_file(&tls.key)
+            .map_err(|e| ClientError::Config(e.to_string()))?;
         let ca = Certificate::from_pem(read_file(&tls.ca)?);
         let identity = Identity::from_pem(read_file(&tls.cert)?, read_file(&tls.key)?);
         let tls_cfg = ClientTlsConfig::new()

@@ -29,6 +29,9 @@ pub struct PeerCert {
     pub serial: String,
     /// The verifying key bound by a `confide:vk:` SAN URI, if any.
     pub verifying_key: Option<(Suite, Vec<u8>)>,
+    /// Whether the CA gave it the operator role ([`certs::OPERATOR_ROLE_URI`]);
+    /// the name alone never makes an operator.
+    pub operator: bool,
     /// The certificate itself (relayed to neighbours with key adverts).
     pub der: Vec<u8>,
 }
@@ -39,11 +42,17 @@ impl PeerCert {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
         let mut name = None;
         let mut verifying_key = None;
+        let mut operator = false;
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for n in &san.value.general_names {
                 match n {
                     x509_parser::extensions::GeneralName::DNSName(d) if name.is_none() => {
                         name = Some((*d).to_string());
+                    }
+                    x509_parser::extensions::GeneralName::URI(u)
+                        if *u == certs::OPERATOR_ROLE_URI =>
+                    {
+                        operator = true;
                     }
                     x509_parser::extensions::GeneralName::URI(u) => {
                         if let Some(k) = certs::parse_vk_uri(u) {
@@ -65,6 +74,7 @@ impl PeerCert {
             name,
             serial: hex::encode(cert.raw_serial()),
             verifying_key,
+            operator,
             der: der.to_vec(),
         })
     }
@@ -84,6 +94,14 @@ pub enum Refusal {
         /// Its serial.
         serial: String,
     },
+    /// An Admin call from a certificate without the operator role.
+    #[error(
+        "certificate of {0:?} is not an operator certificate (issue one with `confide certs issue --operator`)"
+    )]
+    NotOperator(String),
+    /// A site call from an operator certificate.
+    #[error("certificate of {0:?} is an operator's; it cannot take part as a site")]
+    OperatorAsSite(String),
     /// The site is not in `tls.allowed_sites`.
     #[error("site {0:?} is not in this federation's allow-list (tls.allowed_sites)")]
     NotAllowed(String),
@@ -215,6 +233,11 @@ impl Access {
                 serial: peer.serial.clone(),
             });
         }
+        match (operator, peer.operator) {
+            (true, false) => return Err(Refusal::NotOperator(peer.name.clone())),
+            (false, true) => return Err(Refusal::OperatorAsSite(peer.name.clone())),
+            _ => {}
+        }
         if !operator && !self.allowed.is_empty() && !self.allowed.contains(&peer.name) {
             return Err(Refusal::NotAllowed(peer.name.clone()));
         }
@@ -268,6 +291,7 @@ mod tests {
             name: name.into(),
             serial: serial.into(),
             verifying_key: None,
+            operator: false,
             der: vec![],
         }
     }
@@ -295,7 +319,25 @@ mod tests {
         ));
         assert_eq!(a.check(&peer("b", "02"), false), Ok(()));
         // Operators are not subject to the site allow-list, but to revocation.
-        assert_eq!(a.check(&peer("operator-x", "03"), true), Ok(()));
+        let op = PeerCert {
+            operator: true,
+            ..peer("operator-x", "03")
+        };
+        assert_eq!(a.check(&op, true), Ok(()));
+        // The role, not the name: a site certificate named like an operator
+        // gets no Admin access, and an operator certificate is no site.
+        assert_eq!(
+            a.check(&peer("operator-x", "04"), true),
+            Err(Refusal::NotOperator("operator-x".into()))
+        );
+        let op_a = PeerCert {
+            operator: true,
+            ..peer("a", "05")
+        };
+        assert_eq!(
+            a.check(&op_a, false),
+            Err(Refusal::OperatorAsSite("a".into()))
+        );
         std::fs::remove_file(&path)?;
         assert_eq!(a.check(&peer("a", "0a1b"), false), Ok(()));
         Ok(())

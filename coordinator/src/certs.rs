@@ -19,7 +19,10 @@ use rcgen::{
     KeyUsagePurpose, SanType, string::Ia5String,
 };
 
-pub use confide_proto::keys::{VK_URI_PREFIX, parse_vk_uri, vk_uri};
+pub use confide_proto::keys::{OPERATOR_ROLE_URI, VK_URI_PREFIX, parse_vk_uri, vk_uri};
+
+mod sign;
+pub use sign::{DEFAULT_SITE_DAYS, SignOptions, Signed, request_fingerprint, sign_request};
 
 /// File name of the revocation list inside the certs directory.
 pub const REVOKED_FILE: &str = "revoked.txt";
@@ -145,8 +148,11 @@ pub fn init(
     Ok(vec![dir.join("ca.pem"), dir.join("coordinator.pem")])
 }
 
-/// `certs issue --site NAME`: TLS client certificate (SAN dns = name) and the
-/// site's long-term signing key for `suite`.
+/// `certs issue --site NAME --generate-keys-here`: TLS client certificate
+/// (SAN dns = name) and the site's long-term signing key for `suite`, all
+/// made on the CA's machine. For demos and tests only: whoever holds this
+/// directory can act as the site. Real sites make their own keys
+/// (`confide-site init`) and the CA signs their request ([`sign_request`]).
 pub fn issue_site(dir: &Path, name: &str, suite: Suite) -> Result<Vec<PathBuf>, CoordinatorError> {
     check_name(name)?;
     let issuer = issuer(dir)?;
@@ -193,11 +199,15 @@ pub fn issue_operator(dir: &Path, name: &str) -> Result<Vec<PathBuf>, Coordinato
     let issuer = issuer(dir)?;
     let ops = dir.join("operators");
     fs::create_dir_all(&ops)?;
-    let params = leaf(
+    let mut params = leaf(
         &[format!("operator-{name}")],
         &format!("operator {name}"),
         &[ExtendedKeyUsagePurpose::ClientAuth],
     )?;
+    // The role, not the name, is what the coordinator admits to the Admin API.
+    params.subject_alt_names.push(SanType::URI(
+        Ia5String::try_from(OPERATOR_ROLE_URI).map_err(CoordinatorError::Certificate)?,
+    ));
     let key = KeyPair::generate().map_err(CoordinatorError::Certificate)?;
     let cert = params
         .signed_by(&key, &issuer)
@@ -255,6 +265,13 @@ pub fn parse_revoked(text: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// The serial of the first certificate in a PEM text, lowercase hex.
+pub(crate) fn pem_serial(pem: &str) -> Option<String> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = p.parse_x509().ok()?;
+    Some(hex::encode(cert.raw_serial()))
+}
+
 /// `certs list`: (kind, name, path) of every certificate in `dir`.
 pub fn list(dir: &Path) -> Result<Vec<(String, String, PathBuf)>, CoordinatorError> {
     let mut out = Vec::new();
@@ -272,6 +289,11 @@ pub fn list(dir: &Path) -> Result<Vec<(String, String, PathBuf)>, CoordinatorErr
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+            // `NAME.<serial>.pem` is a certificate retired by rotation.
+            .filter(|p| {
+                p.file_stem()
+                    .is_some_and(|s| !s.to_string_lossy().contains('.'))
+            })
             .filter_map(|p| {
                 p.file_stem().map(|s| {
                     (

@@ -160,10 +160,17 @@ enum CertCmd {
         #[arg(long = "name")]
         names: Vec<String>,
     },
-    /// Issue a site or operator certificate.
+    /// Issue an operator certificate, or (demos only, with
+    /// --generate-keys-here) a site's keys and certificate made on this machine.
     Issue {
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
+        /// Make the site's private keys here, on the CA's machine. Whoever
+        /// holds this directory can then act as the site: demos and tests
+        /// only. Real sites run `confide-site init` and send a request for
+        /// `confide certs sign`.
+        #[arg(long, requires = "site")]
+        generate_keys_here: bool,
         #[arg(
             long,
             conflicts_with = "operator",
@@ -175,6 +182,31 @@ enum CertCmd {
         /// Suite of the site's signing key.
         #[arg(long, default_value = "intl")]
         suite: String,
+    },
+    /// Check a site's certificate request (from `confide-site init`) and
+    /// issue its certificate; the site's private keys never come here.
+    Sign {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// The request file (PEM) the site sent.
+        #[arg(long)]
+        csr: PathBuf,
+        /// The site name agreed out of band; the request must name it.
+        #[arg(long)]
+        site: Option<String>,
+        /// The federation's suite; the request's signing key must be of it.
+        #[arg(long)]
+        suite: Suite,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = certs::DEFAULT_SITE_DAYS)]
+        days: u32,
+        /// Replace the site's current certificate (key rotation); the old
+        /// one is kept as sites/NAME.<serial>.pem for revocation.
+        #[arg(long)]
+        rotate: bool,
+        /// Also write the certificate here (the file to send back to the site).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List issued certificates (marking revoked ones).
     List {
@@ -290,16 +322,51 @@ async fn main() -> Result<()> {
             }
             CertCmd::Issue {
                 dir,
+                generate_keys_here,
                 site,
                 operator,
                 suite,
             } => {
                 let files = match (&site, operator) {
-                    (Some(s), _) => certs::issue_site(&dir, s, suite.parse::<Suite>()?)?,
+                    (Some(_), _) if !generate_keys_here => bail!(
+                        "a site makes its own keys: run `confide-site init --site NAME` at the site and `confide certs sign --csr NAME.csr` here; pass --generate-keys-here only for a demo"
+                    ),
+                    (Some(s), _) => {
+                        eprintln!(
+                            "warning: {s}'s private keys are being made on this machine; anyone with {} can act as {s}. Use this for demos and tests only.",
+                            dir.display()
+                        );
+                        certs::issue_site(&dir, s, suite.parse::<Suite>()?)?
+                    }
                     (None, Some(o)) => certs::issue_operator(&dir, &o)?,
                     (None, None) => bail!("--site or --operator required"),
                 };
                 print!("{}", render::issued(&files, site.as_deref()));
+            }
+            CertCmd::Sign {
+                dir,
+                csr,
+                site,
+                suite,
+                days,
+                rotate,
+                out,
+            } => {
+                let pem = std::fs::read_to_string(&csr)
+                    .with_context(|| format!("reading {}", csr.display()))?;
+                let opts = certs::SignOptions {
+                    suite,
+                    site,
+                    days,
+                    rotate,
+                };
+                let signed = certs::sign_request(&dir, &pem, &opts)
+                    .with_context(|| format!("{}", csr.display()))?;
+                if let Some(out) = &out {
+                    std::fs::copy(&signed.certificate, out)
+                        .with_context(|| format!("writing {}", out.display()))?;
+                }
+                print!("{}", render::signed(&signed, out.as_deref(), &dir));
             }
             CertCmd::List { dir } => print!("{}", render::certs_dir_listing(&dir)?),
             CertCmd::Revoke { dir, name } => {

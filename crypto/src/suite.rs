@@ -482,6 +482,25 @@ impl VerifyingKey {
         }
     }
 
+    /// Wrap encoded key bytes after checking they are a key of `suite`
+    /// (32 bytes for Ed25519, a point on the curve for SM2), for callers
+    /// that vouch for a key, such as a CA binding it into a certificate.
+    pub fn parse(suite: Suite, bytes: &[u8]) -> Result<Self, CryptoError> {
+        match suite {
+            Suite::Intl if bytes.len() != 32 => {
+                return Err(CryptoError::InvalidPublicKey(
+                    "an Ed25519 verifying key is 32 bytes",
+                ));
+            }
+            Suite::Intl => {}
+            Suite::Gm => {
+                sm2::dsa::VerifyingKey::from_sec1_bytes(SM2_DIST_ID, bytes)
+                    .map_err(|_| CryptoError::InvalidPublicKey("not an SM2 verifying key"))?;
+            }
+        }
+        Ok(Self::from_bytes(suite, bytes))
+    }
+
     /// The encoded key.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes

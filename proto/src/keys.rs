@@ -28,6 +28,13 @@ pub fn vk_uri(suite: Suite, key: &[u8]) -> String {
     format!("{VK_URI_PREFIX}{}:{}", suite.name(), hex::encode(key))
 }
 
+/// SAN URI that makes a certificate an operator's (Admin API access). The
+/// CA writes it only into certificates it issues with `--operator`, and it
+/// builds every site certificate's names itself from a request, so a site can
+/// never obtain it, whatever name it asks for. A certificate carrying it is
+/// never admitted as a site.
+pub const OPERATOR_ROLE_URI: &str = "confide:role:operator";
+
 /// Parse a [`vk_uri`]; `None` if `uri` is not one.
 pub fn parse_vk_uri(uri: &str) -> Option<(Suite, Vec<u8>)> {
     let rest = uri.strip_prefix(VK_URI_PREFIX)?;
@@ -61,6 +68,18 @@ pub enum KeyFileError {
         #[source]
         source: CryptoError,
     },
+    /// The file is readable by other users of the machine.
+    #[error(
+        "{}: a private key must be readable by its owner only (mode {mode:04o}); fix with `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The file cannot be read.
     #[error("{}: unreadable: {source}", path.display())]
     Read {
@@ -88,20 +107,49 @@ pub fn parse_signing_key(text: &str) -> Result<SigningKey, KeyFileError> {
         .suite
         .parse()
         .map_err(|_| KeyFileError::Suite(file.suite.clone()))?;
-    let bytes = hex::decode(file.secret.trim())?;
+    let secret = zeroize::Zeroizing::new(file.secret);
+    let bytes = zeroize::Zeroizing::new(hex::decode(secret.trim())?);
     if bytes.len() != 32 {
         return Err(KeyFileError::Length(bytes.len()));
     }
     SigningKey::from_bytes(suite, &bytes).map_err(|source| KeyFileError::Key { suite, source })
 }
 
-/// Reads and parses a signing-key file.
+/// Reads and parses a signing-key file, refusing one that other users can
+/// read ([`check_private_file`]).
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    check_private_file(path)?;
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+        KeyFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?);
     parse_signing_key(&text)
+}
+
+/// Refuses a private-key file with any group or other permission bit (on
+/// Unix): a key another account on the machine can read is no longer the
+/// site's alone. The error says how to fix it.
+pub fn check_private_file(path: &Path) -> Result<(), KeyFileError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|source| KeyFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::Exposed {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// The signing-key TOML for `key`.
@@ -166,5 +214,28 @@ mod tests {
         ));
         let missing = load_signing_key(Path::new("/nonexistent/k.toml"));
         assert!(missing.is_err_and(|e| e.to_string().contains("/nonexistent/k.toml")));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_other_users_can_read_is_refused_with_the_fix()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("site.signing.toml");
+        let key = SigningKey::generate(Suite::Intl, &mut rand::rng());
+        std::fs::write(&path, signing_key_toml(&key))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))?;
+        let err = load_signing_key(&path)
+            .err()
+            .ok_or("accepted a 0640 key file")?;
+        assert!(
+            matches!(err, KeyFileError::Exposed { mode: 0o640, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        assert!(load_signing_key(&path).is_ok());
+        Ok(())
     }
 }

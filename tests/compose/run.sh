@@ -214,6 +214,22 @@ print(f"PASS checkpoint round {m['round']} loads: model tensors " + ", ".join(f"
       + f"; export adds {sorted(set(exported) - set(model))}, metadata {sorted(meta)}")
 PY
 
+echo "---- scenario 1: key custody ----"
+# Every file of a volume, as "mode path" lines (read-only, no network).
+files_of() { docker run --rm --network none --user 0:0 --entrypoint bash -v "$1:/v:ro" "$CONFIDE_IMAGE" -c 'cd /v && find . -type f -printf "%m %p\n" | sort'; }
+CA_FILES=$(files_of "$(volume_of "$P1" ca)")
+log "CA volume: $(tr '\n' ' ' <<<"$CA_FILES")"
+grep -E 'hospital-[a-z]+\.key|signing' <<<"$CA_FILES" && fail "a hospital's private key is in the CA volume"
+grep -q 'sites/hospital-a.pem' <<<"$CA_FILES" || fail "the CA volume has no record of hospital-a's certificate"
+EX_FILES=$(files_of "$(volume_of "$P1" exchange)")
+grep -E '\.key|signing' <<<"$EX_FILES" && fail "a private key is in the exchange volume"
+for s in hospital-a hospital-b hospital-c; do
+  own=$(files_of "$(volume_of "$P1" "$s-certs")")
+  grep -qx "600 ./$s.key" <<<"$own" || fail "$s's TLS key is not in its own volume with mode 0600 ($own)"
+  grep -qx "600 ./$s.signing.toml" <<<"$own" || fail "$s's signing key is not in its own volume with mode 0600"
+done
+echo "PASS custody: each hospital's keys exist only in its own volume (0600); the CA volume and the exchange hold certificates and requests only"
+
 echo "---- scenario 1: network isolation ----"
 declare -A NETS
 for s in coordinator hospital-a hospital-b hospital-c; do

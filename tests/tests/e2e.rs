@@ -290,8 +290,55 @@ async fn breast_cancer_three_hospitals_non_iid_mtls_reaches_95_percent() -> Resu
     confide_coordinator::certs::init(&certs, "test", &[])?;
     let data = split_non_iid(tmp.path(), &[0.2, 0.5])?;
     let names = ["hospital-a", "hospital-b", "hospital-c"];
+    // Enrolment as a consortium runs it: each hospital makes its keys and a
+    // request in its own directory; the CA sees only the requests.
+    let site_dir = |n: &str| tmp.path().join("sites").join(n);
     for n in names {
-        confide_coordinator::certs::issue_site(&certs, n, confide_crypto::Suite::Intl)?;
+        let e = confide_client::enrol::init(&site_dir(n), n, Suite::Intl, false)?;
+        let csr = std::fs::read_to_string(&e.request)?;
+        let signed = confide_coordinator::certs::sign_request(
+            &certs,
+            &csr,
+            &confide_coordinator::certs::SignOptions {
+                suite: Suite::Intl,
+                site: Some(n.to_string()),
+                days: 30,
+                rotate: false,
+            },
+        )?;
+        assert_eq!(signed.request_sha256, e.request_sha256, "out-of-band check");
+        confide_client::enrol::install_certificate(
+            &site_dir(n),
+            n,
+            &std::fs::read(&signed.certificate)?,
+            Some(&certs.join("ca.pem")),
+        )?;
+    }
+    // No site private key was ever in the CA directory.
+    let mut ca_files = vec![];
+    let mut stack = vec![certs.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                ca_files.push(p.strip_prefix(&certs)?.to_string_lossy().into_owned());
+            }
+        }
+    }
+    ca_files.sort();
+    assert!(
+        ca_files.iter().all(|f| !f.contains("signing")
+            && (!f.ends_with(".key") || ["ca.key", "coordinator.key"].contains(&f.as_str()))),
+        "a site private key in the CA directory: {ca_files:?}"
+    );
+    for n in names {
+        let key_pem = std::fs::read_to_string(site_dir(n).join(format!("{n}.key")))?;
+        for f in &ca_files {
+            let text = std::fs::read_to_string(certs.join(f)).unwrap_or_default();
+            assert!(!text.contains(key_pem.trim()), "{n}'s key found in {f}");
+        }
     }
     let mut s = settings(30, Suite::Intl);
     s.tls.insecure = false;
@@ -314,20 +361,14 @@ async fn breast_cancer_three_hospitals_non_iid_mtls_reaches_95_percent() -> Resu
             .await
             .is_err()
     );
-    let tls = |n: &str| confide_client::TlsFiles {
-        ca: certs.join("ca.pem"),
-        cert: certs.join("sites").join(format!("{n}.pem")),
-        key: certs.join("sites").join(format!("{n}.key")),
-        domain: "localhost".into(),
-    };
     // Hospital A's certificate cannot join as hospital B.
     {
-        let ident = |p: &str| std::fs::read(certs.join(p));
+        let ident = |p: &str| std::fs::read(site_dir("hospital-a").join(p));
         let tlscfg = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(ident("ca.pem")?))
             .identity(tonic::transport::Identity::from_pem(
-                ident("sites/hospital-a.pem")?,
-                ident("sites/hospital-a.key")?,
+                ident("hospital-a.pem")?,
+                ident("hospital-a.key")?,
             ))
             .domain_name("localhost");
         let ch = tonic::transport::Endpoint::from_shared(url.clone())?
@@ -352,8 +393,10 @@ async fn breast_cancer_three_hospitals_non_iid_mtls_reaches_95_percent() -> Resu
         .zip(&data)
         .map(|(n, p)| {
             let mut c = confide_client::SiteConfig::new(url.clone(), *n, p, "malignant");
-            c.tls = Some(tls(n));
-            c.signing_key = Some(certs.join("sites").join(format!("{n}.signing.toml")));
+            let (tls, signing) =
+                confide_client::config::identity_in_dir(&site_dir(n), n, "localhost");
+            c.tls = Some(tls);
+            c.signing_key = Some(signing);
             c
         })
         .collect();
@@ -361,10 +404,15 @@ async fn breast_cancer_three_hospitals_non_iid_mtls_reaches_95_percent() -> Resu
     // The Admin API answers operators and refuses site certificates.
     confide_coordinator::certs::issue_operator(&certs, "ops")?;
     let op = |n: &str| {
+        let dir = if n.starts_with("operators/") {
+            certs.clone()
+        } else {
+            site_dir(n)
+        };
         Some((
             certs.join("ca.pem"),
-            certs.join(format!("{n}.pem")),
-            certs.join(format!("{n}.key")),
+            dir.join(format!("{n}.pem")),
+            dir.join(format!("{n}.key")),
         ))
     };
     let status = confide_coordinator::grpc::admin_status(&url, op("operators/ops")).await?;
@@ -373,10 +421,35 @@ async fn breast_cancer_three_hospitals_non_iid_mtls_reaches_95_percent() -> Resu
         ("test", 30)
     );
     assert!(
-        confide_coordinator::grpc::admin_status(&url, op("sites/hospital-a"))
+        confide_coordinator::grpc::admin_status(&url, op("hospital-a"))
             .await
             .is_err()
     );
+    // Operators are a role the CA grants, not a name: a site that asked for
+    // the name operator-x gets a site certificate and no Admin access.
+    {
+        let n = "operator-x";
+        let e = confide_client::enrol::init(&site_dir(n), n, Suite::Intl, false)?;
+        let signed = confide_coordinator::certs::sign_request(
+            &certs,
+            &std::fs::read_to_string(&e.request)?,
+            &confide_coordinator::certs::SignOptions {
+                suite: Suite::Intl,
+                site: None,
+                days: 1,
+                rotate: false,
+            },
+        )?;
+        confide_client::enrol::install_certificate(
+            &site_dir(n),
+            n,
+            &std::fs::read(&signed.certificate)?,
+            Some(&certs.join("ca.pem")),
+        )?;
+        let refused = confide_coordinator::grpc::admin_status(&url, op(n)).await;
+        let msg = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("not an operator certificate"), "{msg}");
+    }
     let r = coord.finish(Duration::from_secs(150)).await?;
     for h in sites {
         tokio::time::timeout(Duration::from_secs(10), h)

@@ -108,6 +108,39 @@ pub fn issued(paths: &[PathBuf], site: Option<&str>) -> String {
     s
 }
 
+/// `confide certs sign`: what was issued, what to send back, what to check.
+pub fn signed(s: &crate::certs::Signed, out: Option<&Path>, dir: &Path) -> String {
+    let mut t = format!(
+        "signed {site}'s request (SHA-256 {fp})\n  compare this fingerprint with the one {site} read out to you before sending anything back\nwrote {cert} (serial {serial})\n",
+        site = s.site,
+        fp = s.request_sha256,
+        cert = s.certificate.display(),
+        serial = s.serial,
+    );
+    if let Some(out) = out {
+        t.push_str(&format!("copied it to {}\n", out.display()));
+    }
+    t.push_str(&format!(
+        "send {site} its certificate and {ca} (both public); no private key of {site} is in {dir}\n",
+        site = s.site,
+        ca = dir.join("ca.pem").display(),
+        dir = dir.display()
+    ));
+    if let Some(old) = &s.replaced {
+        t.push_str(&format!(
+            "the previous certificate is kept as {}; revoke it once {} runs with the new one\n",
+            old.display(),
+            s.site
+        ));
+    } else {
+        t.push_str(&format!(
+            "remember: add {:?} to [tls] allowed_sites in the coordinator's config\n",
+            s.site
+        ));
+    }
+    t
+}
+
 /// `confide certs list`: issued certificates (revoked ones marked), then the
 /// revocation list's entries.
 pub fn certs_list(issued: &[(String, String, PathBuf)], revoked: &BTreeSet<String>) -> String {

@@ -65,8 +65,27 @@ pub async fn run(rounds: u64, suite: &str, dir: Option<PathBuf>) -> Result<()> {
     let certs_dir = root.join("certs");
     certs::init(&certs_dir, "demo", &[])?;
     let hospitals = split_hospitals(BREAST_CANCER, &root)?;
+    // Each hospital makes its own keys in its own directory and sends only
+    // a request; the CA signs it (the ceremony of docs/security.md).
+    let site_dir = |name: &str| root.join("sites").join(name);
     for (name, _, rows) in &hospitals {
-        certs::issue_site(&certs_dir, name, suite_v)?;
+        let e = confide_client::enrol::init(&site_dir(name), name, suite_v, false)?;
+        let signed = certs::sign_request(
+            &certs_dir,
+            &std::fs::read_to_string(&e.request)?,
+            &certs::SignOptions {
+                suite: suite_v,
+                site: Some(name.clone()),
+                days: certs::DEFAULT_SITE_DAYS,
+                rotate: false,
+            },
+        )?;
+        confide_client::enrol::install_certificate(
+            &site_dir(name),
+            name,
+            &std::fs::read(&signed.certificate)?,
+            Some(&certs_dir.join("ca.pem")),
+        )?;
         println!("{name}: {rows} patients");
     }
     let mut s = Settings::from_toml_str(include_str!("../../federation.example.toml"))?;
@@ -96,13 +115,10 @@ pub async fn run(rounds: u64, suite: &str, dir: Option<PathBuf>) -> Result<()> {
             data,
             "malignant",
         );
-        cfg.tls = Some(confide_client::TlsFiles {
-            ca: certs_dir.join("ca.pem"),
-            cert: certs_dir.join("sites").join(format!("{name}.pem")),
-            key: certs_dir.join("sites").join(format!("{name}.key")),
-            domain: "localhost".into(),
-        });
-        cfg.signing_key = Some(certs_dir.join("sites").join(format!("{name}.signing.toml")));
+        let (tls, signing) =
+            confide_client::config::identity_in_dir(&site_dir(&name), &name, "localhost");
+        cfg.tls = Some(tls);
+        cfg.signing_key = Some(signing);
         sites.push(tokio::spawn(confide_client::run_site(
             cfg,
             std::future::pending(),
