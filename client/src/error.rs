@@ -177,6 +177,12 @@ impl ClientError {
         self.is_refused_with(tonic::Code::AlreadyExists)
     }
 
+    /// The coordinator is busy (rate limit, upload slots): worth the same
+    /// call again after a pause, not a reconnect.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.is_refused_with(tonic::Code::ResourceExhausted)
+    }
+
     /// The stage the message was for has closed.
     pub(crate) fn is_stage_closed(&self) -> bool {
         self.is_refused_with(tonic::Code::FailedPrecondition)

@@ -224,6 +224,22 @@ impl RoundDriver {
         self.session.clone().unwrap_or_default()
     }
 
+    /// After the coordinator answered `RESOURCE_EXHAUSTED` (its per-site
+    /// rate limit or its upload slots) to attempt `attempt` (0-based) of a
+    /// call in this round: how long to wait before trying again —
+    /// exponential from 100 ms, capped at 2 s, scaled by `jitter` in
+    /// [0.5, 1] so that sites refused together do not return together — or
+    /// `None` when the stage deadline would pass first (the round then goes
+    /// on without this message, as for any refused one).
+    pub(crate) fn busy_backoff(&self, attempt: u32, jitter: f64, now: Instant) -> Option<Duration> {
+        let r = self.round.as_ref()?;
+        let base = Duration::from_millis(100).saturating_mul(1u32 << attempt.min(5));
+        let wait = base
+            .min(Duration::from_secs(2))
+            .mul_f64(jitter.clamp(0.5, 1.0));
+        (now + wait < r.deadline()).then_some(wait)
+    }
+
     /// The message to send, stamped with the current session.
     pub(crate) fn outbox(&self) -> Option<Outgoing> {
         let mut out = self.round.as_ref()?.outbox.clone()?;

@@ -279,27 +279,46 @@ impl<T: Transport> Runner<T> {
     }
 
     /// Sends the round's pending message. `ALREADY_EXISTS` means an earlier
-    /// attempt arrived: success.
+    /// attempt arrived: success. `RESOURCE_EXHAUSTED` (the coordinator's
+    /// rate limit or upload slots) is retried after a backoff while the
+    /// stage deadline allows ([`RoundDriver::busy_backoff`]).
     async fn flush(&mut self, conn: &mut T::Conn) -> Result<(), ClientError> {
-        let Some(out) = self.driver.outbox() else {
-            return Ok(());
-        };
-        let result = match out {
-            Outgoing::Advertise(m) => conn.advertise_keys(m).await,
-            Outgoing::Shares(m) => conn.share_keys(m).await,
-            Outgoing::Masked(chunks) => conn.submit_masked_input(chunks).await,
-            Outgoing::Consistency(m) => conn.consistency(m).await,
-            Outgoing::Unmask(m) => conn.unmask(m).await,
-        };
-        match result {
-            Ok(()) => {}
-            Err(e) if e.is_already_received() => {
-                tracing::debug!(error = %e, "already received by the coordinator");
+        let mut attempt = 0;
+        loop {
+            let Some(out) = self.driver.outbox() else {
+                return Ok(());
+            };
+            let result = match out {
+                Outgoing::Advertise(m) => conn.advertise_keys(m).await,
+                Outgoing::Shares(m) => conn.share_keys(m).await,
+                Outgoing::Masked(chunks) => conn.submit_masked_input(chunks).await,
+                Outgoing::Consistency(m) => conn.consistency(m).await,
+                Outgoing::Unmask(m) => conn.unmask(m).await,
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.is_already_received() => {
+                    tracing::debug!(error = %e, "already received by the coordinator");
+                }
+                Err(e) if e.is_busy() => {
+                    // Uniform in [0.5, 1] from 53 random bits.
+                    let jitter = 0.5
+                        + 0.5 * (rand::Rng::next_u64(&mut self.rng) >> 11) as f64
+                            / (1u64 << 53) as f64;
+                    let Some(wait) = self.driver.busy_backoff(attempt, jitter, Instant::now())
+                    else {
+                        return Err(e);
+                    };
+                    tracing::info!(error = %e, retry_in_ms = wait.as_millis() as u64, "coordinator busy; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
+            self.driver.sent(Instant::now());
+            return Ok(());
         }
-        self.driver.sent(Instant::now());
-        Ok(())
     }
 }
 

@@ -461,6 +461,32 @@ fn resend_policy_after_a_reconnect() -> Result<(), ClientError> {
     Ok(())
 }
 
+#[test]
+fn busy_backoff_grows_is_capped_and_stops_at_the_stage_deadline() -> Result<(), ClientError> {
+    let now = Instant::now();
+    let mut d = driver(None)?;
+    assert_eq!(
+        d.busy_backoff(0, 1.0, now),
+        None,
+        "no round, nothing to retry"
+    );
+    d.on_task(start(&stats_start(4, false)), now)?;
+    let ms = |a, j| d.busy_backoff(a, j, now).map(|w| w.as_millis());
+    assert_eq!(ms(0, 1.0), Some(100));
+    assert_eq!(ms(1, 1.0), Some(200));
+    assert_eq!(ms(1, 0.5), Some(100));
+    assert_eq!(ms(9, 1.0), Some(2000), "capped");
+    assert_eq!(ms(0, 7.0), Some(100), "jitter clamped to [0.5, 1]");
+    // 30 s stage: a wait that would end past the deadline is not offered.
+    let late = now + Duration::from_millis(29_950);
+    assert_eq!(d.busy_backoff(0, 1.0, late), None);
+    assert!(
+        d.busy_backoff(0, 1.0, now + Duration::from_secs(29))
+            .is_some()
+    );
+    Ok(())
+}
+
 /// Three drivers and crypto's coordinator machine exchange a whole secure
 /// round through the wire messages: each task yields the next message, and
 /// the unmasked sum is the sum of the sites' inputs.

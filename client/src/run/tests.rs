@@ -38,6 +38,8 @@ struct State {
     refuse_connects: usize,
     /// Uploads to fail with UNAVAILABLE (the link dropping mid-call).
     drop_uploads: usize,
+    /// Uploads to refuse with RESOURCE_EXHAUSTED (rate limit, upload slots).
+    busy_uploads: usize,
     /// The global model served by DownloadModel, in two chunks.
     model: Vec<u8>,
     connects: usize,
@@ -157,6 +159,14 @@ impl Connection for MemoryConn {
     ) -> Result<(), ClientError> {
         self.state.with(|s| {
             s.uploads.push(chunks);
+            if s.busy_uploads > 0 {
+                s.busy_uploads -= 1;
+                return Err(ClientError::Refused {
+                    call: "SubmitMaskedInput",
+                    code: tonic::Code::ResourceExhausted,
+                    message: "too many requests".into(),
+                });
+            }
             if s.drop_uploads > 0 {
                 s.drop_uploads -= 1;
                 return Err(ClientError::Refused {
@@ -312,6 +322,28 @@ async fn reconnects_and_resends_the_unacknowledged_upload() -> Result<(), Client
         assert_eq!(s.uploads.len(), 2, "the upload is resent once");
         assert!(s.uploads.iter().all(|u| uploaded(u) == expected));
     });
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_busy_coordinator_gets_the_same_upload_again_after_a_pause() -> Result<(), ClientError> {
+    let memory = Memory::default();
+    memory.with(|s| {
+        s.busy_uploads = 2;
+        s.scripts
+            .push_back(vec![stats_round(3), round_end(3), done()]);
+    });
+    let started = Instant::now();
+    let report = runner(&memory)?.run(std::future::pending()).await?;
+    assert_eq!(report.rounds, 1, "the round is not abandoned");
+    let expected = expected_upload()?;
+    memory.with(|s| {
+        assert_eq!(s.connects, 1, "no reconnect for a busy answer");
+        assert_eq!(s.uploads.len(), 3, "two refused, the third accepted");
+        assert!(s.uploads.iter().all(|u| uploaded(u) == expected));
+    });
+    // Two pauses of at least 50 ms and 100 ms (100·2^attempt, jitter ≥ 0.5).
+    assert!(started.elapsed() >= Duration::from_millis(150));
     Ok(())
 }
 
