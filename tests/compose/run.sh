@@ -216,7 +216,7 @@ PY
 
 echo "---- scenario 1: key custody ----"
 # Every file of a volume, as "mode path" lines (read-only, no network).
-files_of() { docker run --rm --network none --user 0:0 --entrypoint bash -v "$1:/v:ro" "$CONFIDE_IMAGE" -c 'cd /v && find . -type f -printf "%m %p\n" | sort'; }
+files_of() { docker run --rm --network none --user 0:0 --entrypoint bash -v "$1:/v:ro" "$CONFIDE_IMAGE" -c 'shopt -s globstar dotglob nullglob; cd /v; for f in **; do [[ -f $f ]] && ls -l "$f"; done' | awk '{print $1, $NF}' | sort; }
 CA_FILES=$(files_of "$(volume_of "$P1" ca)")
 log "CA volume: $(tr '\n' ' ' <<<"$CA_FILES")"
 grep -E 'hospital-[a-z]+\.key|signing' <<<"$CA_FILES" && fail "a hospital's private key is in the CA volume"
@@ -225,8 +225,8 @@ EX_FILES=$(files_of "$(volume_of "$P1" exchange)")
 grep -E '\.key|signing' <<<"$EX_FILES" && fail "a private key is in the exchange volume"
 for s in hospital-a hospital-b hospital-c; do
   own=$(files_of "$(volume_of "$P1" "$s-certs")")
-  grep -qx "600 ./$s.key" <<<"$own" || fail "$s's TLS key is not in its own volume with mode 0600 ($own)"
-  grep -qx "600 ./$s.signing.toml" <<<"$own" || fail "$s's signing key is not in its own volume with mode 0600"
+  grep -qx -- "-rw------- $s.key" <<<"$own" || fail "$s's TLS key is not in its own volume with mode 0600 ($own)"
+  grep -qx -- "-rw------- $s.signing.toml" <<<"$own" || fail "$s's signing key is not in its own volume with mode 0600"
 done
 echo "PASS custody: each hospital's keys exist only in its own volume (0600); the CA volume and the exchange hold certificates and requests only"
 
