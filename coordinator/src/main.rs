@@ -5,6 +5,9 @@
 //! (feature `demo`, the only code that needs the site crate).
 
 #[cfg(feature = "demo")]
+#[path = "main/bench.rs"]
+mod bench;
+#[cfg(feature = "demo")]
 #[path = "main/demo.rs"]
 mod demo;
 
@@ -83,6 +86,47 @@ enum Cmd {
         #[arg(long, default_value = "localhost")]
         domain: String,
     },
+    /// The whole round as a user runs it: the coordinator and N sites over
+    /// gRPC with mTLS on loopback, secure aggregation, a synthetic
+    /// d-parameter update; per-round stage times, coordinator CPU and peak
+    /// memory, bytes per parameter (docs/performance.md).
+    #[cfg(feature = "demo")]
+    Bench {
+        /// Sites.
+        #[arg(long, default_value_t = 100)]
+        sites: usize,
+        /// Model parameters (an MLP of about this size).
+        #[arg(long, default_value_t = 1_000_000)]
+        params: usize,
+        /// Training rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u64,
+        /// Fraction of sites that vanish in the last round.
+        #[arg(long, default_value_t = 0.0)]
+        dropout: f64,
+        /// The stage at which they vanish.
+        #[arg(long, value_enum, default_value_t = DropStage::MaskedInput)]
+        drop_stage: DropStage,
+        /// Cipher suite.
+        #[arg(long, default_value_t = Suite::Intl)]
+        suite: Suite,
+        /// SecAgg+ degree (with --t; default: chosen from the cohort).
+        #[arg(long, requires = "t")]
+        k: Option<u32>,
+        /// SecAgg+ threshold (with --k).
+        #[arg(long, requires = "k")]
+        t: Option<u32>,
+        /// The coordinator's stage deadline: how long a round waits for a
+        /// site that dropped.
+        #[arg(long, default_value_t = 60)]
+        stage_timeout_secs: u32,
+        /// One JSON object per round.
+        #[arg(long)]
+        json: bool,
+        /// Keep the bench directory (config, certificates, checkpoints, coordinator log) here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Coordinator + three hospitals on loopback (mTLS, secure aggregation) over the breast-cancer data.
     #[cfg(feature = "demo")]
     Demo {
@@ -146,6 +190,30 @@ enum CkptCmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Where `confide bench`'s dropped sites stop.
+#[cfg(feature = "demo")]
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DropStage {
+    AdvertiseKeys,
+    ShareKeys,
+    MaskedInput,
+    Consistency,
+    Unmask,
+}
+
+#[cfg(feature = "demo")]
+impl From<DropStage> for confide_crypto::Stage {
+    fn from(s: DropStage) -> Self {
+        match s {
+            DropStage::AdvertiseKeys => Self::AdvertiseKeys,
+            DropStage::ShareKeys => Self::ShareKeys,
+            DropStage::MaskedInput => Self::MaskedInput,
+            DropStage::Consistency => Self::Consistency,
+            DropStage::Unmask => Self::Unmask,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -374,6 +442,36 @@ async fn main() -> Result<()> {
                 print!("{}", render::revoked(&name, &path));
             }
         },
+        #[cfg(feature = "demo")]
+        Cmd::Bench {
+            sites,
+            params,
+            rounds,
+            dropout,
+            drop_stage,
+            suite,
+            k,
+            t,
+            stage_timeout_secs,
+            json,
+            dir,
+        } => {
+            init_logs(cli.json_logs, "error");
+            bench::run(bench::BenchArgs {
+                sites,
+                params,
+                rounds,
+                dropout,
+                drop_stage: drop_stage.into(),
+                suite,
+                k,
+                t,
+                stage_timeout_secs,
+                json,
+                dir,
+            })
+            .await?;
+        }
         #[cfg(feature = "demo")]
         Cmd::Demo { rounds, suite, dir } => {
             init_logs(

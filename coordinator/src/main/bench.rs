@@ -1,0 +1,441 @@
+//! `confide bench`: a whole federation as a user runs it — the coordinator
+//! (`confide serve`) and N sites over real gRPC with mutual TLS on loopback,
+//! secure aggregation on — with a synthetic trainer that returns a
+//! d-parameter update instantly, so the figures are the system's, not
+//! training's.
+//!
+//! The coordinator runs as a child process of the bench so that its CPU time
+//! and peak memory are its own, read from `/proc/<pid>` (`utime + stime`,
+//! `VmHWM`): measured, not estimated. The sites run in the bench process.
+//! Per round it prints one progress line (or one JSON object with `--json`)
+//! from the round records the coordinator checkpoints.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use confide_client::train::{Dataset, EvalResult, FitConfig, FitResult, Model, Trainer};
+use confide_client::{ClientError, Vanish};
+use confide_coordinator::certs;
+use confide_coordinator::checkpoint::RoundRecord;
+use confide_crypto::{Stage, Suite};
+use rand::{Rng, SeedableRng};
+
+/// Features of the synthetic data (the MLP's input width).
+const FEATURES: usize = 8;
+/// Classes of the synthetic data.
+const CLASSES: usize = 2;
+
+/// What `confide bench` was asked for.
+#[derive(Clone, Debug)]
+pub struct BenchArgs {
+    /// Sites.
+    pub sites: usize,
+    /// Model parameters (rounded to an MLP of this size).
+    pub params: usize,
+    /// Training rounds.
+    pub rounds: u64,
+    /// Fraction of sites that vanish in the last round (earlier rounds are
+    /// the no-dropout baseline of the same run, and no later round needs a
+    /// smaller cohort, which explicit odd k could not serve).
+    pub dropout: f64,
+    /// The stage whose message they never send.
+    pub drop_stage: Stage,
+    /// Cipher suite.
+    pub suite: Suite,
+    /// Explicit SecAgg+ degree and threshold (both or neither).
+    pub k: Option<u32>,
+    /// See `k`.
+    pub t: Option<u32>,
+    /// The coordinator's stage deadline (how long it waits for a dropped site).
+    pub stage_timeout_secs: u32,
+    /// One JSON object per round instead of a table.
+    pub json: bool,
+    /// Keep the bench directory (config, certificates, checkpoints, log) here.
+    pub dir: Option<PathBuf>,
+}
+
+/// The hidden width of a one-hidden-layer MLP with about `params` parameters.
+fn hidden_for(params: usize) -> usize {
+    // FEATURES·h + h + h·CLASSES + CLASSES
+    (params.saturating_sub(CLASSES) / (FEATURES + 1 + CLASSES)).max(1)
+}
+
+/// Returns a small random update of the global model's layout at once.
+struct Synthetic {
+    rows: u64,
+}
+
+impl Trainer for Synthetic {
+    fn init(&self, _rng: &mut dyn rand::Rng) -> Model {
+        Model::new()
+    }
+
+    fn fit(
+        &mut self,
+        global: &Model,
+        _data: &Dataset,
+        _cfg: &FitConfig,
+        rng: &mut dyn rand::Rng,
+    ) -> confide_client::train::Result<FitResult> {
+        let flat: Vec<f32> = (0..global.num_params())
+            .map(|_| ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.02)
+            .collect();
+        Ok(FitResult {
+            delta: global.unflatten_like(&flat)?,
+            num_examples: self.rows,
+            train_loss: 0.5,
+        })
+    }
+
+    fn evaluate(
+        &self,
+        _model: &Model,
+        data: &Dataset,
+    ) -> confide_client::train::Result<EvalResult> {
+        Ok(EvalResult {
+            num_examples: data.len() as u64,
+            correct: data.len() as u64 / 2,
+            loss_sum: 0.69 * data.len() as f64,
+        })
+    }
+}
+
+/// A small synthetic data set (the synthetic trainer ignores it; sites
+/// need rows for their holdout split).
+fn dataset(seed: u64) -> Result<Dataset> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut csv: String = (0..FEATURES).map(|i| format!("x{i},")).collect();
+    csv.push_str("y\n");
+    for row in 0..20 {
+        for _ in 0..FEATURES {
+            csv.push_str(&format!(
+                "{:.4},",
+                rng.next_u32() as f64 / f64::from(u32::MAX)
+            ));
+        }
+        csv.push_str(&format!("{}\n", row % CLASSES));
+    }
+    Ok(Dataset::from_reader(csv.as_bytes(), "y")?)
+}
+
+/// The coordinator's configuration for the bench.
+fn config(a: &BenchArgs, root: &Path, port: u16) -> String {
+    let secagg = match (a.k, a.t) {
+        // Explicit k/t (for instance the peers' k 15, t 8 at 100 sites)
+        // meet no collusion floor; the sites are told the same below.
+        (Some(k), Some(t)) => format!("k = {k}\nt = {t}\ncollusion_fraction = 0.0\n"),
+        _ => String::new(),
+    };
+    format!(
+        r#"federation = "bench"
+listen = "127.0.0.1:{port}"
+suite = "{suite}"
+rounds = {rounds}
+min_sites = {min}
+max_sites = {n}
+cohort_fraction = 1.0
+secure_aggregation = true
+statistics_round = false
+evaluate_every_round = false
+final_evaluation = false
+join_grace_secs = 120.0
+max_consecutive_failures = 3
+
+[secagg]
+dropout_fraction = {delta}
+stage_timeout_secs = {timeout}
+{secagg}
+[model]
+kind = "mlp"
+features = {FEATURES}
+classes = {CLASSES}
+hidden = [{hidden}]
+
+[training]
+epochs = 1
+batch_size = 16
+learning_rate = 0.05
+
+[optimiser]
+kind = "fedavg"
+
+[checkpoints]
+dir = "{ck}"
+keep_last = 1
+
+[tls]
+certs_dir = "{certs}"
+
+[limits]
+join_rate_per_sec = 10000.0
+join_burst = 10000
+"#,
+        suite = a.suite,
+        rounds = a.rounds,
+        min = a.sites,
+        n = a.sites,
+        delta = a.dropout.max(0.1),
+        hidden = hidden_for(a.params),
+        timeout = a.stage_timeout_secs,
+        ck = root.join("checkpoints").display(),
+        certs = root.join("certs").display(),
+    )
+}
+
+/// CPU seconds (user + system) and peak resident bytes of process `pid`.
+fn usage(pid: u32) -> Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let cpu = (ticks(11) + ticks(12)) as f64 / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    Ok((cpu, hwm))
+}
+
+/// One round's line of the report.
+#[derive(serde::Serialize)]
+struct RoundLine {
+    round: u64,
+    success: bool,
+    round_secs: f64,
+    stage_secs: BTreeMap<String, f64>,
+    coordinator_cpu_secs: f64,
+    coordinator_peak_rss_bytes: u64,
+    upload_bytes_per_param: f64,
+    download_bytes_per_param: f64,
+    cohort: u32,
+    survivors: u32,
+    dropped: u32,
+    sites: usize,
+    params: usize,
+    suite: String,
+}
+
+fn line(a: &BenchArgs, r: &RoundRecord, cpu: f64, rss: u64, params: usize) -> RoundLine {
+    let per = |bytes: u64, n: u32| {
+        if n == 0 || params == 0 {
+            0.0
+        } else {
+            bytes as f64 / (f64::from(n) * params as f64)
+        }
+    };
+    RoundLine {
+        round: r.round,
+        success: r.success,
+        round_secs: r.duration_secs,
+        stage_secs: r.stage_secs.iter().cloned().collect(),
+        coordinator_cpu_secs: cpu,
+        coordinator_peak_rss_bytes: rss,
+        // Masked inputs arrive from the members that reached masked input.
+        upload_bytes_per_param: per(r.bytes_in, r.survivors),
+        download_bytes_per_param: per(r.bytes_out, r.cohort),
+        cohort: r.cohort,
+        survivors: r.survivors,
+        dropped: r.dropped,
+        sites: a.sites,
+        params,
+        suite: a.suite.to_string(),
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs the bench and prints its report.
+pub async fn run(a: BenchArgs) -> Result<()> {
+    if a.sites < 3 {
+        bail!("--sites must be at least 3");
+    }
+    if !(0.0..0.5).contains(&a.dropout) {
+        bail!("--dropout must be in [0, 0.5)");
+    }
+    if a.k.is_some() != a.t.is_some() {
+        bail!("give both --k and --t, or neither (the chooser picks them)");
+    }
+    let tmp = tempfile::tempdir()?;
+    let root = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&root)?;
+    let certs_dir = root.join("certs");
+    certs::init(&certs_dir, "bench", &[])?;
+    let names: Vec<String> = (0..a.sites).map(|i| format!("site-{i:04}")).collect();
+    for n in &names {
+        // In-process sites of one bench: made at the CA for speed (the
+        // ceremony of docs/security.md does not change any round figure).
+        certs::issue_site(&certs_dir, n, a.suite)?;
+    }
+    let dropped = (a.dropout * a.sites as f64).round() as usize;
+    let port = free_port()?;
+    let cfg_path = root.join("bench.toml");
+    std::fs::write(&cfg_path, config(&a, &root, port))?;
+
+    let exe = std::env::current_exe().context("locating the confide binary")?;
+    let log = std::fs::File::create(root.join("coordinator.log"))?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["serve", "--config"])
+        .arg(&cfg_path)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    // The settings refuse unknown CONFIDE_* variables; the bench's
+    // configuration is the file alone.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CONFIDE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.spawn().context("starting the coordinator")?;
+    let pid = child.id().context("coordinator pid")?;
+    let url = format!("https://127.0.0.1:{port}");
+    let ca = certs_dir.join("ca.pem");
+    let up = Instant::now();
+    while !confide_coordinator::grpc::health_check(&url, Some(&ca), "localhost")
+        .await
+        .unwrap_or(false)
+    {
+        if up.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "the coordinator did not come up; see {}",
+                root.join("coordinator.log").display()
+            );
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the coordinator exited ({status}); see {}",
+                root.join("coordinator.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let params = {
+        let h = hidden_for(a.params);
+        FEATURES * h + h + h * CLASSES + CLASSES
+    };
+    if !a.json {
+        println!(
+            "bench: {} sites, {} parameters (MLP {FEATURES}-{}-{CLASSES}), suite {}, {} rounds, {} dropping at {} in the last round",
+            a.sites,
+            params,
+            hidden_for(a.params),
+            a.suite,
+            a.rounds,
+            dropped,
+            a.drop_stage
+        );
+    }
+    let mut sites = Vec::with_capacity(a.sites);
+    for (i, name) in names.iter().enumerate() {
+        let policy = confide_client::SitePolicy {
+            collusion_fraction: if a.k.is_some() { 0.0 } else { 0.1 },
+            ..Default::default()
+        };
+        let mut b = confide_client::Site::builder()
+            .coordinator(url.clone())
+            .certs_dir(&certs_dir, name.clone(), "localhost")
+            .dataset(dataset(i as u64)?)
+            .policy(policy)
+            .max_reconnect(Duration::from_secs(120))
+            .trainer(|_: &confide_proto::v1::TrainingConfig| {
+                Ok(Box::new(Synthetic { rows: 16 }) as confide_client::BoxTrainer)
+            });
+        if i < dropped {
+            // Rounds are numbered from 1 (the bench has no statistics round).
+            b = b.vanish(Vanish {
+                round: a.rounds,
+                stage: a.drop_stage,
+            });
+        }
+        let site = b.build()?;
+        sites.push(tokio::spawn(site.run(std::future::pending())));
+    }
+
+    let ck = root.join("checkpoints");
+    let mut seen = 0usize;
+    let mut cpu_before = 0.0;
+    let mut lines = Vec::new();
+    loop {
+        let finished = child.try_wait()?.is_some();
+        let history = confide_coordinator::cli::latest_history(&ck)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if history.len() > seen {
+            let (cpu, rss) = usage(pid).unwrap_or((cpu_before, 0));
+            for r in &history[seen..] {
+                let l = line(&a, r, cpu - cpu_before, rss, params);
+                cpu_before = cpu;
+                if a.json {
+                    println!("{}", serde_json::to_string(&l)?);
+                } else {
+                    let stages: Vec<String> = l
+                        .stage_secs
+                        .iter()
+                        .map(|(s, t)| format!("{s} {t:.3}"))
+                        .collect();
+                    println!(
+                        "round {:>3} {:<6} {:.3} s  [{}]  coordinator cpu {:.2} s, peak rss {:.1} MB  up {:.2} B/param  survivors {}/{}",
+                        l.round,
+                        if l.success { "ok" } else { "FAILED" },
+                        l.round_secs,
+                        stages.join(", "),
+                        l.coordinator_cpu_secs,
+                        l.coordinator_peak_rss_bytes as f64 / 1e6,
+                        l.upload_bytes_per_param,
+                        l.survivors,
+                        l.cohort
+                    );
+                }
+                lines.push(l);
+            }
+            seen = history.len();
+        }
+        if finished {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = child.wait().await?;
+    for s in sites {
+        match s.await {
+            Ok(Ok(_)) | Ok(Err(ClientError::StreamClosed)) => {}
+            Ok(Err(e)) => eprintln!("a site ended with an error: {e}"),
+            Err(e) => eprintln!("a site task failed: {e}"),
+        }
+    }
+    if !status.success() {
+        bail!(
+            "the coordinator exited with {status}; see {}",
+            root.join("coordinator.log").display()
+        );
+    }
+    if !a.json && !lines.is_empty() {
+        let mut secs: Vec<f64> = lines.iter().map(|l| l.round_secs).collect();
+        secs.sort_by(f64::total_cmp);
+        println!(
+            "median round {:.3} s over {} rounds; coordinator peak rss {:.1} MB",
+            secs[secs.len() / 2],
+            secs.len(),
+            lines
+                .iter()
+                .map(|l| l.coordinator_peak_rss_bytes)
+                .max()
+                .unwrap_or(0) as f64
+                / 1e6
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! `confide bench` end to end on a small federation: the real binary, a
+//! coordinator child process and in-process sites over mTLS; its JSON lines
+//! must describe the rounds that ran.
+
+use std::process::Command;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn bench(args: &[&str]) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_confide"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
+}
+
+#[test]
+fn bench_reports_each_round_with_measured_coordinator_figures() -> TestResult {
+    let lines = bench(&[
+        "--sites",
+        "6",
+        "--params",
+        "3000",
+        "--rounds",
+        "2",
+        "--dropout",
+        "0.2",
+        "--drop-stage",
+        "masked-input",
+        "--stage-timeout-secs",
+        "3",
+    ])?;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["round"], i as u64 + 1);
+        assert_eq!(l["success"], true, "{l}");
+        assert_eq!(l["cohort"], 6);
+        assert!(
+            l["coordinator_peak_rss_bytes"].as_u64().unwrap_or(0) > 1 << 20,
+            "{l}"
+        );
+        assert!(l["coordinator_cpu_secs"].as_f64().is_some_and(|c| c >= 0.0));
+        assert!(l["round_secs"].as_f64().is_some_and(|s| s > 0.0));
+        for stage in [
+            "advertise-keys",
+            "share-keys",
+            "masked-input",
+            "consistency",
+            "unmask",
+        ] {
+            assert!(l["stage_secs"][stage].is_number(), "{stage} missing in {l}");
+        }
+        // u32 ring: four bytes per parameter, plus keys, shares and
+        // signatures, which weigh in at this small a model.
+        let up = l["upload_bytes_per_param"].as_f64().unwrap_or(0.0);
+        assert!((4.0..5.0).contains(&up), "upload {up} B/param");
+    }
+    // 20 % of 6 sites (one) vanish at masked input in the last round only.
+    assert_eq!(
+        (lines[0]["survivors"].as_u64(), lines[0]["dropped"].as_u64()),
+        (Some(6), Some(0))
+    );
+    assert_eq!(
+        (lines[1]["survivors"].as_u64(), lines[1]["dropped"].as_u64()),
+        (Some(5), Some(1))
+    );
+    Ok(())
+}
+
+#[test]
+fn bench_refuses_bad_arguments_with_the_reason() -> TestResult {
+    let out = Command::new(env!("CARGO_BIN_EXE_confide"))
+        .args(["bench", "--sites", "2"])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 3"));
+    Ok(())
+}
