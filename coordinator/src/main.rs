@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use confide_coordinator::ca_key::{self, CaKeyArgs};
 use confide_coordinator::cli::{self, admin, render};
 use confide_coordinator::{Settings, certs, checkpoint};
 use confide_crypto::Suite;
@@ -159,6 +160,9 @@ enum CertCmd {
         /// Extra DNS names / IPs for the coordinator certificate.
         #[arg(long = "name")]
         names: Vec<String>,
+        /// Where to keep the CA key (default: DIR/ca.key, unencrypted, 0600).
+        #[command(flatten)]
+        ca_key: CaKeyArgs,
     },
     /// Issue a site or operator certificate.
     Issue {
@@ -175,6 +179,10 @@ enum CertCmd {
         /// Suite of the site's signing key.
         #[arg(long, default_value = "intl")]
         suite: String,
+        /// The CA key's source, if not the one `certs init` recorded (checked
+        /// against ca.pem, then recorded for later commands).
+        #[command(flatten)]
+        ca_key: CaKeyArgs,
     },
     /// List issued certificates (marking revoked ones).
     List {
@@ -282,10 +290,12 @@ async fn main() -> Result<()> {
                 dir,
                 federation,
                 names,
+                ca_key,
             } => {
+                let source = ca_key.source()?.unwrap_or_default();
                 print!(
                     "{}",
-                    render::wrote(&certs::init(&dir, &federation, &names)?)
+                    render::wrote(&certs::init(&dir, &federation, &names, &source)?)
                 );
             }
             CertCmd::Issue {
@@ -293,7 +303,12 @@ async fn main() -> Result<()> {
                 site,
                 operator,
                 suite,
+                ca_key,
             } => {
+                // issue_* find the key through DIR/ca.key.source: record flags given here.
+                if let Some(source) = ca_key.source()? {
+                    ca_key::adopt(&dir, &source)?;
+                }
                 let files = match (&site, operator) {
                     (Some(s), _) => certs::issue_site(&dir, s, suite.parse::<Suite>()?)?,
                     (None, Some(o)) => certs::issue_operator(&dir, &o)?,
