@@ -94,7 +94,7 @@ pub enum CaKeyError {
     },
     /// A key file others may read.
     #[error(
-        "{} is readable by group or others (mode {mode:03o}); a CA key must be private to \
+        "{} is accessible to group or others (mode {mode:03o}); a CA key must be private to \
          its owner: run `chmod 600 {}`",
         path.display(),
         path.display()
