@@ -27,6 +27,7 @@ pub use sign::{DEFAULT_SITE_DAYS, SignOptions, Signed, request_fingerprint, sign
 /// File name of the revocation list inside the certs directory.
 pub const REVOKED_FILE: &str = "revoked.txt";
 
+use crate::ca_key::{self, CaKeySource, CaSigner};
 use crate::error::CoordinatorError;
 
 /// A TLS error from a message (for refusals with no underlying error).
@@ -79,15 +80,20 @@ fn check_name(name: &str) -> Result<(), CoordinatorError> {
     Ok(())
 }
 
-fn issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CoordinatorError> {
+/// The CA as an issuer: `ca.pem` and its key from `source`, refused if the
+/// key is not the one `ca.pem` certifies.
+pub fn issuer(
+    dir: &Path,
+    source: &CaKeySource,
+) -> Result<Issuer<'static, CaSigner>, CoordinatorError> {
     let ca_pem = fs::read_to_string(dir.join("ca.pem")).map_err(|e| {
         err(format!(
             "{}/ca.pem: {e} (run `confide certs init`)",
             dir.display()
         ))
     })?;
-    let key = KeyPair::from_pem(&fs::read_to_string(dir.join("ca.key"))?)
-        .map_err(CoordinatorError::Certificate)?;
+    let key = CaSigner::load(dir, source)?;
+    key.check_matches(&ca_pem, &dir.join("ca.pem"))?;
     Issuer::from_ca_cert_pem(&ca_pem, key).map_err(CoordinatorError::Certificate)
 }
 
@@ -105,13 +111,25 @@ fn leaf(
 }
 
 /// `certs init`: a federation CA plus the coordinator's server certificate
-/// (SAN localhost, 127.0.0.1, coordinator and `extra_names`).
+/// (SAN localhost, 127.0.0.1, coordinator and `extra_names`). The CA key is
+/// made where `source` says (`ca.key`, encrypted or not, or a PKCS#11 token);
+/// a non-default source is recorded in `ca.key.source` for later commands.
 pub fn init(
     dir: &Path,
     federation: &str,
     extra_names: &[String],
+    source: &CaKeySource,
 ) -> Result<Vec<PathBuf>, CoordinatorError> {
     fs::create_dir_all(dir)?;
+    // Before making a key: a token key left behind by a refused init would be an orphan.
+    for f in ["ca.pem", ca_key::CA_KEY_FILE, ca_key::SOURCE_FILE] {
+        if dir.join(f).exists() {
+            return Err(err(format!(
+                "{} already exists; refusing to overwrite",
+                dir.join(f).display()
+            )));
+        }
+    }
     let mut ca =
         CertificateParams::new(Vec::<String>::new()).map_err(CoordinatorError::Certificate)?;
     ca.distinguished_name
@@ -122,12 +140,15 @@ pub fn init(
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let ca_key = KeyPair::generate().map_err(CoordinatorError::Certificate)?;
+    let (ca_key, ca_key_pem) = CaSigner::generate(source)?;
     let ca_cert = ca
         .self_signed(&ca_key)
         .map_err(CoordinatorError::Certificate)?;
     write_public(&dir.join("ca.pem"), ca_cert.pem().as_bytes())?;
-    write_private(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
+    if let Some(pem) = ca_key_pem {
+        write_private(&dir.join(ca_key::CA_KEY_FILE), pem.as_bytes())?;
+    }
+    source.record(dir)?;
     let mut names: Vec<String> = ["localhost", "127.0.0.1", "coordinator"]
         .iter()
         .map(|s| s.to_string())
@@ -155,7 +176,7 @@ pub fn init(
 /// (`confide-site init`) and the CA signs their request ([`sign_request`]).
 pub fn issue_site(dir: &Path, name: &str, suite: Suite) -> Result<Vec<PathBuf>, CoordinatorError> {
     check_name(name)?;
-    let issuer = issuer(dir)?;
+    let issuer = issuer(dir, &CaKeySource::recorded(dir)?)?;
     let sites = dir.join("sites");
     fs::create_dir_all(&sites)?;
     let pem = sites.join(format!("{name}.pem"));
@@ -196,7 +217,7 @@ pub fn issue_site(dir: &Path, name: &str, suite: Suite) -> Result<Vec<PathBuf>, 
 /// `certs issue --operator NAME`: a client certificate for the Admin API.
 pub fn issue_operator(dir: &Path, name: &str) -> Result<Vec<PathBuf>, CoordinatorError> {
     check_name(name)?;
-    let issuer = issuer(dir)?;
+    let issuer = issuer(dir, &CaKeySource::recorded(dir)?)?;
     let ops = dir.join("operators");
     fs::create_dir_all(&ops)?;
     let mut params = leaf(
@@ -317,7 +338,7 @@ mod tests {
     #[test]
     fn init_issue_list_with_private_permissions() -> Result<(), Box<dyn std::error::Error>> {
         let tmp = tempfile::tempdir()?;
-        init(tmp.path(), "test", &[])?;
+        init(tmp.path(), "test", &[], &CaKeySource::File)?;
         issue_site(tmp.path(), "hospital-a", Suite::Gm)?;
         issue_operator(tmp.path(), "alice")?;
         assert!(
@@ -353,7 +374,7 @@ mod tests {
     fn site_certificate_binds_the_signing_key_and_revoke_appends_once()
     -> Result<(), Box<dyn std::error::Error>> {
         let tmp = tempfile::tempdir()?;
-        init(tmp.path(), "test", &[])?;
+        init(tmp.path(), "test", &[], &CaKeySource::File)?;
         issue_site(tmp.path(), "bank-b", Suite::Intl)?;
         let sk =
             confide_proto::keys::load_signing_key(&tmp.path().join("sites/bank-b.signing.toml"))?;

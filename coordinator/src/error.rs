@@ -205,6 +205,9 @@ pub enum CoordinatorError {
     /// A certificate or key that could not be made or parsed.
     #[error("TLS: {0}")]
     Certificate(#[source] rcgen::Error),
+    /// The CA private key cannot be created, found, unlocked or used.
+    #[error("CA key: {0}")]
+    CaKey(#[from] crate::ca_key::CaKeyError),
     /// A TLS configuration the transport refused.
     #[error("TLS: {0}")]
     TlsConfig(#[source] tonic::transport::Error),

@@ -29,6 +29,7 @@
 //! ```
 
 pub mod access;
+pub mod ca_key;
 pub mod certs;
 pub mod checkpoint;
 pub mod cli;

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use confide_coordinator::ca_key::{self, CaKeyArgs};
 use confide_coordinator::cli::{self, admin, render};
 use confide_coordinator::{Settings, certs, checkpoint};
 use confide_crypto::Suite;
@@ -227,6 +228,9 @@ enum CertCmd {
         /// Extra DNS names / IPs for the coordinator certificate.
         #[arg(long = "name")]
         names: Vec<String>,
+        /// Where to keep the CA key (default: DIR/ca.key, unencrypted, 0600).
+        #[command(flatten)]
+        ca_key: CaKeyArgs,
     },
     /// Issue an operator certificate, or (demos only, with
     /// --generate-keys-here) a site's keys and certificate made on this machine.
@@ -250,6 +254,10 @@ enum CertCmd {
         /// Suite of the site's signing key.
         #[arg(long, default_value = "intl")]
         suite: String,
+        /// The CA key's source, if not the one `certs init` recorded (checked
+        /// against ca.pem, then recorded for later commands).
+        #[command(flatten)]
+        ca_key: CaKeyArgs,
     },
     /// Check a site's certificate request (from `confide-site init`) and
     /// issue its certificate; the site's private keys never come here.
@@ -275,6 +283,9 @@ enum CertCmd {
         /// Also write the certificate here (the file to send back to the site).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The CA key's source, if not the one `certs init` recorded.
+        #[command(flatten)]
+        ca_key: CaKeyArgs,
     },
     /// List issued certificates (marking revoked ones).
     List {
@@ -382,10 +393,12 @@ async fn main() -> Result<()> {
                 dir,
                 federation,
                 names,
+                ca_key,
             } => {
+                let source = ca_key.source()?.unwrap_or_default();
                 print!(
                     "{}",
-                    render::wrote(&certs::init(&dir, &federation, &names)?)
+                    render::wrote(&certs::init(&dir, &federation, &names, &source)?)
                 );
             }
             CertCmd::Issue {
@@ -394,7 +407,12 @@ async fn main() -> Result<()> {
                 site,
                 operator,
                 suite,
+                ca_key,
             } => {
+                // issue_* find the key through DIR/ca.key.source: record flags given here.
+                if let Some(source) = ca_key.source()? {
+                    ca_key::adopt(&dir, &source)?;
+                }
                 let files = match (&site, operator) {
                     (Some(_), _) if !generate_keys_here => bail!(
                         "a site makes its own keys: run `confide-site init --site NAME` at the site and `confide certs sign --csr NAME.csr` here; pass --generate-keys-here only for a demo"
@@ -419,7 +437,11 @@ async fn main() -> Result<()> {
                 days,
                 rotate,
                 out,
+                ca_key,
             } => {
+                if let Some(source) = ca_key.source()? {
+                    ca_key::adopt(&dir, &source)?;
+                }
                 let pem = std::fs::read_to_string(&csr)
                     .with_context(|| format!("reading {}", csr.display()))?;
                 let opts = certs::SignOptions {

@@ -287,7 +287,12 @@ async fn restart_from_checkpoints_continues_with_identical_model_bytes() -> Resu
 async fn breast_cancer_three_hospitals_non_iid_mtls_reaches_95_percent() -> Result<(), BoxError> {
     let tmp = tempfile::tempdir()?;
     let certs = tmp.path().join("certs");
-    confide_coordinator::certs::init(&certs, "test", &[])?;
+    confide_coordinator::certs::init(
+        &certs,
+        "test",
+        &[],
+        &confide_coordinator::ca_key::CaKeySource::File,
+    )?;
     let data = split_non_iid(tmp.path(), &[0.2, 0.5])?;
     let names = ["hospital-a", "hospital-b", "hospital-c"];
     // Enrolment as a consortium runs it: each hospital makes its keys and a
@@ -355,7 +360,12 @@ async fn breast_cancer_three_hospitals_non_iid_mtls_reaches_95_percent() -> Resu
             .await?
     );
     let other = tmp.path().join("other-ca");
-    confide_coordinator::certs::init(&other, "other", &[])?;
+    confide_coordinator::certs::init(
+        &other,
+        "other",
+        &[],
+        &confide_coordinator::ca_key::CaKeySource::File,
+    )?;
     assert!(
         confide_coordinator::grpc::health_check(&url, Some(&other.join("ca.pem")), "localhost")
             .await

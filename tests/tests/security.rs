@@ -47,13 +47,23 @@ impl Pki {
     fn new() -> Result<Self, BoxError> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("certs");
-        certs::init(&dir, "sec", &[])?;
+        certs::init(
+            &dir,
+            "sec",
+            &[],
+            &confide_coordinator::ca_key::CaKeySource::File,
+        )?;
         for s in ["a", "b", "c", "outsider"] {
             certs::issue_site(&dir, s, Suite::Intl)?;
         }
         certs::issue_operator(&dir, "ops")?;
         let other = tmp.path().join("other-ca");
-        certs::init(&other, "evil", &[])?;
+        certs::init(
+            &other,
+            "evil",
+            &[],
+            &confide_coordinator::ca_key::CaKeySource::File,
+        )?;
         certs::issue_site(&other, "a", Suite::Intl)?;
         Ok(Pki {
             _tmp: tmp,
@@ -287,9 +297,19 @@ impl CertRound {
     fn new(seed: u64) -> Result<Self, BoxError> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("certs");
-        certs::init(&dir, "sec", &[])?;
+        certs::init(
+            &dir,
+            "sec",
+            &[],
+            &confide_coordinator::ca_key::CaKeySource::File,
+        )?;
         let other = tmp.path().join("other");
-        certs::init(&other, "evil", &[])?;
+        certs::init(
+            &other,
+            "evil",
+            &[],
+            &confide_coordinator::ca_key::CaKeySource::File,
+        )?;
         certs::issue_site(&other, "b", Suite::Intl)?;
         let mut sim = Simulation::new(Suite::Intl, 4, SecAggParams { k: 3, t: 3 }).with_seed(seed);
         sim.max_colluders = 1;

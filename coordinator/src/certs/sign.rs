@@ -127,7 +127,7 @@ pub fn sign_request(
         return Err(err("a certificate must be valid for at least one day"));
     }
 
-    let issuer = issuer(dir)?;
+    let issuer = issuer(dir, &crate::ca_key::CaKeySource::recorded(dir)?)?;
     let sites = dir.join("sites");
     fs::create_dir_all(&sites)?;
     let pem_path = sites.join(format!("{name}.pem"));
@@ -278,7 +278,7 @@ mod tests {
 
     fn ca() -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
         let tmp = tempfile::tempdir()?;
-        super::super::init(tmp.path(), "test", &[])?;
+        super::super::init(tmp.path(), "test", &[], &crate::ca_key::CaKeySource::File)?;
         Ok(tmp)
     }
 

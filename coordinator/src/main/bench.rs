@@ -270,7 +270,12 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     let root = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root)?;
     let certs_dir = root.join("certs");
-    certs::init(&certs_dir, "bench", &[])?;
+    certs::init(
+        &certs_dir,
+        "bench",
+        &[],
+        &confide_coordinator::ca_key::CaKeySource::File,
+    )?;
     let names: Vec<String> = (0..a.sites).map(|i| format!("site-{i:04}")).collect();
     for n in &names {
         // In-process sites of one bench: made at the CA for speed (the

@@ -63,7 +63,12 @@ pub async fn run(rounds: u64, suite: &str, dir: Option<PathBuf>) -> Result<()> {
     std::fs::create_dir_all(&root)?;
     let suite_v: Suite = suite.parse()?;
     let certs_dir = root.join("certs");
-    certs::init(&certs_dir, "demo", &[])?;
+    certs::init(
+        &certs_dir,
+        "demo",
+        &[],
+        &confide_coordinator::ca_key::CaKeySource::File,
+    )?;
     let hospitals = split_hospitals(BREAST_CANCER, &root)?;
     // Each hospital makes its own keys in its own directory and sends only
     // a request; the CA signs it (the ceremony of docs/security.md).
