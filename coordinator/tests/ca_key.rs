@@ -265,7 +265,7 @@ fn cli_takes_the_passphrase_from_the_named_variable() -> TestResult {
     assert!(out.status.success(), "{out:?}");
     assert!(std::fs::read_to_string(dir.join("ca.key"))?.contains("ENCRYPTED PRIVATE KEY"));
     let out = confide(
-        &["certs", "issue", "--site", "a"],
+        &["certs", "issue", "--site", "a", "--generate-keys-here"],
         Some("s3cret passphrase"),
     )?;
     assert!(out.status.success(), "{out:?}");
@@ -275,13 +275,19 @@ fn cli_takes_the_passphrase_from_the_named_variable() -> TestResult {
         webpki::KeyUsage::client_auth(),
         None,
     )?;
-    let out = confide(&["certs", "issue", "--site", "b"], None)?;
+    let out = confide(
+        &["certs", "issue", "--site", "b", "--generate-keys-here"],
+        None,
+    )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("CLI_CA_PASS"),
         "{stderr}"
     );
-    let out = confide(&["certs", "issue", "--site", "b"], Some("wrong"))?;
+    let out = confide(
+        &["certs", "issue", "--site", "b", "--generate-keys-here"],
+        Some("wrong"),
+    )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("wrong passphrase"),
@@ -423,7 +429,14 @@ fn pkcs11_ca_key_signs_certificates_and_crls_without_leaving_the_token() -> Test
     // needs the PIN from the named variable.
     let confide = |pin: &str, name: &str| {
         Command::new(env!("CARGO_BIN_EXE_confide"))
-            .args(["certs", "issue", "--site", name, "--dir"])
+            .args([
+                "certs",
+                "issue",
+                "--generate-keys-here",
+                "--site",
+                name,
+                "--dir",
+            ])
             .arg(dir)
             .env("SOFTHSM2_CONF", &env.conf)
             .env(PIN_VAR, pin)
