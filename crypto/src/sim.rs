@@ -43,6 +43,10 @@ pub struct Simulation {
     pub seed: u64,
     /// Member → the stage whose message it never sends (it is gone from then on).
     pub drops: BTreeMap<MemberId, Stage>,
+    /// Tell the coordinator when a dropped member has gone (as a closed
+    /// connection would, [`CoordinatorMachine::handle_member_gone`]) instead
+    /// of letting each stage's deadline pass.
+    pub notify_gone: bool,
 }
 
 /// What a simulated round produced.
@@ -54,6 +58,9 @@ pub struct SimOutcome<R> {
     pub site_errors: Vec<(MemberId, ProtocolError)>,
     /// Stage closures reported by the coordinator: (stage, completed, dropped).
     pub stages: Vec<(Stage, Vec<MemberId>, Vec<MemberId>)>,
+    /// Simulated time from the start to the verdict (1 ms per exchange,
+    /// plus every stage deadline that had to pass).
+    pub elapsed: Duration,
 }
 
 impl Simulation {
@@ -69,7 +76,14 @@ impl Simulation {
             round: 1,
             seed: 0,
             drops: BTreeMap::new(),
+            notify_gone: false,
         }
+    }
+
+    /// The coordinator learns of each drop at once ([`Simulation::notify_gone`]).
+    pub fn notifying_gone(mut self) -> Self {
+        self.notify_gone = true;
+        self
     }
 
     /// Member `m` vanishes before sending its message of `stage`.
@@ -197,6 +211,11 @@ impl Simulation {
                     )));
                 }
             }
+            if self.notify_gone && coord.stage() == stage && stage != Stage::Done {
+                for (&m, _) in self.drops.iter().filter(|(_, d)| **d <= stage) {
+                    coord.handle_member_gone(m, now);
+                }
+            }
             if coord.stage() == stage && stage != Stage::Done {
                 // Nobody else will answer: let the deadline pass.
                 if let Some(d) = coord.poll_timeout() {
@@ -212,6 +231,7 @@ impl Simulation {
                             result,
                             site_errors,
                             stages,
+                            elapsed: now.saturating_duration_since(start),
                         });
                     }
                     CoordinatorOutput::StageClosed {

@@ -226,3 +226,30 @@ proptest! {
         if u64ring { run!(u64) } else { run!(u32) }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(2000) / 4, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Telling the coordinator that a dropped member has gone (its connection
+    /// closed) changes when stages close, never the verdict: the same sum of
+    /// the same survivors, or the same failure, as waiting out every
+    /// deadline — and, when no site refused anything, without waiting for
+    /// a single deadline.
+    #[test]
+    fn member_gone_notices_give_the_deadline_verdict_without_the_wait((sim, len) in scenario()) {
+        let x = inputs::<u32>(sim.members.len(), len, sim.seed);
+        let waited = sim.run(&x).map_err(|e| TestCaseError::fail(format!("harness: {e}")))?;
+        let told = sim.clone().notifying_gone().run(&x).map_err(|e| TestCaseError::fail(format!("harness: {e}")))?;
+        match (&waited.result, &told.result) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(&a.survivors, &b.survivors);
+                prop_assert_eq!(&a.sum, &b.sum);
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(std::mem::discriminant(a), std::mem::discriminant(b), "{:?} vs {:?}", a, b),
+            (a, b) => prop_assert!(false, "deadline verdict {:?}, notified verdict {:?}", a.as_ref().map(|r| &r.survivors), b.as_ref().map(|r| &r.survivors)),
+        }
+        if told.site_errors.is_empty() {
+            prop_assert!(told.elapsed < std::time::Duration::from_secs(60), "waited {:?}", told.elapsed);
+        }
+    }
+}

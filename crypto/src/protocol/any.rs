@@ -331,6 +331,12 @@ impl AnyCoordinator {
         each_coordinator!(self, m => m.handle_timeout(now))
     }
 
+    /// `member` is known to have left the round: stages stop waiting for it
+    /// ([`CoordinatorMachine::handle_member_gone`]).
+    pub fn handle_member_gone(&mut self, member: MemberId, now: Instant) {
+        each_coordinator!(self, m => m.handle_member_gone(member, now))
+    }
+
     /// Abort the round. A secure round finishes with
     /// [`ProtocolError::Aborted`]; a plaintext one closes as on a timeout
     /// ([`PlainAggregator::abort`]).

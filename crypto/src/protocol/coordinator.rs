@@ -75,6 +75,9 @@ pub struct CoordinatorMachine<R: RingElement> {
     refusals: BTreeMap<MemberId, BTreeSet<MemberId>>,
     /// Seed commitments of U2.
     commitments: BTreeMap<MemberId, [u8; 32]>,
+    /// Members known to have left the round ([`Self::handle_member_gone`]):
+    /// no stage waits for them any more.
+    gone: BTreeSet<MemberId>,
 }
 
 enum Phase<R> {
@@ -149,6 +152,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
             delivered: BTreeMap::new(),
             refusals: BTreeMap::new(),
             commitments: BTreeMap::new(),
+            gone: BTreeSet::new(),
         })
     }
 
@@ -222,6 +226,37 @@ impl<R: RingElement> CoordinatorMachine<R> {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| now >= d) {
             self.close_stage(now);
+            self.close_while_only_gone_wait(now);
+        }
+    }
+
+    /// `member` is known to have left the round (its connection closed and
+    /// it did not come back in time): no stage waits for it any more, so a
+    /// stage whose remaining members have all gone closes now rather than at
+    /// its deadline. This changes only *when* a stage closes — exactly as if
+    /// its deadline had passed — never what a late message would have been
+    /// checked against; a message `member` still sends for the open stage is
+    /// accepted as usual.
+    pub fn handle_member_gone(&mut self, member: MemberId, now: Instant) {
+        if !self.topo.contains(member) {
+            return;
+        }
+        self.gone.insert(member);
+        self.close_while_only_gone_wait(now);
+    }
+
+    /// Close stages for as long as every member the open stage waits for has
+    /// gone (each close moves to the next stage or ends the round).
+    fn close_while_only_gone_wait(&mut self, now: Instant) {
+        for _ in 0..6 {
+            if matches!(self.phase, Phase::Done) {
+                return;
+            }
+            let pending = self.pending();
+            if pending.is_empty() || !pending.iter().all(|m| self.gone.contains(m)) {
+                return;
+            }
+            self.close_stage(now);
         }
     }
 
@@ -285,6 +320,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
         if adverts.len() == self.topo.cohort().len() {
             self.close_stage(now);
         }
+        self.close_while_only_gone_wait(now);
         Ok(())
     }
 
@@ -343,6 +379,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
         if bundles.len() == u1.len() {
             self.close_stage(now);
         }
+        self.close_while_only_gone_wait(now);
         Ok(())
     }
 
@@ -396,6 +433,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
         if received.len() == u2.len() {
             self.close_stage(now);
         }
+        self.close_while_only_gone_wait(now);
         Ok(())
     }
 
@@ -432,6 +470,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
         if signatures.len() == checked.survivors.len() {
             self.close_stage(now);
         }
+        self.close_while_only_gone_wait(now);
         Ok(())
     }
 
@@ -465,6 +504,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
         if responses.len() == signers.len() {
             self.close_stage(now);
         }
+        self.close_while_only_gone_wait(now);
         Ok(())
     }
 }

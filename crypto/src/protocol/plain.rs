@@ -38,6 +38,8 @@ pub struct PlainAggregator<R: RingElement> {
     deadline: Option<Instant>,
     min_survivors: usize,
     out: Option<Result<RoundResult<R>, ProtocolError>>,
+    /// Members known to have left ([`Self::handle_member_gone`]).
+    gone: BTreeSet<MemberId>,
 }
 
 impl<R: RingElement> PlainAggregator<R> {
@@ -63,6 +65,7 @@ impl<R: RingElement> PlainAggregator<R> {
             deadline: Some(deadline),
             min_survivors,
             out: None,
+            gone: BTreeSet::new(),
         }
     }
 
@@ -145,10 +148,28 @@ impl<R: RingElement> PlainAggregator<R> {
         }
         ring::add_assign(&mut self.acc, vector);
         self.received.insert(from);
-        if self.received.len() == self.expected.len() {
+        self.close_if_only_gone_wait();
+        Ok(())
+    }
+
+    /// `member` is known to have left the round: stop waiting for it, and
+    /// close now when every member still missing has gone (as
+    /// [`CoordinatorMachine::handle_member_gone`](super::CoordinatorMachine::handle_member_gone)).
+    pub fn handle_member_gone(&mut self, member: MemberId, _now: Instant) {
+        if self.expected.contains(&member) {
+            self.gone.insert(member);
+            self.close_if_only_gone_wait();
+        }
+    }
+
+    fn close_if_only_gone_wait(&mut self) {
+        if self
+            .expected
+            .difference(&self.received)
+            .all(|m| self.gone.contains(m))
+        {
             self.close();
         }
-        Ok(())
     }
 
     /// Close the stage if its deadline has passed.
