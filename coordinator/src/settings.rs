@@ -110,6 +110,10 @@ pub struct SecAggSettings {
     pub exclude_after_blamed_rounds: u32,
     /// Seconds each stage waits (training happens inside the masked-input stage).
     pub stage_timeout_secs: u32,
+    /// Seconds a cohort member whose task stream closed mid-round has to
+    /// come back before the round stops waiting for it (it counts as dropped
+    /// from the stage on); the stage deadline stays the outer bound.
+    pub reconnect_grace_secs: f64,
 }
 
 /// The global model.
@@ -469,6 +473,12 @@ impl Settings {
         }
         if self.secagg.stage_timeout_secs == 0 {
             return bad("secagg.stage_timeout_secs must be at least 1".into());
+        }
+        let grace = self.secagg.reconnect_grace_secs;
+        if !(grace.is_finite() && (0.0..=3600.0).contains(&grace)) {
+            return bad(format!(
+                "secagg.reconnect_grace_secs must be between 0 and 3600, got {grace}"
+            ));
         }
         if self.model.kind == ModelKind::Mlp
             && (self.model.hidden.is_empty() || self.model.hidden.contains(&0))

@@ -191,6 +191,7 @@ impl Federation {
     /// Close stages at their deadlines until the machine finishes. Site
     /// messages (which may finish it) wake the driver through `wake`.
     async fn drive(&self) -> Result<AnyRoundResult, ProtocolError> {
+        let grace = Duration::from_secs_f64(self.settings.secagg.reconnect_grace_secs);
         loop {
             let deadline = {
                 let now = clock();
@@ -203,12 +204,19 @@ impl Federation {
                 let Some(r) = active.as_mut() else {
                     return Err(ProtocolError::Ended);
                 };
+                for m in r.expire_lost(now, grace) {
+                    let site = r.names.get(&m).cloned().unwrap_or_default();
+                    info!(round = r.id, %site, "site did not come back within the reconnect grace; dropped from the round");
+                }
                 r.machine.handle_timeout(now);
                 r.pump(registry, now);
                 if let Some(res) = r.result.take() {
                     return res;
                 }
-                r.machine.poll_timeout()
+                [r.machine.poll_timeout(), r.next_expiry(grace)]
+                    .into_iter()
+                    .flatten()
+                    .min()
             };
             match deadline {
                 Some(d) => {

@@ -13,6 +13,7 @@
 //! Time is read only at the edges (each entry point and each driver wake-up,
 //! from tokio's clock so tests can pause it) and passed down as `now`.
 
+mod liveness;
 pub mod outcome;
 pub mod registry;
 pub mod round;
@@ -36,6 +37,7 @@ use crate::checkpoint::{self, Manifest, Preprocess, RoundRecord};
 use crate::error::{CoordinatorError, RequestError};
 use crate::optim::ServerOptimiser;
 use crate::settings::Settings;
+pub use liveness::TaskStream;
 use outcome::{Context, Evaluation, Outcome, OutcomeError};
 use registry::Registry;
 pub use registry::SessionInfo;
@@ -298,13 +300,18 @@ impl Federation {
 
     /// `Tasks`: open (or replace) the site's task stream.
     pub fn open_tasks(
-        &self,
+        self: &Arc<Self>,
         session: &str,
         peer: Option<&str>,
-    ) -> Result<mpsc::UnboundedReceiver<pb::Task>, RequestError> {
+    ) -> Result<TaskStream, RequestError> {
         let mut g = self.lock();
         let info = g.registry.session(session, peer)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        if let Some(r) = g.round.as_mut()
+            && r.lost.remove(&info.member).is_some()
+        {
+            info!(site = %info.site, round = r.id, "site came back within the reconnect grace");
+        }
         if let Some(r) = g.round.as_ref()
             && let Some(tasks) = r.sent.get(&info.member)
         {
@@ -313,10 +320,10 @@ impl Federation {
                 let _ = tx.send(t.clone());
             }
         }
-        g.registry.set_stream(&info.site, tx);
+        let stream = g.registry.set_stream(&info.site, tx);
         drop(g);
         self.wake.notify_one();
-        Ok(rx)
+        Ok(TaskStream::new(rx, self, info.site, stream))
     }
 
     /// Run `f` on the active round if the session's site may act in `round`,

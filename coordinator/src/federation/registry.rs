@@ -27,6 +27,9 @@ struct SiteEntry {
     session: String,
     verifying_key: Vec<u8>,
     tx: Option<mpsc::UnboundedSender<pb::Task>>,
+    /// Which of the site's streams `tx` is (a closed older one must not
+    /// count as the site leaving).
+    stream: u64,
 }
 
 impl SiteEntry {
@@ -40,6 +43,7 @@ pub struct Registry {
     sites: HashMap<String, SiteEntry>,
     sessions: HashMap<String, String>,
     next_member: MemberId,
+    streams_opened: u64,
 }
 
 impl Default for Registry {
@@ -48,6 +52,7 @@ impl Default for Registry {
             sites: HashMap::new(),
             sessions: HashMap::new(),
             next_member: 1,
+            streams_opened: 0,
         }
     }
 }
@@ -109,6 +114,7 @@ impl Registry {
                     session: session.clone(),
                     verifying_key: verifying_key.to_vec(),
                     tx: None,
+                    stream: 0,
                 },
             );
         }
@@ -138,11 +144,25 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// Make `tx` the site's task stream (replacing an older one).
-    pub fn set_stream(&mut self, site: &str, tx: mpsc::UnboundedSender<pb::Task>) {
+    /// Make `tx` the site's task stream (replacing an older one); returns
+    /// the stream's number for [`Registry::is_current_stream`].
+    pub fn set_stream(&mut self, site: &str, tx: mpsc::UnboundedSender<pb::Task>) -> u64 {
+        self.streams_opened += 1;
+        let n = self.streams_opened;
         if let Some(e) = self.sites.get_mut(site) {
             e.tx = Some(tx);
+            e.stream = n;
         }
+        n
+    }
+
+    /// The member id of `site`, if it ever joined, when `stream` is still
+    /// its current task stream.
+    pub fn is_current_stream(&self, site: &str, stream: u64) -> Option<MemberId> {
+        self.sites
+            .get(site)
+            .filter(|e| e.stream == stream)
+            .map(|e| e.member)
     }
 
     /// Queue `task` on the site's stream, if it has one. A stream that has

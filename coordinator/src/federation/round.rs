@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use confide_crypto::protocol::{AnyCoordinator, AnyOutput, AnyRoundResult};
 use confide_crypto::protocol::{
@@ -109,6 +109,9 @@ pub struct ActiveRound {
     pub sent: BTreeMap<MemberId, Vec<pb::Task>>,
     /// Sites the machine found faulty, and why.
     pub blamed: Vec<(String, String)>,
+    /// Members whose task stream closed this round, and when; cleared when
+    /// the stream reopens ([`ActiveRound::expire_lost`]).
+    pub lost: BTreeMap<MemberId, Instant>,
 }
 
 impl ActiveRound {
@@ -138,7 +141,30 @@ impl ActiveRound {
             bytes_out: 0,
             sent: BTreeMap::new(),
             blamed: Vec::new(),
+            lost: BTreeMap::new(),
         }
+    }
+
+    /// Members whose stream has been closed for `grace` by `now` are gone
+    /// for the rest of the round: the machine stops waiting for them
+    /// (returned, for the log). Pure in `now`, like the stage deadlines.
+    pub fn expire_lost(&mut self, now: Instant, grace: Duration) -> Vec<MemberId> {
+        let expired: Vec<MemberId> = self
+            .lost
+            .iter()
+            .filter(|&(_, &since)| now >= since + grace)
+            .map(|(&m, _)| m)
+            .collect();
+        for &m in &expired {
+            self.lost.remove(&m);
+            self.machine.handle_member_gone(m, now);
+        }
+        expired
+    }
+
+    /// When the earliest lost member's grace ends.
+    pub fn next_expiry(&self, grace: Duration) -> Option<Instant> {
+        self.lost.values().min().map(|&since| since + grace)
     }
 
     /// Send `t` to `to` (and remember it for a replay).

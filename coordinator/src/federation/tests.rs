@@ -103,10 +103,10 @@ fn one_round(secure: bool, n: usize) -> Settings {
 type Joined = Vec<(
     String,
     confide_crypto::MemberId,
-    mpsc::UnboundedReceiver<pb::Task>,
+    crate::federation::TaskStream,
 )>;
 
-fn join(fed: &Federation, names: &[&str]) -> Result<Joined, RequestError> {
+fn join(fed: &Arc<Federation>, names: &[&str]) -> Result<Joined, RequestError> {
     let mut out = Vec::new();
     for name in names {
         let session = fed.join(name, &[7; 32], None)?;
@@ -117,7 +117,7 @@ fn join(fed: &Federation, names: &[&str]) -> Result<Joined, RequestError> {
     Ok(out)
 }
 
-async fn round_start(rx: &mut mpsc::UnboundedReceiver<pb::Task>) -> Option<pb::RoundStart> {
+async fn round_start(rx: &mut crate::federation::TaskStream) -> Option<pb::RoundStart> {
     match rx.recv().await?.kind? {
         pb::task::Kind::RoundStart(s) => Some(s),
         _ => None,
@@ -219,20 +219,26 @@ async fn a_plaintext_round_updates_the_model_from_the_uploads()
 /// One in-process site: its signing key, session, task stream and machine.
 struct Member {
     session: String,
-    rx: mpsc::UnboundedReceiver<pb::Task>,
+    /// `None` once the site has hung up.
+    rx: Option<crate::federation::TaskStream>,
     site: Option<confide_crypto::protocol::AnySite>,
     ended: Option<bool>,
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_secure_round_of_in_process_sites_updates_the_model()
--> Result<(), Box<dyn std::error::Error>> {
+/// One secure round of `names.len()` in-process sites (every one moving
+/// every parameter by 0.5); `hang_up` names a site that closes its task
+/// stream instead of sending its masked input. Returns the report and the
+/// model before and after.
+async fn secure_round(
+    s: Settings,
+    names: &[&str],
+    hang_up: Option<&str>,
+) -> Result<(ServeReport, Vec<f32>, Vec<f32>), Box<dyn std::error::Error>> {
     use confide_crypto::protocol::{
         AnySite, AnySiteOutput, IdentityVerifier, KeyDirectory, SitePolicy,
     };
     use confide_crypto::suite::SigningKey;
 
-    let s = one_round(true, 3);
     let fed = Federation::new(s.clone())?;
     let before = initial_model(&s)?.flatten();
     let d = before.len();
@@ -240,7 +246,8 @@ async fn a_secure_round_of_in_process_sites_updates_the_model()
     let mut directory = KeyDirectory::new();
     let mut keys = Vec::new();
     let mut members = Vec::new();
-    for name in ["a", "b", "c"] {
+    let mut hung_up = None;
+    for &name in names {
         let key = SigningKey::generate(s.suite, &mut rng);
         let vk = key.verifying_key()?;
         let session = fed.join(name, vk.as_bytes(), None)?;
@@ -248,9 +255,12 @@ async fn a_secure_round_of_in_process_sites_updates_the_model()
         directory.insert(member, vk);
         let rx = fed.open_tasks(&session, None)?;
         keys.push(key);
+        if hang_up == Some(name) {
+            hung_up = Some(members.len());
+        }
         members.push(Member {
             session,
-            rx,
+            rx: Some(rx),
             site: None,
             ended: None,
         });
@@ -261,9 +271,10 @@ async fn a_secure_round_of_in_process_sites_updates_the_model()
         async move { fed.run().await }
     });
     let mut quant = None;
-    for _ in 0..200 {
-        for (m, key) in members.iter_mut().zip(&keys) {
-            while let Ok(t) = m.rx.try_recv() {
+    // 30 s of virtual time at most.
+    for _ in 0..3000 {
+        for (i, (m, key)) in members.iter_mut().zip(&keys).enumerate() {
+            while let Some(t) = m.rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
                 let site = m.site.as_mut();
                 match (t.kind.ok_or("empty task")?, site) {
                     (pb::task::Kind::RoundStart(rs), None) => {
@@ -288,6 +299,12 @@ async fn a_secure_round_of_in_process_sites_updates_the_model()
                             convert::neighbour_keys_from_proto(&nk)?,
                             &mut rng,
                         )?;
+                    }
+                    (pb::task::Kind::IncomingShares(_), Some(_)) if hung_up == Some(i) => {
+                        // The site's process dies: its stream ends, nothing more is sent.
+                        m.rx = None;
+                        m.site = None;
+                        m.ended = Some(false);
                     }
                     (pb::task::Kind::IncomingShares(sh), Some(site)) => {
                         site.handle_incoming_shares(convert::incoming_shares_from_proto(&sh))?;
@@ -351,8 +368,18 @@ async fn a_secure_round_of_in_process_sites_updates_the_model()
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(members.iter().all(|m| m.ended == Some(true)));
+    for (i, m) in members.iter().enumerate() {
+        assert_eq!(m.ended, Some(hung_up != Some(i)), "member {i}");
+    }
     let report = driver.await??;
+    let after = Model::from_safetensors(&fed.model_bytes())?.flatten();
+    Ok((report, before, after))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_secure_round_of_in_process_sites_updates_the_model()
+-> Result<(), Box<dyn std::error::Error>> {
+    let (report, before, after) = secure_round(one_round(true, 3), &["a", "b", "c"], None).await?;
     assert_eq!(report.completed_rounds, 1);
     let rec = &report.history[0];
     assert!(rec.success, "{}", rec.message);
@@ -361,7 +388,41 @@ async fn a_secure_round_of_in_process_sites_updates_the_model()
     assert_eq!(rec.eval_examples, 6);
     // advertise, share, input, consistency, unmask
     assert_eq!(rec.stage_secs.len(), 5, "{:?}", rec.stage_secs);
-    let after = Model::from_safetensors(&fed.model_bytes())?.flatten();
+    for (a, b) in after.iter().zip(&before) {
+        assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_site_that_hangs_up_mid_round_is_dropped_after_the_grace_not_the_deadline()
+-> Result<(), Box<dyn std::error::Error>> {
+    let mut s = one_round(true, 5);
+    // Deadlines far away: only the closed stream can end the wait.
+    s.secagg.stage_timeout_secs = 600;
+    s.secagg.reconnect_grace_secs = 2.0;
+    let names = ["a", "b", "c", "d", "e"];
+    let (report, before, after) = secure_round(s, &names, Some("c")).await?;
+    let rec = &report.history[0];
+    assert!(rec.success, "{}", rec.message);
+    assert_eq!((rec.cohort, rec.survivors, rec.dropped), (5, 4, 1));
+    // Virtual time: the masked-input stage closed at the grace, not at 600 s.
+    let input = rec
+        .stage_secs
+        .iter()
+        .find(|(st, _)| st == "masked-input")
+        .map(|(_, t)| *t)
+        .ok_or("no masked-input stage")?;
+    assert!(
+        (2.0..10.0).contains(&input),
+        "masked input took {input} s (virtual)"
+    );
+    assert!(
+        rec.duration_secs < 60.0,
+        "round took {} s (virtual)",
+        rec.duration_secs
+    );
+    // The four survivors' updates, averaged: still +0.5 everywhere.
     for (a, b) in after.iter().zip(&before) {
         assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
     }

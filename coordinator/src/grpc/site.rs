@@ -157,10 +157,12 @@ impl Site for Handlers {
     ) -> Result<Response<Self::TasksStream>, Status> {
         let peer = self.peer(&req)?;
         self.limit(peer.as_deref(), &req.get_ref().session)?;
-        let rx = self
+        // Dropped when the site hangs up: the federation then gives it the
+        // reconnect grace before the round stops waiting for it.
+        let stream = self
             .fed
-            .open_tasks(&req.get_ref().session, peer.as_deref())?;
-        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok);
+            .open_tasks(&req.get_ref().session, peer.as_deref())?
+            .map(Ok);
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -45,6 +45,7 @@ impl Default for SecAggSettings {
             complete_graph_up_to: 32,
             exclude_after_blamed_rounds: 3,
             stage_timeout_secs: 60,
+            reconnect_grace_secs: 5.0,
         }
     }
 }

@@ -10,7 +10,6 @@ use confide_crypto::MemberId;
 use confide_crypto::protocol::RingVec;
 use confide_proto::model::Model;
 use confide_proto::v1 as pb;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::{CoordinatorError, RequestError};
@@ -41,7 +40,7 @@ pub(crate) fn plaintext(n: usize) -> Settings {
 pub(crate) struct Site {
     pub session: String,
     pub member: MemberId,
-    rx: mpsc::UnboundedReceiver<pb::Task>,
+    rx: crate::federation::TaskStream,
 }
 
 /// A running round: the federation, its driver, the sites and the RoundStart.
