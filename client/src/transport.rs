@@ -9,12 +9,14 @@
 //! through [`ClientError::is_transient`] and its companions.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use confide_proto::tls::{self, TlsConnector};
 use confide_proto::v1;
 use confide_proto::v1::site_client::SiteClient;
 use tonic::Streaming;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::config::SiteConfig;
 use crate::error::ClientError;
@@ -84,51 +86,67 @@ pub(crate) trait Connection: Send {
     ) -> impl Future<Output = Result<(), ClientError>> + Send;
 }
 
-/// gRPC over HTTP/2, with mutual TLS unless the configuration is insecure.
+/// gRPC over HTTP/2, with mutual TLS 1.3 unless the configuration is insecure.
 pub(crate) struct GrpcTransport {
     url: String,
     endpoint: Endpoint,
+    tls: Option<TlsConnector>,
 }
 
 impl GrpcTransport {
     /// Checks the URL and reads the TLS files now, so a bad configuration
     /// fails before the first connection attempt instead of being retried.
     pub(crate) fn new(cfg: &SiteConfig) -> Result<Self, ClientError> {
+        let (endpoint, tls) = endpoint(cfg)?;
         Ok(GrpcTransport {
             url: cfg.coordinator.clone(),
-            endpoint: endpoint(cfg)?,
+            endpoint,
+            tls,
         })
     }
 }
 
+/// Connecting (TCP and the TLS handshake) may take this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keep-alive probes after this much idleness.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// The one place the client builds its endpoint: keep-alives so a dead link
-/// is noticed while a site waits for its next task, and mTLS with the
-/// federation CA and the site's certificate.
-fn endpoint(cfg: &SiteConfig) -> Result<Endpoint, ClientError> {
+/// is noticed while a site waits for its next task and, under mTLS, the
+/// TLS 1.3 connector with the federation CA and the site's certificate (the
+/// endpoint then gets the URL as `http://`: the connector does the TLS).
+fn endpoint(cfg: &SiteConfig) -> Result<(Endpoint, Option<TlsConnector>), ClientError> {
     let url = &cfg.coordinator;
     let bad = |reason: String| ClientError::InvalidUrl {
         url: url.clone(),
         reason,
     };
-    let mut ep = Endpoint::from_shared(url.clone())
+    let tls = cfg.tls_in_use();
+    let target = match tls {
+        Some(_) => tls::http_uri(url),
+        None => url.clone(),
+    };
+    let ep = Endpoint::from_shared(target)
         .map_err(|e| bad(error_chain(&e)))?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_keepalive(Some(TCP_KEEPALIVE))
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    if let Some(tls) = cfg.tls_in_use() {
-        let ca = Certificate::from_pem(read_file(&tls.ca)?);
-        let identity = Identity::from_pem(read_file(&tls.cert)?, read_file(&tls.key)?);
-        let tls_cfg = ClientTlsConfig::new()
-            .ca_certificate(ca)
-            .identity(identity)
-            .domain_name(tls.domain.clone());
-        ep = ep
-            .tls_config(tls_cfg)
-            .map_err(|e| bad(format!("TLS configuration: {}", error_chain(&e))))?;
-    }
-    Ok(ep)
+    let Some(tls) = tls else {
+        return Ok((ep, None));
+    };
+    let (cert, key) = (read_file(&tls.cert)?, read_file(&tls.key)?);
+    let config = tls::client_config(&read_file(&tls.ca)?, Some((&cert, &key)), Vec::new())
+        .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
+    let connector = TlsConnector::new(
+        Arc::new(config),
+        &tls.domain,
+        Some(TCP_KEEPALIVE),
+        CONNECT_TIMEOUT,
+    )
+    .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
+    Ok((ep, Some(connector)))
 }
 
 fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
@@ -158,14 +176,14 @@ impl Transport for GrpcTransport {
     type Conn = GrpcConnection;
 
     async fn connect(&mut self) -> Result<GrpcConnection, ClientError> {
-        let channel = self
-            .endpoint
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect {
-                url: self.url.clone(),
-                reason: error_chain(&e),
-            })?;
+        let channel = match &self.tls {
+            Some(c) => self.endpoint.connect_with_connector(c.clone()).await,
+            None => self.endpoint.connect().await,
+        }
+        .map_err(|e| ClientError::Connect {
+            url: self.url.clone(),
+            reason: error_chain(&e),
+        })?;
         let client = SiteClient::new(channel)
             .max_decoding_message_size(4 * confide_proto::CHUNK_BYTES)
             .max_encoding_message_size(4 * confide_proto::CHUNK_BYTES);

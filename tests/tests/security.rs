@@ -1,6 +1,8 @@
 //! Transport and identity security over real mTLS on loopback, and the
 //! neighbours' certificate checks against a lying coordinator.
 //!
+//! - transport: TLS 1.3 only (a TLS 1.2 client is refused at the handshake
+//!   and the listener keeps serving);
 //! - admission: no certificate, another CA's certificate, a certificate
 //!   outside the allow-list, a certificate revoked while the coordinator
 //!   runs, one site's certificate acting as another, a Join key that is not
@@ -224,6 +226,59 @@ async fn mtls_admission_refuses_each_bad_peer_with_a_specific_status() -> Result
         "revoked",
     )?;
 
+    coord.stop();
+    coord.finish(Duration::from_secs(15)).await?;
+    Ok(())
+}
+
+/// A bare rustls handshake with the coordinator offering only `version`.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, BoxError> {
+    let roots = confide_proto::tls::roots(&std::fs::read(ca)?)?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(confide_proto::tls::provider())
+        .with_protocol_versions(&[version])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_refuses_tls12_and_speaks_tls13() -> Result<(), BoxError> {
+    let pki = Pki::new()?;
+    let mut s = settings(1, Suite::Intl);
+    s.tls.insecure = false;
+    s.tls.certs_dir = Some(pki.dir.clone());
+    let mut coord = Coordinator::start(s).await?;
+    let ca = pki.dir.join("ca.pem");
+
+    match handshake(coord.addr, &ca, &rustls::version::TLS12).await {
+        Err(e) => {
+            let text = e.to_string().to_lowercase().replace([' ', '_'], "");
+            assert!(text.contains("protocolversion"), "unexpected error: {e}");
+        }
+        Ok(_) => return Err("a TLS 1.2-only client completed a handshake".into()),
+    }
+    let tls = handshake(coord.addr, &ca, &rustls::version::TLS13).await?;
+    let (_, conn) = tls.get_ref();
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]));
+    drop(tls);
+
+    // The refused handshake did not stop the listener: gRPC over the
+    // operator CLI's TLS 1.3 connector still works.
+    let url = format!("https://{}", coord.addr);
+    assert!(confide_coordinator::grpc::health_check(&url, Some(&ca), "localhost").await?);
     coord.stop();
     coord.finish(Duration::from_secs(15)).await?;
     Ok(())

@@ -12,6 +12,7 @@
 //! ```
 
 mod admin;
+mod incoming;
 mod rate;
 mod site;
 mod status;
@@ -20,11 +21,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use confide_proto::tls;
 use confide_proto::v1 as pb;
 use pb::admin_server::AdminServer;
 use pb::site_server::SiteServer;
 use tokio_stream::Stream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Status};
 use tracing::{info, warn};
 
@@ -105,11 +107,11 @@ pub async fn serve(
             s.limits.site_burst,
         )),
     };
-    let mut builder = Server::builder();
-    if s.tls.insecure {
+    let acceptor = if s.tls.insecure {
         warn!(
             "running WITHOUT TLS (--insecure): site identities are not authenticated; for local experiments only"
         );
+        None
     } else {
         let (ca, cert, key) = s.tls_files()?;
         let read = |p: &std::path::Path| {
@@ -120,19 +122,15 @@ pub async fn serve(
                 "tls.allowed_sites is empty: ANY site holding a certificate from the federation CA may join; list the sites in production"
             );
         }
-        info!(revocation_list = ?access.revocation_path(), allowed_sites = ?s.tls.allowed_sites, "mTLS admission");
+        info!(revocation_list = ?access.revocation_path(), allowed_sites = ?s.tls.allowed_sites, "mTLS admission (TLS 1.3 only)");
         // Client certificates are verified against the federation CA during
         // the handshake whenever presented; a connection without one is let
         // through the handshake only so that every RPC can refuse it with a
         // clear PERMISSION_DENIED (the health service stays reachable).
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(read(&cert)?, read(&key)?))
-            .client_ca_root(Certificate::from_pem(read(&ca)?))
-            .client_auth_optional(true);
-        builder = builder
-            .tls_config(tls)
-            .map_err(CoordinatorError::TlsConfig)?;
-    }
+        let verifier = tls::client_verifier(tls::roots(&read(&ca)?)?, Vec::new())?;
+        let config = tls::server_config(&read(&cert)?, &read(&key)?, verifier)?;
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SiteServer<Handlers>>().await;
     let max = s.limits.max_message_bytes;
@@ -144,18 +142,28 @@ pub async fn serve(
     info!(addr = ?addr, federation = %s.federation, suite = %s.suite, secure_aggregation = s.secure_aggregation, "coordinator listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = builder
+    let stopped = async move {
+        let _ = stop_rx.await;
+    };
+    let router = Server::builder()
         .add_service(health)
         .add_service(site)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(
+        .add_service(admin);
+    let (server, accept) = match acceptor {
+        Some(acceptor) => {
+            let (incoming, accept) =
+                incoming::tls_incoming(listener, acceptor, incoming::HANDSHAKE_TIMEOUT);
+            let server = router.serve_with_incoming_shutdown(incoming, stopped);
+            (tokio::spawn(server), Some(accept))
+        }
+        None => {
             // Small stage messages must not wait out delayed ACKs (~40 ms each).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = stop_rx.await;
-            },
-        );
-    let server = tokio::spawn(server);
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let server = router.serve_with_incoming_shutdown(incoming, stopped);
+            (tokio::spawn(server), None)
+        }
+    };
     let result = tokio::select! {
         r = fed.run() => r,
         _ = shutdown => {
@@ -183,6 +191,10 @@ pub async fn serve(
             server.abort();
         }
         Ok(Ok(Ok(()))) => {}
+    }
+    // Close the listening socket with the server.
+    if let Some(accept) = accept {
+        accept.abort();
     }
     result
 }
