@@ -12,6 +12,7 @@
 //! | [`layout`] | the TRAIN / EVALUATE / STATISTICS vectors, encode and decode, upload chunks |
 //! | [`standardise`] | feature statistics and the standardiser derived from their sum |
 //! | [`keys`] | the verifying-key SAN URI and the signing-key file format |
+//! | [`crl`] | the federation CRL: number, expiry, signature check, revoked serials |
 //! | [`tls`] | TLS 1.3-only rustls configurations and the client connector |
 //!
 //! ```text
@@ -46,6 +47,7 @@ pub mod v1 {
 
 pub mod context;
 pub mod convert;
+pub mod crl;
 pub mod keys;
 pub mod layout;
 pub mod model;

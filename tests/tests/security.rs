@@ -4,8 +4,8 @@
 //! - transport: TLS 1.3 only (a TLS 1.2 client is refused at the handshake
 //!   and the listener keeps serving);
 //! - admission: no certificate, another CA's certificate, a certificate
-//!   outside the allow-list, a certificate revoked while the coordinator
-//!   runs, one site's certificate acting as another, a Join key that is not
+//!   outside the allow-list, a certificate revoked (signed CRL) while the
+//!   coordinator runs — refused on the open connection and at the handshake, one site's certificate acting as another, a Join key that is not
 //!   the certificate's, non-operator and revoked operator certificates on the
 //!   Admin API, the join-rate limit;
 //! - key binding: a coordinator that substitutes a key, relays a wrong
@@ -187,9 +187,10 @@ async fn mtls_admission_refuses_each_bad_peer_with_a_specific_status() -> Result
         "may not act as",
     )?;
 
-    // Revoked while running: the next call of the already-connected site is
-    // refused, without a restart; removing the line re-admits it.
-    certs::revoke(&pki.dir, "a")?;
+    // Revoked while running (a signed CRL written by `certs revoke`): the
+    // next call of the already-connected site is refused, without a restart,
+    // and a new connection fails the handshake itself.
+    certs::revoke(&pki.dir, certs::RevokeTarget::Site("a"), 7)?;
     denied(
         a_client
             .tasks(pb::TasksRequest {
@@ -199,13 +200,29 @@ async fn mtls_admission_refuses_each_bad_peer_with_a_specific_status() -> Result
         "revoked",
     )?;
     denied(join(a_ch.clone(), "a", pki.vk("a")?).await, "revoked")?;
-    std::fs::write(pki.dir.join(certs::REVOKED_FILE), "# a re-admitted\n")?;
-    join(a_ch.clone(), "a", pki.vk("a")?).await?;
+    let r = match channel(&url, &ca, Some(pki.site("a"))).await {
+        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        Ok(ch) => join(ch, "a", pki.vk("a")?).await,
+    };
+    match r {
+        Err(s) if s.code() != Code::PermissionDenied => {}
+        other => {
+            return Err(format!("revoked certificate got through the handshake: {other:?}").into());
+        }
+    }
+    // Site b, not revoked, still joins over a new connection.
+    let b_again = channel(&url, &ca, Some(pki.site("b"))).await?;
+    join(b_again, "b", pki.vk("b")?).await?;
 
     // Admin API: site certificates are refused, operator certificates admitted
-    // until revoked (by serial here, as `confide certs revoke SERIAL` writes).
+    // until revoked (by serial here, as `confide certs revoke --serial` takes it).
     denied(
         AdminClient::new(a_ch).status(pb::StatusRequest {}).await,
+        "revoked",
+    )?;
+    let b_ch = channel(&url, &ca, Some(pki.site("b"))).await?;
+    denied(
+        AdminClient::new(b_ch).status(pb::StatusRequest {}).await,
         "not an operator",
     )?;
     let ops = pki.dir.join("operators");
@@ -220,7 +237,7 @@ async fn mtls_admission_refuses_each_bad_peer_with_a_specific_status() -> Result
             .ok_or("operator certificate unparsable")?
             .serial
     };
-    certs::revoke(&pki.dir, &serial)?;
+    certs::revoke(&pki.dir, certs::RevokeTarget::Serial(&serial), 7)?;
     denied(
         AdminClient::new(op_ch).status(pb::StatusRequest {}).await,
         "revoked",

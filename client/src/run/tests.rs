@@ -101,6 +101,7 @@ impl Connection for MemoryConn {
             session: format!("session-{n}"),
             federation: "memory".into(),
             suite: "intl".into(),
+            crl: Vec::new(),
         })
     }
 

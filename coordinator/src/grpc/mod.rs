@@ -5,7 +5,8 @@
 //! `status`.
 //!
 //! ```text
-//! serve ─▶ Handlers::admit (access: certificate, revocation, allow-list)
+//! serve ─▶ incoming (TLS 1.3 handshake, client certificate vs CA and CRL)
+//!       ─▶ Handlers::admit (access: certificate, CRL, allow-list)
 //!       ├─▶ site   (Site service)  ─▶ Federation
 //!       ├─▶ admin  (Admin service) ─▶ Federation, checkpoints
 //!       └─▶ status (RequestError → Status, exhaustive)
@@ -33,6 +34,7 @@ use tracing::{info, warn};
 use crate::access::{Access, JoinLimiter, PeerCert, Refusal};
 use crate::error::CoordinatorError;
 use crate::federation::{Federation, ServeReport};
+use crate::revocation::{CrlClientVerifier, Revocation};
 use crate::settings::Settings;
 
 // The admin client moved to `cli`; these stay reachable here so callers of
@@ -77,6 +79,14 @@ impl Handlers {
         Ok(Some(cert))
     }
 
+    /// DER of the CRL in force (empty without one), for sites.
+    fn crl(&self) -> Vec<u8> {
+        self.access
+            .revocation()
+            .map(|r| r.crl_der())
+            .unwrap_or_default()
+    }
+
     fn peer<T>(&self, req: &Request<T>) -> Result<Option<String>, Status> {
         Ok(self.admit(req, false)?.map(|c| c.name))
     }
@@ -93,7 +103,40 @@ pub async fn serve(
 ) -> Result<ServeReport, CoordinatorError> {
     let fed = Federation::new(settings)?;
     let s = fed.settings().clone();
-    let access = Arc::new(Access::new(&s.tls.allowed_sites, s.revocation_file()));
+    let mut acceptor = None;
+    let mut revocation = None;
+    if s.tls.insecure {
+        warn!(
+            "running WITHOUT TLS (--insecure): site identities are not authenticated; for local experiments only"
+        );
+    } else {
+        let (ca, cert, key) = s.tls_files()?;
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", p.display())))
+        };
+        if s.tls.allowed_sites.is_empty() {
+            warn!(
+                "tls.allowed_sites is empty: ANY site holding a certificate from the federation CA may join; list the sites in production"
+            );
+        }
+        if s.tls.crl_file.is_none() && s.tls.revocation_file.is_some() {
+            warn!(
+                "tls.revocation_file is deprecated: rename it tls.crl_file; the file it names is now read as an X.509 CRL (`confide certs crl` writes one)"
+            );
+        }
+        let r = Arc::new(Revocation::new(s.crl_file(), &read(&ca)?)?);
+        info!(crl = ?r.path(), allowed_sites = ?s.tls.allowed_sites, "mTLS admission (TLS 1.3 only)");
+        // Client certificates are verified against the federation CA and its
+        // current CRL during the handshake whenever presented; a connection
+        // without one is let through the handshake only so that every RPC
+        // can refuse it with a clear PERMISSION_DENIED (the health service
+        // stays reachable).
+        let verifier = CrlClientVerifier::new(r.clone());
+        let config = tls::server_config(&read(&cert)?, &read(&key)?, verifier)?;
+        acceptor = Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+        revocation = Some(r);
+    }
+    let access = Arc::new(Access::new(&s.tls.allowed_sites, revocation));
     let handlers = Handlers {
         fed: fed.clone(),
         tls: !s.tls.insecure,
@@ -106,30 +149,6 @@ pub async fn serve(
             s.limits.site_rate_per_sec,
             s.limits.site_burst,
         )),
-    };
-    let acceptor = if s.tls.insecure {
-        warn!(
-            "running WITHOUT TLS (--insecure): site identities are not authenticated; for local experiments only"
-        );
-        None
-    } else {
-        let (ca, cert, key) = s.tls_files()?;
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", p.display())))
-        };
-        if s.tls.allowed_sites.is_empty() {
-            warn!(
-                "tls.allowed_sites is empty: ANY site holding a certificate from the federation CA may join; list the sites in production"
-            );
-        }
-        info!(revocation_list = ?access.revocation_path(), allowed_sites = ?s.tls.allowed_sites, "mTLS admission (TLS 1.3 only)");
-        // Client certificates are verified against the federation CA during
-        // the handshake whenever presented; a connection without one is let
-        // through the handshake only so that every RPC can refuse it with a
-        // clear PERMISSION_DENIED (the health service stays reachable).
-        let verifier = tls::client_verifier(tls::roots(&read(&ca)?)?, Vec::new())?;
-        let config = tls::server_config(&read(&cert)?, &read(&key)?, verifier)?;
-        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SiteServer<Handlers>>().await;

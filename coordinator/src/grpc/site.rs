@@ -146,6 +146,7 @@ impl Site for Handlers {
             session,
             federation: s.federation.clone(),
             suite: s.suite.name().into(),
+            crl: self.crl(),
         }))
     }
 
@@ -160,7 +161,14 @@ impl Site for Handlers {
         let rx = self
             .fed
             .open_tasks(&req.get_ref().session, peer.as_deref())?;
-        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok);
+        // Each announcement carries the CRL in force when it is delivered.
+        let handlers = self.clone();
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |mut t| {
+            if let Some(pb::task::Kind::RoundStart(rs)) = &mut t.kind {
+                rs.crl = handlers.crl();
+            }
+            Ok(t)
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
