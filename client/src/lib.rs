@@ -77,6 +77,7 @@ pub mod convert;
 pub mod error;
 pub mod external;
 pub mod identity;
+pub mod revocation;
 mod round;
 mod run;
 pub mod site;

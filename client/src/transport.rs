@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::SiteConfig;
 use crate::error::ClientError;
+use crate::revocation::CrlStore;
 
 /// Opens connections to the coordinator; one per attempt of the run loop.
 pub(crate) trait Transport: Send {
@@ -90,14 +91,47 @@ pub(crate) trait Connection: Send {
 pub(crate) struct GrpcTransport {
     url: String,
     endpoint: Endpoint,
-    tls: Option<TlsConnector>,
+    tls: Option<Tls>,
+}
+
+/// What each TLS connection is made from: the files' contents (read once)
+/// and the CRL store, whose newest CRL the coordinator's certificate is
+/// checked against at every connect.
+struct Tls {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    domain: String,
+    crls: Option<Arc<CrlStore>>,
+}
+
+impl Tls {
+    fn connector(&self) -> Result<TlsConnector, ClientError> {
+        let crls = match &self.crls {
+            Some(store) => {
+                store.refresh_file();
+                store.rustls_crls()
+            }
+            None => Vec::new(),
+        };
+        let tls_err = |e: tls::TlsError| ClientError::Config(format!("TLS: {e}"));
+        let config =
+            tls::client_config(&self.ca, Some((&self.cert, &self.key)), crls).map_err(tls_err)?;
+        TlsConnector::new(
+            Arc::new(config),
+            &self.domain,
+            Some(TCP_KEEPALIVE),
+            CONNECT_TIMEOUT,
+        )
+        .map_err(tls_err)
+    }
 }
 
 impl GrpcTransport {
     /// Checks the URL and reads the TLS files now, so a bad configuration
     /// fails before the first connection attempt instead of being retried.
-    pub(crate) fn new(cfg: &SiteConfig) -> Result<Self, ClientError> {
-        let (endpoint, tls) = endpoint(cfg)?;
+    pub(crate) fn new(cfg: &SiteConfig, crls: Option<Arc<CrlStore>>) -> Result<Self, ClientError> {
+        let (endpoint, tls) = endpoint(cfg, crls)?;
         Ok(GrpcTransport {
             url: cfg.coordinator.clone(),
             endpoint,
@@ -112,17 +146,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// The one place the client builds its endpoint: keep-alives so a dead link
-/// is noticed while a site waits for its next task and, under mTLS, the
-/// TLS 1.3 connector with the federation CA and the site's certificate (the
-/// endpoint then gets the URL as `http://`: the connector does the TLS).
-fn endpoint(cfg: &SiteConfig) -> Result<(Endpoint, Option<TlsConnector>), ClientError> {
+/// is noticed while a site waits for its next task and, under mTLS, what
+/// the TLS 1.3 connector of each connection is made from (the endpoint then
+/// gets the URL as `http://`: the connector does the TLS).
+fn endpoint(
+    cfg: &SiteConfig,
+    crls: Option<Arc<CrlStore>>,
+) -> Result<(Endpoint, Option<Tls>), ClientError> {
     let url = &cfg.coordinator;
     let bad = |reason: String| ClientError::InvalidUrl {
         url: url.clone(),
         reason,
     };
-    let tls = cfg.tls_in_use();
-    let target = match tls {
+    let files = cfg.tls_in_use();
+    let target = match files {
         Some(_) => tls::http_uri(url),
         None => url.clone(),
     };
@@ -133,20 +170,19 @@ fn endpoint(cfg: &SiteConfig) -> Result<(Endpoint, Option<TlsConnector>), Client
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    let Some(tls) = tls else {
+    let Some(files) = files else {
         return Ok((ep, None));
     };
-    let (cert, key) = (read_file(&tls.cert)?, read_file(&tls.key)?);
-    let config = tls::client_config(&read_file(&tls.ca)?, Some((&cert, &key)), Vec::new())
-        .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
-    let connector = TlsConnector::new(
-        Arc::new(config),
-        &tls.domain,
-        Some(TCP_KEEPALIVE),
-        CONNECT_TIMEOUT,
-    )
-    .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
-    Ok((ep, Some(connector)))
+    let tls = Tls {
+        ca: read_file(&files.ca)?,
+        cert: read_file(&files.cert)?,
+        key: read_file(&files.key)?,
+        domain: files.domain.clone(),
+        crls,
+    };
+    // Refuse unusable material now rather than at every reconnect.
+    tls.connector()?;
+    Ok((ep, Some(tls)))
 }
 
 fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
@@ -177,7 +213,7 @@ impl Transport for GrpcTransport {
 
     async fn connect(&mut self) -> Result<GrpcConnection, ClientError> {
         let channel = match &self.tls {
-            Some(c) => self.endpoint.connect_with_connector(c.clone()).await,
+            Some(tls) => self.endpoint.connect_with_connector(tls.connector()?).await,
             None => self.endpoint.connect().await,
         }
         .map_err(|e| ClientError::Connect {

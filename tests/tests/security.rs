@@ -301,6 +301,86 @@ async fn coordinator_refuses_tls12_and_speaks_tls13() -> Result<(), BoxError> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_refuses_a_coordinator_whose_certificate_is_revoked() -> Result<(), BoxError> {
+    let pki = Pki::new()?;
+    let mut s = settings(1, Suite::Intl);
+    s.tls.insecure = false;
+    s.tls.certs_dir = Some(pki.dir.clone());
+    let mut coord = Coordinator::start(s).await?;
+    let ca = std::fs::read(pki.dir.join("ca.pem"))?;
+    let coordinator_serial = confide_coordinator::access::PeerCert::from_der(&pem_file_der(
+        &pki.dir.join("coordinator.pem"),
+    )?)
+    .ok_or("coordinator certificate unparsable")?
+    .serial;
+    certs::revoke(
+        &pki.dir,
+        certs::RevokeTarget::Serial(&coordinator_serial),
+        7,
+    )?;
+    let crl_file = pki.dir.join(certs::CRL_FILE);
+    let crl = confide_proto::crl::Crl::from_pem(&std::fs::read(&crl_file)?)?;
+
+    // The connector's check: without the CRL the coordinator is trusted,
+    // with it the handshake fails.
+    let connect = |crls| -> Result<_, BoxError> {
+        let id = pki.site("a");
+        let (cert, key) = (std::fs::read(id.0)?, std::fs::read(id.1)?);
+        let cfg = confide_proto::tls::client_config(&ca, Some((&cert, &key)), crls)?;
+        let tls = confide_proto::tls::TlsConnector::new(
+            Arc::new(cfg),
+            "localhost",
+            None,
+            Duration::from_secs(5),
+        )?;
+        Ok((
+            Endpoint::from_shared(format!("http://{}", coord.addr))?,
+            tls,
+        ))
+    };
+    let (ep, tls) = connect(Vec::new())?;
+    ep.connect_with_connector(tls).await?;
+    let (ep, tls) = connect(vec![crl.to_rustls()])?;
+    match ep.connect_with_connector(tls).await {
+        Err(e) => assert!(format!("{e:?}").contains("Revoked"), "{e:?}"),
+        Ok(_) => return Err("connected to a revoked coordinator".into()),
+    }
+
+    // The site itself, given the CRL out of band (`--crl`), gives up
+    // connecting and says why.
+    let tmp = tempfile::tempdir()?;
+    let data = confide_tests::split_round_robin(tmp.path(), 3)?;
+    let mut cfg = confide_client::SiteConfig::new(
+        format!("https://{}", coord.addr),
+        "a",
+        &data[0],
+        "malignant",
+    );
+    cfg.tls = Some(confide_client::TlsFiles::from_certs_dir(
+        &pki.dir,
+        "a",
+        "localhost",
+    ));
+    cfg.signing_key = Some(pki.dir.join("sites/a.signing.toml"));
+    cfg.crl = Some(crl_file);
+    cfg.max_reconnect = Duration::from_secs(1);
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        confide_client::run_site(cfg, std::future::pending()),
+    )
+    .await?;
+    match r {
+        Err(e) => assert!(e.to_string().contains("Revoked"), "{e}"),
+        Ok(report) => {
+            return Err(format!("site ran against a revoked coordinator: {report:?}").into());
+        }
+    }
+    coord.stop();
+    coord.finish(Duration::from_secs(15)).await?;
+    Ok(())
+}
+
 /// DER of the first PEM certificate.
 fn rustls_pem_der(pem: &[u8]) -> Result<Vec<u8>, BoxError> {
     use rustls_pki_types::pem::PemObject;
