@@ -129,6 +129,12 @@ fn write_db(dir: &Path, db: &RevocationDb) -> Result<(), CoordinatorError> {
     write_atomic(&dir.join(REVOKED_DB), format!("{header}{text}").as_bytes())
 }
 
+/// Now, to the second (X.509 times have no fractions; neither need the logs).
+fn now_utc() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now - time::Duration::nanoseconds(i64::from(now.nanosecond()))
+}
+
 /// Lowercase hex of a serial's value (no leading zero bytes), the form
 /// `revoked.toml` and `certs list` use.
 pub fn serial_hex(raw: &[u8]) -> String {
@@ -200,7 +206,7 @@ pub fn revoke(
     let entry = match &existing {
         Some(e) => e.clone(),
         None => {
-            let date = OffsetDateTime::now_utc()
+            let date = now_utc()
                 .format(&Rfc3339)
                 .map_err(|e| err(format!("date: {e}")))?;
             let e = RevokedEntry {
@@ -238,7 +244,7 @@ fn issue(dir: &Path, mut db: RevocationDb, days: u32) -> Result<IssuedCrl, Coord
         Err(_) => 0,
     };
     db.crl_number = db.crl_number.max(published) + 1;
-    let now = OffsetDateTime::now_utc();
+    let now = now_utc();
     let next = now + time::Duration::days(i64::from(days));
     let revoked_certs = db
         .revoked
