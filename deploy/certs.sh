@@ -50,6 +50,9 @@ chmod -R a+rX "$EXCHANGE"
 if [[ ! -f $CA_DIR/operators/$OPERATOR.pem ]]; then
   confide certs issue --dir "$CA_DIR" --operator "$OPERATOR"
 fi
+# A signed CRL (empty until something is revoked) for the coordinator to
+# enforce and serve to the sites; CRLs expire, so it is re-issued each run.
+confide certs crl --dir "$CA_DIR"
 
 # install SRC DEST MODE: copy (bash only needs cp), then fix mode.
 install_file() {
@@ -63,6 +66,7 @@ if [[ -d $OUT_DIR/coordinator ]]; then
   install_file "$CA_DIR/ca.pem" "$d/ca.pem" 0644
   install_file "$CA_DIR/coordinator.pem" "$d/coordinator.pem" 0644
   install_file "$CA_DIR/coordinator.key" "$d/coordinator.key" 0600
+  install_file "$CA_DIR/crl.pem" "$d/crl.pem" 0644
   install_file "$CA_DIR/operators/$OPERATOR.pem" "$d/operators/$OPERATOR.pem" 0644
   install_file "$CA_DIR/operators/$OPERATOR.key" "$d/operators/$OPERATOR.key" 0600
   chown -R "$RUN_AS" "$d"

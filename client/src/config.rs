@@ -27,6 +27,9 @@ pub struct SiteConfig {
     pub holdout: f64,
     /// mTLS material; `None` only with `insecure = true`.
     pub tls: Option<TlsFiles>,
+    /// The federation CRL distributed out of band (PEM), optional: the site
+    /// also takes the coordinator's and keeps the newest valid one.
+    pub crl: Option<PathBuf>,
     /// Long-term signing key file; `None` generates an ephemeral key
     /// (insecure mode and tests only).
     pub signing_key: Option<PathBuf>,
@@ -62,6 +65,7 @@ impl SiteConfig {
             label: label.into(),
             holdout: 0.2,
             tls: None,
+            crl: None,
             signing_key: None,
             insecure: false,
             allow_plaintext: false,

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //!  relayed (site, verifying_key, certificate DER)
-//!     │ 1. certificate chains to the federation CA, is valid now, is for client auth (webpki)
+//!     │ 1. certificate chains to the federation CA, is valid now, is for client auth,
+//!     │    and is not revoked by the newest CRL this site holds                   (webpki)
 //!     │ 2. its DNS name is the relayed site name                                  (webpki)
 //!     │ 3. its `confide:vk:<suite>:<hex>` SAN equals the relayed verifying key     (x509-parser)
 //!     │ 4. no other member of this round relayed the same site
@@ -40,6 +41,7 @@ use confide_crypto::protocol::{
 };
 use confide_crypto::suite::VerifyingKey;
 use confide_crypto::{MemberId, Suite};
+use confide_proto::crl::Crl;
 use confide_proto::{context, v1};
 use prost::Message;
 use rustls_pki_types::pem::PemObject;
@@ -49,6 +51,7 @@ use tracing::warn;
 use crate::config::SiteConfig;
 use crate::convert::{self, ConvertError};
 use crate::error::ClientError;
+use crate::revocation::CrlStore;
 
 // The URI format is part of the wire contract (the CA writes it, every
 // neighbour reads it back), so it lives in `confide_proto::keys`.
@@ -148,11 +151,12 @@ pub fn ca_fingerprint(cfg: &SiteConfig) -> Result<[u8; 32], ClientError> {
         .map_err(|e| ClientError::Config(format!("{}: {e}", tls.ca.display())))
 }
 
-/// Checks relayed identities against the federation CA (see the module docs).
-/// One per round: it remembers which site each member relayed.
+/// Checks relayed identities against the federation CA and its CRL (see the
+/// module docs). One per round: it remembers which site each member relayed.
 pub struct CertificateVerifier {
     suite: Suite,
     ca: TrustAnchor<'static>,
+    crl: Option<webpki::CertRevocationList<'static>>,
     now: UnixTime,
     seen: Mutex<HashMap<String, MemberId>>,
 }
@@ -176,9 +180,26 @@ impl CertificateVerifier {
         Ok(CertificateVerifier {
             suite,
             ca,
+            crl: None,
             now: UnixTime::now(),
             seen: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Also refuse certificates `crl` revokes (a CRL of the federation CA,
+    /// already verified: [`CrlStore`](crate::revocation::CrlStore) only holds
+    /// such). Revocation status is then required for every relayed
+    /// certificate; an expired CRL is still enforced.
+    pub fn with_crl(mut self, crl: Option<&Crl>) -> Result<Self, String> {
+        self.crl = match crl {
+            Some(c) => Some(
+                webpki::OwnedCertRevocationList::from_der(c.der())
+                    .map_err(|e| format!("CRL unusable: {e}"))?
+                    .into(),
+            ),
+            None => None,
+        };
+        Ok(self)
     }
 
     /// Read the CA from a PEM file.
@@ -202,20 +223,30 @@ impl CertificateVerifier {
         let der = CertificateDer::from(r.certificate.as_slice());
         let cert = webpki::EndEntityCert::try_from(&der)
             .map_err(|e| format!("member {member}: relayed certificate unparsable: {e}"))?;
+        let crls: Vec<&webpki::CertRevocationList<'_>> = self.crl.iter().collect();
+        let revocation = match webpki::RevocationOptionsBuilder::new(&crls) {
+            Ok(b) => Some(b.build()),
+            // No CRL held yet: nothing is known to be revoked.
+            Err(_) => None,
+        };
         cert.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             std::slice::from_ref(&self.ca),
             &[],
             self.now,
             webpki::KeyUsage::client_auth(),
-            None,
+            revocation,
             None,
         )
-        .map_err(|e| {
-            format!(
+        .map_err(|e| match e {
+            webpki::Error::CertRevoked => format!(
+                "member {member}: certificate of {:?} is revoked by the federation CRL",
+                r.site
+            ),
+            e => format!(
                 "member {member}: certificate for {:?} is not issued by the federation CA: {e}",
                 r.site
-            )
+            ),
         })?;
         let name = ServerName::try_from(r.site.as_str())
             .map_err(|_| format!("member {member}: relayed site name {:?} invalid", r.site))?;
@@ -290,11 +321,20 @@ pub fn authenticated(cfg: &SiteConfig) -> bool {
     !cfg.insecure && cfg.tls.is_some()
 }
 
-/// The verifier for one round: certificates under mTLS, the bare relayed key
-/// (with a warning: neighbours are then unauthenticated) otherwise.
-pub fn verifier(cfg: &SiteConfig, suite: Suite) -> Result<Arc<dyn IdentityVerifier>, ClientError> {
+/// The verifier for one round: certificates under mTLS, checked against
+/// `crl` (the newest this site holds) too; the bare relayed key (with a
+/// warning: neighbours are then unauthenticated) otherwise.
+pub fn verifier(
+    cfg: &SiteConfig,
+    suite: Suite,
+    crl: Option<&Crl>,
+) -> Result<Arc<dyn IdentityVerifier>, ClientError> {
     match (&cfg.tls, authenticated(cfg)) {
-        (Some(tls), true) => Ok(Arc::new(CertificateVerifier::from_ca_file(suite, &tls.ca)?)),
+        (Some(tls), true) => Ok(Arc::new(
+            CertificateVerifier::from_ca_file(suite, &tls.ca)?
+                .with_crl(crl)
+                .map_err(ClientError::Config)?,
+        )),
         _ => {
             warn!(
                 "insecure mode: neighbours' keys are trusted as relayed by the coordinator (unauthenticated)"
@@ -304,17 +344,21 @@ pub fn verifier(cfg: &SiteConfig, suite: Suite) -> Result<Arc<dyn IdentityVerifi
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relayed_key_verifier_refuses_an_empty_key() {
-        let v = RelayedKeyVerifier { suite: Suite::Gm };
-        assert!(v.verifying_key(3, &[]).is_err());
-        assert!(
-            v.verifying_key(3, &[4; 65])
-                .is_ok_and(|k| k.suite() == Suite::Gm)
-        );
-    }
+/// The site's CRL store under mTLS (`None` otherwise): the federation CA's,
+/// seeded from `cfg.crl` when given.
+pub fn crl_store(cfg: &SiteConfig) -> Result<Option<Arc<CrlStore>>, ClientError> {
+    let Some(tls) = cfg.tls.as_ref().filter(|_| authenticated(cfg)) else {
+        return Ok(None);
+    };
+    let ca = std::fs::read(&tls.ca).map_err(|source| ClientError::CertFile {
+        path: tls.ca.clone(),
+        source,
+    })?;
+    Ok(Some(Arc::new(match &cfg.crl {
+        Some(f) => CrlStore::with_file(&ca, f)?,
+        None => CrlStore::new(&ca),
+    })))
 }
+
+#[cfg(test)]
+mod tests;

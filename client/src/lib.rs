@@ -78,6 +78,7 @@ pub mod enrol;
 pub mod error;
 pub mod external;
 pub mod identity;
+pub mod revocation;
 mod round;
 mod run;
 pub mod site;

@@ -100,6 +100,10 @@ struct RunArgs {
     /// Long-term signing key (TOML: suite, secret).
     #[arg(long, env = "CONFIDE_SIGNING_KEY")]
     signing_key: Option<PathBuf>,
+    /// The federation CRL (PEM) distributed out of band, optional: the site
+    /// also takes the coordinator's and keeps the newest validly signed one.
+    #[arg(long, env = "CONFIDE_CRL")]
+    crl: Option<PathBuf>,
     /// Name in the coordinator's certificate (default: the URL's host).
     #[arg(long, env = "CONFIDE_TLS_DOMAIN")]
     tls_domain: Option<String>,
@@ -183,6 +187,7 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
     cfg.holdout = a.holdout;
     cfg.insecure = a.insecure;
     cfg.allow_plaintext = a.allow_plaintext;
+    cfg.crl = a.crl.clone();
     cfg.policy = SitePolicy {
         min_cohort: a.min_cohort,
         min_survivors: a.min_survivors,

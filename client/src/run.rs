@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confide_crypto::Suite;
@@ -21,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::config::{SiteConfig, SiteReport, load_signing_key};
 use crate::error::ClientError;
 use crate::identity;
+use crate::revocation::CrlStore;
 use crate::round::{Action, DriverConfig, Joined, KeySource, Outgoing, Resume, RoundDriver};
 use crate::train::Dataset;
 use crate::trainer::{self, LocalJob, TrainerFactory};
@@ -66,7 +68,7 @@ pub(crate) async fn run(
         }
         DataSource::Memory(d) => d,
     };
-    let runner = Runner::new(&cfg, data, trainer, || GrpcTransport::new(&cfg))?;
+    let runner = Runner::new(&cfg, data, trainer, |crls| GrpcTransport::new(&cfg, crls))?;
     runner.run(shutdown).await
 }
 
@@ -80,17 +82,21 @@ pub(crate) struct Runner<T> {
     rng: StdRng,
     url: String,
     max_reconnect: Duration,
+    /// The newest federation CRL seen (mTLS only).
+    crls: Option<Arc<CrlStore>>,
 }
 
 impl<T: Transport> Runner<T> {
     /// Splits off the held-out rows, loads (or, in insecure mode without a
-    /// key file, generates) the signing key, then makes the transport: local
-    /// problems are reported in that order, before any connection attempt.
+    /// key file, generates) the signing key, reads the CRL file, then makes
+    /// the transport (which checks the coordinator's certificate against the
+    /// CRL store): local problems are reported in that order, before any
+    /// connection attempt.
     pub(crate) fn new(
         cfg: &SiteConfig,
         data: Dataset,
         trainer: TrainerFactory,
-        transport: impl FnOnce() -> Result<T, ClientError>,
+        transport: impl FnOnce(Option<Arc<CrlStore>>) -> Result<T, ClientError>,
     ) -> Result<Self, ClientError> {
         let (train, test) = data.split_holdout(cfg.holdout, 0)?;
         info!(site = %cfg.site, train_rows = train.len(), holdout_rows = test.len(), features = train.num_features(), "data loaded; rows stay on this machine");
@@ -103,8 +109,10 @@ impl<T: Transport> Runner<T> {
             ),
         };
         let ca_fingerprint = identity::ca_fingerprint(cfg)?;
-        let transport = transport()?;
+        let crls = identity::crl_store(cfg)?;
+        let transport = transport(crls.clone())?;
         let verifier_cfg = cfg.clone();
+        let verifier_crls = crls.clone();
         let driver = RoundDriver::new(
             DriverConfig {
                 site: cfg.site.clone(),
@@ -113,7 +121,10 @@ impl<T: Transport> Runner<T> {
                 vanish: cfg.vanish,
                 authenticated: identity::authenticated(cfg),
                 num_features: train.num_features(),
-                verifier: Box::new(move |suite| identity::verifier(&verifier_cfg, suite)),
+                verifier: Box::new(move |suite| {
+                    let crl = verifier_crls.as_ref().and_then(|s| s.current());
+                    identity::verifier(&verifier_cfg, suite, crl.as_deref())
+                }),
                 allow_plaintext: cfg.allow_plaintext,
                 policy: cfg.policy.clone(),
                 ca_fingerprint,
@@ -129,6 +140,7 @@ impl<T: Transport> Runner<T> {
             rng,
             url: cfg.coordinator.clone(),
             max_reconnect: cfg.max_reconnect,
+            crls,
         })
     }
 
@@ -216,6 +228,11 @@ impl<T: Transport> Runner<T> {
                 return Err(ClientError::StreamClosed);
             };
             *progressed = true;
+            if let (Some(store), Some(confide_proto::v1::task::Kind::RoundStart(rs))) =
+                (&self.crls, &task.kind)
+            {
+                store.offer_from_coordinator(&rs.crl, "RoundStart");
+            }
             let round = self.driver.current_round();
             match self.on_task(&mut conn, task).await {
                 Ok(None) => {}
@@ -232,6 +249,9 @@ impl<T: Transport> Runner<T> {
     async fn join(&mut self, conn: &mut T::Conn) -> Result<String, ClientError> {
         loop {
             let resp = conn.join(self.driver.join_request()?).await?;
+            if let Some(store) = &self.crls {
+                store.offer_from_coordinator(&resp.crl, "JoinResponse");
+            }
             if self.driver.joined(resp)? == Joined::Session {
                 return Ok(self.driver.session().unwrap_or_default().to_string());
             }

@@ -9,15 +9,18 @@
 //! through [`ClientError::is_transient`] and its companions.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use confide_proto::tls::{self, TlsConnector};
 use confide_proto::v1;
 use confide_proto::v1::site_client::SiteClient;
 use tonic::Streaming;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::config::SiteConfig;
 use crate::error::ClientError;
+use crate::revocation::CrlStore;
 
 /// Opens connections to the coordinator; one per attempt of the run loop.
 pub(crate) trait Transport: Send {
@@ -84,53 +87,105 @@ pub(crate) trait Connection: Send {
     ) -> impl Future<Output = Result<(), ClientError>> + Send;
 }
 
-/// gRPC over HTTP/2, with mutual TLS unless the configuration is insecure.
+/// gRPC over HTTP/2, with mutual TLS 1.3 unless the configuration is insecure.
 pub(crate) struct GrpcTransport {
     url: String,
     endpoint: Endpoint,
+    tls: Option<Tls>,
+}
+
+/// What each TLS connection is made from: the files' contents (read once)
+/// and the CRL store, whose newest CRL the coordinator's certificate is
+/// checked against at every connect.
+struct Tls {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    domain: String,
+    crls: Option<Arc<CrlStore>>,
+}
+
+impl Tls {
+    fn connector(&self) -> Result<TlsConnector, ClientError> {
+        let crls = match &self.crls {
+            Some(store) => {
+                store.refresh_file();
+                store.rustls_crls()
+            }
+            None => Vec::new(),
+        };
+        let tls_err = |e: tls::TlsError| ClientError::Config(format!("TLS: {e}"));
+        let config =
+            tls::client_config(&self.ca, Some((&self.cert, &self.key)), crls).map_err(tls_err)?;
+        TlsConnector::new(
+            Arc::new(config),
+            &self.domain,
+            Some(TCP_KEEPALIVE),
+            CONNECT_TIMEOUT,
+        )
+        .map_err(tls_err)
+    }
 }
 
 impl GrpcTransport {
     /// Checks the URL and reads the TLS files now, so a bad configuration
     /// fails before the first connection attempt instead of being retried.
-    pub(crate) fn new(cfg: &SiteConfig) -> Result<Self, ClientError> {
+    pub(crate) fn new(cfg: &SiteConfig, crls: Option<Arc<CrlStore>>) -> Result<Self, ClientError> {
+        let (endpoint, tls) = endpoint(cfg, crls)?;
         Ok(GrpcTransport {
             url: cfg.coordinator.clone(),
-            endpoint: endpoint(cfg)?,
+            endpoint,
+            tls,
         })
     }
 }
 
+/// Connecting (TCP and the TLS handshake) may take this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keep-alive probes after this much idleness.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// The one place the client builds its endpoint: keep-alives so a dead link
-/// is noticed while a site waits for its next task, and mTLS with the
-/// federation CA and the site's certificate.
-fn endpoint(cfg: &SiteConfig) -> Result<Endpoint, ClientError> {
+/// is noticed while a site waits for its next task and, under mTLS, what
+/// the TLS 1.3 connector of each connection is made from (the endpoint then
+/// gets the URL as `http://`: the connector does the TLS).
+fn endpoint(
+    cfg: &SiteConfig,
+    crls: Option<Arc<CrlStore>>,
+) -> Result<(Endpoint, Option<Tls>), ClientError> {
     let url = &cfg.coordinator;
     let bad = |reason: String| ClientError::InvalidUrl {
         url: url.clone(),
         reason,
     };
-    let mut ep = Endpoint::from_shared(url.clone())
+    let files = cfg.tls_in_use();
+    let target = match files {
+        Some(_) => tls::http_uri(url),
+        None => url.clone(),
+    };
+    let ep = Endpoint::from_shared(target)
         .map_err(|e| bad(error_chain(&e)))?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_keepalive(Some(TCP_KEEPALIVE))
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    if let Some(tls) = cfg.tls_in_use() {
-        confide_proto::keys::check_private_file(&tls.key)
-            .map_err(|e| ClientError::Config(e.to_string()))?;
-        let ca = Certificate::from_pem(read_file(&tls.ca)?);
-        let identity = Identity::from_pem(read_file(&tls.cert)?, read_file(&tls.key)?);
-        let tls_cfg = ClientTlsConfig::new()
-            .ca_certificate(ca)
-            .identity(identity)
-            .domain_name(tls.domain.clone());
-        ep = ep
-            .tls_config(tls_cfg)
-            .map_err(|e| bad(format!("TLS configuration: {}", error_chain(&e))))?;
-    }
-    Ok(ep)
+    let Some(files) = files else {
+        return Ok((ep, None));
+    };
+    // A key file other users can read is no longer the site's alone.
+    confide_proto::keys::check_private_file(&files.key)
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let tls = Tls {
+        ca: read_file(&files.ca)?,
+        cert: read_file(&files.cert)?,
+        key: read_file(&files.key)?,
+        domain: files.domain.clone(),
+        crls,
+    };
+    // Refuse unusable material now rather than at every reconnect.
+    tls.connector()?;
+    Ok((ep, Some(tls)))
 }
 
 fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
@@ -160,14 +215,14 @@ impl Transport for GrpcTransport {
     type Conn = GrpcConnection;
 
     async fn connect(&mut self) -> Result<GrpcConnection, ClientError> {
-        let channel = self
-            .endpoint
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect {
-                url: self.url.clone(),
-                reason: error_chain(&e),
-            })?;
+        let channel = match &self.tls {
+            Some(tls) => self.endpoint.connect_with_connector(tls.connector()?).await,
+            None => self.endpoint.connect().await,
+        }
+        .map_err(|e| ClientError::Connect {
+            url: self.url.clone(),
+            reason: error_chain(&e),
+        })?;
         let client = SiteClient::new(channel)
             .max_decoding_message_size(4 * confide_proto::CHUNK_BYTES)
             .max_encoding_message_size(4 * confide_proto::CHUNK_BYTES);

@@ -1,24 +1,26 @@
 //! Admission control under mTLS: who the peer certificate says it is, the
-//! federation's allow-list, the revocation list (re-read when its file
-//! changes, without a restart) and the join-rate limit.
+//! federation's allow-list, the CRL (re-read when its file changes, without
+//! a restart: [`Revocation`]) and the join-rate limit.
 //!
 //! ```text
 //! request ─▶ PeerCert::from_der (name, serial, bound key)
-//!         ─▶ Access::check: revoked? (stat revoked.txt; reload on change) ─▶ allowed? ─▶ handler
+//!         ─▶ Access::check: serial in the CRL? (stat crl.pem; reload on change) ─▶ allowed? ─▶ handler
 //! Join    ─▶ JoinLimiter::try_take (token bucket) ─▶ check_join_key: key in cert == key in Join
 //! ```
 //!
 //! The TLS layer (rustls) has already verified the chain to the federation CA
-//! before any of this runs; this module only decides whom to admit.
+//! and the CRL of the handshake's time before any of this runs; the CRL is
+//! checked again here so that a peer connected before its revocation is
+//! refused on its next call.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use confide_crypto::Suite;
 
 use crate::certs;
+use crate::revocation::Revocation;
 
 /// What the coordinator needs from a verified peer certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,7 +88,7 @@ pub enum Refusal {
     /// No client certificate was presented.
     #[error("no client certificate with a site name was presented")]
     NoCertificate,
-    /// The certificate's name or serial is on the revocation list.
+    /// The certificate's serial is in the federation's CRL.
     #[error("certificate of {name:?} (serial {serial}) is revoked")]
     Revoked {
         /// Name in the certificate.
@@ -105,8 +107,8 @@ pub enum Refusal {
     /// The site is not in `tls.allowed_sites`.
     #[error("site {0:?} is not in this federation's allow-list (tls.allowed_sites)")]
     NotAllowed(String),
-    /// The revocation list exists but cannot be read: fail closed.
-    #[error("revocation list unreadable, refusing everyone until it is fixed: {0}")]
+    /// The CRL file exists but cannot be read, parsed or verified: fail closed.
+    #[error("CRL unusable, refusing everyone until it is fixed: {0}")]
     RevocationUnreadable(String),
 }
 
@@ -165,73 +167,39 @@ pub fn check_join_key(
     }
 }
 
-#[derive(Debug, Default)]
-struct RevocationCache {
-    /// (mtime, length) of the file when last read; `None` = missing.
-    stamp: Option<(SystemTime, u64)>,
-    loaded: bool,
-    entries: BTreeSet<String>,
-}
-
-/// The allow-list and the revocation list.
+/// The allow-list and the CRL.
 #[derive(Debug)]
 pub struct Access {
     allowed: BTreeSet<String>,
-    revocation: Option<PathBuf>,
-    cache: Mutex<RevocationCache>,
+    revocation: Option<Arc<Revocation>>,
 }
 
 impl Access {
-    /// `allowed` empty = any site with a certificate from the federation CA.
-    pub fn new(allowed: &[String], revocation: Option<PathBuf>) -> Self {
+    /// `allowed` empty = any site with a certificate from the federation CA;
+    /// `revocation` none = nothing is revoked (insecure mode).
+    pub fn new(allowed: &[String], revocation: Option<Arc<Revocation>>) -> Self {
         Access {
             allowed: allowed.iter().cloned().collect(),
             revocation,
-            cache: Mutex::new(RevocationCache::default()),
         }
     }
 
-    /// The revocation list path, if any.
-    pub fn revocation_path(&self) -> Option<&PathBuf> {
+    /// The CRL enforced, if any.
+    pub fn revocation(&self) -> Option<&Arc<Revocation>> {
         self.revocation.as_ref()
-    }
-
-    /// Reload the revocation list if its file changed; one `stat` per call
-    /// otherwise, so it is cheap enough for every request.
-    fn revoked(&self) -> Result<BTreeSet<String>, Refusal> {
-        let Some(path) = &self.revocation else {
-            return Ok(BTreeSet::new());
-        };
-        // A poisoned lock only means another request panicked mid-reload; reload again.
-        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let stamp = match std::fs::metadata(path) {
-            Ok(m) => Some((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Refusal::RevocationUnreadable(e.to_string())),
-        };
-        if !c.loaded || c.stamp != stamp {
-            c.entries = certs::read_revoked(path)
-                .map_err(|e| Refusal::RevocationUnreadable(e.to_string()))?;
-            c.stamp = stamp;
-            c.loaded = true;
-            tracing::info!(path = %path.display(), entries = c.entries.len(), "revocation list (re)loaded");
-        }
-        Ok(c.entries.clone())
     }
 
     /// Admit `peer` as a site (`operator = false`) or as an operator.
     pub fn check(&self, peer: &PeerCert, operator: bool) -> Result<(), Refusal> {
-        let revoked = self.revoked()?;
-        let serial_norm = peer.serial.to_ascii_lowercase();
-        let hit = revoked.contains(&peer.name)
-            || revoked
-                .iter()
-                .any(|e| e.replace(':', "").eq_ignore_ascii_case(&serial_norm));
-        if hit {
-            return Err(Refusal::Revoked {
-                name: peer.name.clone(),
-                serial: peer.serial.clone(),
-            });
+        if let Some(r) = &self.revocation {
+            // The serial came from our own parser as hex; the CRL compares values.
+            let raw = hex::decode(&peer.serial).unwrap_or_default();
+            if r.is_revoked(&raw).map_err(Refusal::RevocationUnreadable)? {
+                return Err(Refusal::Revoked {
+                    name: peer.name.clone(),
+                    serial: peer.serial.clone(),
+                });
+            }
         }
         match (operator, peer.operator) {
             (true, false) => return Err(Refusal::NotOperator(peer.name.clone())),
@@ -297,28 +265,15 @@ mod tests {
     }
 
     #[test]
-    fn revocation_is_reread_when_the_file_changes() -> Result<(), Box<dyn std::error::Error>> {
-        let tmp = tempfile::tempdir()?;
-        let path = tmp.path().join("revoked.txt");
-        let a = Access::new(&["a".into(), "b".into()], Some(path.clone()));
+    fn allow_list_applies_to_sites_only() {
+        let a = Access::new(&["a".into(), "b".into()], None);
         assert_eq!(a.check(&peer("a", "0a1b"), false), Ok(()));
         assert_eq!(
             a.check(&peer("c", "01"), false),
             Err(Refusal::NotAllowed("c".into()))
         );
-        std::fs::write(&path, "# comment\n  a  \n")?;
-        assert!(matches!(
-            a.check(&peer("a", "0a1b"), false),
-            Err(Refusal::Revoked { .. })
-        ));
-        // Revocation by serial, with the colon form some tools print.
-        std::fs::write(&path, "0A:1B\n")?;
-        assert!(matches!(
-            a.check(&peer("a", "0a1b"), false),
-            Err(Refusal::Revoked { .. })
-        ));
         assert_eq!(a.check(&peer("b", "02"), false), Ok(()));
-        // Operators are not subject to the site allow-list, but to revocation.
+        // Operators are not subject to the site allow-list.
         let op = PeerCert {
             operator: true,
             ..peer("operator-x", "03")
@@ -338,9 +293,6 @@ mod tests {
             a.check(&op_a, false),
             Err(Refusal::OperatorAsSite("a".into()))
         );
-        std::fs::remove_file(&path)?;
-        assert_eq!(a.check(&peer("a", "0a1b"), false), Ok(()));
-        Ok(())
     }
 
     fn bound(key: Option<(Suite, Vec<u8>)>) -> PeerCert {

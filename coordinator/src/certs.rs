@@ -1,7 +1,8 @@
 //! `confide certs`: the federation CA, coordinator, site and operator
 //! certificates (rcgen, ECDSA P-256) and site signing keys, in the layout
 //! `ca.pem ca.key coordinator.pem coordinator.key sites/<name>.{pem,key,signing.toml}
-//! operators/<name>.{pem,key} revoked.txt`. Private key files are 0600 and never printed.
+//! operators/<name>.{pem,key} revoked.toml crl.pem`. Private key files are 0600 and never
+//! printed. Revocation (the CA's database and the signed X.509 CRL) is in [`crl`](self::crl).
 //!
 //! A site certificate also carries the site's long-term verifying key, as a
 //! SAN URI `confide:vk:<suite>:<hex>` ([`VK_URI_PREFIX`]), so that the CA's
@@ -24,8 +25,12 @@ pub use confide_proto::keys::{OPERATOR_ROLE_URI, VK_URI_PREFIX, parse_vk_uri, vk
 mod sign;
 pub use sign::{DEFAULT_SITE_DAYS, SignOptions, Signed, request_fingerprint, sign_request};
 
-/// File name of the revocation list inside the certs directory.
-pub const REVOKED_FILE: &str = "revoked.txt";
+mod crl;
+
+pub use self::crl::{
+    CRL_FILE, DEFAULT_CRL_DAYS, IssuedCrl, REVOKED_DB, RevocationDb, RevokeTarget, Revoked,
+    RevokedEntry, issue_crl, read_db, revoke, serial_hex,
+};
 
 use crate::ca_key::{self, CaKeySource, CaSigner};
 use crate::error::CoordinatorError;
@@ -242,50 +247,6 @@ pub fn issue_operator(dir: &Path, name: &str) -> Result<Vec<PathBuf>, Coordinato
     Ok(vec![pem])
 }
 
-/// `certs revoke NAME`: append `NAME` (a site name, `operator-NAME`, or a
-/// certificate serial in hex) to `dir/revoked.txt`. A running coordinator
-/// picks the change up on the next request, without a restart. Returns the
-/// list's path; revoking twice is a no-op.
-pub fn revoke(dir: &Path, name: &str) -> Result<PathBuf, CoordinatorError> {
-    let entry = name.trim();
-    if entry.is_empty() || entry.contains(char::is_whitespace) || entry.starts_with('#') {
-        return Err(err(format!(
-            "{name:?} is not a name or serial (one word, no '#')"
-        )));
-    }
-    let path = dir.join(REVOKED_FILE);
-    let current = read_revoked(&path)?;
-    if current.contains(entry) {
-        return Ok(path);
-    }
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)?;
-    writeln!(f, "{entry}")?;
-    f.sync_all()?;
-    Ok(path)
-}
-
-/// Parse a revocation list: one entry per line, `#` starts a comment,
-/// blank lines ignored. A missing file is an empty list.
-pub fn read_revoked(path: &Path) -> Result<std::collections::BTreeSet<String>, CoordinatorError> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(parse_revoked(&text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
-        Err(e) => Err(err(format!("{}: {e}", path.display()))),
-    }
-}
-
-/// The entries of a revocation list's text (serials are compared lowercase, without colons).
-pub fn parse_revoked(text: &str) -> std::collections::BTreeSet<String> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 /// The serial of the first certificate in a PEM text, lowercase hex.
 pub(crate) fn pem_serial(pem: &str) -> Option<String> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
@@ -371,8 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn site_certificate_binds_the_signing_key_and_revoke_appends_once()
-    -> Result<(), Box<dyn std::error::Error>> {
+    fn site_certificate_binds_the_signing_key() -> Result<(), Box<dyn std::error::Error>> {
         let tmp = tempfile::tempdir()?;
         init(tmp.path(), "test", &[], &CaKeySource::File)?;
         issue_site(tmp.path(), "bank-b", Suite::Intl)?;
@@ -386,10 +346,6 @@ mod tests {
             peer.verifying_key,
             Some((Suite::Intl, sk.verifying_key()?.as_bytes().to_vec()))
         );
-        let path = revoke(tmp.path(), "bank-b")?;
-        revoke(tmp.path(), "bank-b")?;
-        assert!(revoke(tmp.path(), "two words").is_err());
-        assert_eq!(fs::read_to_string(path)?, "bank-b\n");
         Ok(())
     }
 }

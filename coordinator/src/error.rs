@@ -211,6 +211,10 @@ pub enum CoordinatorError {
     /// A TLS configuration the transport refused.
     #[error("TLS: {0}")]
     TlsConfig(#[source] tonic::transport::Error),
+    /// TLS material rustls refused (a PEM without a certificate, a key that
+    /// does not fit, an unparsable CRL).
+    #[error("TLS: {0}")]
+    Rustls(#[from] confide_proto::tls::TlsError),
     /// I/O.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),

@@ -38,6 +38,7 @@ pub mod error;
 pub mod federation;
 pub mod grpc;
 pub mod optim;
+pub mod revocation;
 pub mod settings;
 
 use std::path::Path;

@@ -292,15 +292,59 @@ enum CertCmd {
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
     },
-    /// Revoke a site (NAME), an operator (operator-NAME) or a certificate
-    /// serial (hex): appended to DIR/revoked.txt, which a running coordinator
-    /// re-reads on its next request.
+    /// Revoke a site, an operator or a certificate serial: recorded in
+    /// DIR/revoked.toml and published in a freshly signed DIR/crl.pem, which
+    /// a running coordinator re-reads on its next request and serves to sites.
     Revoke {
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
-        /// Site name, `operator-NAME`, or certificate serial.
-        name: String,
+        #[command(flatten)]
+        target: RevokeArgs,
+        /// Days the new CRL stays valid.
+        #[arg(long, default_value_t = certs::DEFAULT_CRL_DAYS)]
+        days: u32,
+        /// The CA key's source, if not the one `certs init` recorded.
+        #[command(flatten)]
+        ca_key: CaKeyArgs,
     },
+    /// Re-issue DIR/crl.pem with the next CRL number and a fresh expiry.
+    /// CRLs expire: run this from cron well within --days (e.g. daily).
+    Crl {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Days the new CRL stays valid.
+        #[arg(long, default_value_t = certs::DEFAULT_CRL_DAYS)]
+        days: u32,
+        /// The CA key's source, if not the one `certs init` recorded.
+        #[command(flatten)]
+        ca_key: CaKeyArgs,
+    },
+}
+
+/// Exactly one certificate to revoke.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct RevokeArgs {
+    /// Site name (its certificate is DIR/sites/NAME.pem).
+    #[arg(long)]
+    site: Option<String>,
+    /// Operator name (its certificate is DIR/operators/NAME.pem).
+    #[arg(long)]
+    operator: Option<String>,
+    /// Certificate serial in hex (colons allowed).
+    #[arg(long)]
+    serial: Option<String>,
+}
+
+impl RevokeArgs {
+    fn target(&self) -> Result<certs::RevokeTarget<'_>> {
+        Ok(match (&self.site, &self.operator, &self.serial) {
+            (Some(n), _, _) => certs::RevokeTarget::Site(n),
+            (_, Some(n), _) => certs::RevokeTarget::Operator(n),
+            (_, _, Some(s)) => certs::RevokeTarget::Serial(s),
+            _ => bail!("--site, --operator or --serial required"),
+        })
+    }
 }
 
 fn init_logs(json: bool, default: &str) {
@@ -459,9 +503,23 @@ async fn main() -> Result<()> {
                 print!("{}", render::signed(&signed, out.as_deref(), &dir));
             }
             CertCmd::List { dir } => print!("{}", render::certs_dir_listing(&dir)?),
-            CertCmd::Revoke { dir, name } => {
-                let path = certs::revoke(&dir, &name)?;
-                print!("{}", render::revoked(&name, &path));
+            CertCmd::Revoke {
+                dir,
+                target,
+                days,
+                ca_key,
+            } => {
+                if let Some(source) = ca_key.source()? {
+                    ca_key::adopt(&dir, &source)?;
+                }
+                let r = certs::revoke(&dir, target.target()?, days)?;
+                print!("{}", render::revoked(&r));
+            }
+            CertCmd::Crl { dir, days, ca_key } => {
+                if let Some(source) = ca_key.source()? {
+                    ca_key::adopt(&dir, &source)?;
+                }
+                print!("{}", render::crl_issued(&certs::issue_crl(&dir, days)?));
             }
         },
         #[cfg(feature = "demo")]

@@ -106,7 +106,7 @@ pub struct SecAggSettings {
     pub complete_graph_up_to: usize,
     /// Leave a site out of every later cohort once it has been blamed in
     /// this many rounds (see the round records); 0 never excludes. The
-    /// operator can exclude a site at once through the revocation file.
+    /// operator can exclude a site at once by revoking it (`confide certs revoke`).
     pub exclude_after_blamed_rounds: u32,
     /// Seconds each stage waits (training happens inside the masked-input stage).
     pub stage_timeout_secs: u32,
@@ -211,9 +211,13 @@ pub struct TlsSettings {
     /// from the federation CA (a warning is logged at every start); list the
     /// sites explicitly in production.
     pub allowed_sites: Vec<String>,
-    /// Revocation list (one site name, `operator-NAME` or certificate serial
-    /// per line, `#` comments), re-read whenever it changes. Default:
-    /// `<certs_dir>/revoked.txt`.
+    /// The federation CA's X.509 CRL (PEM, from `confide certs revoke` /
+    /// `certs crl`), re-read whenever it changes and served to sites.
+    /// Default: `<certs_dir>/crl.pem`; a missing file means no revocations yet.
+    pub crl_file: Option<PathBuf>,
+    /// Deprecated name of `crl_file` (it used to name a text list; the file
+    /// it names is now read as a CRL). Logs a warning when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation_file: Option<PathBuf>,
 }
 
@@ -559,14 +563,19 @@ impl Settings {
         Ok(())
     }
 
-    /// The revocation list: `tls.revocation_file`, else `<certs_dir>/revoked.txt`.
-    pub fn revocation_file(&self) -> Option<PathBuf> {
-        self.tls.revocation_file.clone().or_else(|| {
-            self.tls
-                .certs_dir
-                .as_ref()
-                .map(|d| d.join(crate::certs::REVOKED_FILE))
-        })
+    /// The CRL file: `tls.crl_file`, else the deprecated
+    /// `tls.revocation_file`, else `<certs_dir>/crl.pem`.
+    pub fn crl_file(&self) -> Option<PathBuf> {
+        self.tls
+            .crl_file
+            .clone()
+            .or_else(|| self.tls.revocation_file.clone())
+            .or_else(|| {
+                self.tls
+                    .certs_dir
+                    .as_ref()
+                    .map(|d| d.join(crate::certs::CRL_FILE))
+            })
     }
 }
 

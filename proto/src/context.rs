@@ -7,7 +7,7 @@
 //!                   ‖ len(federation) (u64 BE) ‖ federation
 //!                   ‖ CA fingerprint (32 bytes: SHA-256 of the CA certificate DER)
 //!                   ‖ len(enc) (u64 BE) ‖ enc )
-//!  enc     = prost encoding of the RoundStart with `member` set to 0
+//!  enc     = prost encoding of the RoundStart with `member` and `crl` emptied
 //! ```
 //!
 //! `H_suite` is the federation suite's hash (SHA-256 or SM3). Through `enc`
@@ -16,7 +16,10 @@
 //! another), the SHA-256 of the model the site downloads, the round kind,
 //! the quantisation, the training settings, the feature statistics, the
 //! stage timeout, the plaintext flag, and the cryptographic parameters again.
-//! `member` is zeroed because it is the one field that differs per site.
+//! `member` is zeroed because it is the one field that differs per site;
+//! `crl` is emptied because the coordinator fills it in as each copy is
+//! delivered (its newest CRL then), and each site checks neighbours against
+//! the newest CRL *it* has seen anyway, whatever one announcement carried.
 //! Two sites with different views of any of it (or of the federation or its
 //! CA) compute different contexts, hence different session ids, and refuse
 //! each other's signatures.
@@ -54,6 +57,7 @@ pub fn round_context(
 ) -> [u8; 32] {
     let enc = v1::RoundStart {
         member: 0,
+        crl: Vec::new(),
         ..round_start.clone()
     }
     .encode_to_vec();

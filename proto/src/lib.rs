@@ -12,6 +12,8 @@
 //! | [`layout`] | the TRAIN / EVALUATE / STATISTICS vectors, encode and decode, upload chunks |
 //! | [`standardise`] | feature statistics and the standardiser derived from their sum |
 //! | [`keys`] | the verifying-key SAN URI and the signing-key file format |
+//! | [`crl`] | the federation CRL: number, expiry, signature check, revoked serials |
+//! | [`tls`] | TLS 1.3-only rustls configurations and the client connector |
 //!
 //! ```text
 //!   crypto  ◀──  proto  ◀──┬── coordinator
@@ -45,10 +47,12 @@ pub mod v1 {
 
 pub mod context;
 pub mod convert;
+pub mod crl;
 pub mod keys;
 pub mod layout;
 pub mod model;
 pub mod standardise;
+pub mod tls;
 
 /// Largest data payload of one model or masked-input chunk (1 MiB).
 pub const CHUNK_BYTES: usize = 1 << 20;

@@ -1,9 +1,11 @@
 //! Transport and identity security over real mTLS on loopback, and the
 //! neighbours' certificate checks against a lying coordinator.
 //!
+//! - transport: TLS 1.3 only (a TLS 1.2 client is refused at the handshake
+//!   and the listener keeps serving);
 //! - admission: no certificate, another CA's certificate, a certificate
-//!   outside the allow-list, a certificate revoked while the coordinator
-//!   runs, one site's certificate acting as another, a Join key that is not
+//!   outside the allow-list, a certificate revoked (signed CRL) while the
+//!   coordinator runs — refused on the open connection and at the handshake, one site's certificate acting as another, a Join key that is not
 //!   the certificate's, non-operator and revoked operator certificates on the
 //!   Admin API, the join-rate limit;
 //! - key binding: a coordinator that substitutes a key, relays a wrong
@@ -195,9 +197,10 @@ async fn mtls_admission_refuses_each_bad_peer_with_a_specific_status() -> Result
         "may not act as",
     )?;
 
-    // Revoked while running: the next call of the already-connected site is
-    // refused, without a restart; removing the line re-admits it.
-    certs::revoke(&pki.dir, "a")?;
+    // Revoked while running (a signed CRL written by `certs revoke`): the
+    // next call of the already-connected site is refused, without a restart,
+    // and a new connection fails the handshake itself.
+    certs::revoke(&pki.dir, certs::RevokeTarget::Site("a"), 7)?;
     denied(
         a_client
             .tasks(pb::TasksRequest {
@@ -207,13 +210,29 @@ async fn mtls_admission_refuses_each_bad_peer_with_a_specific_status() -> Result
         "revoked",
     )?;
     denied(join(a_ch.clone(), "a", pki.vk("a")?).await, "revoked")?;
-    std::fs::write(pki.dir.join(certs::REVOKED_FILE), "# a re-admitted\n")?;
-    join(a_ch.clone(), "a", pki.vk("a")?).await?;
+    let r = match channel(&url, &ca, Some(pki.site("a"))).await {
+        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        Ok(ch) => join(ch, "a", pki.vk("a")?).await,
+    };
+    match r {
+        Err(s) if s.code() != Code::PermissionDenied => {}
+        other => {
+            return Err(format!("revoked certificate got through the handshake: {other:?}").into());
+        }
+    }
+    // Site b, not revoked, still joins over a new connection.
+    let b_again = channel(&url, &ca, Some(pki.site("b"))).await?;
+    join(b_again, "b", pki.vk("b")?).await?;
 
     // Admin API: site certificates are refused, operator certificates admitted
-    // until revoked (by serial here, as `confide certs revoke SERIAL` writes).
+    // until revoked (by serial here, as `confide certs revoke --serial` takes it).
     denied(
         AdminClient::new(a_ch).status(pb::StatusRequest {}).await,
+        "revoked",
+    )?;
+    let b_ch = channel(&url, &ca, Some(pki.site("b"))).await?;
+    denied(
+        AdminClient::new(b_ch).status(pb::StatusRequest {}).await,
         "not an operator",
     )?;
     let ops = pki.dir.join("operators");
@@ -228,12 +247,145 @@ async fn mtls_admission_refuses_each_bad_peer_with_a_specific_status() -> Result
             .ok_or("operator certificate unparsable")?
             .serial
     };
-    certs::revoke(&pki.dir, &serial)?;
+    certs::revoke(&pki.dir, certs::RevokeTarget::Serial(&serial), 7)?;
     denied(
         AdminClient::new(op_ch).status(pb::StatusRequest {}).await,
         "revoked",
     )?;
 
+    coord.stop();
+    coord.finish(Duration::from_secs(15)).await?;
+    Ok(())
+}
+
+/// A bare rustls handshake with the coordinator offering only `version`.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, BoxError> {
+    let roots = confide_proto::tls::roots(&std::fs::read(ca)?)?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(confide_proto::tls::provider())
+        .with_protocol_versions(&[version])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_refuses_tls12_and_speaks_tls13() -> Result<(), BoxError> {
+    let pki = Pki::new()?;
+    let mut s = settings(1, Suite::Intl);
+    s.tls.insecure = false;
+    s.tls.certs_dir = Some(pki.dir.clone());
+    let mut coord = Coordinator::start(s).await?;
+    let ca = pki.dir.join("ca.pem");
+
+    match handshake(coord.addr, &ca, &rustls::version::TLS12).await {
+        Err(e) => {
+            let text = e.to_string().to_lowercase().replace([' ', '_'], "");
+            assert!(text.contains("protocolversion"), "unexpected error: {e}");
+        }
+        Ok(_) => return Err("a TLS 1.2-only client completed a handshake".into()),
+    }
+    let tls = handshake(coord.addr, &ca, &rustls::version::TLS13).await?;
+    let (_, conn) = tls.get_ref();
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]));
+    drop(tls);
+
+    // The refused handshake did not stop the listener: gRPC over the
+    // operator CLI's TLS 1.3 connector still works.
+    let url = format!("https://{}", coord.addr);
+    assert!(confide_coordinator::grpc::health_check(&url, Some(&ca), "localhost").await?);
+    coord.stop();
+    coord.finish(Duration::from_secs(15)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_refuses_a_coordinator_whose_certificate_is_revoked() -> Result<(), BoxError> {
+    let pki = Pki::new()?;
+    let mut s = settings(1, Suite::Intl);
+    s.tls.insecure = false;
+    s.tls.certs_dir = Some(pki.dir.clone());
+    let mut coord = Coordinator::start(s).await?;
+    let ca = std::fs::read(pki.dir.join("ca.pem"))?;
+    let coordinator_serial = confide_coordinator::access::PeerCert::from_der(&pem_file_der(
+        &pki.dir.join("coordinator.pem"),
+    )?)
+    .ok_or("coordinator certificate unparsable")?
+    .serial;
+    certs::revoke(
+        &pki.dir,
+        certs::RevokeTarget::Serial(&coordinator_serial),
+        7,
+    )?;
+    let crl_file = pki.dir.join(certs::CRL_FILE);
+    let crl = confide_proto::crl::Crl::from_pem(&std::fs::read(&crl_file)?)?;
+
+    // The connector's check: without the CRL the coordinator is trusted,
+    // with it the handshake fails.
+    let connect = |crls| -> Result<_, BoxError> {
+        let id = pki.site("a");
+        let (cert, key) = (std::fs::read(id.0)?, std::fs::read(id.1)?);
+        let cfg = confide_proto::tls::client_config(&ca, Some((&cert, &key)), crls)?;
+        let tls = confide_proto::tls::TlsConnector::new(
+            Arc::new(cfg),
+            "localhost",
+            None,
+            Duration::from_secs(5),
+        )?;
+        Ok((
+            Endpoint::from_shared(format!("http://{}", coord.addr))?,
+            tls,
+        ))
+    };
+    let (ep, tls) = connect(Vec::new())?;
+    ep.connect_with_connector(tls).await?;
+    let (ep, tls) = connect(vec![crl.to_rustls()])?;
+    match ep.connect_with_connector(tls).await {
+        Err(e) => assert!(format!("{e:?}").contains("Revoked"), "{e:?}"),
+        Ok(_) => return Err("connected to a revoked coordinator".into()),
+    }
+
+    // The site itself, given the CRL out of band (`--crl`), gives up
+    // connecting and says why.
+    let tmp = tempfile::tempdir()?;
+    let data = confide_tests::split_round_robin(tmp.path(), 3)?;
+    let mut cfg = confide_client::SiteConfig::new(
+        format!("https://{}", coord.addr),
+        "a",
+        &data[0],
+        "malignant",
+    );
+    cfg.tls = Some(confide_client::TlsFiles::from_certs_dir(
+        &pki.dir,
+        "a",
+        "localhost",
+    ));
+    cfg.signing_key = Some(pki.dir.join("sites/a.signing.toml"));
+    cfg.crl = Some(crl_file);
+    cfg.max_reconnect = Duration::from_secs(1);
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        confide_client::run_site(cfg, std::future::pending()),
+    )
+    .await?;
+    match r {
+        Err(e) => assert!(e.to_string().contains("Revoked"), "{e}"),
+        Ok(report) => {
+            return Err(format!("site ran against a revoked coordinator: {report:?}").into());
+        }
+    }
     coord.stop();
     coord.finish(Duration::from_secs(15)).await?;
     Ok(())

@@ -59,6 +59,7 @@ fn driver_with_policy(
         session: "s1".into(),
         federation: "f".into(),
         suite: "intl".into(),
+        crl: Vec::new(),
     })?;
     assert_eq!(joined, Joined::Session);
     Ok(d)
@@ -281,6 +282,7 @@ fn a_key_of_another_suite_is_refused_unless_ephemeral() -> Result<(), ClientErro
         session: "s2".into(),
         federation: "f".into(),
         suite: "gm".into(),
+        crl: Vec::new(),
     };
     assert!(matches!(d.joined(gm.clone()), Err(ClientError::Config(_))));
     d.cfg.key_source = KeySource::Ephemeral;
@@ -399,6 +401,7 @@ fn secure_round_starts_with_an_advert_and_ignores_other_rounds() -> Result<(), C
         session: "s2".into(),
         federation: "f".into(),
         suite: "intl".into(),
+        crl: Vec::new(),
     })?;
     assert!(matches!(d.on_task(start(&rs), now)?, Action::Send));
     Ok(())

@@ -103,6 +103,7 @@ impl Connection for MemoryConn {
             session: format!("session-{n}"),
             federation: "memory".into(),
             suite: "intl".into(),
+            crl: Vec::new(),
         })
     }
 
@@ -262,7 +263,7 @@ fn uploaded(chunks: &[v1::MaskedInputChunk]) -> Vec<u8> {
 }
 
 fn runner(memory: &Memory) -> Result<Runner<Memory>, ClientError> {
-    Runner::new(&config(), dataset()?, Arc::new(builtin_trainer), || {
+    Runner::new(&config(), dataset()?, Arc::new(builtin_trainer), |_| {
         Ok(memory.clone())
     })
 }
@@ -353,7 +354,7 @@ async fn gives_up_when_the_coordinator_stays_away() -> Result<(), ClientError> {
     memory.with(|s| s.refuse_connects = usize::MAX);
     let mut cfg = config();
     cfg.max_reconnect = Duration::from_millis(300);
-    let runner = Runner::new(&cfg, dataset()?, Arc::new(builtin_trainer), || {
+    let runner = Runner::new(&cfg, dataset()?, Arc::new(builtin_trainer), |_| {
         Ok(memory.clone())
     })?;
     match runner.run(std::future::pending()).await {

@@ -1,16 +1,18 @@
 //! The operator's side of the Admin API and the gRPC health probe, as used by
 //! `confide status`, `confide rounds` and `confide health`.
 //!
-//! Every connection is built by [`endpoint`], so the TLS setup (CA, optional
-//! client identity, the name expected in the coordinator's certificate) is
-//! written once.
+//! Every connection is built by [`endpoint`], so the TLS setup (TLS 1.3 only,
+//! CA, optional client identity, the name expected in the coordinator's
+//! certificate) is written once.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use confide_proto::tls::{self, TlsConnector};
 use confide_proto::v1 as pb;
 use tonic::Response;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::checkpoint::RoundRecord;
 use crate::convert::record_from_pb;
@@ -62,27 +64,75 @@ fn read(p: &Path) -> Result<Vec<u8>, CoordinatorError> {
     std::fs::read(p).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", p.display())))
 }
 
-/// An endpoint for `url`, over TLS when `tls` is given (plaintext otherwise).
-pub fn endpoint(url: &str, tls: Option<ClientTls<'_>>) -> Result<Endpoint, CoordinatorError> {
-    let ep = Endpoint::from_shared(url.to_string()).map_err(CoordinatorError::Transport)?;
-    let Some(tls) = tls else {
-        return Ok(ep);
-    };
-    let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(tls.ca)?));
-    if let Some((cert, key)) = tls.identity {
-        cfg = cfg.identity(Identity::from_pem(read(cert)?, read(key)?));
-    }
-    ep.tls_config(cfg.domain_name(tls.domain))
-        .map_err(CoordinatorError::TlsConfig)
+/// How long connecting (TCP and the TLS handshake) may take by default.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection to make: the tonic endpoint and, over TLS, the connector
+/// that dials and secures it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The URL as the user gave it (for messages).
+    url: String,
+    /// The tonic endpoint; `http://` even for TLS, which the connector does.
+    endpoint: Endpoint,
+    /// TLS 1.3 connector, or `None` for plaintext.
+    tls: Option<TlsConnector>,
 }
 
-async fn connect(url: &str, ep: Endpoint) -> Result<Channel, CoordinatorError> {
-    ep.connect()
-        .await
-        .map_err(|source| CoordinatorError::Connect {
-            url: url.to_string(),
+impl Target {
+    /// Bound connecting and every call by `timeout` (health probes).
+    fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.endpoint = self.endpoint.connect_timeout(timeout).timeout(timeout);
+        self.tls = self.tls.map(|c| c.with_timeout(timeout));
+        self
+    }
+
+    async fn connect(&self) -> Result<Channel, CoordinatorError> {
+        let r = match &self.tls {
+            Some(c) => self.endpoint.connect_with_connector(c.clone()).await,
+            None => self.endpoint.connect().await,
+        };
+        r.map_err(|source| CoordinatorError::Connect {
+            url: self.url.clone(),
             source,
         })
+    }
+}
+
+/// A connection target for `url`, over TLS 1.3 when `tls` is given
+/// (plaintext otherwise).
+pub fn endpoint(url: &str, tls: Option<ClientTls<'_>>) -> Result<Target, CoordinatorError> {
+    let Some(t) = tls else {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(CoordinatorError::Transport)?
+            .connect_timeout(CONNECT_TIMEOUT);
+        return Ok(Target {
+            url: url.to_string(),
+            endpoint,
+            tls: None,
+        });
+    };
+    let endpoint =
+        Endpoint::from_shared(tls::http_uri(url)).map_err(CoordinatorError::Transport)?;
+    let identity = match t.identity {
+        Some((cert, key)) => {
+            confide_proto::keys::check_private_file(key)
+                .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+            Some((read(cert)?, read(key)?))
+        }
+        None => None,
+    };
+    let config = tls::client_config(
+        &read(t.ca)?,
+        identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        Vec::new(),
+    )?;
+    let connector = TlsConnector::new(Arc::new(config), t.domain, None, CONNECT_TIMEOUT)?;
+    Ok(Target {
+        url: url.to_string(),
+        endpoint,
+        tls: Some(connector),
+    })
 }
 
 async fn admin_client(
@@ -94,7 +144,7 @@ async fn admin_client(
         identity: Some((&t.cert, &t.key)),
         domain: &t.domain,
     });
-    let ch = connect(url, endpoint(url, tls)?).await?;
+    let ch = endpoint(url, tls)?.connect().await?;
     Ok(pb::admin_client::AdminClient::new(ch))
 }
 
@@ -112,10 +162,10 @@ pub async fn health_check(
         domain,
     });
     // A healthcheck must answer quickly either way.
-    let ep = endpoint(url, tls)?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2));
-    let ch = connect(url, ep).await?;
+    let ch = endpoint(url, tls)?
+        .with_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
     let reply = tonic_health::pb::health_client::HealthClient::new(ch)
         .check(tonic_health::pb::HealthCheckRequest {
             service: "confide.v1.Site".into(),

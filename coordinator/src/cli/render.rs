@@ -164,17 +164,47 @@ pub fn certs_list(issued: &[(String, String, PathBuf)], revoked: &BTreeSet<Strin
     s
 }
 
-/// [`certs_list`] of the certificate directory `dir`.
+/// [`certs_list`] of the certificate directory `dir`, revoked entries from
+/// its `revoked.toml` (sites by name, operators as `operator-NAME`,
+/// certificates of no known name by serial).
 pub fn certs_dir_listing(dir: &Path) -> Result<String, CoordinatorError> {
-    let revoked = certs::read_revoked(&dir.join(certs::REVOKED_FILE))?;
+    let revoked = certs::read_db(dir)?
+        .revoked
+        .into_iter()
+        .map(|e| match e.kind.as_str() {
+            "site" => e.name,
+            "operator" => format!("operator-{}", e.name),
+            _ => e.serial,
+        })
+        .collect();
     Ok(certs_list(&certs::list(dir)?, &revoked))
 }
 
 /// `confide certs revoke`.
-pub fn revoked(name: &str, path: &Path) -> String {
+pub fn revoked(r: &certs::Revoked) -> String {
+    let who = match r.entry.kind.as_str() {
+        "serial" => format!("serial {}", r.entry.serial),
+        kind => format!("{kind} {} (serial {})", r.entry.name, r.entry.serial),
+    };
+    let verb = if r.already {
+        "was already revoked"
+    } else {
+        "revoked"
+    };
     format!(
-        "revoked {name} in {} (a running coordinator applies it on the next request)\n",
-        path.display()
+        "{who} {verb}\n{}a running coordinator applies it on the next request and serves it to sites\n",
+        crl_issued(&r.crl)
+    )
+}
+
+/// `confide certs crl` (and the CRL line of `certs revoke`).
+pub fn crl_issued(c: &certs::IssuedCrl) -> String {
+    format!(
+        "wrote {} (CRL number {}, {} revoked, valid until {}; re-issue before then with `confide certs crl`)\n",
+        c.path.display(),
+        c.number,
+        c.entries,
+        c.next_update
     )
 }
 

@@ -5,13 +5,15 @@
 //! `status`.
 //!
 //! ```text
-//! serve ─▶ Handlers::admit (access: certificate, revocation, allow-list)
+//! serve ─▶ incoming (TLS 1.3 handshake, client certificate vs CA and CRL)
+//!       ─▶ Handlers::admit (access: certificate, CRL, allow-list)
 //!       ├─▶ site   (Site service)  ─▶ Federation
 //!       ├─▶ admin  (Admin service) ─▶ Federation, checkpoints
 //!       └─▶ status (RequestError → Status, exhaustive)
 //! ```
 
 mod admin;
+mod incoming;
 mod rate;
 mod site;
 mod status;
@@ -20,17 +22,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use confide_proto::tls;
 use confide_proto::v1 as pb;
 use pb::admin_server::AdminServer;
 use pb::site_server::SiteServer;
 use tokio_stream::Stream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Status};
 use tracing::{info, warn};
 
 use crate::access::{Access, JoinLimiter, PeerCert, Refusal};
 use crate::error::CoordinatorError;
 use crate::federation::{Federation, ServeReport};
+use crate::revocation::{CrlClientVerifier, Revocation};
 use crate::settings::Settings;
 
 // The admin client moved to `cli`; these stay reachable here so callers of
@@ -75,6 +79,14 @@ impl Handlers {
         Ok(Some(cert))
     }
 
+    /// DER of the CRL in force (empty without one), for sites.
+    fn crl(&self) -> Vec<u8> {
+        self.access
+            .revocation()
+            .map(|r| r.crl_der())
+            .unwrap_or_default()
+    }
+
     fn peer<T>(&self, req: &Request<T>) -> Result<Option<String>, Status> {
         Ok(self.admit(req, false)?.map(|c| c.name))
     }
@@ -91,21 +103,8 @@ pub async fn serve(
 ) -> Result<ServeReport, CoordinatorError> {
     let fed = Federation::new(settings)?;
     let s = fed.settings().clone();
-    let access = Arc::new(Access::new(&s.tls.allowed_sites, s.revocation_file()));
-    let handlers = Handlers {
-        fed: fed.clone(),
-        tls: !s.tls.insecure,
-        access: access.clone(),
-        joins: Arc::new(JoinLimiter::new(
-            s.limits.join_rate_per_sec,
-            s.limits.join_burst,
-        )),
-        rates: Arc::new(rate::SiteLimiter::new(
-            s.limits.site_rate_per_sec,
-            s.limits.site_burst,
-        )),
-    };
-    let mut builder = Server::builder();
+    let mut acceptor = None;
+    let mut revocation = None;
     if s.tls.insecure {
         warn!(
             "running WITHOUT TLS (--insecure): site identities are not authenticated; for local experiments only"
@@ -120,19 +119,40 @@ pub async fn serve(
                 "tls.allowed_sites is empty: ANY site holding a certificate from the federation CA may join; list the sites in production"
             );
         }
-        info!(revocation_list = ?access.revocation_path(), allowed_sites = ?s.tls.allowed_sites, "mTLS admission");
-        // Client certificates are verified against the federation CA during
-        // the handshake whenever presented; a connection without one is let
-        // through the handshake only so that every RPC can refuse it with a
-        // clear PERMISSION_DENIED (the health service stays reachable).
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(read(&cert)?, read(&key)?))
-            .client_ca_root(Certificate::from_pem(read(&ca)?))
-            .client_auth_optional(true);
-        builder = builder
-            .tls_config(tls)
-            .map_err(CoordinatorError::TlsConfig)?;
+        if s.tls.crl_file.is_none() && s.tls.revocation_file.is_some() {
+            warn!(
+                "tls.revocation_file is deprecated: rename it tls.crl_file; the file it names is now read as an X.509 CRL (`confide certs crl` writes one)"
+            );
+        }
+        let r = Arc::new(Revocation::new(s.crl_file(), &read(&ca)?)?);
+        info!(crl = ?r.path(), allowed_sites = ?s.tls.allowed_sites, "mTLS admission (TLS 1.3 only)");
+        // Client certificates are verified against the federation CA and its
+        // current CRL during the handshake whenever presented; a connection
+        // without one is let through the handshake only so that every RPC
+        // can refuse it with a clear PERMISSION_DENIED (the health service
+        // stays reachable).
+        let verifier = CrlClientVerifier::new(r.clone());
+        // A key other accounts on the host can read is not the coordinator's alone.
+        confide_proto::keys::check_private_file(&key)
+            .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+        let config = tls::server_config(&read(&cert)?, &read(&key)?, verifier)?;
+        acceptor = Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+        revocation = Some(r);
     }
+    let access = Arc::new(Access::new(&s.tls.allowed_sites, revocation));
+    let handlers = Handlers {
+        fed: fed.clone(),
+        tls: !s.tls.insecure,
+        access: access.clone(),
+        joins: Arc::new(JoinLimiter::new(
+            s.limits.join_rate_per_sec,
+            s.limits.join_burst,
+        )),
+        rates: Arc::new(rate::SiteLimiter::new(
+            s.limits.site_rate_per_sec,
+            s.limits.site_burst,
+        )),
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SiteServer<Handlers>>().await;
     let max = s.limits.max_message_bytes;
@@ -144,18 +164,28 @@ pub async fn serve(
     info!(addr = ?addr, federation = %s.federation, suite = %s.suite, secure_aggregation = s.secure_aggregation, "coordinator listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = builder
+    let stopped = async move {
+        let _ = stop_rx.await;
+    };
+    let router = Server::builder()
         .add_service(health)
         .add_service(site)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(
+        .add_service(admin);
+    let (server, accept) = match acceptor {
+        Some(acceptor) => {
+            let (incoming, accept) =
+                incoming::tls_incoming(listener, acceptor, incoming::HANDSHAKE_TIMEOUT);
+            let server = router.serve_with_incoming_shutdown(incoming, stopped);
+            (tokio::spawn(server), Some(accept))
+        }
+        None => {
             // Small stage messages must not wait out delayed ACKs (~40 ms each).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = stop_rx.await;
-            },
-        );
-    let server = tokio::spawn(server);
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let server = router.serve_with_incoming_shutdown(incoming, stopped);
+            (tokio::spawn(server), None)
+        }
+    };
     let result = tokio::select! {
         r = fed.run() => r,
         _ = shutdown => {
@@ -183,6 +213,10 @@ pub async fn serve(
             server.abort();
         }
         Ok(Ok(Ok(()))) => {}
+    }
+    // Close the listening socket with the server.
+    if let Some(accept) = accept {
+        accept.abort();
     }
     result
 }

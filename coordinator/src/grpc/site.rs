@@ -146,6 +146,7 @@ impl Site for Handlers {
             session,
             federation: s.federation.clone(),
             suite: s.suite.name().into(),
+            crl: self.crl(),
         }))
     }
 
@@ -159,10 +160,17 @@ impl Site for Handlers {
         self.limit(peer.as_deref(), &req.get_ref().session)?;
         // Dropped when the site hangs up: the federation then gives it the
         // reconnect grace before the round stops waiting for it.
+        let handlers = self.clone();
         let stream = self
             .fed
             .open_tasks(&req.get_ref().session, peer.as_deref())?
-            .map(Ok);
+            // Each announcement carries the CRL in force when it is delivered.
+            .map(move |mut t| {
+                if let Some(pb::task::Kind::RoundStart(rs)) = &mut t.kind {
+                    rs.crl = handlers.crl();
+                }
+                Ok(t)
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 

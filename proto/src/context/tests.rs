@@ -37,6 +37,7 @@ fn start() -> v1::RoundStart {
         attempt: vec![7; 32],
         max_colluders: 1,
         model_sha256: vec![8; 32],
+        crl: Vec::new(),
     }
 }
 
@@ -45,13 +46,19 @@ fn ctx(rs: &v1::RoundStart) -> [u8; 32] {
 }
 
 #[test]
-fn member_is_not_bound() {
+fn member_and_crl_are_not_bound() {
     let a = start();
     let b = v1::RoundStart {
         member: 3,
         ..a.clone()
     };
     assert_eq!(ctx(&a), ctx(&b));
+    // The coordinator stamps its current CRL on each copy as it is delivered.
+    let c = v1::RoundStart {
+        crl: vec![0x30, 0x03, 1, 2, 3],
+        ..a.clone()
+    };
+    assert_eq!(ctx(&a), ctx(&c));
 }
 
 #[test]
