@@ -151,24 +151,6 @@ pub struct TlsFiles {
     pub domain: String,
 }
 
-/// The TLS files and signing-key file of `site` in `dir`: the site's own
-/// directory from `confide-site init` (`NAME.pem`, `NAME.key`,
-/// `NAME.signing.toml`, `ca.pem`; see [`crate::enrol`]), or a demo CA
-/// directory from `confide certs issue --generate-keys-here`
-/// (`sites/NAME.*`), whichever holds the site's certificate.
-pub fn identity_in_dir(dir: &Path, site: &str, domain: impl Into<String>) -> (TlsFiles, PathBuf) {
-    let ca_made = dir.join("sites").join(format!("{site}.pem"));
-    if ca_made.exists() {
-        (
-            TlsFiles::from_certs_dir(dir, site, domain),
-            dir.join("sites").join(format!("{site}.signing.toml")),
-        )
-    } else {
-        let f = crate::enrol::SiteFiles::new(dir, site);
-        (f.tls(domain), f.signing_key())
-    }
-}
-
 impl TlsFiles {
     /// The files `confide certs issue --generate-keys-here` writes for
     /// `site` under `dir`: `ca.pem`, `sites/<site>.pem`, `sites/<site>.key`.

@@ -98,6 +98,24 @@ impl SiteFiles {
     }
 }
 
+/// The TLS files and signing-key file of `site` in `dir`: the site's own
+/// directory from `confide-site init` (`NAME.pem`, `NAME.key`,
+/// `NAME.signing.toml`, `ca.pem`; see the module docs), or a demo CA
+/// directory from `confide certs issue --generate-keys-here`
+/// (`sites/NAME.*`), whichever holds the site's certificate.
+pub fn identity_in_dir(dir: &Path, site: &str, domain: impl Into<String>) -> (TlsFiles, PathBuf) {
+    let ca_made = dir.join("sites").join(format!("{site}.pem"));
+    if ca_made.exists() {
+        (
+            TlsFiles::from_certs_dir(dir, site, domain),
+            dir.join("sites").join(format!("{site}.signing.toml")),
+        )
+    } else {
+        let f = SiteFiles::new(dir, site);
+        (f.tls(domain), f.signing_key())
+    }
+}
+
 /// What [`init`] made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Enrolment {
@@ -548,7 +566,7 @@ mod tests {
             .join("retired")
             .join(format!("clinic.{}.key", i1.serial));
         assert_eq!(fs::read(retired)?, old_key);
-        let (tls, signing) = crate::config::identity_in_dir(dir, "clinic", "c");
+        let (tls, signing) = crate::enrol::identity_in_dir(dir, "clinic", "c");
         assert_eq!(
             crate::config::load_signing_key(&signing)?
                 .verifying_key()

@@ -202,7 +202,7 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
             .with_context(|| format!("no host in coordinator URL {}", a.coordinator))?,
     };
     if let Some(dir) = &a.certs_dir {
-        let (tls, signing) = confide_client::config::identity_in_dir(dir, &a.site, domain);
+        let (tls, signing) = confide_client::enrol::identity_in_dir(dir, &a.site, domain);
         cfg.tls = Some(tls);
         cfg.signing_key = Some(signing);
     } else if let (Some(ca), Some(cert), Some(key)) = (&a.ca, &a.cert, &a.key) {

@@ -119,7 +119,7 @@ impl SiteBuilder {
         self
     }
 
-    /// The identity in a directory ([`crate::config::identity_in_dir`]): the
+    /// The identity in a directory ([`crate::enrol::identity_in_dir`]): the
     /// site's own from `confide-site init`, or a demo CA directory;
     /// `domain` is the coordinator's certificate name to expect.
     pub fn certs_dir(
@@ -130,7 +130,7 @@ impl SiteBuilder {
     ) -> Self {
         let site = site.into();
         let dir = dir.as_ref();
-        let (tls, key) = crate::config::identity_in_dir(dir, &site, domain);
+        let (tls, key) = crate::enrol::identity_in_dir(dir, &site, domain);
         self.identity(site, tls, key)
     }
 

@@ -100,6 +100,21 @@ async fn local_problems_are_reported_before_connecting() -> Result<(), Box<dyn s
     let key = dir.path().join("site-a.signing.toml");
     std::fs::write(&key, "suite = \"intl\"\nsecret = \"not hex\"\n")?;
     cfg.signing_key = Some(key.clone());
+    #[cfg(unix)]
+    {
+        // A key file other users can read is refused, with the fix.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+        let e = run_site(cfg.clone(), std::future::pending())
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("chmod 600")),
+            "{e:?}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
     let e = run_site(cfg.clone(), std::future::pending())
         .await
         .err()

@@ -404,7 +404,7 @@ async fn breast_cancer_three_hospitals_non_iid_mtls_reaches_95_percent() -> Resu
         .map(|(n, p)| {
             let mut c = confide_client::SiteConfig::new(url.clone(), *n, p, "malignant");
             let (tls, signing) =
-                confide_client::config::identity_in_dir(&site_dir(n), n, "localhost");
+                confide_client::enrol::identity_in_dir(&site_dir(n), n, "localhost");
             c.tls = Some(tls);
             c.signing_key = Some(signing);
             c

@@ -121,7 +121,7 @@ pub async fn run(rounds: u64, suite: &str, dir: Option<PathBuf>) -> Result<()> {
             "malignant",
         );
         let (tls, signing) =
-            confide_client::config::identity_in_dir(&site_dir(&name), &name, "localhost");
+            confide_client::enrol::identity_in_dir(&site_dir(&name), &name, "localhost");
         cfg.tls = Some(tls);
         cfg.signing_key = Some(signing);
         sites.push(tokio::spawn(confide_client::run_site(
