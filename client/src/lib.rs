@@ -78,6 +78,7 @@ pub mod enrol;
 pub mod error;
 pub mod external;
 pub mod identity;
+pub mod metrics;
 mod round;
 mod run;
 pub mod site;
@@ -91,6 +92,7 @@ pub use confide_crypto::protocol::SitePolicy;
 pub use config::{SiteConfig, SiteReport, TlsFiles, Vanish};
 pub use error::ClientError;
 pub use identity::RelayedKeyVerifier;
+pub use metrics::SiteMetrics;
 pub use site::{Site, SiteBuilder};
 pub use trainer::{BoxTrainer, TrainerFactory, builtin_trainer};
 
