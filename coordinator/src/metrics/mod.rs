@@ -462,6 +462,12 @@ impl Metrics {
             })
             .set(1);
         r.register("build_info", "Version and federation settings", build);
+        // Series of every kind exist from the start, so `increase()` sees
+        // the first round of each too.
+        for kind in [KindLabel::statistics, KindLabel::train, KindLabel::evaluate] {
+            m.rounds_started.get_or_create(&KindLabels { kind });
+            m.rounds_succeeded.get_or_create(&KindLabels { kind });
+        }
         Metrics { registry: r, ..m }
     }
 

@@ -218,6 +218,11 @@ fn metrics_listen_reads_from_toml() -> Result<(), CoordinatorError> {
     assert_eq!(s.metrics.listen.as_deref(), Some("0.0.0.0:9464"));
     assert_eq!(Settings::from_toml_str("")?.metrics.listen, None);
     assert!(Settings::from_toml_str("[metrics]\nport = 1\n").is_err());
+    // Off in the annotated example, on in the compose deployment.
+    let example = Settings::from_toml_str(include_str!("../../federation.example.toml"))?;
+    assert_eq!(example.metrics.listen, None);
+    let compose = Settings::from_toml_str(include_str!("../../../deploy/federation.toml"))?;
+    assert_eq!(compose.metrics.listen.as_deref(), Some("0.0.0.0:9464"));
     Ok(())
 }
 
@@ -275,5 +280,36 @@ async fn endpoint_serves_get_metrics_and_nothing_else() -> Res<()> {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "stopped endpoint still accepts"
     );
+    Ok(())
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_that_exist() -> Res<()> {
+    let m = Metrics::new(&settings());
+    // Labelled families appear once they have a series.
+    m.round_recorded(
+        RoundKind::Train,
+        &record(1, false),
+        Some(FailureReason::other),
+        Reconstructions::default(),
+    );
+    m.stage_closed(Stage::Unmask, 0.1);
+    m.join_refused(JoinRefusal::other);
+    let text = m.encode()?;
+    let dashboard = include_str!("../../../deploy/grafana/confide.json");
+    let mut names: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("confide_") && *w != "confide_federation")
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 15, "{names:?}");
+    for name in names {
+        let family = name.strip_suffix("_bucket").unwrap_or(name);
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{name} is not exported:\n{text}"
+        );
+    }
     Ok(())
 }
