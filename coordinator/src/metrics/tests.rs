@@ -5,6 +5,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::endpoint::{MetricsServer, OPENMETRICS_FORMAT, TEXT_FORMAT};
 use super::*;
 use crate::error::CoordinatorError;
+use crate::federation::outcome::OutcomeError;
+use confide_crypto::ProtocolError;
+use confide_crypto::protocol::AnyRoundResult;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
