@@ -3,6 +3,7 @@
 //! ([`SiteReport`]), and the signing-key file format.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use confide_crypto::Stage;
@@ -11,6 +12,7 @@ use confide_crypto::suite::SigningKey;
 use confide_proto::keys;
 
 use crate::error::ClientError;
+use crate::metrics::SiteMetrics;
 
 /// Everything [`run_site`](crate::run_site) needs.
 #[derive(Clone, Debug)]
@@ -47,6 +49,9 @@ pub struct SiteConfig {
     pub vanish: Option<Vanish>,
     /// Give up reconnecting after this long (default 60 s).
     pub max_reconnect: Duration,
+    /// Where the run loop records rounds, stage times, bytes and reconnects
+    /// (none by default; `confide-site run --metrics-listen` serves one).
+    pub metrics: Option<Arc<SiteMetrics>>,
 }
 
 impl SiteConfig {
@@ -72,6 +77,7 @@ impl SiteConfig {
             policy: SitePolicy::default(),
             vanish: None,
             max_reconnect: Duration::from_secs(60),
+            metrics: None,
         }
     }
 

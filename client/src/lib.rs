@@ -78,6 +78,7 @@ pub mod enrol;
 pub mod error;
 pub mod external;
 pub mod identity;
+pub mod metrics;
 pub mod revocation;
 mod round;
 mod run;
@@ -92,6 +93,7 @@ pub use confide_crypto::protocol::SitePolicy;
 pub use config::{SiteConfig, SiteReport, TlsFiles, Vanish};
 pub use error::ClientError;
 pub use identity::RelayedKeyVerifier;
+pub use metrics::SiteMetrics;
 pub use site::{Site, SiteBuilder};
 pub use trainer::{BoxTrainer, TrainerFactory, builtin_trainer};
 

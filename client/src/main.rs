@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use confide_client::metrics::MetricsServer;
 use confide_client::train::Dataset;
 use confide_client::{Site, SiteConfig, TlsFiles};
 use confide_crypto::protocol::SitePolicy;
@@ -141,6 +142,10 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long, env = "CONFIDE_JSON_LOGS")]
     json_logs: bool,
+    /// Serve Prometheus metrics (rounds, stage times, bytes, reconnects) as
+    /// plain HTTP on IP:PORT, GET /metrics (off unless given).
+    #[arg(long, env = "CONFIDE_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -252,8 +257,22 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(cmd) = &a.train_command {
         site = site.trainer_factory(confide_client::external::factory(cmd.clone()));
     }
+    let metrics = match a.metrics_listen {
+        Some(addr) => {
+            let m = std::sync::Arc::new(confide_client::SiteMetrics::new());
+            site = site.metrics(m.clone());
+            let server = MetricsServer::bind(addr, m).await?;
+            tracing::info!(url = %server.url(), "metrics endpoint listening");
+            Some(server)
+        }
+        None => None,
+    };
     let site = site.build()?;
-    let report = site.run(shutdown_signal()).await?;
+    let report = site.run(shutdown_signal()).await;
+    if let Some(server) = metrics {
+        server.stop().await;
+    }
+    let report = report?;
     tracing::info!(
         rounds = report.rounds,
         last_round = report.last_round,

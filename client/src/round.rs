@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 use crate::config::{SiteReport, Vanish};
 use crate::convert;
 use crate::error::ClientError;
+use crate::metrics::{RoundOutcome, RoundSummary};
 use crate::train::Model;
 use crate::trainer::LocalJob;
 use crate::wire::EVAL_LEN;
@@ -115,6 +116,16 @@ impl Round {
             .iter()
             .any(|(s, _)| *s == Stage::MaskedInput)
     }
+
+    fn summary(&self, outcome: RoundOutcome) -> RoundSummary {
+        RoundSummary {
+            kind: self.kind,
+            outcome,
+            stage_secs: self.stage_secs.clone(),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+        }
+    }
 }
 
 /// Whether the signing key may be replaced when the federation's suite
@@ -184,6 +195,8 @@ pub(crate) struct RoundDriver {
     left_round: Option<u64>,
     contributions: Contributions,
     report: SiteReport,
+    /// Rounds ended or left since the run loop last took them (metrics).
+    finished: Vec<RoundSummary>,
 }
 
 impl RoundDriver {
@@ -197,6 +210,7 @@ impl RoundDriver {
             left_round: None,
             contributions: Contributions::default(),
             report: SiteReport::default(),
+            finished: Vec::new(),
         }
     }
 
@@ -217,7 +231,13 @@ impl RoundDriver {
     pub(crate) fn leave_round(&mut self) {
         if let Some(r) = self.round.take() {
             self.left_round = Some(r.start.round);
+            self.finished.push(r.summary(RoundOutcome::left));
         }
+    }
+
+    /// The rounds that ended or were left since the last call.
+    pub(crate) fn take_finished(&mut self) -> Vec<RoundSummary> {
+        std::mem::take(&mut self.finished)
     }
 
     fn session_str(&self) -> String {
@@ -336,6 +356,12 @@ impl RoundDriver {
         if end.success && r.submitted() {
             self.report.rounds += 1;
         }
+        let outcome = match (end.success, r.submitted()) {
+            (false, _) => RoundOutcome::failed,
+            (true, true) => RoundOutcome::succeeded,
+            (true, false) => RoundOutcome::not_included,
+        };
+        self.finished.push(r.summary(outcome));
         let stages: Vec<String> = r
             .stage_secs
             .iter()

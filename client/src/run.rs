@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::config::{SiteConfig, SiteReport, load_signing_key};
 use crate::error::ClientError;
 use crate::identity;
+use crate::metrics::SiteMetrics;
 use crate::revocation::CrlStore;
 use crate::round::{Action, DriverConfig, Joined, KeySource, Outgoing, Resume, RoundDriver};
 use crate::train::Dataset;
@@ -84,6 +85,7 @@ pub(crate) struct Runner<T> {
     max_reconnect: Duration,
     /// The newest federation CRL seen (mTLS only).
     crls: Option<Arc<CrlStore>>,
+    metrics: Option<Arc<SiteMetrics>>,
 }
 
 impl<T: Transport> Runner<T> {
@@ -141,6 +143,7 @@ impl<T: Transport> Runner<T> {
             url: cfg.coordinator.clone(),
             max_reconnect: cfg.max_reconnect,
             crls,
+            metrics: cfg.metrics.clone(),
         })
     }
 
@@ -181,6 +184,9 @@ impl<T: Transport> Runner<T> {
                             after: since.elapsed(),
                             last: Box::new(e),
                         });
+                    }
+                    if let Some(m) = &self.metrics {
+                        m.reconnect();
                     }
                     let delay = backoff.next_delay(&mut self.rng);
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "connection to the coordinator lost; reconnecting");
@@ -234,14 +240,29 @@ impl<T: Transport> Runner<T> {
                 store.offer_from_coordinator(&rs.crl, "RoundStart");
             }
             let round = self.driver.current_round();
-            match self.on_task(&mut conn, task).await {
+            let outcome = self.on_task(&mut conn, task).await;
+            if let Err(e) = &outcome
+                && !e.is_transient()
+            {
+                error!(round = round.unwrap_or_default(), error = %e, "leaving this round; the federation continues without this site's contribution");
+                self.driver.leave_round();
+            }
+            self.record_rounds();
+            match outcome {
                 Ok(None) => {}
                 Ok(Some(flow)) => return Ok(flow),
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => {
-                    error!(round = round.unwrap_or_default(), error = %e, "leaving this round; the federation continues without this site's contribution");
-                    self.driver.leave_round();
-                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Hands the rounds the driver saw end to the metrics, if any.
+    fn record_rounds(&mut self) {
+        let finished = self.driver.take_finished();
+        if let Some(m) = &self.metrics {
+            for r in &finished {
+                m.round(r);
             }
         }
     }

@@ -13,6 +13,7 @@ use confide_proto::v1;
 
 use crate::config::{SiteConfig, SiteReport, TlsFiles, Vanish};
 use crate::error::ClientError;
+use crate::metrics::SiteMetrics;
 use crate::run::DataSource;
 use crate::train::Dataset;
 // Re-exported here too: `site::builtin_trainer` and friends were public paths.
@@ -81,6 +82,7 @@ pub struct SiteBuilder {
     vanish: Option<Vanish>,
     max_reconnect: Option<Duration>,
     trainer: Option<TrainerFactory>,
+    metrics: Option<Arc<SiteMetrics>>,
 }
 
 impl SiteBuilder {
@@ -97,6 +99,7 @@ impl SiteBuilder {
         self.holdout = Some(cfg.holdout);
         self.vanish = cfg.vanish;
         self.max_reconnect = Some(cfg.max_reconnect);
+        self.metrics = cfg.metrics;
         self
     }
 
@@ -184,6 +187,13 @@ impl SiteBuilder {
         self
     }
 
+    /// Records this site's rounds, stage times, bytes and reconnects in
+    /// `metrics` (serve them with [`crate::metrics::MetricsServer`]).
+    pub fn metrics(mut self, metrics: Arc<SiteMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Chooses the local trainer per round (default [`builtin_trainer`]).
     pub fn trainer<F>(mut self, f: F) -> Self
     where
@@ -232,6 +242,7 @@ impl SiteBuilder {
         if let Some(d) = self.max_reconnect {
             cfg.max_reconnect = d;
         }
+        cfg.metrics = self.metrics;
         cfg.validate()?;
         Ok(Site {
             cfg,

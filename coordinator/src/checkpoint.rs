@@ -181,6 +181,21 @@ pub fn save(
     Ok(final_dir)
 }
 
+/// Bytes of the files directly in checkpoint directory `path` (what
+/// [`save`] wrote); unreadable entries count as 0, since this only feeds
+/// the size metric.
+pub fn size(path: &Path) -> u64 {
+    fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Checkpoint directories under `dir`, ascending by round.
 pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CoordinatorError> {
     let mut out = Vec::new();

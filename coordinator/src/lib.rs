@@ -11,8 +11,8 @@
 //!                          │   └─▶ access (certificates, revocation, join rate, key binding)
 //!                          ▼
 //!                     federation (registry, scheduler, machine per round)
-//!                       │            │              │
-//!                    optim       checkpoint      settings (TOML + CONFIDE_* env)
+//!                       │            │              │              │
+//!                    optim       checkpoint      settings       metrics ─▶ /metrics (HTTP, own port)
 //!
 //!  operator ─▶ `confide` (main.rs: clap + dispatch) ─▶ cli (admin client, rendering)
 //!  convert: RoundRecord ↔ Admin API message, for grpc and cli alike
@@ -37,8 +37,10 @@ pub mod convert;
 pub mod error;
 pub mod federation;
 pub mod grpc;
+pub mod metrics;
 pub mod optim;
 pub mod revocation;
+mod serve;
 pub mod settings;
 
 use std::path::Path;
@@ -48,7 +50,10 @@ pub use cli::render::rounds_table;
 pub use convert::record_to_pb;
 pub use error::{CoordinatorError, RequestError};
 pub use federation::{Federation, ServeReport};
-pub use grpc::serve;
+pub use grpc::serve_with;
+pub use metrics::Metrics;
+pub use metrics::endpoint::MetricsServer;
+pub use serve::serve;
 pub use settings::Settings;
 
 use confide_proto::v1 as pb;

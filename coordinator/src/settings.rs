@@ -19,8 +19,11 @@ use sha2::{Digest, Sha256};
 use crate::error::CoordinatorError;
 
 mod defaults;
+mod metrics;
 mod names;
 mod secagg;
+
+pub use metrics::MetricsSettings;
 
 /// Everything the coordinator needs to run one federation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -77,6 +80,8 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// Limits.
     pub limits: LimitSettings,
+    /// The Prometheus endpoint (off by default).
+    pub metrics: MetricsSettings,
 }
 
 /// SecAgg+ graph and threshold settings.
@@ -560,6 +565,7 @@ impl Settings {
         if !self.tls.insecure {
             self.tls_files()?;
         }
+        self.metrics.address(&self.listen)?;
         Ok(())
     }
 

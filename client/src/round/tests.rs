@@ -351,6 +351,16 @@ fn plaintext_statistics_round_sends_the_vector_and_counts_the_round() -> Result<
     assert_eq!(d.report().rounds, 1);
     assert_eq!(d.report().last_round, 3);
     assert_eq!(d.current_round(), None);
+    // The metrics get the round once, with its stage time and bytes.
+    let finished = d.take_finished();
+    assert_eq!(finished.len(), 1);
+    let r = &finished[0];
+    assert_eq!(r.outcome, crate::metrics::RoundOutcome::succeeded);
+    assert_eq!(r.kind, v1::RoundKind::Statistics);
+    assert_eq!(r.stage_secs.len(), 1);
+    assert_eq!(r.stage_secs[0].0, Stage::MaskedInput);
+    assert!(r.bytes_out >= bytes.len() as u64, "{r:?}");
+    assert!(d.take_finished().is_empty());
     Ok(())
 }
 
@@ -364,6 +374,16 @@ fn an_unsent_input_does_not_count() -> Result<(), ClientError> {
     ));
     assert!(matches!(d.on_task(end(3, true), now)?, Action::Wait));
     assert_eq!(d.report().rounds, 0);
+    let outcomes: Vec<_> = d.take_finished().into_iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes, [crate::metrics::RoundOutcome::not_included]);
+    // A round this site leaves is reported as left.
+    assert!(matches!(
+        d.on_task(start(&stats_start(4, true)), now)?,
+        Action::Compute(_)
+    ));
+    d.leave_round();
+    let outcomes: Vec<_> = d.take_finished().into_iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes, [crate::metrics::RoundOutcome::left]);
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! the checkpoint.
 
 use super::*;
+use crate::metrics::{FailureReason, Reconstructions};
 
 impl Federation {
     /// Drive rounds until the configured training rounds (and the final
@@ -41,7 +42,12 @@ impl Federation {
         let mut logged = false;
         let after = self.settings.secagg.exclude_after_blamed_rounds;
         loop {
-            let c = self.lock().eligible(after);
+            let c = {
+                let g = self.lock();
+                self.metrics
+                    .set_connected_sites(g.registry.connected_count());
+                g.eligible(after)
+            };
             if c.len() >= self.settings.min_sites {
                 if self
                     .grace_done
@@ -107,7 +113,8 @@ impl Federation {
                 source,
             }) => {
                 warn!(round, cohort, error = %source, "cannot start round");
-                self.record_failure(round, kind, cohort, model_round, &source.to_string(), 0.0);
+                let msg = source.to_string();
+                self.record_failure(round, kind, cohort, model_round, &msg, 0.0);
                 // Wait for the set of connected sites to change before retrying.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 return Ok(false);
@@ -140,7 +147,8 @@ impl Federation {
             Ok(m) => m,
             Err(e) => {
                 warn!(round = round_id, error = %e, "cannot start round");
-                self.record_failure(round_id, kind, n, model_round, &e.to_string(), 0.0);
+                let msg = e.to_string();
+                self.record_failure(round_id, kind, n, model_round, &msg, 0.0);
                 return Ok(false);
             }
         };
@@ -154,6 +162,7 @@ impl Federation {
             min_survivors = plan.config.min_survivors,
             "round started"
         );
+        self.metrics.round_started(kind);
         {
             let mut g = self.lock();
             let mut active = ActiveRound::new(
@@ -164,6 +173,7 @@ impl Federation {
                 plan.config.vector_len,
                 model_bytes,
                 now,
+                self.metrics.clone(),
             );
             for &m in plan.names.keys() {
                 let st = pb::RoundStart {
@@ -240,8 +250,7 @@ impl Federation {
         msg: &str,
         duration_secs: f64,
     ) {
-        let mut g = self.lock();
-        g.history.push(RoundRecord {
+        let rec = RoundRecord {
             round: round_id,
             kind: kind.name().into(),
             success: false,
@@ -250,7 +259,16 @@ impl Federation {
             model_round,
             duration_secs,
             ..Default::default()
-        });
+        };
+        // Only plans and machines that cannot start end up here.
+        self.metrics.round_recorded(
+            kind,
+            &rec,
+            Some(FailureReason::parameters),
+            Reconstructions::default(),
+        );
+        let mut g = self.lock();
+        g.history.push(rec);
         g.next_round = round_id + 1;
     }
 
@@ -275,21 +293,23 @@ impl Federation {
             blamed: active.blamed.clone(),
             ..Default::default()
         };
-        let applied: Result<(), String> = match result {
-            Err(e) => Err(e.to_string()),
+        let mut rebuilt = Reconstructions::default();
+        let applied: Result<(), (String, FailureReason)> = match result {
+            Err(e) => Err((e.to_string(), FailureReason::of_protocol(&e))),
             Ok(sum) => {
                 rec.survivors = sum.survivors.len() as u32;
                 // Everyone in the cohort whose input is not in the sum, whatever
                 // the stage they vanished at (the protocol's own list only
                 // names those whose masks had to be reconstructed).
                 rec.dropped = rec.cohort.saturating_sub(rec.survivors);
+                rebuilt = Reconstructions::of(&sum);
                 self.apply(kind, &sum, model_len, &mut rec)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| (e.to_string(), FailureReason::of_outcome(&e)))
             }
         };
         let ok = applied.is_ok();
         rec.success = ok;
-        if let Err(m) = &applied {
+        if let Err((m, _)) = &applied {
             rec.message = m.clone();
             rec.dropped = rec.cohort.saturating_sub(rec.survivors);
             warn!(round = rec.round, kind = kind.name(), reason = %m, "round failed; global model unchanged");
@@ -307,6 +327,8 @@ impl Federation {
             stages = ?rec.stage_secs,
             "round finished"
         );
+        self.metrics
+            .round_recorded(kind, &rec, applied.err().map(|(_, r)| r), rebuilt);
         let end = task(pb::task::Kind::RoundEnd(pb::RoundEnd {
             round: rec.round,
             success: ok,
@@ -332,7 +354,8 @@ impl Federation {
         {
             let keep = self.settings.checkpoints.keep_last;
             let res = tokio::task::spawn_blocking(
-                move || -> Result<std::path::PathBuf, CoordinatorError> {
+                move || -> Result<(std::path::PathBuf, f64, u64), CoordinatorError> {
+                    let started = std::time::Instant::now();
                     let p = checkpoint::save(
                         &dir,
                         &manifest,
@@ -340,12 +363,15 @@ impl Federation {
                         opt.as_ref().map(|(m, v)| (m.as_slice(), v.as_slice())),
                     )?;
                     checkpoint::prune(&dir, keep, checkpoint::best_round(&manifest.history))?;
-                    Ok(p)
+                    let secs = started.elapsed().as_secs_f64();
+                    let size = checkpoint::size(&p);
+                    Ok((p, secs, size))
                 },
             )
             .await?;
-            let p = res?;
-            info!(path = %p.display(), "checkpoint written");
+            let (p, secs, size) = res?;
+            self.metrics.checkpoint_written(secs, size);
+            info!(path = %p.display(), bytes = size, secs = format!("{secs:.3}"), "checkpoint written");
         }
         Ok(ok)
     }
@@ -419,6 +445,7 @@ impl Federation {
                 g.model_bytes = Arc::new(update.bytes);
                 g.model_round = rec.round;
                 g.completed += 1;
+                self.metrics.set_completed_train_rounds(g.completed);
                 rec.message = format!("Σweight = {}", update.total_weight);
             }
         }

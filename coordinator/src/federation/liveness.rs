@@ -69,8 +69,11 @@ impl tokio_stream::Stream for TaskStream {
 
 impl Drop for TaskStream {
     fn drop(&mut self) {
+        // Closed first, so the registry already counts the site as gone.
+        self.rx.close();
         if let Some(fed) = self.fed.upgrade() {
             fed.stream_closed(&self.site, self.stream);
+            fed.refresh_connected();
         }
     }
 }

@@ -35,6 +35,7 @@ use tracing::{info, warn};
 
 use crate::checkpoint::{self, Manifest, Preprocess, RoundRecord};
 use crate::error::{CoordinatorError, RequestError};
+use crate::metrics::Metrics;
 use crate::optim::ServerOptimiser;
 use crate::settings::Settings;
 pub use liveness::TaskStream;
@@ -149,6 +150,7 @@ pub struct Federation {
     wake: Notify,
     uploads: UploadSlots,
     grace_done: std::sync::atomic::AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Federation {
@@ -162,6 +164,16 @@ impl std::fmt::Debug for Federation {
 impl Federation {
     /// Validate the settings and resume from the latest checkpoint of the same config.
     pub fn new(settings: Settings) -> Result<Arc<Self>, CoordinatorError> {
+        let metrics = Arc::new(Metrics::new(&settings));
+        Self::with_metrics(settings, metrics)
+    }
+
+    /// [`Federation::new`], recording into `metrics` (which the caller may
+    /// serve, see [`crate::metrics::endpoint`]).
+    pub fn with_metrics(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, CoordinatorError> {
         settings.validate()?;
         let quant = settings.quantiser(settings.ring)?;
         let config_hash = settings.config_hash();
@@ -211,8 +223,13 @@ impl Federation {
             .rev()
             .find(|r| r.kind == "evaluate" && r.success)
             .and_then(|r| r.accuracy);
+        metrics.resumed(&history, completed);
         Ok(Arc::new(Federation {
-            uploads: UploadSlots::new(settings.limits.max_concurrent_uploads),
+            uploads: UploadSlots::new(
+                settings.limits.max_concurrent_uploads,
+                metrics.upload_slots_in_use(),
+            ),
+            metrics,
             quant,
             config_hash,
             ca_fingerprint: std::sync::OnceLock::new(),
@@ -244,6 +261,18 @@ impl Federation {
     /// The settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The metrics this federation records.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Re-counts the sites with an open task stream for the metrics (a
+    /// stream that ended is only noticed when looked at).
+    pub fn refresh_connected(&self) {
+        let n = self.lock().registry.connected_count();
+        self.metrics.set_connected_sites(n);
     }
 
     /// The CA fingerprint of every round's context (read once).
@@ -321,6 +350,8 @@ impl Federation {
             }
         }
         let stream = g.registry.set_stream(&info.site, tx);
+        self.metrics
+            .set_connected_sites(g.registry.connected_count());
         drop(g);
         self.wake.notify_one();
         Ok(TaskStream::new(rx, self, info.site, stream))
@@ -546,6 +577,7 @@ impl Federation {
     /// Drop every task stream (shutdown).
     pub fn close_streams(&self) {
         self.lock().registry.close_streams();
+        self.metrics.set_connected_sites(0);
     }
 
     /// Whether every site's task stream has gone.

@@ -185,6 +185,11 @@ impl Registry {
         v
     }
 
+    /// How many sites have an open task stream.
+    pub fn connected_count(&self) -> usize {
+        self.sites.values().filter(|e| e.connected()).count()
+    }
+
     /// Queue `task` on every stream.
     pub fn broadcast(&self, task: &pb::Task) {
         for e in self.sites.values() {

@@ -15,12 +15,14 @@ use confide_crypto::protocol::{
 use confide_crypto::{MemberId, ProtocolError, Stage};
 use confide_proto::convert;
 use confide_proto::v1 as pb;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use super::registry::{Registry, SessionInfo};
 use super::scheduler::RoundKind;
 use crate::error::RequestError;
+use crate::metrics::Metrics;
 
 /// Wraps a task kind.
 pub fn task(kind: pb::task::Kind) -> pb::Task {
@@ -112,10 +114,13 @@ pub struct ActiveRound {
     /// Members whose task stream closed this round, and when; cleared when
     /// the stream reopens ([`ActiveRound::expire_lost`]).
     pub lost: BTreeMap<MemberId, Instant>,
+    metrics: Arc<Metrics>,
 }
 
 impl ActiveRound {
-    /// A round started at `now`, nothing sent yet.
+    /// A round started at `now`, nothing sent yet; its stage durations go
+    /// to `metrics`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u64,
         kind: RoundKind,
@@ -124,6 +129,7 @@ impl ActiveRound {
         vector_len: usize,
         model_bytes: Arc<Vec<u8>>,
         now: Instant,
+        metrics: Arc<Metrics>,
     ) -> Self {
         ActiveRound {
             id,
@@ -142,6 +148,7 @@ impl ActiveRound {
             sent: BTreeMap::new(),
             blamed: Vec::new(),
             lost: BTreeMap::new(),
+            metrics,
         }
     }
 
@@ -296,6 +303,7 @@ impl ActiveRound {
                         .as_secs_f64();
                     self.stage_started = now;
                     self.stage_secs.push((stage.to_string(), secs));
+                    self.metrics.stage_closed(stage, secs);
                     info!(round = self.id, %stage, secs = format!("{secs:.3}"), completed = completed.len(), dropped = ?dropped, "stage closed");
                 }
                 AnyOutput::Blamed { member, reason } => {
@@ -319,14 +327,16 @@ impl ActiveRound {
 pub struct UploadSlots {
     permits: Arc<Semaphore>,
     open: Arc<Mutex<BTreeSet<(u64, MemberId)>>>,
+    in_use: Gauge,
 }
 
 impl UploadSlots {
-    /// `slots` uploads may be buffered at once.
-    pub fn new(slots: usize) -> Self {
+    /// `slots` uploads may be buffered at once; `in_use` counts the taken ones.
+    pub fn new(slots: usize, in_use: Gauge) -> Self {
         UploadSlots {
             permits: Arc::new(Semaphore::new(slots)),
             open: Arc::default(),
+            in_use,
         }
     }
 
@@ -352,12 +362,31 @@ impl UploadSlots {
         &self,
         round: u64,
         deadline: tokio::time::Instant,
-    ) -> Result<OwnedSemaphorePermit, RequestError> {
+    ) -> Result<SlotPermit, RequestError> {
         match tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => {
+                self.in_use.inc();
+                Ok(SlotPermit {
+                    _permit: permit,
+                    in_use: self.in_use.clone(),
+                })
+            }
             Ok(Err(_)) => Err(RequestError::ShuttingDown),
             Err(_) => Err(RequestError::UploadSlotTimeout { round }),
         }
+    }
+}
+
+/// A taken upload slot, counted in the `upload_slots_in_use` gauge until
+/// it is dropped.
+pub(super) struct SlotPermit {
+    _permit: OwnedSemaphorePermit,
+    in_use: Gauge,
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        self.in_use.dec();
     }
 }
 
@@ -378,7 +407,7 @@ impl Drop for UploadClaim {
 /// What an upload holds until its vector is in the sum: the slot and the
 /// member's claim.
 pub(super) struct UploadHold {
-    _permit: OwnedSemaphorePermit,
+    _permit: SlotPermit,
     _claim: UploadClaim,
 }
 
@@ -403,7 +432,7 @@ impl Upload {
         total: usize,
         width: usize,
         deadline: tokio::time::Instant,
-        permit: OwnedSemaphorePermit,
+        permit: SlotPermit,
         claim: UploadClaim,
     ) -> Self {
         Upload {

@@ -1,5 +1,5 @@
 //! The gRPC layer, the only part of the coordinator that knows tonic:
-//! [`serve`] sets up the server (TLS, health, message limits) and runs it
+//! [`serve_with`] sets up the server (TLS, health, message limits) and runs it
 //! beside the [`Federation`]; the handlers in `site` and `admin` validate,
 //! convert, call the federation and map its error with the one map in
 //! `status`.
@@ -95,13 +95,14 @@ impl Handlers {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Run the federation on `listener` until the configured rounds are done or
-/// `shutdown` fires. Binds nothing itself.
-pub async fn serve(
+/// `shutdown` fires, recording into `metrics`. Binds nothing itself.
+pub async fn serve_with(
     settings: Settings,
     listener: tokio::net::TcpListener,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ServeReport, CoordinatorError> {
-    let fed = Federation::new(settings)?;
+    let fed = Federation::with_metrics(settings, metrics)?;
     let s = fed.settings().clone();
     let mut acceptor = None;
     let mut revocation = None;

@@ -16,6 +16,10 @@ use super::{BoxStream, Handlers};
 use crate::access::{KeyBindingRefusal, check_join_key};
 use crate::error::RequestError;
 use crate::federation::Upload;
+use crate::metrics::JoinRefusal;
+
+/// A refused Join: the status for the peer, the reason for the metrics.
+type Refused = (JoinRefusal, Status);
 
 impl Handlers {
     /// The per-identity rate limit of a Site call made with `session`: the
@@ -30,6 +34,86 @@ impl Handlers {
             },
         };
         self.limit_site(site)
+    }
+
+    /// Join's checks in order; each refusal carries its reason.
+    fn join_checked(&self, req: Request<pb::JoinRequest>) -> Result<pb::JoinResponse, Refused> {
+        // Admission first: peers without an admitted certificate must not
+        // drain the join bucket that admitted sites rely on.
+        let cert = self.admit(&req, false).map_err(|e| {
+            let reason = match super::peer_cert(&req) {
+                None => JoinRefusal::no_certificate,
+                Some(_) => JoinRefusal::certificate_refused,
+            };
+            (reason, e)
+        })?;
+        // Per identity first, so one site's retries cannot drain the global
+        // bucket; without TLS a joining peer has no identity yet.
+        if let Some(c) = &cert {
+            self.limit_site(c.name.clone())
+                .map_err(|e| (JoinRefusal::site_rate_limit, e))?;
+        }
+        if !self.joins.try_take(Instant::now()) {
+            warn!(remote = ?req.remote_addr(), "join refused: join rate limit");
+            return Err((
+                JoinRefusal::join_rate_limit,
+                Status::resource_exhausted(
+                    "too many joins; retry later (limits.join_rate_per_sec)",
+                ),
+            ));
+        }
+        let r = req.into_inner();
+        if let Some(c) = &cert
+            && c.name != r.site
+        {
+            let e = RequestError::IdentityMismatch {
+                peer: c.name.clone(),
+                site: r.site.clone(),
+            };
+            return Err((JoinRefusal::identity_mismatch, e.into()));
+        }
+        let s = self.fed.settings();
+        if let Err(refusal) = check_join_key(
+            cert.as_ref(),
+            &r.verifying_key,
+            s.suite.name(),
+            s.secure_aggregation,
+        ) {
+            let peer = cert.as_ref().map(|c| c.name.as_str()).unwrap_or_default();
+            let reason = match refusal {
+                KeyBindingRefusal::Mismatch { .. } => {
+                    warn!(peer = %peer, "join refused: verifying key differs from the certificate's");
+                    JoinRefusal::key_mismatch
+                }
+                KeyBindingRefusal::Unbound { .. } => {
+                    warn!(peer = %peer, "join refused: certificate binds no verifying key");
+                    JoinRefusal::key_unbound
+                }
+            };
+            return Err((reason, Status::permission_denied(refusal.to_string())));
+        }
+        let peer = cert.as_ref().map(|c| c.name.as_str());
+        let session = self
+            .fed
+            .join(&r.site, &r.verifying_key, peer)
+            .map_err(|e| {
+                let reason = match &e {
+                    RequestError::SiteName | RequestError::VerifyingKey => {
+                        JoinRefusal::invalid_request
+                    }
+                    RequestError::TooManySites { .. } => JoinRefusal::too_many_sites,
+                    RequestError::IdentityMismatch { .. } => JoinRefusal::identity_mismatch,
+                    _ => JoinRefusal::other,
+                };
+                (reason, Status::from(e))
+            })?;
+        let s = self.fed.settings();
+        Ok(pb::JoinResponse {
+            session,
+            federation: s.federation.clone(),
+            suite: s.suite.name().into(),
+            crl: self.crl(),
+        })
     }
 
     fn limit_site(&self, site: String) -> Result<(), Status> {
@@ -97,57 +181,13 @@ impl Site for Handlers {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        // Admission first: peers without an admitted certificate must not
-        // drain the join bucket that admitted sites rely on.
-        let cert = self.admit(&req, false)?;
-        // Per identity first, so one site's retries cannot drain the global
-        // bucket; without TLS a joining peer has no identity yet.
-        if let Some(c) = &cert {
-            self.limit_site(c.name.clone())?;
-        }
-        if !self.joins.try_take(Instant::now()) {
-            warn!(remote = ?req.remote_addr(), "join refused: join rate limit");
-            return Err(Status::resource_exhausted(
-                "too many joins; retry later (limits.join_rate_per_sec)",
-            ));
-        }
-        let r = req.into_inner();
-        if let Some(c) = &cert
-            && c.name != r.site
-        {
-            let e = RequestError::IdentityMismatch {
-                peer: c.name.clone(),
-                site: r.site.clone(),
-            };
-            return Err(e.into());
-        }
-        let s = self.fed.settings();
-        if let Err(refusal) = check_join_key(
-            cert.as_ref(),
-            &r.verifying_key,
-            s.suite.name(),
-            s.secure_aggregation,
-        ) {
-            let peer = cert.as_ref().map(|c| c.name.as_str()).unwrap_or_default();
-            match refusal {
-                KeyBindingRefusal::Mismatch { .. } => {
-                    warn!(peer = %peer, "join refused: verifying key differs from the certificate's")
-                }
-                KeyBindingRefusal::Unbound { .. } => {
-                    warn!(peer = %peer, "join refused: certificate binds no verifying key")
-                }
+        match self.join_checked(req) {
+            Ok(resp) => Ok(Response::new(resp)),
+            Err((reason, status)) => {
+                self.fed.metrics().join_refused(reason);
+                Err(status)
             }
-            return Err(Status::permission_denied(refusal.to_string()));
         }
-        let peer = cert.as_ref().map(|c| c.name.as_str());
-        let session = self.fed.join(&r.site, &r.verifying_key, peer)?;
-        let s = self.fed.settings();
-        Ok(Response::new(pb::JoinResponse {
-            session,
-            federation: s.federation.clone(),
-            suite: s.suite.name().into(),
-            crl: self.crl(),
-        }))
     }
 
     type TasksStream = BoxStream<pb::Task>;

@@ -107,9 +107,18 @@ pub async fn run(rounds: u64, suite: &str, dir: Option<PathBuf>) -> Result<()> {
         "coordinator on 127.0.0.1:{port} (mTLS, secure aggregation, suite {suite}); demo files in {}",
         root.display()
     );
-    let server = tokio::spawn(confide_coordinator::serve(
+    // Metrics on a free port, bound here (not through `[metrics] listen`)
+    // so the demo can print the URL.
+    let metrics = std::sync::Arc::new(confide_coordinator::Metrics::new(&s));
+    let metrics_server = confide_coordinator::MetricsServer::start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        metrics.clone(),
+    )?;
+    println!("Prometheus metrics on {}", metrics_server.url());
+    let server = tokio::spawn(confide_coordinator::serve_with(
         s,
         listener,
+        metrics,
         std::future::pending(),
     ));
     let mut sites = Vec::new();
@@ -129,7 +138,9 @@ pub async fn run(rounds: u64, suite: &str, dir: Option<PathBuf>) -> Result<()> {
             std::future::pending(),
         )));
     }
-    let report = server.await.context("coordinator task")??;
+    let report = server.await.context("coordinator task");
+    metrics_server.stop().await;
+    let report = report??;
     for s in sites {
         match s.await {
             Ok(Ok(_)) => {}

@@ -28,6 +28,7 @@ impl Default for Settings {
             checkpoints: CheckpointSettings::default(),
             tls: TlsSettings::default(),
             limits: LimitSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }

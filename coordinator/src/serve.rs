@@ -1,0 +1,42 @@
+//! [`serve`]: the federation's gRPC server ([`grpc::serve_with`]) with the
+//! Prometheus endpoint of `[metrics] listen` beside it, started before the
+//! federation and stopped after it. Callers that bind the metrics port
+//! themselves (tests, `confide demo`) use [`MetricsServer`] and
+//! [`grpc::serve_with`] directly.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tracing::info;
+
+use crate::error::CoordinatorError;
+use crate::federation::ServeReport;
+use crate::grpc;
+use crate::metrics::Metrics;
+use crate::metrics::endpoint::{self, MetricsServer};
+use crate::settings::Settings;
+
+/// Run the federation on `listener` until the configured rounds are done or
+/// `shutdown` fires, serving `/metrics` on `metrics.listen` if set. Binds
+/// nothing else itself.
+pub async fn serve(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<ServeReport, CoordinatorError> {
+    settings.validate()?;
+    let metrics = Arc::new(Metrics::new(&settings));
+    let server = match settings.metrics.address(&settings.listen)? {
+        Some(addr) => {
+            let server = MetricsServer::start(endpoint::bind(addr).await?, metrics.clone())?;
+            info!(url = %server.url(), "metrics endpoint listening");
+            Some(server)
+        }
+        None => None,
+    };
+    let report = grpc::serve_with(settings, listener, metrics, shutdown).await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    report
+}
