@@ -115,6 +115,13 @@ fn leaf(
     Ok(p)
 }
 
+/// Check that `source` unlocks the CA key of `dir` and that the key is the
+/// one of `ca.pem`, then record it, so later commands need not repeat the flags.
+pub fn adopt_ca_key(dir: &Path, source: &CaKeySource) -> Result<(), CoordinatorError> {
+    issuer(dir, source)?;
+    source.record(dir)
+}
+
 /// `certs init`: a federation CA plus the coordinator's server certificate
 /// (SAN localhost, 127.0.0.1, coordinator and `extra_names`). The CA key is
 /// made where `source` says (`ca.key`, encrypted or not, or a PKCS#11 token);

@@ -207,7 +207,7 @@ pub enum CoordinatorError {
     Certificate(#[source] rcgen::Error),
     /// The CA private key cannot be created, found, unlocked or used.
     #[error("CA key: {0}")]
-    CaKey(#[from] crate::ca_key::CaKeyError),
+    CaKey(#[from] CaKeyError),
     /// A TLS configuration the transport refused.
     #[error("TLS: {0}")]
     TlsConfig(#[source] tonic::transport::Error),
@@ -242,5 +242,94 @@ pub enum CoordinatorError {
     Rounds {
         /// Consecutive failures.
         failures: u32,
+    },
+}
+
+/// Why the CA key cannot be created, found, unlocked or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaKeyError {
+    /// The environment variable named by a flag is missing or empty.
+    #[error("environment variable {var} (named by {flag}) is not set, empty or not UTF-8")]
+    EnvVar {
+        /// The variable's name.
+        var: String,
+        /// The flag that named it.
+        flag: &'static str,
+    },
+    /// An encrypted `ca.key` but no passphrase source.
+    #[error(
+        "{} is encrypted: pass --ca-passphrase-env VAR, VAR being the name of the \
+         environment variable that holds its passphrase",
+        path.display()
+    )]
+    NeedsPassphrase {
+        /// The key file.
+        path: std::path::PathBuf,
+    },
+    /// A passphrase source for a `ca.key` that is not encrypted.
+    #[error("{} is not an encrypted key, but --ca-passphrase-env was given", path.display())]
+    NotEncrypted {
+        /// The key file.
+        path: std::path::PathBuf,
+    },
+    /// The passphrase does not decrypt the key.
+    #[error("{}: wrong passphrase (from ${var}): the key does not decrypt", path.display())]
+    WrongPassphrase {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// The variable the passphrase came from.
+        var: String,
+    },
+    /// `ca.key` is missing because the key lives in a token.
+    #[error(
+        "the CA key is in a PKCS#11 token (see {}), not in ca.key: pass --pkcs11-module, \
+         --pkcs11-token, --pkcs11-key-label and --pkcs11-pin-env",
+        path.display()
+    )]
+    InToken {
+        /// The source record.
+        path: std::path::PathBuf,
+    },
+    /// A key file others may read.
+    #[error(
+        "{} is accessible to group or others (mode {mode:03o}); a CA key must be private to \
+         its owner: run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    Permissions {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A key file or source record that does not parse.
+    #[error("{}: {reason}", path.display())]
+    Format {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Flags that do not describe one source.
+    #[error("{0}")]
+    Flags(String),
+    /// A PKCS#11 call that failed.
+    #[error("PKCS#11: {op}: {source}")]
+    Pkcs11 {
+        /// What was attempted.
+        op: String,
+        /// The module's answer.
+        #[source]
+        source: cryptoki::error::Error,
+    },
+    /// The token or key is not as expected.
+    #[error("PKCS#11: {0}")]
+    Token(String),
+    /// The key does not belong to the CA certificate.
+    #[error("the CA key does not match the public key of {}", path.display())]
+    KeyMismatch {
+        /// The CA certificate.
+        path: std::path::PathBuf,
     },
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use confide_coordinator::ca_key::{self, CaKeyArgs};
+use confide_coordinator::ca_key::CaKeyArgs;
 use confide_coordinator::cli::{self, admin, render};
 use confide_coordinator::{Settings, certs, checkpoint};
 use confide_crypto::Suite;
@@ -455,7 +455,7 @@ async fn main() -> Result<()> {
             } => {
                 // issue_* find the key through DIR/ca.key.source: record flags given here.
                 if let Some(source) = ca_key.source()? {
-                    ca_key::adopt(&dir, &source)?;
+                    certs::adopt_ca_key(&dir, &source)?;
                 }
                 let files = match (&site, operator) {
                     (Some(_), _) if !generate_keys_here => bail!(
@@ -484,7 +484,7 @@ async fn main() -> Result<()> {
                 ca_key,
             } => {
                 if let Some(source) = ca_key.source()? {
-                    ca_key::adopt(&dir, &source)?;
+                    certs::adopt_ca_key(&dir, &source)?;
                 }
                 let pem = std::fs::read_to_string(&csr)
                     .with_context(|| format!("reading {}", csr.display()))?;
@@ -510,14 +510,14 @@ async fn main() -> Result<()> {
                 ca_key,
             } => {
                 if let Some(source) = ca_key.source()? {
-                    ca_key::adopt(&dir, &source)?;
+                    certs::adopt_ca_key(&dir, &source)?;
                 }
                 let r = certs::revoke(&dir, target.target()?, days)?;
                 print!("{}", render::revoked(&r));
             }
             CertCmd::Crl { dir, days, ca_key } => {
                 if let Some(source) = ca_key.source()? {
-                    ca_key::adopt(&dir, &source)?;
+                    certs::adopt_ca_key(&dir, &source)?;
                 }
                 print!("{}", render::crl_issued(&certs::issue_crl(&dir, days)?));
             }

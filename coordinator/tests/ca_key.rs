@@ -8,8 +8,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use confide_coordinator::CoordinatorError;
-use confide_coordinator::ca_key::{CaKeyError, CaKeySource, CaSigner, SOURCE_FILE, adopt};
+use confide_coordinator::ca_key::{CaKeyError, CaKeySource, CaSigner, SOURCE_FILE};
 use confide_coordinator::certs;
+use confide_coordinator::certs::adopt_ca_key as adopt;
 use confide_crypto::Suite;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
