@@ -254,13 +254,6 @@ pub fn issue_operator(dir: &Path, name: &str) -> Result<Vec<PathBuf>, Coordinato
     Ok(vec![pem])
 }
 
-/// The serial of the first certificate in a PEM text, lowercase hex.
-pub(crate) fn pem_serial(pem: &str) -> Option<String> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-    let cert = p.parse_x509().ok()?;
-    Some(hex::encode(cert.raw_serial()))
-}
-
 /// `certs list`: (kind, name, path) of every certificate in `dir`.
 pub fn list(dir: &Path) -> Result<Vec<(String, String, PathBuf)>, CoordinatorError> {
     let mut out = Vec::new();

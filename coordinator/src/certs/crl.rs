@@ -143,7 +143,7 @@ pub fn serial_hex(raw: &[u8]) -> String {
 }
 
 /// The serial of the PEM certificate at `path`.
-fn file_serial(path: &Path) -> Result<String, CoordinatorError> {
+pub(super) fn file_serial(path: &Path) -> Result<String, CoordinatorError> {
     let pem = fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
     let der = x509_parser::pem::parse_x509_pem(&pem)
         .map_err(|e| err(format!("{}: {e}", path.display())))?

@@ -158,8 +158,7 @@ pub fn sign_request(
         .map_err(CoordinatorError::Certificate)?;
 
     let replaced = if existing {
-        let old = fs::read_to_string(&pem_path)?;
-        let old_serial = super::pem_serial(&old).unwrap_or_else(|| "unknown".into());
+        let old_serial = super::crl::file_serial(&pem_path).unwrap_or_else(|_| "unknown".into());
         let retired = sites.join(format!("{name}.{old_serial}.pem"));
         fs::rename(&pem_path, &retired)?;
         Some(retired)
@@ -171,7 +170,7 @@ pub fn sign_request(
         site: name,
         certificate: pem_path,
         request_sha256,
-        serial: hex::encode(serial),
+        serial: super::crl::serial_hex(&serial),
         replaced,
     })
 }
@@ -406,10 +405,7 @@ mod tests {
             .position(|w| w == b"bank-a")
             .ok_or("name not found")?;
         tampered[at + 5] ^= 0x01;
-        let tampered_pem = format!(
-            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
-            base64_lines(&tampered)
-        );
+        let tampered_pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", tampered));
         let e = sign_request(ca.path(), &tampered_pem, &opts(Suite::Intl, None))
             .err()
             .ok_or("signed a tampered request")?;
@@ -419,24 +415,6 @@ mod tests {
                 || fs::read_dir(ca.path().join("sites"))?.next().is_none()
         );
         Ok(())
-    }
-
-    fn base64_lines(bytes: &[u8]) -> String {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for c in bytes.chunks(3) {
-            let n = (u32::from(c[0]) << 16)
-                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*c.get(2).unwrap_or(&0));
-            for i in 0..4 {
-                if i <= c.len() {
-                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
     }
 
     #[test]

@@ -248,6 +248,11 @@ impl<R: RingElement> CoordinatorMachine<R> {
     /// Close stages for as long as every member the open stage waits for has
     /// gone (each close moves to the next stage or ends the round).
     fn close_while_only_gone_wait(&mut self, now: Instant) {
+        // Called after every accepted message: nothing to do (and no
+        // allocation) unless some member has gone.
+        if self.gone.is_empty() {
+            return;
+        }
         for _ in 0..6 {
             if matches!(self.phase, Phase::Done) {
                 return;
