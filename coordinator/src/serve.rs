@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::info;
 
@@ -34,8 +35,32 @@ pub async fn serve(
         }
         None => None,
     };
-    let report = grpc::serve_with(settings, listener, metrics, shutdown).await;
+    // The shutdown signal is needed twice: by the federation, and to cut the
+    // linger short.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        // An error means the sender is gone without a signal: never stop.
+        if rx.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let linger = Duration::from_secs(settings.metrics.linger_secs);
+    let report = grpc::serve_with(settings, listener, metrics, stopped(stop_rx.clone())).await;
     if let Some(server) = server {
+        if !linger.is_zero() && !*stop_rx.borrow() {
+            info!(
+                secs = linger.as_secs(),
+                "federation over; metrics endpoint lingers"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(linger) => {}
+                _ = stopped(stop_rx) => {}
+            }
+        }
         server.stop().await;
     }
     report

@@ -32,6 +32,9 @@ T0=$(date +%s)
 
 ACCURACY_BAR=${ACCURACY_BAR:-0.93}
 export CONFIDE_IMAGE=${CONFIDE_IMAGE:-confide:local}
+export CONFIDE_PROMETHEUS_IMAGE=${CONFIDE_PROMETHEUS_IMAGE:-confide-prometheus:local}
+# Prometheus publishes its port on a free loopback port (compose picks it).
+export CONFIDE_PROMETHEUS_PORT=""
 # Bounded waits (seconds).
 UP_TIMEOUT=${UP_TIMEOUT:-180}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
@@ -103,16 +106,20 @@ wait_exit() {
 t=$(date +%s)
 case ${CONFIDE_COMPOSE_IMAGE_BUILD:-offline} in
   dockerfile)
-    log "building $CONFIDE_IMAGE from the Dockerfile"
+    log "building $CONFIDE_IMAGE and $CONFIDE_PROMETHEUS_IMAGE from their Dockerfiles"
     docker build -t "$CONFIDE_IMAGE" .
+    docker build -t "$CONFIDE_PROMETHEUS_IMAGE" deploy/prometheus
     ;;
   none)
-    log "using the existing image $CONFIDE_IMAGE"
+    log "using the existing images $CONFIDE_IMAGE and $CONFIDE_PROMETHEUS_IMAGE"
     docker image inspect "$CONFIDE_IMAGE" >/dev/null || fail "no image $CONFIDE_IMAGE"
+    docker image inspect "$CONFIDE_PROMETHEUS_IMAGE" >/dev/null || fail "no image $CONFIDE_PROMETHEUS_IMAGE"
     ;;
   offline)
     log "building $CONFIDE_IMAGE offline (host binaries + docker import)"
     deploy/build-offline-image.sh
+    log "building $CONFIDE_PROMETHEUS_IMAGE offline (Debian's prometheus package + docker import)"
+    deploy/build-offline-image.sh --prometheus
     ;;
   *) fail "CONFIDE_COMPOSE_IMAGE_BUILD must be offline, dockerfile or none" ;;
 esac
@@ -140,6 +147,37 @@ done
 CERTS_RC=$(exit_code "$(cid "$P1" certs "${F1[@]}")")
 [[ $CERTS_RC == 0 ]] || fail "certs job exited $CERTS_RC"
 log "all services up; waiting (at most $RUN_TIMEOUT s) for the federation to finish"
+# Prometheus: while the coordinator runs, its targets API must report the
+# coordinator's /metrics as a target that is up.
+PROM=$(dc "$P1" "${F1[@]}" port prometheus 9090 | tail -n1 | tr -d '\r')
+[[ $PROM == 127.0.0.1:* ]] || fail "prometheus port not published on loopback ($PROM)"
+log "prometheus at http://$PROM"
+python3 - "$PROM" "$COORD" <<'PY' || fail "Prometheus never reported the coordinator target up"
+import json, subprocess, sys, time, urllib.request
+url, coord = sys.argv[1], sys.argv[2]
+deadline = time.time() + 120
+seen = None
+while time.time() < deadline:
+    try:
+        with urllib.request.urlopen(f"http://{url}/api/v1/targets", timeout=5) as r:
+            t = json.load(r)["data"]["activeTargets"]
+    except OSError:
+        t = []
+    mine = [x for x in t if x["labels"].get("job") == "confide-coordinator"]
+    if mine and mine[0]["health"] == "up":
+        x = mine[0]
+        print(f"PASS Prometheus targets API: {x['scrapeUrl']} health=up "
+              f"(last scrape {x['lastScrape']}, {x['lastScrapeDuration']:.4f} s)")
+        sys.exit(0)
+    seen = mine[0] if mine else None
+    state = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}}", coord],
+                           capture_output=True, text=True).stdout.strip()
+    if state != "running":
+        break
+    time.sleep(0.5)
+print(f"coordinator target never up while the coordinator ran: {seen}", file=sys.stderr)
+sys.exit(1)
+PY
 rc=$(wait_exit "$COORD" "$RUN_TIMEOUT")
 dc "$P1" "${F1[@]}" logs --no-color >"$WORK/scenario1.log" 2>&1 || true
 [[ $rc == 0 ]] || fail "coordinator exited $rc"
@@ -174,6 +212,27 @@ assert acc >= bar, f"final accuracy {acc:.4f} below the bar {bar}"
 print(f"PASS final held-out accuracy {acc:.4f} >= {bar}")
 PY
 grep -E "final held-out accuracy" "$WORK/scenario1.log" | sed 's/^/  coordinator log: /' || true
+
+echo "---- scenario 1: what Prometheus recorded ----"
+# The coordinator kept /metrics up for [metrics] linger_secs after the last
+# round, so the last scrape holds the final counts; they must match the round
+# table read from the checkpoints.
+python3 - "$PROM" "$WORK/rounds1.json" <<'PY' || fail "Prometheus's counts differ from the round table"
+import json, sys, urllib.parse, urllib.request
+url, rounds = sys.argv[1], json.load(open(sys.argv[2]))
+def q(expr):
+    u = f"http://{url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(u, timeout=10) as r:
+        return {s["metric"].get("kind", ""): float(s["value"][1]) for s in json.load(r)["data"]["result"]}
+got = q('max_over_time(confide_rounds_succeeded_total{job="confide-coordinator"}[15m])')
+want = {}
+for r in rounds:
+    want[r["kind"]] = want.get(r["kind"], 0) + 1
+assert got == {k: float(v) for k, v in want.items()}, f"Prometheus {got}, round table {want}"
+failed = sum(q('max_over_time(confide_rounds_failed_total{job="confide-coordinator"}[15m])').values())
+assert failed == 0, f"Prometheus recorded {failed} failed rounds"
+print(f"PASS Prometheus scraped the final counts: rounds succeeded by kind {got}, none failed, as in the round table")
+PY
 
 echo "---- scenario 1: checkpoints in volume $CK1 ----"
 ck "$CK1" confide checkpoints list --dir /ck | tee "$WORK/ck1.txt"
@@ -305,10 +364,21 @@ watch_and_kill() {
   while IFS= read -r line; do
     if [[ $line =~ stage\ closed\ round=$KILL_ROUND\ stage=advertise-keys ]]; then
       b=$(container_of hospital-b)
-      docker pause "$b" >/dev/null || return 1
+      # The cgroup freezer can time out on a loaded machine ("unable to
+      # freeze"); retry, and if it still will not freeze, kill at once: still
+      # mid-round, only without the pause.
+      local frozen=""
+      for _ in 1 2 3; do
+        if docker pause "$b" >/dev/null; then frozen=1; break; fi
+        sleep 0.2
+      done
       log "coordinator: ${line:0:160}"
-      log "round $KILL_ROUND past advertise-keys (sites now exchange key shares): hospital-b frozen"
-      sleep 2
+      if [[ -n $frozen ]]; then
+        log "round $KILL_ROUND past advertise-keys (sites now exchange key shares): hospital-b frozen"
+        sleep 2
+      else
+        log "round $KILL_ROUND past advertise-keys: hospital-b could not be frozen; killing it now"
+      fi
       "${DC[@]}" -p "$P2" "${F2[@]}" kill hospital-b >/dev/null 2>&1 || docker kill "$b" >/dev/null || return 1
       log "hospital-b killed with SIGKILL at $(date -u +%H:%M:%S) UTC, mid-round (the round in flight waits on it)"
       echo killed >"$WORK/killed"

@@ -11,6 +11,10 @@ pub struct MetricsSettings {
     /// `IP:PORT` to serve `/metrics` on; none (the default) serves nothing.
     /// Port 0 picks a free port (logged at start).
     pub listen: Option<String>,
+    /// Seconds to keep answering `/metrics` after the federation has ended,
+    /// so that a scraper's next visit still sees the final counts (0, the
+    /// default: stop with the federation). A shutdown signal ends it early.
+    pub linger_secs: u64,
 }
 
 impl MetricsSettings {
