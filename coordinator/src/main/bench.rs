@@ -381,15 +381,24 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     }
     let mut seen = 0usize;
     let mut cpu_before = 0.0;
+    // The child's figures as last read while it lived: once it has exited
+    // /proc has them no more (a zombie has no VmHWM), and the last round's
+    // record can land in the same poll as the exit.
+    let mut last_usage = (0.0, 0u64);
     let mut lines = Vec::new();
     loop {
         let finished = child.try_wait()?.is_some();
+        if let Ok((cpu, rss)) = usage(pid)
+            && rss > 0
+        {
+            last_usage = (cpu, rss);
+        }
         let history = confide_coordinator::cli::latest_history(&ck)
             .ok()
             .flatten()
             .unwrap_or_default();
         if history.len() > seen {
-            let (cpu, rss) = usage(pid).unwrap_or((cpu_before, 0));
+            let (cpu, rss) = last_usage;
             for r in &history[seen..] {
                 let l = line(&a, r, cpu - cpu_before, rss, params);
                 cpu_before = cpu;
