@@ -34,6 +34,9 @@
 //!   (shared with the coordinator); [`wire`] holds the vector layouts,
 //!   chunking and backoff; [`external`] runs a training command in any
 //!   language.
+//! * [`progress`] shows the model download and the masked upload (a bar on
+//!   a terminal, log lines otherwise) once the program calls
+//!   [`progress::init`], as the daemon does.
 //!
 //! ## Example
 //!
@@ -79,6 +82,7 @@ pub mod error;
 pub mod external;
 pub mod identity;
 pub mod metrics;
+pub mod progress;
 pub mod revocation;
 mod round;
 mod run;

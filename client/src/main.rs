@@ -162,16 +162,23 @@ struct CheckArgs {
 }
 
 fn init_logs(json: bool) {
+    // Decided before the first log line: the log writes around the bars.
+    let progress = confide_client::progress::init();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(confide_client::progress::Stdout::default)
         // Colour only on a terminal, so piped logs stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if json {
         b.json().init();
     } else {
         b.init();
+    }
+    if let Err(e) = progress {
+        // Not through the log, whose filter may hide warnings (bench, demo).
+        eprintln!("warning: {e}; showing progress as for auto");
     }
 }
 

@@ -9,7 +9,7 @@
 //! through [`ClientError::is_transient`] and its companions.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use confide_proto::tls::{self, TlsConnector};
@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::SiteConfig;
 use crate::error::ClientError;
+use crate::progress::Transfer;
 use crate::revocation::CrlStore;
 
 /// Opens connections to the coordinator; one per attempt of the run loop.
@@ -195,6 +196,11 @@ fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
     })
 }
 
+/// A poisoned lock only means a display update panicked; the count is still usable.
+fn lock(t: &Mutex<Transfer>) -> std::sync::MutexGuard<'_, Transfer> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// An error with its causes, for messages an operator reads.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
@@ -274,6 +280,7 @@ impl Connection for GrpcConnection {
         req: v1::DownloadModelRequest,
     ) -> Result<Vec<v1::ModelChunk>, ClientError> {
         let refused = |s| ClientError::refused("DownloadModel", s);
+        let mut shown = Transfer::start(format!("round {} model download", req.round), 0);
         let mut stream = self
             .client
             .download_model(req)
@@ -282,8 +289,14 @@ impl Connection for GrpcConnection {
             .into_inner();
         let mut chunks = Vec::new();
         while let Some(chunk) = stream.message().await.map_err(refused)? {
+            if chunks.is_empty() {
+                // Shown only; the assembler checks the coordinator's figures.
+                shown.set_total(chunk.total_len);
+            }
+            shown.advance(chunk.data.len() as u64);
             chunks.push(chunk);
         }
+        shown.finish();
         Ok(chunks)
     }
 
@@ -307,11 +320,25 @@ impl Connection for GrpcConnection {
         &mut self,
         chunks: Vec<v1::MaskedInputChunk>,
     ) -> Result<(), ClientError> {
+        let total = chunks.iter().map(|c| c.data.len() as u64).sum();
+        let round = chunks.first().map(|c| c.round).unwrap_or_default();
+        let shown = Arc::new(Mutex::new(Transfer::start(
+            format!("round {round} masked upload"),
+            total,
+        )));
+        // Counted as tonic takes each chunk to send it (flow control paces that).
+        let counter = shown.clone();
+        let stream = tokio_stream::StreamExt::map(tokio_stream::iter(chunks), move |c| {
+            lock(&counter).advance(c.data.len() as u64);
+            c
+        });
         self.client
-            .submit_masked_input(tokio_stream::iter(chunks))
+            .submit_masked_input(stream)
             .await
             .map(drop)
-            .map_err(|s| ClientError::refused("SubmitMaskedInput", s))
+            .map_err(|s| ClientError::refused("SubmitMaskedInput", s))?;
+        lock(&shown).finish();
+        Ok(())
     }
 
     async fn consistency(&mut self, req: v1::ConsistencyResponse) -> Result<(), ClientError> {

@@ -39,6 +39,7 @@ pub mod federation;
 pub mod grpc;
 pub mod metrics;
 pub mod optim;
+pub mod progress;
 pub mod revocation;
 mod serve;
 pub mod settings;

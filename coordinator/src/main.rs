@@ -348,10 +348,13 @@ impl RevokeArgs {
 }
 
 fn init_logs(json: bool, default: &str) {
+    // Decided before the first log line: the log writes around the bars.
+    let progress = confide_coordinator::progress::init();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(confide_coordinator::progress::Stdout::default)
         .with_target(false)
         // Colour only on a terminal, so piped logs stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
@@ -359,6 +362,10 @@ fn init_logs(json: bool, default: &str) {
         b.json().init();
     } else {
         b.init();
+    }
+    if let Err(e) = progress {
+        // Not through the log, whose filter may hide warnings (bench, demo).
+        eprintln!("warning: {e}; showing progress as for auto");
     }
 }
 

@@ -350,7 +350,8 @@ impl Settings {
             )));
         }
         Figment::from(Toml::file(path))
-            .merge(Env::prefixed("CONFIDE_").split("__"))
+            // CONFIDE_PROGRESS is the display's (progress.rs), not a setting.
+            .merge(Env::prefixed("CONFIDE_").ignore(&["progress"]).split("__"))
             .extract()
             .map_err(|e| CoordinatorError::Config(e.to_string()))
     }

@@ -18,6 +18,7 @@ pub mod outcome;
 pub mod registry;
 pub mod round;
 pub mod scheduler;
+pub mod watch;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -100,6 +100,9 @@ pub struct ActiveRound {
     /// Start.
     pub started: Instant,
     stage_started: Instant,
+    /// Members the open stage waits for in all: the cohort, then those that
+    /// completed the stage before (for the progress display).
+    pub stage_members: usize,
     /// Seconds per closed stage.
     pub stage_secs: Vec<(String, f64)>,
     /// Payload bytes received.
@@ -131,6 +134,7 @@ impl ActiveRound {
         now: Instant,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let stage_members = names.len();
         ActiveRound {
             id,
             kind,
@@ -142,6 +146,7 @@ impl ActiveRound {
             result: None,
             started: now,
             stage_started: now,
+            stage_members,
             stage_secs: Vec::new(),
             bytes_in: 0,
             bytes_out: 0,
@@ -302,6 +307,7 @@ impl ActiveRound {
                         .saturating_duration_since(self.stage_started)
                         .as_secs_f64();
                     self.stage_started = now;
+                    self.stage_members = completed.len();
                     self.stage_secs.push((stage.to_string(), secs));
                     self.metrics.stage_closed(stage, secs);
                     info!(round = self.id, %stage, secs = format!("{secs:.3}"), completed = completed.len(), dropped = ?dropped, "stage closed");

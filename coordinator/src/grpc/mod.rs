@@ -187,6 +187,7 @@ pub async fn serve_with(
             (tokio::spawn(server), None)
         }
     };
+    let watch = crate::federation::watch::Watch::start(&fed);
     let result = tokio::select! {
         r = fed.run() => r,
         _ = shutdown => {
@@ -194,6 +195,7 @@ pub async fn serve_with(
             Ok(fed.report())
         }
     };
+    drop(watch);
     if result.is_ok() {
         fed.send_done();
         // Let sites read Done and hang up (bounded).

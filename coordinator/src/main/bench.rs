@@ -8,7 +8,8 @@
 //! and peak memory are its own, read from `/proc/<pid>` (`utime + stime`,
 //! `VmHWM`): measured, not estimated. The sites run in the bench process.
 //! Per round it prints one progress line (or one JSON object with `--json`)
-//! from the round records the coordinator checkpoints.
+//! from the round records the coordinator checkpoints; on a terminal a bar
+//! over the rounds runs below them on standard error.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use confide_client::train::{Dataset, EvalResult, FitConfig, FitResult, Model, Trainer};
 use confide_client::{ClientError, Vanish};
-use confide_coordinator::certs;
 use confide_coordinator::checkpoint::RoundRecord;
+use confide_coordinator::{certs, progress};
 use confide_crypto::{Stage, Suite};
 use rand::{Rng, SeedableRng};
 
@@ -369,29 +370,47 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     }
 
     let ck = root.join("checkpoints");
+    // On a terminal, a bar over the rounds (on stderr: stdout is the report).
+    let bar = progress::bar(
+        a.rounds,
+        "bench   [{bar:30}] {pos}/{len} rounds {elapsed:>6} {msg}",
+    );
+    if let Some(b) = &bar {
+        // Redrawn while a round runs, so the elapsed time keeps counting.
+        b.enable_steady_tick(Duration::from_millis(250));
+    }
     let mut seen = 0usize;
     let mut cpu_before = 0.0;
+    // The child's figures as last read while it lived: once it has exited
+    // /proc has them no more (a zombie has no VmHWM), and the last round's
+    // record can land in the same poll as the exit.
+    let mut last_usage = (0.0, 0u64);
     let mut lines = Vec::new();
     loop {
         let finished = child.try_wait()?.is_some();
+        if let Ok((cpu, rss)) = usage(pid)
+            && rss > 0
+        {
+            last_usage = (cpu, rss);
+        }
         let history = confide_coordinator::cli::latest_history(&ck)
             .ok()
             .flatten()
             .unwrap_or_default();
         if history.len() > seen {
-            let (cpu, rss) = usage(pid).unwrap_or((cpu_before, 0));
+            let (cpu, rss) = last_usage;
             for r in &history[seen..] {
                 let l = line(&a, r, cpu - cpu_before, rss, params);
                 cpu_before = cpu;
-                if a.json {
-                    println!("{}", serde_json::to_string(&l)?);
+                let text = if a.json {
+                    serde_json::to_string(&l)?
                 } else {
                     let stages: Vec<String> = l
                         .stage_secs
                         .iter()
                         .map(|(s, t)| format!("{s} {t:.3}"))
                         .collect();
-                    println!(
+                    format!(
                         "round {:>3} {:<6} {:.3} s  [{}]  coordinator cpu {:.2} s, peak rss {:.1} MB  up {:.2} B/param  survivors {}/{}",
                         l.round,
                         if l.success { "ok" } else { "FAILED" },
@@ -402,7 +421,12 @@ pub async fn run(a: BenchArgs) -> Result<()> {
                         l.upload_bytes_per_param,
                         l.survivors,
                         l.cohort
-                    );
+                    )
+                };
+                progress::suspend(|| println!("{text}"));
+                if let Some(b) = &bar {
+                    b.inc(1);
+                    b.set_message(format!("last: round {} {:.3} s", l.round, l.round_secs));
                 }
                 lines.push(l);
             }
@@ -413,6 +437,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(bar);
     let status = child.wait().await?;
     for s in sites {
         match s.await {

@@ -73,11 +73,14 @@ fn environment_overrides_the_file() -> Result<(), Box<dyn std::error::Error>> {
     unsafe {
         std::env::set_var("CONFIDE_TRAINING__EPOCHS", "7");
         std::env::set_var("CONFIDE_ROUNDS", "9");
+        // The progress display's variable is no setting, and no error either.
+        std::env::set_var("CONFIDE_PROGRESS", "log");
     }
     let s = Settings::load(&path);
     unsafe {
         std::env::remove_var("CONFIDE_TRAINING__EPOCHS");
         std::env::remove_var("CONFIDE_ROUNDS");
+        std::env::remove_var("CONFIDE_PROGRESS");
     }
     let s = s?;
     assert_eq!((s.rounds, s.training.epochs), (9, 7));
