@@ -350,8 +350,13 @@ impl Settings {
             )));
         }
         Figment::from(Toml::file(path))
-            // CONFIDE_PROGRESS is the display's (progress.rs), not a setting.
-            .merge(Env::prefixed("CONFIDE_").ignore(&["progress"]).split("__"))
+            // The `confide` CLI's own variables, not settings: the display's
+            // (progress.rs), --log-json's, and the Admin commands' address.
+            .merge(
+                Env::prefixed("CONFIDE_")
+                    .ignore(&["progress", "log_json", "coordinator"])
+                    .split("__"),
+            )
             .extract()
             .map_err(|e| CoordinatorError::Config(e.to_string()))
     }

@@ -73,14 +73,18 @@ fn environment_overrides_the_file() -> Result<(), Box<dyn std::error::Error>> {
     unsafe {
         std::env::set_var("CONFIDE_TRAINING__EPOCHS", "7");
         std::env::set_var("CONFIDE_ROUNDS", "9");
-        // The progress display's variable is no setting, and no error either.
+        // The CLI's own variables are no settings, and no error either.
         std::env::set_var("CONFIDE_PROGRESS", "log");
+        std::env::set_var("CONFIDE_LOG_JSON", "true");
+        std::env::set_var("CONFIDE_COORDINATOR", "https://127.0.0.1:1");
     }
     let s = Settings::load(&path);
     unsafe {
         std::env::remove_var("CONFIDE_TRAINING__EPOCHS");
         std::env::remove_var("CONFIDE_ROUNDS");
         std::env::remove_var("CONFIDE_PROGRESS");
+        std::env::remove_var("CONFIDE_LOG_JSON");
+        std::env::remove_var("CONFIDE_COORDINATOR");
     }
     let s = s?;
     assert_eq!((s.rounds, s.training.epochs), (9, 7));
