@@ -60,6 +60,12 @@ enum Cmd {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Draw the learning curve to FILE (.svg or .png, 800×500) instead of
+        /// the table: x is the round id; a successful round's point is the
+        /// held-out accuracy / loss of the model it started from (so the
+        /// evaluate round's is the final model); failed rounds are a red ×.
+        #[arg(long, value_name = "FILE", conflicts_with = "json")]
+        plot: Option<PathBuf>,
     },
     /// Stored checkpoints.
     Checkpoints {
@@ -140,6 +146,9 @@ enum Cmd {
         /// Keep the demo directory (certs, data splits, checkpoints) here instead of a temp dir.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also draw the learning curve to FILE (.svg or .png), as `confide rounds --plot`.
+        #[arg(long, value_name = "FILE")]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -415,13 +424,17 @@ async fn main() -> Result<()> {
             admin: a,
             checkpoints,
             json,
+            plot,
         } => {
             let history = match checkpoints {
                 Some(dir) => cli::latest_history(&dir)?
                     .with_context(|| format!("no checkpoints in {}", dir.display()))?,
                 None => admin::rounds(&a.coordinator, a.tls().as_ref()).await?,
             };
-            if json {
+            if let Some(file) = plot {
+                cli::plot::plot_file(&history, &file)?;
+                print!("{}", render::wrote(&[file]));
+            } else if json {
                 println!("{}", serde_json::to_string_pretty(&history)?);
             } else {
                 print!("{}", render::rounds_table(&history));
@@ -560,12 +573,17 @@ async fn main() -> Result<()> {
             .await?;
         }
         #[cfg(feature = "demo")]
-        Cmd::Demo { rounds, suite, dir } => {
+        Cmd::Demo {
+            rounds,
+            suite,
+            dir,
+            plot,
+        } => {
             init_logs(
                 cli.json_logs,
                 "confide_coordinator=info,confide_client=warn,warn",
             );
-            demo::run(rounds, &suite, dir).await?;
+            demo::run(rounds, &suite, dir, plot).await?;
         }
     }
     Ok(())

@@ -1,10 +1,12 @@
 //! The `confide` CLI's logic, so that the binary is argument parsing and
 //! dispatch only: the operator's Admin-API client ([`admin`]), the text it
-//! prints ([`render`]) and the offline look-ups in a checkpoint directory.
+//! prints ([`render`]), the learning-curve pictures it draws ([`plot`]) and
+//! the offline look-ups in a checkpoint directory.
 //!
 //! ```text
 //! main.rs (clap) ─▶ cli::admin  ─gRPC─▶ coordinator's Admin / health services
 //!                ─▶ cli::render (tables and reports, returned as text)
+//!                ─▶ cli::plot   (accuracy/loss per round as SVG or PNG)
 //!                ─▶ cli::{latest_history, find_checkpoint} ─▶ checkpoint store
 //! ```
 //!
@@ -12,6 +14,7 @@
 //! library must not depend on the site crate.
 
 pub mod admin;
+pub mod plot;
 pub mod render;
 
 use std::path::{Path, PathBuf};

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use confide_coordinator::cli::plot;
 use confide_coordinator::{Settings, certs, rounds_table};
 use confide_crypto::Suite;
 
@@ -56,8 +57,17 @@ fn split_hospitals(csv: &str, out: &Path) -> Result<Vec<(String, PathBuf, usize)
     Ok(out_files)
 }
 
-pub async fn run(rounds: u64, suite: &str, dir: Option<PathBuf>) -> Result<()> {
+pub async fn run(
+    rounds: u64,
+    suite: &str,
+    dir: Option<PathBuf>,
+    curve: Option<PathBuf>,
+) -> Result<()> {
     let started = Instant::now();
+    // A bad file name should stop the demo before it runs, not after.
+    if let Some(p) = &curve {
+        plot::Format::of_path(p)?;
+    }
     let tmp = tempfile::tempdir()?;
     let root = dir.unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root)?;
@@ -157,6 +167,10 @@ pub async fn run(rounds: u64, suite: &str, dir: Option<PathBuf>) -> Result<()> {
             report.completed_rounds
         ),
         None => println!("\nno final accuracy (evaluation round did not complete)"),
+    }
+    if let Some(p) = &curve {
+        plot::plot_file(&report.history, p)?;
+        println!("learning curve: {}", p.display());
     }
     println!("demo wall time: {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
