@@ -60,6 +60,11 @@ enum Cmd {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The round transcript DIR/transcript.jsonl instead (needs
+        /// --checkpoints DIR): each round's parameters, context, stages,
+        /// dropouts, survivors and outcome; --json prints its lines as stored.
+        #[arg(long, requires = "checkpoints")]
+        transcript: bool,
     },
     /// Stored checkpoints.
     Checkpoints {
@@ -405,9 +410,20 @@ async fn main() -> Result<()> {
             print!("{}", render::status(&st));
         }
         Cmd::Rounds {
+            checkpoints: Some(dir),
+            json,
+            transcript: true,
+            ..
+        } => {
+            let (out, note) = cli::transcript::show(&dir, json)?;
+            print!("{out}");
+            eprint!("{note}");
+        }
+        Cmd::Rounds {
             admin: a,
             checkpoints,
             json,
+            ..
         } => {
             let history = match checkpoints {
                 Some(dir) => cli::latest_history(&dir)?

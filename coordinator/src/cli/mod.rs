@@ -1,11 +1,13 @@
 //! The `confide` CLI's logic, so that the binary is argument parsing and
 //! dispatch only: the operator's Admin-API client ([`admin`]), the text it
-//! prints ([`render`]) and the offline look-ups in a checkpoint directory.
+//! prints ([`render`]), the round transcript's reading ([`transcript`]) and
+//! the offline look-ups in a checkpoint directory.
 //!
 //! ```text
 //! main.rs (clap) ─▶ cli::admin  ─gRPC─▶ coordinator's Admin / health services
 //!                ─▶ cli::render (tables and reports, returned as text)
 //!                ─▶ cli::{latest_history, find_checkpoint} ─▶ checkpoint store
+//!                ─▶ cli::transcript ─▶ DIR/transcript.jsonl
 //! ```
 //!
 //! The `demo` subcommand is not here: it starts sites in-process, and the
@@ -13,6 +15,7 @@
 
 pub mod admin;
 pub mod render;
+pub mod transcript;
 
 use std::path::{Path, PathBuf};
 
