@@ -199,6 +199,26 @@ pub enum CoordinatorError {
         #[source]
         source: serde_json::Error,
     },
+    /// The round transcript could not be read or written.
+    #[error("round transcript: {}: {source}", path.display())]
+    Transcript {
+        /// The transcript file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A whole line of the round transcript that is not a record.
+    #[error("round transcript: {}: line {line} is not a round record: {source}", path.display())]
+    TranscriptLine {
+        /// The transcript file.
+        path: std::path::PathBuf,
+        /// Its line number (from 1).
+        line: usize,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
     /// TLS material (files, certificates, keys) that cannot be read or made.
     #[error("TLS: {0}")]
     Tls(String),

@@ -13,6 +13,7 @@
 //!                     federation (registry, scheduler, machine per round)
 //!                       │            │              │              │
 //!                    optim       checkpoint      settings       metrics ─▶ /metrics (HTTP, own port)
+//!                                transcript (one JSON line per ended round, next to the checkpoints)
 //!
 //!  operator ─▶ `confide` (main.rs: clap + dispatch) ─▶ cli (admin client, rendering)
 //!  convert: RoundRecord ↔ Admin API message, for grpc and cli alike
@@ -43,6 +44,7 @@ pub mod progress;
 pub mod revocation;
 mod serve;
 pub mod settings;
+pub mod transcript;
 
 use std::path::Path;
 

@@ -66,6 +66,11 @@ enum Cmd {
         /// evaluate round's is the final model); failed rounds are a red ×.
         #[arg(long, value_name = "FILE", conflicts_with = "json")]
         plot: Option<PathBuf>,
+        /// The round transcript DIR/transcript.jsonl instead (needs
+        /// --checkpoints DIR): each round's parameters, context, stages,
+        /// dropouts, survivors and outcome; --json prints its lines as stored.
+        #[arg(long, requires = "checkpoints", conflicts_with = "plot")]
+        transcript: bool,
     },
     /// Stored checkpoints.
     Checkpoints {
@@ -421,10 +426,21 @@ async fn main() -> Result<()> {
             print!("{}", render::status(&st));
         }
         Cmd::Rounds {
+            checkpoints: Some(dir),
+            json,
+            transcript: true,
+            ..
+        } => {
+            let (out, note) = cli::transcript::show(&dir, json)?;
+            print!("{out}");
+            eprint!("{note}");
+        }
+        Cmd::Rounds {
             admin: a,
             checkpoints,
             json,
             plot,
+            ..
         } => {
             let history = match checkpoints {
                 Some(dir) => cli::latest_history(&dir)?

@@ -1,13 +1,15 @@
 //! The `confide` CLI's logic, so that the binary is argument parsing and
 //! dispatch only: the operator's Admin-API client ([`admin`]), the text it
-//! prints ([`render`]), the learning-curve pictures it draws ([`plot`]) and
-//! the offline look-ups in a checkpoint directory.
+//! prints ([`render`]), the learning-curve pictures it draws ([`plot`]), the
+//! round transcript's reading ([`transcript`]) and the offline look-ups in a
+//! checkpoint directory.
 //!
 //! ```text
 //! main.rs (clap) ─▶ cli::admin  ─gRPC─▶ coordinator's Admin / health services
 //!                ─▶ cli::render (tables and reports, returned as text)
 //!                ─▶ cli::plot   (accuracy/loss per round as SVG or PNG)
 //!                ─▶ cli::{latest_history, find_checkpoint} ─▶ checkpoint store
+//!                ─▶ cli::transcript ─▶ DIR/transcript.jsonl
 //! ```
 //!
 //! The `demo` subcommand is not here: it starts sites in-process, and the
@@ -16,6 +18,7 @@
 pub mod admin;
 pub mod plot;
 pub mod render;
+pub mod transcript;
 
 use std::path::{Path, PathBuf};
 

@@ -1,10 +1,16 @@
 //! The round driver: waits for sites, asks the scheduler for a plan, runs the
 //! round's machine until it finishes (woken by site messages or by the
 //! machine's next deadline, never by polling), applies the outcome and writes
-//! the checkpoint.
+//! the round's transcript record, then the checkpoint.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use confide_crypto::MemberId;
 
 use super::*;
 use crate::metrics::{FailureReason, Reconstructions};
+use crate::transcript::{self, Ending, Reconstructed};
 
 impl Federation {
     /// Drive rounds until the configured training rounds (and the final
@@ -114,7 +120,8 @@ impl Federation {
             }) => {
                 warn!(round, cohort, error = %source, "cannot start round");
                 let msg = source.to_string();
-                self.record_failure(round, kind, cohort, model_round, &msg, 0.0);
+                self.record_failure(round, kind, cohort, model_round, &msg, None)
+                    .await?;
                 // Wait for the set of connected sites to change before retrying.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 return Ok(false);
@@ -134,6 +141,12 @@ impl Federation {
                 ca_fingerprint: &ca_fingerprint,
             },
         );
+        let announced = transcript::Plan::new(
+            &plan.config,
+            &plan.attempt,
+            plan.secure,
+            &start.model_sha256,
+        );
         let machine = if plan.secure {
             AnyCoordinator::secure(
                 plan.config.clone(),
@@ -148,7 +161,9 @@ impl Federation {
             Err(e) => {
                 warn!(round = round_id, error = %e, "cannot start round");
                 let msg = e.to_string();
-                self.record_failure(round_id, kind, n, model_round, &msg, 0.0);
+                let asked = Some((&plan.names, announced));
+                self.record_failure(round_id, kind, n, model_round, &msg, asked)
+                    .await?;
                 return Ok(false);
             }
         };
@@ -194,7 +209,7 @@ impl Federation {
         let Some(active) = active else {
             return Ok(false);
         };
-        self.finish_round(active, result, plan.model_len, model_round)
+        self.finish_round(active, result, plan.model_len, model_round, announced)
             .await
     }
 
@@ -241,15 +256,17 @@ impl Federation {
         }
     }
 
-    fn record_failure(
+    /// A round that could not start: no safe parameters for its cohort of
+    /// `n`, or a machine that refused the announced plan (`asked`).
+    async fn record_failure(
         &self,
         round_id: u64,
         kind: RoundKind,
         n: usize,
         model_round: u64,
         msg: &str,
-        duration_secs: f64,
-    ) {
+        asked: Option<(&BTreeMap<MemberId, String>, transcript::Plan)>,
+    ) -> Result<(), CoordinatorError> {
         let rec = RoundRecord {
             round: round_id,
             kind: kind.name().into(),
@@ -257,9 +274,16 @@ impl Federation {
             message: msg.to_string(),
             cohort: n as u32,
             model_round,
-            duration_secs,
             ..Default::default()
         };
+        let (names, plan) = asked.map_or((BTreeMap::new(), None), |(m, p)| (m.clone(), Some(p)));
+        let ending = Ending {
+            reason: Some(format!("{:?}", FailureReason::parameters)),
+            ..Default::default()
+        };
+        let suite = self.settings.suite.name();
+        let entry =
+            transcript::Record::new(&rec, suite, &names, plan, vec![], ending, SystemTime::now());
         // Only plans and machines that cannot start end up here.
         self.metrics.round_recorded(
             kind,
@@ -267,9 +291,30 @@ impl Federation {
             Some(FailureReason::parameters),
             Reconstructions::default(),
         );
-        let mut g = self.lock();
-        g.history.push(rec);
-        g.next_round = round_id + 1;
+        {
+            let mut g = self.lock();
+            g.history.push(rec);
+            g.next_round = round_id + 1;
+        }
+        self.append_transcript(entry, None).await
+    }
+
+    /// Append a round's record to the transcript, which lives with the
+    /// checkpoints (none without a checkpoint directory); the new model is
+    /// hashed off the runtime's threads, like the checkpoint is written.
+    async fn append_transcript(
+        &self,
+        mut entry: transcript::Record,
+        model_after: Option<Arc<Vec<u8>>>,
+    ) -> Result<(), CoordinatorError> {
+        let Some(dir) = self.settings.checkpoints.dir.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || {
+            entry.model_after = model_after.map(|m| hex::encode(context::sha256(&m)));
+            transcript::append(&dir, &entry)
+        })
+        .await?
     }
 
     async fn finish_round(
@@ -278,6 +323,7 @@ impl Federation {
         result: Result<AnyRoundResult, ProtocolError>,
         model_len: usize,
         model_round: u64,
+        announced: transcript::Plan,
     ) -> Result<bool, CoordinatorError> {
         let kind = active.kind;
         let now = clock();
@@ -294,6 +340,7 @@ impl Federation {
             ..Default::default()
         };
         let mut rebuilt = Reconstructions::default();
+        let mut survivors = Vec::new();
         let applied: Result<(), (String, FailureReason)> = match result {
             Err(e) => Err((e.to_string(), FailureReason::of_protocol(&e))),
             Ok(sum) => {
@@ -303,6 +350,7 @@ impl Federation {
                 // names those whose masks had to be reconstructed).
                 rec.dropped = rec.cohort.saturating_sub(rec.survivors);
                 rebuilt = Reconstructions::of(&sum);
+                survivors.clone_from(&sum.survivors);
                 self.apply(kind, &sum, model_len, &mut rec)
                     .map_err(|e| (e.to_string(), FailureReason::of_outcome(&e)))
             }
@@ -327,6 +375,26 @@ impl Federation {
             stages = ?rec.stage_secs,
             "round finished"
         );
+        let ending = Ending {
+            survivors,
+            reconstructed: Reconstructed {
+                self_mask_seeds: rebuilt.seeds,
+                mask_keys: rebuilt.mask_keys,
+            },
+            reason: applied.as_ref().err().map(|(_, r)| format!("{r:?}")),
+        };
+        let suite = self.settings.suite.name();
+        let plan = Some(announced);
+        let ended = SystemTime::now();
+        let entry = transcript::Record::new(
+            &rec,
+            suite,
+            &active.names,
+            plan,
+            active.stages,
+            ending,
+            ended,
+        );
         self.metrics
             .round_recorded(kind, &rec, applied.err().map(|(_, r)| r), rebuilt);
         let end = task(pb::task::Kind::RoundEnd(pb::RoundEnd {
@@ -334,7 +402,7 @@ impl Federation {
             success: ok,
             message: rec.message.clone(),
         }));
-        let save = {
+        let (save, model_after) = {
             let mut g = self.lock();
             for name in active.names.values() {
                 g.registry.send(name, end.clone());
@@ -347,8 +415,11 @@ impl Federation {
             for site in blamed.iter().filter(|s| excluded.contains(*s)) {
                 warn!(%site, rounds = after, "site excluded from later cohorts: blamed in too many rounds");
             }
-            if ok { self.snapshot(&g) } else { None }
+            let after = (ok && kind == RoundKind::Train).then(|| g.model_bytes.clone());
+            (if ok { self.snapshot(&g) } else { None }, after)
         };
+        // The record before the checkpoint: a checkpoint never lacks one.
+        self.append_transcript(entry, model_after).await?;
         if let (Some((manifest, bytes, opt)), Some(dir)) =
             (save, self.settings.checkpoints.dir.clone())
         {

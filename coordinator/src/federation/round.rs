@@ -23,6 +23,7 @@ use super::registry::{Registry, SessionInfo};
 use super::scheduler::RoundKind;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
+use crate::transcript::StageRecord;
 
 /// Wraps a task kind.
 pub fn task(kind: pb::task::Kind) -> pb::Task {
@@ -105,6 +106,11 @@ pub struct ActiveRound {
     pub stage_members: usize,
     /// Seconds per closed stage.
     pub stage_secs: Vec<(String, f64)>,
+    /// Who completed and who dropped at each closed stage (the transcript's).
+    pub stages: Vec<StageRecord>,
+    /// Members whose message of the open stage the machine accepted: of
+    /// those it drops, these were pruned rather than silent.
+    answered: BTreeSet<MemberId>,
     /// Payload bytes received.
     pub bytes_in: u64,
     /// Bytes sent.
@@ -148,6 +154,8 @@ impl ActiveRound {
             stage_started: now,
             stage_members,
             stage_secs: Vec::new(),
+            stages: Vec::new(),
+            answered: BTreeSet::new(),
             bytes_in: 0,
             bytes_out: 0,
             sent: BTreeMap::new(),
@@ -235,6 +243,7 @@ impl ActiveRound {
             SiteMessage::Consistency(sig) => self.machine.handle_consistency(sig, now)?,
             SiteMessage::Unmask(resp) => self.machine.handle_unmask_response(resp, now)?,
         }
+        self.answered.insert(from);
         Ok(())
     }
 
@@ -310,6 +319,15 @@ impl ActiveRound {
                     self.stage_members = completed.len();
                     self.stage_secs.push((stage.to_string(), secs));
                     self.metrics.stage_closed(stage, secs);
+                    let answered = std::mem::take(&mut self.answered);
+                    self.stages.push(StageRecord::new(
+                        stage,
+                        secs,
+                        &completed,
+                        &dropped,
+                        &answered,
+                        &self.names,
+                    ));
                     info!(round = self.id, %stage, secs = format!("{secs:.3}"), completed = completed.len(), dropped = ?dropped, "stage closed");
                 }
                 AnyOutput::Blamed { member, reason } => {
