@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{IdentityVerifier, MemberId, RoundConfig, Topology};
 use crate::error::ProtocolError;
+use crate::graph::connectivity;
 
 /// A member's signed list of the peers it masked its input with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +127,9 @@ pub(crate) struct SurvivorRules<'a> {
     pub(crate) session: &'a [u8; 32],
     /// Fewest survivors acceptable (the larger of the round's and the site's).
     pub(crate) min_survivors: usize,
+    /// Apply the connectivity rule (off only through a test-only knob, to
+    /// show what the rule prevents).
+    pub(crate) connectivity: bool,
 }
 
 impl SurvivorRules<'_> {
@@ -212,8 +216,11 @@ impl SurvivorRules<'_> {
 
     /// The global rules over the masking sets: every survivor masked with at
     /// least `t` survivors (so no survivor's pairwise masks can all be
-    /// removed), and masking between survivors is mutual (else the sum would
-    /// keep a mask). Returns the derived dropped set.
+    /// removed), masking between survivors is mutual (else the sum would
+    /// keep a mask), and the survivor masking graph stays connected whichever
+    /// `max_colluders` survivors are removed (else the coordinator learns the
+    /// sum of each remaining component: see [`connected_without_colluders`]).
+    /// Returns the derived dropped set.
     pub(crate) fn check_masking(
         &self,
         survivors: &BTreeSet<MemberId>,
@@ -244,11 +251,48 @@ impl SurvivorRules<'_> {
                 }
             }
         }
+        if self.connectivity {
+            connected_without_colluders(survivors, sets, self.cfg.max_colluders)?;
+        }
         Ok(CheckedSurvivors {
             survivors: survivors.clone(),
             dropped,
         })
     }
+}
+
+/// The survivor masking graph (survivors joined where they masked with each
+/// other; mutuality is checked before) must stay connected after removing any
+/// `c` vertices. Masks between two honest survivors are never revealed, so
+/// with its colluders removed the coordinator learns the sum of each
+/// component: the one honest sum only if one component remains, whoever the
+/// `c` colluders are. The ≥ `t` rule alone does not ensure this on a sparse
+/// graph (two arcs of the ring bridged only by colluders); on the complete
+/// graph it does, and the minimum-degree fast path passes at once.
+pub(crate) fn connected_without_colluders(
+    survivors: &BTreeSet<MemberId>,
+    sets: &BTreeMap<MemberId, BTreeSet<MemberId>>,
+    c: usize,
+) -> Result<(), ProtocolError> {
+    let ids: Vec<MemberId> = survivors.iter().copied().collect();
+    let adj: Vec<Vec<usize>> = ids
+        .iter()
+        .map(|u| {
+            sets.get(u)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| ids.binary_search(v).ok())
+                .collect()
+        })
+        .collect();
+    if connectivity::survives_removal(&adj, c) {
+        return Ok(());
+    }
+    Err(ProtocolError::Inconsistent(format!(
+        "the masking graph of the {} survivors can be split by removing {c} of them (the \
+         collusion bound): the coordinator could learn partial sums",
+        ids.len()
+    )))
 }
 
 /// At least `quorum` valid signatures on (`session`, `survivors`) from
