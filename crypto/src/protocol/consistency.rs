@@ -252,7 +252,7 @@ impl SurvivorRules<'_> {
             }
         }
         if self.connectivity {
-            connected_without_colluders(survivors, sets, self.cfg.max_colluders)?;
+            connected_without_colluders(self.topo, survivors, sets, self.cfg.max_colluders)?;
         }
         Ok(CheckedSurvivors {
             survivors: survivors.clone(),
@@ -270,10 +270,17 @@ impl SurvivorRules<'_> {
 /// graph (two arcs of the ring bridged only by colluders); on the complete
 /// graph it does, and the minimum-degree fast path passes at once.
 pub(crate) fn connected_without_colluders(
+    topo: &Topology,
     survivors: &BTreeSet<MemberId>,
     sets: &BTreeMap<MemberId, BTreeSet<MemberId>>,
     c: usize,
 ) -> Result<(), ProtocolError> {
+    // Fast path, the honest case: every ring edge between survivors is a
+    // masking edge, so the graph is at least as connected as the ring on the
+    // survivors' positions. Otherwise (or if that is not enough) the exact test.
+    if ring_bound(topo, survivors, sets).is_some_and(|kappa| kappa > c) {
+        return Ok(());
+    }
     let ids: Vec<MemberId> = survivors.iter().copied().collect();
     let adj: Vec<Vec<usize>> = ids
         .iter()
@@ -335,4 +342,31 @@ pub(crate) fn check_quorum(
         )));
     }
     Ok(())
+}
+
+/// The survivors' ring connectivity ([`connectivity::ring_connectivity`]) if
+/// each survivor masked with every survivor within `⌊k/2⌋` ring positions;
+/// `None` if one did not (a withheld share) or a member is unknown.
+fn ring_bound(
+    topo: &Topology,
+    survivors: &BTreeSet<MemberId>,
+    sets: &BTreeMap<MemberId, BTreeSet<MemberId>>,
+) -> Option<usize> {
+    let n = topo.cohort.len();
+    let h = topo.graph.k() / 2;
+    let position = |m: &MemberId| topo.index.get(m).and_then(|&i| topo.graph.position(i));
+    let mut positions = Vec::with_capacity(survivors.len());
+    for u in survivors {
+        let pu = position(u)?;
+        positions.push(pu);
+        let set = sets.get(u)?;
+        for v in topo.neighbours(*u) {
+            let pv = position(&v)?;
+            let d = pu.abs_diff(pv).min(n - pu.abs_diff(pv));
+            if d <= h && survivors.contains(&v) && !set.contains(&v) {
+                return None;
+            }
+        }
+    }
+    Some(connectivity::ring_connectivity(n, h, &positions))
 }

@@ -1,6 +1,6 @@
 use proptest::prelude::*;
 
-use super::survives_removal;
+use super::{ring_connectivity, survives_removal};
 use crate::graph::NeighbourGraph;
 
 /// Connected after removing every set of at most `c` vertices, by brute force.
@@ -87,6 +87,27 @@ proptest! {
         let keep: Vec<usize> = (0..n).filter(|&v| !gone[v] || v % 3 == 0).collect();
         let sub = induced(&adj, &keep);
         prop_assert_eq!(survives_removal(&sub, c), brute(&sub, c));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ring_connectivity_is_exact_on_rings(
+        n in 3usize..=13,
+        h in 1usize..=6,
+        kept in proptest::collection::vec(any::<bool>(), 13),
+    ) {
+        let ring: Vec<Vec<usize>> = (0..n)
+            .map(|p| (1..=h.min(n / 2)).flat_map(|o| [(p + o) % n, (p + n - o) % n]).collect())
+            .collect();
+        let keep: Vec<usize> = (0..n).filter(|&p| kept[p]).collect();
+        let sub = induced(&ring, &keep);
+        let kappa = ring_connectivity(n, h, &keep);
+        for c in 0..keep.len().saturating_sub(1) {
+            prop_assert_eq!(survives_removal(&sub, c), kappa > c, "c = {}, κ = {}", c, kappa);
+        }
     }
 }
 
