@@ -3,7 +3,8 @@
 //! site's masking with 15 neighbours, and what the consistency stage adds at
 //! one site of 100 (checking the 90 masking sets, verifying its 15
 //! neighbours' signatures on theirs, signing, then verifying survivor
-//! signatures up to the quorum, 51 here) — to be read against the masking time.
+//! signatures up to the quorum, 51 here) — to be read against the masking time
+//! — and the survivor-graph connectivity rule on its own at n = 100 and 1000.
 
 use std::hint::black_box;
 
@@ -163,5 +164,72 @@ fn consistency(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, unmask, site_mask, consistency);
+/// The consistency stage's connectivity rule alone: survivors of a Harary
+/// graph (every tenth position dropped, or none), `c` = ⌈γ·n⌉ removals. "ring"
+/// is the fast path a site takes when every ring edge between survivors is a
+/// masking edge; "exact" is Even's algorithm, taken otherwise. The exact test
+/// on a passing n = 1000 graph takes tens of seconds (see docs/security.md)
+/// and is left out of the default run; `CONFIDE_BENCH_EXACT_1000=1` adds it.
+fn connectivity(c: &mut Criterion) {
+    use confide_crypto::graph::connectivity::{ring_connectivity, survives_removal};
+    use confide_crypto::graph::{self, NeighbourGraph};
+    let mut group = c.benchmark_group("survivor_graph_connectivity");
+    group.sample_size(10);
+    let sparse = |n: usize, eta: u32| graph::choose(n, 0.1, 0.1, 40, eta).expect("params").k;
+    let slow = std::env::var_os("CONFIDE_BENCH_EXACT_1000").is_some();
+    let cases = [
+        ("n100_k31_c10_drop10", 100, 31, 10, true, true),
+        (
+            "n1000_k112_c100_drop0",
+            1000,
+            sparse(1000, 20),
+            100,
+            false,
+            slow,
+        ),
+        (
+            "n1000_k112_c100_drop10",
+            1000,
+            sparse(1000, 20),
+            100,
+            true,
+            true,
+        ),
+        (
+            "n1000_k135_c100_drop10",
+            1000,
+            sparse(1000, 30),
+            100,
+            true,
+            slow,
+        ),
+    ];
+    for (name, n, k, colluders, drop, exact) in cases {
+        let g = NeighbourGraph::harary(n, k, &[3; 32]).expect("graph");
+        let keep: Vec<usize> = (0..n).filter(|i| !drop || i % 10 != 0).collect();
+        let index = |v: usize| keep.binary_search(&v).ok();
+        let adj: Vec<Vec<usize>> = keep
+            .iter()
+            .map(|&v| g.neighbours(v).iter().filter_map(|&u| index(u)).collect())
+            .collect();
+        let positions: Vec<usize> = keep.iter().filter_map(|&v| g.position(v)).collect();
+        let kappa = ring_connectivity(n, k / 2, &positions);
+        eprintln!("{name}: k = {k}, ring connectivity of the survivors {kappa}");
+        group.bench_function(format!("{name}_ring"), |b| {
+            b.iter(|| black_box(ring_connectivity(n, k / 2, &positions) > colluders))
+        });
+        if exact {
+            eprintln!(
+                "{name}: survives {colluders} removals: {}",
+                survives_removal(&adj, colluders)
+            );
+            group.bench_function(format!("{name}_exact"), |b| {
+                b.iter(|| black_box(survives_removal(&adj, colluders)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, unmask, site_mask, consistency, connectivity);
 criterion_main!(benches);

@@ -70,6 +70,8 @@
 //! are summed in log space from the top (`ln C(k, j)` via Stirling's series),
 //! so tiny probabilities such as 2^-50 are exact to many digits.
 
+pub mod connectivity;
+
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use thiserror::Error;
@@ -264,6 +266,12 @@ impl NeighbourGraph {
     /// Sorted neighbours of site `i` (never `i` itself); empty if `i ≥ n`.
     pub fn neighbours(&self, i: usize) -> &[usize] {
         self.adj.get(i).map_or(&[], Vec::as_slice)
+    }
+
+    /// Cycle position of site `i` (`None` if `i ≥ n`): whoever knows the seed
+    /// knows where each site sits on the ring.
+    pub fn position(&self, i: usize) -> Option<usize> {
+        self.pos.get(i).copied()
     }
 
     /// Whether `i` and `j` share an edge; false for out-of-range sites.

@@ -71,7 +71,11 @@
 //!   [`graph::secure_threshold`]. No announced parameter can lower it.
 //! * Before any share is revealed, every survivor signs the one survivor set,
 //!   after checking every survivor's signed masking set: each masked with at
-//!   least `t` survivors, mutually. A site reveals only with a quorum of
+//!   least `t` survivors, mutually, and the survivor masking graph stays
+//!   connected after removing any `max_colluders` survivors
+//!   ([`graph::connectivity`]; masks between honest survivors are never
+//!   revealed, so each component's sum would come out on its own). A site
+//!   reveals only with a quorum of
 //!   `⌊(n + c)/2⌋ + 1` signatures on the very set it signed; since honest
 //!   sites sign one set per round, no two sets reach a quorum, so no member
 //!   is ever "survived" to some sites and "dropped" to others. Withholding
@@ -83,8 +87,9 @@
 //!   cohort into views each meeting the policy, and run more rounds;
 //!   differencing across rounds is out of scope (see below). For cohorts
 //!   above `complete_graph_up_to` the SecAgg+ graph seed is still chosen by
-//!   the coordinator, which could grind it; such federations should lower
-//!   their exposure by keeping cohorts complete.
+//!   the coordinator; that matters only where the threshold relies on the
+//!   σ-bound below `max_colluders` (`t ≤ max_colluders`): a ground seed can
+//!   then surround a victim with `t` colluders (`docs/security.md`).
 //!
 //! **Faulty sites.** A peer whose advert or sealed share is bad is left out
 //! ([`SiteMachine::rejected`]) while `t` good peers remain, and the

@@ -11,6 +11,8 @@
 
 #[path = "malicious_coordinator/harness.rs"]
 mod harness;
+#[path = "malicious_coordinator/two_arcs.rs"]
+mod two_arcs;
 
 use std::collections::BTreeSet;
 

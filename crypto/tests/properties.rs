@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use confide_crypto::graph::SecAggParams;
-use confide_crypto::protocol::{MemberId, Stage};
+use confide_crypto::graph::{self, SecAggParams};
+use confide_crypto::protocol::{MemberId, SitePolicy, Stage};
 use confide_crypto::quant::{QuantConfig, Quantiser};
 use confide_crypto::ring::{Ring, RingElement};
 use confide_crypto::sim::Simulation;
@@ -63,6 +63,20 @@ fn oracle(sim: &Simulation, vector_len: usize) -> Result<BTreeSet<MemberId>, &'s
     }
     if u3.iter().any(|&u| nb_in(u, &u3) < t) {
         return Err("survivor below threshold");
+    }
+    // The survivor masking graph must survive the removal of any
+    // max_colluders survivors (else partial sums would come out).
+    let ids: Vec<MemberId> = u3.iter().copied().collect();
+    let adj: Vec<Vec<usize>> = ids
+        .iter()
+        .map(|&u| {
+            (0..ids.len())
+                .filter(|&j| topo.are_neighbours(u, ids[j]))
+                .collect()
+        })
+        .collect();
+    if !graph::connectivity::survives_removal(&adj, sim.max_colluders) {
+        return Err("survivor graph splits without some colluders");
     }
     // Sites sign only a set at least as large as their own minimum (3) and
     // the quorum; the coordinator needs a quorum of signers.
@@ -251,5 +265,60 @@ proptest! {
         if told.site_errors.is_empty() {
             prop_assert!(told.elapsed < std::time::Duration::from_secs(60), "waited {:?}", told.elapsed);
         }
+    }
+}
+
+/// A sparse cohort as an honest coordinator would run it: the default site
+/// policy, the chooser's k and t for δ = γ = 0.1, ⌈γ·n⌉ colluders assumed, and
+/// up to ⌊δ·n⌋ sites dropping at random stages.
+fn sparse_scenario() -> impl Strategy<Value = Simulation> {
+    (60usize..=100, any::<bool>(), any::<u64>()).prop_flat_map(|(n, gm, seed)| {
+        let drops = proptest::collection::btree_map(
+            1..=n as MemberId,
+            proptest::sample::select(vec![
+                Stage::AdvertiseKeys,
+                Stage::ShareKeys,
+                Stage::MaskedInput,
+                Stage::Consistency,
+                Stage::Unmask,
+            ]),
+            0..=n / 10,
+        );
+        (Just((n, gm, seed)), drops).prop_map(|((n, gm, seed), drops)| {
+            let suite = if gm { Suite::Gm } else { Suite::Intl };
+            let params = graph::choose(n, 0.1, 0.1, 40, 20).expect("parameters");
+            let mut sim = Simulation::new(suite, n, params)
+                .with_seed(seed)
+                .with_policy(SitePolicy::default());
+            sim.max_colluders = graph::colluders(n, 0.1).expect("γ");
+            sim.min_survivors = params.t;
+            for (m, stage) in drops {
+                sim = sim.drop_at(m, stage);
+            }
+            sim
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(2000) / 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// With at most δ·n dropouts a sparse round succeeds with the exact sum:
+    /// the connectivity rule refuses no honest round the chooser plans for.
+    #[test]
+    fn sparse_rounds_with_planned_dropouts_succeed(sim in sparse_scenario()) {
+        let len = 4;
+        let x = inputs::<u32>(sim.members.len(), len, sim.seed);
+        let expected = oracle(&sim, len).map_err(|why| TestCaseError::fail(format!("oracle: {why}")))?;
+        let out = sim.run(&x).map_err(|e| TestCaseError::fail(format!("harness: {e}")))?;
+        let r = out.result.map_err(|e| TestCaseError::fail(format!("round failed: {e}")))?;
+        prop_assert_eq!(r.survivors.iter().copied().collect::<BTreeSet<_>>(), expected.clone());
+        let mut sum = vec![0u32; len];
+        for (m, v) in sim.members.iter().zip(&x) {
+            if expected.contains(m) {
+                for (a, b) in sum.iter_mut().zip(v) { *a = a.wrapping_add(*b); }
+            }
+        }
+        prop_assert_eq!(r.sum, sum);
     }
 }

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{IdentityVerifier, MemberId, RoundConfig, Topology};
 use crate::error::ProtocolError;
+use crate::graph::connectivity;
 
 /// A member's signed list of the peers it masked its input with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +127,9 @@ pub(crate) struct SurvivorRules<'a> {
     pub(crate) session: &'a [u8; 32],
     /// Fewest survivors acceptable (the larger of the round's and the site's).
     pub(crate) min_survivors: usize,
+    /// Apply the connectivity rule (off only through a test-only knob, to
+    /// show what the rule prevents).
+    pub(crate) connectivity: bool,
 }
 
 impl SurvivorRules<'_> {
@@ -212,8 +216,11 @@ impl SurvivorRules<'_> {
 
     /// The global rules over the masking sets: every survivor masked with at
     /// least `t` survivors (so no survivor's pairwise masks can all be
-    /// removed), and masking between survivors is mutual (else the sum would
-    /// keep a mask). Returns the derived dropped set.
+    /// removed), masking between survivors is mutual (else the sum would
+    /// keep a mask), and the survivor masking graph stays connected whichever
+    /// `max_colluders` survivors are removed (else the coordinator learns the
+    /// sum of each remaining component: see [`connected_without_colluders`]).
+    /// Returns the derived dropped set.
     pub(crate) fn check_masking(
         &self,
         survivors: &BTreeSet<MemberId>,
@@ -244,11 +251,55 @@ impl SurvivorRules<'_> {
                 }
             }
         }
+        if self.connectivity {
+            connected_without_colluders(self.topo, survivors, sets, self.cfg.max_colluders)?;
+        }
         Ok(CheckedSurvivors {
             survivors: survivors.clone(),
             dropped,
         })
     }
+}
+
+/// The survivor masking graph (survivors joined where they masked with each
+/// other; mutuality is checked before) must stay connected after removing any
+/// `c` vertices. Masks between two honest survivors are never revealed, so
+/// with its colluders removed the coordinator learns the sum of each
+/// component: the one honest sum only if one component remains, whoever the
+/// `c` colluders are. The ≥ `t` rule alone does not ensure this on a sparse
+/// graph (two arcs of the ring bridged only by colluders); on the complete
+/// graph it does, and the minimum-degree fast path passes at once.
+pub(crate) fn connected_without_colluders(
+    topo: &Topology,
+    survivors: &BTreeSet<MemberId>,
+    sets: &BTreeMap<MemberId, BTreeSet<MemberId>>,
+    c: usize,
+) -> Result<(), ProtocolError> {
+    // Fast path, the honest case: every ring edge between survivors is a
+    // masking edge, so the graph is at least as connected as the ring on the
+    // survivors' positions. Otherwise (or if that is not enough) the exact test.
+    if ring_bound(topo, survivors, sets).is_some_and(|kappa| kappa > c) {
+        return Ok(());
+    }
+    let ids: Vec<MemberId> = survivors.iter().copied().collect();
+    let adj: Vec<Vec<usize>> = ids
+        .iter()
+        .map(|u| {
+            sets.get(u)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| ids.binary_search(v).ok())
+                .collect()
+        })
+        .collect();
+    if connectivity::survives_removal(&adj, c) {
+        return Ok(());
+    }
+    Err(ProtocolError::Inconsistent(format!(
+        "the masking graph of the {} survivors can be split by removing {c} of them (the \
+         collusion bound): the coordinator could learn partial sums",
+        ids.len()
+    )))
 }
 
 /// At least `quorum` valid signatures on (`session`, `survivors`) from
@@ -291,4 +342,31 @@ pub(crate) fn check_quorum(
         )));
     }
     Ok(())
+}
+
+/// The survivors' ring connectivity ([`connectivity::ring_connectivity`]) if
+/// each survivor masked with every survivor within `⌊k/2⌋` ring positions;
+/// `None` if one did not (a withheld share) or a member is unknown.
+fn ring_bound(
+    topo: &Topology,
+    survivors: &BTreeSet<MemberId>,
+    sets: &BTreeMap<MemberId, BTreeSet<MemberId>>,
+) -> Option<usize> {
+    let n = topo.cohort.len();
+    let h = topo.graph.k() / 2;
+    let position = |m: &MemberId| topo.index.get(m).and_then(|&i| topo.graph.position(i));
+    let mut positions = Vec::with_capacity(survivors.len());
+    for u in survivors {
+        let pu = position(u)?;
+        positions.push(pu);
+        let set = sets.get(u)?;
+        for v in topo.neighbours(*u) {
+            let pv = position(&v)?;
+            let d = pu.abs_diff(pv).min(n - pu.abs_diff(pv));
+            if d <= h && survivors.contains(&v) && !set.contains(&v) {
+                return None;
+            }
+        }
+    }
+    Some(connectivity::ring_connectivity(n, h, &positions))
 }

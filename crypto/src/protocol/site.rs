@@ -68,6 +68,8 @@ pub struct SiteMachine<R: RingElement> {
     me: MemberId,
     signing: SigningKey,
     verifier: Arc<dyn IdentityVerifier>,
+    /// The survivor-graph connectivity rule; off only via a test-only knob.
+    check_connectivity: bool,
     phase: Phase,
     out: VecDeque<SiteOutput<R>>,
 }
@@ -201,6 +203,7 @@ impl<R: RingElement> SiteMachine<R> {
             me,
             signing,
             verifier,
+            check_connectivity: true,
             phase: Phase::AwaitKeys(AwaitKeys {
                 enc_secret,
                 mask_secret,
@@ -483,6 +486,7 @@ impl<R: RingElement> SiteMachine<R> {
             topo: &self.topo,
             session: &self.session,
             min_survivors: self.min_survivors,
+            connectivity: self.check_connectivity,
         };
         rules.check_set(&msg.survivors)?;
         let survivors: BTreeSet<MemberId> = msg.survivors.iter().copied().collect();

@@ -179,6 +179,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
                     topo: &self.topo,
                     session: &session,
                     min_survivors: self.cfg.min_survivors,
+                    connectivity: true,
                 };
                 let survivors: Vec<MemberId> = u3.iter().copied().collect();
                 let relayed: Vec<RelayedMaskingSet> = received

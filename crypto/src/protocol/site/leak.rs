@@ -37,4 +37,10 @@ impl<R: RingElement> SiteMachine<R> {
                 .collect(),
         })
     }
+
+    /// Sign survivor sets without the connectivity rule, to show in tests
+    /// what that rule prevents. Never in production builds.
+    pub fn without_connectivity_check(&mut self) {
+        self.check_connectivity = false;
+    }
 }
