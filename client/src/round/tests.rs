@@ -788,3 +788,5 @@ fn a_second_training_contribution_on_one_model_is_refused() -> Result<(), Box<dy
     ));
     Ok(())
 }
+
+mod contribution;
