@@ -10,6 +10,14 @@ use super::*;
 
 type Drivers = BTreeMap<u32, RoundDriver>;
 
+/// An announced round: the coordinator's machine, the configuration the
+/// drivers derived, and each driver's first action.
+struct Announced {
+    coord: AnyCoordinator,
+    cfg: RoundConfig,
+    actions: Vec<(u32, Action)>,
+}
+
 /// Member `m`'s secure training round `cfg.round` on `model` (of `d`
 /// parameters), as announced: [`train_start`] with masking on.
 fn secure_train_start(cfg: &RoundConfig, m: u32, model: &[u8], d: usize) -> v1::RoundStart {
@@ -30,7 +38,7 @@ fn announce(
     model: &[u8],
     d: usize,
     now: Instant,
-) -> Result<(AnyCoordinator, RoundConfig, Vec<(u32, Action)>), Box<dyn std::error::Error>> {
+) -> Result<Announced, Box<dyn std::error::Error>> {
     let mut cfg = round_cfg(round, Ring::U32, crate::wire::train_len(d));
     cfg.context =
         convert::round_config(&secure_train_start(&cfg, 1, model, d), "f", &[0; 32])?.context;
@@ -44,22 +52,29 @@ fn announce(
         let rs = secure_train_start(&cfg, m, model, d);
         actions.push((m, drv.on_task(start(&rs), now)?));
     }
-    Ok((coord, cfg, actions))
+    Ok(Announced {
+        coord,
+        cfg,
+        actions,
+    })
 }
 
 /// Delivers messages both ways until the round finishes, or — with
 /// `until_consistency` — until the coordinator asks the survivors to sign,
 /// which is then not delivered. Returns whether the round finished.
 fn drive(
-    coord: &mut AnyCoordinator,
-    cfg: &RoundConfig,
+    round: Announced,
     drivers: &mut Drivers,
-    mut actions: Vec<(u32, Action)>,
     keys: &BTreeMap<u32, Vec<u8>>,
     model: &[u8],
     until_consistency: bool,
     now: Instant,
 ) -> Result<bool, Box<dyn std::error::Error>> {
+    let Announced {
+        mut coord,
+        cfg,
+        mut actions,
+    } = round;
     for _ in 0..30 {
         while let Some((m, action)) = actions.pop() {
             let d = drivers.get_mut(&m).ok_or("unknown member")?;
@@ -154,40 +169,24 @@ fn a_masked_update_counts_once_signed_not_at_upload() -> Result<(), Box<dyn std:
     // anyone is asked to sign. No sum can be unmasked without the survivors'
     // signatures, so the update has not counted: a retry on the same model
     // is served.
-    let (mut coord, cfg, actions) = announce(&mut drivers, 21, &model, d, now)?;
-    assert!(!drive(
-        &mut coord,
-        &cfg,
-        &mut drivers,
-        actions,
-        &keys,
-        &model,
-        true,
-        now
-    )?);
+    let round = announce(&mut drivers, 21, &model, d, now)?;
+    assert!(!drive(round, &mut drivers, &keys, &model, true, now)?);
     for drv in drivers.values_mut() {
         drv.on_task(end(21, false), now)?;
     }
 
     // Round 22, same model: served, signed, finished. Each site has now
     // signed a survivor set holding its update.
-    let (mut coord, cfg, actions) = announce(&mut drivers, 22, &model, d, now)?;
+    let round = announce(&mut drivers, 22, &model, d, now)?;
     assert!(
-        actions
+        round
+            .actions
             .iter()
             .all(|(_, a)| matches!(a, Action::Send | Action::Download(_))),
-        "the retry on an uncounted model was refused: {actions:?}"
+        "the retry on an uncounted model was refused: {:?}",
+        round.actions
     );
-    assert!(drive(
-        &mut coord,
-        &cfg,
-        &mut drivers,
-        actions,
-        &keys,
-        &model,
-        false,
-        now
-    )?);
+    assert!(drive(round, &mut drivers, &keys, &model, false, now)?);
     // Even if the coordinator then calls it a failure, the update counted:
     // a quorum could have unmasked it.
     for drv in drivers.values_mut() {
