@@ -516,7 +516,7 @@ fn busy_backoff_grows_is_capped_and_stops_at_the_stage_deadline() -> Result<(), 
 #[test]
 fn secure_round_between_three_drivers_sums_their_inputs() -> Result<(), Box<dyn std::error::Error>>
 {
-    use confide_crypto::protocol::{AnyCoordinator, AnyOutput, StageTimeouts};
+    use confide_crypto::protocol::{AnyCoordinator, StageTimeouts};
     use std::collections::BTreeMap;
 
     let now = Instant::now();
@@ -536,12 +536,12 @@ fn secure_round_between_three_drivers_sums_their_inputs() -> Result<(), Box<dyn 
         &[0; 32],
     )?
     .context;
-    let mut coord = AnyCoordinator::secure(
+    let coord = AnyCoordinator::secure(
         cfg.clone(),
         StageTimeouts::uniform(Duration::from_secs(60)),
         now,
     )?;
-    let input = |m: u32| -> Vec<u64> {
+    let values = |m: u32| -> Vec<u64> {
         (0..cfg.vector_len as u64)
             .map(|i| u64::from(m) * 1000 + i)
             .collect()
@@ -568,94 +568,24 @@ fn secure_round_between_three_drivers_sums_their_inputs() -> Result<(), Box<dyn 
         actions.push((m, d.on_task(start(&rs), now)?));
         drivers.insert(m, d);
     }
-    let mut sum = None;
-    for _ in 0..20 {
-        // Sites → coordinator.
-        while let Some((m, action)) = actions.pop() {
-            let d = drivers.get_mut(&m).ok_or("unknown member")?;
-            match action {
-                Action::Send => {
-                    let out = d.outbox().ok_or("nothing queued")?;
-                    match out {
-                        Outgoing::Advertise(req) => {
-                            assert_eq!(req.session, "s1");
-                            let a = req.advert.as_ref().ok_or("no advert")?;
-                            coord.handle_advert(
-                                convert::key_advert_from_proto(a),
-                                keys[&m].clone(),
-                                now,
-                            )?;
-                        }
-                        Outgoing::Shares(req) => {
-                            coord.handle_shares(convert::share_bundle_from_proto(&req)?, now)?
-                        }
-                        Outgoing::Masked(chunks) => {
-                            let bytes: Vec<u8> =
-                                chunks.iter().flat_map(|c| c.data.clone()).collect();
-                            // Masked: not the input itself.
-                            assert_ne!(bytes, RingVec::U64(input(m)).to_le_bytes());
-                            let masking = chunks[0]
-                                .masking
-                                .as_ref()
-                                .map(convert::masking_set_from_proto);
-                            assert!(masking.is_some(), "no masking set in the first chunk");
-                            coord.handle_masked_input_bytes(round, m, &bytes, masking, now)?;
-                        }
-                        Outgoing::Consistency(r) => coord.handle_consistency(
-                            convert::consistency_response_from_proto(&r),
-                            now,
-                        )?,
-                        Outgoing::Unmask(r) => coord.handle_unmask_response(
-                            convert::unmask_response_from_proto(&r)?,
-                            now,
-                        )?,
-                    }
-                    d.sent(now);
-                }
-                Action::Compute(LocalJob::Statistics { .. }) => {
-                    actions.push((m, d.input_ready(RingVec::U64(input(m)))?));
-                }
-                Action::Wait => {}
-                other => panic!("unexpected action {other:?}"),
-            }
-        }
-        // Coordinator → sites.
-        while let Some(o) = coord.poll_output() {
-            let (to, kind) = match o {
-                AnyOutput::NeighbourKeys { to, msg } => (
-                    to,
-                    v1::task::Kind::NeighbourKeys(convert::neighbour_keys_to_proto(&msg)),
-                ),
-                AnyOutput::IncomingShares { to, msg } => (
-                    to,
-                    v1::task::Kind::IncomingShares(convert::incoming_shares_to_proto(&msg)),
-                ),
-                AnyOutput::ConsistencyRequest { to, msg } => (
-                    to,
-                    v1::task::Kind::ConsistencyRequest(convert::consistency_request_to_proto(&msg)),
-                ),
-                AnyOutput::UnmaskRequest { to, msg } => (
-                    to,
-                    v1::task::Kind::UnmaskRequest(convert::unmask_request_to_proto(&msg)),
-                ),
-                AnyOutput::StageClosed { .. } | AnyOutput::Blamed { .. } => continue,
-                AnyOutput::Finished(r) => {
-                    sum = Some(r?.sum);
-                    continue;
-                }
-            };
-            let d = drivers.get_mut(&to).ok_or("unknown member")?;
-            actions.push((to, d.on_task(task(kind), now)?));
-        }
-        if sum.is_some() {
-            break;
-        }
-    }
+    let input = |m: u32, _len: usize| RingVec::U64(values(m));
+    let h = Harness {
+        keys: &keys,
+        model: &[],
+        input: &input,
+        until_consistency: false,
+    };
+    let announced = Announced {
+        coord,
+        cfg: cfg.clone(),
+        actions,
+    };
+    let sum = drive(announced, &mut drivers, &h, now)?;
     let want: Vec<u64> = (0..cfg.vector_len)
         .map(|i| {
-            input(1)[i]
-                .wrapping_add(input(2)[i])
-                .wrapping_add(input(3)[i])
+            values(1)[i]
+                .wrapping_add(values(2)[i])
+                .wrapping_add(values(3)[i])
         })
         .collect();
     assert_eq!(sum, Some(RingVec::U64(want)));
@@ -787,6 +717,124 @@ fn a_second_training_contribution_on_one_model_is_refused() -> Result<(), Box<dy
         Action::Download(_)
     ));
     Ok(())
+}
+
+type Drivers = std::collections::BTreeMap<u32, RoundDriver>;
+
+/// An announced secure round: the coordinator's machine, the configuration
+/// the drivers derived, and each driver's first action.
+struct Announced {
+    coord: confide_crypto::protocol::AnyCoordinator,
+    cfg: RoundConfig,
+    actions: Vec<(u32, Action)>,
+}
+
+/// What [`drive`] feeds the drivers.
+#[derive(Clone, Copy)]
+struct Harness<'a> {
+    /// Each member's verifying key, as the coordinator recorded it at Join.
+    keys: &'a std::collections::BTreeMap<u32, Vec<u8>>,
+    /// The model a training round downloads.
+    model: &'a [u8],
+    /// Member `m`'s local result of length `len`.
+    input: &'a dyn Fn(u32, usize) -> RingVec,
+    /// Stop (undelivered) when the coordinator asks the survivors to sign.
+    until_consistency: bool,
+}
+
+/// Delivers messages between the drivers and the coordinator's machine until
+/// the round finishes (its sum) or, with `until_consistency`, until the
+/// survivors are asked to sign (`None`). Every masked upload must differ from
+/// its input and carry the signed masking set.
+fn drive(
+    round: Announced,
+    drivers: &mut Drivers,
+    h: &Harness<'_>,
+    now: Instant,
+) -> Result<Option<RingVec>, Box<dyn std::error::Error>> {
+    use confide_crypto::protocol::AnyOutput;
+    let Announced {
+        mut coord,
+        cfg,
+        mut actions,
+    } = round;
+    for _ in 0..30 {
+        while let Some((m, action)) = actions.pop() {
+            let d = drivers.get_mut(&m).ok_or("unknown member")?;
+            match action {
+                Action::Download(_) => {
+                    actions.push((m, d.model_downloaded(&model_chunks(h.model))?))
+                }
+                Action::Compute(_) => {
+                    actions.push((m, d.input_ready((h.input)(m, cfg.vector_len))?))
+                }
+                Action::Send => {
+                    match d.outbox().ok_or("nothing queued")? {
+                        Outgoing::Advertise(req) => {
+                            assert_eq!(req.session, "s1");
+                            let a = req.advert.as_ref().ok_or("no advert")?;
+                            coord.handle_advert(
+                                convert::key_advert_from_proto(a),
+                                h.keys[&m].clone(),
+                                now,
+                            )?;
+                        }
+                        Outgoing::Shares(req) => {
+                            coord.handle_shares(convert::share_bundle_from_proto(&req)?, now)?
+                        }
+                        Outgoing::Masked(chunks) => {
+                            let bytes: Vec<u8> =
+                                chunks.iter().flat_map(|c| c.data.clone()).collect();
+                            assert_ne!(bytes, (h.input)(m, cfg.vector_len).to_le_bytes());
+                            let masking = chunks
+                                .first()
+                                .and_then(|c| c.masking.as_ref())
+                                .map(convert::masking_set_from_proto);
+                            assert!(masking.is_some(), "no masking set in the first chunk");
+                            coord.handle_masked_input_bytes(cfg.round, m, &bytes, masking, now)?;
+                        }
+                        Outgoing::Consistency(r) => coord.handle_consistency(
+                            convert::consistency_response_from_proto(&r),
+                            now,
+                        )?,
+                        Outgoing::Unmask(r) => coord.handle_unmask_response(
+                            convert::unmask_response_from_proto(&r)?,
+                            now,
+                        )?,
+                    }
+                    d.sent(now);
+                }
+                Action::Wait => {}
+                other => return Err(format!("unexpected action {other:?}").into()),
+            }
+        }
+        while let Some(o) = coord.poll_output() {
+            let (to, kind) = match o {
+                AnyOutput::NeighbourKeys { to, msg } => (
+                    to,
+                    v1::task::Kind::NeighbourKeys(convert::neighbour_keys_to_proto(&msg)),
+                ),
+                AnyOutput::IncomingShares { to, msg } => (
+                    to,
+                    v1::task::Kind::IncomingShares(convert::incoming_shares_to_proto(&msg)),
+                ),
+                AnyOutput::ConsistencyRequest { .. } if h.until_consistency => return Ok(None),
+                AnyOutput::ConsistencyRequest { to, msg } => (
+                    to,
+                    v1::task::Kind::ConsistencyRequest(convert::consistency_request_to_proto(&msg)),
+                ),
+                AnyOutput::UnmaskRequest { to, msg } => (
+                    to,
+                    v1::task::Kind::UnmaskRequest(convert::unmask_request_to_proto(&msg)),
+                ),
+                AnyOutput::StageClosed { .. } | AnyOutput::Blamed { .. } => continue,
+                AnyOutput::Finished(r) => return Ok(Some(r?.sum)),
+            };
+            let d = drivers.get_mut(&to).ok_or("unknown member")?;
+            actions.push((to, d.on_task(task(kind), now)?));
+        }
+    }
+    Err("the round neither finished nor reached the consistency stage".into())
 }
 
 mod contribution;
