@@ -20,6 +20,24 @@ fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// The wrapping sum of the inputs of `members` that are in `survivors`.
+fn sum_of(
+    members: &[MemberId],
+    x: &[Vec<u32>],
+    survivors: &BTreeSet<MemberId>,
+    len: usize,
+) -> Vec<u32> {
+    let mut sum = vec![0u32; len];
+    for (m, v) in members.iter().zip(x) {
+        if survivors.contains(m) {
+            for (a, b) in sum.iter_mut().zip(v) {
+                *a = a.wrapping_add(*b);
+            }
+        }
+    }
+    sum
+}
+
 /// Independent statement of when a round must succeed, and with whom.
 fn oracle(sim: &Simulation, vector_len: usize) -> Result<BTreeSet<MemberId>, &'static str> {
     let cfg = sim.config::<u32>(vector_len);
@@ -172,13 +190,7 @@ proptest! {
         match (expected, out.result) {
             (Ok(survivors), Ok(r)) => {
                 prop_assert_eq!(r.survivors.iter().copied().collect::<BTreeSet<_>>(), survivors.clone());
-                let mut sum = vec![0u32; len];
-                for (m, v) in sim.members.iter().zip(&x) {
-                    if survivors.contains(m) {
-                        for (a, b) in sum.iter_mut().zip(v) { *a = a.wrapping_add(*b); }
-                    }
-                }
-                prop_assert_eq!(r.sum, sum);
+                prop_assert_eq!(r.sum, sum_of(&sim.members, &x, &survivors, len));
             }
             (Err(why), Err(e)) => {
                 prop_assert!(
@@ -313,12 +325,6 @@ proptest! {
         let out = sim.run(&x).map_err(|e| TestCaseError::fail(format!("harness: {e}")))?;
         let r = out.result.map_err(|e| TestCaseError::fail(format!("round failed: {e}")))?;
         prop_assert_eq!(r.survivors.iter().copied().collect::<BTreeSet<_>>(), expected.clone());
-        let mut sum = vec![0u32; len];
-        for (m, v) in sim.members.iter().zip(&x) {
-            if expected.contains(m) {
-                for (a, b) in sum.iter_mut().zip(v) { *a = a.wrapping_add(*b); }
-            }
-        }
-        prop_assert_eq!(r.sum, sum);
+        prop_assert_eq!(r.sum, sum_of(&sim.members, &x, &expected, len));
     }
 }
