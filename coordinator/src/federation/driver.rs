@@ -333,7 +333,7 @@ impl Federation {
             cohort: active.names.len() as u32,
             model_round,
             duration_secs: now.saturating_duration_since(active.started).as_secs_f64(),
-            stage_secs: active.stage_secs.clone(),
+            stage_secs: active.stage_secs(),
             bytes_in: active.bytes_in,
             bytes_out: active.bytes_out,
             blamed: active.blamed.clone(),

@@ -101,11 +101,6 @@ pub struct ActiveRound {
     /// Start.
     pub started: Instant,
     stage_started: Instant,
-    /// Members the open stage waits for in all: the cohort, then those that
-    /// completed the stage before (for the progress display).
-    pub stage_members: usize,
-    /// Seconds per closed stage.
-    pub stage_secs: Vec<(String, f64)>,
     /// Who completed and who dropped at each closed stage (the transcript's).
     pub stages: Vec<StageRecord>,
     /// Members whose message of the open stage the machine accepted: of
@@ -140,7 +135,6 @@ impl ActiveRound {
         now: Instant,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let stage_members = names.len();
         ActiveRound {
             id,
             kind,
@@ -152,8 +146,6 @@ impl ActiveRound {
             result: None,
             started: now,
             stage_started: now,
-            stage_members,
-            stage_secs: Vec::new(),
             stages: Vec::new(),
             answered: BTreeSet::new(),
             bytes_in: 0,
@@ -163,6 +155,22 @@ impl ActiveRound {
             lost: BTreeMap::new(),
             metrics,
         }
+    }
+
+    /// Members the open stage waits for in all: the cohort, then those that
+    /// completed the stage before (for the progress display).
+    pub fn stage_members(&self) -> usize {
+        self.stages
+            .last()
+            .map_or(self.names.len(), |s| s.completed.len())
+    }
+
+    /// Seconds per closed stage (the round table's), from the stage records.
+    pub fn stage_secs(&self) -> Vec<(String, f64)> {
+        self.stages
+            .iter()
+            .map(|s| (s.stage.clone(), s.secs))
+            .collect()
     }
 
     /// Members whose stream has been closed for `grace` by `now` are gone
@@ -316,8 +324,6 @@ impl ActiveRound {
                         .saturating_duration_since(self.stage_started)
                         .as_secs_f64();
                     self.stage_started = now;
-                    self.stage_members = completed.len();
-                    self.stage_secs.push((stage.to_string(), secs));
                     self.metrics.stage_closed(stage, secs);
                     let answered = std::mem::take(&mut self.answered);
                     self.stages.push(StageRecord::new(

@@ -27,8 +27,8 @@ impl Federation {
                 id: r.id,
                 kind: r.kind.name(),
                 stage: r.machine.stage().to_string(),
-                answered: r.stage_members.saturating_sub(r.machine.pending().len()),
-                expected: r.stage_members,
+                answered: r.stage_members().saturating_sub(r.machine.pending().len()),
+                expected: r.stage_members(),
             }),
         }
     }
