@@ -15,11 +15,14 @@
 //! and the set of cycle positions held by any fixed group of sites is a
 //! uniformly random subset — the facts the analysis below relies on.
 //!
-//! **Assumption:** the colluding set is fixed, and dropouts happen, independently
-//! of the seed. A coordinator that can choose or grind the seed after seeing
-//! the cohort can place its colluders around a victim, and then none of the
-//! probabilistic bounds hold; derive the seed so that it cannot (e.g. from
-//! site contributions or a public beacon), or use `k = n − 1`.
+//! **The seed is the coordinator's choice**, so nothing that matters for
+//! privacy may depend on it being random: a coordinator that grinds the seed
+//! after seeing the cohort can place its colluders around a victim. The
+//! threshold therefore covers the worst case (every colluder a neighbour of
+//! the victim, [`secure_threshold`]) for sparse graphs too. What still
+//! assumes a random placement is liveness only: the dropout bound and the
+//! connectivity bound below size `k` so that honest rounds succeed; a ground
+//! seed can make a round fail, which the coordinator can cause anyway.
 //!
 //! # Choosing `k` and `t` ([`choose`])
 //!
@@ -39,26 +42,27 @@
 //!
 //! * `k = n − 1` (complete graph): `c = C`, `d = D` exactly, worst case, and
 //!   no connectivity condition is needed.
-//! * `2 ≤ k < n − 1`: a site's neighbours are a random `k`-subset of the
-//!   `n − 1` others, so its colluding-neighbour count is hypergeometric with
-//!   success fraction `p_c = C/(n−1)`. We bound it by the binomial
-//!   `Bin(k, p_c)` tail (sampling without replacement is more concentrated;
-//!   the tests check the exact hypergeometric tail against it for the
-//!   parameters chosen): `c` is the smallest value with
-//!   `P[Bin(k, p_c) > c] ≤ 2^-(σ+1) / n` (union bound over `n` sites), capped
-//!   at `C`. Likewise `d` with `p_d = D/(n−1)` and `2^-η / n`, capped at `D`.
-//! * Security also needs the graph of honest surviving sites to be connected:
-//!   otherwise the coordinator, which learns every edge key of colluding and
-//!   dropped sites, could unmask the partial sum of one component (this
-//!   condition is in Bell et al. and in Google's reference parameter finder
-//!   but easy to miss). Removing nodes from the cycle-based graph disconnects
-//!   it only if two disjoint runs of `h = ⌊k/2⌋` consecutive cycle positions
-//!   are all removed (a single run leaves a path whose gaps are all `≤ h`;
-//!   odd `k`'s extra diagonal is ignored, which is conservative). With
-//!   `R = C + D` removed sites in uniformly random positions, a union bound
-//!   over at most `n(n−1)/2` pairs of runs gives
-//!   `P ≤ n(n−1)/2 · Π_{i<2h} (R−i)/(n−i)`, required `≤ 2^-(σ+1)`. The two
-//!   security events thus share the `2^-σ` budget.
+//! * `2 ≤ k < n − 1`: `c = min(C, k)`, the worst case, whatever the seed
+//!   (see above). A site's neighbours are a random `k`-subset of the `n − 1`
+//!   others, so with dropouts independent of the seed its dropped-neighbour
+//!   count is hypergeometric with success fraction `p_d = D/(n−1)`. We bound
+//!   it by the binomial `Bin(k, p_d)` tail (sampling without replacement is
+//!   more concentrated; the tests check the exact hypergeometric tail against
+//!   it): `d` is the smallest value with `P[Bin(k, p_d) > d] ≤ 2^-η / n`
+//!   (union bound over `n` sites), capped at `D`.
+//! * The graph of honest surviving sites must stay connected: otherwise the
+//!   coordinator, which learns every edge key of colluding and dropped sites,
+//!   could unmask the partial sum of one component (Bell et al.; easy to
+//!   miss). Sites check this on the actual survivor graph
+//!   ([`connectivity`]), whatever the placement, so here it is a liveness
+//!   condition: honest rounds should pass that check. Removing nodes from
+//!   the cycle-based graph disconnects it only if two disjoint runs of
+//!   `h = ⌊k/2⌋` consecutive cycle positions are all removed (a single run
+//!   leaves a path whose gaps are all `≤ h`; odd `k`'s extra diagonal is
+//!   ignored, which is conservative). With `R = C + D` removed sites in
+//!   uniformly random positions, a union bound over at most `n(n−1)/2` pairs
+//!   of runs gives `P ≤ n(n−1)/2 · Π_{i<2h} (R−i)/(n−i)`, required
+//!   `≤ 2^-(σ+1)`.
 //!
 //! `k` is scanned upward from 2 (skipping odd `k` when `n` is odd); the first
 //! `k < n − 1` meeting all conditions wins, with `t = ⌊(k + c)/2⌋ + 1`, the
@@ -356,21 +360,17 @@ pub fn colluders(n: usize, gamma: f64) -> Result<usize, GraphError> {
     Ok(count_up(gamma, n))
 }
 
-/// The smallest threshold a site accepts for degree `k` in a cohort of `n`
-/// with `c` colluders in all: `⌊(k + c')/2⌋ + 1`, where `c' = c` for the
-/// complete graph and otherwise the `σ`-bit upper bound on colluding
-/// neighbours used by [`choose`].
-pub fn secure_threshold(n: usize, k: usize, c: usize, sigma: u32) -> usize {
-    if n < 2 || k == 0 {
+/// The smallest threshold a site accepts for degree `k` with `c` colluders
+/// in the cohort: `⌊(k + min(c, k))/2⌋ + 1`, for every graph. The worst case
+/// — all colluders among one member's neighbours — is assumed even for sparse
+/// graphs, because the coordinator chooses the graph seed and could grind it
+/// to surround a victim: a bound that holds only for random placements would
+/// not hold here. `usize::MAX` (nothing is enough) for `k = 0`.
+pub fn secure_threshold(k: usize, c: usize) -> usize {
+    if k == 0 {
         return usize::MAX;
     }
-    let c_nbr = if k + 1 >= n {
-        c.min(k)
-    } else {
-        let ln_eps = -(f64::from(sigma) + 1.0) * std::f64::consts::LN_2 - (n as f64).ln() - 1e-9;
-        binom_upper_quantile(k, (c as f64 / (n - 1) as f64).min(1.0), ln_eps).min(c)
-    };
-    (k + c_nbr) / 2 + 1
+    (k + c.min(k)) / 2 + 1
 }
 
 /// Parameters for the complete graph (`k = n − 1`): the threshold covers
@@ -432,11 +432,9 @@ fn choose_detailed(
     let ln_n = (n as f64).ln();
     // Tiny slack makes float error in the tails err on the safe side.
     let slack = 1e-9;
-    let ln_eps_collude = -(f64::from(sigma) + 1.0) * ln2 - ln_n - slack;
     let ln_eps_connect = -(f64::from(sigma) + 1.0) * ln2 - slack;
     let ln_eps_drop = -f64::from(eta) * ln2 - ln_n - slack;
     let others = (n - 1) as f64;
-    let p_c = (big_c as f64 / others).min(1.0);
     let p_d = (big_d as f64 / others).min(1.0);
     let removed = (big_c + big_d).min(n);
 
@@ -447,7 +445,10 @@ fn choose_detailed(
             continue;
         }
         if ln_disconnect(n, k, removed) <= ln_eps_connect {
-            let c = binom_upper_quantile(k, p_c, ln_eps_collude).min(big_c);
+            // Worst case for colluders (see `secure_threshold`); only the
+            // dropout count, which costs liveness and not privacy, is a
+            // probabilistic bound.
+            let c = big_c.min(k);
             let d = binom_upper_quantile(k, p_d, ln_eps_drop).min(big_d);
             if let Some(t) = threshold(k, c, d) {
                 return Ok(Choice {

@@ -86,10 +86,10 @@
 //!   honest sites at will (the sum of any large-enough subset), partition the
 //!   cohort into views each meeting the policy, and run more rounds;
 //!   differencing across rounds is out of scope (see below). For cohorts
-//!   above `complete_graph_up_to` the SecAgg+ graph seed is still chosen by
-//!   the coordinator; that matters only where the threshold relies on the
-//!   σ-bound below `max_colluders` (`t ≤ max_colluders`): a ground seed can
-//!   then surround a victim with `t` colluders (`docs/security.md`).
+//!   above `complete_graph_up_to` the coordinator chooses the SecAgg+ graph
+//!   seed, and so where its colluders sit; the threshold therefore covers
+//!   every colluder being one victim's neighbour (`2t > k + c`), and a
+//!   ground seed can only make a round fail.
 //!
 //! **Faulty sites.** A peer whose advert or sealed share is bad is left out
 //! ([`SiteMachine::rejected`]) while `t` good peers remain, and the
@@ -101,10 +101,10 @@
 //!
 //! **Colluding sites.** Up to γ·n sites colluding with the coordinator learn
 //! nothing beyond the sum of the honest survivors' inputs, provided the
-//! threshold was chosen for γ ([`graph::choose`]): t > (k + c)/2, where c bounds
-//! the colluders among any site's k neighbours (for the SecAgg+ graph, with
-//! failure probability 2^-σ). `tests/malicious_coordinator.rs` checks each
-//! attack of the security review with an isolation oracle.
+//! threshold was chosen for γ ([`graph::choose`]): t > (k + c)/2 with c the
+//! colluders in the whole cohort (capped at k), whatever their positions.
+//! `tests/malicious_coordinator.rs` checks each attack of the security review
+//! with an isolation oracle.
 //!
 //! **Out of scope.** Poisoning beyond what clipping bounds (a site can submit
 //! any update within ±clip), inference from the aggregate itself and

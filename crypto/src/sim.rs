@@ -288,7 +288,6 @@ pub fn lenient_policy() -> SitePolicy {
         min_cohort: 3,
         min_survivors: 3,
         collusion_fraction: 0.0,
-        sigma: 40,
         complete_graph_up_to: 0,
     }
 }

@@ -11,8 +11,8 @@
 
 #[path = "malicious_coordinator/harness.rs"]
 mod harness;
-#[path = "malicious_coordinator/two_arcs.rs"]
-mod two_arcs;
+#[path = "malicious_coordinator/sparse.rs"]
+mod sparse;
 
 use std::collections::BTreeSet;
 

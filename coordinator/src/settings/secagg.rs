@@ -62,7 +62,7 @@ impl Settings {
         };
         graph::validate(n, p).map_err(|e| bad(e.to_string()))?;
         let c = self.max_colluders(n)?;
-        let need = graph::secure_threshold(n, p.k, c, sa.sigma);
+        let need = graph::secure_threshold(p.k, c);
         if p.t < need {
             return Err(bad(format!(
                 "threshold t = {} is below the secure threshold {need} for k = {} with {c} \

@@ -166,20 +166,21 @@ fn choose_meets_its_inequalities() {
             validate(n, ch.params).expect("valid");
             assert!(2 * t > k + ch.c, "security n={n} {ch:?}");
             assert!(t + ch.d <= k, "correctness n={n} {ch:?}");
-            assert!(ch.c <= count_up(gamma, n) && ch.d <= count(delta, n));
+            assert_eq!(ch.c, count_up(gamma, n).min(k), "worst case n={n}");
+            assert!(t >= secure_threshold(k, count_up(gamma, n)), "n={n}");
+            assert!(ch.d <= count(delta, n));
             if k < n - 1 {
                 let removed = count_up(gamma, n) + count(delta, n);
                 assert!(ln_disconnect(n, k, removed) <= -41.0 * std::f64::consts::LN_2);
                 // The binomial bound really dominates the exact
-                // hypergeometric tail at the chosen cut-offs.
-                for (bad, cut) in [(count_up(gamma, n), ch.c), (count(delta, n), ch.d)] {
-                    let h = ln_hypergeom_tail(n - 1, bad, k, cut);
-                    let b = ln_binom_tail(k, bad as f64 / (n - 1) as f64, cut);
-                    assert!(
-                        h <= b + 1e-9,
-                        "n={n} k={k} cut={cut}: hyper {h} > binom {b}"
-                    );
-                }
+                // hypergeometric tail at the chosen dropout cut-off.
+                let (bad, cut) = (count(delta, n), ch.d);
+                let h = ln_hypergeom_tail(n - 1, bad, k, cut);
+                let b = ln_binom_tail(k, bad as f64 / (n - 1) as f64, cut);
+                assert!(
+                    h <= b + 1e-9,
+                    "n={n} k={k} cut={cut}: hyper {h} > binom {b}"
+                );
             }
         }
     }
@@ -220,10 +221,12 @@ fn colluders_are_counted_up() {
     assert!(colluders(20, 1.0).is_err());
     // Explicit parameters at n = 20, k = 19: the threshold must beat
     // ⌈0.1·20⌉ = 2 colluders, so t ≥ ⌊21/2⌋ + 1 = 11.
-    assert_eq!(secure_threshold(20, 19, 2, 40), 11);
-    // A sparse graph's bound uses the colluding-neighbour quantile, at most c.
-    let sparse = secure_threshold(100, 30, 10, 40);
-    assert!((16..=21).contains(&sparse), "{sparse}");
+    assert_eq!(secure_threshold(19, 2), 11);
+    // A sparse graph gets the same worst case: the coordinator picks the
+    // seed, so all 20 colluders of 200 may sit around one victim.
+    assert_eq!(secure_threshold(20, 20), 21);
+    assert_eq!(secure_threshold(30, 10), 21);
+    assert_eq!(secure_threshold(0, 0), usize::MAX);
 }
 
 #[test]
@@ -242,7 +245,7 @@ fn complete_graph_parameters() {
     for n in 3..40 {
         let p = choose_complete(n, 0.1, 0.1).expect("feasible");
         let c = colluders(n, 0.1).expect("γ");
-        assert!(p.t >= secure_threshold(n, p.k, c, 40), "n={n}");
+        assert!(p.t >= secure_threshold(p.k, c), "n={n}");
         validate(n, p).expect("valid");
     }
     assert!(matches!(

@@ -19,8 +19,6 @@ pub struct SitePolicy {
     /// coordinator; the round's collusion bound and threshold must cover
     /// `⌈γ·n⌉` colluders.
     pub collusion_fraction: f64,
-    /// Security bits for the sparse-graph threshold bound.
-    pub sigma: u32,
     /// Cohorts up to this size must use the complete graph (`k = n − 1`),
     /// where every pair of sites cross-checks and no graph seed matters.
     pub complete_graph_up_to: usize,
@@ -32,7 +30,6 @@ impl Default for SitePolicy {
             min_cohort: 3,
             min_survivors: 3,
             collusion_fraction: 0.1,
-            sigma: 40,
             complete_graph_up_to: 32,
         }
     }
@@ -70,7 +67,7 @@ impl SitePolicy {
                 n - 1
             ));
         }
-        let t_min = graph::secure_threshold(n, k, cfg.max_colluders, self.sigma);
+        let t_min = graph::secure_threshold(k, cfg.max_colluders);
         if cfg.params.t < t_min {
             return refuse(format!(
                 "threshold t = {} with k = {k} and {} colluders; at least {t_min} required",

@@ -50,7 +50,7 @@ pub fn view(base: &RoundConfig, cohort: Vec<MemberId>, c: usize) -> RoundConfig 
         cohort,
         params: SecAggParams {
             k,
-            t: graph::secure_threshold(n, k, c, 40),
+            t: graph::secure_threshold(k, c),
         },
         min_survivors: 3,
         max_colluders: c,
@@ -84,6 +84,25 @@ impl World {
         colluders: &[MemberId],
         seed: u64,
     ) -> Self {
+        Self::with_policy(
+            suite,
+            members,
+            view_of,
+            colluders,
+            seed,
+            &SitePolicy::default(),
+        )
+    }
+
+    /// As [`World::new`], with every site applying `policy`.
+    pub fn with_policy(
+        suite: Suite,
+        members: &[MemberId],
+        view_of: impl Fn(MemberId) -> RoundConfig,
+        colluders: &[MemberId],
+        seed: u64,
+        policy: &SitePolicy,
+    ) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut dir = KeyDirectory::new();
         let mut keys = BTreeMap::new();
@@ -114,13 +133,12 @@ impl World {
             if w.colluders.contains(&m) {
                 w.know.colluder_inputs.insert(m, input);
             }
-            let policy = SitePolicy::default();
             match SiteMachine::new(
                 cfg.clone(),
                 m,
                 w.keys[&m].clone(),
                 dir.clone(),
-                &policy,
+                policy,
                 &mut w.rng,
             ) {
                 Ok(site) => {
