@@ -33,6 +33,9 @@ RUN groupadd --system --gid 10001 confide \
 COPY --from=builder /out/confide /out/confide-site /usr/local/bin/
 USER 10001:10001
 WORKDIR /var/lib/confide
+# A fixed mmap threshold: large vectors (uploads, models) go back to the
+# system when freed instead of fragmenting glibc's heaps (docs/performance.md).
+ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072
 EXPOSE 7443
 LABEL org.opencontainers.image.title="confide" \
       org.opencontainers.image.description="Confide federated-learning coordinator and site daemon" \

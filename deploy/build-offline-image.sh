@@ -180,6 +180,7 @@ pack_and_import "$IMAGE" "$UID_GID" ./var/lib/confide ./var/lib/confide/checkpoi
   --change "USER $UID_GID:$UID_GID" \
   --change "WORKDIR /var/lib/confide" \
   --change "ENV PATH=/usr/local/bin:/usr/bin:/bin" \
+  --change "ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072" \
   --change "EXPOSE 7443" \
   --change "LABEL org.opencontainers.image.title=confide org.opencontainers.image.version=$VERSION org.opencontainers.image.description=offline-build" \
   --change 'CMD ["confide", "--help"]'

@@ -19,10 +19,12 @@ use sha2::{Digest, Sha256};
 use crate::error::CoordinatorError;
 
 mod defaults;
+mod limits;
 mod metrics;
 mod names;
 mod secagg;
 
+pub use limits::LimitSettings;
 pub use metrics::MetricsSettings;
 
 /// Everything the coordinator needs to run one federation.
@@ -224,32 +226,6 @@ pub struct TlsSettings {
     /// it names is now read as a CRL). Logs a warning when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation_file: Option<PathBuf>,
-}
-
-/// Resource limits.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitSettings {
-    /// Largest gRPC message decoded.
-    pub max_message_bytes: usize,
-    /// Largest serialised model.
-    pub max_model_bytes: u64,
-    /// Masked-input uploads buffered at once.
-    pub max_concurrent_uploads: usize,
-    /// Join requests admitted per second (global token bucket).
-    pub join_rate_per_sec: f64,
-    /// Join requests admitted in a burst.
-    pub join_burst: u32,
-    /// Site RPCs admitted per second per identity (certificate name, or the
-    /// session's site without TLS); a whole upload stream counts once. An
-    /// honest site makes about six calls a round, and rounds of a small
-    /// model can take 30 ms, so the default (1000/s, burst 2000) only stops
-    /// floods; a refused unmask fails the round.
-    pub site_rate_per_sec: f64,
-    /// Site RPCs admitted in a burst per identity.
-    pub site_burst: u32,
-    /// Seconds an upload stream may send nothing before it loses its slot.
-    pub upload_idle_secs: u32,
 }
 
 /// The server optimiser families.
@@ -540,6 +516,9 @@ impl Settings {
         }
         if self.limits.max_concurrent_uploads == 0 {
             return bad("limits.max_concurrent_uploads must be at least 1".into());
+        }
+        if self.limits.max_concurrent_downloads == 0 {
+            return bad("limits.max_concurrent_downloads must be at least 1".into());
         }
         if !(self.limits.join_rate_per_sec.is_finite() && self.limits.join_rate_per_sec > 0.0)
             || self.limits.join_burst == 0

@@ -393,10 +393,12 @@ pub fn decode_statistics(
     Ok(totals)
 }
 
-/// Splits a vector into `SubmitMaskedInput` chunks of at most
-/// [`CHUNK_BYTES`] each; offsets and `total_len` count elements. The first
-/// chunk carries `masking`, the signed masking set of a secure round (`None`
-/// in plaintext mode).
+/// Splits a vector into `SubmitMaskedInput` chunks; offsets and
+/// `total_len` count elements. The first chunk is a header with no data: it
+/// carries `total_len` and `masking`, the signed masking set of a secure
+/// round (`None` in plaintext mode). The coordinator reads it before it
+/// waits for an upload slot, so a waiting upload holds a few hundred bytes
+/// there, not a data chunk. Data chunks follow, at most [`CHUNK_BYTES`] each.
 pub fn masked_input_chunks<R: RingElement>(
     session: &str,
     round: u64,
@@ -405,18 +407,27 @@ pub fn masked_input_chunks<R: RingElement>(
 ) -> Vec<v1::MaskedInputChunk> {
     let per_chunk = (CHUNK_BYTES / R::RING.bytes()).max(1);
     let total_len = v.len() as u64;
-    v.chunks(per_chunk)
-        .enumerate()
-        .map(|(i, c)| v1::MaskedInputChunk {
-            session: session.to_string(),
-            round,
-            offset: (i * per_chunk) as u64,
-            total_len,
-            data: ring::to_le_bytes(c),
-            masking: masking
-                .filter(|_| i == 0)
-                .map(convert::masking_set_to_proto),
-        })
+    let header = v1::MaskedInputChunk {
+        session: session.to_string(),
+        round,
+        offset: 0,
+        total_len,
+        data: Vec::new(),
+        masking: masking.map(convert::masking_set_to_proto),
+    };
+    std::iter::once(header)
+        .chain(
+            v.chunks(per_chunk)
+                .enumerate()
+                .map(|(i, c)| v1::MaskedInputChunk {
+                    session: session.to_string(),
+                    round,
+                    offset: (i * per_chunk) as u64,
+                    total_len,
+                    data: ring::to_le_bytes(c),
+                    masking: None,
+                }),
+        )
         .collect()
 }
 

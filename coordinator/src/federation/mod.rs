@@ -228,6 +228,7 @@ impl Federation {
         Ok(Arc::new(Federation {
             uploads: UploadSlots::new(
                 settings.limits.max_concurrent_uploads,
+                settings.limits.upload_buffer_mib,
                 metrics.upload_slots_in_use(),
             ),
             metrics,
@@ -521,7 +522,9 @@ impl Federation {
             };
             (info.member, width, deadline, claim)
         };
-        let permit = self.uploads.slot(round, deadline).await?;
+        // The buffer and its decoded copy in the sum's ring.
+        let bytes = 2 * total_len.saturating_mul(width as u64);
+        let permit = self.uploads.slot(round, bytes, deadline).await?;
         Ok(Upload::new(
             round,
             member,

@@ -351,20 +351,29 @@ impl ActiveRound {
     }
 }
 
-/// The coordinator's upload capacity: `max_concurrent_uploads` slots, and
-/// which member of which round has a stream open, so that a member uploads
-/// through one stream at a time.
+/// The coordinator's upload capacity: at most `max_concurrent_uploads`
+/// slots whose buffers together stay within `upload_buffer_mib` (an upload
+/// larger than that budget takes all of it, so one at a time), and which
+/// member of which round has a stream open, so that a member uploads through
+/// one stream at a time.
 pub struct UploadSlots {
     permits: Arc<Semaphore>,
+    /// The buffer budget in MiB units.
+    mib: Arc<Semaphore>,
+    budget_mib: u32,
     open: Arc<Mutex<BTreeSet<(u64, MemberId)>>>,
     in_use: Gauge,
 }
 
 impl UploadSlots {
-    /// `slots` uploads may be buffered at once; `in_use` counts the taken ones.
-    pub fn new(slots: usize, in_use: Gauge) -> Self {
+    /// `slots` uploads may be buffered at once within `budget_mib` MiB;
+    /// `in_use` counts the taken slots.
+    pub fn new(slots: usize, budget_mib: u32, in_use: Gauge) -> Self {
+        let budget_mib = budget_mib.max(1);
         UploadSlots {
             permits: Arc::new(Semaphore::new(slots)),
+            mib: Arc::new(Semaphore::new(budget_mib as usize)),
+            budget_mib,
             open: Arc::default(),
             in_use,
         }
@@ -386,18 +395,28 @@ impl UploadSlots {
         })
     }
 
-    /// Waits for a free slot until `deadline` (the masked-input stage's): a
-    /// slot that frees later is of no use to this upload.
+    /// Waits until `deadline` (the masked-input stage's: a slot that frees
+    /// later is of no use to this upload) for a free slot and for `bytes` of
+    /// the buffer budget. Slot first, then budget, in every caller, so two
+    /// waiting uploads never hold one each of what the other needs.
     pub(super) async fn slot(
         &self,
         round: u64,
+        bytes: u64,
         deadline: tokio::time::Instant,
     ) -> Result<SlotPermit, RequestError> {
-        match tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => {
+        let units = bytes.div_ceil(1 << 20).clamp(1, u64::from(self.budget_mib)) as u32;
+        let both = async {
+            let permit = self.permits.clone().acquire_owned().await?;
+            let budget = self.mib.clone().acquire_many_owned(units).await?;
+            Ok::<_, tokio::sync::AcquireError>((permit, budget))
+        };
+        match tokio::time::timeout_at(deadline, both).await {
+            Ok(Ok((permit, budget))) => {
                 self.in_use.inc();
                 Ok(SlotPermit {
                     _permit: permit,
+                    _budget: budget,
                     in_use: self.in_use.clone(),
                 })
             }
@@ -411,6 +430,7 @@ impl UploadSlots {
 /// it is dropped.
 pub(super) struct SlotPermit {
     _permit: OwnedSemaphorePermit,
+    _budget: OwnedSemaphorePermit,
     in_use: Gauge,
 }
 

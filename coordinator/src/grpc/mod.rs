@@ -37,6 +37,13 @@ use crate::federation::{Federation, ServeReport};
 use crate::revocation::{CrlClientVerifier, Revocation};
 use crate::settings::Settings;
 
+/// HTTP/2 receive window per stream: enough to keep loopback and LAN
+/// uploads at full speed, small enough that a thousand waiting uploads hold
+/// 64 MiB (see `docs/performance.md`, memory).
+const STREAM_WINDOW_BYTES: u32 = 64 << 10;
+/// Per connection (one per site): a few streams' worth.
+const CONNECTION_WINDOW_BYTES: u32 = 256 << 10;
+
 // The admin client moved to `cli`; these stay reachable here so callers of
 // the former paths (the end-to-end tests) keep compiling unchanged.
 pub use crate::cli::admin::{admin_status, health_check};
@@ -56,6 +63,8 @@ pub struct Handlers {
     access: Arc<Access>,
     joins: Arc<JoinLimiter>,
     rates: Arc<rate::SiteLimiter>,
+    /// Turns for model downloads (`limits.max_concurrent_downloads`).
+    downloads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Handlers {
@@ -153,6 +162,9 @@ pub async fn serve_with(
             s.limits.site_rate_per_sec,
             s.limits.site_burst,
         )),
+        downloads: Arc::new(tokio::sync::Semaphore::new(
+            s.limits.max_concurrent_downloads,
+        )),
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SiteServer<Handlers>>().await;
@@ -168,7 +180,13 @@ pub async fn serve_with(
     let stopped = async move {
         let _ = stop_rx.await;
     };
+    // HTTP/2 flow control bounds what each connection may push before the
+    // coordinator reads it: an upload waiting for its slot holds at most one
+    // stream window here, so that window, times the sites, is the
+    // coordinator's unread-data memory (hyper's default is 1 MiB each).
     let router = Server::builder()
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .add_service(health)
         .add_service(site)
         .add_service(admin);

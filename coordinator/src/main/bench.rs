@@ -303,6 +303,12 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             cmd.env_remove(k);
         }
     }
+    // As the images run it (Dockerfile, docs/performance.md): glibc's
+    // malloc otherwise raises its mmap threshold after the first large free
+    // and keeps later vectors in fragmenting heaps, and RSS grows per round.
+    if std::env::var_os("GLIBC_TUNABLES").is_none() {
+        cmd.env("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072");
+    }
     let mut child = cmd.spawn().context("starting the coordinator")?;
     let pid = child.id().context("coordinator pid")?;
     let url = format!("https://127.0.0.1:{port}");

@@ -114,6 +114,8 @@ impl Default for LimitSettings {
             max_message_bytes: 4 << 20,
             max_model_bytes: 1 << 30,
             max_concurrent_uploads: 8,
+            max_concurrent_downloads: 8,
+            upload_buffer_mib: 64,
             join_rate_per_sec: 5.0,
             join_burst: 50,
             // A site makes about six calls a round; this leaves room for fast

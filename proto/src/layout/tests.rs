@@ -142,8 +142,9 @@ fn chunks_cover_the_vector_in_order_within_the_size_limit() -> Result<(), Layout
         signature: vec![5; 64],
     };
     let chunks = ring_vec_chunks("s", 9, &RingVec::from(v.clone()), Some(&set));
-    assert_eq!(chunks.len(), 3);
-    // Only the first chunk carries the signed masking set.
+    assert_eq!(chunks.len(), 4);
+    // Only the first chunk carries the signed masking set, and no data.
+    assert!(chunks[0].data.is_empty());
     assert_eq!(
         chunks[0]
             .masking
@@ -167,8 +168,8 @@ fn chunks_cover_the_vector_in_order_within_the_size_limit() -> Result<(), Layout
     }
     assert_eq!(back, v);
     let chunks = masked_input_chunks("s", 1, &vec![u64::MAX; CHUNK_BYTES / 8 + 1], None);
-    assert_eq!(chunks.len(), 2);
-    assert_eq!(chunks[1].offset as usize, CHUNK_BYTES / 8);
+    assert_eq!(chunks.len(), 3);
+    assert_eq!(chunks[2].offset as usize, CHUNK_BYTES / 8);
     Ok(())
 }
 

@@ -19,6 +19,7 @@ fn handlers(fed: Arc<Federation>) -> Handlers {
         access: Arc::new(Access::new(&[], None)),
         joins: Arc::new(JoinLimiter::new(l.join_rate_per_sec, l.join_burst)),
         rates: Arc::new(SiteLimiter::new(l.site_rate_per_sec, l.site_burst)),
+        downloads: Arc::new(tokio::sync::Semaphore::new(l.max_concurrent_downloads)),
         fed,
     }
 }
@@ -186,5 +187,70 @@ async fn a_complete_stream_is_received_in_chunks() -> Res<()> {
         .err()
         .ok_or("mixed rounds")?;
     assert_eq!(e.code(), Code::InvalidArgument);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn downloads_beyond_the_turns_wait_holding_nothing() -> Res<()> {
+    let mut s = plaintext(3);
+    s.limits.max_concurrent_downloads = 1;
+    let r = start(s, &["a", "b", "c"]).await?;
+    let h = handlers(r.fed.clone());
+    let req = |i: usize| {
+        Request::new(pb::DownloadModelRequest {
+            session: r.sites[i].session.clone(),
+            round: r.start.round,
+        })
+    };
+    let first = h.download_model(req(0)).await?.into_inner();
+    // The second site's call does not get a stream while the first holds
+    // the only turn (paused time: the timeout fires only if nothing else can run).
+    let waiting = tokio::time::timeout(Duration::from_secs(5), h.download_model(req(1))).await;
+    assert!(
+        waiting.is_err(),
+        "a second download started within one turn"
+    );
+    // Reading the first stream to its end (and dropping it) frees the turn.
+    let got: Vec<pb::ModelChunk> = first
+        .map(|c| c.map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()
+        .await?;
+    assert!(!got.is_empty());
+    let second = tokio::time::timeout(Duration::from_secs(5), h.download_model(req(1))).await??;
+    let chunks: Vec<_> = second.into_inner().collect().await;
+    let bytes: usize = chunks
+        .into_iter()
+        .map(|c| c.map(|c| c.data.len()))
+        .sum::<Result<usize, Status>>()?;
+    assert_eq!(bytes, got.iter().map(|c| c.data.len()).sum::<usize>());
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn uploads_wait_for_the_buffer_budget_as_well_as_a_slot() -> Res<()> {
+    let mut s = plaintext(3);
+    s.limits.max_concurrent_uploads = 8;
+    // Smaller than one upload: each takes the whole budget in turn.
+    s.limits.upload_buffer_mib = 1;
+    let r = start(s, &["a", "b", "c"]).await?;
+    let (round, len) = (r.start.round, r.start.vector_len);
+    let a = &r.sites[0].session;
+    let b = &r.sites[1].session;
+    let up = r.fed.begin_upload(a, None, round, len).await?;
+    let blocked = tokio::time::timeout(
+        Duration::from_secs(1),
+        r.fed.begin_upload(b, None, round, len),
+    )
+    .await;
+    assert!(
+        blocked.is_err(),
+        "two uploads within a budget that fits one"
+    );
+    drop(up);
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        r.fed.begin_upload(b, None, round, len),
+    )
+    .await??;
     Ok(())
 }

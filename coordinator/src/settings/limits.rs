@@ -1,0 +1,37 @@
+//! `[limits]`: what one federation lets its sites cost the coordinator
+//! (`docs/security.md`, limits; `docs/performance.md`, memory).
+
+use serde::{Deserialize, Serialize};
+
+/// Resource limits.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest gRPC message decoded.
+    pub max_message_bytes: usize,
+    /// Largest serialised model.
+    pub max_model_bytes: u64,
+    /// Masked-input uploads buffered at once.
+    pub max_concurrent_uploads: usize,
+    /// Memory for buffered uploads, MiB: each takes twice its vector (the
+    /// bytes and their decoded copy); one larger than this waits for all of
+    /// it, so large models upload one at a time.
+    pub upload_buffer_mib: u32,
+    /// Model downloads streamed at once; the others wait for a turn, holding
+    /// no buffer, so download memory does not grow with the sites.
+    pub max_concurrent_downloads: usize,
+    /// Join requests admitted per second (global token bucket).
+    pub join_rate_per_sec: f64,
+    /// Join requests admitted in a burst.
+    pub join_burst: u32,
+    /// Site RPCs admitted per second per identity (certificate name, or the
+    /// session's site without TLS); a whole upload stream counts once. An
+    /// honest site makes about six calls a round, and rounds of a small
+    /// model can take 30 ms, so the default (1000/s, burst 2000) only stops
+    /// floods; a refused unmask fails the round.
+    pub site_rate_per_sec: f64,
+    /// Site RPCs admitted in a burst per identity.
+    pub site_burst: u32,
+    /// Seconds an upload stream may send nothing before it loses its slot.
+    pub upload_idle_secs: u32,
+}
