@@ -150,6 +150,12 @@ impl From<confide_proto::model::ModelError> for TrainError {
             },
             M::File(reason) => TrainError::ModelFile(reason),
             M::Spec(reason) => TrainError::InvalidConfig(reason),
+            other @ (M::Read { .. }
+            | M::UnsupportedDtype { .. }
+            | M::DtypeMismatch { .. }
+            | M::Empty
+            | M::TooLarge { .. }
+            | M::NonFinite { .. }) => TrainError::ModelFile(other.to_string()),
         }
     }
 }

@@ -28,7 +28,7 @@ use confide_crypto::ProtocolError;
 use confide_crypto::protocol::StageTimeouts;
 use confide_crypto::protocol::{AnyCoordinator, AnyRoundResult};
 use confide_crypto::quant::Quantiser;
-use confide_proto::model::Model;
+use confide_proto::model::{Model, ModelKind};
 use confide_proto::v1 as pb;
 use confide_proto::{context, convert};
 use tokio::sync::{Notify, mpsc};
@@ -79,9 +79,13 @@ fn ca_fingerprint(s: &Settings) -> Result<[u8; 32], CoordinatorError> {
         .map_err(|e| CoordinatorError::Tls(format!("{}: {e}", ca.display())))
 }
 
-/// The initial global model from the settings (seeded, so it is the same on every fresh start).
+/// The initial global model from the settings: a built-in model seeded (so
+/// it is the same on every fresh start), or the tensors of `model.path`.
 pub fn initial_model(s: &Settings) -> Result<Model, CoordinatorError> {
-    Ok(s.model_spec()?.init_seeded(s.model.init_seed))
+    match s.model.kind {
+        ModelKind::File => Ok(s.model.file(s.limits.max_model_bytes)?.model),
+        _ => Ok(s.model_spec()?.init_seeded(s.model.init_seed)),
+    }
 }
 
 struct Inner {
