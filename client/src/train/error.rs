@@ -119,6 +119,9 @@ pub enum TrainError {
     /// A configuration value out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The external training command broke its contract.
+    #[error("external trainer: {0}")]
+    External(#[from] crate::external::ExternalError),
     /// The loss became NaN or infinite, usually because the learning rate is too high.
     #[error("training diverged: non-finite loss in epoch {epoch} (try a lower learning rate)")]
     Diverged { epoch: usize },

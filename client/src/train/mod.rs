@@ -173,4 +173,11 @@ pub trait Trainer {
 
     /// Loss and accuracy sums of `model` on `data`.
     fn evaluate(&self, model: &Model, data: &Dataset) -> Result<EvalResult>;
+
+    /// Whether the trainer works on the site's [`Dataset`]: a site without
+    /// held-out rows then reports an empty evaluation. An external command
+    /// that reads its own data says no, and is asked to evaluate anyway.
+    fn needs_data(&self) -> bool {
+        true
+    }
 }
