@@ -28,28 +28,23 @@
 //! The directory is removed afterwards; nothing in it leaves the site.
 
 mod command;
-mod error;
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use confide_proto::model::ModelError;
+use confide_proto::model::{ModelError, ModelKind};
 use confide_proto::v1;
 use rand::Rng;
 use tracing::debug;
 
-pub use command::{Metrics, Mode};
-pub use error::ExternalError;
+pub use crate::train::{ExternalError, Mode};
+pub use command::Metrics;
 
 use crate::error::ClientError;
 use crate::train::{Dataset, EvalResult, FitConfig, FitResult, Model, Result, TrainError, Trainer};
 use crate::trainer::{BoxTrainer, TrainerFactory, builtin_trainer};
-
-/// The model kind whose tensors come from a file and whose training is the
-/// site's own command.
-pub const FILE_MODEL: &str = "file";
 
 /// How the site runs its command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,7 +194,7 @@ pub fn factory(command: String) -> TrainerFactory {
 pub fn factory_with(command: String, options: ExternalOptions) -> TrainerFactory {
     std::sync::Arc::new(
         move |t: &v1::TrainingConfig| -> std::result::Result<BoxTrainer, ClientError> {
-            let builtin = if t.model == FILE_MODEL {
+            let builtin = if t.model == ModelKind::File.name() {
                 None
             } else {
                 Some(builtin_trainer(t)?)

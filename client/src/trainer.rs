@@ -48,7 +48,7 @@ pub fn builtin_trainer(t: &v1::TrainingConfig) -> Result<BoxTrainer, ClientError
             t.hidden.iter().map(|&h| h as usize).collect(),
             classes,
         )?)),
-        crate::external::FILE_MODEL => Err(ClientError::InvalidRound(
+        m if m == confide_proto::model::ModelKind::File.name() => Err(ClientError::InvalidRound(
             "the round trains a model of kind \"file\": this site needs its own training command \
              (confide-site run --train-command CMD, see docs/site.md)"
                 .into(),

@@ -3,7 +3,6 @@
 //! JSON it writes back.
 
 use std::ffi::OsString;
-use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -11,32 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::error::ExternalError;
-
-/// Why the command is called.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Train from `$CONFIDE_GLOBAL_MODEL`, write `$CONFIDE_OUTPUT_MODEL`.
-    Train,
-    /// Score `$CONFIDE_GLOBAL_MODEL` on held-out data.
-    Evaluate,
-}
-
-impl Mode {
-    /// The value of `CONFIDE_MODE`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Train => "train",
-            Mode::Evaluate => "evaluate",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use crate::train::{ExternalError, Mode};
 
 /// The bytes of stderr quoted in an error.
 const STDERR_TAIL: u64 = 2000;

@@ -348,7 +348,7 @@ fn a_built_in_model_at_a_site_without_a_csv_is_refused() -> R {
 fn the_factory_picks_the_command_for_file_models() -> R {
     let f = factory_with("true".into(), ExternalOptions::default());
     let file = v1::TrainingConfig {
-        model: FILE_MODEL.into(),
+        model: ModelKind::File.name().into(),
         ..Default::default()
     };
     assert!(!f(&file)?.needs_data());

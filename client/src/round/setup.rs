@@ -48,7 +48,7 @@ impl RoundDriver {
         );
         let model = Model::from_safetensors(&bytes)?;
         let file_model = r.start.training.as_ref().map(|t| t.model.as_str());
-        if file_model == Some(crate::external::FILE_MODEL) {
+        if file_model == Some(confide_proto::model::ModelKind::File.name()) {
             // No built-in trainer checks a file model's tensors against a
             // layout; its names, shapes and dtypes are the downloaded
             // model's own (the announcement binds its hash). It must at

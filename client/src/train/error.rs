@@ -121,7 +121,7 @@ pub enum TrainError {
     InvalidConfig(String),
     /// The external training command broke its contract.
     #[error("external trainer: {0}")]
-    External(#[from] crate::external::ExternalError),
+    External(#[from] super::external_error::ExternalError),
     /// The loss became NaN or infinite, usually because the learning rate is too high.
     #[error("training diverged: non-finite loss in epoch {epoch} (try a lower learning rate)")]
     Diverged { epoch: usize },

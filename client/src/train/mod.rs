@@ -30,6 +30,7 @@
 
 mod data;
 mod error;
+mod external_error;
 mod logreg;
 mod mlp;
 mod model;
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 pub use data::{Dataset, FeatureStats, STD_FLOOR, Standardiser};
 pub use error::{Result, TrainError};
+pub use external_error::{ExternalError, Mode};
 pub use logreg::LogisticRegression;
 pub use mlp::Mlp;
 pub use model::{Model, Tensor};

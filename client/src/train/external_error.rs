@@ -1,13 +1,39 @@
-//! What can go wrong with an external training command: each case its own
-//! variant, so a data scientist reads which part of the contract broke.
-//! Any of them leaves the round: nothing is sent.
+//! What can go wrong with an external training command
+//! ([`crate::external`]): each case its own variant, so a data scientist
+//! reads which part of the contract broke. Any of them leaves the round:
+//! nothing is sent. It lives with the training errors, which wrap it, so
+//! that `train` never depends on `external`.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use confide_proto::model::ModelError;
 
-use super::Mode;
+/// Why the command is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Train from `$CONFIDE_GLOBAL_MODEL`, write `$CONFIDE_OUTPUT_MODEL`.
+    Train,
+    /// Score `$CONFIDE_GLOBAL_MODEL` on held-out data.
+    Evaluate,
+}
+
+impl Mode {
+    /// The value of `CONFIDE_MODE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Train => "train",
+            Mode::Evaluate => "evaluate",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A broken external-trainer contract (see `docs/site.md`).
 #[derive(Debug, thiserror::Error)]
