@@ -2,7 +2,10 @@
 8x8 digits (64 pixels -> hidden ReLU layer -> 10 classes), tensors named as
 PyTorch's nn.Linear names them, saved with safetensors' NumPy API.
 
-    python init_model.py --out init.safetensors [--hidden 64] [--seed 0]
+    python init_model.py --out init.safetensors [--hidden 64] [--seed 0] [--dtype float16]
+
+A float16 model is federated as such: Confide aggregates in f32 and serves,
+checkpoints and hands it to train.py in float16 (half the download).
 
 The coordinator serves this file as the federation's starting point:
     [model]
@@ -35,11 +38,12 @@ def main() -> None:
     p.add_argument("--out", default="init.safetensors")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     a = p.parse_args()
-    model = init_model(a.hidden, a.seed)
+    model = {k: v.astype(a.dtype) for k, v in init_model(a.hidden, a.seed).items()}
     save_file(model, a.out)
     n = sum(t.size for t in model.values())
-    print(f"wrote {a.out}: {len(model)} tensors, {n} parameters")
+    print(f"wrote {a.out}: {len(model)} tensors, {n} parameters ({a.dtype})")
 
 
 if __name__ == "__main__":
