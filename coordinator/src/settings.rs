@@ -351,13 +351,23 @@ impl Settings {
     /// SHA-256 (hex) of the canonical JSON of the training-relevant
     /// settings; for a file model it covers the file's SHA-256.
     pub fn config_hash(&self) -> String {
+        self.config_hash_with(None)
+    }
+
+    /// [`config_hash`](Self::config_hash) of a file model whose `file` was
+    /// just read, without reading it again.
+    pub fn config_hash_for_file(&self, file: &confide_proto::model::ModelFile) -> String {
+        self.config_hash_with(Some(file))
+    }
+
+    fn config_hash_with(&self, file: Option<&confide_proto::model::ModelFile>) -> String {
         let h = HashedConfig {
             federation: &self.federation,
             suite: self.suite,
             ring: self.ring,
             secure_aggregation: self.secure_aggregation,
             statistics_round: self.statistics_round,
-            model: self.model.hashed(),
+            model: self.model.hashed(file),
             training: &self.training,
             quantisation: &self.quantisation,
             optimiser: &self.optimiser,

@@ -28,7 +28,7 @@ use confide_crypto::ProtocolError;
 use confide_crypto::protocol::StageTimeouts;
 use confide_crypto::protocol::{AnyCoordinator, AnyRoundResult};
 use confide_crypto::quant::Quantiser;
-use confide_proto::model::{Model, ModelKind};
+use confide_proto::model::Model;
 use confide_proto::v1 as pb;
 use confide_proto::{context, convert};
 use tokio::sync::{Notify, mpsc};
@@ -82,10 +82,7 @@ fn ca_fingerprint(s: &Settings) -> Result<[u8; 32], CoordinatorError> {
 /// The initial global model from the settings: a built-in model seeded (so
 /// it is the same on every fresh start), or the tensors of `model.path`.
 pub fn initial_model(s: &Settings) -> Result<Model, CoordinatorError> {
-    match s.model.kind {
-        ModelKind::File => Ok(s.model.file(s.limits.max_model_bytes)?.model),
-        _ => Ok(s.model_spec()?.init_seeded(s.model.init_seed)),
-    }
+    Ok(s.initial_model_and_hash()?.0)
 }
 
 struct Inner {
@@ -181,8 +178,7 @@ impl Federation {
     ) -> Result<Arc<Self>, CoordinatorError> {
         settings.validate()?;
         let quant = settings.quantiser(settings.ring)?;
-        let config_hash = settings.config_hash();
-        let mut model = initial_model(&settings)?;
+        let (mut model, config_hash) = settings.initial_model_and_hash()?;
         let mut optimiser = ServerOptimiser::new(
             settings.optimiser.kind,
             &settings.optimiser,

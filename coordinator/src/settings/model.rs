@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use confide_proto::model::{ModelFile, ModelKind, ModelSpec};
+use confide_proto::model::{Model, ModelFile, ModelKind, ModelSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::names;
+use super::{Settings, names};
 use crate::error::CoordinatorError;
 
 /// The global model.
@@ -81,16 +81,17 @@ impl ModelSettings {
             .map_err(|e| CoordinatorError::Config(format!("model.path: {e}")))
     }
 
-    /// The hashed form; a file model's file is read for its SHA-256 (an
-    /// unreadable one hashes as such: `validate` refuses it before any
-    /// federation starts).
-    pub(super) fn hashed(&self) -> HashedModel<'_> {
-        let file_sha256 = match (self.kind, &self.path) {
-            (ModelKind::File, Some(p)) => Some(match std::fs::read(p) {
+    /// The hashed form; a file model's SHA-256 is `known` (the file was
+    /// just read) or the file is read for it (an unreadable one hashes as
+    /// such: `validate` refuses it before any federation starts).
+    pub(super) fn hashed(&self, known: Option<&ModelFile>) -> HashedModel<'_> {
+        let file_sha256 = match (self.kind, &self.path, known) {
+            (ModelKind::File, _, Some(f)) => Some(hex::encode(f.sha256)),
+            (ModelKind::File, Some(p), None) => Some(match std::fs::read(p) {
                 Ok(bytes) => hex::encode(Sha256::digest(&bytes)),
                 Err(e) => format!("unreadable: {e}"),
             }),
-            (ModelKind::File, None) => Some("no model.path".into()),
+            (ModelKind::File, None, None) => Some("no model.path".into()),
             _ => None,
         };
         HashedModel {
@@ -142,5 +143,20 @@ impl ModelSettings {
             ));
         }
         Ok(())
+    }
+}
+
+impl Settings {
+    /// The initial global model (a built-in one seeded, so every fresh
+    /// start is identical, or the tensors of `model.path`) and the config
+    /// hash; a file model is read once for both.
+    pub fn initial_model_and_hash(&self) -> Result<(Model, String), CoordinatorError> {
+        if self.model.kind != ModelKind::File {
+            let model = self.model.spec()?.init_seeded(self.model.init_seed);
+            return Ok((model, self.config_hash()));
+        }
+        let file = self.model.file(self.limits.max_model_bytes)?;
+        let hash = self.config_hash_for_file(&file);
+        Ok((file.model, hash))
     }
 }

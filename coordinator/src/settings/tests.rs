@@ -222,6 +222,8 @@ fn a_file_model_is_read_relative_to_the_settings_and_hashed_by_content()
         model.get("conv.weight").map(|t| t.dtype),
         Some(confide_proto::model::Dtype::F16)
     );
+    let file = s.model.file(s.limits.max_model_bytes)?;
+    assert_eq!(s.config_hash_for_file(&file), s.config_hash());
     // The hash follows the file's content, not its name or place.
     let moved = write_model(tmp.path(), "copy.safetensors", 1.0)?;
     assert_eq!(s.config_hash(), file_settings(&moved).config_hash());
