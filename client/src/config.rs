@@ -21,9 +21,11 @@ pub struct SiteConfig {
     pub coordinator: String,
     /// Site name (must equal the name in the site's certificate under mTLS).
     pub site: String,
-    /// Local CSV file.
+    /// Local CSV file; with an external training command, any path (or
+    /// none) handed to it as `CONFIDE_DATA`.
     pub data: PathBuf,
-    /// Label column of the CSV.
+    /// Label column of the CSV; empty when the site loads no CSV (its
+    /// training command reads the data itself, see [`crate::external`]).
     pub label: String,
     /// Fraction of rows held out for evaluation (default 0.2).
     pub holdout: f64,

@@ -79,12 +79,15 @@ struct RunArgs {
     /// This site's name (must match its certificate).
     #[arg(long, env = "CONFIDE_SITE")]
     site: String,
-    /// Local CSV with a header row; it never leaves this machine.
+    /// Local data; it never leaves this machine. With --label: a CSV with a
+    /// header row for the built-in trainers. With --train-command: passed
+    /// to the command as CONFIDE_DATA (a file or a directory, its business).
     #[arg(long, env = "CONFIDE_DATA")]
-    data: PathBuf,
-    /// Label column of the CSV (integer class ids).
+    data: Option<PathBuf>,
+    /// Label column of the CSV (integer class ids); omit it when the
+    /// training command reads the data itself.
     #[arg(long, env = "CONFIDE_LABEL")]
-    label: String,
+    label: Option<String>,
     /// The site's key directory from `confide-site init` (NAME.{pem,key,signing.toml}, ca.pem),
     /// or a demo CA directory (sites/NAME.*).
     #[arg(long, env = "CONFIDE_CERTS_DIR", conflicts_with_all = ["ca", "cert", "key"])]
@@ -136,9 +139,13 @@ struct RunArgs {
     /// Give up after the coordinator has been unreachable this many seconds.
     #[arg(long, env = "CONFIDE_MAX_RECONNECT_SECS", default_value_t = 60)]
     max_reconnect_secs: u64,
-    /// Train with an external command instead of the built-in trainers (see docs/site.md).
-    #[arg(long, env = "CONFIDE_TRAIN_COMMAND")]
+    /// Train (and, for `[model] kind = "file"`, evaluate) with an external
+    /// command run through `sh -c` (see docs/site.md for its contract).
+    #[arg(long, visible_alias = "trainer-command", env = "CONFIDE_TRAIN_COMMAND")]
     train_command: Option<String>,
+    /// Kill a training or evaluation command still running after this many seconds.
+    #[arg(long, env = "CONFIDE_TRAIN_TIMEOUT_SECS", default_value_t = 3600)]
+    train_timeout_secs: u64,
     /// Log as JSON lines.
     #[arg(long, env = "CONFIDE_JSON_LOGS")]
     json_logs: bool,
@@ -195,7 +202,17 @@ fn url_host(url: &str) -> Option<String> {
 }
 
 fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
-    let mut cfg = SiteConfig::new(&a.coordinator, &a.site, &a.data, &a.label);
+    // An empty label means no CSV: the training command reads the data.
+    let (data, label) = match (&a.data, &a.label, &a.train_command) {
+        (Some(d), Some(l), _) => (d.clone(), l.clone()),
+        (data, None, Some(_)) => (data.clone().unwrap_or_default(), String::new()),
+        (None, Some(_), _) => bail!("--label names a column of the CSV given with --data"),
+        (_, None, None) => bail!(
+            "give --data CSV --label COLUMN for the built-in trainers, \
+             or --train-command CMD (optionally with --data PATH) for your own training code"
+        ),
+    };
+    let mut cfg = SiteConfig::new(&a.coordinator, &a.site, data, label);
     cfg.holdout = a.holdout;
     cfg.insecure = a.insecure;
     cfg.allow_plaintext = a.allow_plaintext;
@@ -262,7 +279,11 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = site_config(&a)?;
     let mut site = Site::builder().config(cfg);
     if let Some(cmd) = &a.train_command {
-        site = site.trainer_factory(confide_client::external::factory(cmd.clone()));
+        let options = confide_client::external::ExternalOptions {
+            timeout: Duration::from_secs(a.train_timeout_secs),
+            data: a.data.clone(),
+        };
+        site = site.trainer_factory(confide_client::external::factory_with(cmd.clone(), options));
     }
     let metrics = match a.metrics_listen {
         Some(addr) => {
@@ -457,6 +478,49 @@ mod tests {
         };
         let a = *a;
         assert!(site_config(&a).is_err(), "no identity and not insecure");
+    }
+
+    #[test]
+    fn a_training_command_needs_no_csv() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec![
+                "confide-site",
+                "run",
+                "--coordinator",
+                "http://c:7443",
+                "--site",
+                "a",
+                "--insecure",
+            ];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args) {
+                Ok(Cli {
+                    command: Command::Run(a),
+                }) => site_config(&a).map_err(|e| e.to_string()),
+                _ => Err("did not parse".into()),
+            }
+        };
+        // The command reads its own data: no CSV, an empty label.
+        let c = parse(&[
+            "--trainer-command",
+            "python train.py",
+            "--data",
+            "/data/shard",
+        ]);
+        assert!(c.is_ok_and(|c| c.label.is_empty()));
+        let c = parse(&[
+            "--train-command",
+            "python train.py",
+            "--train-timeout-secs",
+            "5",
+        ]);
+        assert!(c.is_ok_and(|c| c.label.is_empty()));
+        // The built-in trainers still need the CSV and its label.
+        assert!(parse(&[]).is_err_and(|e| e.contains("--train-command")));
+        assert!(parse(&["--data", "a.csv"]).is_err());
+        assert!(parse(&["--label", "y"]).is_err_and(|e| e.contains("--data")));
+        let c = parse(&["--data", "a.csv", "--label", "y"]);
+        assert!(c.is_ok_and(|c| c.label == "y"));
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub(crate) enum DataSource {
     Csv,
     /// Rows the embedding service already holds (never written anywhere).
     Memory(Dataset),
+    /// No rows: the site's own training command reads its data itself.
+    None,
 }
 
 /// How one connection's life ended.
@@ -68,6 +70,7 @@ pub(crate) async fn run(
                 .map_err(|e| ClientError::Task(e.to_string()))??
         }
         DataSource::Memory(d) => d,
+        DataSource::None => Dataset::new(ndarray::Array2::zeros((0, 0)), Vec::new(), Vec::new())?,
     };
     let runner = Runner::new(&cfg, data, trainer, |crls| GrpcTransport::new(&cfg, crls))?;
     runner.run(shutdown).await
@@ -100,8 +103,14 @@ impl<T: Transport> Runner<T> {
         trainer: TrainerFactory,
         transport: impl FnOnce(Option<Arc<CrlStore>>) -> Result<T, ClientError>,
     ) -> Result<Self, ClientError> {
-        let (train, test) = data.split_holdout(cfg.holdout, 0)?;
-        info!(site = %cfg.site, train_rows = train.len(), holdout_rows = test.len(), features = train.num_features(), "data loaded; rows stay on this machine");
+        let (train, test) = if data.is_empty() {
+            info!(site = %cfg.site, "no local CSV: the training command reads its own data");
+            (data.clone(), data)
+        } else {
+            let (train, test) = data.split_holdout(cfg.holdout, 0)?;
+            info!(site = %cfg.site, train_rows = train.len(), holdout_rows = test.len(), features = train.num_features(), "data loaded; rows stay on this machine");
+            (train, test)
+        };
         let mut rng: StdRng = rand::make_rng();
         let (signing, key_source) = match &cfg.signing_key {
             Some(p) => (load_signing_key(p)?, KeySource::File),

@@ -78,6 +78,7 @@ pub struct SiteBuilder {
     policy: Option<SitePolicy>,
     data: Option<(PathBuf, String)>,
     dataset: Option<Dataset>,
+    no_dataset: bool,
     holdout: Option<f64>,
     vanish: Option<Vanish>,
     max_reconnect: Option<Duration>,
@@ -86,7 +87,8 @@ pub struct SiteBuilder {
 }
 
 impl SiteBuilder {
-    /// Start from a complete [`SiteConfig`] (CSV data source).
+    /// Start from a complete [`SiteConfig`] (CSV data source; an empty
+    /// `label` means no CSV, as [`without_dataset`](Self::without_dataset)).
     pub fn config(mut self, cfg: SiteConfig) -> Self {
         self.coordinator = Some(cfg.coordinator);
         self.site = Some(cfg.site);
@@ -95,7 +97,11 @@ impl SiteBuilder {
         self.insecure = cfg.insecure;
         self.allow_plaintext = cfg.allow_plaintext;
         self.policy = Some(cfg.policy);
-        self.data = Some((cfg.data, cfg.label));
+        if cfg.label.is_empty() {
+            self.no_dataset = true;
+        } else {
+            self.data = Some((cfg.data, cfg.label));
+        }
         self.holdout = Some(cfg.holdout);
         self.vanish = cfg.vanish;
         self.max_reconnect = Some(cfg.max_reconnect);
@@ -169,6 +175,15 @@ impl SiteBuilder {
         self
     }
 
+    /// No local rows at all: the site's own training command (a
+    /// [`trainer_factory`](Self::trainer_factory) such as
+    /// [`crate::external::factory_with`]) reads its data itself. Rounds of
+    /// the built-in models are then refused.
+    pub fn without_dataset(mut self) -> Self {
+        self.no_dataset = true;
+        self
+    }
+
     /// Held-out fraction for evaluation (default 0.2).
     pub fn holdout(mut self, frac: f64) -> Self {
         self.holdout = Some(frac);
@@ -217,15 +232,28 @@ impl SiteBuilder {
         let site = self.site.ok_or_else(|| {
             ClientError::Config("no site identity (identity, certs_dir or insecure)".into())
         })?;
-        let (path, label, data) = match (self.data, self.dataset) {
-            (Some(_), Some(_)) => {
+        let (path, label, data) = match (self.data, self.dataset, self.no_dataset) {
+            (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => {
                 return Err(ClientError::Config(
-                    "give either a CSV or an in-memory dataset, not both".into(),
+                    "give one of a CSV, an in-memory dataset or none at all".into(),
                 ));
             }
-            (Some((p, l)), None) => (p, l, DataSource::Csv),
-            (None, Some(d)) => (PathBuf::new(), String::new(), DataSource::Memory(d)),
-            (None, None) => return Err(ClientError::Config("no data (data or dataset)".into())),
+            (Some((p, l)), None, false) => (p, l, DataSource::Csv),
+            (None, Some(d), false) => (PathBuf::new(), String::new(), DataSource::Memory(d)),
+            // Only a site's own trainer can work without rows.
+            (None, None, true) if self.trainer.is_some() => {
+                (PathBuf::new(), String::new(), DataSource::None)
+            }
+            (None, None, true) => {
+                return Err(ClientError::Config(
+                    "no data: the built-in trainers need a CSV (--data FILE --label COLUMN); \
+                     a site without one needs its own training command (--train-command)"
+                        .into(),
+                ));
+            }
+            (None, None, false) => {
+                return Err(ClientError::Config("no data (data or dataset)".into()));
+            }
         };
         let mut cfg = SiteConfig::new(coordinator, site, path, label);
         cfg.tls = self.tls;

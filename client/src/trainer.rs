@@ -48,6 +48,11 @@ pub fn builtin_trainer(t: &v1::TrainingConfig) -> Result<BoxTrainer, ClientError
             t.hidden.iter().map(|&h| h as usize).collect(),
             classes,
         )?)),
+        m if m == confide_proto::model::ModelKind::File.name() => Err(ClientError::InvalidRound(
+            "the round trains a model of kind \"file\": this site needs its own training command \
+             (confide-site run --train-command CMD, see docs/site.md)"
+                .into(),
+        )),
         other => Err(ClientError::InvalidRound(format!(
             "unknown model '{other}': this site has the built-in trainers \"logistic\" and \"mlp\""
         ))),
@@ -130,7 +135,7 @@ pub(crate) fn local_vector(
     let started = Instant::now();
     let eval = if !job.evaluate {
         None
-    } else if test.is_empty() {
+    } else if test.is_empty() && trainer.needs_data() {
         Some(EvalResult::default())
     } else {
         Some(trainer.evaluate(&job.global, &test)?)

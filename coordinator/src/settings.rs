@@ -10,7 +10,7 @@ use std::str::FromStr;
 use confide_crypto::Suite;
 use confide_crypto::quant::{QuantConfig, Quantiser};
 use confide_crypto::ring::Ring;
-use confide_proto::model::{ModelKind, ModelSpec};
+use confide_proto::model::ModelSpec;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
@@ -21,11 +21,13 @@ use crate::error::CoordinatorError;
 mod defaults;
 mod limits;
 mod metrics;
+mod model;
 mod names;
 mod secagg;
 
 pub use limits::LimitSettings;
 pub use metrics::MetricsSettings;
+pub use model::ModelSettings;
 
 /// Everything the coordinator needs to run one federation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -121,23 +123,6 @@ pub struct SecAggSettings {
     /// come back before the round stops waiting for it (it counts as dropped
     /// from the stage on); the stage deadline stays the outer bound.
     pub reconnect_grace_secs: f64,
-}
-
-/// The global model.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelSettings {
-    /// "logistic" or "mlp" in the file.
-    #[serde(with = "names::model_kind")]
-    pub kind: ModelKind,
-    /// Input features.
-    pub features: u32,
-    /// Classes.
-    pub classes: u32,
-    /// Hidden layer widths (mlp only).
-    pub hidden: Vec<u32>,
-    /// Seed of the initial weights (so every start from scratch is identical).
-    pub init_seed: u64,
 }
 
 /// Local training hyper-parameters.
@@ -293,21 +278,17 @@ struct HashedConfig<'a> {
     ring: Ring,
     secure_aggregation: bool,
     statistics_round: bool,
-    model: &'a ModelSettings,
+    model: model::HashedModel<'a>,
     training: &'a TrainingSettings,
     quantisation: &'a QuantSettings,
     optimiser: &'a OptimiserSettings,
 }
 
 impl Settings {
-    /// The model these settings describe.
+    /// The built-in model these settings describe (an error for
+    /// `kind = "file"`, whose tensors come from [`ModelSettings::file`]).
     pub fn model_spec(&self) -> Result<ModelSpec, CoordinatorError> {
-        Ok(ModelSpec::new(
-            self.model.kind,
-            self.model.features as usize,
-            self.model.hidden.iter().map(|&h| h as usize).collect(),
-            self.model.classes as usize,
-        )?)
+        self.model.spec()
     }
 
     /// Parse TOML text (no environment overrides).
@@ -317,7 +298,8 @@ impl Settings {
             .map_err(|e| CoordinatorError::Config(e.to_string()))
     }
 
-    /// Load a TOML file, then apply `CONFIDE_*` environment overrides.
+    /// Load a TOML file, then apply `CONFIDE_*` environment overrides; a
+    /// relative `model.path` is resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Self, CoordinatorError> {
         if !path.exists() {
             return Err(CoordinatorError::Config(format!(
@@ -334,18 +316,34 @@ impl Settings {
                     .split("__"),
             )
             .extract()
+            .map(|mut s: Settings| {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                s.model.resolve_relative_to(dir);
+                s
+            })
             .map_err(|e| CoordinatorError::Config(e.to_string()))
     }
 
-    /// SHA-256 (hex) of the canonical JSON of the training-relevant settings.
+    /// SHA-256 (hex) of the canonical JSON of the training-relevant
+    /// settings; for a file model it covers the file's SHA-256.
     pub fn config_hash(&self) -> String {
+        self.config_hash_with(None)
+    }
+
+    /// [`config_hash`](Self::config_hash) of a file model whose `file` was
+    /// just read, without reading it again.
+    pub fn config_hash_for_file(&self, file: &confide_proto::model::ModelFile) -> String {
+        self.config_hash_with(Some(file))
+    }
+
+    fn config_hash_with(&self, file: Option<&confide_proto::model::ModelFile>) -> String {
         let h = HashedConfig {
             federation: &self.federation,
             suite: self.suite,
             ring: self.ring,
             secure_aggregation: self.secure_aggregation,
             statistics_round: self.statistics_round,
-            model: &self.model,
+            model: self.model.hashed(file),
             training: &self.training,
             quantisation: &self.quantisation,
             optimiser: &self.optimiser,
@@ -471,14 +469,6 @@ impl Settings {
                 "secagg.reconnect_grace_secs must be between 0 and 3600, got {grace}"
             ));
         }
-        if self.model.kind == ModelKind::Mlp
-            && (self.model.hidden.is_empty() || self.model.hidden.contains(&0))
-        {
-            return bad("model.hidden must list positive layer widths for an mlp".into());
-        }
-        if self.model.features == 0 || self.model.classes < 2 {
-            return bad("model needs at least 1 feature and 2 classes".into());
-        }
         if self.training.epochs == 0 || self.training.batch_size == 0 {
             return bad("training.epochs and training.batch_size must be at least 1".into());
         }
@@ -488,14 +478,9 @@ impl Settings {
         if self.training.stats_scale_bits > 40 {
             return bad("training.stats_scale_bits must be at most 40".into());
         }
-        let q = self.quantiser(self.ring)?;
-        let model_bytes = self.model_spec()?.num_params() as u64 * 4;
-        if model_bytes > self.limits.max_model_bytes {
-            return bad(format!(
-                "the model has {model_bytes} bytes, above limits.max_model_bytes"
-            ));
-        }
-        let _ = q;
+        self.quantiser(self.ring)?;
+        self.model
+            .validate(self.statistics_round, self.limits.max_model_bytes)?;
         let o = &self.optimiser;
         let ok = o.server_lr.is_finite()
             && o.server_lr > 0.0

@@ -1,7 +1,8 @@
 //! Models on the wire: a named set of dense row-major `f32` tensors, the flat
-//! vector order secure aggregation agrees on, the safetensors codec, and the
-//! built-in model specifications ([`ModelSpec`]) with their seeded
-//! initialisation.
+//! vector order secure aggregation agrees on, the safetensors codec
+//! ([`file`]: F32, F16 and BF16 files, each tensor written back in its own
+//! dtype), and the built-in model specifications ([`ModelSpec`]) with their
+//! seeded initialisation.
 //!
 //! The flat order of [`Model::flatten`] is the tensors' name order (byte-wise,
 //! as in a `BTreeMap`; so `layer10` sorts before `layer2`), each tensor
@@ -9,15 +10,19 @@
 //! Tensors are row-major (C order), the layout NumPy and safetensors use, so
 //! `np.asarray(data).reshape(shape)` recovers a tensor exactly.
 
-use std::collections::{BTreeMap, HashMap};
+mod file;
+
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use rand::{Rng, RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+pub use file::{Dtype, ModelFile};
+
 /// What goes wrong with a model, its tensors or its file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModelError {
     /// `data` does not fit `shape`.
     #[error("tensor of shape {shape:?} needs {expected} values, got {found}")]
@@ -59,18 +64,75 @@ pub enum ModelError {
     /// A model specification that cannot build a model.
     #[error("invalid model: {0}")]
     Spec(String),
+    /// A model file that cannot be read (missing, unreadable).
+    #[error("model file {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// A tensor of a dtype Confide does not aggregate.
+    #[error("tensor '{name}' has dtype {dtype}: only F32, F16 and BF16 tensors can be aggregated")]
+    UnsupportedDtype {
+        /// Tensor name.
+        name: String,
+        /// The dtype found.
+        dtype: String,
+    },
+    /// Same name and shape, another dtype.
+    #[error("tensor '{name}': expected dtype {expected}, found {found}")]
+    DtypeMismatch {
+        /// Tensor name.
+        name: String,
+        /// Dtype expected.
+        expected: Dtype,
+        /// Dtype found.
+        found: Dtype,
+    },
+    /// A model without a single parameter.
+    #[error("the model has no parameters (no tensors, or only empty ones)")]
+    Empty,
+    /// A model larger than the configured limit.
+    #[error(
+        "the model needs {bytes} bytes as f32, above the limit of {limit} bytes \
+         (largest tensor '{largest}', {largest_bytes} bytes); raise limits.max_model_bytes or shrink the model"
+    )]
+    TooLarge {
+        /// Bytes as f32 (how the coordinator aggregates it).
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+        /// The largest tensor.
+        largest: String,
+        /// Its bytes as f32.
+        largest_bytes: u64,
+    },
+    /// NaN or an infinity in a tensor.
+    #[error("tensor '{name}' element {index} is {value}, not a finite number")]
+    NonFinite {
+        /// Tensor name.
+        name: String,
+        /// Row-major index inside the tensor.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
 }
 
 /// Result alias of this module.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
-/// A dense row-major `f32` tensor.
+/// A dense row-major tensor, held as `f32` (aggregation happens in f32)
+/// and written to safetensors in `dtype`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
     /// Dimensions, outermost first.
     pub shape: Vec<usize>,
     /// `shape.iter().product()` values in row-major order.
     pub data: Vec<f32>,
+    /// The dtype of the file it came from, and the one it is written in.
+    pub dtype: Dtype,
 }
 
 impl Tensor {
@@ -84,16 +146,27 @@ impl Tensor {
                 found: data.len(),
             });
         }
-        Ok(Self { shape, data })
+        Ok(Self {
+            shape,
+            data,
+            dtype: Dtype::F32,
+        })
     }
 
-    /// An all-zero tensor.
+    /// An all-zero F32 tensor.
     pub fn zeros(shape: Vec<usize>) -> Self {
         let len = shape.iter().product();
         Self {
             shape,
             data: vec![0.0; len],
+            dtype: Dtype::F32,
         }
+    }
+
+    /// The same tensor, written in `dtype`.
+    pub fn with_dtype(mut self, dtype: Dtype) -> Self {
+        self.dtype = dtype;
+        self
     }
 
     /// Number of values.
@@ -163,6 +236,7 @@ impl Model {
                 Tensor {
                     shape: tensor.shape.clone(),
                     data: head.to_vec(),
+                    dtype: tensor.dtype,
                 },
             );
             rest = tail;
@@ -175,7 +249,10 @@ impl Model {
         let tensors = self
             .tensors
             .iter()
-            .map(|(name, t)| (name.clone(), Tensor::zeros(t.shape.clone())))
+            .map(|(name, t)| {
+                let zero = Tensor::zeros(t.shape.clone()).with_dtype(t.dtype);
+                (name.clone(), zero)
+            })
             .collect();
         Model { tensors }
     }
@@ -229,62 +306,6 @@ impl Model {
             tensor.data.iter_mut().for_each(|v| *v *= alpha);
         }
     }
-
-    /// Serialise as safetensors (all tensors F32, little-endian), with
-    /// optional string metadata in the header. The format of the global
-    /// model, every checkpoint and the external-trainer hand-off, loadable
-    /// unchanged by NumPy and PyTorch.
-    pub fn to_safetensors(&self, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .tensors
-            .iter()
-            .map(|(name, t)| {
-                (
-                    name.clone(),
-                    t.shape.clone(),
-                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                )
-            })
-            .collect();
-        let mut views = Vec::with_capacity(bytes.len());
-        for (name, shape, data) in &bytes {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                    .map_err(|e| ModelError::File(format!("tensor '{name}': {e}")))?;
-            views.push((name.as_str(), view));
-        }
-        safetensors::serialize(views, metadata)
-            .map_err(|e| ModelError::File(format!("cannot serialise model: {e}")))
-    }
-
-    /// Parse safetensors bytes; every tensor must be F32.
-    pub fn from_safetensors(bytes: &[u8]) -> Result<Model> {
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| ModelError::File(format!("not a valid safetensors file: {e}")))?;
-        let mut model = Model::new();
-        for (name, view) in st.tensors() {
-            if view.dtype() != safetensors::Dtype::F32 {
-                return Err(ModelError::File(format!(
-                    "tensor '{name}' has dtype {:?}, expected F32",
-                    view.dtype()
-                )));
-            }
-            let data: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            model.insert(name, Tensor::new(view.shape().to_vec(), data)?);
-        }
-        Ok(model)
-    }
-
-    /// The header metadata of safetensors bytes.
-    pub fn safetensors_metadata(bytes: &[u8]) -> Result<HashMap<String, String>> {
-        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| ModelError::File(format!("not a valid safetensors file: {e}")))?;
-        Ok(meta.metadata().clone().unwrap_or_default())
-    }
 }
 
 /// The built-in model families, by the name settings and `RoundStart` use.
@@ -295,17 +316,21 @@ pub enum ModelKind {
     Logistic,
     /// Multi-layer perceptron with ReLU hidden layers and a softmax head.
     Mlp,
+    /// Any named tensors from a safetensors file, trained at the sites by
+    /// their own external command (no built-in trainer, no specification).
+    File,
 }
 
 impl ModelKind {
     /// Every kind, for error messages.
-    pub const ALL: [ModelKind; 2] = [ModelKind::Logistic, ModelKind::Mlp];
+    pub const ALL: [ModelKind; 3] = [ModelKind::Logistic, ModelKind::Mlp, ModelKind::File];
 
     /// The name in settings and on the wire.
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::Logistic => "logistic",
             ModelKind::Mlp => "mlp",
+            ModelKind::File => "file",
         }
     }
 }
@@ -324,7 +349,7 @@ impl FromStr for ModelKind {
             .find(|k| k.name() == s)
             .ok_or_else(|| {
                 ModelError::Spec(format!(
-                    "unknown model kind '{s}': expected \"logistic\" or \"mlp\""
+                    "unknown model kind '{s}': expected \"logistic\", \"mlp\" or \"file\""
                 ))
             })
     }
@@ -375,7 +400,7 @@ impl ModelSpec {
             kind,
             features,
             hidden: match kind {
-                ModelKind::Logistic => Vec::new(),
+                ModelKind::Logistic | ModelKind::File => Vec::new(),
                 ModelKind::Mlp => hidden,
             },
             classes,
@@ -405,6 +430,12 @@ impl ModelSpec {
                     self.features, self.hidden, self.classes
                 )))
             }
+            // A file model's tensors come from its file, not from a spec.
+            ModelKind::File => Err(ModelError::Spec(
+                "a model of kind \"file\" has no specification: its tensors come from its \
+                 safetensors file (ModelFile::read)"
+                    .into(),
+            )),
             _ => Ok(()),
         }
     }
@@ -412,6 +443,7 @@ impl ModelSpec {
     /// The layers, input first.
     pub fn layers(&self) -> Vec<LayerSpec> {
         match self.kind {
+            ModelKind::File => Vec::new(),
             ModelKind::Logistic => vec![LayerSpec {
                 weight: "weight".into(),
                 bias: "bias".into(),
@@ -453,7 +485,7 @@ impl ModelSpec {
         let mut model = Model::new();
         for l in self.layers() {
             let data = match self.kind {
-                ModelKind::Logistic => vec![0.0; l.outputs * l.inputs],
+                ModelKind::Logistic | ModelKind::File => vec![0.0; l.outputs * l.inputs],
                 ModelKind::Mlp => {
                     let scale = (2.0 / l.inputs as f32).sqrt();
                     (0..l.outputs * l.inputs)
@@ -466,6 +498,7 @@ impl ModelSpec {
                 Tensor {
                     shape: vec![l.outputs, l.inputs],
                     data,
+                    dtype: Dtype::F32,
                 },
             );
             model.insert(l.bias.clone(), Tensor::zeros(vec![l.outputs]));

@@ -47,6 +47,16 @@ impl RoundDriver {
             "global model downloaded"
         );
         let model = Model::from_safetensors(&bytes)?;
+        let file_model = r.start.training.as_ref().map(|t| t.model.as_str());
+        if file_model == Some(confide_proto::model::ModelKind::File.name()) {
+            // No built-in trainer checks a file model's tensors against a
+            // layout; its names, shapes and dtypes are the downloaded
+            // model's own (the announcement binds its hash). It must at
+            // least be a model one can train from.
+            model
+                .check_loadable(wire::MAX_MODEL_BYTES)
+                .map_err(|e| ClientError::InvalidRound(format!("global model: {e}")))?;
+        }
         if r.kind == v1::RoundKind::Train && r.cfg.vector_len != wire::train_len(model.num_params())
         {
             return Err(ClientError::InvalidRound(format!(

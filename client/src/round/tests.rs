@@ -671,6 +671,50 @@ fn a_model_other_than_the_announced_one_is_refused() -> Result<(), Box<dyn std::
     Ok(())
 }
 
+/// A file model has no built-in layout to check, but the site still
+/// refuses one it cannot train from (no parameters, or a NaN), and takes
+/// any other names, shapes and dtypes.
+#[test]
+fn a_file_model_must_be_trainable() -> Result<(), Box<dyn std::error::Error>> {
+    use confide_proto::model::{Dtype, ModelKind, Tensor};
+    let mut good = Model::new();
+    good.insert(
+        "conv.weight",
+        Tensor::new(vec![2, 2], vec![0.5; 4])?.with_dtype(Dtype::BF16),
+    );
+    let mut nan = good.clone();
+    nan.insert("fc.bias", Tensor::new(vec![1], vec![f32::NAN])?);
+    let now = Instant::now();
+    for (round, m, ok) in [
+        (3, &good, true),
+        (4, &nan, false),
+        (5, &Model::new(), false),
+    ] {
+        let bytes = m.to_safetensors(None)?;
+        let mut rs = train_start(
+            round,
+            &bytes,
+            confide_proto::context::sha256(&bytes).to_vec(),
+            m.num_params(),
+        );
+        if let Some(t) = rs.training.as_mut() {
+            t.model = ModelKind::File.name().into();
+        }
+        let mut d = driver(None)?;
+        assert!(matches!(d.on_task(start(&rs), now)?, Action::Download(_)));
+        let r = d.model_downloaded(&model_chunks(&bytes));
+        if ok {
+            assert!(matches!(r, Ok(Action::Compute(_))), "{r:?}");
+        } else {
+            assert!(
+                matches!(&r, Err(ClientError::InvalidRound(m)) if m.contains("global model")),
+                "round {round}: {r:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// One training update per model: a second training round on a model this
 /// site already sent an update for is refused, a round on a new model is not.
 #[test]

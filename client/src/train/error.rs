@@ -119,6 +119,9 @@ pub enum TrainError {
     /// A configuration value out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The external training command broke its contract.
+    #[error("external trainer: {0}")]
+    External(#[from] super::external_error::ExternalError),
     /// The loss became NaN or infinite, usually because the learning rate is too high.
     #[error("training diverged: non-finite loss in epoch {epoch} (try a lower learning rate)")]
     Diverged { epoch: usize },
@@ -150,6 +153,12 @@ impl From<confide_proto::model::ModelError> for TrainError {
             },
             M::File(reason) => TrainError::ModelFile(reason),
             M::Spec(reason) => TrainError::InvalidConfig(reason),
+            other @ (M::Read { .. }
+            | M::UnsupportedDtype { .. }
+            | M::DtypeMismatch { .. }
+            | M::Empty
+            | M::TooLarge { .. }
+            | M::NonFinite { .. }) => TrainError::ModelFile(other.to_string()),
         }
     }
 }

@@ -30,6 +30,7 @@
 
 mod data;
 mod error;
+mod external_error;
 mod logreg;
 mod mlp;
 mod model;
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 pub use data::{Dataset, FeatureStats, STD_FLOOR, Standardiser};
 pub use error::{Result, TrainError};
+pub use external_error::{ExternalError, Mode};
 pub use logreg::LogisticRegression;
 pub use mlp::Mlp;
 pub use model::{Model, Tensor};
@@ -173,4 +175,11 @@ pub trait Trainer {
 
     /// Loss and accuracy sums of `model` on `data`.
     fn evaluate(&self, model: &Model, data: &Dataset) -> Result<EvalResult>;
+
+    /// Whether the trainer works on the site's [`Dataset`]: a site without
+    /// held-out rows then reports an empty evaluation. An external command
+    /// that reads its own data says no, and is asked to evaluate anyway.
+    fn needs_data(&self) -> bool {
+        true
+    }
 }

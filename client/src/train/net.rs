@@ -10,6 +10,7 @@ use super::data::Dataset;
 use super::error::{Result, TrainError};
 use super::model::{Model, Tensor};
 use super::{EvalResult, FitConfig, FitResult};
+use confide_proto::model::Dtype;
 
 /// One affine layer `z = x · wᵀ + b`, `w` shaped `[out, in]`.
 #[derive(Debug, Clone)]
@@ -168,10 +169,12 @@ impl Net {
             let w = Tensor {
                 shape: vec![s.outputs, s.inputs],
                 data: layer.w.iter().copied().collect(), // iter() is row-major
+                dtype: Dtype::F32,
             };
             let b = Tensor {
                 shape: vec![s.outputs],
                 data: layer.b.to_vec(),
+                dtype: Dtype::F32,
             };
             model.insert(s.weight.clone(), w);
             model.insert(s.bias.clone(), b);

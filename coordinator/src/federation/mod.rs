@@ -79,9 +79,10 @@ fn ca_fingerprint(s: &Settings) -> Result<[u8; 32], CoordinatorError> {
         .map_err(|e| CoordinatorError::Tls(format!("{}: {e}", ca.display())))
 }
 
-/// The initial global model from the settings (seeded, so it is the same on every fresh start).
+/// The initial global model from the settings: a built-in model seeded (so
+/// it is the same on every fresh start), or the tensors of `model.path`.
 pub fn initial_model(s: &Settings) -> Result<Model, CoordinatorError> {
-    Ok(s.model_spec()?.init_seeded(s.model.init_seed))
+    Ok(s.initial_model_and_hash()?.0)
 }
 
 struct Inner {
@@ -177,8 +178,7 @@ impl Federation {
     ) -> Result<Arc<Self>, CoordinatorError> {
         settings.validate()?;
         let quant = settings.quantiser(settings.ring)?;
-        let config_hash = settings.config_hash();
-        let mut model = initial_model(&settings)?;
+        let (mut model, config_hash) = settings.initial_model_and_hash()?;
         let mut optimiser = ServerOptimiser::new(
             settings.optimiser.kind,
             &settings.optimiser,

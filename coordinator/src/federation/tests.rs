@@ -1,6 +1,7 @@
 use super::*;
 use confide_crypto::protocol::RingVec;
 use confide_crypto::quant::QuantConfig;
+use confide_proto::model::ModelKind;
 
 fn insecure(min_sites: usize, max_sites: usize) -> Settings {
     let mut s = Settings {
@@ -425,6 +426,65 @@ async fn a_site_that_hangs_up_mid_round_is_dropped_after_the_grace_not_the_deadl
     // The four survivors' updates, averaged: still +0.5 everywhere.
     for (a, b) in after.iter().zip(&before) {
         assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_file_model_is_served_updated_and_kept_in_its_file_dtypes()
+-> Result<(), Box<dyn std::error::Error>> {
+    use confide_proto::model::{Dtype, Tensor};
+    let tmp = tempfile::tempdir()?;
+    let mut init = Model::new();
+    init.insert(
+        "conv.weight",
+        Tensor::new(vec![2, 2], vec![1.0, -1.0, 0.5, 2.0])?.with_dtype(Dtype::BF16),
+    );
+    init.insert(
+        "fc.bias",
+        Tensor::new(vec![2], vec![0.25, 0.0])?.with_dtype(Dtype::F16),
+    );
+    let path = tmp.path().join("init.safetensors");
+    std::fs::write(&path, init.to_safetensors(None)?)?;
+    let mut s = one_round(false, 2);
+    s.model.kind = ModelKind::File;
+    s.model.path = Some(path);
+    let fed = Federation::new(s.clone())?;
+    // Served as the file holds it, byte for byte.
+    assert_eq!(
+        fed.model_bytes().as_slice(),
+        std::fs::read(tmp.path().join("init.safetensors"))?.as_slice()
+    );
+    let mut sites = join(&fed, &["a", "b"])?;
+    let driver = tokio::spawn({
+        let fed = fed.clone();
+        async move { fed.run().await }
+    });
+    let quant = s.quantiser(s.ring)?;
+    for (session, _, rx) in sites.iter_mut() {
+        let start = round_start(rx).await.ok_or("no RoundStart")?;
+        assert_eq!(
+            start.training.as_ref().map(|t| t.model.as_str()),
+            Some("file")
+        );
+        assert_eq!(start.vector_len, 6 + 4);
+        let v: Vec<u32> = quant.encode(&[0.5; 6], 1, &[0, 0, 0], &mut rand::rng())?;
+        let bytes = RingVec::U32(v).to_le_bytes();
+        let mut up = fed
+            .begin_upload(session, None, start.round, start.vector_len)
+            .await?;
+        up.push(0, &bytes)?;
+        fed.finish_upload(session, None, up, None)?;
+    }
+    let report = driver.await??;
+    assert!(report.history[0].success, "{}", report.history[0].message);
+    let after = Model::from_safetensors(&fed.model_bytes())?;
+    assert_eq!(after.get("conv.weight").map(|t| t.dtype), Some(Dtype::BF16));
+    assert_eq!(after.get("fc.bias").map(|t| t.dtype), Some(Dtype::F16));
+    // FedAvg moved every value by the mean delta, 0.5 (exact in both dtypes).
+    let moved: Vec<f32> = init.flatten().iter().map(|v| v + 0.5).collect();
+    for (a, b) in after.flatten().iter().zip(&moved) {
+        assert!((a - b).abs() < 1e-2, "{a} vs {b}");
     }
     Ok(())
 }

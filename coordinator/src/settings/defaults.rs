@@ -1,5 +1,7 @@
 //! The defaults of every setting (what an empty config file means).
 
+use confide_proto::model::ModelKind;
+
 use super::*;
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Default for ModelSettings {
             classes: 2,
             hidden: Vec::new(),
             init_seed: 0,
+            path: None,
         }
     }
 }

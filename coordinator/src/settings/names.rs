@@ -62,7 +62,7 @@ pub(super) mod ring {
     }
 }
 
-/// `model.kind`: "logistic" or "mlp".
+/// `model.kind`: "logistic", "mlp" or "file".
 pub(super) mod model_kind {
     use confide_proto::model::ModelKind;
 
@@ -78,7 +78,7 @@ pub(super) mod model_kind {
     pub(in crate::settings) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<ModelKind, D::Error> {
-        checked(d, "model.kind", "\"logistic\" or \"mlp\"")
+        checked(d, "model.kind", "\"logistic\", \"mlp\" or \"file\"")
     }
 }
 

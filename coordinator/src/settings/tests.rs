@@ -1,3 +1,5 @@
+use confide_proto::model::ModelKind;
+
 use super::*;
 
 #[test]
@@ -175,5 +177,118 @@ fn compose_federation_file_validates() -> Result<(), CoordinatorError> {
     let p = s.secagg_params(5)?;
     assert_eq!((p.k, p.t), (4, 3));
     assert_eq!(s.max_colluders(5)?, 1);
+    Ok(())
+}
+
+/// A two-tensor model (an F16 one among them) written to `dir/name`.
+fn write_model(dir: &Path, name: &str, scale: f32) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    use confide_proto::model::{Dtype, Model, Tensor};
+    let mut m = Model::new();
+    m.insert(
+        "conv.weight",
+        Tensor::new(vec![2, 3], vec![scale; 6])?.with_dtype(Dtype::F16),
+    );
+    m.insert("fc.bias", Tensor::new(vec![2], vec![0.5, -0.5])?);
+    let path = dir.join(name);
+    std::fs::write(&path, m.to_safetensors(None)?)?;
+    Ok(path)
+}
+
+fn file_settings(path: &Path) -> Settings {
+    let mut s = Settings::default();
+    s.tls.insecure = true;
+    s.statistics_round = false;
+    s.model.kind = ModelKind::File;
+    s.model.path = Some(path.to_path_buf());
+    s
+}
+
+#[test]
+fn a_file_model_is_read_relative_to_the_settings_and_hashed_by_content()
+-> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let path = write_model(tmp.path(), "init.safetensors", 1.0)?;
+    let toml = tmp.path().join("federation.toml");
+    std::fs::write(
+        &toml,
+        "statistics_round = false\n[model]\nkind = \"file\"\npath = \"init.safetensors\"\n[tls]\ninsecure = true\n",
+    )?;
+    let s = Settings::load(&toml)?;
+    assert_eq!(s.model.path.as_deref(), Some(path.as_path()));
+    s.validate()?;
+    let model = crate::federation::initial_model(&s)?;
+    assert_eq!(model.num_params(), 8);
+    assert_eq!(
+        model.get("conv.weight").map(|t| t.dtype),
+        Some(confide_proto::model::Dtype::F16)
+    );
+    let file = s.model.file(s.limits.max_model_bytes)?;
+    assert_eq!(s.config_hash_for_file(&file), s.config_hash());
+    // The hash follows the file's content, not its name or place.
+    let moved = write_model(tmp.path(), "copy.safetensors", 1.0)?;
+    assert_eq!(s.config_hash(), file_settings(&moved).config_hash());
+    let edited = write_model(tmp.path(), "edited.safetensors", 2.0)?;
+    assert_ne!(s.config_hash(), file_settings(&edited).config_hash());
+    // The built-in kinds' hash is untouched by the new field (pinned above).
+    Ok(())
+}
+
+#[test]
+fn bad_file_models_are_refused_naming_the_problem() -> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let good = write_model(tmp.path(), "init.safetensors", 1.0)?;
+    let msg = |s: &Settings| {
+        s.validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+
+    let mut s = file_settings(&good);
+    s.model.path = None;
+    assert!(msg(&s).contains("model.path"), "{}", msg(&s));
+
+    let s = file_settings(&tmp.path().join("missing.safetensors"));
+    assert!(
+        msg(&s).contains("missing.safetensors") && msg(&s).contains("does not exist"),
+        "{}",
+        msg(&s)
+    );
+
+    let mut s = file_settings(&good);
+    s.statistics_round = true;
+    assert!(msg(&s).contains("statistics_round"), "{}", msg(&s));
+
+    let mut s = file_settings(&good);
+    s.limits.max_model_bytes = 16;
+    assert!(
+        msg(&s).contains("'conv.weight'") && msg(&s).contains("max_model_bytes"),
+        "{}",
+        msg(&s)
+    );
+
+    // An I64 tensor, written by hand: 8-byte header length, JSON header, data.
+    let header = br#"{"step":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&7i64.to_le_bytes());
+    let i64s = tmp.path().join("i64.safetensors");
+    std::fs::write(&i64s, bytes)?;
+    let s = file_settings(&i64s);
+    assert!(
+        msg(&s).contains("'step'") && msg(&s).contains("I64"),
+        "{}",
+        msg(&s)
+    );
+
+    let mut s = Settings {
+        tls: TlsSettings {
+            insecure: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    s.model.path = Some(good);
+    assert!(msg(&s).contains("only read with model.kind"), "{}", msg(&s));
     Ok(())
 }
