@@ -309,10 +309,12 @@ impl Settings {
         }
         Figment::from(Toml::file(path))
             // The `confide` CLI's own variables, not settings: the display's
-            // (progress.rs), --log-json's, and the Admin commands' address.
+            // (progress.rs), --log-json's, and the Admin commands' address;
+            // and the tools .ci/run exports for the tests (the examples'
+            // Python, SeaweedFS's `weed`), which coordinators they start inherit.
             .merge(
                 Env::prefixed("CONFIDE_")
-                    .ignore(&["progress", "log_json", "coordinator"])
+                    .ignore(&["progress", "log_json", "coordinator", "python", "weed"])
                     .split("__"),
             )
             .extract()

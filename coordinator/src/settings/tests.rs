@@ -79,6 +79,9 @@ fn environment_overrides_the_file() -> Result<(), Box<dyn std::error::Error>> {
         std::env::set_var("CONFIDE_PROGRESS", "log");
         std::env::set_var("CONFIDE_LOG_JSON", "true");
         std::env::set_var("CONFIDE_COORDINATOR", "https://127.0.0.1:1");
+        // Nor are the tools .ci/run exports for the tests.
+        std::env::set_var("CONFIDE_PYTHON", "/usr/bin/python3");
+        std::env::set_var("CONFIDE_WEED", "/usr/bin/weed");
     }
     let s = Settings::load(&path);
     unsafe {
@@ -87,6 +90,8 @@ fn environment_overrides_the_file() -> Result<(), Box<dyn std::error::Error>> {
         std::env::remove_var("CONFIDE_PROGRESS");
         std::env::remove_var("CONFIDE_LOG_JSON");
         std::env::remove_var("CONFIDE_COORDINATOR");
+        std::env::remove_var("CONFIDE_PYTHON");
+        std::env::remove_var("CONFIDE_WEED");
     }
     let s = s?;
     assert_eq!((s.rounds, s.training.epochs), (9, 7));
