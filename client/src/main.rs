@@ -222,7 +222,6 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
         min_survivors: a.min_survivors,
         collusion_fraction: a.collusion_fraction,
         complete_graph_up_to: a.complete_graph_up_to,
-        ..SitePolicy::default()
     };
     cfg.max_reconnect = Duration::from_secs(a.max_reconnect_secs);
     let domain = match &a.tls_domain {
@@ -560,7 +559,6 @@ mod tests {
                 min_survivors: 4,
                 collusion_fraction: 0.2,
                 complete_graph_up_to: 10,
-                ..SitePolicy::default()
             })
         );
     }
