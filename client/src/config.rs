@@ -47,6 +47,9 @@ pub struct SiteConfig {
     /// collusion bound, complete graph for small cohorts); nothing the
     /// coordinator announces overrides it. Default: [`SitePolicy::default`].
     pub policy: SitePolicy,
+    /// Most epochs a round may ask of this site (its compute budget); a
+    /// round asking more, or announcing insane training settings, is refused.
+    pub max_epochs: u32,
     /// Fault injection for tests and demos.
     pub vanish: Option<Vanish>,
     /// Give up reconnecting after this long (default 60 s).
@@ -77,6 +80,7 @@ impl SiteConfig {
             insecure: false,
             allow_plaintext: false,
             policy: SitePolicy::default(),
+            max_epochs: 1000,
             vanish: None,
             max_reconnect: Duration::from_secs(60),
             metrics: None,

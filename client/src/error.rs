@@ -85,6 +85,14 @@ pub enum ClientError {
         /// The refused round.
         round: u64,
     },
+    /// The round's training settings break this site's bounds.
+    #[error("round {round} asks for {why}: refused")]
+    TrainingRefused {
+        /// The refused round.
+        round: u64,
+        /// Which setting, and the bound.
+        why: String,
+    },
     /// The downloaded model is not the one the announcement bound the round
     /// to (its SHA-256 differs from `RoundStart.model_sha256`).
     #[error(

@@ -118,6 +118,9 @@ struct RunArgs {
     /// this site's update (off: only secure aggregation).
     #[arg(long, env = "CONFIDE_ALLOW_PLAINTEXT")]
     allow_plaintext: bool,
+    /// Refuse rounds that ask for more local epochs.
+    #[arg(long, env = "CONFIDE_MAX_EPOCHS", default_value_t = 1000)]
+    max_epochs: u32,
     /// Refuse secure rounds with a smaller cohort.
     #[arg(long, env = "CONFIDE_MIN_COHORT", default_value_t = SitePolicy::default().min_cohort)]
     min_cohort: usize,
@@ -216,6 +219,7 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
     cfg.holdout = a.holdout;
     cfg.insecure = a.insecure;
     cfg.allow_plaintext = a.allow_plaintext;
+    cfg.max_epochs = a.max_epochs;
     cfg.crl = a.crl.clone();
     cfg.policy = SitePolicy {
         min_cohort: a.min_cohort,

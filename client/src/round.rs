@@ -177,6 +177,8 @@ pub(crate) struct DriverConfig {
     pub allow_plaintext: bool,
     /// What the site requires of a secure round.
     pub policy: SitePolicy,
+    /// Most epochs a round may ask of this site.
+    pub max_epochs: u32,
     /// SHA-256 of the federation CA certificate's DER (zeros without TLS),
     /// bound into every round's context.
     pub ca_fingerprint: [u8; 32],
@@ -429,6 +431,18 @@ impl RoundDriver {
             self.left_round = Some(rs.round);
             return Err(ClientError::PlaintextRefused { round: rs.round });
         }
+        // Only a training round trains; statistics and evaluation rounds
+        // carry no settings to bound.
+        let training = rs.training.clone().unwrap_or_default();
+        if kind == v1::RoundKind::Train
+            && let Some(why) = bounds::refuse_training(&training, self.cfg.max_epochs)
+        {
+            self.left_round = Some(rs.round);
+            return Err(ClientError::TrainingRefused {
+                round: rs.round,
+                why,
+            });
+        }
         if let Err(e) = self.contributions.check(&self.federation, &rs) {
             self.left_round = Some(rs.round);
             return Err(e);
@@ -530,6 +544,7 @@ impl RoundDriver {
 }
 
 mod announce;
+mod bounds;
 mod contribution;
 mod outgoing;
 mod secure;

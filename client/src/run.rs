@@ -138,6 +138,7 @@ impl<T: Transport> Runner<T> {
                 }),
                 allow_plaintext: cfg.allow_plaintext,
                 policy: cfg.policy.clone(),
+                max_epochs: cfg.max_epochs,
                 ca_fingerprint,
             },
             StdRng::from_rng(&mut rng),

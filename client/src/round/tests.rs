@@ -51,6 +51,7 @@ fn driver_with_policy(
             }),
             allow_plaintext,
             policy: SitePolicy::default(),
+            max_epochs: 1000,
             ca_fingerprint: [0; 32],
         },
         rng,
@@ -882,3 +883,26 @@ fn drive(
 }
 
 mod contribution;
+
+/// A round asking more epochs than the site's budget is refused at the
+/// announcement, before the model is downloaded; the next round is served.
+#[test]
+fn a_round_beyond_the_sites_training_bounds_is_refused() -> Result<(), ClientError> {
+    let mut d = driver_with_policy(None, 7, true)?;
+    let now = Instant::now();
+    let mut rs = train_start(3, b"model", vec![0xee; 32], 3);
+    if let Some(t) = rs.training.as_mut() {
+        t.epochs = 5000;
+    }
+    let r = d.on_task(start(&rs), now);
+    assert!(
+        matches!(&r, Err(ClientError::TrainingRefused { round: 3, why }) if why.contains("5000 epochs")),
+        "{r:?}"
+    );
+    assert!(d.outbox().is_none(), "nothing queued");
+    assert_eq!(d.current_round(), None);
+    let next = stats_start(4, false);
+    assert!(!matches!(d.on_task(start(&next), now)?, Action::Wait));
+    assert_eq!(d.current_round(), Some(4));
+    Ok(())
+}
