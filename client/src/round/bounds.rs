@@ -57,10 +57,12 @@ mod tests {
         }
     }
 
+    type Edit = fn(&mut v1::TrainingConfig);
+
     #[test]
     fn sane_settings_pass_and_each_bound_refuses() {
         assert_eq!(refuse_training(&sane(), 100), None);
-        let cases: [(&str, fn(&mut v1::TrainingConfig)); 8] = [
+        let cases: [(&str, Edit); 8] = [
             ("epochs; this site runs 1 to 100", |t| t.epochs = 101),
             ("0 epochs", |t| t.epochs = 0),
             ("batch size 0", |t| t.batch_size = 0),
