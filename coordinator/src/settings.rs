@@ -18,11 +18,13 @@ use sha2::{Digest, Sha256};
 
 use crate::error::CoordinatorError;
 
+mod checkpoints;
 mod defaults;
 mod metrics;
 mod names;
 mod secagg;
 
+pub use checkpoints::CheckpointSettings;
 pub use metrics::MetricsSettings;
 
 /// Everything the coordinator needs to run one federation.
@@ -184,18 +186,6 @@ pub struct OptimiserSettings {
     pub beta2: f64,
     /// Adaptivity τ.
     pub tau: f64,
-}
-
-/// Checkpoint storage.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CheckpointSettings {
-    /// Directory; none disables checkpoints.
-    pub dir: Option<PathBuf>,
-    /// Keep this many latest checkpoints (plus the best).
-    pub keep_last: usize,
-    /// Resume even if the checkpoint's config hash differs.
-    pub allow_config_change: bool,
 }
 
 /// Transport security.
@@ -572,6 +562,7 @@ impl Settings {
             self.tls_files()?;
         }
         self.metrics.address(&self.listen)?;
+        self.checkpoints.validate()?;
         Ok(())
     }
 
