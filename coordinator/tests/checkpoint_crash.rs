@@ -148,17 +148,23 @@ async fn kill_9_during_an_object_store_upload_resumes_from_the_newest_complete_c
     let raw = s3.raw()?;
 
     let mut coordinator = serve(&s3, &cfg, &listen, &log)?;
-    let mut sites = Vec::new();
-    for (i, d) in data.iter().enumerate() {
-        let mut c = SiteConfig::new(&url, format!("site-{i}"), d, "malignant");
-        c.insecure = true;
-        c.max_reconnect = Duration::from_secs(2);
-        sites.push(tokio::spawn(async move {
-            confide_client::run_site(c, std::future::pending())
-                .await
-                .map(|_| ())
-        }));
-    }
+    let start_sites =
+        || -> Vec<tokio::task::JoinHandle<Result<(), confide_client::ClientError>>> {
+            data.iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let mut c = SiteConfig::new(&url, format!("site-{i}"), d, "malignant");
+                    c.insecure = true;
+                    c.max_reconnect = Duration::from_secs(2);
+                    tokio::spawn(async move {
+                        confide_client::run_site(c, std::future::pending())
+                            .await
+                            .map(|_| ())
+                    })
+                })
+                .collect()
+        };
+    let sites = start_sites();
 
     // Kill -9 while a round's upload is under way: its model object is in
     // the bucket, its manifest not yet. A kill that comes too late (the
@@ -217,9 +223,18 @@ async fn kill_9_during_an_object_store_upload_resumes_from_the_newest_complete_c
     let newest = *complete.last().ok_or("no complete checkpoint")?;
     assert_eq!(newest, torn_round - 1, "{complete:?}");
 
-    // Restart: resume from `newest`, redo the torn round, carry on.
+    // Restart: resume from `newest`, redo the torn round, carry on. The
+    // sites restart too: a site that already sent an update on `newest`'s
+    // model (the torn round's) refuses a second one on it until the model
+    // changes or it restarts (client/src/round/contribution.rs), so after a
+    // coordinator crash between the unmask and a complete checkpoint the
+    // hospitals restart their site daemons.
+    for s in &sites {
+        s.abort();
+    }
     let logged_before = std::fs::read_to_string(&log)?.len();
     let _coordinator = serve(&s3, &cfg, &listen, &log)?;
+    let sites = start_sites();
     let until = Instant::now() + Duration::from_secs(240);
     let resumed = loop {
         let c = {
