@@ -207,9 +207,10 @@ pub enum CoordinatorError {
         op: &'static str,
         /// The object or prefix, as a URL.
         location: String,
-        /// Why.
+        /// Why (boxed: `object_store`'s error is large and this one
+        /// travels in every `Result`).
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// A checkpoint whose data does not match its manifest (a torn upload,
     /// a truncated or edited object): never resumed from.

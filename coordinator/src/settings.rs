@@ -341,10 +341,11 @@ impl Settings {
         }
         Figment::from(Toml::file(path))
             // The `confide` CLI's own variables, not settings: the display's
-            // (progress.rs), --log-json's, and the Admin commands' address.
+            // (progress.rs), --log-json's, and the Admin commands' address;
+            // and the tests' SeaweedFS binary (.ci/run exports it).
             .merge(
                 Env::prefixed("CONFIDE_")
-                    .ignore(&["progress", "log_json", "coordinator"])
+                    .ignore(&["progress", "log_json", "coordinator", "weed"])
                     .split("__"),
             )
             .extract()

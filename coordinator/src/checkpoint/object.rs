@@ -134,7 +134,7 @@ impl ObjectStoreCheckpoints {
             CoordinatorError::ObjectStore {
                 op: "configure",
                 location: url.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
         Ok(Self::with_store(Arc::new(store), prefix, url))
@@ -174,7 +174,7 @@ impl ObjectStoreCheckpoints {
         move |source| CoordinatorError::ObjectStore {
             op,
             location: location.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -269,10 +269,9 @@ impl ObjectStoreCheckpoints {
         name: &str,
     ) -> Result<Vec<u8>, CoordinatorError> {
         let bytes = match self.get(&self.key(round, name)).await {
-            Err(CoordinatorError::ObjectStore {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => {
+            Err(CoordinatorError::ObjectStore { source, .. })
+                if matches!(*source, object_store::Error::NotFound { .. }) =>
+            {
                 return Err(CoordinatorError::TornCheckpoint {
                     location: self.round_url(round),
                     reason: format!("{name} is missing"),

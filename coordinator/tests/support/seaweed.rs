@@ -69,12 +69,28 @@ impl Seaweed {
             );
             return Ok(None);
         };
+        // Ports chosen free can be taken before `weed` binds them (by
+        // another test's outgoing connection): then start afresh on others.
+        let mut last = None;
+        for attempt in 1..=3 {
+            match Self::spawn(&weed) {
+                Ok(me) => return Ok(Some(me)),
+                Err(e) => {
+                    eprintln!("{test}: SeaweedFS start {attempt} of 3 failed: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| "SeaweedFS did not start".into()))
+    }
+
+    fn spawn(weed: &Path) -> Result<Self, BoxError> {
         let dir = tempfile::tempdir()?;
         let p = free_ports(12)?;
         let secret = hex::encode(rand::random::<[u8; 16]>());
         let log = std::fs::File::create(dir.path().join("weed.log"))?;
         let d = dir.path();
-        let child = Command::new(&weed)
+        let child = Command::new(weed)
             .arg("mini")
             .arg(format!("-dir={}", d.join("data").display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false"])
@@ -125,8 +141,8 @@ impl Seaweed {
                 .map(|(svc, port)| PathBuf::from(format!("/tmp/seaweedfs-{svc}-grpc-{port}.sock")))
                 .collect(),
         };
-        me.wait_ready(p[6], Duration::from_secs(90))?;
-        Ok(Some(me))
+        me.wait_ready(p[6], Duration::from_secs(45))?;
+        Ok(me)
     }
 
     fn log_tail(&self) -> String {
