@@ -148,7 +148,7 @@ pub struct Federation {
     /// its checkpoints needs no TLS files.
     ca_fingerprint: std::sync::OnceLock<[u8; 32]>,
     /// Where checkpoints go (`[checkpoints] dir` or `url`), if anywhere.
-    store: Option<Arc<dyn CheckpointStore>>,
+    pub(crate) store: Option<Arc<dyn CheckpointStore>>,
     inner: Mutex<Inner>,
     wake: Notify,
     uploads: UploadSlots,
@@ -188,16 +188,7 @@ impl Federation {
         );
         let (mut preprocess, mut next_round, mut completed, mut history, mut model_round) =
             (None, 1, 0, Vec::new(), 0);
-        let store = match settings.checkpoints.location()? {
-            Some(l) => Some(l.open()?),
-            None => None,
-        };
-        if settings.checkpoints.url.is_some() && settings.checkpoints.transcript_dir.is_none() {
-            info!(
-                "no round transcript: checkpoints go to object storage, which cannot append; \
-                 set checkpoints.transcript_dir to keep one"
-            );
-        }
+        let store = settings.checkpoints.open()?;
         if let Some(store) = &store
             && let Some(c) = store.latest()?
         {
@@ -275,11 +266,6 @@ impl Federation {
     /// The settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
-    }
-
-    /// The checkpoint store, if checkpoints are on.
-    pub fn checkpoint_store(&self) -> Option<Arc<dyn CheckpointStore>> {
-        self.store.clone()
     }
 
     /// The metrics this federation records.

@@ -64,7 +64,7 @@ impl Admin for Handlers {
         req: Request<pb::CheckpointsRequest>,
     ) -> Result<Response<pb::CheckpointsResponse>, Status> {
         self.operator(&req, "Checkpoints")?;
-        let Some(store) = self.fed.checkpoint_store() else {
+        let Some(store) = self.fed.store.clone() else {
             return Ok(Response::new(pb::CheckpointsResponse {
                 checkpoints: vec![],
             }));

@@ -3,10 +3,12 @@
 //! and where the round transcript goes.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tracing::info;
 
-use crate::checkpoint::Location;
+use crate::checkpoint::{CheckpointStore, Location};
 use crate::error::CoordinatorError;
 
 /// Checkpoint storage.
@@ -64,6 +66,18 @@ impl CheckpointSettings {
             },
             (None, None) => Ok(None),
         }
+    }
+
+    /// The store checkpoints go to, if any (opened, nothing read yet); says
+    /// so when object storage leaves the federation without a transcript.
+    pub fn open(&self) -> Result<Option<Arc<dyn CheckpointStore>>, CoordinatorError> {
+        if self.url.is_some() && self.transcript_dir.is_none() {
+            info!(
+                "no round transcript: checkpoints go to object storage, which cannot append; \
+                 set checkpoints.transcript_dir to keep one"
+            );
+        }
+        self.location()?.map(|l| l.open()).transpose()
     }
 
     /// The directory of the round transcript: `dir`, or `transcript_dir`
