@@ -14,11 +14,12 @@
 //! and resume picks the newest complete one.
 //!
 //! The trait is synchronous on purpose: the local backend is blocking file
-//! I/O with fsyncs, and its callers at start-up ([`crate::Federation::new`])
-//! and in the CLI are synchronous. The object-storage backend drives
-//! `object_store` on its own small runtime (see `object.rs`), and the round
-//! driver calls either backend through `spawn_blocking`, so neither blocks a
-//! tokio worker of the gRPC server.
+//! I/O with fsyncs, and resume ([`crate::Federation::new`], once, before the
+//! server accepts anyone) and the CLI are synchronous too. The
+//! object-storage backend drives `object_store` on its own small runtime
+//! (see `object.rs`), so it works from any thread; the round driver and the
+//! Admin API call either backend through `spawn_blocking`, so a slow upload
+//! never blocks a tokio worker of the running gRPC server.
 
 mod local;
 mod object;

@@ -301,9 +301,9 @@ impl Federation {
     }
 
     /// Append a round's record to the transcript, which lives with the
-    /// checkpoints (`checkpoints.transcript_dir` with object storage; none
-    /// without either); the new model is
-    /// hashed off the runtime's threads, like the checkpoint is written.
+    /// checkpoints (in `checkpoints.transcript_dir` with object storage;
+    /// none without either); the new model is hashed off the runtime's
+    /// threads, like the checkpoint is written.
     async fn append_transcript(
         &self,
         mut entry: transcript::Record,
