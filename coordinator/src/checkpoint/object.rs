@@ -158,19 +158,22 @@ impl ObjectStoreCheckpoints {
         format!("{}/{}", self.url, round_dir_name(round))
     }
 
+    /// The URL of `key` (which includes the prefix), for messages.
+    fn key_url(&self, key: &Path) -> String {
+        let rel = key.as_ref().strip_prefix(self.prefix.as_ref());
+        format!(
+            "{}/{}",
+            self.url,
+            rel.unwrap_or(key.as_ref()).trim_start_matches('/')
+        )
+    }
+
     fn err(
         &self,
         op: &'static str,
         key: &Path,
     ) -> impl Fn(object_store::Error) -> CoordinatorError {
-        let location = format!(
-            "{}/{}",
-            self.url,
-            key.as_ref()
-                .strip_prefix(self.prefix.as_ref())
-                .unwrap_or(key.as_ref())
-                .trim_start_matches('/')
-        );
+        let location = self.key_url(key);
         move |source| CoordinatorError::ObjectStore {
             op,
             location: location.clone(),
@@ -202,9 +205,55 @@ impl ObjectStoreCheckpoints {
         Ok(out)
     }
 
+    /// Read a data object: in one GET when small, else in [`PART_SIZE`]
+    /// ranges, [`PARTS_IN_FLIGHT`] at a time, so that no single request of a
+    /// large model has to finish within the client's request timeout
+    /// (`AWS_TIMEOUT`, 30 s by default) on a slow link.
     async fn get(&self, key: &Path) -> Result<Vec<u8>, CoordinatorError> {
-        let r = self.store.get(key).await.map_err(self.err("get", key))?;
-        Ok(r.bytes().await.map_err(self.err("get", key))?.to_vec())
+        let size = self
+            .store
+            .head(key)
+            .await
+            .map_err(self.err("head", key))?
+            .size;
+        if size <= MULTIPART_ABOVE as u64 {
+            let r = self.store.get(key).await.map_err(self.err("get", key))?;
+            return Ok(r.bytes().await.map_err(self.err("get", key))?.to_vec());
+        }
+        let len = usize::try_from(size).map_err(|_| CoordinatorError::TornCheckpoint {
+            location: self.key_url(key),
+            reason: format!("{size} bytes do not fit in memory"),
+        })?;
+        let mut out = vec![0u8; len];
+        let mut ranges = (0..size)
+            .step_by(PART_SIZE)
+            .map(|start| start..(start + PART_SIZE as u64).min(size));
+        let mut parts = tokio::task::JoinSet::new();
+        loop {
+            while parts.len() < PARTS_IN_FLIGHT
+                && let Some(r) = ranges.next()
+            {
+                let (store, key) = (self.store.clone(), key.clone());
+                parts.spawn(async move { (r.clone(), store.get_range(&key, r).await) });
+            }
+            let Some(done) = parts.join_next().await else {
+                break;
+            };
+            let (r, bytes) = done?;
+            let bytes = bytes.map_err(self.err("get (range)", key))?;
+            // Ranges are within the size just read; a shorter answer means
+            // the object changed under us (its digest will tell).
+            match out.get_mut(r.start as usize..r.end as usize) {
+                Some(slot) if slot.len() == bytes.len() => slot.copy_from_slice(&bytes),
+                _ => {
+                    return Err(CoordinatorError::TornCheckpoint {
+                        location: self.key_url(key),
+                        reason: format!("range {r:?} answered {} bytes", bytes.len()),
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn get_manifest(&self, round: u64) -> Result<Manifest, CoordinatorError> {

@@ -217,3 +217,22 @@ fn locations_parse() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn object_storage_large_objects_go_up_in_parts_and_come_back_in_ranges_bit_exact() -> TestResult {
+    let (_, store) = in_memory();
+    // 12 MB of model and 24 MB of optimiser state: above the 8 MiB threshold.
+    let n = 3_000_000;
+    let mut model = Model::new();
+    model.insert(
+        "w",
+        Tensor::new(vec![n], (0..n).map(|i| i as f32).collect())?,
+    );
+    let bytes = model.to_safetensors(None)?;
+    let (m, v) = (vec![0.5f32; n], vec![0.25f32; n]);
+    store.save(&manifest(1, 0.5), &bytes, Some((&m, &v)))?;
+    let c = store.load(1)?;
+    assert_eq!(c.model_bytes, bytes);
+    assert_eq!(c.optimiser, Some((m, v)));
+    Ok(())
+}
