@@ -53,17 +53,19 @@ const PARTS_IN_FLIGHT: usize = 4;
 /// the process; built on first use and never dropped (a runtime must not be
 /// dropped inside an async context).
 fn io_runtime() -> Result<&'static tokio::runtime::Runtime, CoordinatorError> {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    if let Some(rt) = RT.get() {
-        return Ok(rt);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("confide-object-store")
-        .enable_all()
-        .build()?;
-    // A racing thread may have set it first; either runtime will do.
-    Ok(RT.get_or_init(|| rt))
+    // Built inside `get_or_init`, so that no thread ever builds a second one
+    // only to drop it (possibly inside an async context, which panics).
+    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("confide-object-store")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| CoordinatorError::Checkpoint(format!("object-store runtime: {e}")))
 }
 
 /// Run `f` to completion on [`io_runtime`], from a scoped thread so that the
