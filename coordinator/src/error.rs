@@ -199,6 +199,36 @@ pub enum CoordinatorError {
         #[source]
         source: serde_json::Error,
     },
+    /// An object-storage request that failed (network, credentials,
+    /// bucket, permissions).
+    #[error("checkpoint store: {op} {location}: {source}")]
+    ObjectStore {
+        /// What was attempted (put, get, list, delete).
+        op: &'static str,
+        /// The object or prefix, as a URL.
+        location: String,
+        /// Why (boxed: `object_store`'s error is large and this one
+        /// travels in every `Result`).
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// A checkpoint whose data does not match its manifest (a torn upload,
+    /// a truncated or edited object): never resumed from.
+    #[error("checkpoint {location} is incomplete or damaged: {reason}")]
+    TornCheckpoint {
+        /// The checkpoint (directory or URL).
+        location: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// A round the store holds no complete checkpoint of.
+    #[error("checkpoint: no complete checkpoint of round {round} in {location}")]
+    NoSuchCheckpoint {
+        /// The store.
+        location: String,
+        /// The round asked for.
+        round: u64,
+    },
     /// The round transcript could not be read or written.
     #[error("round transcript: {}: {source}", path.display())]
     Transcript {

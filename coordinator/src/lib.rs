@@ -63,15 +63,24 @@ use confide_proto::v1 as pb;
 
 /// Checkpoints in `dir`, with accuracy and the best one marked.
 pub fn checkpoint_infos(dir: &Path) -> Result<Vec<pb::CheckpointInfo>, CoordinatorError> {
-    let all = checkpoint::list(dir)?;
+    checkpoint_infos_in(&checkpoint::LocalStore::new(dir))
+}
+
+/// The complete checkpoints of `store` (a directory or object storage), with
+/// accuracy and the best one marked.
+pub fn checkpoint_infos_in(
+    store: &dyn checkpoint::CheckpointStore,
+) -> Result<Vec<pb::CheckpointInfo>, CoordinatorError> {
+    let all = store.rounds()?;
     let history = match all.last() {
-        Some((_, p)) => checkpoint::load_manifest(p)?.history,
+        Some(r) => store.load_manifest(*r)?.history,
         None => Vec::new(),
     };
     let best = checkpoint::best_round(&history);
+    let base = store.location();
     let mut out = Vec::new();
-    for (round, path) in all {
-        let model_round = checkpoint::load_manifest(&path)?.model_round;
+    for round in all {
+        let model_round = store.load_manifest(round)?.model_round;
         let accuracy = history
             .iter()
             .rev()
@@ -80,7 +89,10 @@ pub fn checkpoint_infos(dir: &Path) -> Result<Vec<pb::CheckpointInfo>, Coordinat
             .unwrap_or(f64::NAN);
         out.push(pb::CheckpointInfo {
             round,
-            path: path.display().to_string(),
+            path: std::path::Path::new(&base)
+                .join(checkpoint::round_dir_name(round))
+                .display()
+                .to_string(),
             accuracy,
             best: Some(round) == best,
         });

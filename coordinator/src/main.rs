@@ -53,13 +53,15 @@ enum Cmd {
     },
     /// Federation state right now (Admin API).
     Status(AdminArgs),
-    /// Round history as a table (Admin API, or `--checkpoints DIR` offline).
+    /// Round history as a table (Admin API, or `--checkpoints DIR|URL` offline).
     Rounds {
         #[command(flatten)]
         admin: AdminArgs,
-        /// Read the history from the latest checkpoint in DIR instead.
-        #[arg(long)]
-        checkpoints: Option<PathBuf>,
+        /// Read the history from the latest checkpoint in DIR, or in object
+        /// storage at s3://bucket/prefix (endpoint and credentials from
+        /// AWS_*), instead.
+        #[arg(long, value_name = "DIR|URL")]
+        checkpoints: Option<String>,
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -194,15 +196,17 @@ impl AdminArgs {
 
 #[derive(Subcommand)]
 enum CkptCmd {
-    /// List checkpoints.
+    /// List the complete checkpoints.
     List {
-        #[arg(long, default_value = "checkpoints")]
-        dir: PathBuf,
+        /// A directory, or s3://bucket/prefix (endpoint and credentials from AWS_*).
+        #[arg(long, value_name = "DIR|URL", default_value = "checkpoints")]
+        dir: String,
     },
     /// Export one checkpoint (default: latest) as a single safetensors file with preprocessing tensors.
     Export {
-        #[arg(long, default_value = "checkpoints")]
-        dir: PathBuf,
+        /// A directory, or s3://bucket/prefix (endpoint and credentials from AWS_*).
+        #[arg(long, value_name = "DIR|URL", default_value = "checkpoints")]
+        dir: String,
         #[arg(long)]
         round: Option<u64>,
         #[arg(long)]
@@ -304,7 +308,13 @@ async fn main() -> Result<()> {
             transcript: true,
             ..
         } => {
-            let (out, note) = cli::transcript::show(&dir, json)?;
+            if dir.contains("://") {
+                bail!(
+                    "the round transcript is a local file: pass the directory of \
+                     checkpoints.transcript_dir, not {dir}"
+                );
+            }
+            let (out, note) = cli::transcript::show(std::path::Path::new(&dir), json)?;
             print!("{out}");
             eprint!("{note}");
         }
@@ -316,8 +326,8 @@ async fn main() -> Result<()> {
             ..
         } => {
             let history = match checkpoints {
-                Some(dir) => cli::latest_history(&dir)?
-                    .with_context(|| format!("no checkpoints in {}", dir.display()))?,
+                Some(dir) => cli::latest_history(checkpoint::open(&dir)?.as_ref())?
+                    .with_context(|| format!("no checkpoints in {dir}"))?,
                 None => admin::rounds(&a.coordinator, a.tls().as_ref()).await?,
             };
             if let Some(file) = plot {
@@ -331,14 +341,17 @@ async fn main() -> Result<()> {
         }
         Cmd::Checkpoints { cmd } => match cmd {
             CkptCmd::List { dir } => {
-                let list = confide_coordinator::checkpoint_infos(&dir)?;
+                let list =
+                    confide_coordinator::checkpoint_infos_in(checkpoint::open(&dir)?.as_ref())?;
                 print!("{}", render::checkpoints_table(&list));
             }
             CkptCmd::Export { dir, round, out } => {
-                let path = cli::find_checkpoint(&dir, round)?
-                    .with_context(|| format!("no such checkpoint in {}", dir.display()))?;
-                checkpoint::export(&checkpoint::load(&path)?, &out)?;
-                println!("exported {} to {}", path.display(), out.display());
+                let store = checkpoint::open(&dir)?;
+                let round = cli::find_checkpoint(store.as_ref(), round)?
+                    .with_context(|| format!("no such complete checkpoint in {dir}"))?;
+                let c = store.load(round)?;
+                checkpoint::export(&c, &out)?;
+                println!("exported {} to {}", c.path.display(), out.display());
             }
         },
         Cmd::Certs { cmd } => match cmd {

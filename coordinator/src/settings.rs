@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::CoordinatorError;
 
+mod checkpoints;
 mod defaults;
 mod limits;
 mod metrics;
@@ -25,6 +26,7 @@ mod model;
 mod names;
 mod secagg;
 
+pub use checkpoints::CheckpointSettings;
 pub use limits::LimitSettings;
 pub use metrics::MetricsSettings;
 pub use model::ModelSettings;
@@ -171,18 +173,6 @@ pub struct OptimiserSettings {
     pub beta2: f64,
     /// Adaptivity τ.
     pub tau: f64,
-}
-
-/// Checkpoint storage.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CheckpointSettings {
-    /// Directory; none disables checkpoints.
-    pub dir: Option<PathBuf>,
-    /// Keep this many latest checkpoints (plus the best).
-    pub keep_last: usize,
-    /// Resume even if the checkpoint's config hash differs.
-    pub allow_config_change: bool,
 }
 
 /// Transport security.
@@ -538,6 +528,7 @@ impl Settings {
             self.tls_files()?;
         }
         self.metrics.address(&self.listen)?;
+        self.checkpoints.validate()?;
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! The round transcript: `<checkpoints.dir>/transcript.jsonl`, one JSON line
+//! The round transcript: `<checkpoints.dir>/transcript.jsonl` (or
+//! `<checkpoints.transcript_dir>/…` with object storage), one JSON line
 //! per ended round (success or failure) with what an auditor needs to
 //! reconstruct the round — its parameters and context, who was asked, who
 //! completed or dropped at each stage, whose inputs are in the sum, how many

@@ -2,7 +2,7 @@
 //! dispatch only: the operator's Admin-API client ([`admin`]), the text it
 //! prints ([`render`]), the learning-curve pictures it draws ([`plot`]), the
 //! round transcript's reading ([`transcript`]) and the offline look-ups in a
-//! checkpoint directory.
+//! checkpoint store (a directory or object storage).
 //!
 //! ```text
 //! main.rs (clap) ─▶ cli::admin  ─gRPC─▶ coordinator's Admin / health services
@@ -20,29 +20,29 @@ pub mod plot;
 pub mod render;
 pub mod transcript;
 
-use std::path::{Path, PathBuf};
-
-use crate::checkpoint::{self, RoundRecord};
+use crate::checkpoint::{CheckpointStore, RoundRecord};
 use crate::error::CoordinatorError;
 
-/// The round history stored with the latest checkpoint in `dir`; `None` if
-/// `dir` holds no checkpoint.
-pub fn latest_history(dir: &Path) -> Result<Option<Vec<RoundRecord>>, CoordinatorError> {
-    match checkpoint::list(dir)?.last() {
-        Some((_, p)) => Ok(Some(checkpoint::load_manifest(p)?.history)),
+/// The round history stored with the latest checkpoint in `store`; `None`
+/// if it holds no checkpoint.
+pub fn latest_history(
+    store: &dyn CheckpointStore,
+) -> Result<Option<Vec<RoundRecord>>, CoordinatorError> {
+    match store.rounds()?.last() {
+        Some(r) => Ok(Some(store.load_manifest(*r)?.history)),
         None => Ok(None),
     }
 }
 
-/// The checkpoint of `round` in `dir`, or the latest one; `None` if there is
-/// no such checkpoint.
+/// The round of the checkpoint `round` in `store`, or of the latest one;
+/// `None` if there is no such complete checkpoint.
 pub fn find_checkpoint(
-    dir: &Path,
+    store: &dyn CheckpointStore,
     round: Option<u64>,
-) -> Result<Option<PathBuf>, CoordinatorError> {
-    let all = checkpoint::list(dir)?;
+) -> Result<Option<u64>, CoordinatorError> {
+    let all = store.rounds()?;
     Ok(match round {
-        Some(r) => all.iter().find(|(x, _)| *x == r).map(|(_, p)| p.clone()),
-        None => all.last().map(|(_, p)| p.clone()),
+        Some(r) => all.contains(&r).then_some(r),
+        None => all.last().copied(),
     })
 }

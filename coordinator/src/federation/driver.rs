@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use confide_crypto::MemberId;
 
 use super::*;
+use crate::checkpoint;
 use crate::metrics::{FailureReason, Reconstructions};
 use crate::transcript::{self, Ending, Reconstructed};
 
@@ -300,14 +301,15 @@ impl Federation {
     }
 
     /// Append a round's record to the transcript, which lives with the
-    /// checkpoints (none without a checkpoint directory); the new model is
-    /// hashed off the runtime's threads, like the checkpoint is written.
+    /// checkpoints (in `checkpoints.transcript_dir` with object storage;
+    /// none without either); the new model is hashed off the runtime's
+    /// threads, like the checkpoint is written.
     async fn append_transcript(
         &self,
         mut entry: transcript::Record,
         model_after: Option<Arc<Vec<u8>>>,
     ) -> Result<(), CoordinatorError> {
-        let Some(dir) = self.settings.checkpoints.dir.clone() else {
+        let Some(dir) = self.settings.checkpoints.transcript_dir() else {
             return Ok(());
         };
         tokio::task::spawn_blocking(move || {
@@ -420,29 +422,26 @@ impl Federation {
         };
         // The record before the checkpoint: a checkpoint never lacks one.
         self.append_transcript(entry, model_after).await?;
-        if let (Some((manifest, bytes, opt)), Some(dir)) =
-            (save, self.settings.checkpoints.dir.clone())
-        {
+        if let (Some((manifest, bytes, opt)), Some(store)) = (save, self.store.clone()) {
             let keep = self.settings.checkpoints.keep_last;
+            // Both backends block (fsync; object-store I/O on its own
+            // runtime): off the runtime's worker threads.
             let res = tokio::task::spawn_blocking(
-                move || -> Result<(std::path::PathBuf, f64, u64), CoordinatorError> {
+                move || -> Result<(checkpoint::Saved, f64), CoordinatorError> {
                     let started = std::time::Instant::now();
-                    let p = checkpoint::save(
-                        &dir,
+                    let saved = store.save(
                         &manifest,
                         &bytes,
                         opt.as_ref().map(|(m, v)| (m.as_slice(), v.as_slice())),
                     )?;
-                    checkpoint::prune(&dir, keep, checkpoint::best_round(&manifest.history))?;
-                    let secs = started.elapsed().as_secs_f64();
-                    let size = checkpoint::size(&p);
-                    Ok((p, secs, size))
+                    store.prune(keep, checkpoint::best_round(&manifest.history))?;
+                    Ok((saved, started.elapsed().as_secs_f64()))
                 },
             )
             .await?;
-            let (p, secs, size) = res?;
-            self.metrics.checkpoint_written(secs, size);
-            info!(path = %p.display(), bytes = size, secs = format!("{secs:.3}"), "checkpoint written");
+            let (saved, secs) = res?;
+            self.metrics.checkpoint_written(secs, saved.bytes);
+            info!(location = %saved.location, bytes = saved.bytes, secs = format!("{secs:.3}"), "checkpoint written");
         }
         Ok(ok)
     }
@@ -452,7 +451,7 @@ impl Federation {
         &self,
         g: &Inner,
     ) -> Option<(Manifest, Arc<Vec<u8>>, Option<(Vec<f32>, Vec<f32>)>)> {
-        self.settings.checkpoints.dir.as_ref()?;
+        self.store.as_ref()?;
         let opt = g
             .optimiser
             .has_state()
@@ -475,6 +474,7 @@ impl Federation {
                 .map(|(n, t)| (n.clone(), t.shape.clone()))
                 .collect(),
             history: g.history.clone(),
+            objects: vec![],
         };
         Some((manifest, g.model_bytes.clone(), opt))
     }

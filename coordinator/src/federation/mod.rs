@@ -34,7 +34,7 @@ use confide_proto::{context, convert};
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
-use crate::checkpoint::{self, Manifest, Preprocess, RoundRecord};
+use crate::checkpoint::{CheckpointStore, Manifest, Preprocess, RoundRecord};
 use crate::error::{CoordinatorError, RequestError};
 use crate::metrics::Metrics;
 use crate::optim::ServerOptimiser;
@@ -148,6 +148,8 @@ pub struct Federation {
     /// when the first round starts, so a federation opened only to inspect
     /// its checkpoints needs no TLS files.
     ca_fingerprint: std::sync::OnceLock<[u8; 32]>,
+    /// Where checkpoints go (`[checkpoints] dir` or `url`), if anywhere.
+    pub(crate) store: Option<Arc<dyn CheckpointStore>>,
     inner: Mutex<Inner>,
     wake: Notify,
     uploads: UploadSlots,
@@ -186,13 +188,14 @@ impl Federation {
         );
         let (mut preprocess, mut next_round, mut completed, mut history, mut model_round) =
             (None, 1, 0, Vec::new(), 0);
-        if let Some(dir) = &settings.checkpoints.dir
-            && let Some(c) = checkpoint::latest(dir)?
+        let store = settings.checkpoints.open()?;
+        if let Some(store) = &store
+            && let Some(c) = store.latest()?
         {
             if c.manifest.config_hash != config_hash && !settings.checkpoints.allow_config_change {
                 return Err(CoordinatorError::Checkpoint(format!(
                     "{} was written with config hash {}, the current config hashes to {}; \
-                     use a new checkpoint dir or set checkpoints.allow_config_change",
+                     use a new checkpoint dir or url, or set checkpoints.allow_config_change",
                     c.path.display(),
                     c.manifest.config_hash,
                     config_hash
@@ -235,6 +238,7 @@ impl Federation {
             quant,
             config_hash,
             ca_fingerprint: std::sync::OnceLock::new(),
+            store,
             inner: Mutex::new(Inner {
                 registry: Registry::default(),
                 round: None,

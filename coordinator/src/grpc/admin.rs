@@ -64,12 +64,16 @@ impl Admin for Handlers {
         req: Request<pb::CheckpointsRequest>,
     ) -> Result<Response<pb::CheckpointsResponse>, Status> {
         self.operator(&req, "Checkpoints")?;
-        let Some(dir) = self.fed.settings().checkpoints.dir.clone() else {
+        let Some(store) = self.fed.store.clone() else {
             return Ok(Response::new(pb::CheckpointsResponse {
                 checkpoints: vec![],
             }));
         };
-        let list = crate::checkpoint_infos(&dir).map_err(|e| Status::internal(e.to_string()))?;
+        // Object-storage listing blocks: off the runtime's worker threads.
+        let list = tokio::task::spawn_blocking(move || crate::checkpoint_infos_in(store.as_ref()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::CheckpointsResponse { checkpoints: list }))
     }
 }

@@ -399,10 +399,12 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         {
             last_usage = (cpu, rss);
         }
-        let history = confide_coordinator::cli::latest_history(&ck)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let history = confide_coordinator::cli::latest_history(
+            &confide_coordinator::checkpoint::LocalStore::new(&ck),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
         if history.len() > seen {
             let (cpu, rss) = last_usage;
             for r in &history[seen..] {

@@ -101,16 +101,6 @@ impl Default for OptimiserSettings {
     }
 }
 
-impl Default for CheckpointSettings {
-    fn default() -> Self {
-        CheckpointSettings {
-            dir: None,
-            keep_last: 3,
-            allow_config_change: false,
-        }
-    }
-}
-
 impl Default for LimitSettings {
     fn default() -> Self {
         LimitSettings {

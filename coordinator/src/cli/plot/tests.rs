@@ -49,9 +49,11 @@ fn history_from_checkpoint(dir: &Path) -> Result<Vec<RoundRecord>, Box<dyn std::
         preprocess: None,
         tensors: vec![],
         history: history.clone(),
+        objects: vec![],
     };
     checkpoint::save(dir, &manifest, &model.to_safetensors(None)?, None)?;
-    let read = crate::cli::latest_history(dir)?.ok_or("no checkpoint")?;
+    let read =
+        crate::cli::latest_history(&checkpoint::LocalStore::new(dir))?.ok_or("no checkpoint")?;
     // Not compared whole: the manifest's JSON may move a float by an ulp.
     let shape = |h: &[RoundRecord]| -> Vec<(u64, bool, bool)> {
         h.iter()

@@ -1,0 +1,213 @@
+//! The local-directory backend: `<dir>/round-NNNNNN/{model.safetensors,
+//! optimiser.safetensors, manifest.json}`. Each file is written to a
+//! temporary name, fsynced and renamed inside a temporary directory, which is
+//! then renamed into place and the parent fsynced, so a crash leaves either
+//! the whole checkpoint or none of it.
+//!
+//! The path-based functions are the original API (tests and tools use them);
+//! [`LocalStore`] is the same behind [`CheckpointStore`].
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use confide_proto::model::Model;
+
+use super::{
+    Checkpoint, CheckpointStore, MANIFEST, MODEL, Manifest, OPTIMISER, Saved, decode_optimiser,
+    optimiser_file, round_dir_name,
+};
+use crate::error::CoordinatorError;
+
+pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CoordinatorError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Write a checkpoint for `manifest.round`; returns its directory.
+pub fn save(
+    dir: &Path,
+    manifest: &Manifest,
+    model_bytes: &[u8],
+    optimiser: Option<(&[f32], &[f32])>,
+) -> Result<PathBuf, CoordinatorError> {
+    fs::create_dir_all(dir)?;
+    let name = round_dir_name(manifest.round);
+    let tmp = dir.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    fs::create_dir_all(&tmp)?;
+    write_synced(&tmp.join(MODEL), model_bytes)?;
+    if let Some((m, v)) = optimiser {
+        write_synced(&tmp.join(OPTIMISER), &optimiser_file(m, v)?)?;
+    }
+    let json = serde_json::to_vec_pretty(manifest).map_err(CoordinatorError::ManifestJson)?;
+    write_synced(&tmp.join(MANIFEST), &json)?;
+    sync_dir(&tmp)?;
+    let final_dir = dir.join(&name);
+    if final_dir.exists() {
+        fs::remove_dir_all(&final_dir)?;
+    }
+    fs::rename(&tmp, &final_dir)?;
+    sync_dir(dir)?;
+    Ok(final_dir)
+}
+
+/// Bytes of the files directly in checkpoint directory `path` (what
+/// [`save`] wrote); unreadable entries count as 0, since this only feeds
+/// the size metric.
+pub fn size(path: &Path) -> u64 {
+    fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Checkpoint directories under `dir`, ascending by round.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CoordinatorError> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(r) = name
+            .strip_prefix("round-")
+            .and_then(|s| s.parse::<u64>().ok())
+            && e.path().join(MANIFEST).is_file()
+        {
+            out.push((r, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Load the manifest of a checkpoint directory.
+pub fn load_manifest(path: &Path) -> Result<Manifest, CoordinatorError> {
+    let text = fs::read(path.join(MANIFEST))?;
+    serde_json::from_slice(&text).map_err(|source| CoordinatorError::Manifest {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Load one checkpoint directory.
+pub fn load(path: &Path) -> Result<Checkpoint, CoordinatorError> {
+    let manifest = load_manifest(path)?;
+    let model_bytes = fs::read(path.join(MODEL))?;
+    let model = Model::from_safetensors(&model_bytes).map_err(CoordinatorError::CheckpointModel)?;
+    let optimiser = match &manifest.optimiser_state {
+        Some(f) => Some(decode_optimiser(&fs::read(path.join(f))?)?),
+        None => None,
+    };
+    Ok(Checkpoint {
+        manifest,
+        model,
+        model_bytes,
+        optimiser,
+        path: path.to_path_buf(),
+    })
+}
+
+/// The latest checkpoint under `dir`, if any.
+pub fn latest(dir: &Path) -> Result<Option<Checkpoint>, CoordinatorError> {
+    match list(dir)?.last() {
+        Some((_, p)) => load(p).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Delete all but the last `keep` checkpoints and the best one.
+pub fn prune(dir: &Path, keep: usize, best: Option<u64>) -> Result<(), CoordinatorError> {
+    LocalStore::new(dir).prune(keep, best)
+}
+
+/// Checkpoints in a local directory (the default backend).
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    dir: PathBuf,
+}
+
+impl LocalStore {
+    /// The store in `dir` (created on the first save).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LocalStore { dir: dir.into() }
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory of `round`'s checkpoint, if it is complete.
+    fn complete(&self, round: u64) -> Result<PathBuf, CoordinatorError> {
+        let p = self.dir.join(round_dir_name(round));
+        if p.join(MANIFEST).is_file() {
+            Ok(p)
+        } else {
+            Err(CoordinatorError::NoSuchCheckpoint {
+                location: self.dir.display().to_string(),
+                round,
+            })
+        }
+    }
+}
+
+impl CheckpointStore for LocalStore {
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn save(
+        &self,
+        manifest: &Manifest,
+        model_bytes: &[u8],
+        optimiser: Option<(&[f32], &[f32])>,
+    ) -> Result<Saved, CoordinatorError> {
+        let p = save(&self.dir, manifest, model_bytes, optimiser)?;
+        Ok(Saved {
+            bytes: size(&p),
+            location: p.display().to_string(),
+        })
+    }
+
+    fn rounds(&self) -> Result<Vec<u64>, CoordinatorError> {
+        Ok(list(&self.dir)?.into_iter().map(|(r, _)| r).collect())
+    }
+
+    fn load_manifest(&self, round: u64) -> Result<Manifest, CoordinatorError> {
+        load_manifest(&self.complete(round)?)
+    }
+
+    fn load(&self, round: u64) -> Result<Checkpoint, CoordinatorError> {
+        load(&self.complete(round)?)
+    }
+
+    fn delete(&self, round: u64) -> Result<(), CoordinatorError> {
+        let p = self.dir.join(round_dir_name(round));
+        match fs::remove_dir_all(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! The object-storage backend: `s3://bucket/prefix/round-NNNNNN/{model.safetensors,
+//! optimiser.safetensors, manifest.json}` on any S3-compatible service,
+//! through `object_store`.
+//!
+//! Object storage has no rename, so completeness is the manifest's job:
+//!
+//! 1. a re-save of the same round first deletes that round's manifest;
+//! 2. the data objects are written (multipart above [`MULTIPART_ABOVE`]);
+//! 3. `manifest.json` is written **last**, carrying each data object's size
+//!    and SHA-256.
+//!
+//! Readers list the prefixes and ignore any without a manifest, or whose
+//! listed objects are missing or of another size than the manifest says
+//! ([`CheckpointStore::rounds`]); [`CheckpointStore::load`] also checks the
+//! SHA-256 of what it reads, so resume skips a damaged checkpoint and takes
+//! the next older one. Pruning deletes the manifest first, then the data,
+//! so a checkpoint half-deleted by a crash is already invisible.
+//!
+//! `object_store` is async; this backend runs it on one process-wide
+//! runtime of its own ([`io_runtime`]) from a scoped thread, so its blocking
+//! methods work from plain threads, from `spawn_blocking` and from inside
+//! an async context alike (the CLI, `Federation::new`) without ever blocking
+//! on a runtime from within itself.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use confide_proto::model::Model;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use sha2::{Digest, Sha256};
+use tokio_stream::StreamExt;
+use tracing::{debug, warn};
+
+use super::{
+    Checkpoint, CheckpointStore, MANIFEST, MODEL, Manifest, OPTIMISER, ObjectDigest, Saved,
+    decode_optimiser, optimiser_file, round_dir_name,
+};
+use crate::error::CoordinatorError;
+
+/// Objects larger than this are uploaded in parts (S3 caps a single PUT at
+/// 5 GiB, and parts let a large model's upload proceed in parallel).
+pub const MULTIPART_ABOVE: usize = 8 << 20;
+/// Part size of a multipart upload (S3's minimum is 5 MiB).
+const PART_SIZE: usize = 8 << 20;
+/// Parts in flight at once (bounds memory and connections).
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// The runtime that drives `object_store` for every object-storage store of
+/// the process; built on first use and never dropped (a runtime must not be
+/// dropped inside an async context).
+fn io_runtime() -> Result<&'static tokio::runtime::Runtime, CoordinatorError> {
+    // Built inside `get_or_init`, so that no thread ever builds a second one
+    // only to drop it (possibly inside an async context, which panics).
+    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("confide-object-store")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| CoordinatorError::Checkpoint(format!("object-store runtime: {e}")))
+}
+
+/// Run `f` to completion on [`io_runtime`], from a scoped thread so that the
+/// caller may itself be inside a runtime.
+fn block_on<T: Send>(
+    f: impl Future<Output = Result<T, CoordinatorError>> + Send,
+) -> Result<T, CoordinatorError> {
+    let rt = io_runtime()?;
+    std::thread::scope(|s| {
+        s.spawn(|| rt.block_on(f)).join().unwrap_or_else(|_| {
+            Err(CoordinatorError::Checkpoint(
+                "object-store I/O panicked".into(),
+            ))
+        })
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Checkpoints in an S3-compatible bucket (or any `object_store` store).
+#[derive(Clone, Debug)]
+pub struct ObjectStoreCheckpoints {
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix of every checkpoint (may be empty: the bucket's root).
+    prefix: Path,
+    /// `s3://bucket/prefix`, for messages and [`Checkpoint::path`].
+    url: String,
+}
+
+impl ObjectStoreCheckpoints {
+    /// `s3://bucket/prefix` configured from the standard `AWS_*` environment
+    /// variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_ALLOW_HTTP`, …).
+    pub fn s3_from_env(bucket: &str, prefix: &str) -> Result<Self, CoordinatorError> {
+        Self::s3_with(bucket, prefix, AmazonS3Builder::from_env())
+    }
+
+    /// `s3://bucket/prefix` with explicit `object_store` S3 options
+    /// (`aws_endpoint`, `aws_access_key_id`, `allow_http`, …) and nothing
+    /// from the environment (tests and tools).
+    pub fn s3_with_options<'a>(
+        bucket: &str,
+        prefix: &str,
+        options: impl IntoIterator<Item = (&'a str, String)>,
+    ) -> Result<Self, CoordinatorError> {
+        let mut b = AmazonS3Builder::new();
+        for (k, v) in options {
+            let key = k
+                .parse()
+                .map_err(|e| CoordinatorError::Config(format!("object-store option {k:?}: {e}")))?;
+            b = b.with_config(key, v);
+        }
+        Self::s3_with(bucket, prefix, b)
+    }
+
+    fn s3_with(
+        bucket: &str,
+        prefix: &str,
+        builder: AmazonS3Builder,
+    ) -> Result<Self, CoordinatorError> {
+        let url = match prefix {
+            "" => format!("s3://{bucket}"),
+            p => format!("s3://{bucket}/{p}"),
+        };
+        let store = builder.with_bucket_name(bucket).build().map_err(|source| {
+            CoordinatorError::ObjectStore {
+                op: "configure",
+                location: url.clone(),
+                source: Box::new(source),
+            }
+        })?;
+        Ok(Self::with_store(Arc::new(store), prefix, url))
+    }
+
+    /// Checkpoints under `prefix` of any `object_store` store (an in-memory
+    /// one in unit tests); `url` names it in messages.
+    pub fn with_store(store: Arc<dyn ObjectStore>, prefix: &str, url: String) -> Self {
+        ObjectStoreCheckpoints {
+            store,
+            prefix: Path::from(prefix.trim_matches('/')),
+            url,
+        }
+    }
+
+    fn key(&self, round: u64, file: &str) -> Path {
+        self.prefix.clone().join(round_dir_name(round)).join(file)
+    }
+
+    fn round_url(&self, round: u64) -> String {
+        format!("{}/{}", self.url, round_dir_name(round))
+    }
+
+    /// The URL of `key` (which includes the prefix), for messages.
+    fn key_url(&self, key: &Path) -> String {
+        let rel = key.as_ref().strip_prefix(self.prefix.as_ref());
+        format!(
+            "{}/{}",
+            self.url,
+            rel.unwrap_or(key.as_ref()).trim_start_matches('/')
+        )
+    }
+
+    fn err(
+        &self,
+        op: &'static str,
+        key: &Path,
+    ) -> impl Fn(object_store::Error) -> CoordinatorError {
+        let location = self.key_url(key);
+        move |source| CoordinatorError::ObjectStore {
+            op,
+            location: location.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Every object under the prefix, by round: file name → size.
+    async fn objects_by_round(
+        &self,
+    ) -> Result<BTreeMap<u64, BTreeMap<String, u64>>, CoordinatorError> {
+        let root = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        let mut listing = self.store.list(root);
+        let mut out: BTreeMap<u64, BTreeMap<String, u64>> = BTreeMap::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(self.err("list", &self.prefix))?;
+            let parts: Vec<String> = match meta.location.prefix_match(&self.prefix) {
+                Some(p) => p.map(|p| p.as_ref().to_string()).collect(),
+                None => continue,
+            };
+            if let [dir, file] = parts.as_slice()
+                && let Some(r) = dir
+                    .strip_prefix("round-")
+                    .and_then(|s| s.parse::<u64>().ok())
+            {
+                out.entry(r).or_default().insert(file.clone(), meta.size);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read a data object: in one GET when small, else in [`PART_SIZE`]
+    /// ranges, [`PARTS_IN_FLIGHT`] at a time, so that no single request of a
+    /// large model has to finish within the client's request timeout
+    /// (`AWS_TIMEOUT`, 30 s by default) on a slow link.
+    async fn get(&self, key: &Path) -> Result<Vec<u8>, CoordinatorError> {
+        let size = self
+            .store
+            .head(key)
+            .await
+            .map_err(self.err("head", key))?
+            .size;
+        if size <= MULTIPART_ABOVE as u64 {
+            let r = self.store.get(key).await.map_err(self.err("get", key))?;
+            return Ok(r.bytes().await.map_err(self.err("get", key))?.to_vec());
+        }
+        let len = usize::try_from(size).map_err(|_| CoordinatorError::TornCheckpoint {
+            location: self.key_url(key),
+            reason: format!("{size} bytes do not fit in memory"),
+        })?;
+        let mut out = vec![0u8; len];
+        let mut ranges = (0..size)
+            .step_by(PART_SIZE)
+            .map(|start| start..(start + PART_SIZE as u64).min(size));
+        let mut parts = tokio::task::JoinSet::new();
+        loop {
+            while parts.len() < PARTS_IN_FLIGHT
+                && let Some(r) = ranges.next()
+            {
+                let (store, key) = (self.store.clone(), key.clone());
+                parts.spawn(async move { (r.clone(), store.get_range(&key, r).await) });
+            }
+            let Some(done) = parts.join_next().await else {
+                break;
+            };
+            let (r, bytes) = done?;
+            let bytes = bytes.map_err(self.err("get (range)", key))?;
+            // Ranges are within the size just read; a shorter answer means
+            // the object changed under us (its digest will tell).
+            match out.get_mut(r.start as usize..r.end as usize) {
+                Some(slot) if slot.len() == bytes.len() => slot.copy_from_slice(&bytes),
+                _ => {
+                    return Err(CoordinatorError::TornCheckpoint {
+                        location: self.key_url(key),
+                        reason: format!("range {r:?} answered {} bytes", bytes.len()),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_manifest(&self, round: u64) -> Result<Manifest, CoordinatorError> {
+        let key = self.key(round, MANIFEST);
+        let bytes = match self.store.get(&key).await {
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(CoordinatorError::NoSuchCheckpoint {
+                    location: self.url.clone(),
+                    round,
+                });
+            }
+            r => r
+                .map_err(self.err("get", &key))?
+                .bytes()
+                .await
+                .map_err(self.err("get", &key))?,
+        };
+        serde_json::from_slice(&bytes).map_err(|e| CoordinatorError::TornCheckpoint {
+            location: self.round_url(round),
+            reason: format!("{MANIFEST} does not parse: {e}"),
+        })
+    }
+
+    /// The data objects a manifest requires, with size and digest when it
+    /// records them (a manifest written by the local backend and copied up
+    /// has none: then only presence is checked).
+    fn required(m: &Manifest) -> Vec<(String, Option<&ObjectDigest>)> {
+        if !m.objects.is_empty() {
+            return m
+                .objects
+                .iter()
+                .map(|o| (o.name.clone(), Some(o)))
+                .collect();
+        }
+        let mut v = vec![(MODEL.to_string(), None)];
+        v.extend(m.optimiser_state.iter().map(|f| (f.clone(), None)));
+        v
+    }
+
+    /// Why the listed objects of `round` do not match its manifest, if they don't.
+    fn mismatch(m: &Manifest, round: u64, listed: &BTreeMap<String, u64>) -> Option<String> {
+        if m.round != round {
+            return Some(format!("its manifest is of round {}", m.round));
+        }
+        Self::required(m)
+            .into_iter()
+            .find_map(|(name, d)| match (listed.get(&name), d) {
+                (None, _) => Some(format!("{name} is missing")),
+                (Some(size), Some(d)) if *size != d.size => Some(format!(
+                    "{name} has {size} bytes, the manifest says {}",
+                    d.size
+                )),
+                _ => None,
+            })
+    }
+
+    /// Read data object `name` of `round` and check it against the manifest.
+    async fn get_checked(
+        &self,
+        m: &Manifest,
+        round: u64,
+        name: &str,
+    ) -> Result<Vec<u8>, CoordinatorError> {
+        let bytes = match self.get(&self.key(round, name)).await {
+            Err(CoordinatorError::ObjectStore { source, .. })
+                if matches!(*source, object_store::Error::NotFound { .. }) =>
+            {
+                return Err(CoordinatorError::TornCheckpoint {
+                    location: self.round_url(round),
+                    reason: format!("{name} is missing"),
+                });
+            }
+            r => r?,
+        };
+        if let Some(d) = m.objects.iter().find(|o| o.name == name) {
+            let got = sha256_hex(&bytes);
+            if bytes.len() as u64 != d.size || got != d.sha256 {
+                return Err(CoordinatorError::TornCheckpoint {
+                    location: self.round_url(round),
+                    reason: format!(
+                        "{name} has {} bytes with SHA-256 {got}, the manifest says {} bytes with {}",
+                        bytes.len(),
+                        d.size,
+                        d.sha256
+                    ),
+                });
+            }
+        } else if !m.objects.is_empty() {
+            return Err(CoordinatorError::TornCheckpoint {
+                location: self.round_url(round),
+                reason: format!("the manifest does not list {name}"),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Upload one data object: one PUT, or a multipart upload when large
+    /// (aborted on failure, so no parts are left behind when it can be helped).
+    async fn put_data(&self, key: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
+        if bytes.len() <= MULTIPART_ABOVE {
+            self.store
+                .put(key, PutPayload::from(bytes.to_vec()))
+                .await
+                .map_err(self.err("put", key))?;
+            return Ok(());
+        }
+        let upload = self
+            .store
+            .put_multipart(key)
+            .await
+            .map_err(self.err("put (multipart)", key))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        for chunk in bytes.chunks(PART_SIZE) {
+            if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                // The error of the part is the one to report, not the abort's.
+                let _ = w.abort().await;
+                return Err(self.err("put (multipart)", key)(e));
+            }
+            w.write(chunk);
+        }
+        w.finish().await.map_err(self.err("put (multipart)", key))?;
+        Ok(())
+    }
+
+    async fn delete_key(&self, key: &Path) -> Result<(), CoordinatorError> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err("delete", key)(e)),
+        }
+    }
+
+    /// Delete a round's prefix: the manifest first, then everything else.
+    async fn delete_round(
+        &self,
+        round: u64,
+        files: impl IntoIterator<Item = String>,
+    ) -> Result<(), CoordinatorError> {
+        self.delete_key(&self.key(round, MANIFEST)).await?;
+        for f in files.into_iter().filter(|f| f != MANIFEST) {
+            self.delete_key(&self.key(round, &f)).await?;
+        }
+        Ok(())
+    }
+
+    async fn save_async(
+        &self,
+        manifest: &Manifest,
+        model_bytes: &[u8],
+        optimiser: Option<(&[f32], &[f32])>,
+    ) -> Result<Saved, CoordinatorError> {
+        let round = manifest.round;
+        // A checkpoint of this round written before a crash must not stay
+        // visible while its objects are being replaced.
+        self.delete_key(&self.key(round, MANIFEST)).await?;
+        let opt_bytes = optimiser.map(|(m, v)| optimiser_file(m, v)).transpose()?;
+        let mut objects = Vec::new();
+        let files = [
+            (MODEL, Some(model_bytes)),
+            (OPTIMISER, opt_bytes.as_deref()),
+        ];
+        for (name, bytes) in files {
+            let Some(bytes) = bytes else { continue };
+            debug!(
+                round,
+                object = name,
+                bytes = bytes.len(),
+                "uploading checkpoint object"
+            );
+            self.put_data(&self.key(round, name), bytes).await?;
+            objects.push(ObjectDigest {
+                name: name.into(),
+                size: bytes.len() as u64,
+                sha256: sha256_hex(bytes),
+            });
+        }
+        let mut manifest = manifest.clone();
+        manifest.optimiser_state = opt_bytes.as_ref().map(|_| OPTIMISER.to_string());
+        manifest.objects = objects;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(CoordinatorError::ManifestJson)?;
+        let key = self.key(round, MANIFEST);
+        let total = manifest.objects.iter().map(|o| o.size).sum::<u64>() + json.len() as u64;
+        self.store
+            .put(&key, PutPayload::from(json))
+            .await
+            .map_err(self.err("put", &key))?;
+        Ok(Saved {
+            location: self.round_url(round),
+            bytes: total,
+        })
+    }
+
+    async fn rounds_async(&self) -> Result<Vec<u64>, CoordinatorError> {
+        let mut out = Vec::new();
+        for (round, listed) in self.objects_by_round().await? {
+            if !listed.contains_key(MANIFEST) {
+                continue;
+            }
+            let why = match self.get_manifest(round).await {
+                Ok(m) => Self::mismatch(&m, round, &listed),
+                // Pruned between the listing and the read.
+                Err(CoordinatorError::NoSuchCheckpoint { .. }) => continue,
+                Err(e @ CoordinatorError::TornCheckpoint { .. }) => Some(e.to_string()),
+                Err(e) => return Err(e),
+            };
+            match why {
+                None => out.push(round),
+                Some(why) => {
+                    warn!(checkpoint = %self.round_url(round), %why, "ignoring an incomplete checkpoint")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_async(&self, round: u64) -> Result<Checkpoint, CoordinatorError> {
+        let manifest = self.get_manifest(round).await?;
+        if manifest.round != round {
+            return Err(CoordinatorError::TornCheckpoint {
+                location: self.round_url(round),
+                reason: format!("its manifest is of round {}", manifest.round),
+            });
+        }
+        let model_bytes = self.get_checked(&manifest, round, MODEL).await?;
+        let model =
+            Model::from_safetensors(&model_bytes).map_err(CoordinatorError::CheckpointModel)?;
+        let optimiser = match &manifest.optimiser_state {
+            Some(f) => Some(decode_optimiser(
+                &self.get_checked(&manifest, round, f).await?,
+            )?),
+            None => None,
+        };
+        Ok(Checkpoint {
+            manifest,
+            model,
+            model_bytes,
+            optimiser,
+            path: PathBuf::from(self.round_url(round)),
+        })
+    }
+
+    /// Retention, then the debris of uploads a crash interrupted: prefixes
+    /// without a (valid) manifest older than the newest complete checkpoint.
+    /// Newer ones are left alone: only a writer racing this one could be
+    /// filling them.
+    async fn sweep(&self) -> Result<(), CoordinatorError> {
+        let complete = self.rounds_async().await?;
+        let Some(&newest) = complete.last() else {
+            return Ok(());
+        };
+        for (round, files) in self.objects_by_round().await? {
+            if round < newest && !complete.contains(&round) {
+                debug!(round, "removing an incomplete checkpoint's objects");
+                self.delete_round(round, files.into_keys()).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CheckpointStore for ObjectStoreCheckpoints {
+    fn location(&self) -> String {
+        self.url.clone()
+    }
+
+    fn save(
+        &self,
+        manifest: &Manifest,
+        model_bytes: &[u8],
+        optimiser: Option<(&[f32], &[f32])>,
+    ) -> Result<Saved, CoordinatorError> {
+        block_on(self.save_async(manifest, model_bytes, optimiser))
+    }
+
+    fn rounds(&self) -> Result<Vec<u64>, CoordinatorError> {
+        block_on(self.rounds_async())
+    }
+
+    fn load_manifest(&self, round: u64) -> Result<Manifest, CoordinatorError> {
+        block_on(self.get_manifest(round))
+    }
+
+    fn load(&self, round: u64) -> Result<Checkpoint, CoordinatorError> {
+        block_on(self.load_async(round))
+    }
+
+    fn delete(&self, round: u64) -> Result<(), CoordinatorError> {
+        block_on(async {
+            let files = self
+                .objects_by_round()
+                .await?
+                .remove(&round)
+                .unwrap_or_default();
+            self.delete_round(round, files.into_keys()).await
+        })
+    }
+
+    fn prune(&self, keep: usize, best: Option<u64>) -> Result<(), CoordinatorError> {
+        block_on(async {
+            let all = self.rounds_async().await?;
+            let cut = all.len().saturating_sub(keep.max(1));
+            let listed = self.objects_by_round().await?;
+            for r in all[..cut].iter().filter(|r| Some(**r) != best) {
+                let files = listed
+                    .get(r)
+                    .map(|f| f.keys().cloned().collect())
+                    .unwrap_or_else(Vec::new);
+                self.delete_round(*r, files).await?;
+            }
+            self.sweep().await
+        })
+    }
+}
