@@ -76,6 +76,8 @@ pub struct SiteBuilder {
     insecure: bool,
     allow_plaintext: bool,
     policy: Option<SitePolicy>,
+    max_epochs: Option<u32>,
+    crl: Option<PathBuf>,
     data: Option<(PathBuf, String)>,
     dataset: Option<Dataset>,
     no_dataset: bool,
@@ -97,6 +99,8 @@ impl SiteBuilder {
         self.insecure = cfg.insecure;
         self.allow_plaintext = cfg.allow_plaintext;
         self.policy = Some(cfg.policy);
+        self.max_epochs = Some(cfg.max_epochs);
+        self.crl = cfg.crl;
         if cfg.label.is_empty() {
             self.no_dataset = true;
         } else {
@@ -153,6 +157,13 @@ impl SiteBuilder {
     /// Take part in plaintext comparison rounds (off by default).
     pub fn allow_plaintext(mut self, allow: bool) -> Self {
         self.allow_plaintext = allow;
+        self
+    }
+
+    /// Most local epochs a training round may ask of this site (default
+    /// 1000).
+    pub fn max_epochs(mut self, max_epochs: u32) -> Self {
+        self.max_epochs = Some(max_epochs);
         self
     }
 
@@ -260,6 +271,10 @@ impl SiteBuilder {
         cfg.signing_key = self.signing_key;
         cfg.insecure = self.insecure;
         cfg.allow_plaintext = self.allow_plaintext;
+        if let Some(n) = self.max_epochs {
+            cfg.max_epochs = n;
+        }
+        cfg.crl = self.crl;
         if let Some(p) = self.policy {
             cfg.policy = p;
         }
@@ -322,10 +337,13 @@ mod tests {
         cfg.insecure = true;
         cfg.allow_plaintext = true;
         cfg.policy.min_survivors = 5;
+        cfg.max_epochs = 5000;
+        cfg.crl = Some("crl.pem".into());
         let site = Site::builder().config(cfg).build();
-        assert!(
-            site.is_ok_and(|s| s.config().allow_plaintext && s.config().policy.min_survivors == 5)
-        );
+        assert!(site.is_ok_and(|s| s.config().allow_plaintext
+            && s.config().policy.min_survivors == 5
+            && s.config().max_epochs == 5000
+            && s.config().crl.as_deref() == Some(std::path::Path::new("crl.pem"))));
         let site = Site::builder()
             .coordinator("https://c:7443")
             .certs_dir("/certs", "hospital-a", "c")
