@@ -12,7 +12,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -20,29 +20,11 @@ use confide_client::SiteConfig;
 use confide_coordinator::checkpoint::{CheckpointStore, ObjectStoreCheckpoints};
 use object_store::ObjectStore;
 use object_store::path::Path as Key;
+use support::data::split;
 use support::seaweed::{BoxError, Seaweed};
 use tokio_stream::StreamExt;
 
-const BREAST_CANCER: &str = include_str!("../../examples/data/breast_cancer_wisconsin.csv");
 const PREFIX: &str = "fed/crash";
-
-fn split(dir: &Path, n: usize) -> std::io::Result<Vec<PathBuf>> {
-    let mut lines = BREAST_CANCER.lines();
-    let header = lines.next().unwrap_or_default();
-    let rows: Vec<&str> = lines.filter(|l| !l.trim().is_empty()).collect();
-    (0..n)
-        .map(|i| {
-            let mut text = format!("{header}\n");
-            for l in rows.iter().skip(i).step_by(n) {
-                text.push_str(l);
-                text.push('\n');
-            }
-            let p = dir.join(format!("site-{i}.csv"));
-            std::fs::write(&p, text)?;
-            Ok(p)
-        })
-        .collect()
-}
 
 fn config(url: &str, transcript: &Path) -> String {
     format!(

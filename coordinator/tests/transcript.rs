@@ -5,8 +5,11 @@
 //! dropouts and survivors, and stay whole JSON lines after a `kill -9` of
 //! the coordinator mid-round; `confide rounds --transcript` prints it.
 
+mod support;
+use support::data::split;
+
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,27 +18,6 @@ use confide_coordinator::transcript::{self, Record};
 use confide_crypto::Stage;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-const BREAST_CANCER: &str = include_str!("../../examples/data/breast_cancer_wisconsin.csv");
-
-/// `n` sites' CSVs with every `n`-th row each (as confide_tests::split_round_robin).
-fn split(dir: &Path, n: usize) -> std::io::Result<Vec<PathBuf>> {
-    let mut lines = BREAST_CANCER.lines();
-    let header = lines.next().unwrap_or_default();
-    let rows: Vec<&str> = lines.filter(|l| !l.trim().is_empty()).collect();
-    (0..n)
-        .map(|i| {
-            let mut text = format!("{header}\n");
-            for l in rows.iter().skip(i).step_by(n) {
-                text.push_str(l);
-                text.push('\n');
-            }
-            let p = dir.join(format!("site-{i}.csv"));
-            std::fs::write(&p, text)?;
-            Ok(p)
-        })
-        .collect()
-}
 
 fn site(url: &str, i: usize, data: &Path, vanish: Option<(u64, Stage)>) -> SiteConfig {
     let mut c = SiteConfig::new(url, format!("site-{i}"), data, "malignant");
