@@ -527,7 +527,7 @@ impl Federation {
             (info.member, width, deadline, claim)
         };
         // The buffer and its decoded copy in the sum's ring.
-        let bytes = 2 * total_len.saturating_mul(width as u64);
+        let bytes = total_len.saturating_mul(width as u64).saturating_mul(2);
         let permit = self.uploads.slot(round, bytes, deadline).await?;
         Ok(Upload::new(
             round,
