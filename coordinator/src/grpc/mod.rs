@@ -37,9 +37,9 @@ use crate::federation::{Federation, ServeReport};
 use crate::revocation::{CrlClientVerifier, Revocation};
 use crate::settings::Settings;
 
-/// HTTP/2 receive window per stream: enough to keep loopback and LAN
-/// uploads at full speed, small enough that a thousand waiting uploads hold
-/// 64 MiB (see `docs/performance.md`, memory).
+/// HTTP/2 receive window per stream: what one waiting upload can hold
+/// unread here (64 KiB a site; `docs/performance.md`, memory). Measured on
+/// loopback only; a long-RTT link would want a larger one.
 const STREAM_WINDOW_BYTES: u32 = 64 << 10;
 /// Per connection (one per site): a few streams' worth.
 const CONNECTION_WINDOW_BYTES: u32 = 256 << 10;
