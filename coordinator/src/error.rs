@@ -221,6 +221,15 @@ pub enum CoordinatorError {
         /// What does not match.
         reason: String,
     },
+    /// This coordinator does not (or no longer) hold the federation's
+    /// lease: another one is active, so it must not write.
+    #[error("lease {location}: {reason}; this coordinator is fenced and writes nothing more")]
+    Fenced {
+        /// The lease object, as a URL.
+        location: String,
+        /// Who holds it now, or why ours is no longer valid.
+        reason: String,
+    },
     /// A round the store holds no complete checkpoint of.
     #[error("checkpoint: no complete checkpoint of round {round} in {location}")]
     NoSuchCheckpoint {

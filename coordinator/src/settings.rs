@@ -20,6 +20,7 @@ use crate::error::CoordinatorError;
 
 mod checkpoints;
 mod defaults;
+mod ha;
 mod limits;
 mod metrics;
 mod model;
@@ -27,6 +28,7 @@ mod names;
 mod secagg;
 
 pub use checkpoints::CheckpointSettings;
+pub use ha::HaSettings;
 pub use limits::LimitSettings;
 pub use metrics::MetricsSettings;
 pub use model::ModelSettings;
@@ -88,6 +90,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The Prometheus endpoint (off by default).
     pub metrics: MetricsSettings,
+    /// Active / standby failover (off by default).
+    pub ha: HaSettings,
 }
 
 /// SecAgg+ graph and threshold settings.
@@ -529,6 +533,7 @@ impl Settings {
         }
         self.metrics.address(&self.listen)?;
         self.checkpoints.validate()?;
+        self.ha.validate(self.checkpoints.url.is_some())?;
         Ok(())
     }
 

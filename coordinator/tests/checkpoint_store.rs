@@ -45,6 +45,7 @@ fn manifest(round: u64, acc: f64, history: &mut Vec<RoundRecord>) -> Manifest {
         tensors: vec![("weight".into(), vec![1, n_params(round)])],
         history: history.clone(),
         objects: vec![],
+        lease_token: None,
     }
 }
 

@@ -21,6 +21,8 @@
 //! Admin API call either backend through `spawn_blocking`, so a slow upload
 //! never blocks a tokio worker of the running gRPC server.
 
+pub(crate) mod io;
+pub mod lease;
 mod local;
 mod object;
 #[cfg(test)]
@@ -37,6 +39,7 @@ use tracing::warn;
 
 use crate::error::CoordinatorError;
 
+pub use lease::Lease;
 pub use local::{LocalStore, latest, list, load, load_manifest, prune, save, size};
 pub use object::ObjectStoreCheckpoints;
 
@@ -132,6 +135,10 @@ pub struct Manifest {
     /// checkpoint's atomic rename makes them unnecessary there).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<ObjectDigest>,
+    /// The fencing token of the lease its writer held (active / standby
+    /// coordinators only, see `lease.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_token: Option<u64>,
 }
 
 /// One data object of a checkpoint, as its manifest records it.

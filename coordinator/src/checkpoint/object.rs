@@ -17,15 +17,14 @@
 //! so a checkpoint half-deleted by a crash is already invisible.
 //!
 //! `object_store` is async; this backend runs it on one process-wide
-//! runtime of its own ([`io_runtime`]) from a scoped thread, so its blocking
+//! runtime of its own (`io.rs`) from a scoped thread, so its blocking
 //! methods work from plain threads, from `spawn_blocking` and from inside
 //! an async context alike (the CLI, `Federation::new`) without ever blocking
 //! on a runtime from within itself.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use confide_proto::model::Model;
 use object_store::aws::AmazonS3Builder;
@@ -35,11 +34,15 @@ use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 use tracing::{debug, warn};
 
+use super::io::block_on;
+use super::lease::Lease;
 use super::{
     Checkpoint, CheckpointStore, MANIFEST, MODEL, Manifest, OPTIMISER, ObjectDigest, Saved,
     decode_optimiser, optimiser_file, round_dir_name,
 };
 use crate::error::CoordinatorError;
+
+mod fence;
 
 /// Objects larger than this are uploaded in parts (S3 caps a single PUT at
 /// 5 GiB, and parts let a large model's upload proceed in parallel).
@@ -48,40 +51,6 @@ pub const MULTIPART_ABOVE: usize = 8 << 20;
 const PART_SIZE: usize = 8 << 20;
 /// Parts in flight at once (bounds memory and connections).
 const PARTS_IN_FLIGHT: usize = 4;
-
-/// The runtime that drives `object_store` for every object-storage store of
-/// the process; built on first use and never dropped (a runtime must not be
-/// dropped inside an async context).
-fn io_runtime() -> Result<&'static tokio::runtime::Runtime, CoordinatorError> {
-    // Built inside `get_or_init`, so that no thread ever builds a second one
-    // only to drop it (possibly inside an async context, which panics).
-    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("confide-object-store")
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-    })
-    .as_ref()
-    .map_err(|e| CoordinatorError::Checkpoint(format!("object-store runtime: {e}")))
-}
-
-/// Run `f` to completion on [`io_runtime`], from a scoped thread so that the
-/// caller may itself be inside a runtime.
-fn block_on<T: Send>(
-    f: impl Future<Output = Result<T, CoordinatorError>> + Send,
-) -> Result<T, CoordinatorError> {
-    let rt = io_runtime()?;
-    std::thread::scope(|s| {
-        s.spawn(|| rt.block_on(f)).join().unwrap_or_else(|_| {
-            Err(CoordinatorError::Checkpoint(
-                "object-store I/O panicked".into(),
-            ))
-        })
-    })
-}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -95,6 +64,8 @@ pub struct ObjectStoreCheckpoints {
     prefix: Path,
     /// `s3://bucket/prefix`, for messages and [`Checkpoint::path`].
     url: String,
+    /// The lease every write is checked against (active / standby only).
+    fence: Option<Arc<Lease>>,
 }
 
 impl ObjectStoreCheckpoints {
@@ -149,6 +120,7 @@ impl ObjectStoreCheckpoints {
             store,
             prefix: Path::from(prefix.trim_matches('/')),
             url,
+            fence: None,
         }
     }
 
@@ -381,6 +353,7 @@ impl ObjectStoreCheckpoints {
     }
 
     async fn delete_key(&self, key: &Path) -> Result<(), CoordinatorError> {
+        self.fence_check()?;
         match self.store.delete(key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err("delete", key)(e)),
@@ -407,6 +380,7 @@ impl ObjectStoreCheckpoints {
         optimiser: Option<(&[f32], &[f32])>,
     ) -> Result<Saved, CoordinatorError> {
         let round = manifest.round;
+        self.fence_check()?;
         // A checkpoint of this round written before a crash must not stay
         // visible while its objects are being replaced.
         self.delete_key(&self.key(round, MANIFEST)).await?;
@@ -424,6 +398,7 @@ impl ObjectStoreCheckpoints {
                 bytes = bytes.len(),
                 "uploading checkpoint object"
             );
+            self.fence_check()?;
             self.put_data(&self.key(round, name), bytes).await?;
             objects.push(ObjectDigest {
                 name: name.into(),
@@ -434,6 +409,12 @@ impl ObjectStoreCheckpoints {
         let mut manifest = manifest.clone();
         manifest.optimiser_state = opt_bytes.as_ref().map(|_| OPTIMISER.to_string());
         manifest.objects = objects;
+        // The write that makes the checkpoint visible lands right after a
+        // renewal, so while the lease is provably this coordinator's.
+        manifest.lease_token = match &self.fence {
+            Some(lease) => Some(lease.renew().await?),
+            None => manifest.lease_token,
+        };
         let json = serde_json::to_vec_pretty(&manifest).map_err(CoordinatorError::ManifestJson)?;
         let key = self.key(round, MANIFEST);
         let total = manifest.objects.iter().map(|o| o.size).sum::<u64>() + json.len() as u64;
@@ -453,21 +434,25 @@ impl ObjectStoreCheckpoints {
             if !listed.contains_key(MANIFEST) {
                 continue;
             }
+            let mut token = 0;
             let why = match self.get_manifest(round).await {
-                Ok(m) => Self::mismatch(&m, round, &listed),
+                Ok(m) => {
+                    token = m.lease_token.unwrap_or(0);
+                    Self::mismatch(&m, round, &listed)
+                }
                 // Pruned between the listing and the read.
                 Err(CoordinatorError::NoSuchCheckpoint { .. }) => continue,
                 Err(e @ CoordinatorError::TornCheckpoint { .. }) => Some(e.to_string()),
                 Err(e) => return Err(e),
             };
             match why {
-                None => out.push(round),
+                None => out.push((round, token)),
                 Some(why) => {
                     warn!(checkpoint = %self.round_url(round), %why, "ignoring an incomplete checkpoint")
                 }
             }
         }
-        Ok(out)
+        Ok(self.fenced_out(out))
     }
 
     async fn load_async(&self, round: u64) -> Result<Checkpoint, CoordinatorError> {

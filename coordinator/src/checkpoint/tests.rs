@@ -33,6 +33,7 @@ fn manifest(round: u64, acc: f64) -> Manifest {
             ..Default::default()
         }],
         objects: vec![],
+        lease_token: None,
     }
 }
 

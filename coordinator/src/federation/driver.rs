@@ -475,6 +475,7 @@ impl Federation {
                 .collect(),
             history: g.history.clone(),
             objects: vec![],
+            lease_token: None,
         };
         Some((manifest, g.model_bytes.clone(), opt))
     }

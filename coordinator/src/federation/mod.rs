@@ -16,6 +16,7 @@
 mod liveness;
 pub mod outcome;
 pub mod registry;
+mod resume;
 pub mod round;
 pub mod scheduler;
 pub mod watch;
@@ -178,85 +179,8 @@ impl Federation {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, CoordinatorError> {
-        settings.validate()?;
-        let quant = settings.quantiser(settings.ring)?;
-        let (mut model, config_hash) = settings.initial_model_and_hash()?;
-        let mut optimiser = ServerOptimiser::new(
-            settings.optimiser.kind,
-            &settings.optimiser,
-            model.num_params(),
-        );
-        let (mut preprocess, mut next_round, mut completed, mut history, mut model_round) =
-            (None, 1, 0, Vec::new(), 0);
         let store = settings.checkpoints.open()?;
-        if let Some(store) = &store
-            && let Some(c) = store.latest()?
-        {
-            if c.manifest.config_hash != config_hash && !settings.checkpoints.allow_config_change {
-                return Err(CoordinatorError::Checkpoint(format!(
-                    "{} was written with config hash {}, the current config hashes to {}; \
-                     use a new checkpoint dir or url, or set checkpoints.allow_config_change",
-                    c.path.display(),
-                    c.manifest.config_hash,
-                    config_hash
-                )));
-            }
-            model
-                .check_same_layout(&c.model)
-                .map_err(CoordinatorError::CheckpointModel)?;
-            if let Some((m, v)) = c.optimiser.clone() {
-                optimiser
-                    .restore(m, v)
-                    .map_err(CoordinatorError::Checkpoint)?;
-            }
-            info!(checkpoint = %c.path.display(), next_round = c.manifest.next_round, "resuming from checkpoint");
-            model = c.model;
-            preprocess = c.manifest.preprocess;
-            next_round = c.manifest.next_round;
-            completed = c.manifest.completed_train_rounds;
-            history = c.manifest.history;
-            model_round = c.manifest.model_round;
-        }
-        let model_bytes = Arc::new(model.to_safetensors(None)?);
-        let final_done = completed >= settings.rounds
-            && history
-                .iter()
-                .any(|r| r.kind == "evaluate" && r.success && r.model_round == model_round);
-        let final_accuracy = history
-            .iter()
-            .rev()
-            .find(|r| r.kind == "evaluate" && r.success)
-            .and_then(|r| r.accuracy);
-        metrics.resumed(&history, completed);
-        Ok(Arc::new(Federation {
-            uploads: UploadSlots::new(
-                settings.limits.max_concurrent_uploads,
-                settings.limits.upload_buffer_mib,
-                metrics.upload_slots_in_use(),
-            ),
-            metrics,
-            quant,
-            config_hash,
-            ca_fingerprint: std::sync::OnceLock::new(),
-            store,
-            inner: Mutex::new(Inner {
-                registry: Registry::default(),
-                round: None,
-                model,
-                model_bytes,
-                model_round,
-                optimiser,
-                preprocess,
-                next_round,
-                completed,
-                history,
-                final_accuracy,
-                final_done,
-            }),
-            wake: Notify::new(),
-            grace_done: std::sync::atomic::AtomicBool::new(false),
-            settings,
-        }))
+        Self::with_store(settings, metrics, store)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

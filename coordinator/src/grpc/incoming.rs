@@ -25,10 +25,40 @@ const MAX_HANDSHAKES: usize = 256;
 /// The stream of handshaken connections tonic serves.
 pub(super) type Incoming = ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>;
 
+/// The stream of plain TCP connections tonic serves (insecure mode).
+pub(super) type PlainIncoming = ReceiverStream<Result<TcpStream, std::io::Error>>;
+
+/// Start accepting plain TCP on `listener` (shared, so that a standby's
+/// server and the active one after it serve the same socket); abort the
+/// returned task to stop.
+pub(super) fn plain_incoming(listener: Arc<TcpListener>) -> (PlainIncoming, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(16);
+    let task = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, remote)) => {
+                    // Small stage messages must not wait out delayed ACKs (~40 ms each).
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        debug!(remote = %remote, error = %e, "TCP_NODELAY not set");
+                    }
+                    if tx.send(Ok(tcp)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    (ReceiverStream::new(rx), task)
+}
+
 /// Start accepting on `listener`; abort the returned task to stop (dropping
 /// the stream stops it too, at the next connection).
 pub(super) fn tls_incoming(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     acceptor: TlsAcceptor,
     timeout: Duration,
 ) -> (Incoming, JoinHandle<()>) {

@@ -16,6 +16,7 @@ mod admin;
 mod incoming;
 mod rate;
 mod site;
+pub mod standby;
 mod status;
 
 use std::future::Future;
@@ -112,43 +113,86 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ServeReport, CoordinatorError> {
     let fed = Federation::with_metrics(settings, metrics)?;
-    let s = fed.settings().clone();
-    let mut acceptor = None;
-    let mut revocation = None;
+    serve_federation(fed, Arc::new(listener), shutdown).await
+}
+
+/// The TLS acceptor of the settings and the CRL it checks (none in
+/// insecure mode).
+type Tls = (Option<tokio_rustls::TlsAcceptor>, Option<Arc<Revocation>>);
+
+fn tls_setup(s: &Settings) -> Result<Tls, CoordinatorError> {
     if s.tls.insecure {
         warn!(
             "running WITHOUT TLS (--insecure): site identities are not authenticated; for local experiments only"
         );
-    } else {
-        let (ca, cert, key) = s.tls_files()?;
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", p.display())))
-        };
-        if s.tls.allowed_sites.is_empty() {
-            warn!(
-                "tls.allowed_sites is empty: ANY site holding a certificate from the federation CA may join; list the sites in production"
-            );
-        }
-        if s.tls.crl_file.is_none() && s.tls.revocation_file.is_some() {
-            warn!(
-                "tls.revocation_file is deprecated: rename it tls.crl_file; the file it names is now read as an X.509 CRL (`confide certs crl` writes one)"
-            );
-        }
-        let r = Arc::new(Revocation::new(s.crl_file(), &read(&ca)?)?);
-        info!(crl = ?r.path(), allowed_sites = ?s.tls.allowed_sites, "mTLS admission (TLS 1.3 only)");
-        // Client certificates are verified against the federation CA and its
-        // current CRL during the handshake whenever presented; a connection
-        // without one is let through the handshake only so that every RPC
-        // can refuse it with a clear PERMISSION_DENIED (the health service
-        // stays reachable).
-        let verifier = CrlClientVerifier::new(r.clone());
-        // A key other accounts on the host can read is not the coordinator's alone.
-        confide_proto::keys::check_private_file(&key)
-            .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
-        let config = tls::server_config(&read(&cert)?, &read(&key)?, verifier)?;
-        acceptor = Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)));
-        revocation = Some(r);
+        return Ok((None, None));
     }
+    let (ca, cert, key) = s.tls_files()?;
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", p.display())))
+    };
+    if s.tls.allowed_sites.is_empty() {
+        warn!(
+            "tls.allowed_sites is empty: ANY site holding a certificate from the federation CA may join; list the sites in production"
+        );
+    }
+    if s.tls.crl_file.is_none() && s.tls.revocation_file.is_some() {
+        warn!(
+            "tls.revocation_file is deprecated: rename it tls.crl_file; the file it names is now read as an X.509 CRL (`confide certs crl` writes one)"
+        );
+    }
+    let r = Arc::new(Revocation::new(s.crl_file(), &read(&ca)?)?);
+    info!(crl = ?r.path(), allowed_sites = ?s.tls.allowed_sites, "mTLS admission (TLS 1.3 only)");
+    // Client certificates are verified against the federation CA and its
+    // current CRL during the handshake whenever presented; a connection
+    // without one is let through the handshake only so that every RPC
+    // can refuse it with a clear PERMISSION_DENIED (the health service
+    // stays reachable).
+    let verifier = CrlClientVerifier::new(r.clone());
+    // A key other accounts on the host can read is not the coordinator's alone.
+    confide_proto::keys::check_private_file(&key)
+        .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+    let config = tls::server_config(&read(&cert)?, &read(&key)?, verifier)?;
+    Ok((
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        Some(r),
+    ))
+}
+
+/// Serve `router` on `listener` (TLS when `acceptor` is set) until `stopped`;
+/// returns the server task and the TLS accept loop to abort afterwards.
+fn spawn_server(
+    router: tonic::transport::server::Router,
+    listener: Arc<tokio::net::TcpListener>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> (
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    tokio::task::JoinHandle<()>,
+) {
+    match acceptor {
+        Some(acceptor) => {
+            let (incoming, accept) =
+                incoming::tls_incoming(listener, acceptor, incoming::HANDSHAKE_TIMEOUT);
+            let server = router.serve_with_incoming_shutdown(incoming, stopped);
+            (tokio::spawn(server), accept)
+        }
+        None => {
+            let (incoming, accept) = incoming::plain_incoming(listener);
+            let server = router.serve_with_incoming_shutdown(incoming, stopped);
+            (tokio::spawn(server), accept)
+        }
+    }
+}
+
+/// Run `fed` on `listener` until its rounds are done or `shutdown` fires.
+pub(crate) async fn serve_federation(
+    fed: Arc<Federation>,
+    listener: Arc<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<ServeReport, CoordinatorError> {
+    let s = fed.settings().clone();
+    let (acceptor, revocation) = tls_setup(&s)?;
     let access = Arc::new(Access::new(&s.tls.allowed_sites, revocation));
     let handlers = Handlers {
         fed: fed.clone(),
@@ -190,21 +234,7 @@ pub async fn serve_with(
         .add_service(health)
         .add_service(site)
         .add_service(admin);
-    let (server, accept) = match acceptor {
-        Some(acceptor) => {
-            let (incoming, accept) =
-                incoming::tls_incoming(listener, acceptor, incoming::HANDSHAKE_TIMEOUT);
-            let server = router.serve_with_incoming_shutdown(incoming, stopped);
-            (tokio::spawn(server), Some(accept))
-        }
-        None => {
-            // Small stage messages must not wait out delayed ACKs (~40 ms each).
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let server = router.serve_with_incoming_shutdown(incoming, stopped);
-            (tokio::spawn(server), None)
-        }
-    };
+    let (server, accept) = spawn_server(router, listener, acceptor, stopped);
     let watch = crate::federation::watch::Watch::start(&fed);
     let result = tokio::select! {
         r = fed.run() => r,
@@ -235,9 +265,8 @@ pub async fn serve_with(
         }
         Ok(Ok(Ok(()))) => {}
     }
-    // Close the listening socket with the server.
-    if let Some(accept) = accept {
-        accept.abort();
-    }
+    // Stop accepting with the server.
+    accept.abort();
+    let _ = accept.await;
     result
 }

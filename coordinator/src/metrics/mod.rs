@@ -68,6 +68,7 @@ pub struct Metrics {
     seeds: Counter,
     mask_keys: Counter,
     connected_sites: Gauge,
+    active: Gauge,
     join_refusals: Family<RefusalLabels, Counter>,
     upload_slots_in_use: Gauge,
     checkpoint_write: Histogram,
@@ -106,6 +107,12 @@ impl Metrics {
             seeds: Counter::default(),
             mask_keys: Counter::default(),
             connected_sites: Gauge::default(),
+            // A coordinator without `[ha]` is always the active one.
+            active: {
+                let g = Gauge::default();
+                g.set(1);
+                g
+            },
             join_refusals: Family::default(),
             upload_slots_in_use: Gauge::default(),
             checkpoint_write: Histogram::new([
@@ -202,6 +209,11 @@ impl Metrics {
             "connected_sites",
             "Sites with an open task stream",
             m.connected_sites.clone(),
+        );
+        r.register(
+            "active",
+            "1 while this coordinator runs the federation, 0 while a standby waits for the lease",
+            m.active.clone(),
         );
         r.register(
             "join_refusals",
@@ -392,6 +404,11 @@ impl Metrics {
     /// Sites with an open task stream now.
     pub fn set_connected_sites(&self, n: usize) {
         self.connected_sites.set(to_i64(n as u64));
+    }
+
+    /// This coordinator became active (or a standby).
+    pub fn set_active(&self, active: bool) {
+        self.active.set(i64::from(active));
     }
 
     /// A Join was refused.

@@ -31,6 +31,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             limits: LimitSettings::default(),
             metrics: MetricsSettings::default(),
+            ha: HaSettings::default(),
         }
     }
 }

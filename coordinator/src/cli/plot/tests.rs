@@ -50,6 +50,7 @@ fn history_from_checkpoint(dir: &Path) -> Result<Vec<RoundRecord>, Box<dyn std::
         tensors: vec![],
         history: history.clone(),
         objects: vec![],
+        lease_token: None,
     };
     checkpoint::save(dir, &manifest, &model.to_safetensors(None)?, None)?;
     let read =
