@@ -18,6 +18,9 @@
 #   killed while that round waits for it; the round must complete with the
 #   survivors and the later rounds must run without it.
 #
+# Scenario 3 — two coordinators on SeaweedFS (tests/compose/failover.sh): the
+#   active one is killed mid-round; the standby must take over and finish.
+#
 # Always removes its containers, networks and volumes (trap). Exit 0 = pass.
 #
 #   tests/compose/run.sh
@@ -467,9 +470,16 @@ if ev and ev[-1]["accuracy"] is not None:
 PY
 timeout 120 "${DC[@]}" -p "$P2" "${F2[@]}" down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 
+# ------------------------------------------------------------ scenario 3
+t=$(date +%s)
+log "scenario 3: two coordinators on SeaweedFS, the active one killed (tests/compose/failover.sh)"
+tests/compose/failover.sh || fail "scenario 3 (failover)"
+S3_SECS=$(($(date +%s) - t))
+
 echo "---- compose test summary ----"
 echo "image          $CONFIDE_IMAGE $((IMAGE_BYTES / 1024 / 1024)) MiB ($IMAGE_BYTES bytes), build ${IMAGE_SECS} s"
 echo "scenario 1     ${S1_SECS} s (3 hospitals)"
 echo "scenario 2     ${S2_SECS} s (5 hospitals, hospital-b killed in round $KILL_ROUND)"
+echo "scenario 3     ${S3_SECS} s (2 coordinators, the active one killed)"
 echo "wall time      $(($(date +%s) - T0)) s"
 log "PASS"
