@@ -17,7 +17,10 @@ use crate::metrics::SiteMetrics;
 /// Everything [`run_site`](crate::run_site) needs.
 #[derive(Clone, Debug)]
 pub struct SiteConfig {
-    /// `"https://127.0.0.1:PORT"`, or `"http://…"` with `insecure`.
+    /// `"https://127.0.0.1:PORT"`, or `"http://…"` with `insecure`; several
+    /// coordinators (active and standbys) comma-separated,
+    /// `"https://a:7443,https://b:7443"`: the site fails over between them
+    /// ([`crate::coordinators`]).
     pub coordinator: String,
     /// Site name (must equal the name in the site's certificate under mTLS).
     pub site: String,
@@ -98,22 +101,7 @@ impl SiteConfig {
                 self.holdout
             )));
         }
-        let scheme = self.coordinator.split("://").next().unwrap_or_default();
-        match (scheme, self.insecure) {
-            ("https", _) | ("http", true) => {}
-            ("http", false) => {
-                return Err(ClientError::InvalidUrl {
-                    url: self.coordinator.clone(),
-                    reason: "http:// is plaintext; use https:// or pass --insecure for a local experiment".into(),
-                });
-            }
-            _ => {
-                return Err(ClientError::InvalidUrl {
-                    url: self.coordinator.clone(),
-                    reason: "expected https://HOST:PORT (or http:// with --insecure)".into(),
-                });
-            }
-        }
+        crate::coordinators::parse_urls(&self.coordinator, self.insecure)?;
         if !self.insecure && self.tls.is_none() {
             return Err(ClientError::Config(
                 "TLS files (CA, certificate, key) are required unless --insecure is set".into(),
@@ -159,7 +147,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This site's private key (PEM).
     pub key: PathBuf,
-    /// Name expected in the coordinator's certificate (for example "localhost").
+    /// Name expected in the coordinator's certificate (for example
+    /// "localhost"), for every coordinator URL; empty: each URL's own host.
     pub domain: String,
 }
 
@@ -310,6 +299,14 @@ mod tests {
         );
         let c = SiteConfig::new("ftp://x", "a", "a.csv", "y");
         assert!(c.validate().is_err());
+        // Several coordinators: each one checked.
+        let mut c = SiteConfig::new("http://a:1,http://b:1", "a", "a.csv", "y");
+        c.insecure = true;
+        assert!(c.validate().is_ok());
+        c.coordinator = "http://a:1,,http://b:1".into();
+        assert!(c.validate().is_err(), "empty entry");
+        c.coordinator = "http://a:1,http://a:1".into();
+        assert!(c.validate().is_err(), "duplicate");
     }
 
     #[test]

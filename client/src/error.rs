@@ -59,6 +59,13 @@ pub enum ClientError {
         /// The status message.
         message: String,
     },
+    /// The coordinator's health service says it does not serve the site
+    /// API (a standby waiting for the lease): try the next URL.
+    #[error("coordinator {url} is not serving (standby?)")]
+    NotServing {
+        /// The coordinator URL.
+        url: String,
+    },
     /// Reconnecting failed for longer than `max_reconnect`.
     #[error("gave up reconnecting to {url} after {after:?}: {last}")]
     GaveUp {
@@ -121,6 +128,20 @@ pub enum ClientError {
         /// The model's SHA-256 (hex).
         model: String,
     },
+    /// A training round on a model this site already signed a survivor set
+    /// for (or uploaded an update on) that is not an exact replay of that
+    /// contribution: see `round/contribution.rs`.
+    #[error(
+        "round {round}: not a replay of this site's earlier update on model {model}: {why}; refused"
+    )]
+    ReplayRefused {
+        /// The refused round.
+        round: u64,
+        /// The model's SHA-256 (hex).
+        model: String,
+        /// What differs.
+        why: String,
+    },
     /// The secure-aggregation state machine refused a message.
     #[error("secure aggregation: {0}")]
     Protocol(#[from] ProtocolError),
@@ -159,7 +180,9 @@ impl ClientError {
     /// restarting coordinator) as opposed to a fault that will repeat.
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Connect { .. } | ClientError::StreamClosed => true,
+            ClientError::Connect { .. }
+            | ClientError::NotServing { .. }
+            | ClientError::StreamClosed => true,
             ClientError::Refused { code, .. } => matches!(
                 code,
                 tonic::Code::Unavailable

@@ -77,6 +77,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod coordinators;
 pub mod enrol;
 pub mod error;
 pub mod external;

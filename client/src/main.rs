@@ -73,7 +73,9 @@ struct InstallArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Coordinator URL, e.g. https://coordinator.example.org:7443 (outbound only).
+    /// Coordinator URL, e.g. https://coordinator.example.org:7443 (outbound
+    /// only); several comma-separated (active and standbys): the site joins
+    /// the first that serves and fails over to the next.
     #[arg(long, env = "CONFIDE_COORDINATOR")]
     coordinator: String,
     /// This site's name (must match its certificate).
@@ -108,7 +110,8 @@ struct RunArgs {
     /// also takes the coordinator's and keeps the newest validly signed one.
     #[arg(long, env = "CONFIDE_CRL")]
     crl: Option<PathBuf>,
-    /// Name in the coordinator's certificate (default: the URL's host).
+    /// Name in the coordinators' certificates (default: each URL's host);
+    /// given, it applies to every coordinator URL.
     #[arg(long, env = "CONFIDE_TLS_DOMAIN")]
     tls_domain: Option<String>,
     /// Plaintext transport and an ephemeral signing key: local experiments only.
@@ -230,6 +233,8 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
     cfg.max_reconnect = Duration::from_secs(a.max_reconnect_secs);
     let domain = match &a.tls_domain {
         Some(d) => d.clone(),
+        // Several coordinators: each URL's own host (empty domain).
+        None if a.coordinator.contains(',') => String::new(),
         None => url_host(&a.coordinator)
             .with_context(|| format!("no host in coordinator URL {}", a.coordinator))?,
     };
@@ -461,6 +466,14 @@ mod tests {
         assert!(cfg.is_ok_and(
             |c| c.tls.is_some_and(|t| t.domain == "c") && c.policy == SitePolicy::default()
         ));
+        // Several coordinators: each URL's own host, unless --tls-domain.
+        let mut several = a;
+        several.coordinator = "https://c:7443,https://d:7443".into();
+        let cfg = site_config(&several).map_err(|e| e.to_string());
+        assert!(cfg.is_ok_and(|c| c.tls.is_some_and(|t| t.domain.is_empty())));
+        several.tls_domain = Some("coordinator".into());
+        let cfg = site_config(&several).map_err(|e| e.to_string());
+        assert!(cfg.is_ok_and(|c| c.tls.is_some_and(|t| t.domain == "coordinator")));
         let cli = Cli::try_parse_from([
             "confide-site",
             "run",

@@ -23,8 +23,10 @@
 //! `round/secure.rs` (the secure stages' tasks), `round/session.rs`
 //! (Join, reconnect), `round/outgoing.rs` (the outbox messages),
 //! `round/announce.rs` (replays and stale tasks), `round/contribution.rs`
-//! (one training update per model).
+//! (one training input per model, re-sent exactly on a retry) and
+//! `round/replay.rs` (where a replay is checked against the signed set).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +47,7 @@ use crate::trainer::LocalJob;
 use crate::wire::EVAL_LEN;
 
 use self::announce::{Announcement, announcement, kind_name, routed};
-use self::contribution::Contributions;
+use self::contribution::{Contributions, Plan};
 pub(crate) use self::outgoing::Outgoing;
 use self::outgoing::masked_chunks;
 
@@ -104,6 +106,11 @@ struct Round {
     survivors: Option<(usize, usize)>,
     /// Entries of the machine's `rejected()` already logged.
     rejected_logged: usize,
+    /// Train afresh, or replay this site's earlier input on the model.
+    plan: Plan,
+    /// Site names of the neighbours whose adverts the machine accepted
+    /// (verified against their certificates under mTLS), by member id.
+    names: BTreeMap<u32, String>,
 }
 
 impl Round {
@@ -192,9 +199,10 @@ pub(crate) struct RoundDriver {
     /// The federation named by the last Join, bound into every round's context.
     federation: String,
     round: Option<Round>,
-    /// A round this site left in this session; its replayed announcement
-    /// must not start it again (the coordinator holds the first keys).
-    left_round: Option<u64>,
+    /// The announcement of a round this site left in this session; its
+    /// replay must not start it again (the coordinator holds the first
+    /// keys). The whole announcement, not the id: see `announce.rs`.
+    left: Option<v1::RoundStart>,
     contributions: Contributions,
     report: SiteReport,
     /// Rounds ended or left since the run loop last took them (metrics).
@@ -209,7 +217,7 @@ impl RoundDriver {
             session: None,
             federation: String::new(),
             round: None,
-            left_round: None,
+            left: None,
             contributions: Contributions::default(),
             report: SiteReport::default(),
             finished: Vec::new(),
@@ -232,7 +240,7 @@ impl RoundDriver {
     /// Ends this site's part in the round in progress.
     pub(crate) fn leave_round(&mut self) {
         if let Some(r) = self.round.take() {
-            self.left_round = Some(r.start.round);
+            self.left = Some(r.start.clone());
             self.finished.push(r.summary(RoundOutcome::left));
         }
     }
@@ -389,7 +397,7 @@ impl RoundDriver {
             .round
             .as_ref()
             .map(|r| (&r.start, !matches!(r.phase, Phase::SettingUp)));
-        match announcement(current, self.left_round, &rs) {
+        match announcement(current, self.left.as_ref(), &rs) {
             Announcement::Ignore => {
                 debug!(round = rs.round, "repeated announcement ignored");
                 return Ok(Action::Wait);
@@ -428,7 +436,7 @@ impl RoundDriver {
         if plaintext && !self.cfg.allow_plaintext {
             // Refused before anything is computed; replays of this round's
             // tasks are then ignored like those of any round left.
-            self.left_round = Some(rs.round);
+            self.left = Some(rs.clone());
             return Err(ClientError::PlaintextRefused { round: rs.round });
         }
         // Only a training round trains; statistics and evaluation rounds
@@ -437,16 +445,19 @@ impl RoundDriver {
         if kind == v1::RoundKind::Train
             && let Some(why) = bounds::refuse_training(&training, self.cfg.max_epochs)
         {
-            self.left_round = Some(rs.round);
+            self.left = Some(rs.clone());
             return Err(ClientError::TrainingRefused {
                 round: rs.round,
                 why,
             });
         }
-        if let Err(e) = self.contributions.check(&self.federation, &rs) {
-            self.left_round = Some(rs.round);
-            return Err(e);
-        }
+        let plan = match self.contributions.plan(&self.federation, &rs) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.left = Some(rs.clone());
+                return Err(e);
+            }
+        };
         let download = v1::DownloadModelRequest {
             session: self.session_str(),
             round: rs.round,
@@ -465,6 +476,8 @@ impl RoundDriver {
             outbox: None,
             survivors: None,
             rejected_logged: 0,
+            plan,
+            names: BTreeMap::new(),
         });
         match kind {
             v1::RoundKind::Statistics => {
@@ -509,6 +522,8 @@ impl RoundDriver {
             return Ok(Action::Wait);
         };
         let round = r.start.round;
+        // The exact input of a secure training round, kept for a replay.
+        let mut kept = None;
         let out = match &mut r.phase {
             Phase::SettingUp | Phase::Plain => {
                 r.phase = Phase::Plain;
@@ -520,9 +535,17 @@ impl RoundDriver {
                         "vector ring differs from the round's ring".into(),
                     ));
                 }
+                if r.kind == v1::RoundKind::Train {
+                    kept = Some(v.clone());
+                }
                 if routed(m.handle_input(v))? {
-                    m.poll_output()
-                        .map(|o| Outgoing::from_site(o, &session, round))
+                    match m.poll_output() {
+                        Some(o) => {
+                            replay::check_masking(r, &self.cfg.site, &o)?;
+                            Some(Outgoing::from_site(o, &session, round))
+                        }
+                        None => None,
+                    }
                 } else {
                     None
                 }
@@ -537,7 +560,13 @@ impl RoundDriver {
             && matches!(r.phase, Phase::Plain)
         {
             // A plain update is readable the moment it leaves the site.
-            self.contributions.record(&self.federation, &r.start);
+            self.contributions.record_plain(&self.federation, &r.start);
+        }
+        if matches!(action, Action::Send)
+            && let (Some(r), Some(x)) = (self.round.as_ref(), kept)
+        {
+            self.contributions
+                .remember_input(&self.federation, &r.start, &x);
         }
         Ok(action)
     }
@@ -547,6 +576,7 @@ mod announce;
 mod bounds;
 mod contribution;
 mod outgoing;
+mod replay;
 mod secure;
 mod session;
 mod setup;

@@ -84,6 +84,7 @@ pub(crate) struct Runner<T> {
     test: Dataset,
     trainer: TrainerFactory,
     rng: StdRng,
+    /// Every configured coordinator URL (for the give-up error).
     url: String,
     max_reconnect: Duration,
     /// The newest federation CRL seen (mTLS only).
@@ -177,6 +178,8 @@ impl<T: Transport> Runner<T> {
                     return Ok(self.driver.report());
                 }
                 Err(e) if e.is_transient() => {
+                    // Unreachable or not serving: on to the next coordinator.
+                    self.transport.failed(&e);
                     if e.is_session_lost() {
                         // The coordinator no longer knows the session (restart): Join again.
                         self.driver.session_lost();
@@ -223,10 +226,15 @@ impl<T: Transport> Runner<T> {
         };
         let session = match self.driver.session() {
             Some(s) => s.to_string(),
-            None => self.join(&mut conn).await?,
+            None => {
+                let session = self.join(&mut conn).await?;
+                info!(coordinator = %self.transport.url(), "joined this coordinator");
+                session
+            }
         };
         conn.open_tasks(session).await?;
-        info!(coordinator = %self.url, "task stream open");
+        let url = self.transport.url();
+        info!(coordinator = %url, "task stream open");
         if self.driver.resume(Instant::now()) == Resume::Resend
             && let Err(e) = self.flush(&mut conn).await
         {

@@ -113,9 +113,22 @@ impl SiteBuilder {
         self
     }
 
-    /// The coordinator URL, for example `https://coordinator.example.org:7443`.
+    /// The coordinator URL, for example `https://coordinator.example.org:7443`
+    /// (or several, comma-separated: see [`coordinators`](Self::coordinators)).
     pub fn coordinator(mut self, url: impl Into<String>) -> Self {
         self.coordinator = Some(url.into());
+        self
+    }
+
+    /// Several coordinators of one federation (active and standbys): the
+    /// site joins the first that serves and fails over between them.
+    pub fn coordinators<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let list: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_string()).collect();
+        self.coordinator = Some(list.join(","));
         self
     }
 
@@ -344,6 +357,20 @@ mod tests {
             && s.config().policy.min_survivors == 5
             && s.config().max_epochs == 5000
             && s.config().crl.as_deref() == Some(std::path::Path::new("crl.pem"))));
+        let site = Site::builder()
+            .coordinators(["http://a:1", "http://b:1"])
+            .insecure("a")
+            .data("a.csv", "y")
+            .build();
+        assert!(site.is_ok_and(|s| s.config().coordinator == "http://a:1,http://b:1"));
+        let site = Site::builder()
+            .coordinators(["http://a:1", "http://a:1"])
+            .insecure("a")
+            .data("a.csv", "y")
+            .build();
+        assert!(
+            matches!(site, Err(ClientError::InvalidUrl { ref reason, .. }) if reason.contains("twice"))
+        );
         let site = Site::builder()
             .coordinator("https://c:7443")
             .certs_dir("/certs", "hospital-a", "c")

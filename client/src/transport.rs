@@ -30,6 +30,15 @@ pub(crate) trait Transport: Send {
 
     /// Connects (TCP, TLS and HTTP/2 for gRPC). Failing here is transient.
     fn connect(&mut self) -> impl Future<Output = Result<Self::Conn, ClientError>> + Send;
+
+    /// The coordinator the next connection goes to, for logs.
+    fn url(&self) -> String {
+        String::new()
+    }
+
+    /// The run loop lost the link with `e`: move to the next coordinator if
+    /// the failover policy says so ([`crate::coordinators::next_target`]).
+    fn failed(&mut self, _e: &ClientError) {}
 }
 
 /// One connection's calls, in the order a site uses them. Stage messages
@@ -88,8 +97,15 @@ pub(crate) trait Connection: Send {
     ) -> impl Future<Output = Result<(), ClientError>> + Send;
 }
 
-/// gRPC over HTTP/2, with mutual TLS 1.3 unless the configuration is insecure.
+/// gRPC over HTTP/2, with mutual TLS 1.3 unless the configuration is
+/// insecure, to one of the configured coordinators at a time.
 pub(crate) struct GrpcTransport {
+    targets: Vec<Target>,
+    current: usize,
+}
+
+/// One coordinator URL and what connecting to it is made from.
+struct Target {
     url: String,
     endpoint: Endpoint,
     tls: Option<Tls>,
@@ -129,64 +145,123 @@ impl Tls {
 }
 
 impl GrpcTransport {
-    /// Checks the URL and reads the TLS files now, so a bad configuration
+    /// Checks the URLs and reads the TLS files now, so a bad configuration
     /// fails before the first connection attempt instead of being retried.
     pub(crate) fn new(cfg: &SiteConfig, crls: Option<Arc<CrlStore>>) -> Result<Self, ClientError> {
-        let (endpoint, tls) = endpoint(cfg, crls)?;
+        let urls = crate::coordinators::parse_urls(&cfg.coordinator, cfg.insecure)?;
+        let files = cfg.tls_in_use();
+        let material = match files {
+            // A key file other users can read is no longer the site's alone.
+            Some(f) => {
+                confide_proto::keys::check_private_file(&f.key)
+                    .map_err(|e| ClientError::Config(e.to_string()))?;
+                Some((read_file(&f.ca)?, read_file(&f.cert)?, read_file(&f.key)?))
+            }
+            None => None,
+        };
+        let mut targets = Vec::with_capacity(urls.len());
+        for url in urls {
+            let tls = match (&material, files) {
+                (Some((ca, cert, key)), Some(f)) => Some(Tls {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    domain: server_name(&f.domain, &url)?,
+                    crls: crls.clone(),
+                }),
+                _ => None,
+            };
+            if let Some(tls) = &tls {
+                // Refuse unusable material now rather than at every reconnect.
+                tls.connector()?;
+            }
+            targets.push(Target {
+                endpoint: endpoint(&url, tls.is_some())?,
+                url,
+                tls,
+            });
+        }
         Ok(GrpcTransport {
-            url: cfg.coordinator.clone(),
-            endpoint,
-            tls,
+            targets,
+            current: 0,
         })
     }
+}
+
+/// The name expected in coordinator `url`'s certificate: the configured one
+/// for every URL, or (empty) the URL's own host.
+fn server_name(configured: &str, url: &str) -> Result<String, ClientError> {
+    if !configured.is_empty() {
+        return Ok(configured.to_string());
+    }
+    crate::coordinators::host(url).ok_or_else(|| ClientError::InvalidUrl {
+        url: url.to_string(),
+        reason: "no host to expect in the coordinator's certificate".into(),
+    })
 }
 
 /// Connecting (TCP and the TLS handshake) may take this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keep-alive probes after this much idleness.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+/// The health service name the coordinator marks serving while it is active.
+const SITE_SERVICE: &str = "confide.v1.Site";
 
-/// The one place the client builds its endpoint: keep-alives so a dead link
-/// is noticed while a site waits for its next task and, under mTLS, what
-/// the TLS 1.3 connector of each connection is made from (the endpoint then
-/// gets the URL as `http://`: the connector does the TLS).
-fn endpoint(
-    cfg: &SiteConfig,
-    crls: Option<Arc<CrlStore>>,
-) -> Result<(Endpoint, Option<Tls>), ClientError> {
-    let url = &cfg.coordinator;
-    let bad = |reason: String| ClientError::InvalidUrl {
-        url: url.clone(),
-        reason,
+/// The one place the client builds an endpoint: keep-alives so a dead link
+/// is noticed while a site waits for its next task and, under mTLS, the URL
+/// as `http://` (the TLS 1.3 connector of each connection does the TLS).
+fn endpoint(url: &str, tls: bool) -> Result<Endpoint, ClientError> {
+    let target = if tls {
+        tls::http_uri(url)
+    } else {
+        url.to_string()
     };
-    let files = cfg.tls_in_use();
-    let target = match files {
-        Some(_) => tls::http_uri(url),
-        None => url.clone(),
-    };
-    let ep = Endpoint::from_shared(target)
-        .map_err(|e| bad(error_chain(&e)))?
+    Ok(Endpoint::from_shared(target)
+        .map_err(|e| ClientError::InvalidUrl {
+            url: url.to_string(),
+            reason: error_chain(&e),
+        })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_keepalive(Some(TCP_KEEPALIVE))
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
-    let Some(files) = files else {
-        return Ok((ep, None));
-    };
-    // A key file other users can read is no longer the site's alone.
-    confide_proto::keys::check_private_file(&files.key)
-        .map_err(|e| ClientError::Config(e.to_string()))?;
-    let tls = Tls {
-        ca: read_file(&files.ca)?,
-        cert: read_file(&files.cert)?,
-        key: read_file(&files.key)?,
-        domain: files.domain.clone(),
-        crls,
-    };
-    // Refuse unusable material now rather than at every reconnect.
-    tls.connector()?;
-    Ok((ep, Some(tls)))
+        .keep_alive_while_idle(true))
+}
+
+/// Asks the standard gRPC health service whether `url` serves the site API.
+/// A standby answers `NOT_SERVING`; a coordinator without the health service
+/// (`UNIMPLEMENTED`, or any other refusal) is taken at its word by the calls
+/// that follow.
+async fn check_health(channel: Channel, url: &str) -> Result<(), ClientError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let call = client.check(tonic_health::pb::HealthCheckRequest {
+        service: SITE_SERVICE.into(),
+    });
+    let answer = tokio::time::timeout(CONNECT_TIMEOUT, call)
+        .await
+        .map_err(|_| ClientError::Connect {
+            url: url.to_string(),
+            reason: "no health answer in time".into(),
+        })?;
+    match answer {
+        Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+        Ok(_) => Err(ClientError::NotServing {
+            url: url.to_string(),
+        }),
+        // The link or the server is failing: as good as not serving.
+        Err(s) if ClientError::refused("Health", s.clone()).is_transient() => {
+            tracing::debug!(url, status = %s, "health check failed");
+            Err(ClientError::NotServing {
+                url: url.to_string(),
+            })
+        }
+        // Advisory only: the calls that follow say what they will.
+        Err(s) => {
+            tracing::debug!(url, status = %s, "no usable health answer");
+            Ok(())
+        }
+    }
 }
 
 fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
@@ -221,14 +296,23 @@ impl Transport for GrpcTransport {
     type Conn = GrpcConnection;
 
     async fn connect(&mut self) -> Result<GrpcConnection, ClientError> {
-        let channel = match &self.tls {
-            Some(tls) => self.endpoint.connect_with_connector(tls.connector()?).await,
-            None => self.endpoint.connect().await,
+        let several = self.targets.len() > 1;
+        let Some(t) = self.targets.get(self.current) else {
+            return Err(ClientError::Config("no coordinator URL".into()));
+        };
+        let channel = match &t.tls {
+            Some(tls) => t.endpoint.connect_with_connector(tls.connector()?).await,
+            None => t.endpoint.connect().await,
         }
         .map_err(|e| ClientError::Connect {
-            url: self.url.clone(),
+            url: t.url.clone(),
             reason: error_chain(&e),
         })?;
+        if several {
+            // Only with a standby to fail over to: a single URL behaves as
+            // before (its calls answer UNAVAILABLE while it does not serve).
+            check_health(channel.clone(), &t.url).await?;
+        }
         let client = SiteClient::new(channel)
             .max_decoding_message_size(4 * confide_proto::CHUNK_BYTES)
             .max_encoding_message_size(4 * confide_proto::CHUNK_BYTES);
@@ -236,6 +320,23 @@ impl Transport for GrpcTransport {
             client,
             tasks: None,
         })
+    }
+
+    fn url(&self) -> String {
+        self.targets
+            .get(self.current)
+            .map(|t| t.url.clone())
+            .unwrap_or_default()
+    }
+
+    fn failed(&mut self, e: &ClientError) {
+        let failure = crate::coordinators::Failure::of(e);
+        let next = crate::coordinators::next_target(self.targets.len(), self.current, failure);
+        if next != self.current {
+            let from = self.url();
+            self.current = next;
+            tracing::warn!(from = %from, to = %self.url(), error = %e, "switching to the next coordinator");
+        }
     }
 }
 

@@ -20,22 +20,40 @@ pub(super) enum Announcement {
     Start,
 }
 
+/// Classifies `rs` against the round in progress (`current`, and whether
+/// its first message is out) and the announcement of the round this site
+/// left. A replay is the *same announcement*, not the same round id: a
+/// coordinator that took over re-runs a lost round under the same id with a
+/// fresh attempt nonce (and graph seed), which is a new round.
 pub(super) fn announcement(
     current: Option<(&v1::RoundStart, bool)>,
-    left_round: Option<u64>,
+    left: Option<&v1::RoundStart>,
     rs: &v1::RoundStart,
 ) -> Announcement {
     match current {
-        Some((start, kicked_off)) if start == rs => {
+        Some((start, kicked_off)) if same(start, rs) => {
             if kicked_off {
                 Announcement::Ignore
             } else {
                 Announcement::Restart
             }
         }
-        _ if left_round == Some(rs.round) => Announcement::Ignore,
+        _ if left.is_some_and(|l| same(l, rs)) => Announcement::Ignore,
         _ => Announcement::Start,
     }
+}
+
+/// Equal announcements, ignoring the CRL riding along (transport metadata
+/// that may be renewed between two deliveries of one announcement).
+fn same(a: &v1::RoundStart, b: &v1::RoundStart) -> bool {
+    a.round == b.round
+        && v1::RoundStart {
+            crl: Vec::new(),
+            ..a.clone()
+        } == v1::RoundStart {
+            crl: Vec::new(),
+            ..b.clone()
+        }
 }
 
 pub(super) fn kind_name(k: v1::RoundKind) -> &'static str {

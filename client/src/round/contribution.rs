@@ -1,65 +1,280 @@
-//! At most one training contribution per (federation, model): a site sends
-//! an update for a given global model once per process. Two unmasked sums
-//! over different cohorts that both contain this site's update on the same
-//! model could be subtracted to isolate it (with the others' inputs known or
-//! also repeated), so a coordinator that announces a second training round on
-//! a model this site already sent an update for is refused
-//! ([`ClientError::AlreadyContributed`]).
+//! One training input per (federation, model), re-sent exactly on a retry.
 //!
-//! A plain update (comparison mode) counts the moment it leaves the site. A
-//! masked one counts once this site has signed a survivor set that includes
-//! it, whether or not the round then succeeds (a round reported as failed
-//! may still have been unmasked by a dishonest coordinator). Why not at
-//! upload: a round that fails before the consistency stage (too few inputs
-//! in time) would otherwise stall the federation on that model. Why that is
-//! still safe: any sum the coordinator can unmask needs a quorum of
-//! signatures, and every signer counts its update as given, so each
-//! unmaskable sum holds a quorum of inputs that never appear in another sum
-//! on the same model — no difference of sums isolates this site's update,
-//! even if its own signature was withheld. After a round fails past the
-//! consistency stage this site sits out retries on the same model until the
-//! model changes (or the site restarts).
+//! **The threat.** Two unmasked sums over different sets of sites that both
+//! hold this site's update on one model could be subtracted to isolate it
+//! (or a small group's). Until this rule a site therefore refused every
+//! second training round on a model once it had signed a survivor set. A
+//! standby coordinator that takes over re-runs the round its predecessor
+//! lost, on the same model, so every site that had signed refused and the
+//! federation stalled.
+//!
+//! **The rule.** Per (federation, model hash) the site keeps, in memory,
+//! the exact quantised input `x` it first uploaded and, once it signs, the
+//! survivor set `S` it signed as *site names* (the names in the members'
+//! certificates, checked by [`crate::identity::CertificateVerifier`]; member
+//! ids are per round and mean nothing across coordinators). Then:
+//!
+//! 1. Every later training round on that model is served only as a
+//!    *replay* ([`Plan::Replay`]): no training, `x` re-sent bit for bit
+//!    under the round's fresh masks. Its training, quantisation and vector
+//!    settings must equal the first round's (else `x` would mean something
+//!    else); a plaintext round is refused.
+//! 2. After signing `S`: a replay round must be the complete graph over
+//!    exactly `|S|` members, and the input leaves the site only if the
+//!    peers it masks with are exactly `S` minus itself, by verified name
+//!    (checked on the machine's masking set before the upload is queued).
+//! 3. It signs a replay round's survivor set only if its names equal `S`.
+//! 4. A model with a plain update (comparison mode, already readable) or
+//!    whose `x` was forgotten (only the newest [`KEPT`] models' inputs are
+//!    kept) is refused as before ([`ClientError::AlreadyContributed`]).
+//!
+//! **Why it is safe.** Assume, as a single round does, that the colluders in
+//! a round number at most its announced `max_colluders` (the site's policy
+//! floors it). A sum is unmasked only with a quorum `⌊(n + c)/2⌋ + 1` of
+//! signatures, so more than half of the *honest* members of that round's
+//! cohort signed its survivor set. Each honest site signs one name-set per
+//! model (rule 3) and, from its first upload, puts one value per model in
+//! every sum (rule 1).
+//!
+//! - A sum holding `x` after this site signed `S` comes from a round whose
+//!   cohort is exactly `S` (rule 2), so its survivor set is `S` or a subset.
+//!   Two different such sets, or a strict subset and `S` itself unmasked in
+//!   any round (whose cohort contains `S`), would each need more than half
+//!   of the honest members of `S` as signers, and no honest site signs both:
+//!   at most one set is ever unmasked among them. Replaying `S` gives the
+//!   same sum again; a colluder that changes its own input learns only that
+//!   change.
+//! - In general no integer combination of unmasked sums isolates one honest
+//!   input: it would need every other input it touches to appear in at
+//!   least two sums, i.e. the sums' sizes to total at least `2N − 1` over
+//!   the `N` inputs touched, while disjoint signer majorities (one name-set
+//!   per site) cap that total below `2N`, which leaves a single sum of one
+//!   input — fewer than the minimum survivors.
+//! - Without rule 2 the re-sent `x` could land in a sum over another set
+//!   signed by sites that had not signed before, and two such sums could
+//!   differ by one site in each — the difference of two honest inputs.
+//!
+//! A masked input the site uploaded but never signed for is replayed too
+//! (the same `x`, so a coordinator gains nothing from retries before the
+//! consistency stage, not even training noise), without the cohort check:
+//! no signature binds it yet. The cost of the rule is liveness only: a
+//! re-run with another cohort (a site gone, another added) is refused by
+//! the sites that signed, until the model changes or the site restarts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use confide_crypto::protocol::RingVec;
 use confide_proto::v1;
 use tracing::{info, warn};
 
 use crate::error::ClientError;
 
-/// The models this process sent training updates for.
+/// How many models' inputs are kept (the federation's newest ones; a retry
+/// concerns the model of the round in progress).
+pub(super) const KEPT: usize = 4;
+
+/// How a training announcement is served.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Plan {
+    /// No earlier input on this model: train (or any other round kind).
+    Fresh,
+    /// Re-send exactly `input`; with `survivors`, only into a cohort of
+    /// exactly those sites, and sign only that survivor set.
+    Replay {
+        input: RingVec,
+        survivors: Option<BTreeSet<String>>,
+    },
+}
+
+/// What the site sent on one model.
+#[derive(Debug)]
+struct Entry {
+    /// The announcement the input was computed under, without what changes
+    /// from round to round ([`terms`]).
+    terms: v1::RoundStart,
+    /// The exact input; `None` once forgotten or for a plain update.
+    input: Option<RingVec>,
+    /// The survivor set signed (site names).
+    signed: Option<BTreeSet<String>>,
+    /// A plain update (already readable by the coordinator).
+    plain: bool,
+    /// Insertion order, for forgetting the oldest inputs.
+    seq: u64,
+}
+
+/// The models this process sent training inputs for.
 #[derive(Debug, Default)]
-pub(super) struct Contributions(BTreeSet<(String, Vec<u8>)>);
+pub(super) struct Contributions {
+    entries: BTreeMap<(String, Vec<u8>), Entry>,
+    seq: u64,
+}
+
+/// The parts of an announcement that decide what the input means (the
+/// model, ring, length, quantisation, training settings, evaluation and
+/// feature statistics); round, attempt, cohort and graph are per attempt.
+fn terms(rs: &v1::RoundStart) -> v1::RoundStart {
+    v1::RoundStart {
+        round: 0,
+        member: 0,
+        cohort: Vec::new(),
+        k: 0,
+        t: 0,
+        graph_seed: Vec::new(),
+        min_survivors: 0,
+        stage_timeout_secs: 0,
+        plaintext: false,
+        attempt: Vec::new(),
+        max_colluders: 0,
+        crl: Vec::new(),
+        ..rs.clone()
+    }
+}
+
+fn key(federation: &str, rs: &v1::RoundStart) -> (String, Vec<u8>) {
+    (federation.to_string(), rs.model_sha256.clone())
+}
 
 impl Contributions {
-    /// Refuse `rs` if it is a training round on a model already contributed to.
-    pub(super) fn check(&self, federation: &str, rs: &v1::RoundStart) -> Result<(), ClientError> {
+    /// How to serve announcement `rs`, or why it is refused.
+    pub(super) fn plan(&self, federation: &str, rs: &v1::RoundStart) -> Result<Plan, ClientError> {
         if rs.kind != v1::RoundKind::Train as i32 {
-            return Ok(());
+            return Ok(Plan::Fresh);
         }
-        if self
-            .0
-            .contains(&(federation.to_string(), rs.model_sha256.clone()))
-        {
-            let model = hex::encode(&rs.model_sha256);
+        let Some(e) = self.entries.get(&key(federation, rs)) else {
+            return Ok(Plan::Fresh);
+        };
+        let model = hex::encode(&rs.model_sha256);
+        let refuse = |why: String| {
+            warn!(round = rs.round, %model, %why, "refusing a second training round on the same model");
+            Err(ClientError::ReplayRefused {
+                round: rs.round,
+                model: model.clone(),
+                why,
+            })
+        };
+        let (false, Some(input)) = (e.plain, e.input.as_ref()) else {
             warn!(round = rs.round, %model, "refusing a second training contribution on the same model");
             return Err(ClientError::AlreadyContributed {
                 round: rs.round,
                 federation: federation.to_string(),
-                model,
+                model: model.clone(),
             });
+        };
+        if rs.plaintext {
+            return refuse("a plaintext round (a replay is only ever sent masked)".into());
         }
-        Ok(())
+        if terms(rs) != e.terms {
+            return refuse(
+                "its training, quantisation or vector settings differ from the first round's"
+                    .into(),
+            );
+        }
+        if let Some(s) = &e.signed {
+            let n = rs.cohort.len();
+            if n != s.len() {
+                return refuse(format!(
+                    "a cohort of {n} members; the survivor set this site signed had {}",
+                    s.len()
+                ));
+            }
+            if rs.k as usize + 1 != n {
+                return refuse(format!(
+                    "k = {} is not the complete graph over {n} members (every member must be checked against the signed set)",
+                    rs.k
+                ));
+            }
+        }
+        info!(round = rs.round, %model, "a retry on a model this site already sent an input for: replaying it exactly, no training");
+        Ok(Plan::Replay {
+            input: input.clone(),
+            survivors: e.signed.clone(),
+        })
     }
 
-    /// This site's update of training round `rs` is about to leave it.
-    pub(super) fn record(&mut self, federation: &str, rs: &v1::RoundStart) {
-        if rs.kind == v1::RoundKind::Train as i32
-            && self
-                .0
-                .insert((federation.to_string(), rs.model_sha256.clone()))
-        {
-            info!(round = rs.round, model = %hex::encode(&rs.model_sha256), "training update on this model sent; no second one will be");
+    /// The masked input `x` of training round `rs` is about to leave the
+    /// site (the first time on this model; a replay sends the same).
+    pub(super) fn remember_input(&mut self, federation: &str, rs: &v1::RoundStart, x: &RingVec) {
+        if rs.kind != v1::RoundKind::Train as i32 {
+            return;
+        }
+        let k = key(federation, rs);
+        if self.entries.contains_key(&k) {
+            return;
+        }
+        self.seq += 1;
+        self.entries.insert(
+            k,
+            Entry {
+                terms: terms(rs),
+                input: Some(x.clone()),
+                signed: None,
+                plain: false,
+                seq: self.seq,
+            },
+        );
+        self.forget_old();
+    }
+
+    /// This site signed survivor set `survivors` (site names) in training
+    /// round `rs`: a quorum may now unmask a sum holding its input.
+    pub(super) fn record_signed(
+        &mut self,
+        federation: &str,
+        rs: &v1::RoundStart,
+        survivors: BTreeSet<String>,
+    ) {
+        if rs.kind != v1::RoundKind::Train as i32 {
+            return;
+        }
+        let e = self.entries.entry(key(federation, rs)).or_insert(Entry {
+            // Not reached: the input is remembered at upload. Without it a
+            // replay is impossible, so the model is simply refused later.
+            terms: terms(rs),
+            input: None,
+            signed: None,
+            plain: false,
+            seq: 0,
+        });
+        if e.signed.is_none() {
+            info!(round = rs.round, model = %hex::encode(&rs.model_sha256), survivors = survivors.len(), "survivor set signed; a retry on this model will only replay this input to these sites");
+            e.signed = Some(survivors);
+        }
+    }
+
+    /// A plain update of training round `rs` is about to leave the site.
+    pub(super) fn record_plain(&mut self, federation: &str, rs: &v1::RoundStart) {
+        if rs.kind != v1::RoundKind::Train as i32 {
+            return;
+        }
+        self.seq += 1;
+        self.entries.insert(
+            key(federation, rs),
+            Entry {
+                terms: terms(rs),
+                input: None,
+                signed: None,
+                plain: true,
+                seq: self.seq,
+            },
+        );
+        info!(round = rs.round, model = %hex::encode(&rs.model_sha256), "plain training update on this model sent; no second one will be");
+    }
+
+    /// Keeps the inputs of the newest [`KEPT`] models. Older ones stay
+    /// refused (never retrained: that would put a second value in the sums).
+    fn forget_old(&mut self) {
+        let mut kept: Vec<(u64, (String, Vec<u8>))> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.input.is_some())
+            .map(|(k, e)| (e.seq, k.clone()))
+            .collect();
+        kept.sort();
+        let excess = kept.len().saturating_sub(KEPT);
+        for (_, k) in kept.iter().take(excess) {
+            if let Some(e) = self.entries.get_mut(k) {
+                e.input = None;
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::announce::routed;
 use super::outgoing::Outgoing;
+use super::replay;
 use super::{Action, Phase, Round, RoundDriver};
 use crate::convert;
 use crate::error::ClientError;
@@ -67,9 +68,13 @@ impl RoundDriver {
         }
         let msg = identity::neighbour_keys(&nk, self.cfg.authenticated)
             .map_err(|e| ClientError::InvalidRound(e.to_string()))?;
-        self.step(nk.round, "neighbour keys", now, |m, rng| {
+        let action = self.step(nk.round, "neighbour keys", now, |m, rng| {
             m.handle_neighbour_keys(msg, rng)
-        })
+        })?;
+        if let Some(r) = self.round.as_mut().filter(|r| r.start.round == nk.round) {
+            replay::record_names(r, &nk);
+        }
+        Ok(action)
     }
 
     pub(super) fn on_incoming_shares(
@@ -111,6 +116,8 @@ impl RoundDriver {
         r.survivors = Some((c.survivors.len(), cohort.saturating_sub(c.survivors.len())));
         let msg = identity::consistency_request(&c, authenticated)
             .map_err(|e| ClientError::InvalidRound(e.to_string()))?;
+        // A replay signs only the set it signed before (contribution.rs).
+        let names = self.survivor_names(&c)?;
         let action = self.step(c.round, "consistency request", now, |m, _| {
             m.handle_consistency_request(msg)
         })?;
@@ -119,7 +126,8 @@ impl RoundDriver {
         {
             // Signed a survivor set that includes this site: from here on a
             // quorum may unmask a sum containing its update.
-            self.contributions.record(&self.federation, &r.start);
+            self.contributions
+                .record_signed(&self.federation, &r.start, names);
         }
         Ok(action)
     }

@@ -53,7 +53,7 @@ impl RoundDriver {
             )));
         }
         info!(site = %self.cfg.site, federation = %resp.federation, %suite, "joined the federation");
-        self.left_round = None;
+        self.left = None;
         if let Some(r) = self.round.take() {
             // A new session means the coordinator lost the old one (restart): its round state is gone too.
             warn!(

@@ -115,6 +115,10 @@ impl RoundDriver {
         if self.vanish_now(Stage::MaskedInput) {
             return Ok(Action::Vanish);
         }
+        if let Some(x) = self.replay_input() {
+            // A retry on a model this site already sent an input for.
+            return self.input_ready(x);
+        }
         let Some(r) = self.round.as_ref() else {
             return Err(ClientError::InvalidRound("no round in progress".into()));
         };

@@ -209,6 +209,7 @@ fn replayed_announcements() {
     let rs = v1::RoundStart {
         round: 4,
         graph_seed: vec![1; 32],
+        attempt: vec![4; 32],
         ..Default::default()
     };
     let other = v1::RoundStart {
@@ -220,9 +221,23 @@ fn replayed_announcements() {
         graph_seed: vec![2; 32],
         ..rs.clone()
     };
+    // The same round id re-run by a coordinator that took over: a new attempt.
+    let rerun = v1::RoundStart {
+        attempt: vec![9; 32],
+        ..rs.clone()
+    };
+    // The same announcement delivered with a newer CRL: still a replay.
+    let new_crl = v1::RoundStart {
+        crl: vec![1, 2, 3],
+        ..rs.clone()
+    };
     assert_eq!(announcement(None, None, &rs), Announcement::Start);
     assert_eq!(
         announcement(Some((&rs, true)), None, &rs),
+        Announcement::Ignore
+    );
+    assert_eq!(
+        announcement(Some((&rs, true)), None, &new_crl),
         Announcement::Ignore
     );
     assert_eq!(
@@ -237,8 +252,44 @@ fn replayed_announcements() {
         announcement(Some((&rs, true)), None, &reseeded),
         Announcement::Start
     );
-    assert_eq!(announcement(None, Some(4), &rs), Announcement::Ignore);
-    assert_eq!(announcement(None, Some(3), &rs), Announcement::Start);
+    assert_eq!(
+        announcement(Some((&rs, true)), None, &rerun),
+        Announcement::Start
+    );
+    // A round this site left: its identical announcement is ignored, a
+    // re-run under the same id (other content) is a new round.
+    assert_eq!(announcement(None, Some(&rs), &rs), Announcement::Ignore);
+    assert_eq!(
+        announcement(None, Some(&rs), &new_crl),
+        Announcement::Ignore
+    );
+    assert_eq!(announcement(None, Some(&rs), &rerun), Announcement::Start);
+    assert_eq!(
+        announcement(None, Some(&rs), &reseeded),
+        Announcement::Start
+    );
+    assert_eq!(announcement(None, Some(&other), &rs), Announcement::Start);
+}
+
+/// A site that left a round serves the same round id when a coordinator
+/// that took over re-runs it (a new attempt), and still ignores the replay
+/// of the announcement it left.
+#[test]
+fn a_left_round_id_rerun_by_another_coordinator_is_served() -> Result<(), ClientError> {
+    let mut d = driver(None)?;
+    let now = Instant::now();
+    let rs = stats_start(6, false);
+    assert!(matches!(d.on_task(start(&rs), now)?, Action::Send));
+    d.leave_round();
+    assert!(matches!(d.on_task(start(&rs), now)?, Action::Wait));
+    assert_eq!(d.current_round(), None);
+    let rerun = v1::RoundStart {
+        attempt: vec![0xaa; 32],
+        ..rs.clone()
+    };
+    assert!(matches!(d.on_task(start(&rerun), now)?, Action::Send));
+    assert_eq!(d.current_round(), Some(6));
+    Ok(())
 }
 
 #[test]
@@ -575,6 +626,7 @@ fn secure_round_between_three_drivers_sums_their_inputs() -> Result<(), Box<dyn 
         model: &[],
         input: &input,
         until_consistency: false,
+        drop_survivor: None,
     };
     let announced = Announced {
         coord,
@@ -785,6 +837,9 @@ struct Harness<'a> {
     input: &'a dyn Fn(u32, usize) -> RingVec,
     /// Stop (undelivered) when the coordinator asks the survivors to sign.
     until_consistency: bool,
+    /// A lying coordinator: leave this member out of the survivor set it
+    /// asks the others to sign (with its masking set).
+    drop_survivor: Option<u32>,
 }
 
 /// Delivers messages between the drivers and the coordinator's machine until
@@ -803,6 +858,8 @@ fn drive(
         cfg,
         mut actions,
     } = round;
+    // What each member's computation returned (a replay computes nothing).
+    let mut given = std::collections::BTreeMap::new();
     for _ in 0..30 {
         while let Some((m, action)) = actions.pop() {
             let d = drivers.get_mut(&m).ok_or("unknown member")?;
@@ -811,7 +868,9 @@ fn drive(
                     actions.push((m, d.model_downloaded(&model_chunks(h.model))?))
                 }
                 Action::Compute(_) => {
-                    actions.push((m, d.input_ready((h.input)(m, cfg.vector_len))?))
+                    let v = (h.input)(m, cfg.vector_len);
+                    given.insert(m, v.to_le_bytes());
+                    actions.push((m, d.input_ready(v)?))
                 }
                 Action::Send => {
                     match d.outbox().ok_or("nothing queued")? {
@@ -830,7 +889,7 @@ fn drive(
                         Outgoing::Masked(chunks) => {
                             let bytes: Vec<u8> =
                                 chunks.iter().flat_map(|c| c.data.clone()).collect();
-                            assert_ne!(bytes, (h.input)(m, cfg.vector_len).to_le_bytes());
+                            assert!(given.get(&m).is_none_or(|v| *v != bytes), "unmasked");
                             let masking = chunks
                                 .first()
                                 .and_then(|c| c.masking.as_ref())
@@ -864,10 +923,21 @@ fn drive(
                     v1::task::Kind::IncomingShares(convert::incoming_shares_to_proto(&msg)),
                 ),
                 AnyOutput::ConsistencyRequest { .. } if h.until_consistency => return Ok(None),
-                AnyOutput::ConsistencyRequest { to, msg } => (
-                    to,
-                    v1::task::Kind::ConsistencyRequest(convert::consistency_request_to_proto(&msg)),
-                ),
+                AnyOutput::ConsistencyRequest { to, mut msg } => {
+                    if let Some(gone) = h.drop_survivor {
+                        msg.survivors.retain(|&m| m != gone);
+                        msg.masking.retain(|r| r.set.member != gone);
+                        if to == gone {
+                            continue;
+                        }
+                    }
+                    (
+                        to,
+                        v1::task::Kind::ConsistencyRequest(convert::consistency_request_to_proto(
+                            &msg,
+                        )),
+                    )
+                }
                 AnyOutput::UnmaskRequest { to, msg } => (
                     to,
                     v1::task::Kind::UnmaskRequest(convert::unmask_request_to_proto(&msg)),
@@ -883,6 +953,7 @@ fn drive(
 }
 
 mod contribution;
+mod replay;
 
 /// A round asking more epochs than the site's budget is refused at the
 /// announcement, before the model is downloaded; the next round is served.

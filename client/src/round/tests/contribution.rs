@@ -1,6 +1,6 @@
-//! The one-contribution rule on the secure path: a masked update counts once
-//! the site has signed a survivor set, not at upload. Three drivers run real
-//! secure training rounds against the coordinator's machine.
+//! The contribution rule on the secure path: a masked update binds the site
+//! to one survivor set once it has signed it, not at upload. Three drivers
+//! run real secure training rounds against the coordinator's machine.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +10,12 @@ use super::*;
 
 /// Member `m`'s secure training round `cfg.round` on `model` (of `d`
 /// parameters), as announced: [`train_start`] with masking on.
-fn secure_train_start(cfg: &RoundConfig, m: u32, model: &[u8], d: usize) -> v1::RoundStart {
+pub(super) fn secure_train_start(
+    cfg: &RoundConfig,
+    m: u32,
+    model: &[u8],
+    d: usize,
+) -> v1::RoundStart {
     let hash = confide_proto::context::sha256(model).to_vec();
     v1::RoundStart {
         plaintext: false,
@@ -72,6 +77,7 @@ fn a_masked_update_counts_once_signed_not_at_upload() -> Result<(), Box<dyn std:
         model: &model,
         input: &input,
         until_consistency: true,
+        drop_survivor: None,
     };
     assert_eq!(drive(round, &mut drivers, &h, now)?, None);
     for drv in drivers.values_mut() {
@@ -100,12 +106,18 @@ fn a_masked_update_counts_once_signed_not_at_upload() -> Result<(), Box<dyn std:
         drv.on_task(end(22, false), now)?;
     }
 
-    // Round 23, same model again: every site refuses.
+    // Round 23, same model again: served only as a replay of the signed
+    // input to the same three sites (round/tests/replay.rs); a plaintext
+    // retry is refused outright.
     let cfg = round_cfg(23, Ring::U32, crate::wire::train_len(d));
     for (&m, drv) in drivers.iter_mut() {
-        let r = drv.on_task(start(&secure_train_start(&cfg, m, &model, d)), now);
+        let rs = v1::RoundStart {
+            plaintext: true,
+            ..secure_train_start(&cfg, m, &model, d)
+        };
+        let r = drv.on_task(start(&rs), now);
         assert!(
-            matches!(r, Err(ClientError::AlreadyContributed { round: 23, .. })),
+            matches!(r, Err(ClientError::ReplayRefused { round: 23, .. })),
             "member {m}: {r:?}"
         );
     }
