@@ -165,7 +165,7 @@ features = 30
 classes = 2
 hidden = [256]
 [training]
-epochs = 40
+epochs = 300
 batch_size = 8
 learning_rate = 0.01
 [checkpoints]
@@ -323,6 +323,7 @@ async fn failover_kill_9_of_the_active_coordinator_the_standby_finishes_every_ro
     // Kill -9 inside the next round.
     let started = text(&log_a).matches("round started").count();
     while text(&log_a).matches("round started").count() <= started {
+        watch(&mut seen, rounds(&store).await?);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -331,9 +332,21 @@ async fn failover_kill_9_of_the_active_coordinator_the_standby_finishes_every_ro
     assert_eq!(a.0.wait()?.signal(), Some(9));
     watch(&mut seen, rounds(&store).await?);
     let (last_round, last_at) = *seen.last().ok_or("no checkpoint")?;
-    let in_flight = text(&log_a).matches("round started").count();
+    let in_flight = text(&log_a).matches("round started").count() as u64;
+    let log_text = text(&log_a);
+    let stages: Vec<&str> = log_text
+        .lines()
+        .filter(|l| l.contains(&format!("stage closed round={in_flight} ")))
+        .filter_map(|l| l.split("stage=").nth(1)?.split(' ').next())
+        .collect();
     eprintln!(
-        "killed the active coordinator during its round {in_flight}; newest checkpoint: round {last_round}"
+        "killed the active coordinator inside its round {in_flight} (stages closed: {stages:?}); \
+         newest checkpoint: round {last_round}"
+    );
+    assert_eq!(
+        last_round + 1,
+        in_flight,
+        "the kill did not land inside a round"
     );
 
     // B takes over within the TTL and a little.
@@ -415,5 +428,12 @@ async fn failover_kill_9_of_the_active_coordinator_the_standby_finishes_every_ro
         "{:?}",
         last.manifest.lease_token
     );
+    let secs: Vec<String> = last
+        .manifest
+        .history
+        .iter()
+        .map(|r| format!("{:.2}", r.duration_secs))
+        .collect();
+    eprintln!("round durations (s): {secs:?}");
     Ok(())
 }
