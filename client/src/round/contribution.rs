@@ -44,15 +44,20 @@
 //!   at most one set is ever unmasked among them. Replaying `S` gives the
 //!   same sum again; a colluder that changes its own input learns only that
 //!   change.
-//! - In general no integer combination of unmasked sums isolates one honest
-//!   input: it would need every other input it touches to appear in at
-//!   least two sums, i.e. the sums' sizes to total at least `2N − 1` over
-//!   the `N` inputs touched, while disjoint signer majorities (one name-set
-//!   per site) cap that total below `2N`, which leaves a single sum of one
-//!   input — fewer than the minimum survivors.
-//! - Without rule 2 the re-sent `x` could land in a sum over another set
-//!   signed by sites that had not signed before, and two such sums could
-//!   differ by one site in each — the difference of two honest inputs.
+//! - In general no integer combination of `k` distinct unmasked sums
+//!   isolates one honest input: every other input it touches must appear in
+//!   at least two of them, so their honest sizes total at least `2N − 1`
+//!   over the `N` honest inputs touched; their signer majorities are
+//!   disjoint (one name-set per site) and within those `N`, so the total is
+//!   at most `2N − k`. Hence `k = 1`: a sum whose only honest input is that
+//!   one, which no round can unmask while its colluders stay within its
+//!   `max_colluders` (the quorum would exceed the cohort).
+//! - Rule 2 is what stops the difference of two honest inputs: without it
+//!   the re-sent `x` could land in a sum over another set signed by sites
+//!   that had not signed before, and two sums `X ∪ {u}`, `X ∪ {v}` (each
+//!   signed by half of `X` and its odd one out) give `x_u − x_v`. With it,
+//!   whichever sum came second holds replayed inputs of the first one's
+//!   signers, so its cohort is the first one's set — which lacks `u` or `v`.
 //!
 //! A masked input the site uploaded but never signed for is replayed too
 //! (the same `x`, so a coordinator gains nothing from retries before the
