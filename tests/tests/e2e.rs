@@ -187,8 +187,7 @@ async fn a_round_that_cannot_complete_fails_cleanly_and_the_next_succeeds() -> R
     // vanishes before any update has left a site: after a failure past the
     // masked-input stage the other two would accept only an exact replay on
     // the same model, in a cohort of exactly the sites they signed with
-    // (client/src/round/contribution.rs), which the restarted third site's
-    // fresh update could not join.
+    // (client/src/round/contribution.rs); this test is about the restart.
     cfgs[2].vanish = Some(confide_client::Vanish {
         round: 1,
         stage: Stage::ShareKeys,
