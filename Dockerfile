@@ -25,8 +25,12 @@ RUN cargo build --release --locked --bin confide --bin confide-site \
  && install -m 0755 -s target/release/confide target/release/confide-site /out/
 
 FROM ${RUNTIME_IMAGE} AS runtime
-# bash (part of the base image) runs the compose healthcheck and the certs job.
-RUN groupadd --system --gid 10001 confide \
+# bash (part of the base image) runs the compose healthcheck and the certs job;
+# the CA certificates are for object storage over HTTPS (S3, OBS, OSS).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 confide \
  && useradd --system --uid 10001 --gid confide --home-dir /var/lib/confide --shell /usr/sbin/nologin confide \
  && mkdir -p /var/lib/confide/checkpoints /certs /data \
  && chown -R confide:confide /var/lib/confide /certs /data

@@ -204,6 +204,11 @@ for t in "${TOOLS[@]}"; do
   install -m 0755 "$(readlink -f "$p")" "$R/usr/bin/$t"
 done
 ln -s bash "$R/usr/bin/sh"
+# The host's CA bundle: object storage over HTTPS (S3, OBS, OSS) needs it,
+# and `object_store`'s HTTP client refuses to start without any.
+CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+[[ -f $CA_BUNDLE ]] || { echo "offline image: $CA_BUNDLE missing (apt-get install ca-certificates)" >&2; exit 1; }
+install -D -m 0644 "$CA_BUNDLE" "$R/etc/ssl/certs/ca-certificates.crt"
 copy_libs
 write_etc confide "$UID_GID" /var/lib/confide
 

@@ -60,7 +60,8 @@ pub async fn serve(
         grpc::serve_with(settings, listener, metrics, stopped(stop_rx.clone())).await
     };
     if let Some(server) = server {
-        if !linger.is_zero() && !*stop_rx.borrow() {
+        // Only a federation that ran has final counts worth a last scrape.
+        if report.is_ok() && !linger.is_zero() && !*stop_rx.borrow() {
             info!(
                 secs = linger.as_secs(),
                 "federation over; metrics endpoint lingers"
