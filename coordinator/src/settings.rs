@@ -26,7 +26,7 @@ mod model;
 mod names;
 mod secagg;
 
-pub use checkpoints::CheckpointSettings;
+pub use checkpoints::{CheckpointSettings, EncryptionSettings};
 pub use limits::LimitSettings;
 pub use metrics::MetricsSettings;
 pub use model::ModelSettings;
