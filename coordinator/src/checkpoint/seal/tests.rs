@@ -186,3 +186,33 @@ fn data_keys_never_print() {
     assert_eq!(shown, "DataKey(<redacted>)");
     assert!(!shown.contains(&hex::encode(dk.expose())));
 }
+
+/// Throughput of sealing and opening (and, for comparison, SHA-256) on
+/// 256 MiB, both suites: where the time of an encrypted checkpoint goes.
+/// `cargo test -p confide-coordinator --lib seal_throughput -- --ignored --nocapture`
+#[test]
+#[ignore = "timing, run by hand"]
+fn seal_throughput() -> Result<(), SealError> {
+    use sha2::Digest;
+    let pt = data(256 << 20);
+    let t = std::time::Instant::now();
+    let d = sha2::Sha256::digest(&pt);
+    let mb_s = |t: std::time::Instant| pt.len() as f64 / t.elapsed().as_secs_f64() / 1e6;
+    println!("SHA-256: {:.0} MB/s ({:02x})", mb_s(t), d[0]);
+    for suite in Suite::ALL {
+        let dk = DataKey::generate();
+        let t = std::time::Instant::now();
+        let sealed = seal_object(&dk, ctx(suite, "m"), &pt)?;
+        let seal_rate = mb_s(t);
+        let t = std::time::Instant::now();
+        let back = open_object(&dk, ctx(suite, "m"), &sealed)?;
+        println!(
+            "{}: seal {seal_rate:.0} MB/s, open {:.0} MB/s on {} workers",
+            aead_name(suite),
+            mb_s(t),
+            workers(usize::MAX)
+        );
+        assert_eq!(back.len(), pt.len());
+    }
+    Ok(())
+}
