@@ -125,7 +125,9 @@ impl LocalKek {
     }
 
     fn read_file(p: &Path, source: &KeySource) -> Result<Zeroizing<[u8; 32]>, CoordinatorError> {
-        confide_proto::keys::check_private_file(p).map_err(|e| key_err(source, e))?;
+        // Its error already names the file and the fix.
+        confide_proto::keys::check_private_file(p)
+            .map_err(|e| CoordinatorError::Config(format!("checkpoint encryption: KEK {e}")))?;
         let text = Zeroizing::new(std::fs::read_to_string(p).map_err(|e| key_err(source, e))?);
         parse_hex_kek(&text, source)
     }

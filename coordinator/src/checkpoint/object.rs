@@ -13,7 +13,7 @@
 //! listed objects are missing or of another size than the manifest says
 //! ([`CheckpointStore::rounds`]); [`CheckpointStore::load`] also checks the
 //! SHA-256 of what it reads, so resume skips a damaged checkpoint and takes
-//! the next older one. Pruning deletes the manifest first, then the data,
+//! the next older one (an encrypted one stops resume: `object/encryption.rs`). Pruning deletes the manifest first, then the data,
 //! so a checkpoint half-deleted by a crash is already invisible.
 //!
 //! `object_store` is async; this backend runs it on one process-wide
@@ -36,14 +36,15 @@ use tokio_stream::StreamExt;
 use tracing::{debug, warn};
 
 use super::envelope::{RawManifest, RewrapOutcome, Sealing, digest_mismatch};
-
-mod encryption;
 use super::keys::KeyWrapper;
 use super::{
     Checkpoint, CheckpointStore, MANIFEST, MODEL, Manifest, OPTIMISER, ObjectDigest, Saved,
     decode_optimiser, optimiser_file, round_dir_name,
 };
 use crate::error::CoordinatorError;
+
+// What this backend does differently for an encrypted checkpoint.
+mod encryption;
 
 /// Objects larger than this are uploaded in parts (S3 caps a single PUT at
 /// 5 GiB, and parts let a large model's upload proceed in parallel).
