@@ -230,6 +230,28 @@ pub enum CoordinatorError {
         /// Who holds it now, or why ours is no longer valid.
         reason: String,
     },
+    /// An encrypted checkpoint that fails authentication (an edited
+    /// manifest or object, or a manifest swapped in from another
+    /// checkpoint), or a plaintext one where encryption is required: never
+    /// loaded, and resume stops rather than fall back to older state.
+    #[error("checkpoint {location} fails authentication, refusing it: {reason}")]
+    TamperedCheckpoint {
+        /// The checkpoint (directory or URL).
+        location: String,
+        /// What did not authenticate.
+        reason: String,
+    },
+    /// An encrypted checkpoint whose data key cannot be unwrapped with the
+    /// key at hand (none configured, another key id, a wrong KEK).
+    #[error("checkpoint {location} is encrypted under key id {key_id:?}: {reason}")]
+    CheckpointKey {
+        /// The checkpoint (directory or URL).
+        location: String,
+        /// The key id its manifest names.
+        key_id: String,
+        /// Why it cannot be opened.
+        reason: String,
+    },
     /// A round the store holds no complete checkpoint of.
     #[error("checkpoint: no complete checkpoint of round {round} in {location}")]
     NoSuchCheckpoint {

@@ -9,11 +9,14 @@
 mod bench;
 #[path = "main/certs_args.rs"]
 mod certs_args;
+#[path = "main/ckpt_args.rs"]
+mod ckpt_args;
 #[cfg(feature = "demo")]
 #[path = "main/demo.rs"]
 mod demo;
 
 use certs_args::CertCmd;
+use ckpt_args::CkptCmd;
 
 use std::path::PathBuf;
 
@@ -194,26 +197,6 @@ impl AdminArgs {
     }
 }
 
-#[derive(Subcommand)]
-enum CkptCmd {
-    /// List the complete checkpoints.
-    List {
-        /// A directory, or s3://bucket/prefix (endpoint and credentials from AWS_*).
-        #[arg(long, value_name = "DIR|URL", default_value = "checkpoints")]
-        dir: String,
-    },
-    /// Export one checkpoint (default: latest) as a single safetensors file with preprocessing tensors.
-    Export {
-        /// A directory, or s3://bucket/prefix (endpoint and credentials from AWS_*).
-        #[arg(long, value_name = "DIR|URL", default_value = "checkpoints")]
-        dir: String,
-        #[arg(long)]
-        round: Option<u64>,
-        #[arg(long)]
-        out: PathBuf,
-    },
-}
-
 /// Where `confide bench`'s dropped sites stop.
 #[cfg(feature = "demo")]
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -339,21 +322,7 @@ async fn main() -> Result<()> {
                 print!("{}", render::rounds_table(&history));
             }
         }
-        Cmd::Checkpoints { cmd } => match cmd {
-            CkptCmd::List { dir } => {
-                let list =
-                    confide_coordinator::checkpoint_infos_in(checkpoint::open(&dir)?.as_ref())?;
-                print!("{}", render::checkpoints_table(&list));
-            }
-            CkptCmd::Export { dir, round, out } => {
-                let store = checkpoint::open(&dir)?;
-                let round = cli::find_checkpoint(store.as_ref(), round)?
-                    .with_context(|| format!("no such complete checkpoint in {dir}"))?;
-                let c = store.load(round)?;
-                checkpoint::export(&c, &out)?;
-                println!("exported {} to {}", c.path.display(), out.display());
-            }
-        },
+        Cmd::Checkpoints { cmd } => ckpt_args::run(cmd)?,
         Cmd::Certs { cmd } => match cmd {
             CertCmd::Init {
                 dir,

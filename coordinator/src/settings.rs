@@ -27,7 +27,7 @@ mod model;
 mod names;
 mod secagg;
 
-pub use checkpoints::CheckpointSettings;
+pub use checkpoints::{CheckpointSettings, EncryptionSettings};
 pub use ha::HaSettings;
 pub use limits::LimitSettings;
 pub use metrics::MetricsSettings;

@@ -4,15 +4,19 @@
 //! then renamed into place and the parent fsynced, so a crash leaves either
 //! the whole checkpoint or none of it.
 //!
-//! The path-based functions are the original API (tests and tools use them);
-//! [`LocalStore`] is the same behind [`CheckpointStore`].
+//! The path-based functions are the original API (tests and tools use them;
+//! they read and write plaintext checkpoints only); [`LocalStore`] is the
+//! same behind [`CheckpointStore`], encrypting when its [`Sealing`] has a key.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use confide_proto::model::Model;
 
+use super::envelope::{RawManifest, Rewrap, RewrapOutcome, Sealing};
+use super::keys::KeyWrapper;
 use super::{
     Checkpoint, CheckpointStore, MANIFEST, MODEL, Manifest, OPTIMISER, Saved, decode_optimiser,
     optimiser_file, round_dir_name,
@@ -34,12 +38,22 @@ fn sync_dir(dir: &Path) -> Result<(), CoordinatorError> {
     Ok(())
 }
 
-/// Write a checkpoint for `manifest.round`; returns its directory.
+/// Write a (plaintext) checkpoint for `manifest.round`; returns its directory.
 pub fn save(
     dir: &Path,
     manifest: &Manifest,
     model_bytes: &[u8],
     optimiser: Option<(&[f32], &[f32])>,
+) -> Result<PathBuf, CoordinatorError> {
+    save_sealed(dir, manifest, model_bytes, optimiser, &Sealing::none())
+}
+
+fn save_sealed(
+    dir: &Path,
+    manifest: &Manifest,
+    model_bytes: &[u8],
+    optimiser: Option<(&[f32], &[f32])>,
+    sealing: &Sealing,
 ) -> Result<PathBuf, CoordinatorError> {
     fs::create_dir_all(dir)?;
     let name = round_dir_name(manifest.round);
@@ -48,11 +62,22 @@ pub fn save(
         fs::remove_dir_all(&tmp)?;
     }
     fs::create_dir_all(&tmp)?;
-    write_synced(&tmp.join(MODEL), model_bytes)?;
-    if let Some((m, v)) = optimiser {
-        write_synced(&tmp.join(OPTIMISER), &optimiser_file(m, v)?)?;
-    }
-    let json = serde_json::to_vec_pretty(manifest).map_err(CoordinatorError::ManifestJson)?;
+    let opt_bytes = optimiser.map(|(m, v)| optimiser_file(m, v)).transpose()?;
+    let json = match sealing.seal(manifest, model_bytes, opt_bytes.as_deref())? {
+        Some(sealed) => {
+            for (name, bytes) in &sealed.objects {
+                write_synced(&tmp.join(name), bytes)?;
+            }
+            sealed.manifest_json
+        }
+        None => {
+            write_synced(&tmp.join(MODEL), model_bytes)?;
+            if let Some(b) = &opt_bytes {
+                write_synced(&tmp.join(OPTIMISER), b)?;
+            }
+            serde_json::to_vec_pretty(manifest).map_err(CoordinatorError::ManifestJson)?
+        }
+    };
     write_synced(&tmp.join(MANIFEST), &json)?;
     sync_dir(&tmp)?;
     let final_dir = dir.join(&name);
@@ -102,24 +127,50 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CoordinatorError> {
     Ok(out)
 }
 
-/// Load the manifest of a checkpoint directory.
+/// Load the manifest of a checkpoint directory (as stored: an encrypted
+/// one's is not authenticated here, see [`LocalStore`]).
 pub fn load_manifest(path: &Path) -> Result<Manifest, CoordinatorError> {
+    Ok(read_raw(path)?.manifest)
+}
+
+fn read_raw(path: &Path) -> Result<RawManifest, CoordinatorError> {
     let text = fs::read(path.join(MANIFEST))?;
-    serde_json::from_slice(&text).map_err(|source| CoordinatorError::Manifest {
+    RawManifest::parse(text).map_err(|source| CoordinatorError::Manifest {
         path: path.to_path_buf(),
         source,
     })
 }
 
-/// Load one checkpoint directory.
+/// The round a checkpoint directory's name says, or else its manifest's.
+fn round_of(path: &Path, raw: &RawManifest) -> u64 {
+    path.file_name()
+        .and_then(|n| n.to_str()?.strip_prefix("round-")?.parse().ok())
+        .unwrap_or(raw.manifest.round)
+}
+
+/// Load one (plaintext) checkpoint directory; an encrypted one is refused
+/// with [`CoordinatorError::CheckpointKey`] (open it through a
+/// [`LocalStore`] with its key).
 pub fn load(path: &Path) -> Result<Checkpoint, CoordinatorError> {
-    let manifest = load_manifest(path)?;
-    let model_bytes = fs::read(path.join(MODEL))?;
+    load_sealed(path, &Sealing::none())
+}
+
+fn load_sealed(path: &Path, sealing: &Sealing) -> Result<Checkpoint, CoordinatorError> {
+    let raw = read_raw(path)?;
+    let location = path.display().to_string();
+    let round = round_of(path, &raw);
+    let opened = sealing.open(raw, round, &location)?;
+    let read = |name: &str| -> Result<Vec<u8>, CoordinatorError> {
+        let bytes = fs::read(path.join(name))?;
+        Sealing::open_object(&opened, name, bytes, &location)
+    };
+    let model_bytes = read(MODEL)?;
     let model = Model::from_safetensors(&model_bytes).map_err(CoordinatorError::CheckpointModel)?;
-    let optimiser = match &manifest.optimiser_state {
-        Some(f) => Some(decode_optimiser(&fs::read(path.join(f))?)?),
+    let optimiser = match &opened.manifest.optimiser_state {
+        Some(f) => Some(decode_optimiser(&read(f)?)?),
         None => None,
     };
+    let manifest = opened.manifest;
     Ok(Checkpoint {
         manifest,
         model,
@@ -146,12 +197,22 @@ pub fn prune(dir: &Path, keep: usize, best: Option<u64>) -> Result<(), Coordinat
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     dir: PathBuf,
+    sealing: Sealing,
 }
 
 impl LocalStore {
     /// The store in `dir` (created on the first save).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        LocalStore { dir: dir.into() }
+        LocalStore {
+            dir: dir.into(),
+            sealing: Sealing::none(),
+        }
+    }
+
+    /// The same store, encrypting and opening checkpoints as `sealing` says.
+    pub fn with_sealing(mut self, sealing: Sealing) -> Self {
+        self.sealing = sealing;
+        self
     }
 
     /// Its directory.
@@ -184,7 +245,7 @@ impl CheckpointStore for LocalStore {
         model_bytes: &[u8],
         optimiser: Option<(&[f32], &[f32])>,
     ) -> Result<Saved, CoordinatorError> {
-        let p = save(&self.dir, manifest, model_bytes, optimiser)?;
+        let p = save_sealed(&self.dir, manifest, model_bytes, optimiser, &self.sealing)?;
         Ok(Saved {
             bytes: size(&p),
             location: p.display().to_string(),
@@ -196,11 +257,32 @@ impl CheckpointStore for LocalStore {
     }
 
     fn load_manifest(&self, round: u64) -> Result<Manifest, CoordinatorError> {
-        load_manifest(&self.complete(round)?)
+        let p = self.complete(round)?;
+        self.sealing
+            .listing(read_raw(&p)?, round, &p.display().to_string())
     }
 
     fn load(&self, round: u64) -> Result<Checkpoint, CoordinatorError> {
-        load(&self.complete(round)?)
+        load_sealed(&self.complete(round)?, &self.sealing)
+    }
+
+    fn rewrap(
+        &self,
+        round: u64,
+        old: Arc<dyn KeyWrapper>,
+        new: &dyn KeyWrapper,
+    ) -> Result<RewrapOutcome, CoordinatorError> {
+        let p = self.complete(round)?;
+        let location = p.display().to_string();
+        let json = match Sealing::rewrap(read_raw(&p)?, round, &location, old, new)? {
+            Rewrap::Write(json) => json,
+            Rewrap::Skip(outcome) => return Ok(outcome),
+        };
+        // Temporary file, fsync, rename, fsync the directory: the old
+        // manifest or the new one, never a torn one.
+        write_synced(&p.join(MANIFEST), &json)?;
+        sync_dir(&p)?;
+        Ok(RewrapOutcome::Rewrapped)
     }
 
     fn delete(&self, round: u64) -> Result<(), CoordinatorError> {

@@ -21,10 +21,13 @@
 //! Admin API call either backend through `spawn_blocking`, so a slow upload
 //! never blocks a tokio worker of the running gRPC server.
 
+mod envelope;
 pub(crate) mod io;
+mod keys;
 pub mod lease;
 mod local;
 mod object;
+mod seal;
 #[cfg(test)]
 mod tests;
 
@@ -39,9 +42,12 @@ use tracing::warn;
 
 use crate::error::CoordinatorError;
 
+pub use envelope::{Envelope, RewrapOutcome, Sealing};
+pub use keys::{KeySource, KeyWrapper, LocalKek};
 pub use lease::Lease;
 pub use local::{LocalStore, latest, list, load, load_manifest, prune, save, size};
 pub use object::ObjectStoreCheckpoints;
+pub use seal::DataKey;
 
 /// The model file of a checkpoint.
 pub const MODEL: &str = "model.safetensors";
@@ -247,10 +253,19 @@ impl Location {
 
     /// The store at this location.
     pub fn open(&self) -> Result<Arc<dyn CheckpointStore>, CoordinatorError> {
+        self.open_sealed(Sealing::none())
+    }
+
+    /// The store at this location, encrypting and opening checkpoints as
+    /// `sealing` says.
+    pub fn open_sealed(
+        &self,
+        sealing: Sealing,
+    ) -> Result<Arc<dyn CheckpointStore>, CoordinatorError> {
         Ok(match self {
-            Location::Dir(d) => Arc::new(LocalStore::new(d)),
+            Location::Dir(d) => Arc::new(LocalStore::new(d).with_sealing(sealing)),
             Location::Object { bucket, prefix } => {
-                Arc::new(ObjectStoreCheckpoints::s3_from_env(bucket, prefix)?)
+                Arc::new(ObjectStoreCheckpoints::s3_from_env(bucket, prefix)?.with_sealing(sealing))
             }
         })
     }
@@ -303,8 +318,21 @@ pub trait CheckpointStore: Send + Sync + fmt::Debug {
     /// (object storage: the manifest before the data).
     fn delete(&self, round: u64) -> Result<(), CoordinatorError>;
 
+    /// Re-wrap `round`'s data key from `old` to `new` (KEK rotation): only
+    /// the manifest is rewritten, atomically (local: temporary file and
+    /// rename; object storage: a PUT conditional on the manifest read, so a
+    /// checkpoint pruned or re-saved meanwhile is not resurrected).
+    fn rewrap(
+        &self,
+        round: u64,
+        old: Arc<dyn KeyWrapper>,
+        new: &dyn KeyWrapper,
+    ) -> Result<RewrapOutcome, CoordinatorError>;
+
     /// The newest checkpoint that loads whole; a damaged newer one is
-    /// skipped with a warning rather than resumed from.
+    /// skipped with a warning rather than resumed from. An encrypted one
+    /// that fails authentication or cannot be unwrapped is not skipped: the
+    /// error stops resume (see docs/checkpoints.md).
     fn latest(&self) -> Result<Option<Checkpoint>, CoordinatorError> {
         for r in self.rounds()?.into_iter().rev() {
             match self.load(r) {

@@ -13,7 +13,7 @@
 //! listed objects are missing or of another size than the manifest says
 //! ([`CheckpointStore::rounds`]); [`CheckpointStore::load`] also checks the
 //! SHA-256 of what it reads, so resume skips a damaged checkpoint and takes
-//! the next older one. Pruning deletes the manifest first, then the data,
+//! the next older one (an encrypted one stops resume: `object/encryption.rs`). Pruning deletes the manifest first, then the data,
 //! so a checkpoint half-deleted by a crash is already invisible.
 //!
 //! `object_store` is async; this backend runs it on one process-wide
@@ -29,12 +29,14 @@ use std::sync::Arc;
 use confide_proto::model::Model;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, UpdateVersion, WriteMultipart};
 use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 use tracing::{debug, warn};
 
+use super::envelope::{RawManifest, RewrapOutcome, Sealing, digest_mismatch};
 use super::io::block_on;
+use super::keys::KeyWrapper;
 use super::lease::Lease;
 use super::{
     Checkpoint, CheckpointStore, MANIFEST, MODEL, Manifest, OPTIMISER, ObjectDigest, Saved,
@@ -42,6 +44,8 @@ use super::{
 };
 use crate::error::CoordinatorError;
 
+// What this backend does differently for an encrypted checkpoint.
+mod encryption;
 mod fence;
 
 /// Objects larger than this are uploaded in parts (S3 caps a single PUT at
@@ -51,10 +55,6 @@ pub const MULTIPART_ABOVE: usize = 8 << 20;
 const PART_SIZE: usize = 8 << 20;
 /// Parts in flight at once (bounds memory and connections).
 const PARTS_IN_FLIGHT: usize = 4;
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
 
 /// Checkpoints in an S3-compatible bucket (or any `object_store` store).
 #[derive(Clone, Debug)]
@@ -66,6 +66,8 @@ pub struct ObjectStoreCheckpoints {
     url: String,
     /// The lease every write is checked against (active / standby only).
     fence: Option<Arc<Lease>>,
+    /// Encryption at rest (none by default).
+    sealing: Sealing,
 }
 
 impl ObjectStoreCheckpoints {
@@ -121,6 +123,7 @@ impl ObjectStoreCheckpoints {
             prefix: Path::from(prefix.trim_matches('/')),
             url,
             fence: None,
+            sealing: Sealing::none(),
         }
     }
 
@@ -230,25 +233,28 @@ impl ObjectStoreCheckpoints {
         Ok(out)
     }
 
-    async fn get_manifest(&self, round: u64) -> Result<Manifest, CoordinatorError> {
+    /// `round`'s manifest as stored, and the version the read saw (for a
+    /// conditional rewrite).
+    async fn get_manifest(
+        &self,
+        round: u64,
+    ) -> Result<(RawManifest, UpdateVersion), CoordinatorError> {
         let key = self.key(round, MANIFEST);
-        let bytes = match self.store.get(&key).await {
+        let (bytes, version) = match self.store.get(&key).await {
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(CoordinatorError::NoSuchCheckpoint {
                     location: self.url.clone(),
                     round,
                 });
             }
-            r => r
-                .map_err(self.err("get", &key))?
-                .bytes()
-                .await
-                .map_err(self.err("get", &key))?,
+            r => {
+                let r = r.map_err(self.err("get", &key))?;
+                let (e_tag, version) = (r.meta.e_tag.clone(), r.meta.version.clone());
+                let b = r.bytes().await.map_err(self.err("get", &key))?;
+                (b, UpdateVersion { e_tag, version })
+            }
         };
-        serde_json::from_slice(&bytes).map_err(|e| CoordinatorError::TornCheckpoint {
-            location: self.round_url(round),
-            reason: format!("{MANIFEST} does not parse: {e}"),
-        })
+        Ok((self.parse_manifest(round, &bytes)?, version))
     }
 
     /// The data objects a manifest requires, with size and digest when it
@@ -284,12 +290,14 @@ impl ObjectStoreCheckpoints {
             })
     }
 
-    /// Read data object `name` of `round` and check it against the manifest.
+    /// Read data object `name` of `round` and check it against the manifest
+    /// (an encrypted one's digest is checked as it is opened).
     async fn get_checked(
         &self,
         m: &Manifest,
         round: u64,
         name: &str,
+        sealed: bool,
     ) -> Result<Vec<u8>, CoordinatorError> {
         let bytes = match self.get(&self.key(round, name)).await {
             Err(CoordinatorError::ObjectStore { source, .. })
@@ -302,23 +310,10 @@ impl ObjectStoreCheckpoints {
             }
             r => r?,
         };
-        if let Some(d) = m.objects.iter().find(|o| o.name == name) {
-            let got = sha256_hex(&bytes);
-            if bytes.len() as u64 != d.size || got != d.sha256 {
-                return Err(CoordinatorError::TornCheckpoint {
-                    location: self.round_url(round),
-                    reason: format!(
-                        "{name} has {} bytes with SHA-256 {got}, the manifest says {} bytes with {}",
-                        bytes.len(),
-                        d.size,
-                        d.sha256
-                    ),
-                });
-            }
-        } else if !m.objects.is_empty() {
+        if let Some(reason) = digest_mismatch(m, name, &bytes).filter(|_| !sealed) {
             return Err(CoordinatorError::TornCheckpoint {
                 location: self.round_url(round),
-                reason: format!("the manifest does not list {name}"),
+                reason,
             });
         }
         Ok(bytes)
@@ -380,17 +375,32 @@ impl ObjectStoreCheckpoints {
         optimiser: Option<(&[f32], &[f32])>,
     ) -> Result<Saved, CoordinatorError> {
         let round = manifest.round;
-        self.fence_check()?;
+        // Under a lease the manifest carries its fencing token (inside what
+        // an encrypted checkpoint's MAC covers).
+        let mut manifest = manifest.clone();
+        if let Some(token) = self.fence_check()? {
+            manifest.lease_token = Some(token);
+        }
+        let manifest = &manifest;
         // A checkpoint of this round written before a crash must not stay
         // visible while its objects are being replaced.
         self.delete_key(&self.key(round, MANIFEST)).await?;
         let opt_bytes = optimiser.map(|(m, v)| optimiser_file(m, v)).transpose()?;
+        let sealed = self
+            .sealing
+            .seal(manifest, model_bytes, opt_bytes.as_deref())?;
         let mut objects = Vec::new();
-        let files = [
-            (MODEL, Some(model_bytes)),
-            (OPTIMISER, opt_bytes.as_deref()),
-        ];
-        for (name, bytes) in files {
+        let files = match &sealed {
+            Some(s) => [
+                s.objects.first().map(|(n, b)| (*n, Some(b.as_slice()))),
+                s.objects.get(1).map(|(n, b)| (*n, Some(b.as_slice()))),
+            ],
+            None => [
+                Some((MODEL, Some(model_bytes))),
+                Some((OPTIMISER, opt_bytes.as_deref())),
+            ],
+        };
+        for (name, bytes) in files.into_iter().flatten() {
             let Some(bytes) = bytes else { continue };
             debug!(
                 round,
@@ -403,19 +413,27 @@ impl ObjectStoreCheckpoints {
             objects.push(ObjectDigest {
                 name: name.into(),
                 size: bytes.len() as u64,
-                sha256: sha256_hex(bytes),
+                sha256: hex::encode(Sha256::digest(bytes)),
             });
         }
         let mut manifest = manifest.clone();
         manifest.optimiser_state = opt_bytes.as_ref().map(|_| OPTIMISER.to_string());
         manifest.objects = objects;
+        let json = match sealed {
+            // Its manifest records the same digests, and its MAC.
+            Some(s) => s.manifest_json,
+            None => serde_json::to_vec_pretty(&manifest).map_err(CoordinatorError::ManifestJson)?,
+        };
         // The write that makes the checkpoint visible lands right after a
         // renewal, so while the lease is provably this coordinator's.
-        manifest.lease_token = match &self.fence {
-            Some(lease) => Some(lease.renew().await?),
-            None => manifest.lease_token,
-        };
-        let json = serde_json::to_vec_pretty(&manifest).map_err(CoordinatorError::ManifestJson)?;
+        if let Some(lease) = &self.fence
+            && Some(lease.renew().await?) != manifest.lease_token
+        {
+            return Err(CoordinatorError::Fenced {
+                location: lease.url().into(),
+                reason: "the fencing token changed during the write".into(),
+            });
+        }
         let key = self.key(round, MANIFEST);
         let total = manifest.objects.iter().map(|o| o.size).sum::<u64>() + json.len() as u64;
         self.store
@@ -436,9 +454,9 @@ impl ObjectStoreCheckpoints {
             }
             let mut token = 0;
             let why = match self.get_manifest(round).await {
-                Ok(m) => {
-                    token = m.lease_token.unwrap_or(0);
-                    Self::mismatch(&m, round, &listed)
+                Ok((m, _)) => {
+                    token = m.manifest.lease_token.unwrap_or(0);
+                    self.check_listed(&m, round, &listed)?
                 }
                 // Pruned between the listing and the read.
                 Err(CoordinatorError::NoSuchCheckpoint { .. }) => continue,
@@ -456,22 +474,30 @@ impl ObjectStoreCheckpoints {
     }
 
     async fn load_async(&self, round: u64) -> Result<Checkpoint, CoordinatorError> {
-        let manifest = self.get_manifest(round).await?;
-        if manifest.round != round {
+        let (raw, _) = self.get_manifest(round).await?;
+        let url = self.round_url(round);
+        if raw.envelope.is_none() && raw.manifest.round != round {
             return Err(CoordinatorError::TornCheckpoint {
-                location: self.round_url(round),
-                reason: format!("its manifest is of round {}", manifest.round),
+                location: url,
+                reason: format!("its manifest is of round {}", raw.manifest.round),
             });
         }
-        let model_bytes = self.get_checked(&manifest, round, MODEL).await?;
+        let opened = self.sealing.open(raw, round, &url)?;
+        let (manifest, sealed) = (&opened.manifest, opened.sealed());
+        let model_bytes = self.get_checked(manifest, round, MODEL, sealed).await?;
+        let model_bytes = Sealing::open_object(&opened, MODEL, model_bytes, &url)?;
         let model =
             Model::from_safetensors(&model_bytes).map_err(CoordinatorError::CheckpointModel)?;
         let optimiser = match &manifest.optimiser_state {
-            Some(f) => Some(decode_optimiser(
-                &self.get_checked(&manifest, round, f).await?,
-            )?),
+            Some(f) => {
+                let b = self.get_checked(manifest, round, f, sealed).await?;
+                Some(decode_optimiser(&Sealing::open_object(
+                    &opened, f, b, &url,
+                )?)?)
+            }
             None => None,
         };
+        let manifest = opened.manifest;
         Ok(Checkpoint {
             manifest,
             model,
@@ -519,7 +545,17 @@ impl CheckpointStore for ObjectStoreCheckpoints {
     }
 
     fn load_manifest(&self, round: u64) -> Result<Manifest, CoordinatorError> {
-        block_on(self.get_manifest(round))
+        let (raw, _) = block_on(self.get_manifest(round))?;
+        self.sealing.listing(raw, round, &self.round_url(round))
+    }
+
+    fn rewrap(
+        &self,
+        round: u64,
+        old: Arc<dyn KeyWrapper>,
+        new: &dyn KeyWrapper,
+    ) -> Result<RewrapOutcome, CoordinatorError> {
+        block_on(self.rewrap_async(round, old, new))
     }
 
     fn load(&self, round: u64) -> Result<Checkpoint, CoordinatorError> {

@@ -237,3 +237,23 @@ fn object_storage_large_objects_go_up_in_parts_and_come_back_in_ranges_bit_exact
     assert_eq!(c.optimiser, Some((m, v)));
     Ok(())
 }
+
+#[test]
+fn feature_statistics_survive_the_manifest_bit_for_bit() -> Result<(), Box<dyn std::error::Error>>
+{
+    // Values whose shortest decimal form the default float parser reads
+    // back one ulp off; a resumed coordinator must announce exactly what
+    // its predecessor did.
+    let mean: Vec<f64> = (1..200)
+        .map(|i| (i as f64).sqrt() * 14.127_291_739_894_552 / 3.0)
+        .collect();
+    let mut m = manifest(1, 0.5);
+    m.preprocess = Some(Preprocess {
+        mean: mean.clone(),
+        std: mean.iter().map(|x| 1.0 / x).collect(),
+    });
+    let back: Manifest = serde_json::from_slice(&serde_json::to_vec_pretty(&m)?)?;
+    let p = back.preprocess.ok_or("no statistics")?;
+    assert!(p.mean.iter().zip(&mean).all(|(a, b)| a.to_bits() == b.to_bits()));
+    Ok(())
+}

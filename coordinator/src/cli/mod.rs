@@ -9,6 +9,7 @@
 //!                ─▶ cli::render (tables and reports, returned as text)
 //!                ─▶ cli::plot   (accuracy/loss per round as SVG or PNG)
 //!                ─▶ cli::{latest_history, find_checkpoint} ─▶ checkpoint store
+//!                ─▶ cli::checkpoints (KEKs from flags, rewrap) ─▶ checkpoint store
 //!                ─▶ cli::transcript ─▶ DIR/transcript.jsonl
 //! ```
 //!
@@ -16,6 +17,7 @@
 //! library must not depend on the site crate.
 
 pub mod admin;
+pub mod checkpoints;
 pub mod plot;
 pub mod render;
 pub mod transcript;
