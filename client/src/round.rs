@@ -24,7 +24,8 @@
 //! (Join, reconnect), `round/outgoing.rs` (the outbox messages),
 //! `round/announce.rs` (replays and stale tasks), `round/contribution.rs`
 //! (one training input per model, re-sent exactly on a retry) and
-//! `round/replay.rs` (where a replay is checked against the signed set).
+//! `round/replay.rs` (where a replay is checked against the signed set) and
+//! `round/decline.rs` (what the coordinator is told when the site refuses).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -204,6 +205,9 @@ pub(crate) struct RoundDriver {
     /// keys). The whole announcement, not the id: see `announce.rs`.
     left: Option<v1::RoundStart>,
     contributions: Contributions,
+    /// The round whose announcement the last task refused before it became
+    /// the round in progress (for its Decline, `round/decline.rs`).
+    refused_at_start: Option<u64>,
     report: SiteReport,
     /// Rounds ended or left since the run loop last took them (metrics).
     finished: Vec<RoundSummary>,
@@ -219,6 +223,7 @@ impl RoundDriver {
             round: None,
             left: None,
             contributions: Contributions::default(),
+            refused_at_start: None,
             report: SiteReport::default(),
             finished: Vec::new(),
         }
@@ -337,8 +342,16 @@ impl RoundDriver {
             warn!("empty task ignored");
             return Ok(Action::Wait);
         };
+        self.refused_at_start = None;
         match kind {
-            Kind::RoundStart(rs) => self.on_round_start(rs, now),
+            Kind::RoundStart(rs) => {
+                let round = rs.round;
+                let started = self.on_round_start(rs, now);
+                if started.is_err() && self.round.is_none() {
+                    self.refused_at_start = Some(round);
+                }
+                started
+            }
             Kind::NeighbourKeys(nk) => self.on_neighbour_keys(nk, now),
             Kind::IncomingShares(is) => self.on_incoming_shares(is, now),
             Kind::ConsistencyRequest(c) => self.on_consistency_request(c, now),
@@ -575,6 +588,7 @@ impl RoundDriver {
 mod announce;
 mod bounds;
 mod contribution;
+mod decline;
 mod outgoing;
 mod replay;
 mod secure;

@@ -262,8 +262,16 @@ impl<T: Transport> Runner<T> {
             if let Err(e) = &outcome
                 && !e.is_transient()
             {
-                error!(round = round.unwrap_or_default(), error = %e, "leaving this round; the federation continues without this site's contribution");
+                // The Decline names the round refused, which may be the one
+                // just announced rather than the one in progress before.
+                let decline = self.driver.decline(e);
+                let round = decline.as_ref().map(|d| d.round).or(round);
+                let reason = decline.as_ref().map(|d| reason_name(d.reason_code));
+                error!(round = round.unwrap_or_default(), reason, error = %e, "leaving this round; the federation continues without this site's contribution");
                 self.driver.leave_round();
+                if let Some(d) = decline {
+                    Self::send_decline(&mut conn, d).await;
+                }
             }
             self.record_rounds();
             match outcome {
@@ -271,6 +279,33 @@ impl<T: Transport> Runner<T> {
                 Ok(Some(flow)) => return Ok(flow),
                 Err(e) if e.is_transient() => return Err(e),
                 Err(_) => {}
+            }
+        }
+    }
+
+    /// Tells the coordinator this site declines `d.round`, so it stops
+    /// waiting for the site now rather than at the stage deadline. Best
+    /// effort: one retry if the coordinator is busy, and a failure is only
+    /// logged (the deadline still ends the wait; a lost link gets the
+    /// reconnect grace).
+    async fn send_decline(conn: &mut T::Conn, d: confide_proto::v1::DeclineRequest) {
+        let (round, reason) = (d.round, reason_name(d.reason_code));
+        for attempt in 0..2 {
+            match conn.decline(d.clone()).await {
+                Ok(()) => {
+                    info!(
+                        round,
+                        reason, "the coordinator was told this site declines the round"
+                    );
+                    return;
+                }
+                Err(e) if e.is_busy() && attempt == 0 => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    warn!(round, reason, error = %e, "could not tell the coordinator this site declines the round; it stops waiting at the stage deadline");
+                    return;
+                }
             }
         }
     }
@@ -379,6 +414,13 @@ impl<T: Transport> Runner<T> {
             return Ok(());
         }
     }
+}
+
+/// The wire name of a decline reason code, for logs.
+fn reason_name(code: i32) -> &'static str {
+    confide_proto::v1::DeclineReason::try_from(code)
+        .map(|r| r.as_str_name())
+        .unwrap_or("DECLINE_REASON_OTHER")
 }
 
 #[cfg(test)]

@@ -95,6 +95,12 @@ pub(crate) trait Connection: Send {
         &mut self,
         req: v1::UnmaskResponse,
     ) -> impl Future<Output = Result<(), ClientError>> + Send;
+
+    /// This site refuses the round it was announced, and why.
+    fn decline(
+        &mut self,
+        req: v1::DeclineRequest,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
 }
 
 /// gRPC over HTTP/2, with mutual TLS 1.3 unless the configuration is
@@ -456,5 +462,13 @@ impl Connection for GrpcConnection {
             .await
             .map(drop)
             .map_err(|s| ClientError::refused("Unmask", s))
+    }
+
+    async fn decline(&mut self, req: v1::DeclineRequest) -> Result<(), ClientError> {
+        self.client
+            .decline(req)
+            .await
+            .map(drop)
+            .map_err(|s| ClientError::refused("Decline", s))
     }
 }

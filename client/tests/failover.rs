@@ -115,6 +115,11 @@ impl Site for Fake {
         self.gate()?;
         Err(Status::unimplemented("fake"))
     }
+
+    async fn decline(&self, _: Request<v1::DeclineRequest>) -> Result<Response<v1::Ack>, Status> {
+        self.gate()?;
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// Serves `fake` on a loopback port (with the health service unless

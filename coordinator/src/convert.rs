@@ -31,7 +31,9 @@ pub fn record_to_pb(r: RoundRecord) -> pb::RoundRecord {
         bytes_in,
         bytes_out,
         blamed,
+        declined,
     } = r;
+    let pair = |(site, reason)| pb::Blame { site, reason };
     pb::RoundRecord {
         round,
         kind,
@@ -47,10 +49,8 @@ pub fn record_to_pb(r: RoundRecord) -> pb::RoundRecord {
         stage_secs: stage_secs.into_iter().collect(),
         bytes_in,
         bytes_out,
-        blamed: blamed
-            .into_iter()
-            .map(|(site, reason)| pb::Blame { site, reason })
-            .collect(),
+        blamed: blamed.into_iter().map(pair).collect(),
+        declined: declined.into_iter().map(pair).collect(),
     }
 }
 
@@ -73,6 +73,7 @@ pub fn record_from_pb(r: pb::RoundRecord) -> RoundRecord {
         bytes_in,
         bytes_out,
         blamed,
+        declined,
     } = r;
     let opt = |x: f64| if x.is_nan() { None } else { Some(x) };
     RoundRecord {
@@ -92,6 +93,7 @@ pub fn record_from_pb(r: pb::RoundRecord) -> RoundRecord {
         bytes_in,
         bytes_out,
         blamed: blamed.into_iter().map(|b| (b.site, b.reason)).collect(),
+        declined: declined.into_iter().map(|b| (b.site, b.reason)).collect(),
     }
 }
 
@@ -117,6 +119,7 @@ mod tests {
             bytes_in: 1000,
             bytes_out: 2000,
             blamed: vec![("hospital-e".into(), "sent an inconsistent share".into())],
+            declined: vec![("hospital-b".into(), "training_bounds: 9 epochs".into())],
         }
     }
 

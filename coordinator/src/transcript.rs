@@ -71,6 +71,11 @@ pub struct Record {
     pub reconstructed: Reconstructed,
     /// Sites the round machine found faulty, and why.
     pub blamed: Vec<Blame>,
+    /// Sites that declined the round (absent, not faulty), and why: the
+    /// reason code's name, a colon and the site's message (absent in
+    /// records written before declines existed).
+    #[serde(default)]
+    pub declined: Vec<Blame>,
     /// Whether the round's result was applied.
     pub success: bool,
     /// The failure's class (as in the `confide_rounds_failed_total` metric).
@@ -193,7 +198,7 @@ pub struct Reconstructed {
     pub mask_keys: u64,
 }
 
-/// A site found faulty.
+/// A site found faulty, or one that declined a round.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Blame {
     /// Site name.
@@ -250,6 +255,14 @@ impl Record {
             reconstructed: ending.reconstructed,
             blamed: rec
                 .blamed
+                .iter()
+                .map(|(site, reason)| Blame {
+                    site: site.clone(),
+                    reason: reason.clone(),
+                })
+                .collect(),
+            declined: rec
+                .declined
                 .iter()
                 .map(|(site, reason)| Blame {
                     site: site.clone(),

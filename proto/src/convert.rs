@@ -20,9 +20,11 @@
 //!  v1::UnmaskRequest   ◀─────────────────▶ UnmaskRequest      (signatures relayed like adverts)
 //!  v1::UnmaskResponse  ◀─────────────────▶ UnmaskResponse     (44-byte shares)
 //!  v1::Quantisation    ──quant_config───▶ QuantConfig
+//!  v1::DeclineRequest  ◀─────────────────▶ Decline            (a site refusing a round)
 //! ```
 //!
-//! The stage-4/5 messages live in `convert/consistency.rs`.
+//! The stage-4/5 messages live in `convert/consistency.rs`, `Decline` in
+//! `convert/decline.rs`.
 
 use crate::context;
 use crate::v1;
@@ -58,11 +60,15 @@ fn bad(field: &'static str, reason: impl Into<String>) -> ConvertError {
 pub const MAX_VECTOR_LEN: u64 = 1 << 31;
 
 mod consistency;
+mod decline;
 pub use consistency::{
     consistency_request_from_proto, consistency_request_to_proto,
     consistency_request_with_certificates, consistency_response_from_proto,
     consistency_response_to_proto, masking_set_from_proto, masking_set_to_proto,
     unmask_request_from_proto, unmask_request_to_proto, unmask_request_with_certificates,
+};
+pub use decline::{
+    Decline, DeclineReason, MAX_DECLINE_MESSAGE, decline_from_proto, decline_to_proto,
 };
 
 /// The cryptographic part of a round announcement, bound to `federation` and

@@ -958,7 +958,7 @@ mod replay;
 /// A round asking more epochs than the site's budget is refused at the
 /// announcement, before the model is downloaded; the next round is served.
 #[test]
-fn a_round_beyond_the_sites_training_bounds_is_refused() -> Result<(), ClientError> {
+fn a_round_beyond_the_sites_training_bounds_is_refused() -> Result<(), Box<dyn std::error::Error>> {
     let mut d = driver_with_policy(None, 7, true)?;
     let now = Instant::now();
     let mut rs = train_start(3, b"model", vec![0xee; 32], 3);
@@ -972,6 +972,20 @@ fn a_round_beyond_the_sites_training_bounds_is_refused() -> Result<(), ClientErr
     );
     assert!(d.outbox().is_none(), "nothing queued");
     assert_eq!(d.current_round(), None);
+    // The refusal is reported to the coordinator: round 3, its reason, why.
+    let e = r.err().ok_or("refused")?;
+    let decline = d.decline(&e).ok_or("a Decline is due")?;
+    assert_eq!(
+        (decline.session.as_str(), decline.round, decline.reason_code),
+        ("s1", 3, v1::DeclineReason::TrainingBounds as i32)
+    );
+    assert!(
+        decline.message.contains("5000 epochs"),
+        "{}",
+        decline.message
+    );
+    // Once: a later error that concerns no round declines nothing.
+    assert!(d.decline(&e).is_none());
     let next = stats_start(4, false);
     assert!(!matches!(d.on_task(start(&next), now)?, Action::Wait));
     assert_eq!(d.current_round(), Some(4));

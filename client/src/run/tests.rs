@@ -40,12 +40,15 @@ struct State {
     drop_uploads: usize,
     /// Uploads to refuse with RESOURCE_EXHAUSTED (rate limit, upload slots).
     busy_uploads: usize,
+    /// Declines to refuse with UNAVAILABLE (the coordinator unreachable).
+    fail_declines: usize,
     /// The global model served by DownloadModel, in two chunks.
     model: Vec<u8>,
     connects: usize,
     joins: Vec<v1::JoinRequest>,
     streams: Vec<String>,
     uploads: Vec<Vec<v1::MaskedInputChunk>>,
+    declines: Vec<v1::DeclineRequest>,
 }
 
 #[derive(Clone, Default)]
@@ -186,6 +189,21 @@ impl Connection for MemoryConn {
 
     async fn unmask(&mut self, _: v1::UnmaskResponse) -> Result<(), ClientError> {
         Err(unexpected("Unmask"))
+    }
+
+    async fn decline(&mut self, req: v1::DeclineRequest) -> Result<(), ClientError> {
+        self.state.with(|s| {
+            s.declines.push(req);
+            if s.fail_declines > 0 {
+                s.fail_declines -= 1;
+                return Err(ClientError::Refused {
+                    call: "Decline",
+                    code: tonic::Code::Unavailable,
+                    message: "link dropped".into(),
+                });
+            }
+            Ok(())
+        })
     }
 }
 
@@ -443,5 +461,73 @@ async fn plaintext_train_round_downloads_trains_and_uploads_its_weight()
         decoded.mean.iter().any(|x| *x != 0.0),
         "a non-trivial update"
     );
+    Ok(())
+}
+
+/// A training round asking 5000 epochs of a site that runs at most
+/// `config().max_epochs`.
+fn greedy_train_round(round: u64) -> v1::Task {
+    let cfg = RoundConfig {
+        round,
+        suite: Suite::Intl,
+        ring: Ring::U32,
+        cohort: vec![1, 2, 3],
+        params: SecAggParams { k: 2, t: 2 },
+        graph_seed: [5; 32],
+        vector_len: 10,
+        min_survivors: 2,
+        max_colluders: 0,
+        context: [0; 32],
+    };
+    v1::Task {
+        kind: Some(v1::task::Kind::RoundStart(v1::RoundStart {
+            kind: v1::RoundKind::Train as i32,
+            plaintext: true,
+            stage_timeout_secs: 60,
+            training: Some(v1::TrainingConfig {
+                model: "logistic".into(),
+                features: 2,
+                classes: 2,
+                epochs: 5000,
+                batch_size: 4,
+                learning_rate: 0.1,
+                ..Default::default()
+            }),
+            attempt: vec![round as u8; 32],
+            model_sha256: vec![1; 32],
+            ..convert::round_start(&cfg, 1)
+        })),
+    }
+}
+
+#[tokio::test]
+async fn a_refused_round_is_declined_with_its_reason_and_the_site_goes_on()
+-> Result<(), ClientError> {
+    for fail in [0, 1] {
+        let memory = Memory::default();
+        memory.with(|s| {
+            // Even a Decline that fails (the link dropped) is not fatal.
+            s.fail_declines = fail;
+            s.scripts.push_back(vec![
+                greedy_train_round(5),
+                round_end(5),
+                stats_round(6),
+                round_end(6),
+                done(),
+            ]);
+        });
+        let report = runner(&memory)?.run(std::future::pending()).await?;
+        assert_eq!(report.rounds, 1, "the next round is served");
+        memory.with(|s| {
+            assert_eq!(s.declines.len(), 1, "one Decline, never retried on failure");
+            let d = &s.declines[0];
+            assert_eq!(
+                (d.session.as_str(), d.round, d.reason_code),
+                ("session-1", 5, v1::DeclineReason::TrainingBounds as i32)
+            );
+            assert!(d.message.contains("5000 epochs"), "{}", d.message);
+            assert_eq!(s.uploads.len(), 1, "only round 6 uploads");
+        });
+    }
     Ok(())
 }

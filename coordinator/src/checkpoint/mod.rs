@@ -93,6 +93,10 @@ pub struct RoundRecord {
     /// written before blame existed).
     #[serde(default)]
     pub blamed: Vec<(String, String)>,
+    /// Sites that declined the round (absent, not faulty): site, and the
+    /// reason code's name, a colon and the site's message.
+    #[serde(default)]
+    pub declined: Vec<(String, String)>,
 }
 
 /// Short summary returned by `serve`.

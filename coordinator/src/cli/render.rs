@@ -43,6 +43,10 @@ pub fn rounds_table(history: &[RoundRecord]) -> String {
         for (site, reason) in &r.blamed {
             s.push_str(&format!("       blamed {site}: {reason}\n"));
         }
+        // Sites that refused the round: absent by their own policy, not faulty.
+        for (site, reason) in &r.declined {
+            s.push_str(&format!("       declined {site}: {reason}\n"));
+        }
     }
     s
 }
@@ -272,6 +276,14 @@ mod tests {
         assert_eq!(
             t.lines().nth(2),
             Some("       blamed hospital-e: refused by 4 sites")
+        );
+        let declined = RoundRecord {
+            declined: vec![("hospital-b".into(), "training_bounds: 9 epochs".into())],
+            ..RoundRecord::default()
+        };
+        assert_eq!(
+            rounds_table(&[declined]).lines().nth(2),
+            Some("       declined hospital-b: training_bounds: 9 epochs")
         );
         assert_eq!(final_accuracy(None), "");
         assert_eq!(

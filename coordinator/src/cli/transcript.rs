@@ -110,6 +110,9 @@ pub fn record(r: &Record) -> String {
     for b in &r.blamed {
         let _ = writeln!(s, "  blamed       {}: {}", b.site, b.reason);
     }
+    for d in &r.declined {
+        let _ = writeln!(s, "  declined     {}: {}", d.site, d.reason);
+    }
     let reason = r
         .reason
         .as_deref()
@@ -130,7 +133,7 @@ fn list(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transcript::{Member, Plan, StageRecord};
+    use crate::transcript::{Blame, Member, Plan, StageRecord};
 
     #[test]
     fn a_record_renders_its_stages_dropouts_and_outcome() {
@@ -162,6 +165,10 @@ mod tests {
                 dropped: vec!["b".into()],
                 pruned: vec!["a".into()],
             }],
+            declined: vec![Blame {
+                site: "b".into(),
+                reason: "training_bounds: 9 epochs".into(),
+            }],
             reason: Some("too_few_survivors".into()),
             message: "too few".into(),
             ..Default::default()
@@ -174,6 +181,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("survivors    0: -\n"), "{text}");
+        assert!(
+            text.contains("  declined     b: training_bounds: 9 epochs\n"),
+            "{text}"
+        );
         assert!(
             text.contains("outcome      FAILED (too_few_survivors): too few\n"),
             "{text}"

@@ -339,6 +339,7 @@ impl Federation {
             bytes_in: active.bytes_in,
             bytes_out: active.bytes_out,
             blamed: active.blamed.clone(),
+            declined: active.declined.clone(),
             ..Default::default()
         };
         let mut rebuilt = Reconstructions::default();

@@ -13,6 +13,7 @@
 //! Time is read only at the edges (each entry point and each driver wake-up,
 //! from tokio's clock so tests can pause it) and passed down as `now`.
 
+mod decline;
 mod liveness;
 pub mod outcome;
 pub mod registry;

@@ -115,6 +115,8 @@ pub struct ActiveRound {
     pub sent: BTreeMap<MemberId, Vec<pb::Task>>,
     /// Sites the machine found faulty, and why.
     pub blamed: Vec<(String, String)>,
+    /// Sites that declined the round (`federation/decline.rs`), and why.
+    pub declined: Vec<(String, String)>,
     /// Members whose task stream closed this round, and when; cleared when
     /// the stream reopens ([`ActiveRound::expire_lost`]).
     pub lost: BTreeMap<MemberId, Instant>,
@@ -152,6 +154,7 @@ impl ActiveRound {
             bytes_out: 0,
             sent: BTreeMap::new(),
             blamed: Vec::new(),
+            declined: Vec::new(),
             lost: BTreeMap::new(),
             metrics,
         }

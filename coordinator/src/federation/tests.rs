@@ -226,15 +226,26 @@ struct Member {
     ended: Option<bool>,
 }
 
+/// How a site leaves a round instead of sending its masked input.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// Its process dies: the task stream closes.
+    HangUp,
+    /// Its policy refuses the round: it sends Decline, stays connected.
+    Decline,
+}
+
 /// One secure round of `names.len()` in-process sites (every one moving
-/// every parameter by 0.5); `hang_up` names a site that closes its task
-/// stream instead of sending its masked input. Returns the report and the
-/// model before and after.
+/// every parameter by 0.5); `leave` names a site that leaves instead of
+/// sending its masked input, and how. Returns the report and the model
+/// before and after.
 async fn secure_round(
     s: Settings,
     names: &[&str],
-    hang_up: Option<&str>,
+    leave: Option<(&str, Leave)>,
 ) -> Result<(ServeReport, Vec<f32>, Vec<f32>), Box<dyn std::error::Error>> {
+    let hang_up = leave.map(|(name, _)| name);
+    let how = leave.map(|(_, how)| how);
     use confide_crypto::protocol::{
         AnySite, AnySiteOutput, IdentityVerifier, KeyDirectory, SitePolicy,
     };
@@ -300,6 +311,20 @@ async fn secure_round(
                             convert::neighbour_keys_from_proto(&nk)?,
                             &mut rng,
                         )?;
+                    }
+                    (pb::task::Kind::IncomingShares(sh), Some(_))
+                        if hung_up == Some(i) && how == Some(Leave::Decline) =>
+                    {
+                        // The site's policy refuses the round: it says so and
+                        // stays connected; any further task but RoundEnd
+                        // would be an error below (no site machine).
+                        let d = convert::Decline {
+                            round: sh.round,
+                            reason: convert::DeclineReason::SecureAggregationPolicy,
+                            message: "survivors below this site's minimum".into(),
+                        };
+                        fed.decline(&m.session, None, &d)?;
+                        m.site = None;
                     }
                     (pb::task::Kind::IncomingShares(_), Some(_)) if hung_up == Some(i) => {
                         // The site's process dies: its stream ends, nothing more is sent.
@@ -370,7 +395,9 @@ async fn secure_round(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for (i, m) in members.iter().enumerate() {
-        assert_eq!(m.ended, Some(hung_up != Some(i)), "member {i}");
+        // A site that hung up hears nothing; every other, the round's end.
+        let gone = hung_up == Some(i) && how == Some(Leave::HangUp);
+        assert_eq!(m.ended, Some(!gone), "member {i}");
     }
     let report = driver.await??;
     let after = Model::from_safetensors(&fed.model_bytes())?.flatten();
@@ -403,7 +430,7 @@ async fn a_site_that_hangs_up_mid_round_is_dropped_after_the_grace_not_the_deadl
     s.secagg.stage_timeout_secs = 600;
     s.secagg.reconnect_grace_secs = 2.0;
     let names = ["a", "b", "c", "d", "e"];
-    let (report, before, after) = secure_round(s, &names, Some("c")).await?;
+    let (report, before, after) = secure_round(s, &names, Some(("c", Leave::HangUp))).await?;
     let rec = &report.history[0];
     assert!(rec.success, "{}", rec.message);
     assert_eq!((rec.cohort, rec.survivors, rec.dropped), (5, 4, 1));
@@ -485,6 +512,49 @@ async fn a_file_model_is_served_updated_and_kept_in_its_file_dtypes()
     let moved: Vec<f32> = init.flatten().iter().map(|v| v + 0.5).collect();
     for (a, b) in after.flatten().iter().zip(&moved) {
         assert!((a - b).abs() < 1e-2, "{a} vs {b}");
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_site_that_declines_mid_round_is_dropped_at_once_and_recorded_not_blamed()
+-> Result<(), Box<dyn std::error::Error>> {
+    let mut s = one_round(true, 5);
+    // Deadline and grace far away: only the decline can end the wait.
+    s.secagg.stage_timeout_secs = 600;
+    s.secagg.reconnect_grace_secs = 600.0;
+    let names = ["a", "b", "c", "d", "e"];
+    let (report, before, after) = secure_round(s, &names, Some(("c", Leave::Decline))).await?;
+    let rec = &report.history[0];
+    assert!(rec.success, "{}", rec.message);
+    assert_eq!((rec.cohort, rec.survivors, rec.dropped), (5, 4, 1));
+    // Virtual time: the masked-input stage closed when c declined.
+    let input = rec
+        .stage_secs
+        .iter()
+        .find(|(st, _)| st == "masked-input")
+        .map(|(_, t)| *t)
+        .ok_or("no masked-input stage")?;
+    assert!(input < 1.0, "masked input took {input} s (virtual)");
+    assert!(
+        rec.duration_secs < 5.0,
+        "round took {} s",
+        rec.duration_secs
+    );
+    assert_eq!(
+        rec.declined,
+        [(
+            "c".to_string(),
+            "secure_aggregation_policy: survivors below this site's minimum".to_string()
+        )]
+    );
+    assert!(
+        rec.blamed.is_empty(),
+        "declining is no fault: {:?}",
+        rec.blamed
+    );
+    for (a, b) in after.iter().zip(&before) {
+        assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
+use confide_proto::convert;
 use confide_proto::v1 as pb;
 use pb::site_server::Site;
 
@@ -340,6 +341,17 @@ impl Site for Handlers {
         let session = r.session.clone();
         self.limit(peer.as_deref(), &session)?;
         self.fed.unmask(&session, peer.as_deref(), r)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn decline(&self, req: Request<pb::DeclineRequest>) -> Result<Response<pb::Ack>, Status> {
+        // Authenticated and rate-limited like every stage message: only a
+        // cohort member's own session can take it out of the round.
+        let peer = self.peer(&req)?;
+        let r = req.into_inner();
+        self.limit(peer.as_deref(), &r.session)?;
+        let d = convert::decline_from_proto(&r);
+        self.fed.decline(&r.session, peer.as_deref(), &d)?;
         Ok(Response::new(pb::Ack {}))
     }
 }

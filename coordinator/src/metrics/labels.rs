@@ -3,6 +3,7 @@
 
 use confide_crypto::protocol::AnyRoundResult;
 use confide_crypto::{ProtocolError, Stage};
+use confide_proto::convert::DeclineReason;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 
 use crate::federation::outcome::OutcomeError;
@@ -168,6 +169,42 @@ pub struct StageLabels {
 pub struct RefusalLabels {
     /// Refusal class.
     pub reason: JoinRefusal,
+}
+
+/// Why a site declined a round, as a label value (the reason codes of
+/// `DeclineRequest`; never the site's name or message).
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum DeclineLabel {
+    /// The round's training settings break the site's bounds.
+    training_bounds,
+    /// The site already contributed on this model.
+    already_contributed,
+    /// Not an exact replay of the site's earlier contribution.
+    replay_refused,
+    /// The site's secure-aggregation policy.
+    secure_aggregation_policy,
+    /// Anything else (and codes this coordinator does not know).
+    other,
+}
+
+impl From<DeclineReason> for DeclineLabel {
+    fn from(r: DeclineReason) -> Self {
+        match r {
+            DeclineReason::TrainingBounds => DeclineLabel::training_bounds,
+            DeclineReason::AlreadyContributed => DeclineLabel::already_contributed,
+            DeclineReason::ReplayRefused => DeclineLabel::replay_refused,
+            DeclineReason::SecureAggregationPolicy => DeclineLabel::secure_aggregation_policy,
+            DeclineReason::Other => DeclineLabel::other,
+        }
+    }
+}
+
+/// `{reason}` of a decline.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeclineLabels {
+    /// Decline reason code.
+    pub reason: DeclineLabel,
 }
 
 /// `{version, suite, ring, secure_aggregation}`: one series, value 1.

@@ -15,6 +15,7 @@ use std::fmt;
 use std::sync::atomic::AtomicU64;
 
 use confide_crypto::Stage;
+use confide_proto::convert::DeclineReason;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -26,8 +27,8 @@ use crate::federation::scheduler::RoundKind;
 use crate::settings::Settings;
 
 pub use labels::{
-    BuildLabels, FailureLabels, FailureReason, JoinRefusal, KindLabel, KindLabels, Reconstructions,
-    RefusalLabels, StageLabel, StageLabels,
+    BuildLabels, DeclineLabel, DeclineLabels, FailureLabels, FailureReason, JoinRefusal, KindLabel,
+    KindLabels, Reconstructions, RefusalLabels, StageLabel, StageLabels,
 };
 
 type F64Gauge = Gauge<f64, AtomicU64>;
@@ -70,6 +71,7 @@ pub struct Metrics {
     connected_sites: Gauge,
     active: Gauge,
     join_refusals: Family<RefusalLabels, Counter>,
+    declines: Family<DeclineLabels, Counter>,
     upload_slots_in_use: Gauge,
     checkpoint_write: Histogram,
     checkpoint_size: Gauge,
@@ -114,6 +116,7 @@ impl Metrics {
                 g
             },
             join_refusals: Family::default(),
+            declines: Family::default(),
             upload_slots_in_use: Gauge::default(),
             checkpoint_write: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -221,6 +224,11 @@ impl Metrics {
             m.join_refusals.clone(),
         );
         r.register(
+            "declines",
+            "Rounds a site declined (its own policy refused them), by reason code",
+            m.declines.clone(),
+        );
+        r.register(
             "upload_slots_in_use",
             "Masked-input uploads being buffered now",
             m.upload_slots_in_use.clone(),
@@ -288,6 +296,13 @@ impl Metrics {
                 .inc_by(0);
             m.rounds_succeeded
                 .get_or_create(&KindLabels { kind })
+                .inc_by(0);
+        }
+        for reason in DeclineReason::ALL {
+            m.declines
+                .get_or_create(&DeclineLabels {
+                    reason: reason.into(),
+                })
                 .inc_by(0);
         }
         Metrics { registry: r, ..m }
@@ -415,6 +430,15 @@ impl Metrics {
     pub fn join_refused(&self, reason: JoinRefusal) {
         self.join_refusals
             .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+
+    /// A cohort member declined its round for `reason`.
+    pub fn declined(&self, reason: DeclineReason) {
+        self.declines
+            .get_or_create(&DeclineLabels {
+                reason: reason.into(),
+            })
             .inc();
     }
 

@@ -58,6 +58,8 @@ fn encoding_names_every_family_with_units_and_bounded_labels() -> Res<()> {
     );
     m.stage_closed(Stage::MaskedInput, 0.3);
     m.join_refused(JoinRefusal::join_rate_limit);
+    m.declined(DeclineReason::TrainingBounds);
+    m.declined(DeclineReason::TrainingBounds);
     m.checkpoint_written(0.02, 4096);
     m.set_connected_sites(3);
     let slots = m.upload_slots_in_use();
@@ -92,6 +94,9 @@ fn encoding_names_every_family_with_units_and_bounded_labels() -> Res<()> {
             "confide_join_refusals_total{reason=\"join_rate_limit\"}",
             "1",
         ),
+        ("confide_declines_total{reason=\"training_bounds\"}", "2"),
+        // Every reason's series exists from the start.
+        ("confide_declines_total{reason=\"replay_refused\"}", "0"),
         ("confide_upload_slots_in_use", "1"),
         ("confide_upload_slots", "8"),
         ("confide_checkpoint_write_duration_seconds_count", "1"),

@@ -254,3 +254,75 @@ async fn uploads_wait_for_the_buffer_budget_as_well_as_a_slot() -> Res<()> {
     .await??;
     Ok(())
 }
+
+fn decline(session: &str, round: u64) -> Request<pb::DeclineRequest> {
+    Request::new(pb::DeclineRequest {
+        session: session.into(),
+        round,
+        reason_code: pb::DeclineReason::TrainingBounds as i32,
+        message: "round 1 asks for 9 epochs; this site runs 1 to 2".into(),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_decline_ends_the_wait_for_its_site_and_a_wrong_one_is_refused() -> Res<()> {
+    let s = plaintext(3);
+    let r = start(s.clone(), &["a", "b", "c"]).await?;
+    let h = handlers(r.fed.clone());
+    let (round, len) = (r.start.round, r.start.vector_len);
+    let c = r.sites[2].session.clone();
+    // Refused with the statuses of any stage message, and without effect.
+    let e = h
+        .decline(decline("nobody", round))
+        .await
+        .err()
+        .ok_or("unknown session")?;
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let e = h
+        .decline(decline(&c, round + 1))
+        .await
+        .err()
+        .ok_or("another round")?;
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(e.message().contains(&format!("round {}", round + 1)), "{e}");
+    // a and b upload; the round then waits for c only, its deadline 12 s away.
+    let begun = tokio::time::Instant::now();
+    for site in &r.sites[..2] {
+        let mut up = r.fed.begin_upload(&site.session, None, round, len).await?;
+        up.push(0, &confide_crypto::ring::to_le_bytes(&honest(&s, 0.25)?))?;
+        r.fed.finish_upload(&site.session, None, up, None)?;
+    }
+    h.decline(decline(&c, round)).await?;
+    // A retried decline (its answer lost) changes nothing.
+    h.decline(decline(&c, round)).await?;
+    let report = r.driver.await??;
+    let waited = tokio::time::Instant::now() - begun;
+    assert!(
+        waited < Duration::from_secs(1),
+        "waited {waited:?} (virtual)"
+    );
+    let rec = &report.history[0];
+    assert!(rec.success, "{}", rec.message);
+    assert_eq!((rec.cohort, rec.survivors, rec.dropped), (3, 2, 1));
+    assert_eq!(
+        rec.declined,
+        [(
+            "c".to_string(),
+            "training_bounds: round 1 asks for 9 epochs; this site runs 1 to 2".to_string()
+        )]
+    );
+    assert!(rec.blamed.is_empty());
+    let text = h.fed.metrics().encode()?;
+    assert!(
+        text.contains("confide_declines_total{reason=\"training_bounds\"} 1\n"),
+        "{text}"
+    );
+    // The round is over: a late decline is refused.
+    let e = h
+        .decline(decline(&c, round))
+        .await
+        .err()
+        .ok_or("no round")?;
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    Ok(())
+}
