@@ -239,8 +239,7 @@ fn object_storage_large_objects_go_up_in_parts_and_come_back_in_ranges_bit_exact
 }
 
 #[test]
-fn feature_statistics_survive_the_manifest_bit_for_bit() -> Result<(), Box<dyn std::error::Error>>
-{
+fn feature_statistics_survive_the_manifest_bit_for_bit() -> Result<(), Box<dyn std::error::Error>> {
     // Values whose shortest decimal form the default float parser reads
     // back one ulp off; a resumed coordinator must announce exactly what
     // its predecessor did.
@@ -254,6 +253,11 @@ fn feature_statistics_survive_the_manifest_bit_for_bit() -> Result<(), Box<dyn s
     });
     let back: Manifest = serde_json::from_slice(&serde_json::to_vec_pretty(&m)?)?;
     let p = back.preprocess.ok_or("no statistics")?;
-    assert!(p.mean.iter().zip(&mean).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(
+        p.mean
+            .iter()
+            .zip(&mean)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
     Ok(())
 }

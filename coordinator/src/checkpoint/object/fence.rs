@@ -45,7 +45,14 @@ impl ObjectStoreCheckpoints {
         block_on(async {
             let mut top = 0;
             for r in self.rounds_async().await? {
-                top = top.max(self.get_manifest(r).await?.0.manifest.lease_token.unwrap_or(0));
+                top = top.max(
+                    self.get_manifest(r)
+                        .await?
+                        .0
+                        .manifest
+                        .lease_token
+                        .unwrap_or(0),
+                );
             }
             Ok(top)
         })
