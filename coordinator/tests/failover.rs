@@ -362,6 +362,14 @@ async fn failover_kill_9_of_the_active_coordinator_the_standby_finishes_every_ro
         takeover <= Duration::from_secs(TTL_SECS + 3),
         "takeover after {takeover:?} (TTL {TTL_SECS} s)"
     );
+    // Its resume reads the newest checkpoint after taking the lease.
+    wait_log(
+        &mut b,
+        &log_b,
+        "resuming from checkpoint",
+        Duration::from_secs(30),
+    )
+    .await?;
     assert!(
         text(&log_b).contains(&format!("next_round={}", last_round + 1)),
         "B did not resume after round {last_round}:\n{}",
