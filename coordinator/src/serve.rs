@@ -113,10 +113,18 @@ async fn serve_ha(
     };
     info!(%node, token, lease = %lease.url(), "active coordinator: resuming from the newest checkpoint");
     metrics.set_active(true);
-    let fenced: Arc<dyn CheckpointStore> = Arc::new(store.fenced_by(lease.clone()));
-    let fed = Federation::with_store(settings, metrics.clone(), Some(fenced))?;
+    // Renewing starts before the resume: reading a large model's checkpoint
+    // can take longer than the TTL.
     let (lost_tx, mut lost_rx) = tokio::sync::watch::channel(None::<String>);
     let keeper = io_runtime()?.spawn(lease.clone().keep(lost_tx));
+    let fenced: Arc<dyn CheckpointStore> = Arc::new(store.fenced_by(lease.clone()));
+    let fed = match Federation::with_store(settings, metrics.clone(), Some(fenced)) {
+        Ok(fed) => fed,
+        Err(e) => {
+            keeper.abort();
+            return Err(e);
+        }
+    };
     let lost = lost_rx.clone();
     let shutdown = async move {
         tokio::select! {
