@@ -162,7 +162,7 @@ fn tampered(location: &str, reason: impl Into<String>) -> CoordinatorError {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(super) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 

@@ -30,11 +30,10 @@ use confide_proto::model::Model;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, UpdateVersion, WriteMultipart};
-use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 use tracing::{debug, warn};
 
-use super::envelope::{RawManifest, RewrapOutcome, Sealing, digest_mismatch};
+use super::envelope::{RawManifest, RewrapOutcome, Sealing, digest_mismatch, sha256_hex};
 use super::io::block_on;
 use super::keys::KeyWrapper;
 use super::lease::Lease;
@@ -390,6 +389,7 @@ impl ObjectStoreCheckpoints {
             .sealing
             .seal(manifest, model_bytes, opt_bytes.as_deref())?;
         let mut objects = Vec::new();
+        let mut data_bytes = 0u64;
         let files = match &sealed {
             Some(s) => [
                 s.objects.first().map(|(n, b)| (*n, Some(b.as_slice()))),
@@ -410,11 +410,15 @@ impl ObjectStoreCheckpoints {
             );
             self.fence_check()?;
             self.put_data(&self.key(round, name), bytes).await?;
-            objects.push(ObjectDigest {
-                name: name.into(),
-                size: bytes.len() as u64,
-                sha256: hex::encode(Sha256::digest(bytes)),
-            });
+            data_bytes += bytes.len() as u64;
+            // A sealed manifest already records its objects' digests.
+            if sealed.is_none() {
+                objects.push(ObjectDigest {
+                    name: name.into(),
+                    size: bytes.len() as u64,
+                    sha256: sha256_hex(bytes),
+                });
+            }
         }
         let mut manifest = manifest.clone();
         manifest.optimiser_state = opt_bytes.as_ref().map(|_| OPTIMISER.to_string());
@@ -435,7 +439,7 @@ impl ObjectStoreCheckpoints {
             });
         }
         let key = self.key(round, MANIFEST);
-        let total = manifest.objects.iter().map(|o| o.size).sum::<u64>() + json.len() as u64;
+        let total = data_bytes + json.len() as u64;
         self.store
             .put(&key, PutPayload::from(json))
             .await
@@ -447,6 +451,12 @@ impl ObjectStoreCheckpoints {
     }
 
     async fn rounds_async(&self) -> Result<Vec<u64>, CoordinatorError> {
+        Ok(self.fenced_out(self.complete_with_tokens().await?))
+    }
+
+    /// Every complete checkpoint's round and fencing token (0: none),
+    /// ascending, before the fencing rule drops any.
+    async fn complete_with_tokens(&self) -> Result<Vec<(u64, u64)>, CoordinatorError> {
         let mut out = Vec::new();
         for (round, listed) in self.objects_by_round().await? {
             if !listed.contains_key(MANIFEST) {
@@ -470,7 +480,7 @@ impl ObjectStoreCheckpoints {
                 }
             }
         }
-        Ok(self.fenced_out(out))
+        Ok(out)
     }
 
     async fn load_async(&self, round: u64) -> Result<Checkpoint, CoordinatorError> {

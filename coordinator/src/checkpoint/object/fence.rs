@@ -43,18 +43,8 @@ impl ObjectStoreCheckpoints {
     /// The highest fencing token any complete checkpoint carries (0: none).
     pub fn highest_token(&self) -> Result<u64, CoordinatorError> {
         block_on(async {
-            let mut top = 0;
-            for r in self.rounds_async().await? {
-                top = top.max(
-                    self.get_manifest(r)
-                        .await?
-                        .0
-                        .manifest
-                        .lease_token
-                        .unwrap_or(0),
-                );
-            }
-            Ok(top)
+            let all = self.complete_with_tokens().await?;
+            Ok(all.into_iter().map(|(_, t)| t).max().unwrap_or(0))
         })
     }
 
