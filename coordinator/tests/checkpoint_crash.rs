@@ -13,7 +13,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use confide_client::SiteConfig;
@@ -21,6 +20,7 @@ use confide_coordinator::checkpoint::{CheckpointStore, ObjectStoreCheckpoints};
 use object_store::ObjectStore;
 use object_store::path::Path as Key;
 use support::data::split;
+use support::process::{KillOnDrop, serve};
 use support::seaweed::{BoxError, Seaweed};
 use tokio_stream::StreamExt;
 
@@ -58,32 +58,6 @@ keep_last = 2
 "#,
         transcript.display()
     )
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(s3: &Seaweed, cfg: &Path, listen: &str, log: &Path) -> Result<KillOnDrop, BoxError> {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_confide"));
-    c.args(["serve", "--insecure", "--listen", listen, "--config"])
-        .arg(cfg);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CONFIDE_") || k.starts_with("AWS_") || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c.envs(s3.env()).env("RUST_LOG", "info");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    Ok(KillOnDrop(c.stdout(log.try_clone()?).stderr(log).spawn()?))
 }
 
 /// Every object under the prefix, by round directory: file names.
@@ -129,7 +103,7 @@ async fn kill_9_during_an_object_store_upload_resumes_from_the_newest_complete_c
     let store = s3.store(PREFIX)?;
     let raw = s3.raw()?;
 
-    let mut coordinator = serve(&s3, &cfg, &listen, &log)?;
+    let mut coordinator = serve(&s3, &cfg, &listen, &log, &[])?;
     let start_sites =
         || -> Vec<tokio::task::JoinHandle<Result<(), confide_client::ClientError>>> {
             data.iter()
@@ -194,7 +168,7 @@ async fn kill_9_during_an_object_store_upload_resumes_from_the_newest_complete_c
             torn = Some(caught);
             break;
         }
-        coordinator = serve(&s3, &cfg, &listen, &log)?;
+        coordinator = serve(&s3, &cfg, &listen, &log, &[])?;
     }
     let torn = torn.ok_or("the upload was never caught mid-way in 5 attempts")?;
     let torn_round: u64 = torn.trim_start_matches("round-").parse()?;
@@ -215,7 +189,7 @@ async fn kill_9_during_an_object_store_upload_resumes_from_the_newest_complete_c
         s.abort();
     }
     let logged_before = std::fs::read_to_string(&log)?.len();
-    let _coordinator = serve(&s3, &cfg, &listen, &log)?;
+    let _coordinator = serve(&s3, &cfg, &listen, &log, &[])?;
     let sites = start_sites();
     let until = Instant::now() + Duration::from_secs(240);
     let resumed = loop {

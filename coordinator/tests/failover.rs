@@ -7,7 +7,6 @@ mod support;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use confide_coordinator::checkpoint::{CheckpointStore, Manifest, ObjectStoreChec
 use confide_coordinator::error::CoordinatorError;
 use confide_proto::model::{Model, Tensor};
 use support::data::split;
+use support::process::{KillOnDrop, serve};
 use support::seaweed::{BoxError, Seaweed};
 use tokio::sync::watch;
 
@@ -179,39 +179,6 @@ renew_secs = 1
     )
 }
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A real `confide serve` of node `node`, logging to `log`.
-fn serve(
-    s3: &Seaweed,
-    node: &str,
-    cfg: &Path,
-    listen: &str,
-    log: &Path,
-) -> Result<KillOnDrop, BoxError> {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_confide"));
-    c.args(["serve", "--insecure", "--listen", listen, "--config"])
-        .arg(cfg);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CONFIDE_") || k.starts_with("AWS_") || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c.envs(s3.env())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env("CONFIDE_HA__NODE", node);
-    let log = std::fs::File::create(log)?;
-    Ok(KillOnDrop(c.stdout(log.try_clone()?).stderr(log).spawn()?))
-}
-
 fn free_listen() -> Result<String, BoxError> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -266,9 +233,9 @@ async fn failover_kill_9_of_the_active_coordinator_the_standby_finishes_every_ro
     let store = s3.store(PREFIX)?;
 
     // A starts first and takes the lease; B finds it held and waits.
-    let mut a = serve(&s3, "a", &cfg, &listen_a, &log_a)?;
+    let mut a = serve(&s3, &cfg, &listen_a, &log_a, &[("CONFIDE_HA__NODE", "a")])?;
     wait_log(&mut a, &log_a, "lease taken", Duration::from_secs(60)).await?;
-    let mut b = serve(&s3, "b", &cfg, &listen_b, &log_b)?;
+    let mut b = serve(&s3, &cfg, &listen_b, &log_b, &[("CONFIDE_HA__NODE", "b")])?;
     let standby_msg = "standby: another coordinator is active";
     wait_log(&mut b, &log_b, standby_msg, Duration::from_secs(60)).await?;
     let serving = |u: String| async move {
@@ -377,7 +344,7 @@ async fn failover_kill_9_of_the_active_coordinator_the_standby_finishes_every_ro
     );
 
     // A comes back (its machine restarted): a standby, fenced while B runs.
-    let mut a2 = serve(&s3, "a", &cfg, &listen_a, &log_a2)?;
+    let mut a2 = serve(&s3, &cfg, &listen_a, &log_a2, &[("CONFIDE_HA__NODE", "a")])?;
     wait_log(&mut a2, &log_a2, standby_msg, Duration::from_secs(60)).await?;
 
     let until = Instant::now() + Duration::from_secs(300);

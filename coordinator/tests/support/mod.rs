@@ -4,4 +4,5 @@
 #![allow(dead_code)] // each test file uses its own part
 
 pub mod data;
+pub mod process;
 pub mod seaweed;
