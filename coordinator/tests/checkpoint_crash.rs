@@ -20,7 +20,7 @@ use confide_coordinator::checkpoint::{CheckpointStore, ObjectStoreCheckpoints};
 use object_store::ObjectStore;
 use object_store::path::Path as Key;
 use support::data::split;
-use support::process::{KillOnDrop, serve};
+use support::process::serve;
 use support::seaweed::{BoxError, Seaweed};
 use tokio_stream::StreamExt;
 
