@@ -23,7 +23,7 @@ use crate::error::CoordinatorError;
 use crate::federation::Federation;
 use crate::federation::ServeReport;
 use crate::grpc;
-use crate::grpc::standby::{Standby, stopped};
+use crate::grpc::standby::Standby;
 use crate::metrics::Metrics;
 use crate::metrics::endpoint::{self, MetricsServer};
 use crate::settings::Settings;
@@ -148,4 +148,11 @@ async fn serve_ha(
     })
     .await;
     report
+}
+
+/// Wait for `stop` to turn true (never, if its sender is gone).
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }

@@ -125,10 +125,3 @@ impl Standby {
         }
     }
 }
-
-/// Wait for `stop` to turn true (never, if its sender is gone).
-pub(crate) async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
-    if rx.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
