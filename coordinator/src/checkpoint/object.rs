@@ -450,13 +450,9 @@ impl ObjectStoreCheckpoints {
         })
     }
 
-    async fn rounds_async(&self) -> Result<Vec<u64>, CoordinatorError> {
-        Ok(self.fenced_out(self.complete_with_tokens().await?))
-    }
-
     /// Every complete checkpoint's round and fencing token (0: none),
     /// ascending, before the fencing rule drops any.
-    async fn complete_with_tokens(&self) -> Result<Vec<(u64, u64)>, CoordinatorError> {
+    pub(super) async fn complete_with_tokens(&self) -> Result<Vec<(u64, u64)>, CoordinatorError> {
         let mut out = Vec::new();
         for (round, listed) in self.objects_by_round().await? {
             if !listed.contains_key(MANIFEST) {

@@ -48,10 +48,16 @@ impl ObjectStoreCheckpoints {
         })
     }
 
+    /// The complete checkpoints' rounds, ascending, less those written
+    /// under a lease already lost.
+    pub(super) async fn rounds_async(&self) -> Result<Vec<u64>, CoordinatorError> {
+        Ok(self.fenced_out(self.complete_with_tokens().await?))
+    }
+
     /// The rounds left once checkpoints written under a stale lease are
     /// dropped: a lower fencing token than an older round's means its
     /// writer had already lost the lease (`lease.rs`).
-    pub(super) fn fenced_out(&self, rounds: Vec<(u64, u64)>) -> Vec<u64> {
+    fn fenced_out(&self, rounds: Vec<(u64, u64)>) -> Vec<u64> {
         let mut top = 0;
         let mut out = Vec::with_capacity(rounds.len());
         for (round, token) in rounds {
