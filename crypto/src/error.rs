@@ -143,6 +143,15 @@ pub enum ProtocolError {
         /// Which secret.
         what: &'static str,
     },
+    /// A one-sided pair's mask cannot be removed: its masker, the only one
+    /// asked for the pair key, did not answer the unmask stage.
+    #[error("the key of member {masker}'s one-sided mask with {peer} was not revealed")]
+    MissingPairKey {
+        /// The survivor whose input holds the mask.
+        masker: MemberId,
+        /// The survivor that did not mask with it.
+        peer: MemberId,
+    },
     /// The round breaks this site's own policy ([`crate::protocol::SitePolicy`]);
     /// nothing the coordinator sends can override it.
     #[error("round refused by site policy: {0}")]

@@ -70,9 +70,9 @@
 //!   graph seed matters there), `⌈γ·n⌉` colluders assumed, and `t` at least
 //!   [`graph::secure_threshold`]. No announced parameter can lower it.
 //! * Before any share is revealed, every survivor signs the one survivor set,
-//!   after checking every survivor's signed masking set: each masked with at
-//!   least `t` survivors, mutually, and the survivor masking graph stays
-//!   connected after removing any `max_colluders` survivors
+//!   after checking every survivor's signed masking set: each masked mutually
+//!   (each listing the other) with at least `t` survivors, and the graph of
+//!   mutual masks stays connected after removing any `max_colluders` survivors
 //!   ([`graph::connectivity`]; masks between honest survivors are never
 //!   revealed, so each component's sum would come out on its own). A site
 //!   reveals only with a quorum of
@@ -96,8 +96,10 @@
 //! coordinator names it once more sites refused it than may collude; a
 //! located bad unmask share is dropped and its sender named (both as
 //! `CoordinatorOutput::Blamed`, which callers may count towards exclusion);
-//! a one-sided masking claim fails the round, naming the claimer in the
-//! error only, since a lying peer can make an honest site the claimer.
+//! a one-sided pair (one survivor lists a peer that does not list it) is
+//! resolved by its masker revealing that pair's mask key alone, which leaves
+//! the sum as if neither had masked with the other; it blames nobody and
+//! does not fail the round unless the masker falls silent.
 //!
 //! **Colluding sites.** Up to γ·n sites colluding with the coordinator learn
 //! nothing beyond the sum of the honest survivors' inputs, provided the

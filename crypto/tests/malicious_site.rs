@@ -1,7 +1,8 @@
 //! One bad site against an honest coordinator and honest peers: an unusable
 //! advertised key, a garbage share ciphertext, an inconsistent unmask share, a
 //! one-sided masking claim. The round completes with the others and names the
-//! culprit, or fails once, naming it, so the federation can exclude it.
+//! culprit, or fails once, naming it, so the federation can exclude it; a
+//! one-sided pair completes too (its masker reveals that pair's key).
 
 use confide_crypto::ProtocolError;
 use confide_crypto::graph::{self, SecAggParams};
@@ -198,17 +199,16 @@ fn an_inconsistent_unmask_share_is_located_and_its_sender_named() -> Res {
     Ok(())
 }
 
-#[test]
-fn a_one_sided_masking_claim_fails_the_round_once_naming_the_claimer() -> Res {
-    // Member 6 claims to have masked with member 1, which never held 6's
-    // share and so did not mask with 6: the sum would keep a mask. (Here the
-    // relay withholds 6's share from 1 to produce the one-sided claim; with
-    // an honest relay only a lying site can make one.) The coordinator
-    // refuses the survivor set and names the claimer.
-    let mut st = Stepper::<u32>::new(config(Suite::Intl, 6), 4)?;
+/// A round of 6 in which member 1 never receives member 6's share (the relay
+/// withholds it), so 6 masks with 1 but 1 does not mask with 6: a one-sided
+/// pair. With an honest relay only a lying site can make one (by leaving an
+/// honest peer out of its own set); either way the masker is honest here.
+fn one_sided_round(
+    suite: Suite,
+) -> Result<(Stepper<u32>, Vec<CoordinatorOutput<u32>>), ProtocolError> {
+    let mut st = Stepper::<u32>::new(config(suite, 6), 4)?;
     let out = st.advertise()?;
     let shares = st.share(out)?;
-    // Member 1 never receives 6's share, so 1 does not mask with 6.
     let shares: Vec<_> = shares
         .into_iter()
         .map(|o| match o {
@@ -222,18 +222,68 @@ fn a_one_sided_masking_claim_fails_the_round_once_naming_the_claimer() -> Res {
     let inputs = (1..=6).map(|m| Some(input(m))).collect();
     let masked = st.mask(shares, inputs)?;
     let out = st.submit(&masked)?;
-    let failed = out.into_iter().find_map(|o| match o {
+    let req = st.agree(out)?;
+    Ok((st, req))
+}
+
+#[test]
+fn a_one_sided_pair_is_unmasked_with_its_key_and_the_round_completes() -> Res {
+    for suite in [Suite::Intl, Suite::Gm] {
+        let (mut st, req) = one_sided_round(suite)?;
+        let resp = st.responses(req)?;
+        // Only the masker reveals, and only that one pair's key.
+        for r in &resp {
+            let peers: Vec<MemberId> = r.pair_keys.iter().map(|(p, _)| *p).collect();
+            let want: Vec<MemberId> = if r.from == 6 { vec![1] } else { vec![] };
+            assert_eq!(peers, want, "{suite}: member {}", r.from);
+        }
+        let r = st.finish(resp)?.ok_or("not finished")??;
+        assert_eq!(r.sum, sum_of(&[1, 2, 3, 4, 5, 6]), "{suite}");
+        assert!(r.dropped.is_empty(), "{suite}: {:?}", r.dropped);
+        // Nobody is blamed: the masker may have been framed by its peer.
+        assert!(st.blamed.is_empty(), "{suite}: {:?}", st.blamed);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_one_sided_pair_needs_its_masker_and_a_forged_key_set_is_refused() -> Res {
+    let (mut st, req) = one_sided_round(Suite::Intl)?;
+    let mut resp = st.responses(req)?;
+    // A response naming a pair key it does not owe is malformed.
+    let mut extra = resp
+        .iter()
+        .find(|r| r.from == 2)
+        .cloned()
+        .ok_or("no response from 2")?;
+    let key = resp
+        .iter()
+        .find(|r| r.from == 6)
+        .and_then(|r| r.pair_keys.first().cloned())
+        .ok_or("no pair key from 6")?;
+    extra.pair_keys.push((3, key.1));
+    let refused = st.coord.handle_unmask_response(extra, st.now);
+    assert!(
+        matches!(refused, Err(ProtocolError::Malformed { member: 2, .. })),
+        "{refused:?}"
+    );
+    // Without the masker's answer the mask cannot come off: the round fails
+    // naming the pair, and blames nobody (the masker may just have crashed).
+    resp.retain(|r| r.from != 6);
+    assert!(st.finish(resp)?.is_none(), "finished without member 6");
+    let d = st.coord.poll_timeout().ok_or("no unmask deadline")?;
+    st.coord.handle_timeout(d);
+    let failed = std::iter::from_fn(|| st.coord.poll_output()).find_map(|o| match o {
         CoordinatorOutput::Finished(r) => Some(r),
         _ => None,
     });
     assert!(
         matches!(
             failed,
-            Some(Err(ProtocolError::Malformed { member: 6, .. }))
+            Some(Err(ProtocolError::MissingPairKey { masker: 6, peer: 1 }))
         ),
         "{failed:?}"
     );
-    // Named in the error, not blamed: the claimer may have been framed.
     assert!(st.blamed.is_empty(), "{:?}", st.blamed);
     Ok(())
 }

@@ -199,6 +199,7 @@ fn deliver(
                     from,
                     seed_shares: sh.clone(),
                     key_shares: sh,
+                    pair_keys: vec![],
                 },
                 now,
             )

@@ -30,8 +30,8 @@ use crate::context;
 use crate::v1;
 use confide_crypto::graph::SecAggParams;
 use confide_crypto::protocol::{
-    EncryptedShare, IncomingShares, KeyAdvert, NeighbourKeys, RelayedAdvert, ShareBundle,
-    UnmaskResponse,
+    EncryptedShare, IncomingShares, KeyAdvert, NeighbourKeys, PairwiseKey, RelayedAdvert,
+    ShareBundle, UnmaskResponse,
 };
 use confide_crypto::quant::QuantConfig;
 use confide_crypto::shamir::Share;
@@ -410,6 +410,7 @@ pub fn unmask_response_to_proto(m: &UnmaskResponse, session: &str) -> v1::Unmask
         from,
         seed_shares,
         key_shares,
+        pair_keys,
     } = m;
     v1::UnmaskResponse {
         session: session.to_string(),
@@ -417,6 +418,13 @@ pub fn unmask_response_to_proto(m: &UnmaskResponse, session: &str) -> v1::Unmask
         from: *from,
         seed_shares: shares_to_proto(seed_shares),
         key_shares: shares_to_proto(key_shares),
+        pair_keys: pair_keys
+            .iter()
+            .map(|(peer, key)| v1::PairKey {
+                peer: *peer,
+                key: key.as_bytes().to_vec(),
+            })
+            .collect(),
     }
 }
 
@@ -429,12 +437,31 @@ pub fn unmask_response_from_proto(m: &v1::UnmaskResponse) -> Result<UnmaskRespon
         from,
         seed_shares,
         key_shares,
+        pair_keys,
     } = m;
+    let pair_keys = pair_keys
+        .iter()
+        .map(|v1::PairKey { peer, key }| {
+            PairwiseKey::from_bytes(key)
+                .map(|k| (*peer, k))
+                .ok_or_else(|| {
+                    bad(
+                        "unmask.pair_keys",
+                        format!(
+                            "key for peer {peer} has {} bytes, expected {}",
+                            key.len(),
+                            PairwiseKey::LEN
+                        ),
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(UnmaskResponse {
         round: *round,
         from: *from,
         seed_shares: shares_from_proto(seed_shares, "unmask.seed_shares")?,
         key_shares: shares_from_proto(key_shares, "unmask.key_shares")?,
+        pair_keys,
     })
 }
 

@@ -218,6 +218,9 @@ pub struct FakeSite {
     pub masking: Option<pb::MaskingSet>,
     /// A faulty site: flip bits in every sealed share it deals.
     pub garble_shares: bool,
+    /// Leave out the share of the lowest-numbered dealer, as a site refusing
+    /// it would: that dealer's mask with this site becomes one-sided.
+    pub ignore_lowest_share: bool,
     key: SigningKey,
     suite: Suite,
 }
@@ -277,6 +280,7 @@ impl FakeSite {
             federation: joined.federation,
             masking: None,
             garble_shares: false,
+            ignore_lowest_share: false,
             key,
             suite,
         })
@@ -425,6 +429,14 @@ impl FakeSite {
                             from: u.from,
                             seed_shares: conv(u.seed_shares),
                             key_shares: conv(u.key_shares),
+                            pair_keys: u
+                                .pair_keys
+                                .iter()
+                                .map(|(peer, key)| pb::PairKey {
+                                    peer: *peer,
+                                    key: key.as_bytes().to_vec(),
+                                })
+                                .collect(),
                         };
                         self.client.unmask(req).await?;
                     }
@@ -454,11 +466,14 @@ impl FakeSite {
                     m.handle_neighbour_keys(msg, &mut rand::rng())?;
                 }
                 pb::task::Kind::IncomingShares(is) => {
+                    let lowest = is.shares.iter().map(|s| s.from).min();
+                    let ignored = lowest.filter(|_| self.ignore_lowest_share);
                     let msg = IncomingShares {
                         round: is.round,
                         shares: is
                             .shares
                             .into_iter()
+                            .filter(|s| Some(s.from) != ignored)
                             .map(|s| EncryptedShare {
                                 from: s.from,
                                 to: s.to,

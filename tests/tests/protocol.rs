@@ -25,22 +25,31 @@ fn fake_settings(suite: Suite, secure: bool, dir: &std::path::Path) -> Settings 
     s
 }
 
-/// Runs one round with three fake sites and checks the new global model
-/// against the plaintext weighted mean of the deltas.
-async fn fedavg_case(suite: Suite, secure: bool) -> Result<(), BoxError> {
+/// Runs one round with `n` fake sites (at most 5) and checks the new global
+/// model against the plaintext weighted mean of the deltas. With
+/// `one_sided`, the last site leaves out one dealer's share, so that
+/// dealer's mask with it is one-sided and must be revealed at unmask.
+async fn fedavg_case(
+    suite: Suite,
+    secure: bool,
+    n: usize,
+    one_sided: bool,
+) -> Result<(), BoxError> {
     let tmp = tempfile::tempdir()?;
-    let s = fake_settings(suite, secure, tmp.path());
+    let mut s = fake_settings(suite, secure, tmp.path());
+    s.min_sites = n;
     let initial = confide_coordinator::federation::initial_model(&s)?.flatten();
     let d = initial.len();
     let coord = Coordinator::start(s).await?;
     let mut rng = rand::rng();
-    let weights = [13u64, 52, 101];
-    let deltas: Vec<Vec<f32>> = (0..3)
+    let weights = &[13u64, 52, 101, 7, 29][..n];
+    let deltas: Vec<Vec<f32>> = (0..n)
         .map(|_| (0..d).map(|_| rng.random_range(-1.0f32..1.0)).collect())
         .collect();
     let mut tasks = Vec::new();
-    for i in 0..3 {
+    for i in 0..n {
         let mut site = FakeSite::join(&coord.url(), &format!("fake-{i}"), suite).await?;
+        site.ignore_lowest_share = one_sided && i + 1 == n;
         let delta = deltas[i].clone();
         let w = weights[i];
         tasks.push(tokio::spawn(async move {
@@ -58,14 +67,17 @@ async fn fedavg_case(suite: Suite, secure: bool) -> Result<(), BoxError> {
     }
     let report = coord.finish(Duration::from_secs(30)).await?;
     assert_eq!(report.completed_rounds, 1);
+    let first = &report.history[0];
+    assert_eq!((first.cohort as usize, first.survivors as usize), (n, n));
+    assert!(first.blamed.is_empty(), "{:?}", first.blamed);
     let q = q.ok_or("no quantiser")?;
     let ck = checkpoint::latest(tmp.path())?.ok_or("no checkpoint")?;
     let got = ck.model.flatten();
     let total: u64 = weights.iter().sum();
-    let bound = q.error_bound(3, total) + 1e-6;
+    let bound = q.error_bound(n, total) + 1e-6;
     let mut worst = 0.0f64;
     for j in 0..d {
-        let mean: f64 = (0..3)
+        let mean: f64 = (0..n)
             .map(|i| weights[i] as f64 * f64::from(deltas[i][j]))
             .sum::<f64>()
             / total as f64;
@@ -87,13 +99,27 @@ async fn fedavg_case(suite: Suite, secure: bool) -> Result<(), BoxError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_sum_equals_plaintext_fedavg_within_quantisation_bound() -> Result<(), BoxError> {
     let (a, b, c) = tokio::join!(
-        fedavg_case(Suite::Intl, true),
-        fedavg_case(Suite::Gm, true),
-        fedavg_case(Suite::Intl, false)
+        fedavg_case(Suite::Intl, true, 3, false),
+        fedavg_case(Suite::Gm, true, 3, false),
+        fedavg_case(Suite::Intl, false, 3, false)
     );
     a?;
     b?;
     c?;
+    Ok(())
+}
+
+/// A site that refused one peer's share over real gRPC leaves a one-sided
+/// pair: the peer reveals that pair's key (`UnmaskResponse.pair_keys`) and
+/// the round completes exact, blaming nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_sided_pair_is_unmasked_over_grpc_in_both_suites() -> Result<(), BoxError> {
+    let (a, b) = tokio::join!(
+        fedavg_case(Suite::Intl, true, 5, true),
+        fedavg_case(Suite::Gm, true, 5, true)
+    );
+    a?;
+    b?;
     Ok(())
 }
 

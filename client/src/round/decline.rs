@@ -43,6 +43,7 @@ pub(crate) fn reason(e: &ClientError) -> Option<DeclineReason> {
             | ProtocolError::BadAdvert { .. }
             | ProtocolError::WrongLength { .. }
             | ProtocolError::Reconstruction { .. }
+            | ProtocolError::MissingPairKey { .. }
             | ProtocolError::CommitmentMismatch { .. }
             | ProtocolError::Ended
             | ProtocolError::Aborted { .. } => Other,

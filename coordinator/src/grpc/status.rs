@@ -85,7 +85,8 @@ fn protocol_code(e: &ProtocolError) -> Code {
         | ProtocolError::BelowThreshold { .. }
         | ProtocolError::TooFewSurvivors { .. }
         | ProtocolError::Inconsistent(_)
-        | ProtocolError::Reconstruction { .. } => Code::InvalidArgument,
+        | ProtocolError::Reconstruction { .. }
+        | ProtocolError::MissingPairKey { .. } => Code::InvalidArgument,
     }
 }
 

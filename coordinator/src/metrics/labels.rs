@@ -94,6 +94,7 @@ impl FailureReason {
                 FailureReason::too_few_survivors
             }
             ProtocolError::Reconstruction { .. }
+            | ProtocolError::MissingPairKey { .. }
             | ProtocolError::CommitmentMismatch { .. }
             | ProtocolError::Shamir(_) => FailureReason::reconstruction,
             ProtocolError::Inconsistent(_) => FailureReason::inconsistent,

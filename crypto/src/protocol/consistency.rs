@@ -117,6 +117,9 @@ pub(crate) struct CheckedSurvivors {
     /// Peers some survivor masked with that are not survivors: their mask
     /// keys are to be rebuilt.
     pub(crate) dropped: BTreeSet<MemberId>,
+    /// (masker, peer): survivors where the masker listed the peer and the
+    /// peer did not list it; the masker reveals their pair key.
+    pub(crate) one_sided: BTreeSet<(MemberId, MemberId)>,
 }
 
 /// The survivor-set rules every site applies before signing (and the
@@ -214,13 +217,19 @@ impl SurvivorRules<'_> {
         Ok(sets)
     }
 
-    /// The global rules over the masking sets: every survivor masked with at
-    /// least `t` survivors (so no survivor's pairwise masks can all be
-    /// removed), masking between survivors is mutual (else the sum would
-    /// keep a mask), and the survivor masking graph stays connected whichever
+    /// The global rules over the masking sets. A pair of survivors masked
+    /// *mutually* when each lists the other; a pair where only `p` lists `q`
+    /// is one-sided: `p`'s input holds a mask `q`'s lacks, which never
+    /// cancels, so `p` reveals that pair's key at unmask
+    /// ([`CheckedSurvivors::one_sided`]). Revealing it leaves the sum as if
+    /// neither had masked with the other — what a coordinator withholding
+    /// both shares of the pair gets anyway — so the rules below count mutual
+    /// masks only: every survivor masked mutually with at least `t`
+    /// survivors (so no survivor's pairwise masks can all be removed), and
+    /// the survivor graph of mutual masks stays connected whichever
     /// `max_colluders` survivors are removed (else the coordinator learns the
     /// sum of each remaining component: see [`connected_without_colluders`]).
-    /// Returns the derived dropped set.
+    /// Returns the derived dropped set and the one-sided pairs.
     pub(crate) fn check_masking(
         &self,
         survivors: &BTreeSet<MemberId>,
@@ -228,41 +237,39 @@ impl SurvivorRules<'_> {
     ) -> Result<CheckedSurvivors, ProtocolError> {
         let t = self.cfg.params.t;
         let mut dropped = BTreeSet::new();
+        let mut one_sided = BTreeSet::new();
+        let mut mutual: BTreeMap<MemberId, BTreeSet<MemberId>> = BTreeMap::new();
         for (&p, peers) in sets {
-            let alive = peers.iter().filter(|q| survivors.contains(q)).count();
-            if alive < t {
-                return Err(ProtocolError::Inconsistent(format!(
-                    "survivor {p} masked with {alive} other survivors, at least {t} required"
-                )));
-            }
+            let linked = mutual.entry(p).or_default();
             for &q in peers {
                 if !survivors.contains(&q) {
                     dropped.insert(q);
-                } else if !sets.get(&q).is_some_and(|s| s.contains(&p)) {
-                    // An honest site masks only with peers whose valid share it
-                    // holds, and (with an honest relay) those peers hold its
-                    // share too: the one-sided claim is the suspect.
-                    return Err(ProtocolError::Malformed {
-                        member: p,
-                        reason: format!(
-                            "claims to have masked with {q}, which did not mask with it"
-                        ),
-                    });
+                } else if sets.get(&q).is_some_and(|s| s.contains(&p)) {
+                    linked.insert(q);
+                } else {
+                    one_sided.insert((p, q));
                 }
+            }
+            if linked.len() < t {
+                return Err(ProtocolError::Inconsistent(format!(
+                    "survivor {p} masked mutually with {} other survivors, at least {t} required",
+                    linked.len()
+                )));
             }
         }
         if self.connectivity {
-            connected_without_colluders(self.topo, survivors, sets, self.cfg.max_colluders)?;
+            connected_without_colluders(self.topo, survivors, &mutual, self.cfg.max_colluders)?;
         }
         Ok(CheckedSurvivors {
             survivors: survivors.clone(),
             dropped,
+            one_sided,
         })
     }
 }
 
 /// The survivor masking graph (survivors joined where they masked with each
-/// other; mutuality is checked before) must stay connected after removing any
+/// other; `sets` holds mutual masks only) must stay connected after removing any
 /// `c` vertices. Masks between two honest survivors are never revealed, so
 /// with its colluders removed the coordinator learns the sum of each
 /// component: the one honest sum only if one component remains, whoever the

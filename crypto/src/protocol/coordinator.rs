@@ -504,7 +504,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
             return Err(ProtocolError::Duplicate(from));
         }
         let held = masking.get(&from).cloned().unwrap_or_default();
-        check_response(&held, &checked.survivors, &checked.dropped, &resp)?;
+        check_response(&held, checked, &resp)?;
         responses.insert(from, resp);
         if responses.len() == signers.len() {
             self.close_stage(now);

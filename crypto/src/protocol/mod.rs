@@ -54,6 +54,8 @@ pub use crate::ids::{MemberId, Stage};
 
 use std::collections::{BTreeSet, HashMap};
 
+use zeroize::Zeroizing;
+
 use crate::error::{CryptoError, ProtocolError};
 use crate::graph::{self, NeighbourGraph, SecAggParams};
 use crate::prg::Prg;
@@ -380,7 +382,8 @@ pub struct UnmaskRequest {
 }
 
 /// Survivor → coordinator: self-mask-seed shares of surviving neighbours and
-/// mask-key shares of dropped neighbours — never both for one member.
+/// mask-key shares of dropped neighbours — never both for one member — and
+/// the pairwise mask keys of its one-sided pairs.
 #[derive(Clone, Debug)]
 pub struct UnmaskResponse {
     /// Round number.
@@ -391,6 +394,42 @@ pub struct UnmaskResponse {
     pub seed_shares: Vec<(MemberId, Share)>,
     /// (owner, share of the owner's mask-agreement secret key).
     pub key_shares: Vec<(MemberId, Share)>,
+    /// (peer, the pairwise mask key of this round's pair) for every surviving
+    /// peer this site masked with that did not mask with it: that mask is in
+    /// this site's input only and cannot cancel (see `consistency.rs`).
+    pub pair_keys: Vec<(MemberId, PairwiseKey)>,
+}
+
+/// The PRG key of one pair's mask in one round (the KDF output over their
+/// agreement, round and ids); revealing it uncovers that one mask only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PairwiseKey(Zeroizing<[u8; 16]>);
+
+impl PairwiseKey {
+    /// Length on the wire.
+    pub const LEN: usize = 16;
+
+    /// From wire bytes, which must be [`PairwiseKey::LEN`] long.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let key: [u8; 16] = bytes.try_into().ok()?;
+        Some(Self(Zeroizing::new(key)))
+    }
+
+    /// The key bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// The mask PRG it keys.
+    pub(crate) fn prg(&self, suite: Suite) -> Prg {
+        Prg::new(suite, &self.0)
+    }
+}
+
+impl std::fmt::Debug for PairwiseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PairwiseKey(..)")
+    }
 }
 
 /// Maps a member and its relayed identity material to its long-term
@@ -471,6 +510,18 @@ pub(crate) fn pairwise_prg(
     a: MemberId,
     b: MemberId,
 ) -> Result<Prg, CryptoError> {
+    Ok(pairwise_key(suite, round, my_secret, peer_public, a, b)?.prg(suite))
+}
+
+/// The key of [`pairwise_prg`], the same from either end of the pair.
+pub(crate) fn pairwise_key(
+    suite: Suite,
+    round: u64,
+    my_secret: &[u8; 32],
+    peer_public: &[u8],
+    a: MemberId,
+    b: MemberId,
+) -> Result<PairwiseKey, CryptoError> {
     let shared = suite.provider().agree(my_secret, peer_public)?;
     let key = crate::kdf::derive_key(
         suite,
@@ -480,7 +531,7 @@ pub(crate) fn pairwise_prg(
         a.min(b),
         a.max(b),
     )?;
-    Ok(Prg::new(suite, &key))
+    Ok(PairwiseKey(key))
 }
 
 /// The PRG of a member's self mask.

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
-use super::consistency::{CheckedSurvivors, SurvivorRules, check_quorum};
+use super::consistency::CheckedSurvivors;
 use super::{
-    ConsistencyRequest, EncryptedShare, IdentityVerifier, IncomingShares, KeyAdvert, MaskingSet,
-    MemberId, NeighbourKeys, RoundConfig, SHARE_PLAINTEXT_LEN, ShareBundle, SitePolicy, Stage,
-    SurvivorSignature, Topology, UnmaskRequest, UnmaskResponse, pairwise_prg, seed_commitment,
-    self_mask_prg, share_aad, share_x,
+    EncryptedShare, IdentityVerifier, IncomingShares, KeyAdvert, MaskingSet, MemberId,
+    NeighbourKeys, PairwiseKey, RoundConfig, SHARE_PLAINTEXT_LEN, ShareBundle, SitePolicy, Stage,
+    SurvivorSignature, Topology, UnmaskResponse, pairwise_key, seed_commitment, self_mask_prg,
+    share_aad, share_x,
 };
 use crate::error::ProtocolError;
 use crate::kdf::{Purpose, derive_key};
@@ -23,6 +23,7 @@ use crate::suite::{SigningKey, random_secret};
 #[cfg(any(test, feature = "test-util"))]
 mod leak;
 mod peers;
+mod reveal;
 #[cfg(any(test, feature = "test-util"))]
 pub use leak::LeakedSecrets;
 
@@ -112,6 +113,8 @@ struct AwaitConsistency {
     /// The peers masked with, as signed.
     masked_with: Vec<MemberId>,
     held: BTreeMap<MemberId, HeldShares>,
+    /// This round's key with each peer masked with.
+    pair_keys: BTreeMap<MemberId, PairwiseKey>,
 }
 
 /// Survivor set signed; waiting for the quorum and the unmask request.
@@ -120,6 +123,8 @@ struct AwaitUnmask {
     /// The one set this site signed, ascending.
     signed: Vec<MemberId>,
     checked: CheckedSurvivors,
+    /// As in [`AwaitConsistency`].
+    pair_keys: BTreeMap<MemberId, PairwiseKey>,
 }
 
 /// The shares of one neighbour's secrets that this site holds.
@@ -438,14 +443,19 @@ impl<R: RingElement> SiteMachine<R> {
         let suite = self.cfg.suite;
         let round = self.cfg.round;
         self_mask_prg(suite, round, self.me, &st.seed)?.add_into(&mut input)?;
+        // Kept (16 bytes each) in case a peer turns out not to have masked
+        // with this site: then this key alone is revealed (`reveal.rs`).
+        let mut pair_keys = BTreeMap::new();
         for (&v, mask_public) in &st.peers {
-            let prg = pairwise_prg(suite, round, &st.mask_secret, mask_public, self.me, v)?;
+            let key = pairwise_key(suite, round, &st.mask_secret, mask_public, self.me, v)?;
+            let prg = key.prg(suite);
             // + towards larger ids, − towards smaller: the pair cancels in the sum.
             if v > self.me {
                 prg.add_into(&mut input)?;
             } else {
                 prg.sub_from(&mut input)?;
             }
+            pair_keys.insert(v, key);
         }
         let masked_with: Vec<MemberId> = st.peers.keys().copied().collect();
         let signature = self.signing.sign(&MaskingSet::signed_bytes(
@@ -465,116 +475,8 @@ impl<R: RingElement> SiteMachine<R> {
         self.phase = Phase::AwaitConsistency(AwaitConsistency {
             masked_with,
             held: st.held,
+            pair_keys,
         });
-        Ok(())
-    }
-
-    /// Stage 4 input: the survivor set and every survivor's masking set.
-    /// Checks them against this site's view and rules (see
-    /// `docs/security.md`) and signs the set — the only set this site will
-    /// sign this round.
-    pub fn handle_consistency_request(
-        &mut self,
-        msg: ConsistencyRequest,
-    ) -> Result<(), ProtocolError> {
-        self.check(msg.round, Stage::Consistency)?;
-        let Phase::AwaitConsistency(st) = std::mem::replace(&mut self.phase, Phase::Done) else {
-            return Err(ProtocolError::Ended);
-        };
-        let rules = SurvivorRules {
-            cfg: &self.cfg,
-            topo: &self.topo,
-            session: &self.session,
-            min_survivors: self.min_survivors,
-            connectivity: self.check_connectivity,
-        };
-        rules.check_set(&msg.survivors)?;
-        let survivors: BTreeSet<MemberId> = msg.survivors.iter().copied().collect();
-        if !survivors.contains(&self.me) {
-            return Err(ProtocolError::Inconsistent(
-                "the survivor set does not list this site".into(),
-            ));
-        }
-        let neighbours: BTreeSet<MemberId> = self.topo.neighbours(self.me).into_iter().collect();
-        let sets = rules.masking_sets(
-            &survivors,
-            &msg.masking,
-            Some((self.verifier.as_ref(), &neighbours)),
-        )?;
-        let mine: BTreeSet<MemberId> = st.masked_with.iter().copied().collect();
-        if sets.get(&self.me) != Some(&mine) {
-            return Err(ProtocolError::Inconsistent(
-                "the masking set relayed for this site is not the one it signed".into(),
-            ));
-        }
-        let checked = rules.check_masking(&survivors, &sets)?;
-        let signature = self.signing.sign(&SurvivorSignature::signed_bytes(
-            &self.session,
-            &msg.survivors,
-        ))?;
-        self.out
-            .push_back(SiteOutput::Consistency(SurvivorSignature {
-                round: self.cfg.round,
-                member: self.me,
-                signature,
-            }));
-        self.phase = Phase::AwaitUnmask(AwaitUnmask {
-            held: st.held,
-            signed: msg.survivors,
-            checked,
-        });
-        Ok(())
-    }
-
-    /// Stage 5 input: once a quorum has signed the same survivor set this site
-    /// signed, reveal the seed share of every surviving neighbour and the key
-    /// share of every dropped one (never both for one member).
-    pub fn handle_unmask_request(&mut self, msg: UnmaskRequest) -> Result<(), ProtocolError> {
-        self.check(msg.round, Stage::Unmask)?;
-        let Phase::AwaitUnmask(st) = std::mem::replace(&mut self.phase, Phase::Done) else {
-            return Err(ProtocolError::Ended);
-        };
-        if msg.survivors != st.signed {
-            return Err(ProtocolError::Inconsistent(
-                "the unmask request names a survivor set this site did not sign".into(),
-            ));
-        }
-        check_quorum(
-            &self.cfg,
-            &self.session,
-            &st.signed,
-            &msg.signatures,
-            self.verifier.as_ref(),
-        )?;
-        let CheckedSurvivors { survivors, dropped } = &st.checked;
-        if let Some(&both) = survivors.intersection(dropped).next() {
-            return Err(ProtocolError::BothSharesRequested(both));
-        }
-        let alive = st.held.keys().filter(|v| survivors.contains(v)).count();
-        let t = self.cfg.params.t;
-        if alive < t {
-            // Answering would help unmask a sum of too few inputs.
-            return Err(ProtocolError::BelowThreshold {
-                member: self.me,
-                have: alive,
-                need: t,
-            });
-        }
-        let mut seed_shares = Vec::new();
-        let mut key_shares = Vec::new();
-        for (&v, h) in &st.held {
-            if survivors.contains(&v) {
-                seed_shares.push((v, h.seed.clone()));
-            } else if dropped.contains(&v) {
-                key_shares.push((v, h.key.clone()));
-            }
-        }
-        self.out.push_back(SiteOutput::Unmask(UnmaskResponse {
-            round: self.cfg.round,
-            from: self.me,
-            seed_shares,
-            key_shares,
-        }));
         Ok(())
     }
 }

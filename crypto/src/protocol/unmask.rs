@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::consistency::CheckedSurvivors;
 use super::{
     KeyAdvert, MemberId, RoundConfig, RoundResult, UnmaskResponse, pairwise_prg, seed_commitment,
     self_mask_prg, share_x,
@@ -19,14 +20,30 @@ use crate::shamir::{Reconstructor, ShamirError, Share};
 /// Check that `resp` carries exactly one correctly labelled share per peer
 /// its sender holds shares of (`held`, its signed masking set): a
 /// self-mask-seed share for every peer in `survivors` and a mask-key share
-/// for every peer in `dropped`.
+/// for every peer in `dropped`; and exactly one pair key per one-sided pair
+/// it is the masker of.
 pub(super) fn check_response(
     held: &BTreeSet<MemberId>,
-    survivors: &BTreeSet<MemberId>,
-    dropped: &BTreeSet<MemberId>,
+    checked: &CheckedSurvivors,
     resp: &UnmaskResponse,
 ) -> Result<(), ProtocolError> {
     let from = resp.from;
+    let (survivors, dropped) = (&checked.survivors, &checked.dropped);
+    let owed: BTreeSet<MemberId> = checked
+        .one_sided
+        .iter()
+        .filter(|(p, _)| *p == from)
+        .map(|&(_, q)| q)
+        .collect();
+    let given: BTreeSet<MemberId> = resp.pair_keys.iter().map(|(q, _)| *q).collect();
+    if given != owed || given.len() != resp.pair_keys.len() {
+        return Err(ProtocolError::Malformed {
+            member: from,
+            reason: format!(
+                "pair keys for {given:?}, expected one each for {owed:?} (its one-sided pairs)"
+            ),
+        });
+    }
     let want_seed: BTreeSet<MemberId> = held.intersection(survivors).copied().collect();
     let want_key: BTreeSet<MemberId> = held.intersection(dropped).copied().collect();
     let check_set = |list: &[(MemberId, Share)], want: &BTreeSet<MemberId>, what: &str| {
@@ -67,18 +84,19 @@ pub(super) struct Unmasker<'a> {
 }
 
 impl Unmasker<'_> {
-    /// Remove every mask from `acc`, the sum of the masked inputs of `u3`:
-    /// each survivor's self mask (from its reconstructed seed) and, for each
-    /// member of `dropped`, the pairwise masks survivors added with it (from
-    /// its reconstructed mask key).
+    /// Remove every mask from `acc`, the sum of the masked inputs of the
+    /// survivors: each survivor's self mask (from its reconstructed seed),
+    /// for each dropped member the pairwise masks survivors added with it
+    /// (from its reconstructed mask key), and each one-sided pair's mask
+    /// (from the key its masker revealed).
     pub(super) fn unmask<R: RingElement>(
         &self,
-        u3: &BTreeSet<MemberId>,
-        dropped: &BTreeSet<MemberId>,
+        checked: &CheckedSurvivors,
         mut acc: Vec<R>,
         responses: &BTreeMap<MemberId, UnmaskResponse>,
         blamed: &mut BTreeMap<MemberId, String>,
     ) -> Result<RoundResult<R>, ProtocolError> {
+        let (u3, dropped) = (&checked.survivors, &checked.dropped);
         let suite = self.cfg.suite;
         let round = self.cfg.round;
         let t = self.cfg.params.t;
@@ -189,6 +207,19 @@ impl Unmasker<'_> {
                 } else {
                     prg.add_into(&mut acc)?;
                 }
+            }
+        }
+        for &(p, q) in &checked.one_sided {
+            let key = responses
+                .get(&p)
+                .and_then(|r| r.pair_keys.iter().find(|(v, _)| *v == q))
+                .map(|(_, k)| k)
+                .ok_or(ProtocolError::MissingPairKey { masker: p, peer: q })?;
+            // p added +mask towards a larger id, −mask otherwise.
+            if q > p {
+                key.prg(suite).sub_from(&mut acc)?;
+            } else {
+                key.prg(suite).add_into(&mut acc)?;
             }
         }
         Ok(RoundResult {

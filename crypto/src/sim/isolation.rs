@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use zeroize::Zeroizing;
 
-use crate::protocol::{MemberId, pairwise_prg, seed_commitment, self_mask_prg};
+use crate::protocol::{MemberId, PairwiseKey, pairwise_prg, seed_commitment, self_mask_prg};
 use crate::ring::{self, RingElement};
 use crate::shamir::{self, Share};
 use crate::suite::Suite;
@@ -36,6 +36,9 @@ pub struct Knowledge<R> {
     pub seed_shares: BTreeMap<MemberId, Vec<Share>>,
     /// Every mask-key share obtained, by owner.
     pub key_shares: BTreeMap<MemberId, Vec<Share>>,
+    /// Pairwise mask keys revealed for one-sided pairs, by (smaller id,
+    /// larger id).
+    pub pair_keys: BTreeMap<(MemberId, MemberId), PairwiseKey>,
     /// Mask secrets of colluding members.
     pub colluder_keys: BTreeMap<MemberId, Zeroizing<[u8; 32]>>,
     /// Inputs of colluding members (known to the coordinator).
@@ -144,14 +147,17 @@ pub fn leaks<R: RingElement>(
     for (&c, secret) in &k.colluder_keys {
         keys.insert(c, secret.clone());
     }
+    let pair_key = |u: MemberId, v: MemberId| k.pair_keys.get(&(u.min(v), u.max(v)));
     // The pairwise mask between u and v as u applied it, if known.
     let mask = |u: MemberId, v: MemberId, len: usize| -> Option<Vec<R>> {
-        let (secret, public) = match (keys.get(&u), keys.get(&v)) {
-            (Some(s), _) => (s, k.mask_public.get(&v)?),
-            (None, Some(s)) => (s, k.mask_public.get(&u)?),
-            (None, None) => return None,
+        let prg = match (keys.get(&u), keys.get(&v), pair_key(u, v)) {
+            (Some(s), _, _) => pairwise_prg(suite, round, s, k.mask_public.get(&v)?, u, v).ok()?,
+            (None, Some(s), _) => {
+                pairwise_prg(suite, round, s, k.mask_public.get(&u)?, u, v).ok()?
+            }
+            (None, None, Some(key)) => key.prg(suite),
+            (None, None, None) => return None,
         };
-        let prg = pairwise_prg(suite, round, secret, public, u, v).ok()?;
         let mut m = vec![R::default(); len];
         if v > u {
             prg.add_into(&mut m).ok()?;
@@ -160,7 +166,9 @@ pub fn leaks<R: RingElement>(
         }
         Some(m)
     };
-    let known = |u: MemberId, v: MemberId| keys.contains_key(&u) || keys.contains_key(&v);
+    let known = |u: MemberId, v: MemberId| {
+        keys.contains_key(&u) || keys.contains_key(&v) || pair_key(u, v).is_some()
+    };
 
     // Components over received inputs, edges = unknown mutual masks.
     let members: Vec<MemberId> = k.masked.keys().copied().collect();

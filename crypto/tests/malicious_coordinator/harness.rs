@@ -346,6 +346,10 @@ impl World {
                     for (owner, s) in u.key_shares {
                         self.know.key_shares.entry(owner).or_default().push(s);
                     }
+                    for (peer, key) in u.pair_keys {
+                        let pair = (u.from.min(peer), u.from.max(peer));
+                        self.know.pair_keys.insert(pair, key);
+                    }
                     return true;
                 }
                 false

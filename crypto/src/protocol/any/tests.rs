@@ -283,6 +283,7 @@ fn plain_coordinator_rejects_secure_messages_with_wrong_stage() {
         from: 1,
         seed_shares: vec![],
         key_shares: vec![],
+        pair_keys: vec![],
     };
     assert_eq!(
         c.handle_unmask_response(resp, now),

@@ -200,10 +200,10 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 });
                 let (checked, masking) = match checked {
                     Ok(c) => c,
-                    // The error names a one-sided claimer, but it is not
-                    // Blamed: a lying peer that leaves an honest site out of
-                    // its own set makes the honest site the claimer, and
-                    // blame counts towards exclusion.
+                    // Nobody is Blamed here: one-sided pairs are resolved at
+                    // unmask (their masker reveals the pair key), and what
+                    // still fails — too few mutual masks, a split graph —
+                    // a coordinator can bring about alone.
                     Err(e) => {
                         self.finish(Err(e));
                         return;
@@ -295,13 +295,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
                     commitments: &self.commitments,
                 };
                 let mut blamed = BTreeMap::new();
-                let result = unmasker.unmask(
-                    &checked.survivors,
-                    &checked.dropped,
-                    acc,
-                    &responses,
-                    &mut blamed,
-                );
+                let result = unmasker.unmask(&checked, acc, &responses, &mut blamed);
                 for (member, reason) in blamed {
                     self.out
                         .push_back(CoordinatorOutput::Blamed { member, reason });
