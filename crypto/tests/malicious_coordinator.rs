@@ -148,6 +148,48 @@ fn withholding_shares_then_calling_the_victims_peers_dropped_is_refused_at_20() 
 }
 
 #[test]
+fn one_sided_pairs_from_withholding_reveal_their_keys_and_no_input_at_20() {
+    // As above, but the coordinator keeps everyone a survivor: members 13..=20
+    // got the victim's share and masked with it, the victim did not mask with
+    // them, so those 8 pairs are one-sided and their keys come out. Two
+    // colluders sit among the victim's remaining peers. The victim keeps
+    // t = 11 mutual masks, 9 of them with honest peers: the round completes
+    // and the oracle finds nothing finer than the sum. One share fewer and
+    // every site refuses the set.
+    for suite in Suite::ALL {
+        for (kept, completes) in [(2..=12, true), (2..=11, false)] {
+            let cfg = honest_config(suite, 20, [2; 32]);
+            let mut w = World::new(suite, &all(20), |_| cfg.clone(), &[2, 3], 5);
+            for m in all(20) {
+                let a = w.honest_adverts(m);
+                w.send_keys(m, a);
+            }
+            for m in all(20) {
+                let mut s = w.shares_for(m);
+                if m == 1 {
+                    s.retain(|e| kept.contains(&e.from));
+                }
+                w.send_shares(m, s);
+            }
+            for m in all(20) {
+                w.mask(m);
+            }
+            let signed = agree_and_unmask(&mut w, &all(20));
+            if completes {
+                assert_eq!(signed, 20, "{suite}: {:?}", w.errors);
+                let pairs: Vec<(MemberId, MemberId)> = w.know.pair_keys.keys().copied().collect();
+                let want: Vec<(MemberId, MemberId)> = (13..=20).map(|m| (1, m)).collect();
+                assert_eq!(pairs, want, "{suite}");
+            } else {
+                assert_eq!(signed, 0, "{suite}: a site signed with 10 mutual masks");
+                assert!(w.know.pair_keys.is_empty(), "{suite}");
+            }
+            assert!(w.leaks(2).is_empty(), "{suite}: {:?}", w.leaks(2));
+        }
+    }
+}
+
+#[test]
 fn a_split_view_is_refused_by_the_neighbours_at_6_and_8() {
     for n in [6usize, 8] {
         let full = honest_config(Suite::Intl, n, [3; 32]);
