@@ -142,6 +142,13 @@ struct RunArgs {
     /// Fraction of rows held out for evaluation.
     #[arg(long, env = "CONFIDE_HOLDOUT", default_value_t = 0.2)]
     holdout: f64,
+    /// The site's state directory (created 0700): its contribution ledger,
+    /// the exact inputs it sent and the survivor sets it signed, so that a
+    /// restart cannot make it send a second, different input on a model.
+    /// Default: `state/` in --certs-dir, or beside --key; with --insecure
+    /// and neither, in memory only.
+    #[arg(long, env = "CONFIDE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Give up after the coordinator has been unreachable this many seconds.
     #[arg(long, env = "CONFIDE_MAX_RECONNECT_SECS", default_value_t = 60)]
     max_reconnect_secs: u64,
@@ -257,7 +264,21 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
     if let Some(k) = &a.signing_key {
         cfg.signing_key = Some(k.clone());
     }
+    cfg.state_dir = state_dir(a);
     Ok(cfg)
+}
+
+/// `--state-dir`, else `state/` beside the site's key material (the key
+/// directory, or the directory of `--key`); `None` only without either.
+fn state_dir(a: &RunArgs) -> Option<PathBuf> {
+    let beside_key = a.key.as_ref().map(|k| {
+        k.parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf()
+    });
+    a.state_dir
+        .clone()
+        .or_else(|| a.certs_dir.clone().or(beside_key).map(|d| d.join("state")))
 }
 
 async fn shutdown_signal() {
@@ -463,9 +484,9 @@ mod tests {
         };
         let a = *a;
         let cfg = site_config(&a).map_err(|e| e.to_string());
-        assert!(cfg.is_ok_and(
-            |c| c.tls.is_some_and(|t| t.domain == "c") && c.policy == SitePolicy::default()
-        ));
+        assert!(cfg.is_ok_and(|c| c.tls.is_some_and(|t| t.domain == "c")
+            && c.policy == SitePolicy::default()
+            && c.state_dir == Some(PathBuf::from("/certs/state"))));
         // Several coordinators: each URL's own host, unless --tls-domain.
         let mut several = a;
         several.coordinator = "https://c:7443,https://d:7443".into();

@@ -322,6 +322,7 @@ async fn secure_round(
                             round: sh.round,
                             reason: convert::DeclineReason::SecureAggregationPolicy,
                             message: "survivors below this site's minimum".into(),
+                            cohort: Vec::new(),
                         };
                         fed.decline(&m.session, None, &d)?;
                         m.site = None;
