@@ -142,11 +142,8 @@ struct RunArgs {
     /// Fraction of rows held out for evaluation.
     #[arg(long, env = "CONFIDE_HOLDOUT", default_value_t = 0.2)]
     holdout: f64,
-    /// The site's state directory (created 0700): its contribution ledger,
-    /// the exact inputs it sent and the survivor sets it signed, so that a
-    /// restart cannot make it send a second, different input on a model.
-    /// Default: `state/` in --certs-dir, or beside --key; with --insecure
-    /// and neither, in memory only.
+    /// State directory (0700) for the contribution ledger, kept across
+    /// restarts. Default: `state/` in --certs-dir or beside --key; else in memory.
     #[arg(long, env = "CONFIDE_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Give up after the coordinator has been unreachable this many seconds.
@@ -268,8 +265,7 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
     Ok(cfg)
 }
 
-/// `--state-dir`, else `state/` beside the site's key material (the key
-/// directory, or the directory of `--key`); `None` only without either.
+/// `--state-dir`, else `state/` beside the key material; `None` without any.
 fn state_dir(a: &RunArgs) -> Option<PathBuf> {
     let beside_key = a.key.as_ref().map(|k| {
         k.parent()

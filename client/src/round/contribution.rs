@@ -132,15 +132,6 @@ pub(super) struct Contributions {
     orphans: Vec<String>,
 }
 
-impl super::RoundDriver {
-    /// Keeps this site's contributions in state directory `state` (loading
-    /// what an earlier run recorded there), or in memory without one.
-    pub(crate) fn with_state_dir(mut self, state: Option<&Path>) -> Result<Self, ClientError> {
-        self.contributions = Contributions::open(state)?;
-        Ok(self)
-    }
-}
-
 /// The parts of an announcement that decide what the input means (the
 /// model, ring, length, quantisation, training settings, evaluation and
 /// feature statistics); round, attempt, cohort and graph are per attempt.
