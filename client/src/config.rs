@@ -60,6 +60,13 @@ pub struct SiteConfig {
     /// Where the run loop records rounds, stage times, bytes and reconnects
     /// (none by default; `confide-site run --metrics-listen` serves one).
     pub metrics: Option<Arc<SiteMetrics>>,
+    /// The site's own state directory: its contribution ledger (the exact
+    /// inputs it sent and the survivor sets it signed, per model) lives in
+    /// `contributions/` there, so a restart cannot make it send a second,
+    /// different input on a model. `None` (the library's default, for
+    /// in-process demos and tests): in memory only, which is logged.
+    /// `confide-site run` defaults to `state/` beside its key material.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl SiteConfig {
@@ -87,6 +94,7 @@ impl SiteConfig {
             vanish: None,
             max_reconnect: Duration::from_secs(60),
             metrics: None,
+            state_dir: None,
         }
     }
 

@@ -142,6 +142,34 @@ pub enum ClientError {
         /// What differs.
         why: String,
     },
+    /// A retry on a model whose survivor set this site signed, with another
+    /// cohort (or masking set, or survivor set): the input is replayed only
+    /// to exactly `survivors` (`round/contribution.rs`), which the Decline
+    /// tells the coordinator.
+    #[error(
+        "round {round}: this site replays its update on model {model} only to the {} sites of the survivor set it signed: {why}; refused",
+        survivors.len()
+    )]
+    ReplayCohort {
+        /// The refused round.
+        round: u64,
+        /// The model's SHA-256 (hex).
+        model: String,
+        /// What differs.
+        why: String,
+        /// The site names of the survivor set signed, this site included.
+        survivors: Vec<String>,
+    },
+    /// The site's record of its contributions (its state directory) cannot
+    /// be read, is corrupt, or cannot be written: without it the site could
+    /// put a second input into a sum on a model it already contributed to.
+    #[error("contribution ledger {path}: {reason}")]
+    Ledger {
+        /// The file (or directory).
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// The secure-aggregation state machine refused a message.
     #[error("secure aggregation: {0}")]
     Protocol(#[from] ProtocolError),

@@ -142,6 +142,10 @@ struct RunArgs {
     /// Fraction of rows held out for evaluation.
     #[arg(long, env = "CONFIDE_HOLDOUT", default_value_t = 0.2)]
     holdout: f64,
+    /// State directory (0700) for the contribution ledger, kept across
+    /// restarts. Default: `state/` in --certs-dir or beside --key; else in memory.
+    #[arg(long, env = "CONFIDE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Give up after the coordinator has been unreachable this many seconds.
     #[arg(long, env = "CONFIDE_MAX_RECONNECT_SECS", default_value_t = 60)]
     max_reconnect_secs: u64,
@@ -257,7 +261,20 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
     if let Some(k) = &a.signing_key {
         cfg.signing_key = Some(k.clone());
     }
+    cfg.state_dir = state_dir(a);
     Ok(cfg)
+}
+
+/// `--state-dir`, else `state/` beside the key material; `None` without any.
+fn state_dir(a: &RunArgs) -> Option<PathBuf> {
+    let beside_key = a.key.as_ref().map(|k| {
+        k.parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf()
+    });
+    a.state_dir
+        .clone()
+        .or_else(|| a.certs_dir.clone().or(beside_key).map(|d| d.join("state")))
 }
 
 async fn shutdown_signal() {
@@ -463,9 +480,9 @@ mod tests {
         };
         let a = *a;
         let cfg = site_config(&a).map_err(|e| e.to_string());
-        assert!(cfg.is_ok_and(
-            |c| c.tls.is_some_and(|t| t.domain == "c") && c.policy == SitePolicy::default()
-        ));
+        assert!(cfg.is_ok_and(|c| c.tls.is_some_and(|t| t.domain == "c")
+            && c.policy == SitePolicy::default()
+            && c.state_dir == Some(PathBuf::from("/certs/state"))));
         // Several coordinators: each URL's own host, unless --tls-domain.
         let mut several = a;
         several.coordinator = "https://c:7443,https://d:7443".into();

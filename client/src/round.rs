@@ -23,7 +23,7 @@
 //! `round/secure.rs` (the secure stages' tasks), `round/session.rs`
 //! (Join, reconnect), `round/outgoing.rs` (the outbox messages),
 //! `round/announce.rs` (replays and stale tasks), `round/contribution.rs`
-//! (one training input per model, re-sent exactly on a retry) and
+//! (one training input per model, re-sent exactly; on disk: `round/ledger.rs`),
 //! `round/replay.rs` (where a replay is checked against the signed set) and
 //! `round/decline.rs` (what the coordinator is told when the site refuses).
 
@@ -573,13 +573,14 @@ impl RoundDriver {
             && matches!(r.phase, Phase::Plain)
         {
             // A plain update is readable the moment it leaves the site.
-            self.contributions.record_plain(&self.federation, &r.start);
+            let c = &mut self.contributions;
+            c.record_plain(&self.federation, &r.start)?;
         }
         if matches!(action, Action::Send)
             && let (Some(r), Some(x)) = (self.round.as_ref(), kept)
         {
             self.contributions
-                .remember_input(&self.federation, &r.start, &x);
+                .remember_input(&self.federation, &r.start, &x)?;
         }
         Ok(action)
     }
@@ -589,6 +590,7 @@ mod announce;
 mod bounds;
 mod contribution;
 mod decline;
+mod ledger;
 mod outgoing;
 mod replay;
 mod secure;

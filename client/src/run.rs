@@ -143,7 +143,8 @@ impl<T: Transport> Runner<T> {
                 ca_fingerprint,
             },
             StdRng::from_rng(&mut rng),
-        );
+        )
+        .with_state_dir(cfg.state_dir.as_deref())?;
         Ok(Runner {
             transport,
             driver,

@@ -86,6 +86,7 @@ pub struct SiteBuilder {
     max_reconnect: Option<Duration>,
     trainer: Option<TrainerFactory>,
     metrics: Option<Arc<SiteMetrics>>,
+    state_dir: Option<PathBuf>,
 }
 
 impl SiteBuilder {
@@ -110,6 +111,7 @@ impl SiteBuilder {
         self.vanish = cfg.vanish;
         self.max_reconnect = Some(cfg.max_reconnect);
         self.metrics = cfg.metrics;
+        self.state_dir = cfg.state_dir;
         self
     }
 
@@ -233,6 +235,13 @@ impl SiteBuilder {
         self
     }
 
+    /// The site's state directory, where its contribution ledger is kept
+    /// across restarts ([`SiteConfig::state_dir`]; default: in memory only).
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
     /// Chooses the local trainer per round (default [`builtin_trainer`]).
     pub fn trainer<F>(mut self, f: F) -> Self
     where
@@ -299,6 +308,7 @@ impl SiteBuilder {
             cfg.max_reconnect = d;
         }
         cfg.metrics = self.metrics;
+        cfg.state_dir = self.state_dir;
         cfg.validate()?;
         Ok(Site {
             cfg,
@@ -352,11 +362,20 @@ mod tests {
         cfg.policy.min_survivors = 5;
         cfg.max_epochs = 5000;
         cfg.crl = Some("crl.pem".into());
+        cfg.state_dir = Some("/var/lib/site".into());
         let site = Site::builder().config(cfg).build();
         assert!(site.is_ok_and(|s| s.config().allow_plaintext
             && s.config().policy.min_survivors == 5
             && s.config().max_epochs == 5000
-            && s.config().crl.as_deref() == Some(std::path::Path::new("crl.pem"))));
+            && s.config().crl.as_deref() == Some(std::path::Path::new("crl.pem"))
+            && s.config().state_dir.as_deref() == Some(Path::new("/var/lib/site"))));
+        let site = Site::builder()
+            .coordinator("http://127.0.0.1:1")
+            .insecure("a")
+            .data("a.csv", "y")
+            .state_dir("/tmp/s")
+            .build();
+        assert!(site.is_ok_and(|s| s.config().state_dir.as_deref() == Some(Path::new("/tmp/s"))));
         let site = Site::builder()
             .coordinators(["http://a:1", "http://b:1"])
             .insecure("a")

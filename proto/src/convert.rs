@@ -68,7 +68,8 @@ pub use consistency::{
     unmask_request_from_proto, unmask_request_to_proto, unmask_request_with_certificates,
 };
 pub use decline::{
-    Decline, DeclineReason, MAX_DECLINE_MESSAGE, decline_from_proto, decline_to_proto,
+    Decline, DeclineReason, MAX_DECLINE_MESSAGE, MAX_REPLAY_COHORT, MAX_SITE_NAME,
+    decline_from_proto, decline_to_proto,
 };
 
 /// The cryptographic part of a round announcement, bound to `federation` and

@@ -8,8 +8,9 @@
 //! lost, on the same model, so every site that had signed refused and the
 //! federation stalled.
 //!
-//! **The rule.** Per (federation, model hash) the site keeps, in memory,
-//! the exact quantised input `x` it first uploaded and, once it signs, the
+//! **The rule.** Per (federation, model hash) the site keeps, in its state
+//! directory (`ledger.rs`; in memory only when it has none), the exact
+//! quantised input `x` it first uploaded and, once it signs, the
 //! survivor set `S` it signed as *site names* (the names in the members'
 //! certificates, checked by [`crate::identity::CertificateVerifier`]; member
 //! ids are per round and mean nothing across coordinators). Then:
@@ -64,14 +65,25 @@
 //! consistency stage, not even training noise), without the cohort check:
 //! no signature binds it yet. The cost of the rule is liveness only: a
 //! re-run with another cohort (a site gone, another added) is refused by
-//! the sites that signed, until the model changes or the site restarts.
+//! the sites that signed, until the model changes. Their Decline
+//! (`REPLAY_COHORT`) names `S`, so the coordinator's scheduler re-runs the
+//! round with exactly `S`; the site's checks here and in `replay.rs` stay
+//! the authority whatever the coordinator does with that hint.
+//!
+//! **Across restarts.** Everything above is written to the ledger before
+//! the message it concerns leaves the site (the input before its upload,
+//! `S` before the signature, the plain flag before a plain update); a
+//! write that fails stops that message. A restarted site therefore replays
+//! the same `x` and refuses any cohort but `S`, as if it had never stopped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use confide_crypto::protocol::RingVec;
 use confide_proto::v1;
 use tracing::{info, warn};
 
+use super::ledger::{self, Body, InputFile, Store, Stored};
 use crate::error::ClientError;
 
 /// How many models' inputs are kept (the federation's newest ones; a retry
@@ -105,13 +117,19 @@ struct Entry {
     plain: bool,
     /// Insertion order, for forgetting the oldest inputs.
     seq: u64,
+    /// The input's file in the ledger, once written.
+    file: Option<InputFile>,
 }
 
-/// The models this process sent training inputs for.
+/// The models this site sent training inputs for.
 #[derive(Debug, Default)]
 pub(super) struct Contributions {
     entries: BTreeMap<(String, Vec<u8>), Entry>,
     seq: u64,
+    /// The ledger on disk; `None`: in memory only.
+    store: Option<Store>,
+    /// Input files of forgotten inputs, removed after the next save.
+    orphans: Vec<String>,
 }
 
 /// The parts of an announcement that decide what the input means (the
@@ -140,6 +158,82 @@ fn key(federation: &str, rs: &v1::RoundStart) -> (String, Vec<u8>) {
 }
 
 impl Contributions {
+    /// The ledger in state directory `state` (created if new), or an
+    /// in-memory one without: a restart then forgets, which is logged.
+    pub(super) fn open(state: Option<&Path>) -> Result<Self, ClientError> {
+        let Some(state) = state else {
+            warn!(
+                "no state directory: this site's record of its contributions lives in memory only; after a restart it could send a second, different input on a model it already contributed to (give --state-dir)"
+            );
+            return Ok(Contributions::default());
+        };
+        let store = Store::open(state)?;
+        let path = store.ledger_path();
+        let mut c = Contributions::default();
+        if let Some((body, inputs)) = store.load()? {
+            c.seq = body.seq;
+            for (e, input) in body.entries.into_iter().zip(inputs) {
+                let model = hex::decode(&e.model).map_err(|_| ClientError::Ledger {
+                    path: path.clone(),
+                    reason: "a model hash is not hex".into(),
+                })?;
+                let terms = ledger::decode_terms(&path, &e.terms)?;
+                c.entries.insert(
+                    (e.federation, model),
+                    Entry {
+                        terms,
+                        input,
+                        signed: e.signed,
+                        plain: e.plain,
+                        seq: e.seq,
+                        file: e.input,
+                    },
+                );
+            }
+            info!(path = %path.display(), models = c.entries.len(), kept = c.entries.values().filter(|e| e.input.is_some()).count(), "contribution ledger loaded: earlier inputs are replayed exactly, signed survivor sets still bind");
+        } else {
+            info!(path = %path.display(), "no contribution ledger yet; starting one");
+        }
+        c.store = Some(store);
+        Ok(c)
+    }
+
+    /// Writes what is new to the ledger (input files first, then the
+    /// ledger naming them); a no-op in memory. Called before the message
+    /// it records leaves the site, and again by every later one, so an
+    /// earlier failed write is retried before anything more is sent.
+    fn save(&mut self) -> Result<(), ClientError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        for ((federation, model), e) in &mut self.entries {
+            if let (Some(x), None) = (&e.input, &e.file) {
+                e.file = Some(store.write_input(&ledger::input_name(federation, model), x)?);
+            }
+        }
+        let entries = self
+            .entries
+            .iter()
+            .map(|((federation, model), e)| Stored {
+                federation: federation.clone(),
+                model: hex::encode(model),
+                terms: ledger::encode_terms(&e.terms),
+                input: e.file.clone().filter(|_| e.input.is_some()),
+                signed: e.signed.clone(),
+                plain: e.plain,
+                seq: e.seq,
+            })
+            .collect();
+        store.save(&Body {
+            seq: self.seq,
+            entries,
+        })?;
+        for name in self.orphans.drain(..) {
+            store.remove_input(&name);
+        }
+        Ok(())
+    }
+
     /// How to serve announcement `rs`, or why it is refused.
     pub(super) fn plan(&self, federation: &str, rs: &v1::RoundStart) -> Result<Plan, ClientError> {
         if rs.kind != v1::RoundKind::Train as i32 {
@@ -176,14 +270,23 @@ impl Contributions {
         }
         if let Some(s) = &e.signed {
             let n = rs.cohort.len();
+            let cohort = |why: String| {
+                warn!(round = rs.round, %model, %why, survivors = s.len(), "refusing a re-run with another cohort; telling the coordinator the survivor set this site signed");
+                Err(ClientError::ReplayCohort {
+                    round: rs.round,
+                    model: model.clone(),
+                    why,
+                    survivors: s.iter().cloned().collect(),
+                })
+            };
             if n != s.len() {
-                return refuse(format!(
+                return cohort(format!(
                     "a cohort of {n} members; the survivor set this site signed had {}",
                     s.len()
                 ));
             }
             if rs.k as usize + 1 != n {
-                return refuse(format!(
+                return cohort(format!(
                     "k = {} is not the complete graph over {n} members (every member must be checked against the signed set)",
                     rs.k
                 ));
@@ -197,39 +300,47 @@ impl Contributions {
     }
 
     /// The masked input `x` of training round `rs` is about to leave the
-    /// site (the first time on this model; a replay sends the same).
-    pub(super) fn remember_input(&mut self, federation: &str, rs: &v1::RoundStart, x: &RingVec) {
+    /// site (the first time on this model; a replay sends the same): `Err`
+    /// if it could not be recorded, and then it must not leave.
+    pub(super) fn remember_input(
+        &mut self,
+        federation: &str,
+        rs: &v1::RoundStart,
+        x: &RingVec,
+    ) -> Result<(), ClientError> {
         if rs.kind != v1::RoundKind::Train as i32 {
-            return;
+            return Ok(());
         }
         let k = key(federation, rs);
-        if self.entries.contains_key(&k) {
-            return;
+        if !self.entries.contains_key(&k) {
+            self.seq += 1;
+            self.entries.insert(
+                k,
+                Entry {
+                    terms: terms(rs),
+                    input: Some(x.clone()),
+                    signed: None,
+                    plain: false,
+                    seq: self.seq,
+                    file: None,
+                },
+            );
+            self.forget_old();
         }
-        self.seq += 1;
-        self.entries.insert(
-            k,
-            Entry {
-                terms: terms(rs),
-                input: Some(x.clone()),
-                signed: None,
-                plain: false,
-                seq: self.seq,
-            },
-        );
-        self.forget_old();
+        self.save()
     }
 
     /// This site signed survivor set `survivors` (site names) in training
     /// round `rs`: a quorum may now unmask a sum holding its input.
+    /// `Err` if it could not be recorded: the signature must not leave.
     pub(super) fn record_signed(
         &mut self,
         federation: &str,
         rs: &v1::RoundStart,
         survivors: BTreeSet<String>,
-    ) {
+    ) -> Result<(), ClientError> {
         if rs.kind != v1::RoundKind::Train as i32 {
-            return;
+            return Ok(());
         }
         let e = self.entries.entry(key(federation, rs)).or_insert(Entry {
             // Not reached: the input is remembered at upload. Without it a
@@ -239,20 +350,27 @@ impl Contributions {
             signed: None,
             plain: false,
             seq: 0,
+            file: None,
         });
         if e.signed.is_none() {
             info!(round = rs.round, model = %hex::encode(&rs.model_sha256), survivors = survivors.len(), "survivor set signed; a retry on this model will only replay this input to these sites");
             e.signed = Some(survivors);
         }
+        self.save()
     }
 
-    /// A plain update of training round `rs` is about to leave the site.
-    pub(super) fn record_plain(&mut self, federation: &str, rs: &v1::RoundStart) {
+    /// A plain update of training round `rs` is about to leave the site:
+    /// `Err` if it could not be recorded, and then it must not leave.
+    pub(super) fn record_plain(
+        &mut self,
+        federation: &str,
+        rs: &v1::RoundStart,
+    ) -> Result<(), ClientError> {
         if rs.kind != v1::RoundKind::Train as i32 {
-            return;
+            return Ok(());
         }
         self.seq += 1;
-        self.entries.insert(
+        if let Some(old) = self.entries.insert(
             key(federation, rs),
             Entry {
                 terms: terms(rs),
@@ -260,9 +378,14 @@ impl Contributions {
                 signed: None,
                 plain: true,
                 seq: self.seq,
+                file: None,
             },
-        );
+        ) && let Some(f) = old.file
+        {
+            self.orphans.push(f.file);
+        }
         info!(round = rs.round, model = %hex::encode(&rs.model_sha256), "plain training update on this model sent; no second one will be");
+        self.save()
     }
 
     /// Keeps the inputs of the newest [`KEPT`] models. Older ones stay
@@ -279,6 +402,9 @@ impl Contributions {
         for (_, k) in kept.iter().take(excess) {
             if let Some(e) = self.entries.get_mut(k) {
                 e.input = None;
+                if let Some(f) = e.file.take() {
+                    self.orphans.push(f.file);
+                }
             }
         }
     }

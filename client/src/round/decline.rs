@@ -3,7 +3,9 @@
 //! secure-aggregation policy, or anything else that ends the site's part)
 //! is logged by the run loop and, here, turned into a `Decline` carrying its
 //! reason code and message, so the coordinator stops waiting for the site at
-//! once instead of at the stage deadline and records why. Sending it is best
+//! once instead of at the stage deadline and records why. A re-run refused
+//! for its cohort (`REPLAY_COHORT`) also names the survivor set this site
+//! signed on the model, the only cohort it replays to. Sending it is best
 //! effort (`run.rs`): the stage deadline stays the coordinator's fallback.
 
 use confide_crypto::ProtocolError;
@@ -23,6 +25,7 @@ pub(crate) fn reason(e: &ClientError) -> Option<DeclineReason> {
         ClientError::TrainingRefused { .. } => TrainingBounds,
         ClientError::AlreadyContributed { .. } => AlreadyContributed,
         ClientError::ReplayRefused { .. } => ReplayRefused,
+        ClientError::ReplayCohort { .. } => ReplayCohort,
         ClientError::PlaintextRefused { .. } => SecureAggregationPolicy,
         ClientError::Protocol(p) => match p {
             // The site's own checks of the round and of what the
@@ -59,7 +62,8 @@ pub(crate) fn reason(e: &ClientError) -> Option<DeclineReason> {
         | ClientError::Task(_)
         | ClientError::Config(_)
         | ClientError::CertFile { .. }
-        | ClientError::SigningKey { .. } => Other,
+        | ClientError::SigningKey { .. }
+        | ClientError::Ledger { .. } => Other,
         ClientError::Refused { .. }
         | ClientError::InvalidUrl { .. }
         | ClientError::Connect { .. }
@@ -78,10 +82,15 @@ impl RoundDriver {
         let reason = reason(e)?;
         let round = self.current_round().or(self.refused_at_start.take())?;
         let session = self.session.as_deref()?;
+        let cohort = match e {
+            ClientError::ReplayCohort { survivors, .. } => survivors.clone(),
+            _ => Vec::new(),
+        };
         let d = Decline {
             round,
             reason,
             message: e.to_string(),
+            cohort,
         };
         Some(convert::decline_to_proto(&d, session))
     }
@@ -116,6 +125,22 @@ mod tests {
                     why: "cohort".into(),
                 },
                 Some(DeclineReason::ReplayRefused),
+            ),
+            (
+                ClientError::ReplayCohort {
+                    round: 1,
+                    model: "ab".into(),
+                    why: "a cohort of 5".into(),
+                    survivors: vec!["a".into(), "b".into(), "c".into()],
+                },
+                Some(DeclineReason::ReplayCohort),
+            ),
+            (
+                ClientError::Ledger {
+                    path: "/state/contributions/ledger".into(),
+                    reason: "cannot write".into(),
+                },
+                Some(DeclineReason::Other),
             ),
             (
                 ClientError::PlaintextRefused { round: 1 },

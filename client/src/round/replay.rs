@@ -52,11 +52,14 @@ fn signed_set(r: &Round) -> Option<&BTreeSet<String>> {
     }
 }
 
-fn refused(r: &Round, why: String) -> ClientError {
-    ClientError::ReplayRefused {
+/// A replay refused because of who is in it: the Decline names `s`, the
+/// survivor set signed, so the coordinator can re-run with exactly it.
+fn refused(r: &Round, s: &BTreeSet<String>, why: String) -> ClientError {
+    ClientError::ReplayCohort {
         round: r.start.round,
         model: hex::encode(&r.start.model_sha256),
         why,
+        survivors: s.iter().cloned().collect(),
     }
 }
 
@@ -85,10 +88,11 @@ pub(super) fn check_masking(r: &Round, me: &str, o: &AnySiteOutput) -> Result<()
     let mut members = masking.peers.clone();
     members.push(r.start.member);
     let names = verified_names(r, me, &members)
-        .map_err(|m| refused(r, format!("member {m} has no verified identity")))?;
+        .map_err(|m| refused(r, s, format!("member {m} has no verified identity")))?;
     if members.len() != r.start.cohort.len() || &names != s {
         return Err(refused(
             r,
+            s,
             format!(
                 "this site would mask with {} (itself included), not exactly the {} sites of the survivor set it signed",
                 names.len(),
@@ -129,12 +133,13 @@ impl RoundDriver {
         let me = &self.cfg.site;
         if let Some(s) = signed_set(r) {
             let names = verified_names(r, me, &c.survivors)
-                .map_err(|m| refused(r, format!("survivor {m} has no verified identity")))?;
+                .map_err(|m| refused(r, s, format!("survivor {m} has no verified identity")))?;
             if &names != s {
                 let missing = s.difference(&names).count();
                 let extra = names.difference(s).count();
                 return Err(refused(
                     r,
+                    s,
                     format!(
                         "the survivor set differs from the one this site signed ({missing} missing, {extra} other)"
                     ),

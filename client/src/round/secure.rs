@@ -127,7 +127,7 @@ impl RoundDriver {
             // Signed a survivor set that includes this site: from here on a
             // quorum may unmask a sum containing its update.
             self.contributions
-                .record_signed(&self.federation, &r.start, names);
+                .record_signed(&self.federation, &r.start, names)?;
         }
         Ok(action)
     }

@@ -8,10 +8,21 @@ use confide_crypto::suite::SigningKey;
 use confide_proto::v1;
 use tracing::{error, info, warn};
 
+use super::contribution::Contributions;
 use super::{Joined, KeySource, Resume, RoundDriver};
 use crate::error::ClientError;
 
 impl RoundDriver {
+    /// Keeps this site's contributions in state directory `state` (loading
+    /// what an earlier run recorded there), or in memory without one.
+    pub(crate) fn with_state_dir(
+        mut self,
+        state: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
+        self.contributions = Contributions::open(state)?;
+        Ok(self)
+    }
+
     pub(crate) fn session(&self) -> Option<&str> {
         self.session.as_deref()
     }

@@ -954,6 +954,7 @@ fn drive(
 
 mod contribution;
 mod replay;
+mod restart;
 
 /// A round asking more epochs than the site's budget is refused at the
 /// announcement, before the model is downloaded; the next round is served.

@@ -19,13 +19,23 @@ impl Federation {
     pub async fn run(self: &Arc<Self>) -> Result<ServeReport, CoordinatorError> {
         let mut failures = 0u32;
         let mut eval_failures = 0u32;
+        let mut awaited = None;
         loop {
             let progress = self.lock().progress();
             let Some(kind) = scheduler::next_kind(&self.settings, &progress) else {
                 break;
             };
-            let cohort = self.wait_for_sites().await;
-            let ok = self.run_round(kind, cohort).await?;
+            // A re-run of a model sites signed a survivor set on: exactly
+            // those sites, waited for without counting a failure.
+            let replay = self.replay_cohort(kind);
+            let (cohort, replay) = match replay {
+                Some(s) => match self.await_replay_cohort(&s, &mut awaited).await {
+                    Some(members) => (members, true),
+                    None => continue,
+                },
+                None => (self.wait_for_sites().await, false),
+            };
+            let ok = self.run_round(kind, cohort, replay).await?;
             if ok {
                 failures = 0;
             } else {
@@ -90,20 +100,18 @@ impl Federation {
         self: &Arc<Self>,
         kind: RoundKind,
         connected: Vec<(confide_crypto::MemberId, String)>,
+        replay: bool,
     ) -> Result<bool, CoordinatorError> {
         let now = clock();
         let (plan, model_bytes, model_round, preprocess) = {
             let g = self.lock();
+            let (s, q, p) = (&self.settings, &self.quant, g.progress());
             // ThreadRng is not Send: it lives only in this block, outside any await.
-            let plan = scheduler::plan_round(
-                &self.settings,
-                &self.quant,
-                kind,
-                &g.progress(),
-                connected,
-                &mut rand::rng(),
-                now,
-            );
+            let plan = if replay {
+                scheduler::plan_replay_round(s, q, &p, connected, &mut rand::rng(), now)
+            } else {
+                scheduler::plan_round(s, q, kind, &p, connected, &mut rand::rng(), now)
+            };
             (
                 plan,
                 g.model_bytes.clone(),
@@ -176,6 +184,7 @@ impl Federation {
             t = plan.config.params.t,
             max_colluders = plan.config.max_colluders,
             min_survivors = plan.config.min_survivors,
+            replay,
             "round started"
         );
         self.metrics.round_started(kind);

@@ -100,6 +100,8 @@ struct Inner {
     history: Vec<RoundRecord>,
     final_accuracy: Option<f64>,
     final_done: bool,
+    /// Survivor sets sites reported signing on the current model (`decline.rs`).
+    replay: scheduler::ReplayClaims,
 }
 
 impl Inner {

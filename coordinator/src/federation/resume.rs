@@ -97,6 +97,7 @@ impl Federation {
                 history,
                 final_accuracy,
                 final_done,
+                replay: Default::default(),
             }),
             wake: Notify::new(),
             grace_done: std::sync::atomic::AtomicBool::new(false),

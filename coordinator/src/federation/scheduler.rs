@@ -3,12 +3,14 @@
 //! attempt nonce) from the federation's progress, the settings, a CSPRNG and
 //! `now`, and its announcement ([`announce`]: the `RoundStart` every member
 //! gets, whose hash becomes the round's context). No awaits, no clock reads,
-//! no locks: the driver in `mod.rs` supplies all of them.
+//! no locks: the driver in `mod.rs` supplies all of them. A re-run on a
+//! model whose survivor set sites signed gets exactly that cohort
+//! ([`plan_replay_round`], from the sites' declines in [`ReplayClaims`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use confide_crypto::graph::SecAggParams;
+use confide_crypto::graph::{self, SecAggParams};
 use confide_crypto::quant::Quantiser;
 use confide_crypto::ring::Ring;
 use confide_crypto::{MemberId, RoundConfig};
@@ -19,6 +21,7 @@ use rand::{CryptoRng, Rng, RngExt};
 use crate::checkpoint::Preprocess;
 use crate::error::CoordinatorError;
 use crate::settings::Settings;
+pub use replay::{ClaimError, MIN_REPLAY_COHORT, ReplayClaims, members as replay_members};
 
 /// Round kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,13 +168,82 @@ pub fn plan_round<G: Rng + CryptoRng + ?Sized>(
         let j = rng.random_range(i..connected.len());
         connected.swap(i, j);
     }
+    connected.truncate(n);
+    connected.sort();
+    build(s, quant, kind, progress, connected, false, rng, now)
+}
+
+/// Plan the training round that re-runs a model whose survivor set `S`
+/// sites signed: the cohort is exactly `members` (the connected sites of
+/// `S`, [`replay_members`]), over the complete graph (`k = |S| − 1`, which
+/// the sites require of a replay), whatever the cohort sampling and the
+/// sparse-graph bound say; `min_sites` does not apply (no other cohort can
+/// advance this model). The threshold is the configured one when it is
+/// for the complete graph, else chosen for it, and checked against the
+/// collusion bound like any other.
+pub fn plan_replay_round<G: Rng + CryptoRng + ?Sized>(
+    s: &Settings,
+    quant: &Quantiser,
+    progress: &Progress,
+    mut members: Vec<(MemberId, String)>,
+    rng: &mut G,
+    now: Instant,
+) -> Result<RoundPlan, PlanError> {
+    members.sort();
+    build(
+        s,
+        quant,
+        RoundKind::Train,
+        progress,
+        members,
+        true,
+        rng,
+        now,
+    )
+}
+
+/// SecAgg parameters of the complete graph over `n` members.
+fn complete_params(s: &Settings, n: usize) -> Result<SecAggParams, CoordinatorError> {
+    let bad = |why: String| {
+        CoordinatorError::Config(format!(
+            "SecAgg parameters for a replay cohort of {n} (complete graph): {why}"
+        ))
+    };
+    let p = match s.secagg_params(n) {
+        Ok(p) if p.k + 1 == n => p,
+        _ => graph::choose_complete(n, s.secagg.dropout_fraction, s.secagg.collusion_fraction)
+            .map_err(|e| bad(e.to_string()))?,
+    };
+    graph::validate(n, p).map_err(|e| bad(e.to_string()))?;
+    let need = graph::secure_threshold(p.k, s.max_colluders(n)?);
+    if p.t < need {
+        return Err(bad(format!(
+            "threshold t = {} is below the secure threshold {need}",
+            p.t
+        )));
+    }
+    Ok(p)
+}
+
+/// The plan over exactly `cohort` (sorted by member id); `complete`: the
+/// complete graph whatever the settings say (a replay).
+#[allow(clippy::too_many_arguments)]
+fn build<G: Rng + CryptoRng + ?Sized>(
+    s: &Settings,
+    quant: &Quantiser,
+    kind: RoundKind,
+    progress: &Progress,
+    cohort: Vec<(MemberId, String)>,
+    complete: bool,
+    rng: &mut G,
+    now: Instant,
+) -> Result<RoundPlan, PlanError> {
+    let n = cohort.len();
     let mut graph_seed = [0u8; 32];
     rng.fill_bytes(&mut graph_seed);
     let mut attempt = [0u8; 32];
     rng.fill_bytes(&mut attempt);
-    connected.truncate(n);
-    connected.sort();
-    let names: BTreeMap<MemberId, String> = connected.into_iter().collect();
+    let names: BTreeMap<MemberId, String> = cohort.into_iter().collect();
     let cohort: Vec<MemberId> = names.keys().copied().collect();
     let ring = match kind {
         RoundKind::Statistics => Ring::U64,
@@ -184,7 +256,12 @@ pub fn plan_round<G: Rng + CryptoRng + ?Sized>(
             cohort: n,
             source,
         };
-        let p = s.secagg_params(n).map_err(failed)?;
+        let p = if complete {
+            complete_params(s, n)
+        } else {
+            s.secagg_params(n)
+        }
+        .map_err(failed)?;
         let c = s.max_colluders(n).map_err(failed)?;
         (p, s.min_survivors(n, p.t), c)
     } else {
@@ -295,5 +372,6 @@ fn vector_layout(s: &Settings, kind: RoundKind, num_params: usize) -> (usize, us
     }
 }
 
+mod replay;
 #[cfg(test)]
 mod tests;

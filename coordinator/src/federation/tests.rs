@@ -322,6 +322,7 @@ async fn secure_round(
                             round: sh.round,
                             reason: convert::DeclineReason::SecureAggregationPolicy,
                             message: "survivors below this site's minimum".into(),
+                            cohort: Vec::new(),
                         };
                         fed.decline(&m.session, None, &d)?;
                         m.site = None;
@@ -556,5 +557,41 @@ async fn a_site_that_declines_mid_round_is_dropped_at_once_and_recorded_not_blam
     for (a, b) in after.iter().zip(&before) {
         assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
     }
+    Ok(())
+}
+
+/// A re-run on a model sites signed a survivor set on waits, without a
+/// round or a failure, until every site of the set is connected, then
+/// takes exactly those sites.
+#[tokio::test(start_paused = true)]
+async fn a_replay_cohort_is_awaited_until_all_its_sites_are_connected()
+-> Result<(), Box<dyn std::error::Error>> {
+    let fed = Federation::new(insecure(3, 5))?;
+    let _streams = join(&fed, &["a", "b", "x"])?;
+    let model = context::sha256(&fed.model_bytes()).to_vec();
+    let s: BTreeSet<String> = ["a", "b", "c"].iter().map(|n| n.to_string()).collect();
+    for site in ["a", "b"] {
+        fed.lock().replay.claim(&model, site, s.clone(), 5)?;
+    }
+    assert_eq!(fed.replay_cohort(RoundKind::Statistics), None);
+    let required = fed
+        .replay_cohort(RoundKind::Train)
+        .ok_or("no replay cohort")?;
+    assert_eq!(required, s);
+    let mut logged = None;
+    assert_eq!(fed.await_replay_cohort(&required, &mut logged).await, None);
+    assert_eq!(logged, Some(vec!["c".to_string()]), "who is awaited");
+    assert!(
+        fed.history().is_empty(),
+        "nothing announced, nothing failed"
+    );
+    let _c = join(&fed, &["c"])?;
+    let members = fed
+        .await_replay_cohort(&required, &mut logged)
+        .await
+        .ok_or("still waiting")?;
+    let names: Vec<&str> = members.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(logged, None);
     Ok(())
 }

@@ -187,6 +187,8 @@ pub enum DeclineLabel {
     secure_aggregation_policy,
     /// Anything else (and codes this coordinator does not know).
     other,
+    /// A re-run with another cohort than the survivor set the site signed.
+    replay_cohort,
 }
 
 impl From<DeclineReason> for DeclineLabel {
@@ -197,6 +199,7 @@ impl From<DeclineReason> for DeclineLabel {
             DeclineReason::ReplayRefused => DeclineLabel::replay_refused,
             DeclineReason::SecureAggregationPolicy => DeclineLabel::secure_aggregation_policy,
             DeclineReason::Other => DeclineLabel::other,
+            DeclineReason::ReplayCohort => DeclineLabel::replay_cohort,
         }
     }
 }

@@ -12,12 +12,12 @@ use super::contribution::secure_train_start;
 use super::*;
 use crate::round::contribution::{Contributions, KEPT, Plan};
 
-type Keys = BTreeMap<u32, Vec<u8>>;
+pub(super) type Keys = BTreeMap<u32, Vec<u8>>;
 
 /// The round configuration of a complete-graph training round over
 /// `members` (k = n − 1, one colluder assumed, the least t the site's
 /// policy takes).
-fn cfg_for(round: u64, members: &[u32], d: usize) -> RoundConfig {
+pub(super) fn cfg_for(round: u64, members: &[u32], d: usize) -> RoundConfig {
     RoundConfig {
         cohort: members.to_vec(),
         params: SecAggParams {
@@ -29,7 +29,13 @@ fn cfg_for(round: u64, members: &[u32], d: usize) -> RoundConfig {
 }
 
 /// Member `m`'s announcement of `cfg` on `model`, attempt nonce `attempt`.
-fn start_for(cfg: &RoundConfig, m: u32, attempt: u8, model: &[u8], d: usize) -> v1::RoundStart {
+pub(super) fn start_for(
+    cfg: &RoundConfig,
+    m: u32,
+    attempt: u8,
+    model: &[u8],
+    d: usize,
+) -> v1::RoundStart {
     let shape = convert::round_start(cfg, m);
     v1::RoundStart {
         cohort: shape.cohort,
@@ -41,7 +47,7 @@ fn start_for(cfg: &RoundConfig, m: u32, attempt: u8, model: &[u8], d: usize) -> 
 }
 
 /// Announces `cfg` (attempt `attempt`) to every driver.
-fn announce(
+pub(super) fn announce(
     drivers: &mut Drivers,
     mut cfg: RoundConfig,
     attempt: u8,
@@ -70,7 +76,7 @@ fn announce(
 }
 
 /// Drivers for `members`, keys from `seed + m`, and their verifying keys.
-fn drivers(members: &[u32], seed: u64) -> Result<(Drivers, Keys), ClientError> {
+pub(super) fn drivers(members: &[u32], seed: u64) -> Result<(Drivers, Keys), ClientError> {
     let mut drivers = Drivers::new();
     let mut keys = Keys::new();
     for &m in members {
@@ -83,7 +89,7 @@ fn drivers(members: &[u32], seed: u64) -> Result<(Drivers, Keys), ClientError> {
 
 /// The coordinator died; each site joins the one that took over (a new
 /// session drops the round in progress, as `session.rs` does).
-fn fail_over(drivers: &mut Drivers) -> Result<(), ClientError> {
+pub(super) fn fail_over(drivers: &mut Drivers) -> Result<(), ClientError> {
     for drv in drivers.values_mut() {
         drv.joined(v1::JoinResponse {
             session: "s1".into(),
@@ -96,10 +102,11 @@ fn fail_over(drivers: &mut Drivers) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn replay_refused(e: &(dyn std::error::Error + 'static), want: &str) -> bool {
+/// A replay refused for its cohort, naming the signed set to the coordinator.
+fn replay_cohort(e: &(dyn std::error::Error + 'static), want: &str) -> bool {
     matches!(
         e.downcast_ref::<ClientError>(),
-        Some(ClientError::ReplayRefused { why, .. }) if why.contains(want)
+        Some(ClientError::ReplayCohort { why, survivors, .. }) if why.contains(want) && !survivors.is_empty()
     )
 }
 
@@ -205,7 +212,7 @@ fn a_survivor_set_differing_by_one_site_is_not_signed() -> Result<(), Box<dyn st
     );
     match r {
         Err(e) => assert!(
-            replay_refused(e.as_ref(), "differs from the one this site signed"),
+            replay_cohort(e.as_ref(), "differs from the one this site signed"),
             "{e}"
         ),
         Ok(sum) => panic!("a survivor set without site 5 was unmasked: {sum:?}"),
@@ -256,7 +263,7 @@ fn a_replay_goes_only_to_the_sites_it_was_signed_for() -> Result<(), Box<dyn std
         let drv = four.get_mut(&m).ok_or("member")?;
         let r = drv.on_task(start(&start_for(&cfg, m, 2, &model, d)), now);
         assert!(
-            matches!(&r, Err(ClientError::ReplayRefused { why, .. }) if why.contains("cohort of 4")),
+            matches!(&r, Err(ClientError::ReplayCohort { why, survivors, .. }) if why.contains("cohort of 4") && survivors.len() == 3),
             "{r:?}"
         );
     }
@@ -276,7 +283,7 @@ fn a_replay_goes_only_to_the_sites_it_was_signed_for() -> Result<(), Box<dyn std
         now,
     );
     match r {
-        Err(e) => assert!(replay_refused(e.as_ref(), "would mask with"), "{e}"),
+        Err(e) => assert!(replay_cohort(e.as_ref(), "would mask with"), "{e}"),
         Ok(sum) => panic!("a replay went to another site: {sum:?}"),
     }
     Ok(())
@@ -339,7 +346,7 @@ fn replay_plans_and_refusals() -> Result<(), Box<dyn std::error::Error>> {
     let x = RingVec::U32(vec![5; crate::wire::train_len(d)]);
     let mut c = Contributions::default();
     assert_eq!(c.plan("f", &rs)?, Plan::Fresh);
-    c.remember_input("f", &rs, &x);
+    c.remember_input("f", &rs, &x)?;
     // Uploaded, not signed: replayed anywhere (no signature binds it yet).
     let wider = start_for(&cfg_for(71, &[1, 2, 3, 4], d), 1, 2, &model, d);
     assert!(
@@ -347,7 +354,7 @@ fn replay_plans_and_refusals() -> Result<(), Box<dyn std::error::Error>> {
     );
     let names: std::collections::BTreeSet<String> =
         ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-    c.record_signed("f", &rs, names.clone());
+    c.record_signed("f", &rs, names.clone())?;
     let again = start_for(&cfg_for(72, &[1, 2, 3], d), 1, 3, &model, d);
     assert_eq!(
         c.plan("f", &again)?,
@@ -358,7 +365,8 @@ fn replay_plans_and_refusals() -> Result<(), Box<dyn std::error::Error>> {
     );
     assert_eq!(c.plan("other federation", &again)?, Plan::Fresh);
     let refused = |rs: &v1::RoundStart, want: &str| matches!(c.plan("f", rs), Err(ClientError::ReplayRefused { ref why, .. }) if why.contains(want));
-    assert!(refused(&wider, "cohort of 4"));
+    let cohort = |rs: &v1::RoundStart, want: &str| matches!(c.plan("f", rs), Err(ClientError::ReplayCohort { ref why, ref survivors, .. }) if why.contains(want) && survivors == &["a", "b", "c"]);
+    assert!(cohort(&wider, "cohort of 4"));
     let mut lr = again.clone();
     if let Some(t) = lr.training.as_mut() {
         t.learning_rate = 0.2;
@@ -373,7 +381,7 @@ fn replay_plans_and_refusals() -> Result<(), Box<dyn std::error::Error>> {
         k: 1,
         ..again.clone()
     };
-    assert!(refused(&sparse, "complete graph"));
+    assert!(cohort(&sparse, "complete graph"));
     // Statistics and evaluation rounds are not contributions.
     let stats = v1::RoundStart {
         kind: v1::RoundKind::Evaluate as i32,
@@ -385,7 +393,7 @@ fn replay_plans_and_refusals() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..KEPT {
         let mut other = again.clone();
         other.model_sha256[0] ^= 1 + i as u8;
-        c.remember_input("f", &other, &x);
+        c.remember_input("f", &other, &x)?;
     }
     assert!(matches!(
         c.plan("f", &again),

@@ -280,3 +280,138 @@ fn every_plan_has_a_fresh_attempt_and_the_announcement_binds_it()
     assert_ne!(b.config.context, a.config.context);
     Ok(())
 }
+
+fn set(names: &[&str]) -> std::collections::BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn replay_claims_name_their_site_and_a_servable_cohort() {
+    let mut c = ReplayClaims::default();
+    let model = [7u8; 32];
+    assert_eq!(
+        c.claim(&model, "site-9", set(&["site-1", "site-2", "site-3"]), 10),
+        Err(ClaimError::NotAMember)
+    );
+    assert_eq!(
+        c.claim(&model, "site-1", set(&["site-1", "site-2"]), 10),
+        Err(ClaimError::TooSmall(2))
+    );
+    assert!(matches!(
+        c.claim(
+            &model,
+            "site-1",
+            set(&["site-1", "site-2", "site-3", "site-4"]),
+            3
+        ),
+        Err(ClaimError::TooLarge {
+            names: 4,
+            max_sites: 3
+        })
+    ));
+    assert!(c.is_empty());
+    assert_eq!(
+        c.claim(&model, "site-1", set(&["site-1", "site-2", "site-3"]), 10),
+        Ok(true)
+    );
+    // The same claim again changes nothing.
+    assert_eq!(
+        c.claim(&model, "site-1", set(&["site-1", "site-2", "site-3"]), 10),
+        Ok(false)
+    );
+}
+
+#[test]
+fn the_required_cohort_is_the_one_most_sites_named_for_the_current_model() {
+    let mut c = ReplayClaims::default();
+    let (model, other) = (vec![1u8; 32], vec![2u8; 32]);
+    let s = set(&["site-1", "site-2", "site-3", "site-4"]);
+    let hashed = std::cell::Cell::new(0);
+    let hash = |h: &Vec<u8>| {
+        hashed.set(hashed.get() + 1);
+        h.clone()
+    };
+    // Nothing claimed: nothing required, and the model is not hashed.
+    assert_eq!(c.required(3, || hash(&model)), None);
+    assert_eq!(hashed.get(), 0);
+    for site in ["site-1", "site-2", "site-3"] {
+        assert_eq!(c.claim(&model, site, s.clone(), 10), Ok(true));
+    }
+    // A lone different claim (a liar, or a stale site) loses to the others.
+    let odd = set(&["site-4", "site-5", "site-6"]);
+    assert_eq!(c.claim(&model, "site-4", odd.clone(), 10), Ok(true));
+    assert_eq!(c.required(3, || hash(&model)), Some((s.clone(), 2)));
+    assert_eq!(c.required(3, || hash(&model)), Some((s.clone(), 2)));
+    assert_eq!(hashed.get(), 1, "the model is hashed once per model round");
+    // A tie is broken the same way every time (the first set in order).
+    let mut tie = ReplayClaims::default();
+    tie.claim(&model, "site-4", odd.clone(), 10).ok();
+    tie.claim(&model, "site-1", s.clone(), 10).ok();
+    assert_eq!(tie.required(3, || model.clone()), Some((s.clone(), 2)));
+    // The model moved on (a round succeeded): the claims are dropped.
+    assert_eq!(c.required(4, || hash(&other)), None);
+    assert!(c.is_empty());
+    // A claim on a newer model replaces the older model's claims.
+    let mut c = ReplayClaims::default();
+    c.claim(&model, "site-1", s.clone(), 10).ok();
+    c.claim(&other, "site-4", odd.clone(), 10).ok();
+    assert_eq!(c.required(4, || other.clone()), Some((odd, 1)));
+}
+
+#[test]
+fn a_replay_cohort_needs_every_site_of_the_set_connected() {
+    let s = set(&["site-2", "site-3", "site-5"]);
+    let connected = sites(4);
+    assert_eq!(
+        replay_members(&s, &connected),
+        Err(vec!["site-5".to_string()])
+    );
+    let connected: Vec<_> = sites(6).into_iter().rev().collect();
+    assert_eq!(
+        replay_members(&s, &connected),
+        Ok(vec![
+            (2, "site-2".to_string()),
+            (3, "site-3".to_string()),
+            (5, "site-5".to_string())
+        ])
+    );
+}
+
+#[test]
+fn a_replay_round_is_the_complete_graph_over_exactly_the_signed_set()
+-> Result<(), Box<dyn std::error::Error>> {
+    // The settings of a five-site federation with explicit k and t: the
+    // re-run over the four sites that signed still gets k = 3, even below
+    // min_sites and with sampling that would pick fewer.
+    let mut s = settings();
+    s.min_sites = 5;
+    s.max_sites = 5;
+    s.cohort_fraction = 0.5;
+    s.secagg.k = Some(4);
+    s.secagg.t = Some(3);
+    let quant = s.quantiser(s.ring)?;
+    let members = vec![
+        (4, "site-4".to_string()),
+        (1, "site-1".to_string()),
+        (2, "site-2".to_string()),
+        (3, "site-3".to_string()),
+    ];
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let p = plan_replay_round(&s, &quant, &progress(), members, &mut rng, Instant::now())?;
+    assert_eq!(p.kind, RoundKind::Train);
+    assert_eq!(p.config.cohort, vec![1, 2, 3, 4]);
+    assert_eq!(p.names.len(), 4);
+    assert_eq!(p.config.params.k, 3);
+    assert!(p.config.params.t >= 2 && p.config.params.t <= 3);
+    confide_crypto::protocol::SitePolicy::default().check(&p.config)?;
+    // Larger than the sparse-graph bound: still the complete graph (the
+    // sites require it of a replay).
+    let mut s = settings();
+    s.max_sites = 40;
+    s.secagg.complete_graph_up_to = 10;
+    let quant = s.quantiser(s.ring)?;
+    let p = plan_replay_round(&s, &quant, &progress(), sites(12), &mut rng, Instant::now())?;
+    assert_eq!(p.config.params.k, 11);
+    assert_eq!(p.config.cohort.len(), 12);
+    Ok(())
+}

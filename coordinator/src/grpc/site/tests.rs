@@ -261,6 +261,7 @@ fn decline(session: &str, round: u64) -> Request<pb::DeclineRequest> {
         round,
         reason_code: pb::DeclineReason::TrainingBounds as i32,
         message: "round 1 asks for 9 epochs; this site runs 1 to 2".into(),
+        replay_cohort: Vec::new(),
     })
 }
 
