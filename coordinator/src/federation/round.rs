@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use confide_crypto::protocol::{AnyCoordinator, AnyOutput, AnyRoundResult};
+use confide_crypto::protocol::{AnyCoordinator, AnyOutput, AnyRoundResult, AnyUnmaskJob};
 use confide_crypto::protocol::{
     KeyAdvert, MaskingSet, ShareBundle, SurvivorSignature, UnmaskResponse,
 };
@@ -98,6 +98,11 @@ pub struct ActiveRound {
     pub model_bytes: Arc<Vec<u8>>,
     /// The machine's result, once it finished.
     pub result: Option<Result<AnyRoundResult, ProtocolError>>,
+    /// The unmask, once its stage closed: the driver runs it off the
+    /// federation's lock and hands the outcome back to the machine.
+    pub unmask_job: Option<AnyUnmaskJob>,
+    /// The sum of the masked inputs, kept off the lock (secure rounds).
+    pub(super) sum: Option<Arc<super::offlock::OutsideSum>>,
     /// Start.
     pub started: Instant,
     stage_started: Instant,
@@ -146,6 +151,8 @@ impl ActiveRound {
             vector_len,
             model_bytes,
             result: None,
+            unmask_job: None,
+            sum: None,
             started: now,
             stage_started: now,
             stages: Vec::new(),
@@ -258,6 +265,39 @@ impl ActiveRound {
         Ok(())
     }
 
+    /// A whole masked vector of `bytes` bytes from `from`, when the round
+    /// keeps its sum outside the machine: the machine checks and records it,
+    /// and the returned add is owed to the sum (made outside the lock).
+    /// `None`: the round keeps no such sum, so [`Self::deliver`] it instead.
+    pub(super) fn accept_outside(
+        &mut self,
+        from: MemberId,
+        bytes: usize,
+        masking: Option<MaskingSet>,
+        now: Instant,
+    ) -> Result<Option<super::offlock::OwedAdd>, RequestError> {
+        let Some(sum) = self.sum.clone() else {
+            return Ok(None);
+        };
+        let width = self.machine.width();
+        if !bytes.is_multiple_of(width) {
+            return Err(ProtocolError::Malformed {
+                member: from,
+                reason: format!("{bytes} bytes are not whole elements of {width} bytes"),
+            }
+            .into());
+        }
+        let msg_bytes = bytes
+            + masking
+                .as_ref()
+                .map_or(0, |m| 4 * m.peers.len() + m.signature.len());
+        self.machine
+            .handle_masked_input_outside(self.id, from, bytes / width, masking, now)?;
+        self.bytes_in += msg_bytes as u64;
+        self.answered.insert(from);
+        Ok(Some(sum.owe()))
+    }
+
     /// Checks before an upload of `total_len` elements is buffered; returns
     /// the bytes per element.
     pub fn precheck_upload(
@@ -351,6 +391,14 @@ impl ActiveRound {
                 AnyOutput::Finished(res) => self.result = Some(res),
             }
         }
+        if let Some(job) = self.machine.take_unmask_job() {
+            self.unmask_job = Some(job);
+        }
+    }
+
+    /// Whether the driver has work: a result to apply or an unmask to run.
+    pub fn needs_driver(&self) -> bool {
+        self.result.is_some() || self.unmask_job.is_some()
     }
 }
 
