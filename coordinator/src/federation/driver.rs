@@ -184,7 +184,7 @@ impl Federation {
         let sum = machine
             .sum_outside()
             .unwrap_or(false)
-            .then(|| offlock::OutsideSum::new(machine.ring(), plan.config.vector_len));
+            .then(|| sum::OutsideSum::new(machine.ring(), plan.config.vector_len));
         {
             let mut g = self.lock();
             let mut active = ActiveRound::new(

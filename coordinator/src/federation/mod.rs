@@ -21,6 +21,7 @@ pub mod registry;
 mod resume;
 pub mod round;
 pub mod scheduler;
+mod sum;
 pub mod watch;
 
 use std::collections::{BTreeSet, HashMap};

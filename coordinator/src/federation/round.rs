@@ -102,7 +102,7 @@ pub struct ActiveRound {
     /// federation's lock and hands the outcome back to the machine.
     pub unmask_job: Option<AnyUnmaskJob>,
     /// The sum of the masked inputs, kept off the lock (secure rounds).
-    pub(super) sum: Option<Arc<super::offlock::OutsideSum>>,
+    pub(super) sum: Option<Arc<super::sum::OutsideSum>>,
     /// Start.
     pub started: Instant,
     stage_started: Instant,
@@ -110,7 +110,7 @@ pub struct ActiveRound {
     pub stages: Vec<StageRecord>,
     /// Members whose message of the open stage the machine accepted: of
     /// those it drops, these were pruned rather than silent.
-    answered: BTreeSet<MemberId>,
+    pub(super) answered: BTreeSet<MemberId>,
     /// Payload bytes received.
     pub bytes_in: u64,
     /// Bytes sent.
@@ -263,39 +263,6 @@ impl ActiveRound {
         }
         self.answered.insert(from);
         Ok(())
-    }
-
-    /// A whole masked vector of `bytes` bytes from `from`, when the round
-    /// keeps its sum outside the machine: the machine checks and records it,
-    /// and the returned add is owed to the sum (made outside the lock).
-    /// `None`: the round keeps no such sum, so [`Self::deliver`] it instead.
-    pub(super) fn accept_outside(
-        &mut self,
-        from: MemberId,
-        bytes: usize,
-        masking: Option<MaskingSet>,
-        now: Instant,
-    ) -> Result<Option<super::offlock::OwedAdd>, RequestError> {
-        let Some(sum) = self.sum.clone() else {
-            return Ok(None);
-        };
-        let width = self.machine.width();
-        if !bytes.is_multiple_of(width) {
-            return Err(ProtocolError::Malformed {
-                member: from,
-                reason: format!("{bytes} bytes are not whole elements of {width} bytes"),
-            }
-            .into());
-        }
-        let msg_bytes = bytes
-            + masking
-                .as_ref()
-                .map_or(0, |m| 4 * m.peers.len() + m.signature.len());
-        self.machine
-            .handle_masked_input_outside(self.id, from, bytes / width, masking, now)?;
-        self.bytes_in += msg_bytes as u64;
-        self.answered.insert(from);
-        Ok(Some(sum.owe()))
     }
 
     /// Checks before an upload of `total_len` elements is buffered; returns
