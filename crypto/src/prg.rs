@@ -16,8 +16,15 @@
 //! Expansion and addition are fused: a cache-sized block of keystream is
 //! generated on the stack and added into the target before the next is made,
 //! so masking a vector never allocates a second vector.
+//!
+//! A long vector is split by range across threads ([`threads`]): CTR mode can
+//! start at any block, so each range seeks to its own counter and the result
+//! is bit-identical to one thread's. Ranges are whole scratch steps, so every
+//! range but the last makes exactly the steps one thread would have made.
 
 use std::fmt;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use zeroize::Zeroizing;
 
@@ -30,6 +37,42 @@ use crate::suite::Suite;
 /// Keystream bytes made per step: small enough to stay in L1, large enough
 /// for the block ciphers' wide parallel paths.
 const SCRATCH: usize = 8 * 1024;
+
+/// Keystream bytes below which a thread is not worth starting: spawning a
+/// scoped thread costs tens of microseconds, 512 KiB of keystream a few
+/// hundred.
+const MIN_BYTES_PER_THREAD: usize = 512 * 1024;
+
+/// Thread count set with [`set_threads`] (0: not set).
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Threads one mask operation may use: as set with [`set_threads`], else
+/// `CONFIDE_PRG_THREADS` from the environment, else the machine's available
+/// parallelism.
+pub fn threads() -> usize {
+    match THREADS.load(Ordering::Relaxed) {
+        0 => default_threads(),
+        n => n,
+    }
+}
+
+/// Use at most `n` threads per mask operation from now on (0: back to the
+/// default of [`threads`]). Process-wide: a server whose cores already serve
+/// other work may want fewer.
+pub fn set_threads(n: usize) {
+    THREADS.store(n, Ordering::Relaxed);
+}
+
+fn default_threads() -> usize {
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        std::env::var("CONFIDE_PRG_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
+}
 
 /// The mask pseudo-random generator of one key.
 pub struct Prg {
@@ -109,18 +152,65 @@ impl Prg {
     fn stream<R: RingElement>(
         &self,
         data: &mut [R],
-        mut op: impl FnMut(&mut [R], &[u8]),
+        op: impl Fn(&mut [R], &[u8]) + Sync,
+    ) -> Result<(), CryptoError> {
+        self.stream_on(data, op, threads(), MIN_BYTES_PER_THREAD)
+    }
+
+    /// [`Self::stream`] on up to `threads` threads, each given at least
+    /// `min_bytes` of keystream.
+    fn stream_on<R: RingElement>(
+        &self,
+        data: &mut [R],
+        op: impl Fn(&mut [R], &[u8]) + Sync,
+        threads: usize,
+        min_bytes: usize,
     ) -> Result<(), CryptoError> {
         let total = (data.len() as u64).saturating_mul(R::BYTES as u64);
         check_len(total, data.len(), R::BYTES)?;
+        let step = SCRATCH / R::BYTES;
+        let steps = data.len().div_ceil(step);
+        let min_steps = min_bytes.div_ceil(SCRATCH).max(1);
+        let n = threads.min(steps / min_steps).max(1);
+        if n == 1 {
+            self.stream_range(data, 0, &op);
+            return Ok(());
+        }
+        // Whole steps per range, so each range starts on a block boundary.
+        let per = steps.div_ceil(n) * step;
+        let op = &op;
+        std::thread::scope(|s| {
+            let mut ranges = data.chunks_mut(per).enumerate();
+            let first = ranges.next();
+            for (i, range) in ranges {
+                s.spawn(move || self.stream_range(range, (i * per * R::BYTES / 16) as u128, op));
+            }
+            // The calling thread takes the first range itself.
+            if let Some((_, range)) = first {
+                self.stream_range(range, 0, op);
+            }
+        });
+        Ok(())
+    }
+
+    /// Apply the keystream from block `counter` on to `data`, one scratch
+    /// step at a time.
+    fn stream_range<R: RingElement>(
+        &self,
+        data: &mut [R],
+        counter: u128,
+        op: &impl Fn(&mut [R], &[u8]),
+    ) {
         let mut buf = Zeroizing::new([0u8; SCRATCH]);
-        let mut ks = self.generator();
+        let mut ks = Generator {
+            inner: &self.inner,
+            counter,
+        };
         for chunk in data.chunks_mut(SCRATCH / R::BYTES) {
             let n = chunk.len() * R::BYTES;
             ks.next(&mut buf[..n]);
             op(chunk, &buf[..n]);
         }
-        Ok(())
     }
 }
 
@@ -165,5 +255,96 @@ impl fmt::Debug for Prg {
         f.debug_struct("Prg")
             .field("suite", &suite)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `acc += mask` on `threads` threads of at least one scratch step each.
+    fn add_on<R: RingElement>(prg: &Prg, acc: &mut [R], threads: usize) {
+        let op = |chunk: &mut [R], ks: &[u8]| {
+            for (a, k) in chunk.iter_mut().zip(ks.chunks_exact(R::BYTES)) {
+                *a = a.wrapping_add(R::from_le_slice(k));
+            }
+        };
+        if let Err(e) = prg.stream_on(acc, op, threads, SCRATCH) {
+            panic!("stream_on: {e}");
+        }
+    }
+
+    /// The mask as elements, from the raw keystream (one thread, counter 0).
+    fn reference<R: RingElement>(prg: &Prg, len: usize) -> Vec<R> {
+        let mut ks = vec![0u8; len * R::BYTES];
+        if let Err(e) = prg.keystream(&mut ks) {
+            panic!("keystream: {e}");
+        }
+        ks.chunks_exact(R::BYTES).map(R::from_le_slice).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Split across any number of threads, every length (whole steps,
+        /// partial steps, partial blocks) gives the one-thread mask.
+        #[test]
+        fn split_by_range_is_bit_identical(
+            len in 0usize..40_000,
+            threads in 1usize..7,
+            gm in any::<bool>(),
+            key in any::<[u8; 16]>(),
+            start in any::<u32>(),
+        ) {
+            let suite = if gm { Suite::Gm } else { Suite::Intl };
+            let prg = Prg::new(suite, &key);
+            let want32: Vec<u32> = reference::<u32>(&prg, len)
+                .iter()
+                .map(|m| m.wrapping_add(start))
+                .collect();
+            let mut got32 = vec![start; len];
+            add_on(&prg, &mut got32, threads);
+            prop_assert_eq!(got32, want32);
+            let want64: Vec<u64> = reference::<u64>(&prg, len)
+                .iter()
+                .map(|m| m.wrapping_add(u64::from(start)))
+                .collect();
+            let mut got64 = vec![u64::from(start); len];
+            add_on(&prg, &mut got64, threads);
+            prop_assert_eq!(got64, want64);
+        }
+    }
+
+    #[test]
+    fn the_public_operations_split_large_vectors_identically() -> Result<(), CryptoError> {
+        // Above the default threshold, so `add_into` itself goes parallel
+        // wherever the machine has more than one core.
+        let len = 3 * MIN_BYTES_PER_THREAD / 4 + 12_345;
+        for suite in Suite::ALL {
+            let prg = Prg::new(suite, &[9u8; 16]);
+            let want = reference::<u32>(&prg, len);
+            let mut filled = vec![0u32; len];
+            prg.fill(&mut filled)?;
+            assert_eq!(filled, want, "{suite} fill");
+            let mut acc = vec![0u32; len];
+            prg.add_into(&mut acc)?;
+            assert_eq!(acc, want, "{suite} add_into");
+            prg.sub_from(&mut acc)?;
+            assert!(acc.iter().all(|&a| a == 0), "{suite} sub_from");
+            let mut four = vec![0u32; len];
+            add_on(&prg, &mut four, 4);
+            assert_eq!(four, want, "{suite} four threads");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn thread_count_can_be_overridden() {
+        set_threads(3);
+        assert_eq!(threads(), 3);
+        set_threads(0);
+        assert!(threads() >= 1);
     }
 }

@@ -165,7 +165,7 @@ impl Federation {
         } else {
             Ok(AnyCoordinator::plain(&plan.config, plan.plain_deadline()))
         };
-        let machine = match machine {
+        let mut machine = match machine {
             Ok(m) => m,
             Err(e) => {
                 warn!(round = round_id, error = %e, "cannot start round");
@@ -188,6 +188,12 @@ impl Federation {
             "round started"
         );
         self.metrics.round_started(kind);
+        // The sum and the unmask are kept off the lock (`offlock.rs`).
+        // A fresh machine always agrees; a plaintext round keeps its own sum.
+        let sum = machine
+            .sum_outside()
+            .unwrap_or(false)
+            .then(|| sum::OutsideSum::new(machine.ring(), plan.config.vector_len));
         {
             let mut g = self.lock();
             let mut active = ActiveRound::new(
@@ -200,6 +206,7 @@ impl Federation {
                 now,
                 self.metrics.clone(),
             );
+            active.sum = sum;
             for &m in plan.names.keys() {
                 let st = pb::RoundStart {
                     member: m,
@@ -224,11 +231,13 @@ impl Federation {
     }
 
     /// Close stages at their deadlines until the machine finishes. Site
-    /// messages (which may finish it) wake the driver through `wake`.
+    /// messages (which may finish it) wake the driver through `wake`. The
+    /// unmask runs here, on a blocking thread and outside the lock, so the
+    /// other RPCs are answered meanwhile.
     async fn drive(&self) -> Result<AnyRoundResult, ProtocolError> {
         let grace = Duration::from_secs_f64(self.settings.secagg.reconnect_grace_secs);
         loop {
-            let deadline = {
+            let next = {
                 let now = clock();
                 let mut g = self.lock();
                 let Inner {
@@ -248,20 +257,26 @@ impl Federation {
                 if let Some(res) = r.result.take() {
                     return res;
                 }
-                [r.machine.poll_timeout(), r.next_expiry(grace)]
-                    .into_iter()
-                    .flatten()
-                    .min()
+                match r.unmask_job.take() {
+                    Some(job) => offlock::Next::Unmask(Box::new(job), r.sum.clone()),
+                    None => offlock::Next::Wait(
+                        [r.machine.poll_timeout(), r.next_expiry(grace)]
+                            .into_iter()
+                            .flatten()
+                            .min(),
+                    ),
+                }
             };
-            match deadline {
-                Some(d) => {
+            match next {
+                offlock::Next::Unmask(job, sum) => self.run_unmask(*job, sum).await?,
+                offlock::Next::Wait(Some(d)) => {
                     tokio::select! {
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep_until(tokio::time::Instant::from_std(d)) => {}
                     }
                 }
                 // No deadline left: only a site message can move the machine.
-                None => self.wake.notified().await,
+                offlock::Next::Wait(None) => self.wake.notified().await,
             }
         }
     }

@@ -15,11 +15,13 @@
 
 mod decline;
 mod liveness;
+mod offlock;
 pub mod outcome;
 pub mod registry;
 mod resume;
 pub mod round;
 pub mod scheduler;
+mod sum;
 pub mod watch;
 
 use std::collections::{BTreeSet, HashMap};
@@ -315,7 +317,7 @@ impl Federation {
         r.admit(&info, round)?;
         let out = f(r, &info, vk)?;
         r.pump(registry, now);
-        let finished = r.result.is_some();
+        let finished = r.needs_driver();
         drop(g);
         if finished {
             self.wake.notify_one();
@@ -469,8 +471,10 @@ impl Federation {
 
     /// Finish an upload: the whole vector goes into the sum at once, with the
     /// signed masking set its first chunk carried (required in a secure
-    /// round, ignored in a plaintext one).
-    pub fn finish_upload(
+    /// round, ignored in a plaintext one). In a secure round only the
+    /// acceptance takes the lock; the add runs on a blocking thread
+    /// (`offlock.rs`).
+    pub async fn finish_upload(
         &self,
         session: &str,
         peer: Option<&str>,
@@ -479,15 +483,29 @@ impl Federation {
     ) -> Result<(), RequestError> {
         let (round, member) = (up.round, up.member);
         // Slot and claim are held until the vector is in the sum.
-        let (vector, _hold) = up.into_vector()?;
+        let (vector, hold) = up.into_vector()?;
         let now = clock();
-        self.with_round(session, peer, round, now, |r, info, _| {
+        let masking = masking.as_ref().map(convert::masking_set_from_proto);
+        let owed = self.with_round(session, peer, round, now, |r, info, _| {
             if info.member != member {
                 return Err(RequestError::UnknownSession);
             }
-            let masking = masking.as_ref().map(convert::masking_set_from_proto);
-            r.deliver(member, SiteMessage::Input { vector, masking }, now)
-        })
+            if r.sum.is_none() {
+                r.deliver(member, SiteMessage::Input { vector, masking }, now)?;
+                return Ok(None);
+            }
+            let owed = r.accept_outside(member, vector.len(), masking, now)?;
+            Ok(owed.map(|owed| (owed, vector)))
+        })?;
+        if let Some((owed, vector)) = owed {
+            tokio::task::spawn_blocking(move || {
+                owed.add(&vector);
+                drop(hold);
+            })
+            .await
+            .map_err(|_| RequestError::ShuttingDown)?;
+        }
+        Ok(())
     }
 
     /// The report so far.

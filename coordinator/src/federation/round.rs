@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use confide_crypto::protocol::{AnyCoordinator, AnyOutput, AnyRoundResult};
+use confide_crypto::protocol::{AnyCoordinator, AnyOutput, AnyRoundResult, AnyUnmaskJob};
 use confide_crypto::protocol::{
     KeyAdvert, MaskingSet, ShareBundle, SurvivorSignature, UnmaskResponse,
 };
@@ -98,6 +98,11 @@ pub struct ActiveRound {
     pub model_bytes: Arc<Vec<u8>>,
     /// The machine's result, once it finished.
     pub result: Option<Result<AnyRoundResult, ProtocolError>>,
+    /// The unmask, once its stage closed: the driver runs it off the
+    /// federation's lock and hands the outcome back to the machine.
+    pub unmask_job: Option<AnyUnmaskJob>,
+    /// The sum of the masked inputs, kept off the lock (secure rounds).
+    pub(super) sum: Option<Arc<super::sum::OutsideSum>>,
     /// Start.
     pub started: Instant,
     stage_started: Instant,
@@ -105,7 +110,7 @@ pub struct ActiveRound {
     pub stages: Vec<StageRecord>,
     /// Members whose message of the open stage the machine accepted: of
     /// those it drops, these were pruned rather than silent.
-    answered: BTreeSet<MemberId>,
+    pub(super) answered: BTreeSet<MemberId>,
     /// Payload bytes received.
     pub bytes_in: u64,
     /// Bytes sent.
@@ -146,6 +151,8 @@ impl ActiveRound {
             vector_len,
             model_bytes,
             result: None,
+            unmask_job: None,
+            sum: None,
             started: now,
             stage_started: now,
             stages: Vec::new(),
@@ -351,6 +358,14 @@ impl ActiveRound {
                 AnyOutput::Finished(res) => self.result = Some(res),
             }
         }
+        if let Some(job) = self.machine.take_unmask_job() {
+            self.unmask_job = Some(job);
+        }
+    }
+
+    /// Whether the driver has work: a result to apply or an unmask to run.
+    pub fn needs_driver(&self) -> bool {
+        self.result.is_some() || self.unmask_job.is_some()
     }
 }
 

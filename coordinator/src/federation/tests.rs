@@ -89,7 +89,7 @@ fn joins_are_limited_named_and_bound_to_the_tls_identity() -> Result<(), Box<dyn
 
 /// Settings of a one-round federation of `n` sites: no statistics round, no
 /// final evaluation, 4 s stages, give up after the first failure.
-fn one_round(secure: bool, n: usize) -> Settings {
+pub(super) fn one_round(secure: bool, n: usize) -> Settings {
     let mut s = insecure(n, n);
     s.rounds = 1;
     s.statistics_round = false;
@@ -195,7 +195,7 @@ async fn a_plaintext_round_updates_the_model_from_the_uploads()
             .begin_upload(session, None, start.round, start.vector_len)
             .await?;
         up.push(0, &bytes)?;
-        fed.finish_upload(session, None, up, None)?;
+        fed.finish_upload(session, None, up, None).await?;
     }
     let report = driver.await??;
     assert_eq!(report.completed_rounds, 1);
@@ -228,7 +228,7 @@ struct Member {
 
 /// How a site leaves a round instead of sending its masked input.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Leave {
+pub(super) enum Leave {
     /// Its process dies: the task stream closes.
     HangUp,
     /// Its policy refuses the round: it sends Decline, stays connected.
@@ -239,7 +239,7 @@ enum Leave {
 /// every parameter by 0.5); `leave` names a site that leaves instead of
 /// sending its masked input, and how. Returns the report and the model
 /// before and after.
-async fn secure_round(
+pub(super) async fn secure_round(
     s: Settings,
     names: &[&str],
     leave: Option<(&str, Leave)>,
@@ -375,7 +375,8 @@ async fn secure_round(
                             .await?;
                         up.push(0, &vector.to_le_bytes())?;
                         let masking = convert::masking_set_to_proto(&masking);
-                        fed.finish_upload(&m.session, None, up, Some(masking))?;
+                        fed.finish_upload(&m.session, None, up, Some(masking))
+                            .await?;
                     }
                     AnySiteOutput::Consistency(sig) => fed.consistency(
                         &m.session,
@@ -502,7 +503,7 @@ async fn a_file_model_is_served_updated_and_kept_in_its_file_dtypes()
             .begin_upload(session, None, start.round, start.vector_len)
             .await?;
         up.push(0, &bytes)?;
-        fed.finish_upload(session, None, up, None)?;
+        fed.finish_upload(session, None, up, None).await?;
     }
     let report = driver.await??;
     assert!(report.history[0].success, "{}", report.history[0].message);

@@ -319,7 +319,8 @@ impl Site for Handlers {
         up.push(first.offset, &first.data)?;
         receive_chunks(&mut stream, &mut up, &session, round, idle_secs).await?;
         self.fed
-            .finish_upload(&session, peer.as_deref(), up, masking)?;
+            .finish_upload(&session, peer.as_deref(), up, masking)
+            .await?;
         Ok(Response::new(pb::Ack {}))
     }
 

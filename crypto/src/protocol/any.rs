@@ -478,7 +478,9 @@ impl AnyCoordinator {
     }
 }
 
+mod offload;
 mod site;
+pub use offload::{AnyUnmaskJob, AnyUnmaskOutcome};
 pub use site::{AnySite, AnySiteOutput};
 
 #[cfg(test)]

@@ -8,12 +8,14 @@ use super::consistency::CheckedSurvivors;
 use super::unmask::check_response;
 
 mod close;
+mod offload;
 use super::{
     CoordinatorOutput, EncryptedShare, KeyAdvert, MaskingSet, MemberId, RelayedAdvert, RoundConfig,
     ShareBundle, Stage, SurvivorSignature, Topology, UnmaskResponse,
 };
 use crate::error::ProtocolError;
 use crate::ring::RingElement;
+pub use offload::{UnmaskJob, UnmaskOutcome};
 
 /// How long each stage waits before closing with whoever has answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +80,12 @@ pub struct CoordinatorMachine<R: RingElement> {
     /// Members known to have left the round ([`Self::handle_member_gone`]):
     /// no stage waits for them any more.
     gone: BTreeSet<MemberId>,
+    /// Whether closing the unmask stage leaves the job to the caller
+    /// ([`Self::defer_unmask`]), and the job once it has.
+    defer: bool,
+    job: Option<UnmaskJob<R>>,
+    /// Whether the caller keeps the sum of the inputs ([`Self::sum_outside`]).
+    outside: bool,
 }
 
 enum Phase<R> {
@@ -107,6 +115,8 @@ enum Phase<R> {
         acc: Vec<R>,
         responses: BTreeMap<MemberId, UnmaskResponse>,
     },
+    /// The unmask stage has closed and its job runs outside the machine.
+    Unmasking,
     Done,
 }
 
@@ -117,7 +127,7 @@ impl<R> Phase<R> {
             Phase::Share { .. } => Stage::ShareKeys,
             Phase::Input { .. } => Stage::MaskedInput,
             Phase::Consistency { .. } => Stage::Consistency,
-            Phase::Unmask { .. } => Stage::Unmask,
+            Phase::Unmask { .. } | Phase::Unmasking => Stage::Unmask,
             Phase::Done => Stage::Done,
         }
     }
@@ -153,6 +163,9 @@ impl<R: RingElement> CoordinatorMachine<R> {
             refusals: BTreeMap::new(),
             commitments: BTreeMap::new(),
             gone: BTreeSet::new(),
+            defer: false,
+            job: None,
+            outside: false,
         })
     }
 
@@ -218,7 +231,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 .copied()
                 .filter(|m| !responses.contains_key(m))
                 .collect(),
-            Phase::Done => Vec::new(),
+            Phase::Unmasking | Phase::Done => Vec::new(),
         }
     }
 
@@ -398,7 +411,26 @@ impl<R: RingElement> CoordinatorMachine<R> {
         masking: MaskingSet,
         now: Instant,
     ) -> Result<(), ProtocolError> {
+        self.accept_input(round, from, vector.len(), Some(vector), masking, now)
+    }
+
+    /// Check and record `from`'s input of `len` elements, adding `vector`
+    /// into the sum unless the caller keeps it ([`Self::sum_outside`]).
+    fn accept_input(
+        &mut self,
+        round: u64,
+        from: MemberId,
+        len: usize,
+        vector: Option<&[R]>,
+        masking: MaskingSet,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
         self.check(round, Stage::MaskedInput, from)?;
+        if vector.is_some() == self.outside {
+            return Err(ProtocolError::Config(
+                "the sum of the inputs is kept by exactly one of machine and caller".into(),
+            ));
+        }
         let topo = &self.topo;
         let Phase::Input { u2, received, acc } = &mut self.phase else {
             return Err(ProtocolError::Ended);
@@ -409,10 +441,10 @@ impl<R: RingElement> CoordinatorMachine<R> {
         if received.contains_key(&from) {
             return Err(ProtocolError::Duplicate(from));
         }
-        if vector.len() != acc.len() {
+        if len != self.cfg.vector_len {
             return Err(ProtocolError::WrongLength {
-                expected: acc.len(),
-                got: vector.len(),
+                expected: self.cfg.vector_len,
+                got: len,
             });
         }
         let malformed = |reason: &str| ProtocolError::Malformed {
@@ -433,7 +465,9 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 "masking set names a peer that is not a neighbour that shared keys",
             ));
         }
-        crate::ring::add_assign(acc, vector);
+        if let Some(vector) = vector {
+            crate::ring::add_assign(acc, vector);
+        }
         received.insert(from, masking);
         if received.len() == u2.len() {
             self.close_stage(now);

@@ -37,11 +37,14 @@ mod policy;
 mod site;
 mod unmask;
 
-pub use any::{AnyCoordinator, AnyOutput, AnyRoundResult, AnySite, AnySiteOutput, RingVec};
+pub use any::{
+    AnyCoordinator, AnyOutput, AnyRoundResult, AnySite, AnySiteOutput, AnyUnmaskJob,
+    AnyUnmaskOutcome, RingVec,
+};
 pub use consistency::{
     ConsistencyRequest, MaskingSet, RelayedMaskingSet, RelayedSignature, SurvivorSignature,
 };
-pub use coordinator::{CoordinatorMachine, StageTimeouts};
+pub use coordinator::{CoordinatorMachine, StageTimeouts, UnmaskJob, UnmaskOutcome};
 pub use output::{CoordinatorOutput, RoundResult};
 pub use plain::PlainAggregator;
 pub use policy::SitePolicy;

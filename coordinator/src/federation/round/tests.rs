@@ -105,7 +105,7 @@ async fn upload(r: &Running, site: usize, v: Vec<u32>) -> Result<(), RequestErro
         .begin_upload(&site.session, None, r.start.round, r.start.vector_len)
         .await?;
     up.push(0, &bytes(v))?;
-    r.fed.finish_upload(&site.session, None, up, None)
+    r.fed.finish_upload(&site.session, None, up, None).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -123,7 +123,7 @@ async fn a_member_uploads_through_one_stream_at_a_time() -> Res<()> {
     drop(first);
     let mut retry = r.fed.begin_upload(&a.session, None, round, len).await?;
     retry.push(0, &bytes(honest(&s, 0.25)?))?;
-    r.fed.finish_upload(&a.session, None, retry, None)?;
+    r.fed.finish_upload(&a.session, None, retry, None).await?;
     // Once the vector is in the sum, any later stream is a duplicate.
     assert_eq!(
         r.fed.begin_upload(&a.session, None, round, len).await.err(),

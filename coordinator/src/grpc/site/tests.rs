@@ -177,7 +177,7 @@ async fn a_complete_stream_is_received_in_chunks() -> Res<()> {
     );
     let mut stream = tokio_stream::iter([Ok(rest)]);
     receive_chunks(&mut stream, &mut up, a, round, 2).await?;
-    r.fed.finish_upload(a, None, up, None)?;
+    r.fed.finish_upload(a, None, up, None).await?;
     // A chunk of another round in the same stream is refused.
     let b = &r.sites[1].session;
     let mut up = r.fed.begin_upload(b, None, round, len).await?;
@@ -291,7 +291,7 @@ async fn a_decline_ends_the_wait_for_its_site_and_a_wrong_one_is_refused() -> Re
     for site in &r.sites[..2] {
         let mut up = r.fed.begin_upload(&site.session, None, round, len).await?;
         up.push(0, &confide_crypto::ring::to_le_bytes(&honest(&s, 0.25)?))?;
-        r.fed.finish_upload(&site.session, None, up, None)?;
+        r.fed.finish_upload(&site.session, None, up, None).await?;
     }
     h.decline(decline(&c, round)).await?;
     // A retried decline (its answer lost) changes nothing.

@@ -14,14 +14,26 @@ use crate::protocol::KeyDirectory;
 use crate::sim::Simulation;
 use crate::suite::{SigningKey, Suite};
 
+/// `sum += x` in the same ring.
+fn add_ring(sum: &mut RingVec, x: &RingVec) {
+    match (sum, x) {
+        (RingVec::U32(s), RingVec::U32(x)) => ring::add_assign(s, x),
+        (RingVec::U64(s), RingVec::U64(x)) => ring::add_assign(s, x),
+        _ => panic!("ring mismatch"),
+    }
+}
+
 /// Drive one round through [`AnySite`]s and an [`AnyCoordinator`]. Member
-/// `drop`, if any, never sends its masked input (nor anything after).
+/// `drop`, if any, never sends its masked input (nor anything after). With
+/// `offload` (secure only) the test keeps the sum of the inputs and runs
+/// the unmask job itself, as the coordinator does off its lock.
 fn run_any(
     cfg: &RoundConfig,
     inputs: &[RingVec],
     secure: bool,
     drop: Option<MemberId>,
     seed: u64,
+    offload: bool,
 ) -> Result<AnyRoundResult, ProtocolError> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut now = Instant::now();
@@ -32,6 +44,10 @@ fn run_any(
         AnyCoordinator::plain(cfg, now + timeout)
     };
     assert_eq!(coord.is_secure(), secure);
+    if offload {
+        assert!(coord.sum_outside()?);
+    }
+    let mut outside = RingVec::zeros(cfg.ring, cfg.vector_len);
     assert_eq!(coord.ring(), cfg.ring);
     assert_eq!(coord.width(), cfg.ring.bytes());
     let mut keys = BTreeMap::new();
@@ -94,7 +110,19 @@ fn run_any(
                     AnySiteOutput::Shares(b) => coord.handle_shares(b, now)?,
                     AnySiteOutput::MaskedInput { vector, masking } => {
                         assert_eq!((vector.ring(), vector.len()), (cfg.ring, cfg.vector_len));
-                        coord.handle_masked_input(cfg.round, m, &vector, Some(masking), now)?
+                        if offload {
+                            let len = vector.len();
+                            coord.handle_masked_input_outside(
+                                cfg.round,
+                                m,
+                                len,
+                                Some(masking),
+                                now,
+                            )?;
+                            add_ring(&mut outside, &vector);
+                        } else {
+                            coord.handle_masked_input(cfg.round, m, &vector, Some(masking), now)?
+                        }
                     }
                     AnySiteOutput::Consistency(sig) => coord.handle_consistency(sig, now)?,
                     AnySiteOutput::Unmask(u) => coord.handle_unmask_response(u, now)?,
@@ -109,6 +137,21 @@ fn run_any(
             assert!(!coord.pending().is_empty());
             now = d;
             coord.handle_timeout(now);
+        }
+        if let Some(mut job) = coord.take_unmask_job() {
+            // The machine waits for the job: no deadline, nobody pending.
+            assert!(offload);
+            assert_eq!(coord.stage(), Stage::Unmask);
+            assert!(coord.pending().is_empty() && coord.poll_timeout().is_none());
+            job.set_sum(std::mem::replace(&mut outside, RingVec::zeros(cfg.ring, 0)))?;
+            let outcome = job.run();
+            while let Some(o) = coord.poll_output() {
+                assert!(
+                    !matches!(o, AnyOutput::Finished(_)),
+                    "finished before the job"
+                );
+            }
+            coord.complete_unmask(outcome);
         }
         while let Some(o) = coord.poll_output() {
             match o {
@@ -198,10 +241,13 @@ where
 
     let cfg = sim.config::<R>(33);
     let any_inputs: Vec<RingVec> = x.iter().cloned().map(RingVec::from).collect();
-    let secure = run_any(&cfg, &any_inputs, true, drop, 3)?;
+    let secure = run_any(&cfg, &any_inputs, true, drop, 3, false)?;
     assert_eq!(secure, AnyRoundResult::from(generic.clone()));
+    // The sum kept by the caller and the unmask run outside the machine.
+    let offloaded = run_any(&cfg, &any_inputs, true, drop, 3, true)?;
+    assert_eq!(offloaded, secure);
 
-    let plain = run_any(&cfg, &any_inputs, false, drop, 3)?;
+    let plain = run_any(&cfg, &any_inputs, false, drop, 3, false)?;
     assert_eq!(plain.sum, RingVec::from(generic.sum));
     assert_eq!(plain.survivors, generic.survivors);
     assert_eq!(plain.dropped, generic.dropped);

@@ -4,11 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
-use super::{CoordinatorMachine, Phase};
+use super::{CoordinatorMachine, Phase, UnmaskJob};
 use crate::error::ProtocolError;
 use crate::ids::{MemberId, Stage};
 use crate::protocol::consistency::SurvivorRules;
-use crate::protocol::unmask::Unmasker;
 use crate::protocol::{
     ConsistencyRequest, CoordinatorOutput, EncryptedShare, IncomingShares, NeighbourKeys,
     RelayedAdvert, RelayedMaskingSet, RelayedSignature, RoundResult, UnmaskRequest,
@@ -150,7 +149,12 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 self.phase = Phase::Input {
                     u2,
                     received: BTreeMap::new(),
-                    acc: vec![R::default(); self.cfg.vector_len],
+                    // Empty while the caller keeps the sum (`sum_outside`).
+                    acc: if self.outside {
+                        Vec::new()
+                    } else {
+                        vec![R::default(); self.cfg.vector_len]
+                    },
                 };
             }
             Phase::Input { u2, received, acc } => {
@@ -288,20 +292,19 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 let u5: BTreeSet<MemberId> = responses.keys().copied().collect();
                 let silent: Vec<MemberId> = signers.difference(&u5).copied().collect();
                 self.closed(Stage::Unmask, &u5, silent);
-                let unmasker = Unmasker {
-                    cfg: &self.cfg,
-                    masking: &masking,
-                    adverts: &self.adverts,
-                    commitments: &self.commitments,
+                let job = UnmaskJob {
+                    cfg: self.cfg.clone(),
+                    masking,
+                    adverts: std::mem::take(&mut self.adverts),
+                    commitments: std::mem::take(&mut self.commitments),
+                    checked,
+                    acc,
+                    responses,
                 };
-                let mut blamed = BTreeMap::new();
-                let result = unmasker.unmask(&checked, acc, &responses, &mut blamed);
-                for (member, reason) in blamed {
-                    self.out
-                        .push_back(CoordinatorOutput::Blamed { member, reason });
-                }
-                self.finish(result);
+                self.unmask_or_defer(job);
             }
+            // Closed already; the job's outcome finishes the round.
+            Phase::Unmasking => self.phase = Phase::Unmasking,
             Phase::Done => {}
         }
     }
