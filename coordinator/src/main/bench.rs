@@ -51,6 +51,8 @@ pub struct BenchArgs {
     pub t: Option<u32>,
     /// The coordinator's stage deadline (how long it waits for a dropped site).
     pub stage_timeout_secs: u32,
+    /// The server optimiser's kind, as in `[optimiser] kind`.
+    pub optimiser: String,
     /// One JSON object per round instead of a table.
     pub json: bool,
     /// Keep the bench directory (config, certificates, checkpoints, log) here.
@@ -160,7 +162,7 @@ batch_size = 16
 learning_rate = 0.05
 
 [optimiser]
-kind = "fedavg"
+kind = "{optimiser}"
 
 [checkpoints]
 dir = "{ck}"
@@ -172,6 +174,7 @@ certs_dir = "{certs}"
 [limits]
 join_rate_per_sec = 10000.0
 join_burst = 10000
+max_model_bytes = {max_model_bytes}
 "#,
         suite = a.suite,
         rounds = a.rounds,
@@ -180,6 +183,12 @@ join_burst = 10000
         delta = a.dropout.max(0.1),
         hidden = hidden_for(a.params),
         timeout = a.stage_timeout_secs,
+        optimiser = a.optimiser,
+        // The MLP as f32 with room for its header, and never below the default.
+        max_model_bytes = (a.params as u64)
+            .saturating_mul(4)
+            .saturating_add(1 << 20)
+            .max(1 << 30),
         ck = root.join("checkpoints").display(),
         certs = root.join("certs").display(),
     )
