@@ -82,11 +82,16 @@ impl Trainer for Synthetic {
         _cfg: &FitConfig,
         rng: &mut dyn rand::Rng,
     ) -> confide_client::train::Result<FitResult> {
-        let flat: Vec<f32> = (0..global.num_params())
-            .map(|_| ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.02)
-            .collect();
+        // Filled in place, in flat order: one model-sized vector per site,
+        // so the in-process sites of a large bench fit in memory.
+        let mut delta = global.zeros_like();
+        for t in delta.tensors.values_mut() {
+            for v in &mut t.data {
+                *v = ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.02;
+            }
+        }
         Ok(FitResult {
-            delta: global.unflatten_like(&flat)?,
+            delta,
             num_examples: self.rows,
             train_loss: 0.5,
         })

@@ -226,11 +226,12 @@ impl Model {
 
     /// Bytes the model takes as f32, and its largest tensor with its bytes.
     fn f32_bytes(&self) -> (u64, Option<(&str, u64)>) {
-        let total = self.num_params() as u64 * 4;
+        // Saturating: a count beyond u64 is "too large", never a wrapped small one.
+        let total = (self.num_params() as u64).saturating_mul(4);
         let largest = self
             .tensors
             .iter()
-            .map(|(n, t)| (n.as_str(), t.len() as u64 * 4))
+            .map(|(n, t)| (n.as_str(), (t.len() as u64).saturating_mul(4)))
             .max_by_key(|&(_, b)| b);
         (total, largest)
     }
