@@ -16,8 +16,12 @@ use crate::train::{EvalResult, FeatureStats};
 
 pub use confide_proto::layout::{EVAL_LEN, EXTRA_SLOTS, masked_input_chunks, train_len};
 
-/// Hard ceiling on a downloaded model, whatever the coordinator announces (4 GiB).
-pub const MAX_MODEL_BYTES: u64 = 4 << 30;
+/// Hard ceiling on a downloaded model, whatever the coordinator announces
+/// (64 GiB: 16·10⁹ f32 parameters, beyond what a site trains, and no 32-bit
+/// boundary; the announced size is the limit that matters). The assembler
+/// reserves at most 64 MiB before data arrives, so a claimed size costs
+/// nothing.
+pub const MAX_MODEL_BYTES: u64 = 64 << 30;
 
 /// The metric slots of an evaluation ([`Metrics`] in the shared layout).
 pub fn metrics(e: &EvalResult) -> Metrics {
@@ -314,6 +318,22 @@ mod tests {
         a.push(&chunk(0, b"abc", 6))?;
         a.push(&chunk(3, b"def", 6))?;
         assert_eq!(a.finish()?, b"abcdef");
+        Ok(())
+    }
+
+    #[test]
+    fn model_reassembly_keeps_sizes_and_offsets_above_four_gib() -> Result<(), ClientError> {
+        let total = 5u64 << 30;
+        let mut a = ModelAssembler::new(total);
+        // A 5 GiB total is taken as announced (only 64 MiB reserved).
+        a.push(&chunk(0, b"abc", total))?;
+        assert!(a.buf.capacity() <= 64 << 20);
+        // 2^32 + 3 is not offset 3: a 32-bit comparison would take it.
+        assert!(a.push(&chunk((1 << 32) + 3, b"d", total)).is_err());
+        a.push(&chunk(3, b"d", total))?;
+        // A total that differs only above bit 32 is another total.
+        assert!(a.push(&chunk(4, b"e", total - (1 << 32))).is_err());
+        assert!(a.finish().is_err(), "4 of 5 GiB is not the model");
         Ok(())
     }
 

@@ -140,6 +140,10 @@ enum Cmd {
         /// site that dropped.
         #[arg(long, default_value_t = 60)]
         stage_timeout_secs: u32,
+        /// Server optimiser (`fedavg`, `fedavgm`, `fedadagrad`, `fedadam`,
+        /// `fedyogi`): the stateful ones hold two more model-sized vectors.
+        #[arg(long, default_value = "fedavg")]
+        optimiser: String,
         /// One JSON object per round.
         #[arg(long)]
         json: bool,
@@ -424,6 +428,7 @@ async fn main() -> Result<()> {
             k,
             t,
             stage_timeout_secs,
+            optimiser,
             json,
             dir,
         } => {
@@ -438,6 +443,7 @@ async fn main() -> Result<()> {
                 k,
                 t,
                 stage_timeout_secs,
+                optimiser,
                 json,
                 dir,
             })

@@ -15,9 +15,15 @@
 //! v starts at τ² (as in the paper), m at 0. State is kept in f32 so that a
 //! checkpoint restores it bit for bit.
 
+use std::sync::Arc;
+
 use crate::settings::{OptimiserKind, OptimiserSettings};
 
 /// A server optimiser with its state.
+///
+/// The moments are shared (`Arc`) so that a checkpoint being written holds
+/// them without a copy; a step changes them in place unless a writer still
+/// holds them, and copies them only then.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerOptimiser {
     kind: OptimiserKind,
@@ -26,9 +32,9 @@ pub struct ServerOptimiser {
     beta2: f64,
     tau: f64,
     /// First moment (empty for FedAvg).
-    pub m: Vec<f32>,
+    pub m: Arc<Vec<f32>>,
     /// Second moment (empty for FedAvg / FedAvgM).
-    pub v: Vec<f32>,
+    pub v: Arc<Vec<f32>>,
 }
 
 impl ServerOptimiser {
@@ -45,8 +51,8 @@ impl ServerOptimiser {
             beta1: s.beta1,
             beta2: s.beta2,
             tau: s.tau,
-            m,
-            v,
+            m: Arc::new(m),
+            v: Arc::new(v),
         }
     }
 
@@ -66,13 +72,86 @@ impl ServerOptimiser {
                 self.v.len()
             ));
         }
-        self.m = m;
-        self.v = v;
+        self.m = Arc::new(m);
+        self.v = Arc::new(v);
+        Ok(())
+    }
+
+    /// Errors unless the state fits a model of `dim` parameters.
+    pub fn check_dim(&self, dim: usize) -> Result<(), String> {
+        if (!self.m.is_empty() && self.m.len() != dim)
+            || (!self.v.is_empty() && self.v.len() != dim)
+        {
+            return Err(format!(
+                "optimiser state has {} elements, model {dim}",
+                self.m.len(),
+            ));
+        }
         Ok(())
     }
 
     /// Apply mean delta `delta` to parameters `x` in place.
     pub fn step(&mut self, x: &mut [f32], delta: &[f64]) -> Result<(), String> {
+        self.check_dim(x.len())?;
+        self.step_at(0, x, delta)
+    }
+
+    /// One element's step from parameter `x`, delta `d` and moments `m`,
+    /// `v` (0 where the kind keeps none): the new (x, m, v).
+    fn element(&self, x: f32, d: f64, m: f32, v: f32) -> (f32, f32, f32) {
+        let (lr, b1, b2, tau) = (self.lr, self.beta1, self.beta2, self.tau);
+        match self.kind {
+            OptimiserKind::FedAvg => ((f64::from(x) + lr * d) as f32, m, v),
+            OptimiserKind::FedAvgM => {
+                let mm = b1 * f64::from(m) + d;
+                ((f64::from(x) + lr * mm) as f32, mm as f32, v)
+            }
+            kind => {
+                let mm = b1 * f64::from(m) + (1.0 - b1) * d;
+                let vv = f64::from(v);
+                let d2 = d * d;
+                let nv = match kind {
+                    OptimiserKind::FedAdagrad => vv + d2,
+                    OptimiserKind::FedAdam => b2 * vv + (1.0 - b2) * d2,
+                    _ => {
+                        vv - (1.0 - b2) * d2 * (vv - d2).signum() * if vv == d2 { 0.0 } else { 1.0 }
+                    }
+                };
+                let nx = (f64::from(x) + lr * mm / (nv.sqrt() + tau)) as f32;
+                (nx, mm as f32, nv as f32)
+            }
+        }
+    }
+
+    /// The moments at flat index `i` (0 where the kind keeps none).
+    fn moments(&self, i: usize) -> (f32, f32) {
+        (
+            self.m.get(i).copied().unwrap_or(0.0),
+            self.v.get(i).copied().unwrap_or(0.0),
+        )
+    }
+
+    /// The parameters `x` (flat indices `offset..`) would take after a step
+    /// along `delta`, handed to `each` with their flat index, without
+    /// changing anything: a round checks its whole outcome this way before
+    /// [`step_at`](Self::step_at) changes the model in place.
+    pub fn preview<E>(
+        &self,
+        offset: usize,
+        x: &[f32],
+        delta: &[f64],
+        mut each: impl FnMut(usize, f32) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for (j, (&xi, &d)) in x.iter().zip(delta).enumerate() {
+            let (m, v) = self.moments(offset + j);
+            each(offset + j, self.element(xi, d, m, v).0)?;
+        }
+        Ok(())
+    }
+
+    /// Apply `delta` to the parameters at flat indices `offset..offset +
+    /// x.len()` in place (state checked with [`check_dim`](Self::check_dim)).
+    pub fn step_at(&mut self, offset: usize, x: &mut [f32], delta: &[f64]) -> Result<(), String> {
         if x.len() != delta.len() {
             return Err(format!(
                 "delta has {} elements, model {}",
@@ -80,56 +159,47 @@ impl ServerOptimiser {
                 x.len()
             ));
         }
-        if (!self.m.is_empty() && self.m.len() != x.len())
-            || (!self.v.is_empty() && self.v.len() != x.len())
-        {
-            return Err(format!(
-                "optimiser state has {} elements, model {}",
-                self.m.len(),
-                x.len()
-            ));
+        let end = offset + x.len();
+        let this = self.clone_params();
+        let (m, v) = (Arc::make_mut(&mut self.m), Arc::make_mut(&mut self.v));
+        fn range(s: &mut [f32], offset: usize, end: usize) -> Result<Option<&mut [f32]>, String> {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            let len = s.len();
+            s.get_mut(offset..end)
+                .map(Some)
+                .ok_or_else(|| format!("optimiser state has {len} elements, step reaches {end}"))
         }
-        let (lr, b1, b2, tau) = (self.lr, self.beta1, self.beta2, self.tau);
-        match self.kind {
-            OptimiserKind::FedAvg => {
-                for (xi, d) in x.iter_mut().zip(delta) {
-                    *xi = (f64::from(*xi) + lr * d) as f32;
-                }
+        let mut m = range(m, offset, end)?;
+        let mut v = range(v, offset, end)?;
+        for (j, (xi, &d)) in x.iter_mut().zip(delta).enumerate() {
+            let mj = m.as_deref().map_or(0.0, |s| s[j]);
+            let vj = v.as_deref().map_or(0.0, |s| s[j]);
+            let (nx, nm, nv) = this.element(*xi, d, mj, vj);
+            *xi = nx;
+            if let Some(s) = m.as_deref_mut() {
+                s[j] = nm;
             }
-            OptimiserKind::FedAvgM => {
-                for ((xi, d), m) in x.iter_mut().zip(delta).zip(self.m.iter_mut()) {
-                    let mm = b1 * f64::from(*m) + d;
-                    *m = mm as f32;
-                    *xi = (f64::from(*xi) + lr * mm) as f32;
-                }
-            }
-            kind => {
-                for (((xi, &d), m), v) in x
-                    .iter_mut()
-                    .zip(delta)
-                    .zip(self.m.iter_mut())
-                    .zip(self.v.iter_mut())
-                {
-                    let mm = b1 * f64::from(*m) + (1.0 - b1) * d;
-                    let vv = f64::from(*v);
-                    let d2 = d * d;
-                    let nv = match kind {
-                        OptimiserKind::FedAdagrad => vv + d2,
-                        OptimiserKind::FedAdam => b2 * vv + (1.0 - b2) * d2,
-                        _ => {
-                            vv - (1.0 - b2)
-                                * d2
-                                * (vv - d2).signum()
-                                * if vv == d2 { 0.0 } else { 1.0 }
-                        }
-                    };
-                    *m = mm as f32;
-                    *v = nv as f32;
-                    *xi = (f64::from(*xi) + lr * mm / (nv.sqrt() + tau)) as f32;
-                }
+            if let Some(s) = v.as_deref_mut() {
+                s[j] = nv;
             }
         }
         Ok(())
+    }
+
+    /// The hyper-parameters without the state, for the element step while
+    /// the state is borrowed mutably.
+    fn clone_params(&self) -> ServerOptimiser {
+        ServerOptimiser {
+            kind: self.kind,
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            tau: self.tau,
+            m: Arc::default(),
+            v: Arc::default(),
+        }
     }
 }
 

@@ -501,6 +501,13 @@ impl Settings {
         if self.limits.max_concurrent_downloads == 0 {
             return bad("limits.max_concurrent_downloads must be at least 1".into());
         }
+        if !(4..=2048).contains(&self.limits.download_chunk_kib) {
+            return bad(format!(
+                "limits.download_chunk_kib must be 4 to 2048 (sites decode messages of up to \
+                 4 MiB), got {}",
+                self.limits.download_chunk_kib
+            ));
+        }
         if !(self.limits.join_rate_per_sec.is_finite() && self.limits.join_rate_per_sec > 0.0)
             || self.limits.join_burst == 0
         {

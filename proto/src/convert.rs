@@ -126,7 +126,13 @@ pub fn round_config(
             t: rs.t as usize,
         },
         graph_seed,
-        vector_len: rs.vector_len as usize,
+        // Checked: a length this platform cannot index is refused, not cut.
+        vector_len: usize::try_from(rs.vector_len).map_err(|_| {
+            bad(
+                "round_start.vector_len",
+                format!("{} elements exceed this platform's memory", rs.vector_len),
+            )
+        })?,
         min_survivors: rs.min_survivors as usize,
         max_colluders: rs.max_colluders as usize,
         context: context::round_context(suite, federation, ca_fingerprint, rs),

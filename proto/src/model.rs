@@ -11,6 +11,8 @@
 //! `np.asarray(data).reshape(shape)` recovers a tensor exactly.
 
 mod file;
+mod image;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +22,8 @@ use rand::{Rng, RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 pub use file::{Dtype, ModelFile};
+pub use image::ModelImage;
+pub use stream::{Layout, TensorRef, data_bytes, offsets};
 
 /// What goes wrong with a model, its tensors or its file.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -107,6 +111,13 @@ pub enum ModelError {
         largest: String,
         /// Its bytes as f32.
         largest_bytes: u64,
+    },
+    /// A byte count or offset beyond what u64 (or this platform's usize)
+    /// holds: refused, never truncated.
+    #[error("{what} overflows")]
+    Overflow {
+        /// What was being computed.
+        what: String,
     },
     /// NaN or an infinity in a tensor.
     #[error("tensor '{name}' element {index} is {value}, not a finite number")]

@@ -158,6 +158,7 @@ impl From<confide_proto::model::ModelError> for TrainError {
             | M::DtypeMismatch { .. }
             | M::Empty
             | M::TooLarge { .. }
+            | M::Overflow { .. }
             | M::NonFinite { .. }) => TrainError::ModelFile(other.to_string()),
         }
     }

@@ -13,20 +13,32 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use confide_proto::model::Model;
+use confide_proto::model::{Model, ModelImage};
 
 use super::envelope::{RawManifest, Rewrap, RewrapOutcome, Sealing};
 use super::keys::KeyWrapper;
 use super::{
     Checkpoint, CheckpointStore, MANIFEST, MODEL, Manifest, OPTIMISER, Saved, decode_optimiser,
-    optimiser_file, round_dir_name,
+    optimiser_file, round_dir_name, write_optimiser,
 };
 use crate::error::CoordinatorError;
 
 pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
+    write_synced_with(path, |f| Ok(f.write_all(bytes)?))
+}
+
+/// [`write_synced`] of what `write` streams into the file (buffered), so a
+/// large file is never built in memory first.
+fn write_synced_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), CoordinatorError>,
+) -> Result<(), CoordinatorError> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    write(&mut f)?;
+    let f = f
+        .into_inner()
+        .map_err(|e| CoordinatorError::Io(e.into_error()))?;
     f.sync_all()?;
     drop(f);
     fs::rename(&tmp, path)?;
@@ -45,13 +57,23 @@ pub fn save(
     model_bytes: &[u8],
     optimiser: Option<(&[f32], &[f32])>,
 ) -> Result<PathBuf, CoordinatorError> {
-    save_sealed(dir, manifest, model_bytes, optimiser, &Sealing::none())
+    let model = ModelData::Bytes(model_bytes);
+    save_sealed(dir, manifest, model, optimiser, &Sealing::none())
+}
+
+/// The model file of a checkpoint being written.
+#[derive(Clone, Copy)]
+enum ModelData<'a> {
+    /// Its bytes.
+    Bytes(&'a [u8]),
+    /// The model, encoded as it is written.
+    Image(&'a ModelImage),
 }
 
 fn save_sealed(
     dir: &Path,
     manifest: &Manifest,
-    model_bytes: &[u8],
+    model: ModelData<'_>,
     optimiser: Option<(&[f32], &[f32])>,
     sealing: &Sealing,
 ) -> Result<PathBuf, CoordinatorError> {
@@ -62,21 +84,42 @@ fn save_sealed(
         fs::remove_dir_all(&tmp)?;
     }
     fs::create_dir_all(&tmp)?;
-    let opt_bytes = optimiser.map(|(m, v)| optimiser_file(m, v)).transpose()?;
-    let json = match sealing.seal(manifest, model_bytes, opt_bytes.as_deref())? {
-        Some(sealed) => {
-            for (name, bytes) in &sealed.objects {
-                write_synced(&tmp.join(name), bytes)?;
+    let json = if sealing.encrypts() {
+        let opt_bytes = optimiser.map(|(m, v)| optimiser_file(m, v)).transpose()?;
+        let encoded;
+        let model_bytes = match model {
+            ModelData::Bytes(b) => b,
+            ModelData::Image(image) => {
+                encoded = image.to_vec().map_err(CoordinatorError::CheckpointModel)?;
+                &encoded
             }
-            sealed.manifest_json
+        };
+        let sealed = sealing.seal(manifest, model_bytes, opt_bytes.as_deref())?;
+        let Some(sealed) = sealed else {
+            return Err(CoordinatorError::Checkpoint(
+                "sealing produced no objects".into(),
+            ));
+        };
+        for (name, bytes) in &sealed.objects {
+            write_synced(&tmp.join(name), bytes)?;
         }
-        None => {
-            write_synced(&tmp.join(MODEL), model_bytes)?;
-            if let Some(b) = &opt_bytes {
-                write_synced(&tmp.join(OPTIMISER), b)?;
-            }
-            serde_json::to_vec_pretty(manifest).map_err(CoordinatorError::ManifestJson)?
+        sealed.manifest_json
+    } else {
+        match model {
+            ModelData::Bytes(b) => write_synced(&tmp.join(MODEL), b)?,
+            // Streamed from the f32 model: no file-sized buffer.
+            ModelData::Image(image) => write_synced_with(&tmp.join(MODEL), |w| {
+                image
+                    .write_to(w)
+                    .map(drop)
+                    .map_err(CoordinatorError::CheckpointModel)
+            })?,
         }
+        if let Some((m, v)) = optimiser {
+            // Streamed from the state: no file-sized buffer.
+            write_synced_with(&tmp.join(OPTIMISER), |w| write_optimiser(m, v, w).map(drop))?;
+        }
+        serde_json::to_vec_pretty(manifest).map_err(CoordinatorError::ManifestJson)?
     };
     write_synced(&tmp.join(MANIFEST), &json)?;
     sync_dir(&tmp)?;
@@ -245,7 +288,22 @@ impl CheckpointStore for LocalStore {
         model_bytes: &[u8],
         optimiser: Option<(&[f32], &[f32])>,
     ) -> Result<Saved, CoordinatorError> {
-        let p = save_sealed(&self.dir, manifest, model_bytes, optimiser, &self.sealing)?;
+        let model = ModelData::Bytes(model_bytes);
+        let p = save_sealed(&self.dir, manifest, model, optimiser, &self.sealing)?;
+        Ok(Saved {
+            bytes: size(&p),
+            location: p.display().to_string(),
+        })
+    }
+
+    fn save_image(
+        &self,
+        manifest: &Manifest,
+        image: &ModelImage,
+        optimiser: Option<(&[f32], &[f32])>,
+    ) -> Result<Saved, CoordinatorError> {
+        let model = ModelData::Image(image);
+        let p = save_sealed(&self.dir, manifest, model, optimiser, &self.sealing)?;
         Ok(Saved {
             bytes: size(&p),
             location: p.display().to_string(),

@@ -36,7 +36,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use confide_proto::model::{Model, Tensor};
+use confide_proto::model::{Dtype, Layout, Model, ModelImage, Tensor, TensorRef};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -187,19 +187,47 @@ pub fn round_dir_name(r: u64) -> String {
     format!("round-{r:06}")
 }
 
-/// Serialise the optimiser state as safetensors (`m`, `v`).
+/// The optimiser state's safetensors layout (`m`, `v`, F32), borrowing
+/// the state: written or streamed without copying it.
+fn optimiser_layout<'a>(
+    m: &'a [f32],
+    v: &'a [f32],
+    shapes: &'a [[usize; 1]; 2],
+) -> Result<Layout<'a>, CoordinatorError> {
+    let tensor = |name, shape: &'a [usize], data| TensorRef {
+        name,
+        dtype: Dtype::F32,
+        shape,
+        data,
+    };
+    Layout::new(
+        vec![tensor("m", &shapes[0], m), tensor("v", &shapes[1], v)],
+        None,
+    )
+    .map_err(CoordinatorError::CheckpointModel)
+}
+
+/// Serialise the optimiser state as safetensors (`m`, `v`): one buffer of
+/// the file's size, no intermediate copies.
 fn optimiser_file(m: &[f32], v: &[f32]) -> Result<Vec<u8>, CoordinatorError> {
-    let mut model = Model::new();
-    model.insert(
-        "m",
-        Tensor::new(vec![m.len()], m.to_vec()).map_err(CoordinatorError::CheckpointModel)?,
-    );
-    model.insert(
-        "v",
-        Tensor::new(vec![v.len()], v.to_vec()).map_err(CoordinatorError::CheckpointModel)?,
-    );
-    model
-        .to_safetensors(None)
+    let shapes = [[m.len()], [v.len()]];
+    let layout = optimiser_layout(m, v, &shapes)?;
+    let mut out = Vec::with_capacity(usize::try_from(layout.len()).unwrap_or(0));
+    layout
+        .write_to(&mut out)
+        .map_err(CoordinatorError::CheckpointModel)?;
+    Ok(out)
+}
+
+/// Write the optimiser state file to `w` as it is encoded.
+fn write_optimiser(
+    m: &[f32],
+    v: &[f32],
+    w: &mut dyn std::io::Write,
+) -> Result<u64, CoordinatorError> {
+    let shapes = [[m.len()], [v.len()]];
+    optimiser_layout(m, v, &shapes)?
+        .write_to(w)
         .map_err(CoordinatorError::CheckpointModel)
 }
 
@@ -308,6 +336,19 @@ pub trait CheckpointStore: Send + Sync + fmt::Debug {
         model_bytes: &[u8],
         optimiser: Option<(&[f32], &[f32])>,
     ) -> Result<Saved, CoordinatorError>;
+
+    /// [`save`](Self::save) of the model `image` holds. The local
+    /// backend writes an unencrypted checkpoint's model file as it encodes
+    /// it; the others encode the file into memory first.
+    fn save_image(
+        &self,
+        manifest: &Manifest,
+        image: &ModelImage,
+        optimiser: Option<(&[f32], &[f32])>,
+    ) -> Result<Saved, CoordinatorError> {
+        let bytes = image.to_vec().map_err(CoordinatorError::CheckpointModel)?;
+        self.save(manifest, &bytes, optimiser)
+    }
 
     /// Rounds of the complete checkpoints, ascending.
     fn rounds(&self) -> Result<Vec<u64>, CoordinatorError>;

@@ -23,7 +23,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use confide_crypto::MemberId;
-use confide_proto::context;
 use confide_proto::convert::{Decline, DeclineReason};
 use confide_proto::v1 as pb;
 use tracing::{info, warn};
@@ -135,10 +134,8 @@ impl Federation {
         if g.replay.is_empty() {
             return None;
         }
-        let (round, bytes) = (g.model_round, g.model_bytes.clone());
-        let (cohort, sets) = g
-            .replay
-            .required(round, || context::sha256(&bytes).to_vec())?;
+        let (round, sha) = (g.model_round, g.model.sha256());
+        let (cohort, sets) = g.replay.required(round, || sha.to_vec())?;
         if sets > 1 {
             warn!(
                 sets,

@@ -103,7 +103,7 @@ impl Federation {
         replay: bool,
     ) -> Result<bool, CoordinatorError> {
         let now = clock();
-        let (plan, model_bytes, model_round, preprocess) = {
+        let (plan, model, model_round, preprocess) = {
             let g = self.lock();
             let (s, q, p) = (&self.settings, &self.quant, g.progress());
             // ThreadRng is not Send: it lives only in this block, outside any await.
@@ -112,12 +112,7 @@ impl Federation {
             } else {
                 scheduler::plan_round(s, q, kind, &p, connected, &mut rand::rng(), now)
             };
-            (
-                plan,
-                g.model_bytes.clone(),
-                g.model_round,
-                g.preprocess.clone(),
-            )
+            (plan, g.model.clone(), g.model_round, g.preprocess.clone())
         };
         let mut plan = match plan {
             Ok(p) => p,
@@ -145,7 +140,8 @@ impl Federation {
             &self.quant,
             &mut plan,
             &scheduler::Announced {
-                model_bytes: &model_bytes,
+                model_len: model.len(),
+                model_sha256: model.sha256(),
                 preprocess: preprocess.as_ref(),
                 ca_fingerprint: &ca_fingerprint,
             },
@@ -202,7 +198,7 @@ impl Federation {
                 plan.names.clone(),
                 machine,
                 plan.config.vector_len,
-                model_bytes,
+                model,
                 now,
                 self.metrics.clone(),
             );
@@ -326,18 +322,18 @@ impl Federation {
 
     /// Append a round's record to the transcript, which lives with the
     /// checkpoints (in `checkpoints.transcript_dir` with object storage;
-    /// none without either); the new model is hashed off the runtime's
-    /// threads, like the checkpoint is written.
+    /// none without either), with the new model's SHA-256 (its image
+    /// computed it); written off the runtime's threads, like the checkpoint.
     async fn append_transcript(
         &self,
         mut entry: transcript::Record,
-        model_after: Option<Arc<Vec<u8>>>,
+        model_after: Option<[u8; 32]>,
     ) -> Result<(), CoordinatorError> {
         let Some(dir) = self.settings.checkpoints.transcript_dir() else {
             return Ok(());
         };
         tokio::task::spawn_blocking(move || {
-            entry.model_after = model_after.map(|m| hex::encode(context::sha256(&m)));
+            entry.model_after = model_after.map(hex::encode);
             transcript::append(&dir, &entry)
         })
         .await?
@@ -345,7 +341,7 @@ impl Federation {
 
     async fn finish_round(
         self: &Arc<Self>,
-        active: ActiveRound,
+        mut active: ActiveRound,
         result: Result<AnyRoundResult, ProtocolError>,
         model_len: usize,
         model_round: u64,
@@ -366,6 +362,9 @@ impl Federation {
             declined: active.declined.clone(),
             ..Default::default()
         };
+        // The round's reference to the model goes, so that a training step
+        // changes the global model in place instead of copying it.
+        active.model = Arc::default();
         let mut rebuilt = Reconstructions::default();
         let mut survivors = Vec::new();
         let applied: Result<(), (String, FailureReason)> = match result {
@@ -378,7 +377,7 @@ impl Federation {
                 rec.dropped = rec.cohort.saturating_sub(rec.survivors);
                 rebuilt = Reconstructions::of(&sum);
                 survivors.clone_from(&sum.survivors);
-                self.apply(kind, &sum, model_len, &mut rec)
+                self.apply(kind, sum, model_len, &mut rec)
                     .map_err(|e| (e.to_string(), FailureReason::of_outcome(&e)))
             }
         };
@@ -442,21 +441,21 @@ impl Federation {
             for site in blamed.iter().filter(|s| excluded.contains(*s)) {
                 warn!(%site, rounds = after, "site excluded from later cohorts: blamed in too many rounds");
             }
-            let after = (ok && kind == RoundKind::Train).then(|| g.model_bytes.clone());
+            let after = (ok && kind == RoundKind::Train).then(|| g.model.sha256());
             (if ok { self.snapshot(&g) } else { None }, after)
         };
         // The record before the checkpoint: a checkpoint never lacks one.
         self.append_transcript(entry, model_after).await?;
-        if let (Some((manifest, bytes, opt)), Some(store)) = (save, self.store.clone()) {
+        if let (Some((manifest, model, opt)), Some(store)) = (save, self.store.clone()) {
             let keep = self.settings.checkpoints.keep_last;
             // Both backends block (fsync; object-store I/O on its own
             // runtime): off the runtime's worker threads.
             let res = tokio::task::spawn_blocking(
                 move || -> Result<(checkpoint::Saved, f64), CoordinatorError> {
                     let started = std::time::Instant::now();
-                    let saved = store.save(
+                    let saved = store.save_image(
                         &manifest,
-                        &bytes,
+                        &model,
                         opt.as_ref().map(|(m, v)| (m.as_slice(), v.as_slice())),
                     )?;
                     store.prune(keep, checkpoint::best_round(&manifest.history))?;
@@ -475,7 +474,11 @@ impl Federation {
     fn snapshot(
         &self,
         g: &Inner,
-    ) -> Option<(Manifest, Arc<Vec<u8>>, Option<(Vec<f32>, Vec<f32>)>)> {
+    ) -> Option<(
+        Manifest,
+        Arc<ModelImage>,
+        Option<(Arc<Vec<f32>>, Arc<Vec<f32>>)>,
+    )> {
         self.store.as_ref()?;
         let opt = g
             .optimiser
@@ -494,6 +497,7 @@ impl Federation {
             preprocess: g.preprocess.clone(),
             tensors: g
                 .model
+                .model()
                 .tensors
                 .iter()
                 .map(|(n, t)| (n.clone(), t.shape.clone()))
@@ -502,28 +506,54 @@ impl Federation {
             objects: vec![],
             lease_token: None,
         };
-        Some((manifest, g.model_bytes.clone(), opt))
+        Some((manifest, g.model.clone(), opt))
     }
 
     /// Apply a successful round's sum to the federation's state.
     fn apply(
         &self,
         kind: RoundKind,
-        sum: &AnyRoundResult,
+        sum: AnyRoundResult,
         model_len: usize,
         rec: &mut RoundRecord,
     ) -> Result<(), OutcomeError> {
         let mut g = self.lock();
+        if kind == RoundKind::Train {
+            let max = self.settings.limits.max_model_bytes;
+            let Inner {
+                model, optimiser, ..
+            } = &mut *g;
+            // In place: the global model and the optimiser state are the
+            // only copies (`outcome::train` checks everything first); a
+            // download still streaming the old model keeps its own copy.
+            let image = Arc::make_mut(model);
+            let trained = outcome::train(
+                &self.quant,
+                &sum,
+                model_len,
+                max,
+                image.model_mut(),
+                optimiser,
+            )?;
+            drop(sum);
+            image.refresh()?;
+            record_evaluation(rec, trained.evaluation.as_ref());
+            g.model_round = rec.round;
+            g.completed += 1;
+            self.metrics.set_completed_train_rounds(g.completed);
+            rec.message = format!("Σweight = {}", trained.total_weight);
+            return Ok(());
+        }
         let cx = Context {
             features: self.settings.model.features as usize,
             stats_scale_bits: self.settings.training.stats_scale_bits,
             quant: &self.quant,
             model_len,
-            model: &g.model,
+            model: g.model.model(),
             optimiser: &g.optimiser,
             max_model_bytes: self.settings.limits.max_model_bytes,
         };
-        match outcome::outcome(kind, sum, &cx)? {
+        match outcome::outcome(kind, &sum, &cx)? {
             Outcome::Statistics(st) => {
                 info!(rows = st.rows, "federated feature statistics computed");
                 rec.eval_examples = st.rows;
@@ -534,17 +564,8 @@ impl Federation {
                 g.final_accuracy = rec.accuracy;
                 g.final_done = true;
             }
-            Outcome::Trained(update, e) => {
-                record_evaluation(rec, e.as_ref());
-                let update = *update;
-                g.optimiser = update.optimiser;
-                g.model = update.model;
-                g.model_bytes = Arc::new(update.bytes);
-                g.model_round = rec.round;
-                g.completed += 1;
-                self.metrics.set_completed_train_rounds(g.completed);
-                rec.message = format!("Σweight = {}", update.total_weight);
-            }
+            // Training rounds are applied in place above.
+            Outcome::Trained(..) => {}
         }
         Ok(())
     }

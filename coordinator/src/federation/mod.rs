@@ -32,7 +32,7 @@ use confide_crypto::ProtocolError;
 use confide_crypto::protocol::StageTimeouts;
 use confide_crypto::protocol::{AnyCoordinator, AnyRoundResult};
 use confide_crypto::quant::Quantiser;
-use confide_proto::model::Model;
+use confide_proto::model::{Model, ModelImage};
 use confide_proto::v1 as pb;
 use confide_proto::{context, convert};
 use tokio::sync::{Notify, mpsc};
@@ -92,8 +92,9 @@ pub fn initial_model(s: &Settings) -> Result<Model, CoordinatorError> {
 struct Inner {
     registry: Registry,
     round: Option<ActiveRound>,
-    model: Model,
-    model_bytes: Arc<Vec<u8>>,
+    /// The global model, held once as f32: downloads, announcements and
+    /// checkpoints encode its safetensors file from it as they need it.
+    model: Arc<ModelImage>,
     model_round: u64,
     optimiser: ServerOptimiser,
     preprocess: Option<Preprocess>,
@@ -139,7 +140,7 @@ impl Inner {
             completed: self.completed,
             preprocessed: self.preprocess.is_some(),
             final_done: self.final_done,
-            num_params: self.model.num_params(),
+            num_params: self.model.model().num_params(),
         }
     }
 }
@@ -219,9 +220,16 @@ impl Federation {
         Ok(*self.ca_fingerprint.get_or_init(|| fp))
     }
 
-    /// The current global model bytes (safetensors).
+    /// The current global model bytes (safetensors), encoded for the
+    /// caller (tools and tests; the federation never holds them).
     pub fn model_bytes(&self) -> Arc<Vec<u8>> {
-        self.lock().model_bytes.clone()
+        let image = self.model_image();
+        Arc::new(image.to_vec().unwrap_or_default())
+    }
+
+    /// The current global model and its file's layout and SHA-256.
+    pub fn model_image(&self) -> Arc<ModelImage> {
+        self.lock().model.clone()
     }
 
     /// Round history.
@@ -354,13 +362,13 @@ impl Federation {
         session: &str,
         peer: Option<&str>,
         round: u64,
-    ) -> Result<Arc<Vec<u8>>, RequestError> {
+    ) -> Result<Arc<ModelImage>, RequestError> {
         let mut g = self.lock();
         let info = g.registry.session(session, peer)?;
         match g.round.as_mut() {
             Some(r) if r.id == round && r.names.contains_key(&info.member) => {
-                r.bytes_out += r.model_bytes.len() as u64;
-                Ok(r.model_bytes.clone())
+                r.bytes_out += r.model.len();
+                Ok(r.model.clone())
             }
             Some(r) => Err(RequestError::WrongRound {
                 expected: r.id,

@@ -164,11 +164,24 @@ pub fn outcome(
             Ok(Outcome::Evaluated(decoded.metrics.and_then(evaluation)))
         }
         RoundKind::Train => {
-            let decoded =
-                decode_extras(cx.quant, &result.sum, cx.model_len, result.survivors.len())?;
-            let evaluation = decoded.metrics.and_then(evaluation);
-            let update = step(cx, &decoded.mean, decoded.total_weight)?;
-            Ok(Outcome::Trained(Box::new(update), evaluation))
+            let mut model = cx.model.clone();
+            let mut optimiser = cx.optimiser.clone();
+            let trained = train(
+                cx.quant,
+                result,
+                cx.model_len,
+                cx.max_model_bytes,
+                &mut model,
+                &mut optimiser,
+            )?;
+            let bytes = model.to_safetensors(None)?;
+            let update = Update {
+                model,
+                bytes,
+                optimiser,
+                total_weight: trained.total_weight,
+            };
+            Ok(Outcome::Trained(Box::new(update), trained.evaluation))
         }
     }
 }
@@ -223,24 +236,121 @@ pub fn decode_statistics(
     })
 }
 
-/// One server-optimiser step of the global model along the mean delta.
-fn step(cx: &Context<'_>, mean: &[f64], total_weight: u64) -> Result<Update, OutcomeError> {
-    let mut x = cx.model.flatten();
-    let mut optimiser = cx.optimiser.clone();
+/// Elements of the sum decoded at a time: the f64 mean deltas of one block
+/// (512 KiB) rather than of the whole model (8 bytes per parameter).
+const BLOCK: usize = 64 * 1024;
+
+/// What a training sum did besides stepping the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trained {
+    /// Σ of the survivors' (capped) weights.
+    pub total_weight: u64,
+    /// The sites' evaluation of the model the round started from.
+    pub evaluation: Option<Evaluation>,
+}
+
+/// One server-optimiser step of `model` along the mean delta of a training
+/// sum, in place and without a second copy of the model: the sum is decoded
+/// block by block (every check of [`layout::decode_sum`], on each block),
+/// first to check the whole outcome (every element in range, every stepped
+/// value representable in its tensor's dtype, the model within
+/// `max_model_bytes`), then again to step. On an error nothing has changed.
+pub fn train(
+    quant: &Quantiser,
+    result: &AnyRoundResult,
+    model_len: usize,
+    max_model_bytes: u64,
+    model: &mut Model,
+    optimiser: &mut ServerOptimiser,
+) -> Result<Trained, OutcomeError> {
+    let sum = &result.sum;
+    let contributors = result.survivors.len();
+    if sum.len() <= model_len {
+        // The quantiser's own refusal (ring, then length), as a whole decode gives it.
+        layout::decode_sum(quant, sum, model_len, contributors)?;
+    }
+    let params = model.num_params();
+    if params != model_len {
+        return Err(OutcomeError::Optimiser(format!(
+            "delta has {model_len} elements, model {params}"
+        )));
+    }
     optimiser
-        .step(&mut x, mean)
+        .check_dim(model_len)
         .map_err(OutcomeError::Optimiser)?;
-    let model = cx.model.unflatten_like(&x)?;
-    let bytes = model.to_safetensors(None)?;
-    if bytes.len() as u64 > cx.max_model_bytes {
+    if model.safetensors_layout(None)?.len() > max_model_bytes {
         return Err(OutcomeError::TooLarge);
     }
-    Ok(Update {
-        model,
-        bytes,
-        optimiser,
+    let decode =
+        |start: usize, end: usize| decode_block(quant, sum, model_len, contributors, start, end);
+    let (_, total_weight, metrics) = decode(0, model_len.min(BLOCK))?;
+    // Pass 1: everything that can fail, nothing changed.
+    let mut at = 0;
+    for (name, t) in &model.tensors {
+        for (i, piece) in t.data.chunks(BLOCK).enumerate() {
+            let start = at + i * BLOCK;
+            let (mean, _, _) = decode(start, start + piece.len())?;
+            optimiser.preview(start, piece, &mean, |index, value| {
+                t.dtype.check_fits(name, index - at, value)
+            })?;
+        }
+        at += t.len();
+    }
+    // Pass 2: the same decode, now stepping in place; it cannot fail.
+    let mut at = 0;
+    for t in model.tensors.values_mut() {
+        let len = t.len();
+        for (i, piece) in t.data.chunks_mut(BLOCK).enumerate() {
+            let start = at + i * BLOCK;
+            let (mean, _, _) = decode(start, start + piece.len())?;
+            optimiser
+                .step_at(start, piece, &mean)
+                .map_err(OutcomeError::Optimiser)?;
+        }
+        at += len;
+    }
+    Ok(Trained {
         total_weight,
+        evaluation: metrics.and_then(evaluation),
     })
+}
+
+/// Elements `start..end` of a training sum decoded as a sum of their own
+/// (the block, then the weight and metric slots): the block's mean deltas,
+/// the total weight and the metrics, with indices in errors those of the
+/// whole sum.
+fn decode_block(
+    quant: &Quantiser,
+    sum: &RingVec,
+    model_len: usize,
+    contributors: usize,
+    start: usize,
+    end: usize,
+) -> Result<(Vec<f64>, u64, Option<Metrics>), OutcomeError> {
+    fn part<T: Copy>(v: &[T], start: usize, end: usize, model_len: usize) -> Vec<T> {
+        let head = v.get(start..end).unwrap_or_default();
+        let tail = v.get(model_len..).unwrap_or_default();
+        let mut out = Vec::with_capacity(head.len() + tail.len());
+        out.extend_from_slice(head);
+        out.extend_from_slice(tail);
+        out
+    }
+    let block = match sum {
+        RingVec::U32(v) => RingVec::U32(part(v, start, end, model_len)),
+        RingVec::U64(v) => RingVec::U64(part(v, start, end, model_len)),
+    };
+    let len = end - start;
+    match layout::decode_sum(quant, &block, len, contributors) {
+        Ok(d) => Ok((d.mean, d.total_weight, d.metrics)),
+        Err(mut e) => {
+            match &mut e {
+                DecodeError::Quant(QuantError::ElementOutOfRange { index, .. }) => *index += start,
+                DecodeError::Quant(QuantError::OutOfRange { slot, .. }) => *slot += model_len - len,
+                _ => {}
+            }
+            Err(e.into())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use confide_proto::model::ModelImage;
 use tokio::sync::Notify;
 use tracing::info;
 
@@ -35,7 +36,7 @@ impl Federation {
         let (mut preprocess, mut next_round, mut completed, mut history, mut model_round) =
             (None, 1, 0, Vec::new(), 0);
         if let Some(store) = &store
-            && let Some(c) = store.latest()?
+            && let Some(mut c) = store.latest()?
         {
             if c.manifest.config_hash != config_hash && !settings.checkpoints.allow_config_change {
                 return Err(CoordinatorError::Checkpoint(format!(
@@ -49,7 +50,7 @@ impl Federation {
             model
                 .check_same_layout(&c.model)
                 .map_err(CoordinatorError::CheckpointModel)?;
-            if let Some((m, v)) = c.optimiser.clone() {
+            if let Some((m, v)) = c.optimiser.take() {
                 optimiser
                     .restore(m, v)
                     .map_err(CoordinatorError::Checkpoint)?;
@@ -62,7 +63,7 @@ impl Federation {
             history = c.manifest.history;
             model_round = c.manifest.model_round;
         }
-        let model_bytes = Arc::new(model.to_safetensors(None)?);
+        let model = Arc::new(ModelImage::new(model)?);
         let final_done = completed >= settings.rounds
             && history
                 .iter()
@@ -88,7 +89,6 @@ impl Federation {
                 registry: Registry::default(),
                 round: None,
                 model,
-                model_bytes,
                 model_round,
                 optimiser,
                 preprocess,

@@ -14,6 +14,7 @@ use confide_crypto::protocol::{
 };
 use confide_crypto::{MemberId, ProtocolError, Stage};
 use confide_proto::convert;
+use confide_proto::model::ModelImage;
 use confide_proto::v1 as pb;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -94,8 +95,8 @@ pub struct ActiveRound {
     pub machine: AnyCoordinator,
     /// Elements of each site's vector.
     pub vector_len: usize,
-    /// The model the round started from (safetensors).
-    pub model_bytes: Arc<Vec<u8>>,
+    /// The model the round started from (served as safetensors).
+    pub model: Arc<ModelImage>,
     /// The machine's result, once it finished.
     pub result: Option<Result<AnyRoundResult, ProtocolError>>,
     /// The unmask, once its stage closed: the driver runs it off the
@@ -138,7 +139,7 @@ impl ActiveRound {
         names: BTreeMap<MemberId, String>,
         machine: AnyCoordinator,
         vector_len: usize,
-        model_bytes: Arc<Vec<u8>>,
+        model: Arc<ModelImage>,
         now: Instant,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -149,7 +150,7 @@ impl ActiveRound {
             relayed: BTreeMap::new(),
             machine,
             vector_len,
-            model_bytes,
+            model,
             result: None,
             unmask_job: None,
             sum: None,

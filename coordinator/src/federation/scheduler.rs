@@ -298,8 +298,10 @@ fn build<G: Rng + CryptoRng + ?Sized>(
 /// feature statistics, and the federation's CA.
 #[derive(Clone, Copy, Debug)]
 pub struct Announced<'a> {
-    /// The model bytes `DownloadModel` serves this round.
-    pub model_bytes: &'a [u8],
+    /// Bytes of the model file `DownloadModel` serves this round.
+    pub model_len: u64,
+    /// Its SHA-256.
+    pub model_sha256: [u8; 32],
     /// The federated standardisation, once known.
     pub preprocess: Option<&'a Preprocess>,
     /// SHA-256 of the federation CA's certificate DER
@@ -327,7 +329,7 @@ pub fn announce(
         training: Some(training_config(s)),
         model_bytes: match plan.kind {
             RoundKind::Statistics => 0,
-            RoundKind::Train | RoundKind::Evaluate => a.model_bytes.len() as u64,
+            RoundKind::Train | RoundKind::Evaluate => a.model_len,
         },
         evaluate: match plan.kind {
             RoundKind::Train => s.evaluate_every_round,
@@ -339,7 +341,7 @@ pub fn announce(
         stage_timeout_secs: s.secagg.stage_timeout_secs,
         plaintext: !plan.secure,
         attempt: plan.attempt.to_vec(),
-        model_sha256: context::sha256(a.model_bytes).to_vec(),
+        model_sha256: a.model_sha256.to_vec(),
         ..convert::round_start(&plan.config, 0)
     };
     plan.config.context = context::round_context(s.suite, &s.federation, a.ca_fingerprint, &start);

@@ -131,11 +131,6 @@ impl Handlers {
     }
 }
 
-/// Model download chunk: each one is copied out of the shared model and
-/// encoded once, so a quarter of the upload chunk keeps the transient copies
-/// of the streaming downloads small; sites accept any chunking.
-const DOWNLOAD_CHUNK_BYTES: usize = confide_proto::CHUNK_BYTES / 4;
-
 /// Reads the rest of an upload's chunks into `up`: each within `idle_secs`
 /// of the previous one, all by the stage deadline. On an error the caller
 /// drops `up`, which releases its slot and the member's claim.
@@ -229,7 +224,7 @@ impl Site for Handlers {
         let peer = self.peer(&req)?;
         let r = req.into_inner();
         self.limit(peer.as_deref(), &r.session)?;
-        let bytes = self.fed.download(&r.session, peer.as_deref(), r.round)?;
+        let image = self.fed.download(&r.session, peer.as_deref(), r.round)?;
         // A turn is held until the stream is done or dropped: chunks are
         // made as HTTP/2 takes them, so download memory is bounded by the
         // turns, not the sites. A site waiting for a turn holds nothing.
@@ -239,15 +234,21 @@ impl Site for Handlers {
             .acquire_owned()
             .await
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
-        let total = bytes.len() as u64;
-        let chunks = bytes.len().div_ceil(DOWNLOAD_CHUNK_BYTES).max(1);
+        // Offsets in u64 from end to end: chunks are encoded from the f32
+        // model as they are sent, so no copy of the file exists.
+        let total = image.len();
+        let chunk = self.fed.settings().limits.download_chunk_bytes();
+        let chunks = total.div_ceil(chunk).max(1);
         let stream = tokio_stream::iter((0..chunks).map(move |i| {
             let _turn = &turn;
-            let a = i * DOWNLOAD_CHUNK_BYTES;
-            let b = (a + DOWNLOAD_CHUNK_BYTES).min(bytes.len());
+            let a = i.saturating_mul(chunk).min(total);
+            let b = a.saturating_add(chunk).min(total);
+            let data = image
+                .range(a, b)
+                .map_err(|e| Status::internal(format!("encoding the model: {e}")))?;
             Ok(pb::ModelChunk {
-                offset: a as u64,
-                data: bytes[a..b].to_vec(),
+                offset: a,
+                data,
                 total_len: total,
             })
         }));

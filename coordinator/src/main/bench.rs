@@ -51,6 +51,8 @@ pub struct BenchArgs {
     pub t: Option<u32>,
     /// The coordinator's stage deadline (how long it waits for a dropped site).
     pub stage_timeout_secs: u32,
+    /// The server optimiser's kind, as in `[optimiser] kind`.
+    pub optimiser: String,
     /// One JSON object per round instead of a table.
     pub json: bool,
     /// Keep the bench directory (config, certificates, checkpoints, log) here.
@@ -80,11 +82,16 @@ impl Trainer for Synthetic {
         _cfg: &FitConfig,
         rng: &mut dyn rand::Rng,
     ) -> confide_client::train::Result<FitResult> {
-        let flat: Vec<f32> = (0..global.num_params())
-            .map(|_| ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.02)
-            .collect();
+        // Filled in place, in flat order: one model-sized vector per site,
+        // so the in-process sites of a large bench fit in memory.
+        let mut delta = global.zeros_like();
+        for t in delta.tensors.values_mut() {
+            for v in &mut t.data {
+                *v = ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.02;
+            }
+        }
         Ok(FitResult {
-            delta: global.unflatten_like(&flat)?,
+            delta,
             num_examples: self.rows,
             train_loss: 0.5,
         })
@@ -160,7 +167,7 @@ batch_size = 16
 learning_rate = 0.05
 
 [optimiser]
-kind = "fedavg"
+kind = "{optimiser}"
 
 [checkpoints]
 dir = "{ck}"
@@ -172,6 +179,7 @@ certs_dir = "{certs}"
 [limits]
 join_rate_per_sec = 10000.0
 join_burst = 10000
+max_model_bytes = {max_model_bytes}
 "#,
         suite = a.suite,
         rounds = a.rounds,
@@ -180,6 +188,12 @@ join_burst = 10000
         delta = a.dropout.max(0.1),
         hidden = hidden_for(a.params),
         timeout = a.stage_timeout_secs,
+        optimiser = a.optimiser,
+        // The MLP as f32 with room for its header, and never below the default.
+        max_model_bytes = (a.params as u64)
+            .saturating_mul(4)
+            .saturating_add(1 << 20)
+            .max(1 << 30),
         ck = root.join("checkpoints").display(),
         certs = root.join("certs").display(),
     )

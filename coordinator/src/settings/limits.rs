@@ -3,6 +3,13 @@
 
 use serde::{Deserialize, Serialize};
 
+impl LimitSettings {
+    /// Bytes per model download chunk.
+    pub fn download_chunk_bytes(&self) -> u64 {
+        u64::from(self.download_chunk_kib.max(1)) << 10
+    }
+}
+
 /// Resource limits.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -20,6 +27,10 @@ pub struct LimitSettings {
     /// Model downloads streamed at once; the others wait for a turn, holding
     /// no buffer, so download memory does not grow with the sites.
     pub max_concurrent_downloads: usize,
+    /// KiB per model download chunk (4 to 2048: sites decode messages of
+    /// up to 4 MiB). Each chunk is encoded from the f32 model as it is sent,
+    /// so the download turns hold `max_concurrent_downloads` chunks at most.
+    pub download_chunk_kib: u32,
     /// Join requests admitted per second (global token bucket).
     pub join_rate_per_sec: f64,
     /// Join requests admitted in a burst.

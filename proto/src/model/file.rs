@@ -13,6 +13,7 @@ use std::path::Path;
 use half::{bf16, f16};
 use sha2::{Digest, Sha256};
 
+use super::stream::{Layout, TensorRef};
 use super::{Model, ModelError, Result, Tensor};
 
 /// How a tensor is stored in a safetensors file.
@@ -37,7 +38,7 @@ impl Dtype {
         }
     }
 
-    fn st(self) -> safetensors::Dtype {
+    pub(super) fn st(self) -> safetensors::Dtype {
         match self {
             Dtype::F32 => safetensors::Dtype::F32,
             Dtype::F16 => safetensors::Dtype::F16,
@@ -54,35 +55,49 @@ impl Dtype {
         }
     }
 
-    /// Little-endian bytes of `data` in this dtype; a finite value that
-    /// does not fit (above 65504 in F16) is an error, not an infinity.
-    fn encode(self, name: &str, data: &[f32]) -> Result<Vec<u8>> {
-        let overflow = |index: usize, value: f32| {
-            ModelError::File(format!(
-                "tensor '{name}' element {index} = {value} does not fit dtype {self}"
-            ))
-        };
-        let mut out = Vec::with_capacity(data.len() * self.size());
+    /// Appends the little-endian bytes of `data` (elements `base..` of
+    /// tensor `name`) in this dtype to `out`; a finite value that does not
+    /// fit (above 65504 in F16) is an error, not an infinity.
+    pub(super) fn encode_into(
+        self,
+        name: &str,
+        base: usize,
+        data: &[f32],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        out.reserve(data.len() * self.size());
         for (i, &v) in data.iter().enumerate() {
             match self {
                 Dtype::F32 => out.extend_from_slice(&v.to_le_bytes()),
                 Dtype::F16 => {
-                    let h = f16::from_f32(v);
-                    if v.is_finite() && !h.is_finite() {
-                        return Err(overflow(i, v));
-                    }
-                    out.extend_from_slice(&h.to_le_bytes());
+                    self.check_fits(name, base + i, v)?;
+                    out.extend_from_slice(&f16::from_f32(v).to_le_bytes());
                 }
                 Dtype::BF16 => {
-                    let h = bf16::from_f32(v);
-                    if v.is_finite() && !h.is_finite() {
-                        return Err(overflow(i, v));
-                    }
-                    out.extend_from_slice(&h.to_le_bytes());
+                    self.check_fits(name, base + i, v)?;
+                    out.extend_from_slice(&bf16::from_f32(v).to_le_bytes());
                 }
             }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Errors when finite `value` (element `index` of tensor `name`) turns
+    /// into an infinity in this dtype, so a model is never written with a
+    /// value it did not hold; non-finite values pass (they were checked, or
+    /// refused, where they came from).
+    pub fn check_fits(self, name: &str, index: usize, value: f32) -> Result<()> {
+        let fits = match self {
+            Dtype::F32 => true,
+            Dtype::F16 => f16::from_f32(value).is_finite(),
+            Dtype::BF16 => bf16::from_f32(value).is_finite(),
+        };
+        if value.is_finite() && !fits {
+            return Err(ModelError::File(format!(
+                "tensor '{name}' element {index} = {value} does not fit dtype {self}"
+            )));
+        }
+        Ok(())
     }
 
     /// The `f32` values of little-endian bytes in this dtype.
@@ -103,7 +118,8 @@ impl Dtype {
         }
     }
 
-    fn size(self) -> usize {
+    /// Bytes per element in a file.
+    pub fn size(self) -> usize {
         match self {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
@@ -123,18 +139,33 @@ impl Model {
     /// format of the global model, every checkpoint and the
     /// external-trainer hand-off, loadable unchanged by NumPy and PyTorch.
     pub fn to_safetensors(&self, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-        let mut bytes = Vec::with_capacity(self.tensors.len());
-        for (name, t) in &self.tensors {
-            bytes.push((name, t, t.dtype.encode(name, &t.data)?));
-        }
-        let mut views = Vec::with_capacity(bytes.len());
-        for (name, t, data) in &bytes {
-            let view = safetensors::tensor::TensorView::new(t.dtype.st(), t.shape.clone(), data)
-                .map_err(|e| ModelError::File(format!("tensor '{name}': {e}")))?;
-            views.push((name.as_str(), view));
-        }
-        safetensors::serialize(views, metadata)
-            .map_err(|e| ModelError::File(format!("cannot serialise model: {e}")))
+        let layout = self.safetensors_layout(metadata)?;
+        let len = usize::try_from(layout.len()).map_err(|_| ModelError::Overflow {
+            what: format!("a {}-byte safetensors file in memory", layout.len()),
+        })?;
+        let mut out = Vec::with_capacity(len);
+        layout.write_to(&mut out)?;
+        Ok(out)
+    }
+
+    /// The safetensors layout of this model (header built, data not yet
+    /// encoded): [`Layout::write_to`] streams the same bytes
+    /// [`to_safetensors`](Self::to_safetensors) returns, without holding them.
+    pub fn safetensors_layout(
+        &self,
+        metadata: Option<HashMap<String, String>>,
+    ) -> Result<Layout<'_>> {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(name, t)| TensorRef {
+                name,
+                dtype: t.dtype,
+                shape: &t.shape,
+                data: &t.data,
+            })
+            .collect();
+        Layout::new(tensors, metadata)
     }
 
     /// Parse safetensors bytes; every tensor must be F32, F16 or BF16.
@@ -195,11 +226,12 @@ impl Model {
 
     /// Bytes the model takes as f32, and its largest tensor with its bytes.
     fn f32_bytes(&self) -> (u64, Option<(&str, u64)>) {
-        let total = self.num_params() as u64 * 4;
+        // Saturating: a count beyond u64 is "too large", never a wrapped small one.
+        let total = (self.num_params() as u64).saturating_mul(4);
         let largest = self
             .tensors
             .iter()
-            .map(|(n, t)| (n.as_str(), t.len() as u64 * 4))
+            .map(|(n, t)| (n.as_str(), (t.len() as u64).saturating_mul(4)))
             .max_by_key(|&(_, b)| b);
         (total, largest)
     }

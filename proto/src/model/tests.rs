@@ -192,3 +192,119 @@ fn seeded_init_is_byte_identical_to_the_pinned_digests() -> Result<()> {
     }
     Ok(())
 }
+
+/// The bytes `safetensors::serialize` gives for `m` (the codec before it
+/// streamed), to check the streamed writer against.
+fn reference_bytes(m: &Model, meta: Option<HashMap<String, String>>) -> Vec<u8> {
+    let encoded: Vec<(String, Tensor, Vec<u8>)> = m
+        .tensors
+        .iter()
+        .map(|(n, t)| {
+            let mut b = Vec::new();
+            t.dtype
+                .encode_into(n, 0, &t.data, &mut b)
+                .map(|()| (n.clone(), t.clone(), b))
+        })
+        .collect::<Result<_>>()
+        .unwrap_or_default();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = encoded
+        .iter()
+        .filter_map(|(n, t, b)| {
+            let v = safetensors::tensor::TensorView::new(t.dtype.st(), t.shape.clone(), b).ok()?;
+            Some((n.clone(), v))
+        })
+        .collect();
+    safetensors::serialize(views, meta).unwrap_or_default()
+}
+
+#[test]
+fn streamed_safetensors_are_the_bytes_safetensors_writes() -> Result<()> {
+    let mut m = Model::new();
+    let vals = |n: usize| (0..n).map(|i| i as f32 * 0.25 - 3.0).collect::<Vec<f32>>();
+    // More than one write piece, every dtype, names that sort differently
+    // from the dtype order.
+    m.insert(
+        "a.half",
+        Tensor::new(vec![3, 5], vals(15))?.with_dtype(Dtype::F16),
+    );
+    m.insert("b.big", Tensor::new(vec![70_000], vals(70_000))?);
+    m.insert(
+        "c.brain",
+        Tensor::new(vec![4], vals(4))?.with_dtype(Dtype::BF16),
+    );
+    m.insert("d.empty", Tensor::new(vec![0], vec![])?);
+    for meta in [
+        None,
+        Some(HashMap::from([("round".to_string(), "7".to_string())])),
+    ] {
+        let want = reference_bytes(&m, meta.clone());
+        assert!(!want.is_empty());
+        assert_eq!(m.to_safetensors(meta.clone())?, want);
+        let layout = m.safetensors_layout(meta)?;
+        assert_eq!(layout.len(), want.len() as u64);
+        let mut out = Vec::new();
+        assert_eq!(layout.write_to(&mut out)?, want.len() as u64);
+        assert_eq!(out, want);
+    }
+    assert_eq!(Model::from_safetensors(&m.to_safetensors(None)?)?, m);
+    Ok(())
+}
+
+#[test]
+fn a_streamed_write_refuses_a_value_its_dtype_cannot_hold() -> Result<()> {
+    let mut m = Model::new();
+    m.insert(
+        "h",
+        Tensor::new(vec![2], vec![1.0, 1e6])?.with_dtype(Dtype::F16),
+    );
+    let e = m.to_safetensors(None).err().map(|e| e.to_string());
+    assert!(
+        e.as_deref()
+            .is_some_and(|e| e.contains("tensor 'h' element 1") && e.contains("F16")),
+        "{e:?}"
+    );
+    assert!(Dtype::F16.check_fits("h", 1, 1e6).is_err());
+    assert!(Dtype::F16.check_fits("h", 1, f32::INFINITY).is_ok());
+    assert!(Dtype::F32.check_fits("h", 1, f32::MAX).is_ok());
+    Ok(())
+}
+
+#[test]
+fn an_image_serves_every_byte_range_of_the_file() -> Result<()> {
+    let mut m = Model::new();
+    let vals = |n: usize| {
+        (0..n)
+            .map(|i| (i % 97) as f32 * 0.5 - 7.0)
+            .collect::<Vec<f32>>()
+    };
+    m.insert(
+        "a",
+        Tensor::new(vec![3, 7], vals(21))?.with_dtype(Dtype::F16),
+    );
+    m.insert("b", Tensor::new(vec![1000], vals(1000))?);
+    m.insert("c", Tensor::new(vec![5], vals(5))?.with_dtype(Dtype::BF16));
+    let file = m.to_safetensors(None)?;
+    let image = ModelImage::new(m.clone())?;
+    assert_eq!(image.len(), file.len() as u64);
+    assert_eq!(image.to_vec()?, file);
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&file).into();
+    assert_eq!(image.sha256(), sha);
+    // Ranges that start and end mid-header, mid-element and across tensors.
+    let n = file.len();
+    for step in [1, 3, 7, 64, 1001] {
+        let mut joined = Vec::new();
+        let mut a = 0;
+        while a < n {
+            let b = (a + step).min(n);
+            let part = image.range(a as u64, b as u64)?;
+            assert_eq!(part, &file[a..b], "range {a}..{b}");
+            joined.extend_from_slice(&part);
+            a = b;
+        }
+        assert_eq!(joined, file);
+    }
+    assert!(image.range(0, n as u64 + 1).is_err());
+    assert!(image.range(5, 4).is_err());
+    assert!(image.range(n as u64, n as u64)?.is_empty());
+    Ok(())
+}

@@ -305,3 +305,100 @@ fn poisoned_statistics_are_rejected_with_their_reason() -> Result<(), Box<dyn st
     assert!(e.to_string().contains("variance"), "{e}");
     Ok(())
 }
+
+/// Two tensors over three decode blocks: the in-place, block-by-block step
+/// gives exactly what a whole decode and a step of the flat model give, and
+/// a poisoned element far from the first block is named by its index in the
+/// whole sum, with nothing changed.
+#[test]
+fn training_in_place_block_by_block_matches_a_whole_decode()
+-> Result<(), Box<dyn std::error::Error>> {
+    let q = quant()?;
+    let (na, nb) = (100_000usize, 50_000usize);
+    let d = na + nb;
+    let mut m = Model::new();
+    let vals = |n: usize, k: f32| {
+        (0..n)
+            .map(|i| ((i % 13) as f32 - 6.0) * k)
+            .collect::<Vec<f32>>()
+    };
+    m.insert("a", Tensor::new(vec![na], vals(na, 0.1))?);
+    m.insert("b", Tensor::new(vec![10, nb / 10], vals(nb, -0.2))?);
+    let s = OptimiserSettings::default();
+    let opt = ServerOptimiser::new(OptimiserKind::FedAdam, &s, d);
+    let (u1, u2) = (vals(d, 0.05), vals(d, -0.03));
+    let sum = summed(&q, &[(&u1, 2, [1, 2, 10]), (&u2, 3, [2, 2, 10])])?;
+
+    let whole = layout::decode_sum(&q, &sum, d, 2)?;
+    let mut want = m.flatten();
+    let mut want_opt = opt.clone();
+    want_opt.step(&mut want, &whole.mean)?;
+
+    let (mut got, mut got_opt) = (m.clone(), opt.clone());
+    let t = train(
+        &q,
+        &result(sum.clone(), 2),
+        d,
+        1 << 30,
+        &mut got,
+        &mut got_opt,
+    )?;
+    assert_eq!(t.total_weight, 5);
+    assert_eq!(got.flatten(), want);
+    assert_eq!(got_opt, want_opt);
+
+    let mut poisoned = sum.to_signed();
+    poisoned[120_000] = i64::try_from(q.element_limit(2, 5))? + 1;
+    let poisoned = RingVec::U32(poisoned.iter().map(|&v| v as u32).collect());
+    let (mut same, mut same_opt) = (m.clone(), opt.clone());
+    let e = train(
+        &q,
+        &result(poisoned, 2),
+        d,
+        1 << 30,
+        &mut same,
+        &mut same_opt,
+    )
+    .err()
+    .ok_or("a poisoned sum must fail")?;
+    assert!(
+        matches!(
+            e,
+            OutcomeError::Rejected(DecodeError::Quant(QuantError::ElementOutOfRange {
+                index: 120_000,
+                ..
+            }))
+        ),
+        "{e}"
+    );
+    assert_eq!((same, same_opt), (m, opt));
+    Ok(())
+}
+
+/// A step that would overflow an F16 tensor fails before anything changes.
+#[test]
+fn a_step_its_dtype_cannot_hold_changes_nothing() -> Result<(), Box<dyn std::error::Error>> {
+    use confide_proto::model::Dtype;
+    let q = quant()?;
+    let mut m = Model::new();
+    m.insert("g", Tensor::new(vec![2], vec![0.0, 0.0])?);
+    m.insert(
+        "h",
+        Tensor::new(vec![1], vec![65_518.0])?.with_dtype(Dtype::F16),
+    );
+    let opt = ServerOptimiser::new(OptimiserKind::FedAvg, &OptimiserSettings::default(), 3);
+    let sum = summed(
+        &q,
+        &[
+            (&[1.0, 1.0, 3.0], 1, [0, 0, 0]),
+            (&[1.0, 1.0, 3.0], 1, [0, 0, 0]),
+        ],
+    )?;
+    let (mut got, mut got_opt) = (m.clone(), opt.clone());
+    let e = train(&q, &result(sum, 2), 3, 1 << 20, &mut got, &mut got_opt)
+        .err()
+        .ok_or("65521 does not fit F16")?;
+    assert!(e.to_string().contains("tensor 'h' element 0"), "{e}");
+    assert_eq!((got, got_opt), (m, opt));
+    Ok(())
+}

@@ -253,7 +253,8 @@ fn every_plan_has_a_fresh_attempt_and_the_announcement_binds_it()
     assert_ne!(a.attempt, b.attempt);
     let model = vec![1u8, 2, 3];
     let announced = Announced {
-        model_bytes: &model,
+        model_len: model.len() as u64,
+        model_sha256: context::sha256(&model),
         preprocess: None,
         ca_fingerprint: &[4; 32],
     };
