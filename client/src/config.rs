@@ -65,7 +65,7 @@ pub struct SiteConfig {
     /// `contributions/` there, so a restart cannot make it send a second,
     /// different input on a model. `None` (the library's default, for
     /// in-process demos and tests): in memory only, which is logged.
-    /// `confide-site run` defaults to `state/` beside its key material.
+    /// `confide-site run` defaults to `state/<site>/` beside its key material.
     pub state_dir: Option<PathBuf>,
 }
 

@@ -143,7 +143,7 @@ struct RunArgs {
     #[arg(long, env = "CONFIDE_HOLDOUT", default_value_t = 0.2)]
     holdout: f64,
     /// State directory (0700) for the contribution ledger, kept across
-    /// restarts. Default: `state/` in --certs-dir or beside --key; else in memory.
+    /// restarts. Default: `state/<site>/` in --certs-dir or beside --key; else in memory.
     #[arg(long, env = "CONFIDE_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Give up after the coordinator has been unreachable this many seconds.
@@ -265,7 +265,8 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
     Ok(cfg)
 }
 
-/// `--state-dir`, else `state/` beside the key material; `None` without any.
+/// `--state-dir`, else `state/<site>/` beside the key material (one per site:
+/// a demo CA directory holds several sites' keys); `None` without any.
 fn state_dir(a: &RunArgs) -> Option<PathBuf> {
     let beside_key = a.key.as_ref().map(|k| {
         k.parent()
@@ -274,7 +275,10 @@ fn state_dir(a: &RunArgs) -> Option<PathBuf> {
     });
     a.state_dir
         .clone()
-        .or_else(|| a.certs_dir.clone().or(beside_key).map(|d| d.join("state")))
+        .or_else(|| {
+            let dir = a.certs_dir.clone().or(beside_key)?;
+            Some(dir.join("state").join(&a.site))
+        })
 }
 
 async fn shutdown_signal() {
@@ -482,7 +486,7 @@ mod tests {
         let cfg = site_config(&a).map_err(|e| e.to_string());
         assert!(cfg.is_ok_and(|c| c.tls.is_some_and(|t| t.domain == "c")
             && c.policy == SitePolicy::default()
-            && c.state_dir == Some(PathBuf::from("/certs/state"))));
+            && c.state_dir == Some(PathBuf::from("/certs/state/a"))));
         // Several coordinators: each URL's own host, unless --tls-domain.
         let mut several = a;
         several.coordinator = "https://c:7443,https://d:7443".into();

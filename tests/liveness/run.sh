@@ -14,7 +14,7 @@
 #
 #   tests/liveness/run.sh                      # 100 sites, 10 killed
 #   SITES=20 KILL=2 tests/liveness/run.sh      # smaller
-#   HIDDEN=1000 tests/liveness/run.sh          # an MLP of ~30k parameters
+#   HIDDEN=1000 tests/liveness/run.sh          # a wider MLP (default 64 units)
 #   LIVENESS_BIN_DIR=target/debug tests/liveness/run.sh   # other binaries
 #
 # Binaries: $LIVENESS_BIN_DIR, else target/release (built if missing).
@@ -30,11 +30,12 @@ KILL=${KILL:-10}
 ROUNDS=${ROUNDS:-3}
 KILL_ROUND=${KILL_ROUND:-2}
 GRACE=${GRACE:-5}
-HIDDEN=${HIDDEN:-}
+HIDDEN=${HIDDEN:-64}
 SLACK=${SLACK:-5}
 SUITE=${SUITE:-intl}
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 DATA=${DATA:-$ROOT/examples/data/breast_cancer_wisconsin.csv}
+BIG=${BIG:-200}
 
 log() { printf '[liveness %4ss] %s\n' "$(($(date +%s) - T0))" "$*"; }
 fail() {
@@ -87,14 +88,16 @@ federation = "liveness"
 listen = "127.0.0.1:$PORT"
 suite = "$SUITE"
 rounds = $ROUNDS
-min_sites = $SITES
+# All sites are there for round 1 (the grace waits for stragglers); the
+# rounds after the kill go on with the others.
+min_sites = $((SITES - KILL))
 max_sites = $SITES
 cohort_fraction = 1.0
 secure_aggregation = true
-statistics_round = false
+statistics_round = true
 evaluate_every_round = false
 final_evaluation = false
-join_grace_secs = 2.0
+join_grace_secs = 10.0
 
 [secagg]
 dropout_fraction = 0.1
@@ -109,7 +112,7 @@ features = 30
 classes = 2
 
 [training]
-epochs = 1
+epochs = ${EPOCHS:-2}
 batch_size = 32
 learning_rate = 0.05
 
@@ -130,16 +133,30 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+# The victims: KILL sites picked at random (the log says which). They hold
+# $BIG times the rows, so their local training outlasts share-keys and
+# they are killed before their masked input leaves (as a big site that
+# crashes while training would be).
+mapfile -t VICTIMS < <(seq 1 "$SITES" | shuf -n "$KILL" | sort -n)
+python3 - "$DATA" "$WORK/big.csv" "$BIG" <<'PY'
+import sys
+src, dst, times = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lines = open(src).read().splitlines()
+with open(dst, "w") as f:
+    f.write(lines[0] + "\n")
+    for _ in range(times):
+        f.write("\n".join(lines[1:]) + "\n")
+PY
 log "starting $SITES sites"
 for i in $(seq 1 "$SITES"); do
+  data=$DATA
+  [[ " ${VICTIMS[*]} " == *" $i "* ]] && data=$WORK/big.csv
   "$BIN/confide-site" run --coordinator "https://localhost:$PORT" --site "site-$i" \
-    --certs-dir "$WORK/ca" --data "$DATA" --label malignant \
+    --certs-dir "$WORK/ca" --state-dir "$WORK/state/site-$i" --data "$data" --label malignant \
     --max-reconnect-secs 5 >"$WORK/site-$i.log" 2>&1 &
   PIDS+=("$!")
 done
 
-# The victims: KILL sites picked at random (the log says which).
-mapfile -t VICTIMS < <(seq 1 "$SITES" | shuf -n "$KILL" | sort -n)
 log "round $KILL_ROUND: will kill sites ${VICTIMS[*]} after share-keys"
 deadline=$(($(date +%s) + RUN_TIMEOUT))
 until grep -q "stage closed round=$KILL_ROUND stage=share-keys " "$WORK/coordinator.log"; do
