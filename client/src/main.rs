@@ -273,12 +273,10 @@ fn state_dir(a: &RunArgs) -> Option<PathBuf> {
             .unwrap_or(std::path::Path::new("."))
             .to_path_buf()
     });
-    a.state_dir
-        .clone()
-        .or_else(|| {
-            let dir = a.certs_dir.clone().or(beside_key)?;
-            Some(dir.join("state").join(&a.site))
-        })
+    a.state_dir.clone().or_else(|| {
+        let dir = a.certs_dir.clone().or(beside_key)?;
+        Some(dir.join("state").join(&a.site))
+    })
 }
 
 async fn shutdown_signal() {
