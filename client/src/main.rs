@@ -265,8 +265,7 @@ fn site_config(a: &RunArgs) -> anyhow::Result<SiteConfig> {
     Ok(cfg)
 }
 
-/// `--state-dir`, else `state/<site>/` beside the key material (one per site:
-/// a demo CA directory holds several sites' keys); `None` without any.
+/// `--state-dir`, else `state/<site>/` beside the key material; `None` without any.
 fn state_dir(a: &RunArgs) -> Option<PathBuf> {
     let beside_key = a.key.as_ref().map(|k| {
         k.parent()
