@@ -132,6 +132,14 @@ fn save_sealed(
     Ok(final_dir)
 }
 
+/// What saving wrote to checkpoint directory `p`.
+fn saved(p: &Path) -> Saved {
+    Saved {
+        bytes: size(p),
+        location: p.display().to_string(),
+    }
+}
+
 /// Bytes of the files directly in checkpoint directory `path` (what
 /// [`save`] wrote); unreadable entries count as 0, since this only feeds
 /// the size metric.
@@ -290,10 +298,7 @@ impl CheckpointStore for LocalStore {
     ) -> Result<Saved, CoordinatorError> {
         let model = ModelData::Bytes(model_bytes);
         let p = save_sealed(&self.dir, manifest, model, optimiser, &self.sealing)?;
-        Ok(Saved {
-            bytes: size(&p),
-            location: p.display().to_string(),
-        })
+        Ok(saved(&p))
     }
 
     fn save_image(
@@ -304,10 +309,7 @@ impl CheckpointStore for LocalStore {
     ) -> Result<Saved, CoordinatorError> {
         let model = ModelData::Image(image);
         let p = save_sealed(&self.dir, manifest, model, optimiser, &self.sealing)?;
-        Ok(Saved {
-            bytes: size(&p),
-            location: p.display().to_string(),
-        })
+        Ok(saved(&p))
     }
 
     fn rounds(&self) -> Result<Vec<u64>, CoordinatorError> {

@@ -504,19 +504,8 @@ pub(crate) fn share_aad(suite: Suite, round: u64, from: MemberId, to: MemberId) 
     a
 }
 
-/// The PRG key of the pairwise mask between `a` and `b`.
-pub(crate) fn pairwise_prg(
-    suite: Suite,
-    round: u64,
-    my_secret: &[u8; 32],
-    peer_public: &[u8],
-    a: MemberId,
-    b: MemberId,
-) -> Result<Prg, CryptoError> {
-    Ok(pairwise_key(suite, round, my_secret, peer_public, a, b)?.prg(suite))
-}
-
-/// The key of [`pairwise_prg`], the same from either end of the pair.
+/// The key of the pairwise mask between `a` and `b` this round, the same
+/// from either end of the pair ([`PairwiseKey::prg`] expands it).
 pub(crate) fn pairwise_key(
     suite: Suite,
     round: u64,

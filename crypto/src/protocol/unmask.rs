@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::consistency::CheckedSurvivors;
 use super::{
-    KeyAdvert, MemberId, RoundConfig, RoundResult, UnmaskResponse, pairwise_prg, seed_commitment,
+    KeyAdvert, MemberId, RoundConfig, RoundResult, UnmaskResponse, pairwise_key, seed_commitment,
     self_mask_prg, share_x,
 };
 use crate::error::ProtocolError;
@@ -200,7 +200,7 @@ impl Unmasker<'_> {
                     .adverts
                     .get(&u)
                     .ok_or(ProtocolError::NotParticipant(u))?;
-                let prg = pairwise_prg(suite, round, &secret, &peer.mask_public, v, u)?;
+                let prg = pairwise_key(suite, round, &secret, &peer.mask_public, v, u)?.prg(suite);
                 // u added +mask if v > u, −mask otherwise; undo exactly that.
                 if v > u {
                     prg.sub_from(&mut acc)?;

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use zeroize::Zeroizing;
 
-use crate::protocol::{MemberId, PairwiseKey, pairwise_prg, seed_commitment, self_mask_prg};
+use crate::protocol::{MemberId, PairwiseKey, pairwise_key, seed_commitment, self_mask_prg};
 use crate::ring::{self, RingElement};
 use crate::shamir::{self, Share};
 use crate::suite::Suite;
@@ -151,10 +151,12 @@ pub fn leaks<R: RingElement>(
     // The pairwise mask between u and v as u applied it, if known.
     let mask = |u: MemberId, v: MemberId, len: usize| -> Option<Vec<R>> {
         let prg = match (keys.get(&u), keys.get(&v), pair_key(u, v)) {
-            (Some(s), _, _) => pairwise_prg(suite, round, s, k.mask_public.get(&v)?, u, v).ok()?,
-            (None, Some(s), _) => {
-                pairwise_prg(suite, round, s, k.mask_public.get(&u)?, u, v).ok()?
-            }
+            (Some(s), _, _) => pairwise_key(suite, round, s, k.mask_public.get(&v)?, u, v)
+                .ok()?
+                .prg(suite),
+            (None, Some(s), _) => pairwise_key(suite, round, s, k.mask_public.get(&u)?, u, v)
+                .ok()?
+                .prg(suite),
             (None, None, Some(key)) => key.prg(suite),
             (None, None, None) => return None,
         };
