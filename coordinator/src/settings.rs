@@ -305,10 +305,18 @@ impl Settings {
             // The `confide` CLI's own variables, not settings: the display's
             // (progress.rs), --log-json's, and the Admin commands' address;
             // and the tools .ci/run exports for the tests (the examples'
-            // Python, SeaweedFS's `weed`), which coordinators they start inherit.
+            // Python, SeaweedFS's `weed`), which coordinators they start inherit;
+            // and the mask PRG's thread count (confide-crypto's `prg`).
             .merge(
                 Env::prefixed("CONFIDE_")
-                    .ignore(&["progress", "log_json", "coordinator", "python", "weed"])
+                    .ignore(&[
+                        "progress",
+                        "log_json",
+                        "coordinator",
+                        "python",
+                        "weed",
+                        "prg_threads",
+                    ])
                     .split("__"),
             )
             .extract()

@@ -82,6 +82,8 @@ fn environment_overrides_the_file() -> Result<(), Box<dyn std::error::Error>> {
         // Nor are the tools .ci/run exports for the tests.
         std::env::set_var("CONFIDE_PYTHON", "/usr/bin/python3");
         std::env::set_var("CONFIDE_WEED", "/usr/bin/weed");
+        // Nor the mask PRG's thread count, read by confide-crypto.
+        std::env::set_var("CONFIDE_PRG_THREADS", "2");
     }
     let s = Settings::load(&path);
     unsafe {
@@ -92,6 +94,7 @@ fn environment_overrides_the_file() -> Result<(), Box<dyn std::error::Error>> {
         std::env::remove_var("CONFIDE_COORDINATOR");
         std::env::remove_var("CONFIDE_PYTHON");
         std::env::remove_var("CONFIDE_WEED");
+        std::env::remove_var("CONFIDE_PRG_THREADS");
     }
     let s = s?;
     assert_eq!((s.rounds, s.training.epochs), (9, 7));
