@@ -170,6 +170,15 @@ pub enum RequestError {
     /// The coordinator is shutting down.
     #[error("internal error: shutting down")]
     ShuttingDown,
+    /// The upload's spill file could not be written (a full disk, most
+    /// likely); the upload was dropped and may be retried.
+    #[error("the coordinator could not spill the upload to {dir} (limits.spill_dir): {reason}")]
+    Spill {
+        /// The spill directory.
+        dir: String,
+        /// What the file system said.
+        reason: String,
+    },
 }
 
 /// Why the coordinator cannot start or had to stop.

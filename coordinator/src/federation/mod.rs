@@ -21,6 +21,7 @@ pub mod registry;
 mod resume;
 pub mod round;
 pub mod scheduler;
+mod spill;
 mod sum;
 pub mod watch;
 
@@ -463,10 +464,10 @@ impl Federation {
             };
             (info.member, width, deadline, claim)
         };
-        // The buffer and its decoded copy in the sum's ring.
-        let bytes = total_len.saturating_mul(width as u64).saturating_mul(2);
+        // The bytes as they arrive (the add reads them directly).
+        let bytes = total_len.saturating_mul(width as u64);
         let permit = self.uploads.slot(round, bytes, deadline).await?;
-        Ok(Upload::new(
+        Upload::new(
             round,
             member,
             total_len as usize,
@@ -474,7 +475,8 @@ impl Federation {
             deadline,
             permit,
             claim,
-        ))
+            &self.settings.limits.spill_dir(),
+        )
     }
 
     /// Finish an upload: the whole vector goes into the sum at once, with the
@@ -491,7 +493,7 @@ impl Federation {
     ) -> Result<(), RequestError> {
         let (round, member) = (up.round, up.member);
         // Slot and claim are held until the vector is in the sum.
-        let (vector, hold) = up.into_vector()?;
+        let (data, hold) = up.into_data()?;
         let now = clock();
         let masking = masking.as_ref().map(convert::masking_set_from_proto);
         let owed = self.with_round(session, peer, round, now, |r, info, _| {
@@ -499,15 +501,26 @@ impl Federation {
                 return Err(RequestError::UnknownSession);
             }
             if r.sum.is_none() {
+                // Plaintext rounds take the vector whole (local experiments).
+                let vector = data
+                    .into_vec()
+                    .map_err(|e| round::spill_error(&self.settings.limits.spill_dir(), e))?;
                 r.deliver(member, SiteMessage::Input { vector, masking }, now)?;
                 return Ok(None);
             }
-            let owed = r.accept_outside(member, vector.len(), masking, now)?;
-            Ok(owed.map(|owed| (owed, vector)))
+            // Already checked against the round's length in `push`.
+            let bytes = usize::try_from(data.len()).unwrap_or(usize::MAX);
+            let owed = r.accept_outside(member, bytes, masking, now)?;
+            Ok(owed.map(|owed| (owed, data)))
         })?;
-        if let Some((owed, vector)) = owed {
+        if let Some((owed, data)) = owed {
+            let dir = self.settings.limits.spill_dir();
             tokio::task::spawn_blocking(move || {
-                owed.add(&vector);
+                if let Err(e) = owed.add(data) {
+                    // The owed add is dropped unmade: the round fails
+                    // rather than unmask a sum missing an accepted input.
+                    tracing::error!(dir = %dir.display(), "reading back a spilled upload: {e}");
+                }
                 drop(hold);
             })
             .await

@@ -5,6 +5,7 @@
 //! bounded [`Upload`]s.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use tracing::{info, warn};
 
 use super::registry::{Registry, SessionInfo};
 use super::scheduler::RoundKind;
+use super::spill::{UploadBuf, UploadData};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::transcript::StageRecord;
@@ -388,7 +390,6 @@ impl UploadSlots {
     /// `slots` uploads may be buffered at once within `budget_mib` MiB;
     /// `in_use` counts the taken slots.
     pub fn new(slots: usize, budget_mib: u32, in_use: Gauge) -> Self {
-        let budget_mib = budget_mib.max(1);
         UploadSlots {
             permits: Arc::new(Semaphore::new(slots)),
             mib: Arc::new(Semaphore::new(budget_mib as usize)),
@@ -415,33 +416,32 @@ impl UploadSlots {
     }
 
     /// Waits until `deadline` (the masked-input stage's: a slot that frees
-    /// later is of no use to this upload) for a free slot and for `bytes` of
-    /// the buffer budget. Slot first, then budget, in every caller, so two
-    /// waiting uploads never hold one each of what the other needs.
+    /// later is of no use to this upload) for a free slot, then takes
+    /// `bytes` of the memory budget if that much is left; otherwise the
+    /// upload is to spill (`spill.rs`) instead of waiting for memory.
     pub(super) async fn slot(
         &self,
         round: u64,
         bytes: u64,
         deadline: tokio::time::Instant,
     ) -> Result<SlotPermit, RequestError> {
-        let units = bytes.div_ceil(1 << 20).clamp(1, u64::from(self.budget_mib)) as u32;
-        let both = async {
-            let permit = self.permits.clone().acquire_owned().await?;
-            let budget = self.mib.clone().acquire_many_owned(units).await?;
-            Ok::<_, tokio::sync::AcquireError>((permit, budget))
-        };
-        match tokio::time::timeout_at(deadline, both).await {
-            Ok(Ok((permit, budget))) => {
-                self.in_use.inc();
-                Ok(SlotPermit {
-                    _permit: permit,
-                    _budget: budget,
-                    in_use: self.in_use.clone(),
-                })
-            }
-            Ok(Err(_)) => Err(RequestError::ShuttingDown),
-            Err(_) => Err(RequestError::UploadSlotTimeout { round }),
-        }
+        let units = bytes.div_ceil(1 << 20).max(1);
+        let permit =
+            match tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(RequestError::ShuttingDown),
+                Err(_) => return Err(RequestError::UploadSlotTimeout { round }),
+            };
+        let budget = u32::try_from(units)
+            .ok()
+            .filter(|&u| u <= self.budget_mib)
+            .and_then(|u| self.mib.clone().try_acquire_many_owned(u).ok());
+        self.in_use.inc();
+        Ok(SlotPermit {
+            _permit: permit,
+            budget,
+            in_use: self.in_use.clone(),
+        })
     }
 }
 
@@ -449,7 +449,8 @@ impl UploadSlots {
 /// it is dropped.
 pub(super) struct SlotPermit {
     _permit: OwnedSemaphorePermit,
-    _budget: OwnedSemaphorePermit,
+    /// Memory budget held; none: the upload spills.
+    budget: Option<OwnedSemaphorePermit>,
     in_use: Gauge,
 }
 
@@ -480,21 +481,25 @@ pub(super) struct UploadHold {
     _claim: UploadClaim,
 }
 
-/// A masked-input upload in progress: bounded by an upload slot and by the
-/// round's vector length, so memory never exceeds
-/// `max_concurrent_uploads × vector bytes`, and by the stage deadline.
+/// A masked-input upload in progress: bounded by an upload slot, by the
+/// round's vector length and by the stage deadline; its bytes wait in
+/// memory within the buffer budget, or in a spill file (`spill.rs`).
 pub struct Upload {
     pub(super) round: u64,
     pub(super) member: MemberId,
     total: usize,
     width: usize,
     deadline: tokio::time::Instant,
-    buf: Vec<u8>,
+    buf: UploadBuf,
+    spill_dir: PathBuf,
     hold: UploadHold,
 }
 
 impl Upload {
-    /// An empty upload of `total` elements of `width` bytes, due by `deadline`.
+    /// An empty upload of `total` elements of `width` bytes, due by
+    /// `deadline`; in memory if `permit` holds budget, else spilled to a
+    /// file in `spill_dir`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         round: u64,
         member: MemberId,
@@ -503,19 +508,26 @@ impl Upload {
         deadline: tokio::time::Instant,
         permit: SlotPermit,
         claim: UploadClaim,
-    ) -> Self {
-        Upload {
+        spill_dir: &Path,
+    ) -> Result<Self, RequestError> {
+        let buf = if permit.budget.is_some() {
+            UploadBuf::memory(total.saturating_mul(width))
+        } else {
+            UploadBuf::spill(spill_dir).map_err(|e| spill_error(spill_dir, e))?
+        };
+        Ok(Upload {
             round,
             member,
             total,
             width,
             deadline,
-            buf: Vec::with_capacity(total * width),
+            buf,
+            spill_dir: spill_dir.to_path_buf(),
             hold: UploadHold {
                 _permit: permit,
                 _claim: claim,
             },
-        }
+        })
     }
 
     /// When the masked-input stage closes: the stream must be complete by then.
@@ -525,7 +537,7 @@ impl Upload {
 
     /// Elements received so far, of [`Self::elements`].
     pub fn received(&self) -> usize {
-        self.buf.len() / self.width
+        usize::try_from(self.buf.len()).unwrap_or(usize::MAX) / self.width
     }
 
     /// Elements of the whole vector.
@@ -533,17 +545,23 @@ impl Upload {
         self.total
     }
 
+    /// Whether the upload waits on disk rather than in memory.
+    pub fn spilled(&self) -> bool {
+        self.buf.spilled()
+    }
+
     /// Append one chunk; `offset` counts elements and must continue the stream.
     pub fn push(&mut self, offset: u64, data: &[u8]) -> Result<(), RequestError> {
-        let have = self.buf.len() / self.width;
+        let have = self.received();
         if offset != have as u64 {
             return Err(RequestError::ChunkOffset {
                 offset,
                 expected: have as u64,
             });
         }
+        let after = self.buf.len().saturating_add(data.len() as u64);
         if !data.len().is_multiple_of(self.width)
-            || self.buf.len() + data.len() > self.total * self.width
+            || after > (self.total as u64).saturating_mul(self.width as u64)
         {
             return Err(RequestError::ChunkSize {
                 bytes: data.len(),
@@ -551,19 +569,32 @@ impl Upload {
                 width: self.width,
             });
         }
-        self.buf.extend_from_slice(data);
-        Ok(())
+        self.buf
+            .push(data)
+            .map_err(|e| spill_error(&self.spill_dir, e))
     }
 
     /// The whole vector and what the upload holds, or why the stream is incomplete.
-    pub(super) fn into_vector(self) -> Result<(Vec<u8>, UploadHold), RequestError> {
-        if self.buf.len() != self.total * self.width {
+    pub(super) fn into_data(self) -> Result<(UploadData, UploadHold), RequestError> {
+        if self.buf.len() != (self.total as u64).saturating_mul(self.width as u64) {
             return Err(RequestError::Truncated {
-                received: self.buf.len() / self.width,
+                received: self.received(),
                 elements: self.total,
             });
         }
-        Ok((self.buf, self.hold))
+        let data = self
+            .buf
+            .finish()
+            .map_err(|e| spill_error(&self.spill_dir, e))?;
+        Ok((data, self.hold))
+    }
+}
+
+/// A spill file's I/O error as the site sees it.
+pub(super) fn spill_error(dir: &Path, e: std::io::Error) -> RequestError {
+    RequestError::Spill {
+        dir: dir.display().to_string(),
+        reason: e.to_string(),
     }
 }
 

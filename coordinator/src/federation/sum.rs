@@ -8,6 +8,8 @@ use confide_crypto::ProtocolError;
 use confide_crypto::protocol::RingVec;
 use confide_crypto::ring::Ring;
 
+use super::spill::UploadData;
+
 /// The sum of a secure round's masked inputs, outside the federation's lock.
 pub struct OutsideSum {
     sum: Mutex<RingVec>,
@@ -67,10 +69,22 @@ pub struct OwedAdd {
 }
 
 impl OwedAdd {
-    /// Add the little-endian vector `bytes` into the sum.
-    pub fn add(mut self, bytes: &[u8]) {
+    /// Add the little-endian vector `data` into the sum, block by block
+    /// when it was spilled. On a read error the add stays unmade (the
+    /// round then fails).
+    pub fn add(mut self, data: UploadData) -> std::io::Result<()> {
         let mut sum = self.sum.sum.lock().unwrap_or_else(|p| p.into_inner());
-        self.done = add_le(&mut sum, bytes);
+        let width = sum.ring().bytes();
+        if data.len() != (sum.len() as u64).saturating_mul(width as u64) {
+            return Ok(());
+        }
+        let mut ok = true;
+        data.for_each_block(width, |at, block| {
+            let at = usize::try_from(at / width as u64).unwrap_or(usize::MAX);
+            ok &= add_le(&mut sum, at, block);
+        })?;
+        self.done = ok;
+        Ok(())
     }
 }
 
@@ -83,16 +97,29 @@ impl Drop for OwedAdd {
     }
 }
 
-/// `sum += bytes` element-wise (wrapping); false if the lengths differ.
-fn add_le(sum: &mut RingVec, bytes: &[u8]) -> bool {
+/// `sum[at..] += bytes` element-wise (wrapping); false if `bytes` is not
+/// whole elements within the sum.
+fn add_le(sum: &mut RingVec, at: usize, bytes: &[u8]) -> bool {
     match sum {
-        RingVec::U32(s) if bytes.len() == s.len() * 4 => {
+        RingVec::U32(s) => {
+            let Some(s) = s.get_mut(at..at.saturating_add(bytes.len() / 4)) else {
+                return false;
+            };
+            if bytes.len() != s.len() * 4 {
+                return false;
+            }
             for (a, b) in s.iter_mut().zip(bytes.chunks_exact(4)) {
                 *a = a.wrapping_add(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
             }
             true
         }
-        RingVec::U64(s) if bytes.len() == s.len() * 8 => {
+        RingVec::U64(s) => {
+            let Some(s) = s.get_mut(at..at.saturating_add(bytes.len() / 8)) else {
+                return false;
+            };
+            if bytes.len() != s.len() * 8 {
+                return false;
+            }
             for (a, b) in s.iter_mut().zip(bytes.chunks_exact(8)) {
                 let mut w = [0u8; 8];
                 w.copy_from_slice(b);
@@ -100,6 +127,42 @@ fn add_le(sum: &mut RingVec, bytes: &[u8]) -> bool {
             }
             true
         }
-        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A vector of more than one spill block, spilled and added back block
+    /// by block, sums exactly like the same bytes in memory.
+    #[test]
+    fn a_spilled_vector_adds_like_one_in_memory() -> Result<(), Box<dyn std::error::Error>> {
+        let n = (3 << 20) / 4 + 5;
+        let v: Vec<u32> = (0..n as u32)
+            .map(|i| i.wrapping_mul(2_654_435_761))
+            .collect();
+        let bytes = confide_crypto::ring::to_le_bytes(&v);
+        let mut file = tempfile::tempfile()?;
+        file.write_all(&bytes)?;
+        std::io::Seek::rewind(&mut file)?;
+
+        let spilled = OutsideSum::new(Ring::U32, n);
+        spilled
+            .owe()
+            .add(UploadData::File(file, bytes.len() as u64))?;
+        spilled.owe().add(UploadData::Memory(bytes.clone()))?;
+        let RingVec::U32(sum) = spilled.take()? else {
+            return Err("ring".into());
+        };
+        assert!(sum.iter().zip(&v).all(|(s, x)| *s == x.wrapping_mul(2)));
+
+        // A vector of the wrong length never counts as added.
+        let short = OutsideSum::new(Ring::U32, n);
+        short.owe().add(UploadData::Memory(bytes[..8].to_vec()))?;
+        assert!(short.take().is_err());
+        Ok(())
     }
 }

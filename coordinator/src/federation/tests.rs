@@ -425,6 +425,25 @@ async fn a_secure_round_of_in_process_sites_updates_the_model()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_secure_round_with_every_upload_spilled_to_disk_gives_the_same_model()
+-> Result<(), Box<dyn std::error::Error>> {
+    let spill = tempfile::tempdir()?;
+    let mut s = one_round(true, 3);
+    s.limits.upload_buffer_mib = 0;
+    s.limits.spill_dir = Some(spill.path().to_path_buf());
+    let (report, before, after) = secure_round(s, &["a", "b", "c"], None).await?;
+    let rec = &report.history[0];
+    assert!(rec.success, "{}", rec.message);
+    assert_eq!((rec.cohort, rec.survivors, rec.dropped), (3, 3, 0));
+    for (a, b) in after.iter().zip(&before) {
+        assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
+    }
+    // Spill files are unlinked: nothing is left behind.
+    assert_eq!(std::fs::read_dir(spill.path())?.count(), 0);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_site_that_hangs_up_mid_round_is_dropped_after_the_grace_not_the_deadline()
 -> Result<(), Box<dyn std::error::Error>> {
     let mut s = one_round(true, 5);

@@ -61,6 +61,8 @@ fn status_code(e: &RequestError) -> Code {
         }
         RequestError::NoModel { .. } => Code::NotFound,
         RequestError::ShuttingDown => Code::Internal,
+        // The coordinator's disk, not the site's request: worth a retry.
+        RequestError::Spill { .. } => Code::Unavailable,
     }
 }
 
@@ -177,6 +179,13 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (RequestError::ShuttingDown, Code::Internal),
+            (
+                RequestError::Spill {
+                    dir: "/tmp".into(),
+                    reason: "No space left on device".into(),
+                },
+                Code::Unavailable,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(Status::from(e.clone()).code(), code, "{e}");

@@ -110,7 +110,8 @@ impl Default for LimitSettings {
             max_concurrent_uploads: 8,
             max_concurrent_downloads: 8,
             download_chunk_kib: 256,
-            upload_buffer_mib: 64,
+            upload_buffer_mib: 16,
+            spill_dir: None,
             join_rate_per_sec: 5.0,
             join_burst: 50,
             // A site makes about six calls a round; this leaves room for fast

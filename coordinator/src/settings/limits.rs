@@ -4,6 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 impl LimitSettings {
+    /// The directory uploads spill to.
+    pub fn spill_dir(&self) -> std::path::PathBuf {
+        self.spill_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+
     /// Bytes per model download chunk.
     pub fn download_chunk_bytes(&self) -> u64 {
         u64::from(self.download_chunk_kib.max(1)) << 10
@@ -20,10 +25,14 @@ pub struct LimitSettings {
     pub max_model_bytes: u64,
     /// Masked-input uploads buffered at once.
     pub max_concurrent_uploads: usize,
-    /// Memory for buffered uploads, MiB: each takes twice its vector (the
-    /// bytes and their decoded copy); one larger than this waits for all of
-    /// it, so large models upload one at a time.
+    /// Memory for uploads waiting to be added into the sum, MiB. An upload
+    /// that does not fit in what is left goes to a spill file instead of
+    /// waiting, so memory stays within this budget whatever the model size
+    /// (0: every upload spills).
     pub upload_buffer_mib: u32,
+    /// Where uploads spill (unlinked temporary files); default: the
+    /// system's temporary directory (`TMPDIR`, else `/tmp`).
+    pub spill_dir: Option<std::path::PathBuf>,
     /// Model downloads streamed at once; the others wait for a turn, holding
     /// no buffer, so download memory does not grow with the sites.
     pub max_concurrent_downloads: usize,

@@ -227,31 +227,36 @@ async fn downloads_beyond_the_turns_wait_holding_nothing() -> Res<()> {
 }
 
 #[tokio::test(start_paused = true)]
-async fn uploads_wait_for_the_buffer_budget_as_well_as_a_slot() -> Res<()> {
+async fn uploads_beyond_the_buffer_budget_spill_instead_of_waiting() -> Res<()> {
+    let spill = tempfile::tempdir()?;
     let mut s = plaintext(3);
     s.limits.max_concurrent_uploads = 8;
-    // Smaller than one upload: each takes the whole budget in turn.
+    // Room for one small upload: the next spills rather than waits.
     s.limits.upload_buffer_mib = 1;
-    let r = start(s, &["a", "b", "c"]).await?;
+    s.limits.spill_dir = Some(spill.path().to_path_buf());
+    let r = start(s.clone(), &["a", "b", "c"]).await?;
     let (round, len) = (r.start.round, r.start.vector_len);
-    let a = &r.sites[0].session;
-    let b = &r.sites[1].session;
-    let up = r.fed.begin_upload(a, None, round, len).await?;
-    let blocked = tokio::time::timeout(
-        Duration::from_secs(1),
-        r.fed.begin_upload(b, None, round, len),
-    )
-    .await;
-    assert!(
-        blocked.is_err(),
-        "two uploads within a budget that fits one"
-    );
-    drop(up);
-    tokio::time::timeout(
-        Duration::from_secs(1),
-        r.fed.begin_upload(b, None, round, len),
-    )
-    .await??;
+    let bytes = confide_crypto::ring::to_le_bytes(&honest(&s, 0.25)?);
+    let mut ups = Vec::new();
+    for site in &r.sites {
+        let up = tokio::time::timeout(
+            Duration::from_secs(1),
+            r.fed.begin_upload(&site.session, None, round, len),
+        )
+        .await??;
+        ups.push(up);
+    }
+    let spilled: Vec<bool> = ups.iter().map(|u| u.spilled()).collect();
+    assert_eq!(spilled, [false, true, true]);
+    for (site, mut up) in r.sites.iter().zip(ups) {
+        up.push(0, &bytes)?;
+        r.fed.finish_upload(&site.session, None, up, None).await?;
+    }
+    let report = r.driver.await??;
+    let rec = &report.history[0];
+    assert!(rec.success, "{}", rec.message);
+    assert_eq!(rec.survivors, 3);
+    assert_eq!(std::fs::read_dir(spill.path())?.count(), 0);
     Ok(())
 }
 
