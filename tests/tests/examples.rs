@@ -233,5 +233,11 @@ async fn pytorch_example_federated_when_torch_is_installed() -> Result<(), BoxEr
         t.elapsed().as_secs_f64()
     );
     assert!(acc >= 0.90, "held-out accuracy {acc}");
+    // Secure aggregation costs at most a point against training on the
+    // union of the rows (measured: 0.55 and 0.83 points).
+    assert!(
+        central_acc - acc <= 0.01,
+        "federated {acc:.4} is more than a point below central {central_acc:.4}"
+    );
     Ok(())
 }
