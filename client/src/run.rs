@@ -322,8 +322,21 @@ impl<T: Transport> Runner<T> {
     }
 
     async fn join(&mut self, conn: &mut T::Conn) -> Result<String, ClientError> {
+        // A coordinator refusing joins as busy (its join rate, when a whole
+        // federation starts at once) is answering: ask it again after a
+        // jittered pause, for as long as a reconnect would be tried.
+        let mut busy = Backoff::default();
+        let since = Instant::now();
         loop {
-            let resp = conn.join(self.driver.join_request()?).await?;
+            let resp = match conn.join(self.driver.join_request()?).await {
+                Err(e) if e.is_busy() && since.elapsed() < self.max_reconnect => {
+                    let delay = busy.next_delay(&mut self.rng);
+                    info!(error = %e, retry_in_ms = delay.as_millis() as u64, "join refused as busy; asking again");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                r => r?,
+            };
             if let Some(store) = &self.crls {
                 store.offer_from_coordinator(&resp.crl, "JoinResponse");
             }

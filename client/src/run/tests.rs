@@ -42,6 +42,8 @@ struct State {
     busy_uploads: usize,
     /// Declines to refuse with UNAVAILABLE (the coordinator unreachable).
     fail_declines: usize,
+    /// Joins to refuse with RESOURCE_EXHAUSTED (the join rate limit).
+    busy_joins: usize,
     /// The global model served by DownloadModel, in two chunks.
     model: Vec<u8>,
     connects: usize,
@@ -100,8 +102,16 @@ impl Connection for MemoryConn {
     async fn join(&mut self, req: v1::JoinRequest) -> Result<v1::JoinResponse, ClientError> {
         let n = self.state.with(|s| {
             s.joins.push(req);
-            s.joins.len()
-        });
+            if s.busy_joins > 0 {
+                s.busy_joins -= 1;
+                return Err(ClientError::Refused {
+                    call: "Join",
+                    code: tonic::Code::ResourceExhausted,
+                    message: "too many joins; retry later (limits.join_rate_per_sec)".into(),
+                });
+            }
+            Ok(s.joins.len())
+        })?;
         Ok(v1::JoinResponse {
             session: format!("session-{n}"),
             federation: "memory".into(),
@@ -363,6 +373,27 @@ async fn a_busy_coordinator_gets_the_same_upload_again_after_a_pause() -> Result
     });
     // Two pauses of at least 50 ms and 100 ms (100·2^attempt, jitter ≥ 0.5).
     assert!(started.elapsed() >= Duration::from_millis(150));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_join_refused_as_busy_is_asked_again_on_the_same_connection() -> Result<(), ClientError> {
+    let memory = Memory::default();
+    memory.with(|s| {
+        s.busy_joins = 3;
+        s.scripts
+            .push_back(vec![stats_round(1), round_end(1), done()]);
+    });
+    let started = Instant::now();
+    let report = runner(&memory)?.run(std::future::pending()).await?;
+    assert_eq!(report.rounds, 1);
+    memory.with(|s| {
+        assert_eq!(s.connects, 1, "no reconnect for a busy answer");
+        assert_eq!(s.joins.len(), 4, "three refused, the fourth accepted");
+        assert_eq!(s.streams, ["session-4"]);
+    });
+    // Pauses of at least 100, 200 and 400 ms (200·2^attempt, jitter ≥ 0.5).
+    assert!(started.elapsed() >= Duration::from_millis(700));
     Ok(())
 }
 
