@@ -140,6 +140,10 @@ enum Cmd {
         /// site that dropped.
         #[arg(long, default_value_t = 60)]
         stage_timeout_secs: u32,
+        /// How long the coordinator waits for a site whose connection
+        /// closed to come back (`secagg.reconnect_grace_secs`).
+        #[arg(long, default_value_t = 5.0)]
+        reconnect_grace_secs: f64,
         /// Server optimiser (`fedavg`, `fedavgm`, `fedadagrad`, `fedadam`,
         /// `fedyogi`): the stateful ones hold two more model-sized vectors.
         #[arg(long, default_value = "fedavg")]
@@ -428,6 +432,7 @@ async fn main() -> Result<()> {
             k,
             t,
             stage_timeout_secs,
+            reconnect_grace_secs,
             optimiser,
             json,
             dir,
@@ -443,6 +448,7 @@ async fn main() -> Result<()> {
                 k,
                 t,
                 stage_timeout_secs,
+                reconnect_grace_secs,
                 optimiser,
                 json,
                 dir,

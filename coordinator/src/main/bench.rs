@@ -51,6 +51,8 @@ pub struct BenchArgs {
     pub t: Option<u32>,
     /// The coordinator's stage deadline (how long it waits for a dropped site).
     pub stage_timeout_secs: u32,
+    /// How long a closed connection is given to come back.
+    pub reconnect_grace_secs: f64,
     /// The server optimiser's kind, as in `[optimiser] kind`.
     pub optimiser: String,
     /// One JSON object per round instead of a table.
@@ -154,6 +156,7 @@ max_consecutive_failures = 3
 [secagg]
 dropout_fraction = {delta}
 stage_timeout_secs = {timeout}
+reconnect_grace_secs = {grace}
 {secagg}
 [model]
 kind = "mlp"
@@ -188,6 +191,7 @@ max_model_bytes = {max_model_bytes}
         delta = a.dropout.max(0.1),
         hidden = hidden_for(a.params),
         timeout = a.stage_timeout_secs,
+        grace = a.reconnect_grace_secs,
         optimiser = a.optimiser,
         // The MLP as f32 with room for its header, and never below the default.
         max_model_bytes = (a.params as u64)
