@@ -32,8 +32,10 @@ use confide_crypto::stats::{self, StatsError as EncodeError};
 use rand::CryptoRng;
 
 use crate::convert;
+pub mod pack;
 use crate::standardise::{self, FeatureStats};
 use crate::{CHUNK_BYTES, v1};
+pub use pack::{PackError, Packing};
 
 /// Number of metric slots after the weight slot: correct, examples, loss·1000.
 pub const EXTRA_SLOTS: usize = 3;
