@@ -445,14 +445,14 @@ impl Federation {
         round: u64,
         total_len: u64,
     ) -> Result<Upload, RequestError> {
-        let (member, width, deadline, claim) = {
+        let (member, packing, deadline, claim) = {
             let g = self.lock();
             let info = g.registry.session(session, peer)?;
             let r = g.round.as_ref().ok_or(RequestError::WrongRound {
                 expected: 0,
                 got: round,
             })?;
-            let width = r.precheck_upload(&info, round, total_len)?;
+            let packing = r.precheck_upload(&info, round, total_len)?;
             // Claimed under the lock that delivery takes too: a second stream
             // sees either this claim or the submitted vector.
             let claim = self.uploads.claim(round, info.member)?;
@@ -461,16 +461,17 @@ impl Federation {
                 Some(d) => tokio::time::Instant::from_std(d),
                 None => tokio::time::Instant::now() + Duration::from_secs(stage_secs),
             };
-            (info.member, width, deadline, claim)
+            (info.member, packing, deadline, claim)
         };
         // The buffer and its decoded copy in the sum's ring.
-        let bytes = total_len.saturating_mul(width as u64).saturating_mul(2);
+        let width = packing.ring().bytes() as u64;
+        let bytes = (packing.total_bytes() as u64).saturating_add(total_len.saturating_mul(width));
         let permit = self.uploads.slot(round, bytes, deadline).await?;
         Ok(Upload::new(
             round,
             member,
             total_len as usize,
-            width,
+            packing,
             deadline,
             permit,
             claim,

@@ -14,6 +14,7 @@ use confide_crypto::protocol::{
 };
 use confide_crypto::{MemberId, ProtocolError, Stage};
 use confide_proto::convert;
+use confide_proto::layout::Packing;
 use confide_proto::model::ModelImage;
 use confide_proto::v1 as pb;
 use prometheus_client::metrics::gauge::Gauge;
@@ -104,6 +105,8 @@ pub struct ActiveRound {
     pub unmask_job: Option<AnyUnmaskJob>,
     /// The sum of the masked inputs, kept off the lock (secure rounds).
     pub(super) sum: Option<Arc<super::sum::OutsideSum>>,
+    /// How each upload travels (`confide_proto::layout::round_packing`).
+    pub(super) packing: Packing,
     /// Start.
     pub started: Instant,
     stage_started: Instant,
@@ -148,6 +151,7 @@ impl ActiveRound {
             kind,
             names,
             relayed: BTreeMap::new(),
+            packing: Packing::plain(machine.ring(), vector_len),
             machine,
             vector_len,
             model,
@@ -256,9 +260,17 @@ impl ActiveRound {
                 self.machine.handle_advert(advert, identity, now)?
             }
             SiteMessage::Shares(bundle) => self.machine.handle_shares(bundle, now)?,
-            SiteMessage::Input { vector, masking } => self
-                .machine
-                .handle_masked_input_bytes(self.id, from, &vector, masking, now)?,
+            SiteMessage::Input { vector, masking } => {
+                let v = self.packing.unpack(&vector).map_err(|e| {
+                    let reason = e.to_string();
+                    ProtocolError::Malformed {
+                        member: from,
+                        reason,
+                    }
+                })?;
+                self.machine
+                    .handle_masked_input(self.id, from, &v, masking, now)?
+            }
             SiteMessage::Consistency(sig) => self.machine.handle_consistency(sig, now)?,
             SiteMessage::Unmask(resp) => self.machine.handle_unmask_response(resp, now)?,
         }
@@ -267,13 +279,13 @@ impl ActiveRound {
     }
 
     /// Checks before an upload of `total_len` elements is buffered; returns
-    /// the bytes per element.
+    /// how the vector travels.
     pub fn precheck_upload(
         &self,
         info: &SessionInfo,
         round: u64,
         total_len: u64,
-    ) -> Result<usize, RequestError> {
+    ) -> Result<Packing, RequestError> {
         if self.id != round {
             return Err(RequestError::WrongRound {
                 expected: self.id,
@@ -294,7 +306,7 @@ impl ActiveRound {
                 got: total_len,
             });
         }
-        Ok(self.machine.width())
+        Ok(self.packing)
     }
 
     /// Drain the machine's outputs at `now`: send tasks, record stage
@@ -487,19 +499,19 @@ pub struct Upload {
     pub(super) round: u64,
     pub(super) member: MemberId,
     total: usize,
-    width: usize,
+    packing: Packing,
     deadline: tokio::time::Instant,
     buf: Vec<u8>,
     hold: UploadHold,
 }
 
 impl Upload {
-    /// An empty upload of `total` elements of `width` bytes, due by `deadline`.
+    /// An empty upload of `total` elements in the wire form `packing`, due by `deadline`.
     pub(super) fn new(
         round: u64,
         member: MemberId,
         total: usize,
-        width: usize,
+        packing: Packing,
         deadline: tokio::time::Instant,
         permit: SlotPermit,
         claim: UploadClaim,
@@ -508,9 +520,9 @@ impl Upload {
             round,
             member,
             total,
-            width,
+            packing,
             deadline,
-            buf: Vec::with_capacity(total * width),
+            buf: Vec::with_capacity(packing.total_bytes()),
             hold: UploadHold {
                 _permit: permit,
                 _claim: claim,
@@ -525,7 +537,7 @@ impl Upload {
 
     /// Elements received so far, of [`Self::elements`].
     pub fn received(&self) -> usize {
-        self.buf.len() / self.width
+        self.packing.elements_at(self.buf.len()).unwrap_or(0)
     }
 
     /// Elements of the whole vector.
@@ -535,20 +547,22 @@ impl Upload {
 
     /// Append one chunk; `offset` counts elements and must continue the stream.
     pub fn push(&mut self, offset: u64, data: &[u8]) -> Result<(), RequestError> {
-        let have = self.buf.len() / self.width;
+        let have = self.received();
         if offset != have as u64 {
             return Err(RequestError::ChunkOffset {
                 offset,
                 expected: have as u64,
             });
         }
-        if !data.len().is_multiple_of(self.width)
-            || self.buf.len() + data.len() > self.total * self.width
-        {
+        // A chunk ends on a whole element and byte ([`Packing::chunks`]).
+        let end = self.buf.len() + data.len();
+        if self.packing.elements_at(end).is_none() {
             return Err(RequestError::ChunkSize {
                 bytes: data.len(),
+                offset,
                 elements: self.total,
-                width: self.width,
+                expected: self.packing.total_bytes(),
+                bits: self.packing.bits(),
             });
         }
         self.buf.extend_from_slice(data);
@@ -557,10 +571,12 @@ impl Upload {
 
     /// The whole vector and what the upload holds, or why the stream is incomplete.
     pub(super) fn into_vector(self) -> Result<(Vec<u8>, UploadHold), RequestError> {
-        if self.buf.len() != self.total * self.width {
+        if self.buf.len() != self.packing.total_bytes() {
             return Err(RequestError::Truncated {
-                received: self.buf.len() / self.width,
+                received: self.buf.len(),
+                expected: self.packing.total_bytes(),
                 elements: self.total,
+                bits: self.packing.bits(),
             });
         }
         Ok((self.buf, self.hold))

@@ -6,11 +6,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use confide_crypto::ProtocolError;
 use confide_crypto::protocol::RingVec;
-use confide_crypto::ring::Ring;
+use confide_proto::layout::Packing;
 
 /// The sum of a secure round's masked inputs, outside the federation's lock.
 pub struct OutsideSum {
     sum: Mutex<RingVec>,
+    /// How each input travels.
+    packing: Packing,
     /// Accepted inputs not yet added, and whether one was lost (its add
     /// never ran: the sum is then wrong and the round fails).
     pending: Mutex<(usize, bool)>,
@@ -18,10 +20,11 @@ pub struct OutsideSum {
 }
 
 impl OutsideSum {
-    /// Zeros: `len` elements of `ring`.
-    pub fn new(ring: Ring, len: usize) -> Arc<Self> {
+    /// Zeros: the vector `packing` describes, in its ring.
+    pub fn new(packing: Packing) -> Arc<Self> {
         Arc::new(OutsideSum {
-            sum: Mutex::new(RingVec::zeros(ring, len)),
+            sum: Mutex::new(RingVec::zeros(packing.ring(), packing.len())),
+            packing,
             pending: Mutex::new((0, false)),
             idle: Condvar::new(),
         })
@@ -70,7 +73,7 @@ impl OwedAdd {
     /// Add the little-endian vector `bytes` into the sum.
     pub fn add(mut self, bytes: &[u8]) {
         let mut sum = self.sum.sum.lock().unwrap_or_else(|p| p.into_inner());
-        self.done = add_le(&mut sum, bytes);
+        self.done = add_le(&mut sum, &self.sum.packing, bytes);
     }
 }
 
@@ -83,23 +86,9 @@ impl Drop for OwedAdd {
     }
 }
 
-/// `sum += bytes` element-wise (wrapping); false if the lengths differ.
-fn add_le(sum: &mut RingVec, bytes: &[u8]) -> bool {
-    match sum {
-        RingVec::U32(s) if bytes.len() == s.len() * 4 => {
-            for (a, b) in s.iter_mut().zip(bytes.chunks_exact(4)) {
-                *a = a.wrapping_add(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            }
-            true
-        }
-        RingVec::U64(s) if bytes.len() == s.len() * 8 => {
-            for (a, b) in s.iter_mut().zip(bytes.chunks_exact(8)) {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(b);
-                *a = a.wrapping_add(u64::from_le_bytes(w));
-            }
-            true
-        }
-        _ => false,
-    }
+/// `sum += bytes` element-wise (wrapping), `bytes` in the wire form
+/// `packing` (packed slots unpacked, high bits zero); false if the lengths
+/// differ.
+fn add_le(sum: &mut RingVec, packing: &Packing, bytes: &[u8]) -> bool {
+    bytes.len() == packing.total_bytes() && packing.add_into(sum, 0, bytes).is_ok()
 }
