@@ -211,3 +211,45 @@ async fn a_poisoned_upload_fails_the_round_and_leaves_the_model() -> Res<()> {
     assert_eq!(r.fed.report().completed_rounds, 0);
     Ok(())
 }
+
+/// An upload must be the packed wire form, byte for byte: the container
+/// width, a chunk ending inside an element, or a short stream are refused
+/// with the bytes expected and received; the whole packed vector is taken.
+#[tokio::test(start_paused = true)]
+async fn a_wrongly_sized_packed_upload_is_refused_naming_the_bytes() -> Res<()> {
+    let s = plaintext(2);
+    let r = start(s.clone(), &["a", "b"]).await?;
+    let (round, len) = (r.start.round, r.start.vector_len);
+    let bits = r.start.quantisation.as_ref().map_or(0, |q| q.bits);
+    // 2 sites at the default levels: 2·(2^16 + 1) needs 19 bits.
+    assert_eq!(bits, 19);
+    let v = honest(&s, 0.25)?;
+    let packed = wire(&r.start, &v, 0..v.len());
+    let d = v.len() - 4;
+    assert_eq!(packed.len(), (d * 19).div_ceil(8) + 16);
+    let a = &r.sites[0].session;
+    let mut up = r.fed.begin_upload(a, None, round, len).await?;
+    let e = up.push(0, &confide_crypto::ring::to_le_bytes(&v)).err();
+    assert!(
+        matches!(e, Some(RequestError::ChunkSize { bits: 19, .. })),
+        "{e:?}"
+    );
+    // Three elements of 19 bits end inside a byte.
+    let e = up.push(0, &packed[..7]).err();
+    assert!(matches!(e, Some(RequestError::ChunkSize { .. })), "{e:?}");
+    // All but the last (metric) slot: whole elements, but not the vector.
+    up.push(0, &packed[..packed.len() - 4])?;
+    let e = r.fed.finish_upload(a, None, up, None).await.err();
+    let msg = e.as_ref().map(ToString::to_string).unwrap_or_default();
+    let want = format!(
+        "upload of {} bytes, expected {} bytes",
+        packed.len() - 4,
+        packed.len()
+    );
+    assert!(msg.contains(&want), "{msg}");
+    // The packed vector itself is accepted.
+    let mut up = r.fed.begin_upload(a, None, round, len).await?;
+    up.push(0, &packed)?;
+    r.fed.finish_upload(a, None, up, None).await?;
+    Ok(())
+}
