@@ -534,13 +534,13 @@ impl RoundDriver {
         let Some(r) = self.round.as_mut() else {
             return Ok(Action::Wait);
         };
-        let round = r.start.round;
         // The exact input of a secure training round, kept for a replay.
         let mut kept = None;
         let out = match &mut r.phase {
             Phase::SettingUp | Phase::Plain => {
                 r.phase = Phase::Plain;
-                Some(Outgoing::Masked(masked_chunks(&session, round, &v, None)))
+                let chunks = masked_chunks(&session, &r.start, &v, None);
+                Some(Outgoing::Masked(chunks))
             }
             Phase::Secure(m) => {
                 if v.ring() != m.ring() {
@@ -555,7 +555,7 @@ impl RoundDriver {
                     match m.poll_output() {
                         Some(o) => {
                             replay::check_masking(r, &self.cfg.site, &o)?;
-                            Some(Outgoing::from_site(o, &session, round))
+                            Some(Outgoing::from_site(o, &session, &r.start))
                         }
                         None => None,
                     }

@@ -239,6 +239,8 @@ mod tests {
             max_weight: 1000,
             max_cohort: 10,
             scale: Some(1000.0),
+            levels: None,
+            bits: None,
             min_levels: 1,
         })?)
     }

@@ -18,6 +18,7 @@ use confide_crypto::quant::{QuantConfig, Quantiser};
 use confide_crypto::ring::{self, RingElement};
 use confide_crypto::suite::SigningKey;
 use confide_crypto::{CoordinatorMachine, MemberId, Ring, RoundConfig, SiteMachine, Stage, Suite};
+use confide_proto::layout::pack::{self, Packing, packed_bytes};
 use confide_proto::v1;
 use prost::Message;
 
@@ -79,6 +80,8 @@ fn run_round<R: RingElement>(
         max_weight: 1000,
         max_cohort: n,
         scale: Some(1000.0),
+        levels: None,
+        bits: None,
         min_levels: 1,
     })?;
     let now = Instant::now();
@@ -139,14 +142,28 @@ fn run_round<R: RingElement>(
                         coord.handle_shares(convert::share_bundle_from_proto(&req)?, now)?;
                     }
                     SiteOutput::MaskedInput { vector, masking } => {
-                        let mut assembled: Vec<R> = Vec::new();
+                        // The model slots travel packed at the quantiser's bits.
+                        let (bits, len) = (q.bits(), wire::train_len(d));
+                        let packing = Packing::new(R::RING, bits, d, len)?;
+                        let mut bytes = Vec::new();
                         let mut relayed = None;
-                        for c in masked_input_chunks(session, cfg.round, &vector, Some(&masking)) {
+                        let chunks = masked_input_chunks(
+                            session,
+                            cfg.round,
+                            &vector,
+                            Some(&masking),
+                            &packing,
+                        );
+                        for c in chunks {
                             let c = wire(&c)?;
-                            assert_eq!(c.offset as usize, assembled.len());
-                            assembled.extend(ring::from_le_bytes::<R>(&c.data)?);
+                            assert_eq!(packing.bytes_at(c.offset as usize), Some(bytes.len()));
+                            bytes.extend_from_slice(&c.data);
                             relayed = relayed.or(c.masking);
                         }
+                        assert_eq!(bytes.len(), packed_bytes(d, bits) + (len - d) * R::BYTES);
+                        let (head, tail) = bytes.split_at(packed_bytes(d, bits));
+                        let mut assembled: Vec<R> = pack::unpack(head, bits, d)?;
+                        assembled.extend(ring::from_le_bytes::<R>(tail)?);
                         let relayed = convert::masking_set_from_proto(
                             relayed.as_ref().ok_or("no masking set uploaded")?,
                         );

@@ -83,25 +83,39 @@ pub enum RequestError {
         /// Elements received so far.
         expected: u64,
     },
-    /// An upload chunk that does not fit the vector.
+    /// An upload chunk that does not end on a whole element and byte of
+    /// the vector's wire form (`confide_proto::layout::pack`).
     #[error(
-        "invalid argument: chunk of {bytes} bytes does not fit a vector of {elements} elements of {width} bytes"
+        "invalid argument: chunk of {bytes} bytes at element {offset} does not end on a whole \
+         element of a vector of {elements} elements ({expected} bytes, model slots packed at \
+         {bits} bits)"
     )]
     ChunkSize {
         /// Chunk bytes.
         bytes: usize,
+        /// Its offset (elements).
+        offset: u64,
         /// Elements of the vector.
         elements: usize,
-        /// Bytes per element.
-        width: usize,
+        /// Bytes of the whole vector.
+        expected: usize,
+        /// Bits per packed element.
+        bits: u32,
     },
-    /// An upload stream that ended early.
-    #[error("invalid argument: stream ended after {received} of {elements} elements")]
+    /// An upload whose length is not that of its vector's wire form.
+    #[error(
+        "invalid argument: upload of {received} bytes, expected {expected} bytes for \
+         {elements} elements (model slots packed at {bits} bits)"
+    )]
     Truncated {
-        /// Elements received.
+        /// Bytes received.
         received: usize,
+        /// Bytes of the whole vector.
+        expected: usize,
         /// Elements of the vector.
         elements: usize,
+        /// Bits per packed element.
+        bits: u32,
     },
     /// A second masked-input stream of a member while its first is open.
     #[error(

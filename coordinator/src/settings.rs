@@ -157,8 +157,19 @@ pub struct QuantSettings {
     pub clip: f64,
     /// Largest example count a site's update is weighted with.
     pub max_weight: u64,
-    /// Quanta per unit; default: the largest that cannot overflow.
+    /// Quanta across the clip range for a site at the weight cap
+    /// (`max_weight · clip · scale`); sets the scale, and so the bits each
+    /// model slot travels in. 0: the scale fills the ring, unpacked.
+    /// Left out of the config hash at its default, so a config file that
+    /// does not set it keeps the hash (and its checkpoints) it had before.
+    #[serde(skip_serializing_if = "is_default_levels")]
+    pub levels: u64,
+    /// Quanta per unit; overrides `levels` when set.
     pub scale: Option<f64>,
+}
+
+fn is_default_levels(levels: &u64) -> bool {
+    *levels == confide_crypto::quant::DEFAULT_LEVELS
 }
 
 /// Server optimiser (Reddi et al. 2021, "Adaptive Federated Optimization").
@@ -365,7 +376,8 @@ impl Settings {
         n.clamp(self.min_sites.min(connected), connected)
     }
 
-    /// The training quantiser (automatic scale unless configured).
+    /// The training quantiser: scale from `levels` (or `scale`), and the
+    /// fewest bits per model slot that hold a cohort's sum.
     pub fn quantiser(&self, ring: Ring) -> Result<Quantiser, CoordinatorError> {
         let cfg = QuantConfig {
             ring,
@@ -373,6 +385,8 @@ impl Settings {
             max_weight: self.quantisation.max_weight,
             max_cohort: self.max_sites,
             scale: self.quantisation.scale,
+            levels: (self.quantisation.levels > 0).then_some(self.quantisation.levels),
+            bits: None,
             min_levels: confide_crypto::quant::DEFAULT_MIN_LEVELS,
         };
         Quantiser::new(&cfg).map_err(|e| CoordinatorError::Config(format!("quantisation: {e}")))

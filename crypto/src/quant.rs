@@ -20,27 +20,42 @@
 //! unbiased, so rounding errors of many sites average out instead of adding
 //! up as they would with round-to-nearest biases. Extras are embedded as-is.
 //!
+//! # Levels and the element width
+//!
+//! `L = W·c·s` is the number of quanta across the clip range for a site at
+//! the weight cap (`levels`, default [`DEFAULT_LEVELS`] = 2^16); it sets
+//! `s = L / (W·c)` unless `scale` is given explicitly (then `L = W·c·s`).
+//! The element slots are summed and decoded modulo `2^b` for the smallest
+//! `b ≥ 8` that holds the sum (next section), so a site need send only the
+//! low `b` bits of each masked element (the wire crate's `layout::pack`): the
+//! container ring (`u32`, or `u64`) is unchanged and `2^b` divides its
+//! modulus, so every sum is still right modulo `2^b`. The weight and extra
+//! slots keep the whole ring. With neither `levels` nor `scale` the scale
+//! fills the ring as before (`b` = the ring's bits, nothing packed):
+//! `L = M/(n·(1 + 2^-40)) − 1`, rounded down.
+//!
 //! # Why the sum cannot overflow
 //!
-//! Let `M = 2^(b-1) − 1` and `n = max_cohort`. Decoding uses the centred lift,
-//! so a slot is correct iff its true (integer) sum lies in `[-M, M]`.
+//! Let `M_b = 2^(b-1) − 1`, `M` that of the ring and `n = max_cohort`.
+//! Decoding uses the centred lift (in `b` bits for elements), so a slot is
+//! correct iff its true (integer) sum lies in `[-M_b, M_b]` (`[-M, M]`).
 //!
 //! * Weight slot: `0 < w ≤ W` per site and [`Quantiser::new`] checks
 //!   `n · W ≤ M` exactly (in `u128`).
 //! * Extras: each must satisfy `|e| ≤ ⌊M / n⌋` ([`Quantiser::extra_bound`]).
-//! * Elements: `|SR(v)| ≤ ⌈|v|⌉ < |v| + 1 ≤ w·c·s + 1 ≤ W·(c·s + 1)`.
-//!   [`Quantiser::new`] requires `n · W · (c·s + 1) ≤ M`, evaluated in `f64`
+//! * Elements: `|SR(v)| ≤ ⌈|v|⌉ < |v| + 1 ≤ w·c·s + 1 ≤ L + 1`.
+//!   [`Quantiser::new`] requires `n · (L + 1) ≤ M_b`, evaluated in `f64`
 //!   with a relative margin of 2^-40 that dwarfs the ≈ 6·2^-53 rounding of
-//!   that check and the three roundings in computing `v`. In addition every
-//!   element is clamped to a per-site cap `≤ ⌊M / n⌋`, so even a mistake in
-//!   that float reasoning could not make `n` sites overflow; the margin is what
+//!   that check and the three roundings in computing `v`; `b` is the
+//!   smallest width meeting it, and a `levels` that needs more than the
+//!   ring's bits is an error naming ring, weight cap, cohort and levels
+//!   ([`QuantError::LevelsOverflow`]). In addition every element is clamped
+//!   to a per-site cap `≤ ⌊M_b / n⌋`, so even a mistake in that float
+//!   reasoning could not make `n` sites overflow; the margin is what
 //!   guarantees the clamp never changes a value (see `elem_cap` in the code).
 //!
-//! With `scale = None` the largest `s` meeting the element condition is
-//! taken: `c·s = M / (n·W·(1 + 2^-40)) − 1`, rounded down. Note that `c·s`
-//! (quanta per clip range) then depends only on ring, `n` and `W`, so a
-//! [`QuantError::TooCoarse`] error is fixed by a wider ring, a smaller `W` or
-//! a smaller cohort, not by changing `c`.
+//! With 100 sites, `W ≤ 65536` and the default `L = 2^16`, `b = 24`: three
+//! bytes per parameter on the wire instead of four.
 //!
 //! # Error bound
 //!
@@ -51,16 +66,19 @@
 //! `|v̂_j − v_j| ≤ 3.01u·w_j·c·s` (three roundings, `u = 2^-53`), so
 //!
 //! ```text
-//! |S/(sT) − Σ w_j x_j / T| < N/(sT) + 3.01u·c.
+//! |S/(sT) − Σ w_j x_j / T| < N/(sT) + 3.01u·c = c·N·W/(L·T) + 3.01u·c.
 //! ```
 //!
-//! Computing `S/(sT)` in `f64` costs four more roundings (converting `S` and
-//! `T`, the product `sT`, the division), at most `4.01u` relative on a value
-//! bounded by `c + N/(sT)`. Altogether the error is below
-//! `N/(sT) + 4.01u·N/(sT) + 7.1u·c`, which [`Quantiser::error_bound`] rounds
-//! up to `B + 8ε·(c + B)` with `B = N/(sT)` and `ε = 2u = f64::EPSILON`
-//! (the extra factor covers rounding in evaluating the bound itself).
-//! The bound is worst case; the typical error is `O(√N / (sT))`.
+//! With every site at the weight cap (`T = N·W`) that is `c/L`: `L` is the
+//! resolution of the mean across the clip range, and `min_levels` puts a
+//! floor under it. Computing `S/(sT)` in `f64` costs four more roundings
+//! (converting `S` and `T`, the product `sT`, the division), at most
+//! `4.01u` relative on a value bounded by `c + N/(sT)`. Altogether the error
+//! is below `N/(sT) + 4.01u·N/(sT) + 7.1u·c`, which
+//! [`Quantiser::error_bound`] rounds up to `B + 8ε·(c + B)` with
+//! `B = N/(sT) = c·N·W/(L·T)` and `ε = 2u = f64::EPSILON` (the extra factor
+//! covers rounding in evaluating the bound itself). The bound is worst case;
+//! the typical error is `O(√N / (sT))`.
 //!
 //! # Validating a sum
 //!
@@ -82,6 +100,13 @@ pub use error::QuantError;
 /// Default for [`QuantConfig::min_levels`].
 pub const DEFAULT_MIN_LEVELS: u64 = 1024;
 
+/// Default quanta across the clip range for a site at the weight cap
+/// (`L = W·c·s`, see the module docs): 2^16.
+pub const DEFAULT_LEVELS: u64 = 1 << 16;
+
+/// Narrowest element width the quantiser chooses.
+pub const MIN_BITS: u32 = 8;
+
 /// Relative safety margin applied to the float overflow check (see module docs).
 const MARGIN: f64 = 1.0 / (1u64 << 40) as f64;
 
@@ -99,15 +124,23 @@ pub struct QuantConfig {
     pub max_weight: u64,
     /// Largest number of encodings that will ever be summed.
     pub max_cohort: usize,
-    /// Quanta per unit; `None` picks the largest value that cannot overflow.
+    /// Quanta per unit; overrides `levels` when set.
     pub scale: Option<f64>,
-    /// Minimum quanta per clip range (`clip · scale`); guards against silently
-    /// useless precision. Default [`DEFAULT_MIN_LEVELS`].
+    /// Quanta across the clip range for a site at the weight cap,
+    /// `L = W·c·s`; sets the scale when `scale` is unset. With both unset the
+    /// scale fills the element width (the largest `s` that cannot overflow).
+    pub levels: Option<u64>,
+    /// Bits `b` of the element slots; `None` picks the smallest `b ≥ 8` that
+    /// the scale fits (the ring's bits when the scale fills the ring).
+    pub bits: Option<u32>,
+    /// Minimum `L = W·c·s`; guards against silently useless precision.
+    /// Default [`DEFAULT_MIN_LEVELS`].
     pub min_levels: u64,
 }
 
 impl QuantConfig {
-    /// Config with automatic scale and the default `min_levels`.
+    /// Config whose scale fills the ring (no `levels`, no `bits`) with the
+    /// default `min_levels`.
     pub fn new(ring: Ring, clip: f64, max_weight: u64, max_cohort: usize) -> Self {
         QuantConfig {
             ring,
@@ -115,6 +148,8 @@ impl QuantConfig {
             max_weight,
             max_cohort,
             scale: None,
+            levels: None,
+            bits: None,
             min_levels: DEFAULT_MIN_LEVELS,
         }
     }
@@ -139,13 +174,26 @@ pub struct Quantiser {
     scale: f64,
     max_weight: u64,
     max_cohort: usize,
-    /// Largest `|q|` one site can emit, `≤ ⌊M / max_cohort⌋`.
+    /// Bits `b` of the element slots.
+    bits: u32,
+    /// Largest `|q|` one site can emit, `≤ ⌊M_b / max_cohort⌋`.
     elem_cap: i64,
 }
 
-/// `n · W · (c·s + 1)`, the float side of the overflow condition.
-fn worst_total(n: f64, w: f64, levels: f64) -> f64 {
-    n * w * (levels + 1.0)
+/// `n · (W·c·s + 1)`, the float side of the overflow condition.
+fn worst_total(n: f64, w: f64, per_weight: f64) -> f64 {
+    n * (w * per_weight + 1.0)
+}
+
+/// `2^(b−1) − 1`, the largest value the centred lift in `b` bits returns.
+pub fn max_signed(bits: u32) -> u64 {
+    (1u64 << (bits.clamp(1, 64) - 1)) - 1
+}
+
+/// The centred lift of `x` in `b` bits: its low `b` bits, sign-extended.
+pub fn lift<R: RingElement>(x: R, bits: u32) -> i64 {
+    let shift = 64 - bits.clamp(1, 64);
+    ((x.to_signed() as u64) << shift) as i64 >> shift
 }
 
 impl Quantiser {
@@ -163,6 +211,7 @@ impl Quantiser {
         }
         let ring = cfg.ring;
         let limit = ring.max_signed();
+        let budget = |bits: u32| max_signed(bits) as f64 / (1.0 + MARGIN);
         let half_bits = ring.bits() - 1;
         let product = cfg.max_cohort as u128 * cfg.max_weight as u128;
         if product > limit as u128 {
@@ -178,50 +227,91 @@ impl Quantiser {
 
         let n = cfg.max_cohort as f64;
         let w = cfg.max_weight as f64;
-        let m = limit as f64;
-        let budget = m / (1.0 + MARGIN);
-        let fits = |s: f64| worst_total(n, w, c * s) <= budget;
-        // Largest scale meeting the condition; step down past float rounding.
-        let mut max_scale = (budget / (n * w) - 1.0) / c;
-        while max_scale > 0.0 && !fits(max_scale) {
-            max_scale = max_scale.next_down();
+        if let Some(bits) = cfg.bits
+            && !(MIN_BITS..=ring.bits()).contains(&bits)
+        {
+            return Err(QuantError::InvalidBits { bits, ring });
         }
-
-        let scale = match cfg.scale {
-            Some(s) => {
+        // Largest c·s whose worst sum fits `bits` (see the module docs); steps
+        // down past float rounding.
+        let fits_at = |bits: u32, s: f64| worst_total(n, w, c * s) <= budget(bits);
+        let max_scale_at = |bits: u32| {
+            let mut s = ((budget(bits) / n - 1.0) / w) / c;
+            while s > 0.0 && !fits_at(bits, s) {
+                s = s.next_down();
+            }
+            s.max(0.0)
+        };
+        let wanted = match (cfg.scale, cfg.levels) {
+            (Some(s), _) => {
                 if !(s.is_finite() && s > 0.0) {
                     return Err(QuantError::InvalidScale { scale: s });
                 }
-                if !fits(s) {
-                    return Err(QuantError::Overflow {
-                        ring,
-                        half_bits,
-                        limit,
-                        max_cohort: cfg.max_cohort,
-                        max_weight: cfg.max_weight,
-                        scale: s,
-                        per_weight: c * s + 1.0,
-                        total: worst_total(n, w, c * s),
-                        max_scale: max_scale.max(0.0),
-                    });
-                }
-                s
+                Some(s)
             }
-            None => max_scale,
+            (None, Some(levels)) => {
+                if levels == 0 {
+                    return Err(QuantError::InvalidScale { scale: 0.0 });
+                }
+                Some(levels as f64 / (w * c))
+            }
+            (None, None) => None,
+        };
+        let (scale, bits) = match wanted {
+            // Fill the ring (or the given width): today's automatic scale.
+            None => {
+                let bits = cfg.bits.unwrap_or(ring.bits());
+                (max_scale_at(bits), bits)
+            }
+            Some(s) => {
+                let chosen = match cfg.bits {
+                    Some(bits) => fits_at(bits, s).then_some(bits),
+                    None => (MIN_BITS..=ring.bits()).find(|&b| fits_at(b, s)),
+                };
+                match (chosen, cfg.scale, cfg.levels) {
+                    (Some(bits), _, _) => (s, bits),
+                    (None, None, Some(levels)) => {
+                        return Err(QuantError::LevelsOverflow {
+                            ring,
+                            levels,
+                            max_cohort: cfg.max_cohort,
+                            max_weight: cfg.max_weight,
+                            needed: bits_needed(n, levels as f64),
+                            max_levels: (max_scale_at(ring.bits()) * w * c).floor(),
+                        });
+                    }
+                    (None, _, _) => {
+                        let bits = cfg.bits.unwrap_or(ring.bits());
+                        return Err(QuantError::Overflow {
+                            ring,
+                            half_bits: bits - 1,
+                            limit: max_signed(bits),
+                            max_cohort: cfg.max_cohort,
+                            max_weight: cfg.max_weight,
+                            scale: s,
+                            per_weight: c * s,
+                            total: worst_total(n, w, c * s),
+                            max_scale: max_scale_at(bits),
+                        });
+                    }
+                }
+            }
         };
         if !scale.is_finite() {
             // Only reachable with a subnormal clip, where c·s loses all meaning.
             return Err(QuantError::InvalidClip { clip: c });
         }
 
-        let levels = c * scale;
+        let levels = w * c * scale;
         if !(levels >= cfg.min_levels as f64 && levels > 0.0) {
-            let hint = if cfg.scale.is_some() && levels < c * max_scale {
-                "raise scale (up to the largest safe value, or leave it unset), or lower min_levels"
-            } else {
-                "use ring = \"u64\", lower max_weight or lower the cohort size \
-                 (clip does not help: the safe clip·scale depends only on these), \
-                 or lower min_levels"
+            let hint = match (cfg.scale, cfg.levels) {
+                (Some(_), _) => "raise scale (or leave it unset), or lower min_levels",
+                (None, Some(_)) => "raise levels, or lower min_levels",
+                (None, None) => {
+                    "use ring = \"u64\" or lower the cohort size \
+                     (clip and max_weight do not help: filling the ring gives \
+                     levels ≈ 2^(b−1) / cohort), or lower min_levels"
+                }
             };
             return Err(QuantError::TooCoarse {
                 ring,
@@ -234,10 +324,10 @@ impl Quantiser {
         }
 
         // Per-site cap: ⌊W·c·s·(1 + 2^-41)⌋ + 1 bounds every honest |q| (the
-        // factor covers the ≤ 3.01u rounding in v), and the margin in `fits`
-        // keeps it ≤ ⌊M/n⌋; the `min` makes overflow impossible regardless.
-        let per_site = (limit / cfg.max_cohort as u64) as i64;
-        let honest = (w * levels * (1.0 + MARGIN / 2.0)).floor() as i64;
+        // factor covers the ≤ 3.01u rounding in v), and the margin in `fits_at`
+        // keeps it ≤ ⌊M_b/n⌋; the `min` makes overflow impossible regardless.
+        let per_site = (max_signed(bits) / cfg.max_cohort as u64) as i64;
+        let honest = (levels * (1.0 + MARGIN / 2.0)).floor() as i64;
         let elem_cap = honest.saturating_add(1).min(per_site);
 
         Ok(Quantiser {
@@ -246,6 +336,7 @@ impl Quantiser {
             scale,
             max_weight: cfg.max_weight,
             max_cohort: cfg.max_cohort,
+            bits,
             elem_cap,
         })
     }
@@ -275,9 +366,15 @@ impl Quantiser {
         self.max_cohort
     }
 
-    /// Quanta per clip range, `c · s`.
+    /// Quanta across the clip range for a site at the weight cap, `L = W·c·s`.
     pub fn levels(&self) -> f64 {
-        self.clip * self.scale
+        self.max_weight as f64 * self.clip * self.scale
+    }
+
+    /// Bits `b` of the element slots: the sum of every element is taken, and
+    /// decoded, modulo `2^b` (the weight and extra slots use the whole ring).
+    pub fn bits(&self) -> u32 {
+        self.bits
     }
 
     /// Largest `|extra|` a site may submit: `⌊(2^(b−1)−1) / max_cohort⌋`.
@@ -398,7 +495,8 @@ impl Quantiser {
         let limit = self.element_limit(contributors, total_weight);
         let mean = (0..model_len)
             .map(|index| {
-                let value = sum[index].to_signed();
+                // Only the low b bits of an element slot are meaningful.
+                let value = lift(sum[index], self.bits);
                 if (value as i128).abs() > limit {
                     return Err(QuantError::ElementOutOfRange {
                         index,
@@ -447,7 +545,8 @@ impl Quantiser {
     /// limit holds every honest sum, while a mean beyond `±clip` (by more than
     /// `contributors / (s·T)`, the rounding slack) fails it.
     pub fn element_limit(&self, contributors: usize, total_weight: u64) -> i128 {
-        let weighted = (total_weight as f64 * self.levels() * (1.0 + MARGIN / 2.0)).floor();
+        let per_weight = self.clip * self.scale;
+        let weighted = (total_weight as f64 * per_weight * (1.0 + MARGIN / 2.0)).floor();
         // Saturating cast: a non-finite or huge value is cut by the min below.
         let weighted = (weighted as i128).saturating_add(contributors as i128);
         weighted.min(self.elem_cap as i128 * contributors as i128)
@@ -456,7 +555,8 @@ impl Quantiser {
     /// Worst-case absolute error of each decoded mean element versus the exact
     /// weighted mean of the clipped updates, for a sum of `contributors`
     /// encodings with total (capped) weight `total_weight`:
-    /// `B + 8ε·(c + B)` with `B = contributors / (scale · total_weight)`.
+    /// `B + 8ε·(c + B)` with `B = contributors / (scale · total_weight)`,
+    /// i.e. `c·N·W / (L·T)` in terms of the levels `L = W·c·s`.
     /// Returns infinity for `total_weight == 0`.
     pub fn error_bound(&self, contributors: usize, total_weight: u64) -> f64 {
         if total_weight == 0 {
@@ -465,6 +565,13 @@ impl Quantiser {
         let quanta = contributors as f64 / (self.scale * total_weight as f64);
         quanta + 8.0 * f64::EPSILON * (self.clip + quanta)
     }
+}
+
+/// Smallest `b` with `n·(levels + 1) ≤ 2^(b−1) − 1` (with the margin), for
+/// the error message; may exceed 64.
+fn bits_needed(n: f64, levels: f64) -> u32 {
+    let need = n * (levels + 1.0) * (1.0 + MARGIN);
+    (need + 1.0).log2().ceil() as u32 + 1
 }
 
 /// Unbiased stochastic rounding of a finite `v` to an integer.

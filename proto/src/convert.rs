@@ -161,13 +161,16 @@ pub fn round_start(cfg: &RoundConfig, member: MemberId) -> v1::RoundStart {
 }
 
 /// The quantiser settings of a round (`min_levels = 1`: the coordinator
-/// already chose the scale, the site must not second-guess it).
+/// already chose the scale, the site must not second-guess it; the
+/// quantiser does check that the scale fits the announced `bits`, 0 meaning
+/// the ring's).
 pub fn quant_config(q: Option<&v1::Quantisation>, ring: Ring) -> Result<QuantConfig, ConvertError> {
     let v1::Quantisation {
         clip,
         scale,
         max_weight,
         max_cohort,
+        bits,
     } = q.ok_or_else(|| bad("round_start.quantisation", "missing"))?;
     if !(scale.is_finite() && *scale > 0.0) {
         return Err(bad(
@@ -181,6 +184,8 @@ pub fn quant_config(q: Option<&v1::Quantisation>, ring: Ring) -> Result<QuantCon
         max_weight: *max_weight,
         max_cohort: *max_cohort as usize,
         scale: Some(*scale),
+        levels: None,
+        bits: Some(if *bits == 0 { ring.bits() } else { *bits }),
         min_levels: 1,
     })
 }

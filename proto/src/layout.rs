@@ -10,7 +10,9 @@
 //! `q` is the quantiser of the round (`confide_crypto::quant`); the weight and
 //! metric slots are plain integers, so the secure sum yields Σw, Σcorrect,
 //! Σexamples and Σloss·1000 exactly. Vectors travel in
-//! [`masked_input_chunks`] of at most [`CHUNK_BYTES`](crate::CHUNK_BYTES).
+//! [`masked_input_chunks`] of at most [`CHUNK_BYTES`](crate::CHUNK_BYTES),
+//! a TRAIN vector's model slots packed at the quantiser's `b` bits
+//! ([`pack`], [`round_packing`]); the decoder reads those slots modulo 2^b.
 //!
 //! The decoders refuse a sum that no cohort of honest sites can produce
 //! ([`DecodeError::OutOfRange`] names the slot, its value and the range), so
@@ -27,13 +29,15 @@
 
 use confide_crypto::protocol::{MaskingSet, RingVec};
 use confide_crypto::quant::{Decoded, QuantError, Quantiser};
-use confide_crypto::ring::{self, RingElement};
+use confide_crypto::ring::RingElement;
 use confide_crypto::stats::{self, StatsError as EncodeError};
 use rand::CryptoRng;
 
 use crate::convert;
+pub mod pack;
 use crate::standardise::{self, FeatureStats};
 use crate::{CHUNK_BYTES, v1};
+pub use pack::{PackError, Packing};
 
 /// Number of metric slots after the weight slot: correct, examples, loss·1000.
 pub const EXTRA_SLOTS: usize = 3;
@@ -393,19 +397,40 @@ pub fn decode_statistics(
     Ok(totals)
 }
 
-/// Splits a vector into `SubmitMaskedInput` chunks; offsets and
-/// `total_len` count elements. The first chunk is a header with no data: it
-/// carries `total_len` and `masking`, the signed masking set of a secure
-/// round (`None` in plaintext mode). The coordinator reads it before it
-/// waits for an upload slot, so a waiting upload holds a few hundred bytes
-/// there, not a data chunk. Data chunks follow, at most [`CHUNK_BYTES`] each.
+/// How the vectors of the round `rs` announces travel in the container
+/// ring `ring`: a TRAIN vector's model slots packed at the announced
+/// `quantisation.bits`, everything else at the ring's width ([`pack`]).
+/// EVALUATE vectors are four slots and STATISTICS sums need the whole u64
+/// ring, so neither is packed. Both sides call this on the same
+/// announcement, so they agree byte for byte.
+pub fn round_packing(rs: &v1::RoundStart, ring: confide_crypto::Ring) -> Packing {
+    let len = usize::try_from(rs.vector_len).unwrap_or(usize::MAX);
+    let bits = rs.quantisation.as_ref().map_or(0, |q| q.bits);
+    let train = rs.kind == v1::RoundKind::Train as i32;
+    let model = len.saturating_sub(1 + EXTRA_SLOTS);
+    match Packing::new(ring, bits, model, len) {
+        Ok(p) if train => p,
+        // Not a training round, or no width announced (0: unpacked); a
+        // width the quantiser refuses never reaches an upload.
+        _ => Packing::plain(ring, len),
+    }
+}
+
+/// Splits a vector into `SubmitMaskedInput` chunks in the wire form
+/// `packing` gives ([`round_packing`]); offsets and `total_len` count
+/// elements. The first chunk is a header with no data: it carries
+/// `total_len` and `masking`, the signed masking set of a secure round
+/// (`None` in plaintext mode). The coordinator reads it before it waits for
+/// an upload slot, so a waiting upload holds a few hundred bytes there, not
+/// a data chunk. Data chunks follow, at most [`CHUNK_BYTES`] each, each a
+/// whole number of elements and of bytes ([`Packing::chunks`]).
 pub fn masked_input_chunks<R: RingElement>(
     session: &str,
     round: u64,
     v: &[R],
     masking: Option<&MaskingSet>,
+    packing: &Packing,
 ) -> Vec<v1::MaskedInputChunk> {
-    let per_chunk = (CHUNK_BYTES / R::RING.bytes()).max(1);
     let total_len = v.len() as u64;
     let header = v1::MaskedInputChunk {
         session: session.to_string(),
@@ -417,14 +442,15 @@ pub fn masked_input_chunks<R: RingElement>(
     };
     std::iter::once(header)
         .chain(
-            v.chunks(per_chunk)
-                .enumerate()
-                .map(|(i, c)| v1::MaskedInputChunk {
+            packing
+                .chunks(CHUNK_BYTES)
+                .into_iter()
+                .map(|r| v1::MaskedInputChunk {
                     session: session.to_string(),
                     round,
-                    offset: (i * per_chunk) as u64,
+                    offset: r.start as u64,
                     total_len,
-                    data: ring::to_le_bytes(c),
+                    data: packing.encode(v, r),
                     masking: None,
                 }),
         )
@@ -437,10 +463,11 @@ pub fn ring_vec_chunks(
     round: u64,
     v: &RingVec,
     masking: Option<&MaskingSet>,
+    packing: &Packing,
 ) -> Vec<v1::MaskedInputChunk> {
     match v {
-        RingVec::U32(v) => masked_input_chunks(session, round, v, masking),
-        RingVec::U64(v) => masked_input_chunks(session, round, v, masking),
+        RingVec::U32(v) => masked_input_chunks(session, round, v, masking, packing),
+        RingVec::U64(v) => masked_input_chunks(session, round, v, masking, packing),
     }
 }
 

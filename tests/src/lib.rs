@@ -30,7 +30,7 @@ use confide_crypto::ring::{Ring, to_le_bytes};
 use confide_crypto::suite::{SigningKey, VerifyingKey};
 use confide_crypto::{MemberId, SiteMachine, Suite};
 use confide_proto::v1 as pb;
-use confide_proto::{context, convert};
+use confide_proto::{context, convert, layout};
 use pb::site_client::SiteClient;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -221,6 +221,9 @@ pub struct FakeSite {
     /// Leave out the share of the lowest-numbered dealer, as a site refusing
     /// it would: that dealer's mask with this site becomes one-sided.
     pub ignore_lowest_share: bool,
+    /// Bits of the model slots [`FakeSite::submit`] packs (set from each
+    /// TRAIN round's announcement; 0: unpacked).
+    pub packing_bits: u32,
     key: SigningKey,
     suite: Suite,
 }
@@ -279,6 +282,7 @@ impl FakeSite {
             tasks,
             federation: joined.federation,
             masking: None,
+            packing_bits: 0,
             garble_shares: false,
             ignore_lowest_share: false,
             key,
@@ -305,8 +309,13 @@ impl FakeSite {
     }
 
     /// Submit a vector as chunks, the first carrying [`FakeSite::masking`].
+    /// The model slots (all but the last four) are bit-packed as the real
+    /// site packs them ([`FakeSite::packing_bits`]).
     pub async fn submit(&mut self, round: u64, v: &[u32]) -> Result<(), tonic::Status> {
-        let mut c = chunks(&self.session, round, v);
+        let model = v.len().saturating_sub(4);
+        let packing = layout::Packing::new(Ring::U32, self.packing_bits, model, v.len())
+            .unwrap_or(layout::Packing::plain(Ring::U32, v.len()));
+        let mut c = layout::masked_input_chunks(&self.session, round, v, None, &packing);
         c[0].masking = self.masking.clone();
         self.client
             .submit_masked_input(tokio_stream::iter(c))
@@ -336,6 +345,7 @@ impl FakeSite {
         let q = Self::quantiser(rs)?;
         let vector: Vec<u32> = q.encode(delta, weight, &[0, 0, 0], &mut rand::rng())?;
         self.masking = None;
+        self.packing_bits = q.bits();
         if rs.plaintext {
             if !before_submit.poke(self, rs.round, &vector).await? {
                 self.submit(rs.round, &vector).await?;

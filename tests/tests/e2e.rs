@@ -79,6 +79,34 @@ async fn three_sites_train_several_rounds_in_both_suites() -> Result<(), BoxErro
     Ok(())
 }
 
+/// Uploads are bit-packed: with a cohort bound of 100 and the default
+/// levels (2^16) each model slot takes b = 24 bits, three bytes per
+/// parameter instead of four (plus the weight and metric slots and the
+/// signed masking set, a few dozen bytes per upload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_round_uploads_three_bytes_per_parameter_at_24_bits() -> Result<(), BoxError> {
+    let tmp = tempfile::tempdir()?;
+    let data = split_non_iid(tmp.path(), &[0.2, 0.5])?;
+    let mut s = settings(1, Suite::Intl);
+    s.max_sites = 100;
+    s.join_grace_secs = 1.0;
+    s.statistics_round = false;
+    s.final_evaluation = false;
+    s.model.kind = confide_proto::model::ModelKind::Mlp;
+    // Large enough that the other stages' messages (keys, shares,
+    // signatures: about 600 bytes a site) weigh under 0.1 B/param.
+    s.model.hidden = vec![256];
+    assert_eq!(s.quantiser(s.ring)?.bits(), 24);
+    let params = confide_coordinator::federation::initial_model(&s)?.num_params();
+    let r = run_federation(s, &data, None).await?;
+    assert_all_succeeded(&r, 1);
+    let h = &r.history[0];
+    let per_param = h.bytes_in as f64 / (f64::from(h.survivors) * params as f64);
+    eprintln!("{params} parameters: {per_param:.4} upload bytes per parameter");
+    assert!((3.0..3.1).contains(&per_param), "{per_param} B/param");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_sites_small_data() -> Result<(), BoxError> {
     let tmp = tempfile::tempdir()?;

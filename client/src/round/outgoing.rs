@@ -4,10 +4,9 @@
 
 use confide_crypto::Stage;
 use confide_crypto::protocol::{AnySiteOutput, MaskingSet, RingVec};
-use confide_proto::v1;
+use confide_proto::{layout, v1};
 
 use crate::convert;
-use crate::wire;
 
 /// A stage message waiting to be (re)sent; kept until acknowledged so it can
 /// be resent after a reconnect within the stage deadline.
@@ -31,7 +30,8 @@ impl Outgoing {
         }
     }
 
-    pub(super) fn from_site(o: AnySiteOutput, session: &str, round: u64) -> Outgoing {
+    /// `o` of the round `start` announced.
+    pub(super) fn from_site(o: AnySiteOutput, session: &str, start: &v1::RoundStart) -> Outgoing {
         match o {
             AnySiteOutput::Advertise(a) => Outgoing::Advertise(v1::AdvertiseKeysRequest {
                 session: session.to_string(),
@@ -41,7 +41,7 @@ impl Outgoing {
                 Outgoing::Shares(convert::share_bundle_to_proto(&b, session))
             }
             AnySiteOutput::MaskedInput { vector, masking } => {
-                Outgoing::Masked(masked_chunks(session, round, &vector, Some(&masking)))
+                Outgoing::Masked(masked_chunks(session, start, &vector, Some(&masking)))
             }
             AnySiteOutput::Consistency(s) => {
                 Outgoing::Consistency(convert::consistency_response_to_proto(&s, session))
@@ -80,16 +80,15 @@ impl Outgoing {
     }
 }
 
-/// The upload of `v`; the first chunk carries the signed masking set of a
-/// secure round.
+/// The upload of `v` in the round `start` announced, in the wire form both
+/// sides derive from it (a training vector's model slots bit-packed); the
+/// first chunk carries the signed masking set of a secure round.
 pub(super) fn masked_chunks(
     session: &str,
-    round: u64,
+    start: &v1::RoundStart,
     v: &RingVec,
     masking: Option<&MaskingSet>,
 ) -> Vec<v1::MaskedInputChunk> {
-    match v {
-        RingVec::U32(v) => wire::masked_input_chunks(session, round, v, masking),
-        RingVec::U64(v) => wire::masked_input_chunks(session, round, v, masking),
-    }
+    let packing = layout::round_packing(start, v.ring());
+    layout::ring_vec_chunks(session, start.round, v, masking, &packing)
 }

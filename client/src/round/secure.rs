@@ -51,7 +51,7 @@ impl RoundDriver {
         match m.poll_output() {
             Some(o) => {
                 r.stage_started = now;
-                let out = Outgoing::from_site(o, &session, round);
+                let out = Outgoing::from_site(o, &session, &r.start);
                 Ok(self.queue(out))
             }
             None => Ok(Action::Wait),

@@ -81,7 +81,7 @@ impl RoundDriver {
             return self.compute();
         }
         let cfg = r.cfg.clone();
-        let (member, round) = (r.start.member, r.start.round);
+        let (member, start) = (r.start.member, r.start.clone());
         if cfg.suite != self.cfg.signing.suite() {
             return Err(ClientError::InvalidRound(format!(
                 "round uses suite {} but this site's key is for {}",
@@ -100,7 +100,7 @@ impl RoundDriver {
         )?;
         let out = machine
             .poll_output()
-            .map(|o| Outgoing::from_site(o, &self.session_str(), round));
+            .map(|o| Outgoing::from_site(o, &self.session_str(), &start));
         if let Some(r) = self.round.as_mut() {
             r.phase = Phase::Secure(Box::new(machine));
         }

@@ -152,7 +152,11 @@ fn outgoing_messages_map_to_their_stage_for_vanish() -> Result<(), ClientError> 
         &SitePolicy::default(),
         &mut rng,
     )?;
-    let advert = m.poll_output().map(|o| Outgoing::from_site(o, "s", 5));
+    let rs = v1::RoundStart {
+        round: 5,
+        ..Default::default()
+    };
+    let advert = m.poll_output().map(|o| Outgoing::from_site(o, "s", &rs));
     let Some(Outgoing::Advertise(a)) = &advert else {
         panic!("first output must be the advert")
     };
@@ -170,7 +174,7 @@ fn outgoing_messages_map_to_their_stage_for_vanish() -> Result<(), ClientError> 
             masking: masking.clone(),
         }),
         "s",
-        5,
+        &rs,
     );
     assert_eq!(masked.stage(), Stage::MaskedInput);
     let Outgoing::Masked(chunks) = &masked else {
@@ -191,7 +195,7 @@ fn outgoing_messages_map_to_their_stage_for_vanish() -> Result<(), ClientError> 
             signature: vec![1; 64],
         }),
         "s",
-        5,
+        &rs,
     );
     assert_eq!(signed.stage(), Stage::Consistency);
     assert!(matches!(signed, Outgoing::Consistency(ref r) if r.session == "s" && r.member == 2));
@@ -662,6 +666,7 @@ fn train_start(round: u64, model: &[u8], model_sha256: Vec<u8>, d: usize) -> v1:
             scale: 1000.0,
             max_weight: 1000,
             max_cohort: 3,
+            bits: 0,
         }),
         training: Some(v1::TrainingConfig {
             model: "logistic".into(),

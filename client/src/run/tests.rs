@@ -444,6 +444,8 @@ async fn plaintext_train_round_downloads_trains_and_uploads_its_weight()
         scale: 1000.0,
         max_weight: 1000,
         max_cohort: 2,
+        // n·(W·c·s + 1) = 2·(10^6 + 1) needs 22 bits.
+        bits: 22,
     };
     let start = v1::RoundStart {
         kind: v1::RoundKind::Train as i32,
@@ -464,6 +466,7 @@ async fn plaintext_train_round_downloads_trains_and_uploads_its_weight()
         model_sha256: confide_proto::context::sha256(&model).to_vec(),
         ..convert::round_start(&cfg, 1)
     };
+    let packing = confide_proto::layout::round_packing(&start, Ring::U32);
     let memory = Memory::default();
     memory.with(|s| {
         s.model = model;
@@ -478,7 +481,13 @@ async fn plaintext_train_round_downloads_trains_and_uploads_its_weight()
     let report = runner(&memory)?.run(std::future::pending()).await?;
     assert_eq!(report.rounds, 1);
     let upload = memory.with(|s| s.uploads.first().map(|u| uploaded(u)));
-    let v = RingVec::from_le_bytes(Ring::U32, &upload.ok_or("nothing uploaded")?)?;
+    // The model slots arrive packed at the announced 22 bits.
+    let upload = upload.ok_or("nothing uploaded")?;
+    assert_eq!(
+        upload.len(),
+        (d * 22).div_ceil(8) + 4 * (wire::train_len(d) - d)
+    );
+    let v = packing.unpack(&upload)?;
     assert_eq!(v.len(), wire::train_len(d));
     let q = Quantiser::new(&convert::quant_config(Some(&quantisation), Ring::U32)?)?;
     let decoded = q.decode(v.as_u32().ok_or("ring")?, d, 1)?;

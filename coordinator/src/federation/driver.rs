@@ -184,12 +184,12 @@ impl Federation {
             "round started"
         );
         self.metrics.round_started(kind);
-        // The sum and the unmask are kept off the lock (`offlock.rs`).
-        // A fresh machine always agrees; a plaintext round keeps its own sum.
+        // Sum and unmask off the lock (`offlock.rs`); a plaintext round keeps its own sum.
+        let packing = confide_proto::layout::round_packing(&start, machine.ring());
         let sum = machine
             .sum_outside()
             .unwrap_or(false)
-            .then(|| sum::OutsideSum::new(machine.ring(), plan.config.vector_len));
+            .then(|| sum::OutsideSum::new(packing));
         {
             let mut g = self.lock();
             let mut active = ActiveRound::new(
@@ -202,7 +202,7 @@ impl Federation {
                 now,
                 self.metrics.clone(),
             );
-            active.sum = sum;
+            (active.sum, active.packing) = (sum, packing);
             for &m in plan.names.keys() {
                 let st = pb::RoundStart {
                     member: m,

@@ -446,14 +446,14 @@ impl Federation {
         round: u64,
         total_len: u64,
     ) -> Result<Upload, RequestError> {
-        let (member, width, deadline, claim) = {
+        let (member, packing, deadline, claim) = {
             let g = self.lock();
             let info = g.registry.session(session, peer)?;
             let r = g.round.as_ref().ok_or(RequestError::WrongRound {
                 expected: 0,
                 got: round,
             })?;
-            let width = r.precheck_upload(&info, round, total_len)?;
+            let packing = r.precheck_upload(&info, round, total_len)?;
             // Claimed under the lock that delivery takes too: a second stream
             // sees either this claim or the submitted vector.
             let claim = self.uploads.claim(round, info.member)?;
@@ -462,16 +462,16 @@ impl Federation {
                 Some(d) => tokio::time::Instant::from_std(d),
                 None => tokio::time::Instant::now() + Duration::from_secs(stage_secs),
             };
-            (info.member, width, deadline, claim)
+            (info.member, packing, deadline, claim)
         };
-        // The bytes as they arrive (the add reads them directly).
-        let bytes = total_len.saturating_mul(width as u64);
+        // The wire bytes as they arrive (the add reads them directly).
+        let bytes = packing.total_bytes() as u64;
         let permit = self.uploads.slot(round, bytes, deadline).await?;
         Upload::new(
             round,
             member,
             total_len as usize,
-            width,
+            packing,
             deadline,
             permit,
             claim,

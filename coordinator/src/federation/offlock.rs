@@ -36,11 +36,16 @@ impl ActiveRound {
         let Some(sum) = self.sum.clone() else {
             return Ok(None);
         };
-        let width = self.machine.width();
-        if !bytes.is_multiple_of(width) {
+        let expected = self.packing.total_bytes();
+        if bytes != expected {
+            let bits = self.packing.bits();
             return Err(ProtocolError::Malformed {
                 member: from,
-                reason: format!("{bytes} bytes are not whole elements of {width} bytes"),
+                reason: format!(
+                    "{bytes} bytes received, {expected} expected for {} elements \
+                     (model slots packed at {bits} bits)",
+                    self.packing.len()
+                ),
             }
             .into());
         }
@@ -48,8 +53,13 @@ impl ActiveRound {
             + masking
                 .as_ref()
                 .map_or(0, |m| 4 * m.peers.len() + m.signature.len());
-        self.machine
-            .handle_masked_input_outside(self.id, from, bytes / width, masking, now)?;
+        self.machine.handle_masked_input_outside(
+            self.id,
+            from,
+            self.packing.len(),
+            masking,
+            now,
+        )?;
         self.bytes_in += msg_bytes as u64;
         self.answered.insert(from);
         Ok(Some(sum.owe()))

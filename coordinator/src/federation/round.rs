@@ -15,6 +15,7 @@ use confide_crypto::protocol::{
 };
 use confide_crypto::{MemberId, ProtocolError, Stage};
 use confide_proto::convert;
+use confide_proto::layout::Packing;
 use confide_proto::model::ModelImage;
 use confide_proto::v1 as pb;
 use prometheus_client::metrics::gauge::Gauge;
@@ -106,6 +107,8 @@ pub struct ActiveRound {
     pub unmask_job: Option<AnyUnmaskJob>,
     /// The sum of the masked inputs, kept off the lock (secure rounds).
     pub(super) sum: Option<Arc<super::sum::OutsideSum>>,
+    /// How each upload travels (`confide_proto::layout::round_packing`).
+    pub(super) packing: Packing,
     /// Start.
     pub started: Instant,
     stage_started: Instant,
@@ -150,6 +153,7 @@ impl ActiveRound {
             kind,
             names,
             relayed: BTreeMap::new(),
+            packing: Packing::plain(machine.ring(), vector_len),
             machine,
             vector_len,
             model,
@@ -258,9 +262,17 @@ impl ActiveRound {
                 self.machine.handle_advert(advert, identity, now)?
             }
             SiteMessage::Shares(bundle) => self.machine.handle_shares(bundle, now)?,
-            SiteMessage::Input { vector, masking } => self
-                .machine
-                .handle_masked_input_bytes(self.id, from, &vector, masking, now)?,
+            SiteMessage::Input { vector, masking } => {
+                let v = self.packing.unpack(&vector).map_err(|e| {
+                    let reason = e.to_string();
+                    ProtocolError::Malformed {
+                        member: from,
+                        reason,
+                    }
+                })?;
+                self.machine
+                    .handle_masked_input(self.id, from, &v, masking, now)?
+            }
             SiteMessage::Consistency(sig) => self.machine.handle_consistency(sig, now)?,
             SiteMessage::Unmask(resp) => self.machine.handle_unmask_response(resp, now)?,
         }
@@ -269,13 +281,13 @@ impl ActiveRound {
     }
 
     /// Checks before an upload of `total_len` elements is buffered; returns
-    /// the bytes per element.
+    /// how the vector travels.
     pub fn precheck_upload(
         &self,
         info: &SessionInfo,
         round: u64,
         total_len: u64,
-    ) -> Result<usize, RequestError> {
+    ) -> Result<Packing, RequestError> {
         if self.id != round {
             return Err(RequestError::WrongRound {
                 expected: self.id,
@@ -296,7 +308,7 @@ impl ActiveRound {
                 got: total_len,
             });
         }
-        Ok(self.machine.width())
+        Ok(self.packing)
     }
 
     /// Drain the machine's outputs at `now`: send tasks, record stage
@@ -488,7 +500,7 @@ pub struct Upload {
     pub(super) round: u64,
     pub(super) member: MemberId,
     total: usize,
-    width: usize,
+    packing: Packing,
     deadline: tokio::time::Instant,
     buf: UploadBuf,
     spill_dir: PathBuf,
@@ -496,22 +508,22 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// An empty upload of `total` elements of `width` bytes, due by
-    /// `deadline`; in memory if `permit` holds budget, else spilled to a
-    /// file in `spill_dir`.
+    /// An empty upload of `total` elements in the wire form `packing`,
+    /// due by `deadline`; in memory if `permit` holds budget, else spilled
+    /// to a file in `spill_dir`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         round: u64,
         member: MemberId,
         total: usize,
-        width: usize,
+        packing: Packing,
         deadline: tokio::time::Instant,
         permit: SlotPermit,
         claim: UploadClaim,
         spill_dir: &Path,
     ) -> Result<Self, RequestError> {
         let buf = if permit.budget.is_some() {
-            UploadBuf::memory(total.saturating_mul(width))
+            UploadBuf::memory(packing.total_bytes())
         } else {
             UploadBuf::spill(spill_dir).map_err(|e| spill_error(spill_dir, e))?
         };
@@ -519,7 +531,7 @@ impl Upload {
             round,
             member,
             total,
-            width,
+            packing,
             deadline,
             buf,
             spill_dir: spill_dir.to_path_buf(),
@@ -537,7 +549,9 @@ impl Upload {
 
     /// Elements received so far, of [`Self::elements`].
     pub fn received(&self) -> usize {
-        usize::try_from(self.buf.len()).unwrap_or(usize::MAX) / self.width
+        self.packing
+            .elements_at(usize::try_from(self.buf.len()).unwrap_or(usize::MAX))
+            .unwrap_or(0)
     }
 
     /// Elements of the whole vector.
@@ -559,14 +573,17 @@ impl Upload {
                 expected: have as u64,
             });
         }
-        let after = self.buf.len().saturating_add(data.len() as u64);
-        if !data.len().is_multiple_of(self.width)
-            || after > (self.total as u64).saturating_mul(self.width as u64)
-        {
+        // A chunk ends on a whole element and byte ([`Packing::chunks`]).
+        let end = usize::try_from(self.buf.len())
+            .unwrap_or(usize::MAX)
+            .saturating_add(data.len());
+        if self.packing.elements_at(end).is_none() {
             return Err(RequestError::ChunkSize {
                 bytes: data.len(),
+                offset,
                 elements: self.total,
-                width: self.width,
+                expected: self.packing.total_bytes(),
+                bits: self.packing.bits(),
             });
         }
         self.buf
@@ -576,10 +593,12 @@ impl Upload {
 
     /// The whole vector and what the upload holds, or why the stream is incomplete.
     pub(super) fn into_data(self) -> Result<(UploadData, UploadHold), RequestError> {
-        if self.buf.len() != (self.total as u64).saturating_mul(self.width as u64) {
+        if self.buf.len() != self.packing.total_bytes() as u64 {
             return Err(RequestError::Truncated {
-                received: self.received(),
+                received: usize::try_from(self.buf.len()).unwrap_or(usize::MAX),
+                expected: self.packing.total_bytes(),
                 elements: self.total,
+                bits: self.packing.bits(),
             });
         }
         let data = self

@@ -325,6 +325,7 @@ pub fn announce(
             scale: quant.scale(),
             max_weight: quant.max_weight(),
             max_cohort: u32::try_from(quant.max_cohort()).unwrap_or(u32::MAX),
+            bits: quant.bits(),
         }),
         training: Some(training_config(s)),
         model_bytes: match plan.kind {

@@ -16,8 +16,9 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::Path;
 
-/// Bytes written to a spill file at once, and read back per add step.
-const SPILL_BLOCK: usize = 1 << 20;
+/// Bytes written to a spill file at once, and about what is read back per
+/// add step.
+pub(super) const SPILL_BLOCK: usize = 1 << 20;
 
 /// An upload's bytes so far.
 pub(super) enum UploadBuf {
@@ -97,29 +98,34 @@ impl UploadData {
         }
     }
 
-    /// Calls `f(offset, block)` over the bytes in order, in blocks of whole
-    /// `unit`-byte elements (a spilled upload is read `SPILL_BLOCK` at a
-    /// time, so only one block is in memory).
+    /// Calls `f(element, bytes)` for each block of `blocks`, given in
+    /// order as (first element, byte length) and covering the upload; a
+    /// spilled upload is read one block at a time, so only one is in
+    /// memory. Blocks past the end are not called.
     pub(super) fn for_each_block(
         self,
-        unit: usize,
-        mut f: impl FnMut(u64, &[u8]),
+        blocks: impl IntoIterator<Item = (usize, usize)>,
+        mut f: impl FnMut(usize, &[u8]),
     ) -> io::Result<()> {
         match self {
             UploadData::Memory(v) => {
-                f(0, &v);
+                let mut rest = &v[..];
+                for (at, n) in blocks {
+                    let (block, tail) = rest.split_at(n.min(rest.len()));
+                    f(at, block);
+                    rest = tail;
+                }
                 Ok(())
             }
             UploadData::File(mut file, len) => {
-                let unit = unit.max(1);
-                let step = (SPILL_BLOCK / unit).max(1) * unit;
-                let mut block = vec![0u8; step];
-                let mut at = 0u64;
-                while at < len {
-                    let n = usize::try_from(len - at).map_or(step, |rest| rest.min(step));
-                    file.read_exact(&mut block[..n])?;
-                    f(at, &block[..n]);
-                    at += n as u64;
+                let mut buf = Vec::new();
+                let mut read = 0u64;
+                for (at, n) in blocks {
+                    let n = usize::try_from(len.saturating_sub(read)).map_or(n, |rest| rest.min(n));
+                    buf.resize(n, 0);
+                    file.read_exact(&mut buf)?;
+                    f(at, &buf);
+                    read += n as u64;
                 }
                 Ok(())
             }
@@ -162,8 +168,11 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
         let mut back = Vec::new();
         let mut offsets = Vec::new();
-        buf.finish()?.for_each_block(12, |at, b| {
-            assert_eq!(b.len() % 12, 0);
+        // Blocks of 12-byte elements, as a packing's chunks would give.
+        let step = (SPILL_BLOCK / 12) * 12;
+        let blocks = (0..data.len().div_ceil(step)).map(|i| (i * step / 12, step));
+        buf.finish()?.for_each_block(blocks, |at, b| {
+            assert!(b.len() == step || back.len() + b.len() == data.len());
             offsets.push(at);
             back.extend_from_slice(b);
         })?;

@@ -6,13 +6,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use confide_crypto::ProtocolError;
 use confide_crypto::protocol::RingVec;
-use confide_crypto::ring::Ring;
+use confide_proto::layout::Packing;
 
-use super::spill::UploadData;
+use super::spill::{SPILL_BLOCK, UploadData};
 
 /// The sum of a secure round's masked inputs, outside the federation's lock.
 pub struct OutsideSum {
     sum: Mutex<RingVec>,
+    /// How each input travels.
+    packing: Packing,
     /// Accepted inputs not yet added, and whether one was lost (its add
     /// never ran: the sum is then wrong and the round fails).
     pending: Mutex<(usize, bool)>,
@@ -20,10 +22,11 @@ pub struct OutsideSum {
 }
 
 impl OutsideSum {
-    /// Zeros: `len` elements of `ring`.
-    pub fn new(ring: Ring, len: usize) -> Arc<Self> {
+    /// Zeros: the vector `packing` describes, in its ring.
+    pub fn new(packing: Packing) -> Arc<Self> {
         Arc::new(OutsideSum {
-            sum: Mutex::new(RingVec::zeros(ring, len)),
+            sum: Mutex::new(RingVec::zeros(packing.ring(), packing.len())),
+            packing,
             pending: Mutex::new((0, false)),
             idle: Condvar::new(),
         })
@@ -69,19 +72,25 @@ pub struct OwedAdd {
 }
 
 impl OwedAdd {
-    /// Add the little-endian vector `data` into the sum, block by block
-    /// when it was spilled. On a read error the add stays unmade (the
-    /// round then fails).
+    /// Add `data`, a vector in the round's wire form, into the sum; a
+    /// spilled one a block of whole elements at a time. On a read error
+    /// the add stays unmade (the round then fails).
     pub fn add(mut self, data: UploadData) -> std::io::Result<()> {
+        let packing = &self.sum.packing;
         let mut sum = self.sum.sum.lock().unwrap_or_else(|p| p.into_inner());
-        let width = sum.ring().bytes();
-        if data.len() != (sum.len() as u64).saturating_mul(width as u64) {
+        if data.len() != packing.total_bytes() as u64 {
             return Ok(());
         }
+        // Chunk ranges end on whole elements and bytes, so each block adds
+        // on its own.
+        let blocks = packing.chunks(SPILL_BLOCK).into_iter().filter_map(|r| {
+            let a = packing.bytes_at(r.start)?;
+            let b = packing.bytes_at(r.end)?;
+            Some((r.start, b - a))
+        });
         let mut ok = true;
-        data.for_each_block(width, |at, block| {
-            let at = usize::try_from(at / width as u64).unwrap_or(usize::MAX);
-            ok &= add_le(&mut sum, at, block);
+        data.for_each_block(blocks, |at, block| {
+            ok &= packing.add_into(&mut sum, at, block).is_ok();
         })?;
         self.done = ok;
         Ok(())
@@ -97,72 +106,53 @@ impl Drop for OwedAdd {
     }
 }
 
-/// `sum[at..] += bytes` element-wise (wrapping); false if `bytes` is not
-/// whole elements within the sum.
-fn add_le(sum: &mut RingVec, at: usize, bytes: &[u8]) -> bool {
-    match sum {
-        RingVec::U32(s) => {
-            let Some(s) = s.get_mut(at..at.saturating_add(bytes.len() / 4)) else {
-                return false;
-            };
-            if bytes.len() != s.len() * 4 {
-                return false;
-            }
-            for (a, b) in s.iter_mut().zip(bytes.chunks_exact(4)) {
-                *a = a.wrapping_add(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            }
-            true
-        }
-        RingVec::U64(s) => {
-            let Some(s) = s.get_mut(at..at.saturating_add(bytes.len() / 8)) else {
-                return false;
-            };
-            if bytes.len() != s.len() * 8 {
-                return false;
-            }
-            for (a, b) in s.iter_mut().zip(bytes.chunks_exact(8)) {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(b);
-                *a = a.wrapping_add(u64::from_le_bytes(w));
-            }
-            true
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
 
+    use confide_crypto::ring::Ring;
+
     use super::*;
 
     /// A vector of more than one spill block, spilled and added back block
-    /// by block, sums exactly like the same bytes in memory.
+    /// by block, sums exactly like the same bytes in memory, packed or not.
     #[test]
     fn a_spilled_vector_adds_like_one_in_memory() -> Result<(), Box<dyn std::error::Error>> {
         let n = (3 << 20) / 4 + 5;
         let v: Vec<u32> = (0..n as u32)
             .map(|i| i.wrapping_mul(2_654_435_761))
             .collect();
-        let bytes = confide_crypto::ring::to_le_bytes(&v);
-        let mut file = tempfile::tempfile()?;
-        file.write_all(&bytes)?;
-        std::io::Seek::rewind(&mut file)?;
+        for packing in [
+            Packing::plain(Ring::U32, n),
+            Packing::new(Ring::U32, 13, n - 3, n)?,
+        ] {
+            let bytes = packing.encode(&v, 0..n);
+            let mut file = tempfile::tempfile()?;
+            file.write_all(&bytes)?;
+            std::io::Seek::rewind(&mut file)?;
 
-        let spilled = OutsideSum::new(Ring::U32, n);
-        spilled
-            .owe()
-            .add(UploadData::File(file, bytes.len() as u64))?;
-        spilled.owe().add(UploadData::Memory(bytes.clone()))?;
-        let RingVec::U32(sum) = spilled.take()? else {
-            return Err("ring".into());
-        };
-        assert!(sum.iter().zip(&v).all(|(s, x)| *s == x.wrapping_mul(2)));
+            let sum = OutsideSum::new(packing);
+            sum.owe().add(UploadData::File(file, bytes.len() as u64))?;
+            sum.owe().add(UploadData::Memory(bytes.clone()))?;
+            let RingVec::U32(got) = sum.take()? else {
+                return Err("ring".into());
+            };
+            let mask = |i: usize| {
+                if i < packing.packed() {
+                    (1u32 << 13) - 1
+                } else {
+                    u32::MAX
+                }
+            };
+            for (i, (s, x)) in got.iter().zip(&v).enumerate() {
+                assert_eq!(*s, (x & mask(i)).wrapping_mul(2), "element {i}");
+            }
 
-        // A vector of the wrong length never counts as added.
-        let short = OutsideSum::new(Ring::U32, n);
-        short.owe().add(UploadData::Memory(bytes[..8].to_vec()))?;
-        assert!(short.take().is_err());
+            // A vector of the wrong length never counts as added.
+            let short = OutsideSum::new(packing);
+            short.owe().add(UploadData::Memory(bytes[..8].to_vec()))?;
+            assert!(short.take().is_err());
+        }
         Ok(())
     }
 }

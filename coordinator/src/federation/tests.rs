@@ -10,6 +10,10 @@ fn insecure(min_sites: usize, max_sites: usize) -> Settings {
         ..Default::default()
     };
     s.tls.insecure = true;
+    // These sites claim weight 1 (in-process: a few rows). The mean's
+    // error bound is c·N·W/(L·T) = 4·10/65536 ≈ 6e-4 at W = 10, inside the
+    // tests' 1e-3; at the default W = 10^4 it would be 0.61.
+    s.quantisation.max_weight = 10;
     s
 }
 
@@ -180,6 +184,8 @@ async fn a_plaintext_round_updates_the_model_from_the_uploads()
         max_weight: s.quantisation.max_weight,
         max_cohort: s.max_sites,
         scale: s.quantisation.scale,
+        levels: Some(s.quantisation.levels),
+        bits: None,
         min_levels: confide_crypto::quant::DEFAULT_MIN_LEVELS,
     })?;
     let d = before.len();
@@ -190,7 +196,7 @@ async fn a_plaintext_round_updates_the_model_from_the_uploads()
         // Site i moves every parameter by i + 1 and saw [correct, examples, loss].
         let delta = vec![(i + 1) as f32 * 0.25; d];
         let v: Vec<u32> = quant.encode(&delta, 1, &[3, 4, 1_000], &mut rand::rng())?;
-        let bytes = RingVec::U32(v).to_le_bytes();
+        let bytes = round::tests::wire(&start, &v, 0..v.len());
         let mut up = fed
             .begin_upload(session, None, start.round, start.vector_len)
             .await?;
@@ -373,7 +379,13 @@ pub(super) async fn secure_round(
                         let mut up = fed
                             .begin_upload(&m.session, None, round, vector.len() as u64)
                             .await?;
-                        up.push(0, &vector.to_le_bytes())?;
+                        let packing = fed.lock().round.as_ref().map(|r| r.packing);
+                        let packing = packing.ok_or("no round")?;
+                        let bytes = match &vector {
+                            RingVec::U32(v) => packing.encode(v, 0..v.len()),
+                            RingVec::U64(v) => packing.encode(v, 0..v.len()),
+                        };
+                        up.push(0, &bytes)?;
                         let masking = convert::masking_set_to_proto(&masking);
                         fed.finish_upload(&m.session, None, up, Some(masking))
                             .await?;
@@ -517,7 +529,7 @@ async fn a_file_model_is_served_updated_and_kept_in_its_file_dtypes()
         );
         assert_eq!(start.vector_len, 6 + 4);
         let v: Vec<u32> = quant.encode(&[0.5; 6], 1, &[0, 0, 0], &mut rand::rng())?;
-        let bytes = RingVec::U32(v).to_le_bytes();
+        let bytes = round::tests::wire(&start, &v, 0..v.len());
         let mut up = fed
             .begin_upload(session, None, start.round, start.vector_len)
             .await?;

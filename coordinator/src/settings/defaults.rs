@@ -85,6 +85,7 @@ impl Default for QuantSettings {
         QuantSettings {
             clip: 4.0,
             max_weight: 10_000,
+            levels: confide_crypto::quant::DEFAULT_LEVELS,
             scale: None,
         }
     }

@@ -129,6 +129,10 @@ fn config_hash_covers_training_settings_only() {
     assert_eq!(a.config_hash(), b.config_hash());
     b.training.epochs += 1;
     assert_ne!(a.config_hash(), b.config_hash());
+    // levels sets the element width: covered whenever it is not the default.
+    let mut c = a.clone();
+    c.quantisation.levels = 1 << 20;
+    assert_ne!(a.config_hash(), c.config_hash());
 }
 
 #[test]

@@ -47,8 +47,8 @@ pub enum QuantError {
     },
     /// An explicit scale makes the element sums overflow.
     #[error(
-        "scale {scale} can overflow: max_cohort ({max_cohort}) × max_weight ({max_weight}) × \
-         (clip·scale + 1 = {per_weight:.6e}) = {total:.6e} exceeds the {ring} limit \
+        "scale {scale} can overflow: max_cohort ({max_cohort}) × (max_weight ({max_weight}) × \
+         clip·scale ({per_weight:.6e}) + 1) = {total:.6e} exceeds the {ring} limit \
          2^{half_bits}−1 = {limit} (with a 2^-40 safety margin); the largest safe scale is \
          {max_scale:.6e}; use ring = \"u64\", lower max_weight, lower the cohort size, \
          or lower clip/scale"
@@ -66,23 +66,53 @@ pub enum QuantError {
         max_weight: u64,
         /// Configured scale.
         scale: f64,
-        /// `clip · scale + 1`.
+        /// `clip · scale`.
         per_weight: f64,
         /// Worst-case `|sum|`.
         total: f64,
         /// Largest scale that would pass.
         max_scale: f64,
     },
+    /// An element width outside `8..=` the ring's bits.
+    #[error("element width {bits} bits: expected 8 to {} for the {ring} ring", ring.bits())]
+    InvalidBits {
+        /// The width asked for.
+        bits: u32,
+        /// Configured ring.
+        ring: Ring,
+    },
+    /// `levels` needs more bits per element than the ring has.
+    #[error(
+        "levels = {levels} with max_cohort {max_cohort} and max_weight {max_weight} needs \
+         {needed} bits per element (max_cohort × (levels + 1) ≤ 2^(b−1)−1), more than the \
+         {ring} ring's {}; use ring = \"u64\", lower levels (at most {max_levels} fit) or \
+         lower the cohort size", ring.bits()
+    )]
+    LevelsOverflow {
+        /// Configured ring.
+        ring: Ring,
+        /// Configured levels.
+        levels: u64,
+        /// Configured cohort bound.
+        max_cohort: usize,
+        /// Configured weight cap.
+        max_weight: u64,
+        /// Bits the levels need.
+        needed: u32,
+        /// Most levels the ring holds.
+        max_levels: f64,
+    },
     /// Too few quanta per clip range.
     #[error(
-        "quantisation too coarse: clip·scale = {levels:.1} quanta per clip range in ring {ring} \
+        "quantisation too coarse: max_weight·clip·scale = {levels:.1} quanta per clip range \
+         (a site at the weight cap) in ring {ring} \
          with max_cohort {max_cohort} and max_weight {max_weight}, but min_levels = {min_levels}; \
          {hint}"
     )]
     TooCoarse {
         /// Configured ring.
         ring: Ring,
-        /// `clip · scale` achieved.
+        /// `max_weight · clip · scale` achieved.
         levels: f64,
         /// Required minimum.
         min_levels: u64,

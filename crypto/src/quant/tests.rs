@@ -147,9 +147,12 @@ fn extremes_do_not_overflow() {
 fn auto_scale_is_tight() {
     let q = Quantiser::new(&QuantConfig::new(Ring::U32, 2.0, 100, 10)).expect("config");
     let m = Ring::U32.max_signed() as f64;
-    let worst = 10.0 * 100.0 * (q.levels() + 1.0);
+    // n·(L + 1), L = W·c·s.
+    let worst = 10.0 * (q.levels() + 1.0);
     assert!(worst <= m && worst > m * (1.0 - 1e-9), "{worst} vs {m}");
-    assert_eq!(q.scale() * 2.0, q.levels());
+    assert_eq!(q.scale() * 2.0 * 100.0, q.levels());
+    // Filling the ring packs nothing.
+    assert_eq!(q.bits(), 32);
 }
 
 #[test]
@@ -202,17 +205,17 @@ fn config_errors() {
         assert!(msg.contains(needle), "{needle:?} missing from {msg}");
     }
 
-    // Auto scale leaves too few levels in u32; fine in u64.
-    let coarse = QuantConfig::new(Ring::U32, 1.0, 1000, 10_000);
+    // Auto scale leaves too few levels in u32 (L ≈ 2^31 / 2^21 − 1 < 1024);
+    // fine in u64.
+    let coarse = QuantConfig::new(Ring::U32, 1.0, 1, 1 << 21);
     let e = bad(coarse);
     assert!(matches!(e, QuantError::TooCoarse { .. }));
     let msg = e.to_string();
     for needle in [
         "min_levels = 1024",
         "ring = \"u64\"",
-        "lower max_weight",
         "cohort size",
-        "10000",
+        "2097152",
     ] {
         assert!(msg.contains(needle), "{needle:?} missing from {msg}");
     }
@@ -489,4 +492,115 @@ proptest! {
             }
         }
     }
+}
+
+fn with_levels(ring: Ring, max_weight: u64, max_cohort: usize, levels: u64) -> QuantConfig {
+    QuantConfig {
+        levels: Some(levels),
+        ..QuantConfig::new(ring, 4.0, max_weight, max_cohort)
+    }
+}
+
+#[test]
+fn levels_choose_the_smallest_width() {
+    // The example: 100 sites, W ≤ 65536, L = 2^16 → 24 bits.
+    for w in [1, 10_000, 65_536] {
+        let q = Quantiser::new(&with_levels(Ring::U32, w, 100, DEFAULT_LEVELS)).expect("config");
+        assert_eq!(q.bits(), 24, "W = {w}");
+        assert!((q.levels() - DEFAULT_LEVELS as f64).abs() < 1e-6);
+        // n·(L + 1) fits 2^23 − 1, not 2^22 − 1.
+        assert!(100.0 * (q.levels() + 1.0) <= max_signed(24) as f64);
+        assert!(100.0 * (q.levels() + 1.0) > max_signed(23) as f64);
+    }
+    // Small cohorts and levels go down to 8 bits, never below.
+    let q = Quantiser::new(&QuantConfig {
+        min_levels: 1,
+        ..with_levels(Ring::U32, 10, 3, 4)
+    })
+    .expect("config");
+    assert_eq!(q.bits(), 8);
+    // An explicit scale is an override: L = W·c·s.
+    let q = Quantiser::new(&QuantConfig {
+        scale: Some(1000.0),
+        ..with_levels(Ring::U64, 1000, 10, 1)
+    })
+    .expect("config");
+    assert_eq!(q.levels(), 4.0e6);
+    assert_eq!(q.bits(), 27);
+}
+
+#[test]
+fn levels_beyond_the_ring_name_ring_weight_cohort_and_levels() {
+    let e = Quantiser::new(&with_levels(Ring::U32, 1000, 1000, 1 << 24)).unwrap_err();
+    assert!(
+        matches!(e, QuantError::LevelsOverflow { needed: 35, .. }),
+        "{e}"
+    );
+    let msg = e.to_string();
+    for needle in [
+        "levels = 16777216",
+        "max_cohort 1000",
+        "max_weight 1000",
+        "u32",
+        "35 bits",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing from {msg}");
+    }
+    assert!(Quantiser::new(&with_levels(Ring::U64, 1000, 1000, 1 << 24)).is_ok());
+    let e = Quantiser::new(&QuantConfig {
+        bits: Some(7),
+        ..with_levels(Ring::U32, 10, 10, 100)
+    })
+    .unwrap_err();
+    assert_eq!(
+        e,
+        QuantError::InvalidBits {
+            bits: 7,
+            ring: Ring::U32
+        }
+    );
+    // A width announced too narrow for the scale is refused (the site's check).
+    let q = Quantiser::new(&with_levels(Ring::U32, 100, 100, DEFAULT_LEVELS)).expect("config");
+    let at = |bits| QuantConfig {
+        scale: Some(q.scale()),
+        bits: Some(bits),
+        min_levels: 1,
+        ..QuantConfig::new(Ring::U32, 4.0, 100, 100)
+    };
+    assert_eq!(Quantiser::new(&at(24)).map(|q| q.bits()), Ok(24));
+    assert!(matches!(
+        Quantiser::new(&at(23)),
+        Err(QuantError::Overflow { half_bits: 22, .. })
+    ));
+}
+
+/// Sums whose element slots are right only modulo 2^b (as after unmasking
+/// masks that were reduced mod 2^b) decode like the exact sum.
+#[test]
+fn elements_decode_modulo_two_to_the_b() {
+    let q = Quantiser::new(&with_levels(Ring::U32, 50, 10, 1 << 12)).expect("config");
+    let b = q.bits();
+    assert!(b < 32);
+    let mut r = rng(9);
+    let sites: Vec<Vec<u32>> = [0.9f32, -1.5, -4.0, 3.9]
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            q.encode(&[x, -x, 0.0], 10 + i as u64, &[7], &mut r)
+                .expect("encode")
+        })
+        .collect();
+    let mut exact = vec![0u32; 5];
+    for v in &sites {
+        crate::ring::add_assign(&mut exact, v);
+    }
+    let mut noisy = exact.clone();
+    for (i, x) in noisy.iter_mut().take(3).enumerate() {
+        // Garbage above bit b, as the container-width masks leave there.
+        *x = x.wrapping_add((i as u32 + 1).wrapping_mul(0x9E37_79B9) << b);
+    }
+    let want = q.decode(&exact, 3, 4).expect("exact");
+    assert_eq!(q.decode(&noisy, 3, 4), Ok(want.clone()));
+    assert_eq!(want.total_weight, 46);
+    assert_eq!(want.extras, vec![28]);
 }

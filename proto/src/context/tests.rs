@@ -18,6 +18,7 @@ fn start() -> v1::RoundStart {
             scale: 1000.0,
             max_weight: 10,
             max_cohort: 3,
+            bits: 24,
         }),
         training: Some(v1::TrainingConfig {
             model: "logistic".into(),

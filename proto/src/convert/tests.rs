@@ -85,14 +85,20 @@ fn quant_config_requires_a_positive_scale() {
         scale: 0.0,
         max_weight: 10,
         max_cohort: 3,
+        bits: 0,
     };
     assert!(quant_config(Some(&q), Ring::U32).is_err());
     assert!(quant_config(None, Ring::U32).is_err());
     let q = v1::Quantisation { scale: 1000.0, ..q };
     let c = quant_config(Some(&q), Ring::U64);
     assert_eq!(
-        c.map(|c| (c.scale, c.max_cohort, c.ring)),
-        Ok((Some(1000.0), 3, Ring::U64))
+        c.map(|c| (c.scale, c.max_cohort, c.ring, c.bits)),
+        Ok((Some(1000.0), 3, Ring::U64, Some(64)))
+    );
+    let q = v1::Quantisation { bits: 24, ..q };
+    assert_eq!(
+        quant_config(Some(&q), Ring::U32).map(|c| c.bits),
+        Ok(Some(24))
     );
 }
 

@@ -1,6 +1,7 @@
 use super::*;
 use confide_crypto::Ring;
 use confide_crypto::quant::QuantConfig;
+use confide_crypto::ring;
 
 fn quantiser(ring: Ring) -> Result<Quantiser, LayoutError> {
     Ok(Quantiser::new(&QuantConfig {
@@ -9,6 +10,8 @@ fn quantiser(ring: Ring) -> Result<Quantiser, LayoutError> {
         max_weight: 1000,
         max_cohort: 10,
         scale: Some(1000.0),
+        levels: None,
+        bits: None,
         min_levels: 1,
     })?)
 }
@@ -141,7 +144,8 @@ fn chunks_cover_the_vector_in_order_within_the_size_limit() -> Result<(), Layout
         peers: vec![1, 3],
         signature: vec![5; 64],
     };
-    let chunks = ring_vec_chunks("s", 9, &RingVec::from(v.clone()), Some(&set));
+    let plain = Packing::plain(Ring::U32, n);
+    let chunks = ring_vec_chunks("s", 9, &RingVec::from(v.clone()), Some(&set), &plain);
     assert_eq!(chunks.len(), 4);
     // Only the first chunk carries the signed masking set, and no data.
     assert!(chunks[0].data.is_empty());
@@ -167,9 +171,73 @@ fn chunks_cover_the_vector_in_order_within_the_size_limit() -> Result<(), Layout
         );
     }
     assert_eq!(back, v);
-    let chunks = masked_input_chunks("s", 1, &vec![u64::MAX; CHUNK_BYTES / 8 + 1], None);
+    let n = CHUNK_BYTES / 8 + 1;
+    let plain = Packing::plain(Ring::U64, n);
+    let chunks = masked_input_chunks("s", 1, &vec![u64::MAX; n], None, &plain);
     assert_eq!(chunks.len(), 3);
     assert_eq!(chunks[2].offset as usize, CHUNK_BYTES / 8);
+    Ok(())
+}
+
+/// A TRAIN vector announced at 24 bits travels at three bytes per model
+/// slot, in chunks of whole bytes and whole elements; other kinds unpacked.
+#[test]
+fn train_vectors_travel_packed_at_the_announced_bits() -> Result<(), PackError> {
+    let d = CHUNK_BYTES / 3 + 100;
+    let mut rs = v1::RoundStart {
+        kind: v1::RoundKind::Train as i32,
+        vector_len: train_len(d) as u64,
+        quantisation: Some(v1::Quantisation {
+            bits: 24,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let p = round_packing(&rs, Ring::U32);
+    assert_eq!((p.bits(), p.packed(), p.len()), (24, d, train_len(d)));
+    assert_eq!(p.total_bytes(), 3 * d + 4 * (1 + EXTRA_SLOTS));
+    let v: Vec<u32> = (0..train_len(d) as u32)
+        .map(|i| i.wrapping_mul(0x9E37_79B9))
+        .collect();
+    let chunks = masked_input_chunks("s", 1, &v, None, &p);
+    let data: Vec<_> = chunks[1..]
+        .iter()
+        .map(|c| (c.offset, c.data.len()))
+        .collect();
+    let tail = (1 + EXTRA_SLOTS) * 4;
+    assert_eq!(data.len(), 3, "{data:?}");
+    // Packed chunks start on multiples of 8 elements; the tail after them.
+    assert!(
+        data[..2]
+            .iter()
+            .all(|&(o, len)| o % 8 == 0 && len <= CHUNK_BYTES)
+    );
+    assert_eq!(data.iter().map(|d| d.1).sum::<usize>(), p.total_bytes());
+    assert_eq!(data[2], (d as u64, tail));
+    let mut sum = RingVec::zeros(Ring::U32, v.len());
+    for c in &chunks[1..] {
+        p.add_into(&mut sum, c.offset as usize, &c.data)?;
+    }
+    let want: Vec<u32> = v
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| if i < d { x & 0xFF_FFFF } else { x })
+        .collect();
+    assert_eq!(sum, RingVec::from(want));
+    for kind in [v1::RoundKind::Evaluate, v1::RoundKind::Statistics] {
+        rs.kind = kind as i32;
+        assert_eq!(
+            round_packing(&rs, Ring::U32),
+            Packing::plain(Ring::U32, train_len(d))
+        );
+    }
+    // No width announced (an older coordinator): unpacked.
+    rs.kind = v1::RoundKind::Train as i32;
+    rs.quantisation = None;
+    assert_eq!(
+        round_packing(&rs, Ring::U32),
+        Packing::plain(Ring::U32, train_len(d))
+    );
     Ok(())
 }
 

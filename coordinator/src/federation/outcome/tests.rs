@@ -15,6 +15,8 @@ fn quant() -> Result<Quantiser, QuantError> {
         max_weight: 10_000,
         max_cohort: 10,
         scale: None,
+        levels: None,
+        bits: None,
         min_levels: confide_crypto::quant::DEFAULT_MIN_LEVELS,
     })
 }

@@ -9,7 +9,7 @@ use tonic::Code;
 use super::*;
 use crate::access::{Access, JoinLimiter};
 use crate::federation::Federation;
-use crate::federation::round::tests::{Res, honest, plaintext, start};
+use crate::federation::round::tests::{Res, honest, plaintext, start, wire};
 use crate::grpc::rate::SiteLimiter;
 
 fn handlers(fed: Arc<Federation>) -> Handlers {
@@ -100,7 +100,8 @@ async fn a_stalled_upload_loses_its_slot_and_none_outlives_the_stage() -> Res<()
     let r = start(s.clone(), &["a", "b", "c"]).await?;
     let (round, len) = (r.start.round, r.start.vector_len);
     let v = honest(&s, 0.25)?;
-    let half = confide_crypto::ring::to_le_bytes(&v[..v.len() / 2]);
+    // Whole bytes: a multiple of 8 elements.
+    let half = wire(&r.start, &v, 0..v.len() / 16 * 8);
 
     // a sends half its vector, then nothing: after 2 s it is cut off.
     let a = &r.sites[0].session;
@@ -127,11 +128,17 @@ async fn a_stalled_upload_loses_its_slot_and_none_outlives_the_stage() -> Res<()
     .await??;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let sender = tokio::spawn({
-        let (b, v) = (b.clone(), v.clone());
+        let (b, v, start) = (b.clone(), v.clone(), r.start.clone());
         async move {
-            for (i, x) in v.iter().enumerate() {
-                let data = confide_crypto::ring::to_le_bytes(std::slice::from_ref(x));
-                if tx.send(Ok(chunk(&b, round, i as u64, len, data))).is_err() {
+            // Eight elements (whole bytes at any width), then empty chunks.
+            for i in 0.. {
+                let data = if i == 0 {
+                    wire(&start, &v, 0..8)
+                } else {
+                    Vec::new()
+                };
+                let at = if i == 0 { 0 } else { 8 };
+                if tx.send(Ok(chunk(&b, round, at, len, data))).is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -166,15 +173,9 @@ async fn a_complete_stream_is_received_in_chunks() -> Res<()> {
     let v = honest(&s, 0.25)?;
     let a = &r.sites[0].session;
     let mut up = r.fed.begin_upload(a, None, round, len).await?;
-    let mid = v.len() / 2;
-    up.push(0, &confide_crypto::ring::to_le_bytes(&v[..mid]))?;
-    let rest = chunk(
-        a,
-        round,
-        mid as u64,
-        len,
-        confide_crypto::ring::to_le_bytes(&v[mid..]),
-    );
+    let mid = v.len() / 16 * 8;
+    up.push(0, &wire(&r.start, &v, 0..mid))?;
+    let rest = chunk(a, round, mid as u64, len, wire(&r.start, &v, mid..v.len()));
     let mut stream = tokio_stream::iter([Ok(rest)]);
     receive_chunks(&mut stream, &mut up, a, round, 2).await?;
     r.fed.finish_upload(a, None, up, None).await?;
@@ -236,7 +237,8 @@ async fn uploads_beyond_the_buffer_budget_spill_instead_of_waiting() -> Res<()> 
     s.limits.spill_dir = Some(spill.path().to_path_buf());
     let r = start(s.clone(), &["a", "b", "c"]).await?;
     let (round, len) = (r.start.round, r.start.vector_len);
-    let bytes = confide_crypto::ring::to_le_bytes(&honest(&s, 0.25)?);
+    let v = honest(&s, 0.25)?;
+    let bytes = wire(&r.start, &v, 0..v.len());
     let mut ups = Vec::new();
     for site in &r.sites {
         let up = tokio::time::timeout(
@@ -295,7 +297,8 @@ async fn a_decline_ends_the_wait_for_its_site_and_a_wrong_one_is_refused() -> Re
     let begun = tokio::time::Instant::now();
     for site in &r.sites[..2] {
         let mut up = r.fed.begin_upload(&site.session, None, round, len).await?;
-        up.push(0, &confide_crypto::ring::to_le_bytes(&honest(&s, 0.25)?))?;
+        let v = honest(&s, 0.25)?;
+        up.push(0, &wire(&r.start, &v, 0..v.len()))?;
         r.fed.finish_upload(&site.session, None, up, None).await?;
     }
     h.decline(decline(&c, round)).await?;
