@@ -23,6 +23,7 @@ pub mod round;
 pub mod scheduler;
 mod spill;
 mod sum;
+mod upload;
 pub mod watch;
 
 use std::collections::{BTreeSet, HashMap};
@@ -48,10 +49,11 @@ pub use liveness::TaskStream;
 use outcome::{Context, Evaluation, Outcome, OutcomeError};
 use registry::Registry;
 pub use registry::SessionInfo;
-pub use round::Upload;
-use round::{ActiveRound, SiteMessage, UploadSlots, task};
+use round::{ActiveRound, SiteMessage, task};
 pub use scheduler::RoundKind;
 use scheduler::{PlanError, Progress};
+pub use upload::Upload;
+use upload::UploadSlots;
 
 /// The current time on tokio's clock (virtual under a paused test runtime).
 fn clock() -> Instant {
@@ -504,7 +506,7 @@ impl Federation {
                 // Plaintext rounds take the vector whole (local experiments).
                 let vector = data
                     .into_vec()
-                    .map_err(|e| round::spill_error(&self.settings.limits.spill_dir(), e))?;
+                    .map_err(|e| upload::spill_error(&self.settings.limits.spill_dir(), e))?;
                 r.deliver(member, SiteMessage::Input { vector, masking }, now)?;
                 return Ok(None);
             }

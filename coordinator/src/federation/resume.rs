@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 use tracing::info;
 
 use super::registry::Registry;
-use super::round::UploadSlots;
+use super::upload::UploadSlots;
 use super::{Federation, Inner};
 use crate::checkpoint::CheckpointStore;
 use crate::error::CoordinatorError;

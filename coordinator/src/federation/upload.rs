@@ -1,0 +1,247 @@
+//! Masked-input uploads between their stream and the sum: slots, the
+//! memory budget, each member's one open stream, and the upload itself
+//! (in memory or spilled, `spill.rs`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use confide_crypto::MemberId;
+use confide_proto::layout::Packing;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::spill::{UploadBuf, UploadData};
+use crate::error::RequestError;
+
+/// The coordinator's upload capacity: at most `max_concurrent_uploads`
+/// slots, the memory budget `upload_buffer_mib` (an upload that does not
+/// fit in what is left spills), and which member of which round has a
+/// stream open, so that a member uploads through one stream at a time.
+pub struct UploadSlots {
+    permits: Arc<Semaphore>,
+    /// The buffer budget in MiB units.
+    mib: Arc<Semaphore>,
+    budget_mib: u32,
+    open: Arc<Mutex<BTreeSet<(u64, MemberId)>>>,
+    in_use: Gauge,
+}
+
+impl UploadSlots {
+    /// `slots` uploads may be buffered at once within `budget_mib` MiB;
+    /// `in_use` counts the taken slots.
+    pub fn new(slots: usize, budget_mib: u32, in_use: Gauge) -> Self {
+        UploadSlots {
+            permits: Arc::new(Semaphore::new(slots)),
+            mib: Arc::new(Semaphore::new(budget_mib as usize)),
+            budget_mib,
+            open: Arc::default(),
+            in_use,
+        }
+    }
+
+    /// Claims `member`'s stream of `round` until the returned claim drops;
+    /// refused while another stream of the member is open (the first one is
+    /// left alone). The caller checks under the federation's lock that the
+    /// member has not already submitted, and keeps the claim until its
+    /// vector is in the sum, so no second vector slips in between.
+    pub(super) fn claim(&self, round: u64, member: MemberId) -> Result<UploadClaim, RequestError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if !open.insert((round, member)) {
+            return Err(RequestError::UploadInProgress(member));
+        }
+        Ok(UploadClaim {
+            open: self.open.clone(),
+            key: (round, member),
+        })
+    }
+
+    /// Waits until `deadline` (the masked-input stage's: a slot that frees
+    /// later is of no use to this upload) for a free slot, then takes
+    /// `bytes` of the memory budget if that much is left; otherwise the
+    /// upload is to spill (`spill.rs`) instead of waiting for memory.
+    pub(super) async fn slot(
+        &self,
+        round: u64,
+        bytes: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<SlotPermit, RequestError> {
+        let units = bytes.div_ceil(1 << 20).max(1);
+        let permit =
+            match tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(RequestError::ShuttingDown),
+                Err(_) => return Err(RequestError::UploadSlotTimeout { round }),
+            };
+        let budget = u32::try_from(units)
+            .ok()
+            .filter(|&u| u <= self.budget_mib)
+            .and_then(|u| self.mib.clone().try_acquire_many_owned(u).ok());
+        self.in_use.inc();
+        Ok(SlotPermit {
+            _permit: permit,
+            budget,
+            in_use: self.in_use.clone(),
+        })
+    }
+}
+
+/// A taken upload slot, counted in the `upload_slots_in_use` gauge until
+/// it is dropped.
+pub(super) struct SlotPermit {
+    _permit: OwnedSemaphorePermit,
+    /// Memory budget held; none: the upload spills.
+    budget: Option<OwnedSemaphorePermit>,
+    in_use: Gauge,
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        self.in_use.dec();
+    }
+}
+
+/// A member's open upload stream; released on drop, whether the vector
+/// went into the sum or the stream failed (so an honest retry may follow).
+pub(super) struct UploadClaim {
+    open: Arc<Mutex<BTreeSet<(u64, MemberId)>>>,
+    key: (u64, MemberId),
+}
+
+impl Drop for UploadClaim {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.remove(&self.key);
+    }
+}
+
+/// What an upload holds until its vector is in the sum: the slot and the
+/// member's claim.
+pub(super) struct UploadHold {
+    _permit: SlotPermit,
+    _claim: UploadClaim,
+}
+
+/// A masked-input upload in progress: bounded by an upload slot, by the
+/// round's vector length and by the stage deadline; its bytes wait in
+/// memory within the buffer budget, or in a spill file (`spill.rs`).
+pub struct Upload {
+    pub(super) round: u64,
+    pub(super) member: MemberId,
+    total: usize,
+    packing: Packing,
+    deadline: tokio::time::Instant,
+    buf: UploadBuf,
+    spill_dir: PathBuf,
+    hold: UploadHold,
+}
+
+impl Upload {
+    /// An empty upload of `total` elements in the wire form `packing`,
+    /// due by `deadline`; in memory if `permit` holds budget, else spilled
+    /// to a file in `spill_dir`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        round: u64,
+        member: MemberId,
+        total: usize,
+        packing: Packing,
+        deadline: tokio::time::Instant,
+        permit: SlotPermit,
+        claim: UploadClaim,
+        spill_dir: &Path,
+    ) -> Result<Self, RequestError> {
+        let buf = if permit.budget.is_some() {
+            UploadBuf::memory(packing.total_bytes())
+        } else {
+            UploadBuf::spill(spill_dir).map_err(|e| spill_error(spill_dir, e))?
+        };
+        Ok(Upload {
+            round,
+            member,
+            total,
+            packing,
+            deadline,
+            buf,
+            spill_dir: spill_dir.to_path_buf(),
+            hold: UploadHold {
+                _permit: permit,
+                _claim: claim,
+            },
+        })
+    }
+
+    /// When the masked-input stage closes: the stream must be complete by then.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.deadline
+    }
+
+    /// Elements received so far, of [`Self::elements`].
+    pub fn received(&self) -> usize {
+        self.packing
+            .elements_at(usize::try_from(self.buf.len()).unwrap_or(usize::MAX))
+            .unwrap_or(0)
+    }
+
+    /// Elements of the whole vector.
+    pub fn elements(&self) -> usize {
+        self.total
+    }
+
+    /// Whether the upload waits on disk rather than in memory.
+    pub fn spilled(&self) -> bool {
+        self.buf.spilled()
+    }
+
+    /// Append one chunk; `offset` counts elements and must continue the stream.
+    pub fn push(&mut self, offset: u64, data: &[u8]) -> Result<(), RequestError> {
+        let have = self.received();
+        if offset != have as u64 {
+            return Err(RequestError::ChunkOffset {
+                offset,
+                expected: have as u64,
+            });
+        }
+        // A chunk ends on a whole element and byte ([`Packing::chunks`]).
+        let end = usize::try_from(self.buf.len())
+            .unwrap_or(usize::MAX)
+            .saturating_add(data.len());
+        if self.packing.elements_at(end).is_none() {
+            return Err(RequestError::ChunkSize {
+                bytes: data.len(),
+                offset,
+                elements: self.total,
+                expected: self.packing.total_bytes(),
+                bits: self.packing.bits(),
+            });
+        }
+        self.buf
+            .push(data)
+            .map_err(|e| spill_error(&self.spill_dir, e))
+    }
+
+    /// The whole vector and what the upload holds, or why the stream is incomplete.
+    pub(super) fn into_data(self) -> Result<(UploadData, UploadHold), RequestError> {
+        if self.buf.len() != self.packing.total_bytes() as u64 {
+            return Err(RequestError::Truncated {
+                received: usize::try_from(self.buf.len()).unwrap_or(usize::MAX),
+                expected: self.packing.total_bytes(),
+                elements: self.total,
+                bits: self.packing.bits(),
+            });
+        }
+        let data = self
+            .buf
+            .finish()
+            .map_err(|e| spill_error(&self.spill_dir, e))?;
+        Ok((data, self.hold))
+    }
+}
+
+/// A spill file's I/O error as the site sees it.
+pub(super) fn spill_error(dir: &Path, e: std::io::Error) -> RequestError {
+    RequestError::Spill {
+        dir: dir.display().to_string(),
+        reason: e.to_string(),
+    }
+}
