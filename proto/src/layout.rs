@@ -210,6 +210,21 @@ impl Metrics {
         [self.correct, self.examples, self.loss_milli]
     }
 
+    /// The slots one site encodes, each slot within `±bound` (the
+    /// quantiser's per-site extra bound). The summed loss saturates at the
+    /// bound: it is a metric only, and a large loss (a diverging model,
+    /// many held-out rows at a high cohort bound) must not make the site
+    /// withhold its update; it then reads as at least the bound, never as
+    /// better. Counts beyond the bound stay an error.
+    pub fn slots_within(&self, bound: i64) -> [i64; EXTRA_SLOTS] {
+        let bound = bound.max(0);
+        [
+            self.correct,
+            self.examples,
+            self.loss_milli.clamp(-bound, bound),
+        ]
+    }
+
     /// Reads the slots of a decoded sum; `None` when there are too few.
     pub fn from_slots(slots: &[i64]) -> Option<Self> {
         match slots {
@@ -251,7 +266,9 @@ pub fn train_vector<R: RingElement>(
     rng: &mut impl CryptoRng,
 ) -> Result<Vec<R>, LayoutError> {
     check_finite(delta)?;
-    let extras = metrics.map(|m| m.slots()).unwrap_or_default();
+    let extras = metrics
+        .map(|m| m.slots_within(q.extra_bound()))
+        .unwrap_or_default();
     Ok(q.encode::<R>(delta, weight, &extras, rng)?)
 }
 
@@ -261,7 +278,7 @@ pub fn eval_vector<R: RingElement>(
     metrics: Metrics,
     rng: &mut impl CryptoRng,
 ) -> Result<Vec<R>, LayoutError> {
-    Ok(q.encode::<R>(&[], 1, &metrics.slots(), rng)?)
+    Ok(q.encode::<R>(&[], 1, &metrics.slots_within(q.extra_bound()), rng)?)
 }
 
 /// STATISTICS: `[Σx·2^b…, Σx²·2^b…, n]` in the u64 ring.

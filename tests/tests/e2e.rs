@@ -94,8 +94,11 @@ async fn a_secure_round_uploads_three_bytes_per_parameter_at_24_bits() -> Result
     s.final_evaluation = false;
     s.model.kind = confide_proto::model::ModelKind::Mlp;
     // Large enough that the other stages' messages (keys, shares,
-    // signatures: about 600 bytes a site) weigh under 0.1 B/param.
-    s.model.hidden = vec![256];
+    // signatures: about 600 bytes a site) weigh under 0.1 B/param. At this
+    // width a site's summed held-out loss once overflowed its metric slot
+    // under the cohort bound of 100 and every site withheld its update;
+    // the loss now saturates at the slot's bound.
+    s.model.hidden = vec![512];
     assert_eq!(s.quantiser(s.ring)?.bits(), 24);
     let params = confide_coordinator::federation::initial_model(&s)?.num_params();
     let r = run_federation(s, &data, None).await?;

@@ -59,6 +59,27 @@ fn non_finite_updates_are_refused_with_their_index() -> Result<(), LayoutError> 
     Ok(())
 }
 
+/// A loss too large for its slot saturates at the slot's bound (the site
+/// still contributes its update); counts beyond the bound stay an error.
+#[test]
+fn a_loss_beyond_its_slot_saturates_and_the_update_still_goes()
+-> Result<(), Box<dyn std::error::Error>> {
+    let q = quantiser(Ring::U32)?;
+    let bound = q.extra_bound();
+    let mut rng = rand::rng();
+    let huge = Metrics::new(3, 4, bound as f64);
+    let v: Vec<u32> = train_vector(&q, &[0.5], 2, Some(huge), &mut rng)?;
+    let d = decode_sum(&q, &RingVec::from(v), 1, 1)?;
+    assert!((d.mean[0] - 0.5).abs() < 1e-3, "{:?}", d.mean);
+    let m = d.metrics.ok_or("metrics")?;
+    assert_eq!(m.slots(), [3, 4, bound]);
+    let e: Vec<u32> = eval_vector(&q, Metrics::new(1, 2, f64::INFINITY), &mut rng)?;
+    assert_eq!(e[3] as i64, bound);
+    let too_many = Metrics::new(1, bound as u64 + 1, 0.5);
+    assert!(train_vector::<u32>(&q, &[0.5], 2, Some(too_many), &mut rng).is_err());
+    Ok(())
+}
+
 /// What one site encodes, the coordinator decodes from the cohort's sum.
 #[test]
 fn a_summed_cohort_decodes_to_its_weighted_mean_and_metrics()
