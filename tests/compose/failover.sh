@@ -84,8 +84,10 @@ fi
 docker image inspect "$CONFIDE_IMAGE" >/dev/null || fail "no image $CONFIDE_IMAGE (deploy/build-offline-image.sh)"
 
 log "scenario 3: SeaweedFS + 2 coordinators + 3 hospitals (project $P)"
-timeout "$UP_TIMEOUT" "${DC[@]}" -p "$P" "${F[@]}" up -d --no-build \
-  || fail "docker compose up did not finish within $UP_TIMEOUT s"
+# The coordinators first: the standby checks below must not race a
+# federation that could finish while compose is still creating containers.
+timeout "$UP_TIMEOUT" "${DC[@]}" -p "$P" "${F[@]}" up -d --no-build coordinator coordinator-2 \
+  || fail "docker compose up (coordinators) did not finish within $UP_TIMEOUT s"
 A=$(container_of coordinator)
 B=$(container_of coordinator-2)
 [[ -n $A && -n $B ]] || fail "coordinator containers missing"
@@ -95,6 +97,8 @@ wait_for "$B" "standby: another coordinator is active" 60 || fail "coordinator-2
 B_HEALTH=$(docker exec "$B" confide health --ca /certs/ca.pem 2>&1 || true)
 [[ $B_HEALTH == *"not serving"* ]] || fail "the standby's health check should fail as not serving, got: $B_HEALTH"
 log "PASS coordinator holds the lease; coordinator-2 is the standby (health: ${B_HEALTH##*: })"
+timeout "$UP_TIMEOUT" "${DC[@]}" -p "$P" "${F[@]}" up -d --no-build \
+  || fail "docker compose up (hospitals) did not finish within $UP_TIMEOUT s"
 
 # Kill the active coordinator inside a round, once $KILL_AFTER checkpoints exist.
 until_kill=$(($(date +%s) + RUN_TIMEOUT))
