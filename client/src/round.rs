@@ -94,7 +94,7 @@ struct Round {
     kind: v1::RoundKind,
     cfg: RoundConfig,
     phase: Phase,
-    global: Option<Model>,
+    global: Option<Arc<Model>>,
     started: Instant,
     stage_started: Instant,
     /// This site's time per acknowledged stage; also tells whether its

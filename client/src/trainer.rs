@@ -96,8 +96,9 @@ pub(crate) struct Learn {
     pub quantiser: Quantiser,
     /// The announced training configuration (model, hyper-parameters).
     pub training: v1::TrainingConfig,
-    /// The round's global model.
-    pub global: Model,
+    /// The round's global model (shared with the round: at 10⁶ parameters
+    /// a copy per job is 4 MB per site per round).
+    pub global: std::sync::Arc<Model>,
     /// The federation's feature standardisation, if announced.
     pub standardiser: Option<Standardiser>,
     /// Evaluate the global model on the held-out rows.

@@ -147,18 +147,20 @@ impl RoundDriver {
             }
             return Ok(names);
         }
-        let relayed = |m: u32| {
-            c.masking
-                .iter()
-                .filter_map(|x| x.set.as_ref().map(|set| (set, x)))
-                .find(|(set, _)| set.member == m)
-                .map(|(_, x)| name_of(&x.site, &x.verifying_key))
-        };
+        // By member, once: a linear search per survivor is O(n²) at n = 1000.
+        let relayed: std::collections::HashMap<u32, &v1::RelayedMaskingSet> = c
+            .masking
+            .iter()
+            .filter_map(|x| x.set.as_ref().map(|set| (set.member, x)))
+            .collect();
         Ok(c.survivors
             .iter()
             .map(|&m| match verified_names(r, me, &[m]) {
                 Ok(n) => n.into_iter().next().unwrap_or_default(),
-                Err(_) => relayed(m).unwrap_or_else(|| format!("member:{m}")),
+                Err(_) => relayed.get(&m).map_or_else(
+                    || format!("member:{m}"),
+                    |x| name_of(&x.site, &x.verifying_key),
+                ),
             })
             .collect())
     }

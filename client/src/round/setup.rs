@@ -66,7 +66,7 @@ impl RoundDriver {
                 wire::train_len(model.num_params())
             )));
         }
-        r.global = Some(model);
+        r.global = Some(std::sync::Arc::new(model));
         self.kick_off()
     }
 
