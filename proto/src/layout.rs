@@ -454,7 +454,7 @@ pub fn masked_input_chunks<R: RingElement>(
         round,
         offset: 0,
         total_len,
-        data: Vec::new(),
+        data: Default::default(),
         masking: masking.map(convert::masking_set_to_proto),
     };
     std::iter::once(header)
@@ -467,7 +467,7 @@ pub fn masked_input_chunks<R: RingElement>(
                     round,
                     offset: r.start as u64,
                     total_len,
-                    data: packing.encode(v, r),
+                    data: packing.encode(v, r).into(),
                     masking: None,
                 }),
         )

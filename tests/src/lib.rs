@@ -238,7 +238,7 @@ pub fn chunks(session: &str, round: u64, v: &[u32]) -> Vec<pb::MaskedInputChunk>
             round,
             offset: (i * per) as u64,
             total_len: v.len() as u64,
-            data: to_le_bytes(c),
+            data: to_le_bytes(c).into(),
             masking: None,
         });
     }
@@ -248,7 +248,7 @@ pub fn chunks(session: &str, round: u64, v: &[u32]) -> Vec<pb::MaskedInputChunk>
             round,
             offset: 0,
             total_len: 0,
-            data: vec![],
+            data: Default::default(),
             masking: None,
         });
     }

@@ -139,27 +139,39 @@ pub fn unpack_add<R: RingElement>(acc: &mut [R], bytes: &[u8], bits: u32) -> Res
         });
     }
     let m = mask(bits);
-    let mut buf: u128 = 0;
-    let mut n: u32 = 0;
-    let mut pos = 0;
-    for a in acc.iter_mut() {
-        while n < bits {
-            if let Some(word) = bytes.get(pos..pos + 8) {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(word);
-                buf |= u128::from(u64::from_le_bytes(w)) << n;
-                pos += 8;
-                n += 64;
-            } else {
-                // The length check above guarantees the bytes exist.
-                buf |= u128::from(bytes.get(pos).copied().unwrap_or(0)) << n;
-                pos += 1;
-                n += 8;
-            }
+    let b = bits as usize;
+    // Each element from the 8 bytes at its first byte, shifted: one
+    // unaligned load per element instead of a bit buffer refilled in a
+    // loop (this add is the coordinator's per-upload work). It holds the
+    // element whole while `bits + 7 ≤ 64` and the 8 bytes exist.
+    let fast = if b <= 57 && bytes.len() >= 8 {
+        ((bytes.len() - 8) * 8 / b + 1).min(acc.len())
+    } else {
+        0
+    };
+    let (head, rest) = acc.split_at_mut(fast);
+    for (i, a) in head.iter_mut().enumerate() {
+        let bit = i * b;
+        let at = bit / 8;
+        if let Some(word) = bytes.get(at..at + 8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            *a = a.wrapping_add(R::from_u64((u64::from_le_bytes(w) >> (bit % 8)) & m));
         }
-        *a = a.wrapping_add(R::from_u64(buf as u64 & m));
-        buf >>= bits;
-        n -= bits;
+    }
+    // The last few elements (and every element at more than 57 bits): up to
+    // 16 bytes, zero-padded past the end.
+    for (i, a) in rest.iter_mut().enumerate() {
+        let bit = (fast + i) * b;
+        let at = bit / 8;
+        let have = bytes.len().saturating_sub(at).min(16);
+        let mut w = [0u8; 16];
+        if let Some(src) = bytes.get(at..at + have) {
+            w[..have].copy_from_slice(src);
+        }
+        *a = a.wrapping_add(R::from_u64(
+            (u128::from_le_bytes(w) >> (bit % 8)) as u64 & m,
+        ));
     }
     Ok(())
 }

@@ -87,7 +87,7 @@ fn chunk(
         round,
         offset,
         total_len,
-        data,
+        data: data.into(),
         masking: None,
     }
 }
