@@ -423,11 +423,11 @@ impl Federation {
         );
         self.metrics
             .round_recorded(kind, &rec, applied.err().map(|(_, r)| r), rebuilt);
-        let end = task(pb::task::Kind::RoundEnd(pb::RoundEnd {
+        let end = std::sync::Arc::new(task(pb::task::Kind::RoundEnd(pb::RoundEnd {
             round: rec.round,
             success: ok,
             message: rec.message.clone(),
-        }));
+        })));
         let (save, model_after) = {
             let mut g = self.lock();
             for name in active.names.values() {

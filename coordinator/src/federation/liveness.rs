@@ -20,12 +20,13 @@ use confide_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tracing::info;
 
+use super::registry::SharedTask;
 use super::{Federation, clock};
 
 /// A site's task stream as served to it; tells the federation when it ends.
 #[derive(Debug)]
 pub struct TaskStream {
-    rx: mpsc::UnboundedReceiver<pb::Task>,
+    rx: mpsc::UnboundedReceiver<SharedTask>,
     fed: Weak<Federation>,
     site: String,
     stream: u64,
@@ -33,7 +34,7 @@ pub struct TaskStream {
 
 impl TaskStream {
     pub(super) fn new(
-        rx: mpsc::UnboundedReceiver<pb::Task>,
+        rx: mpsc::UnboundedReceiver<SharedTask>,
         fed: &Arc<Federation>,
         site: String,
         stream: u64,
@@ -50,12 +51,12 @@ impl TaskStream {
 impl TaskStream {
     /// The next task (for in-process callers such as tests).
     pub async fn recv(&mut self) -> Option<pb::Task> {
-        self.rx.recv().await
+        self.rx.recv().await.map(Arc::unwrap_or_clone)
     }
 
     /// The next task if one is queued.
     pub fn try_recv(&mut self) -> Result<pb::Task, mpsc::error::TryRecvError> {
-        self.rx.try_recv()
+        self.rx.try_recv().map(Arc::unwrap_or_clone)
     }
 }
 
@@ -63,7 +64,8 @@ impl tokio_stream::Stream for TaskStream {
     type Item = pb::Task;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<pb::Task>> {
-        self.rx.poll_recv(cx)
+        // The owned copy lives only until gRPC has encoded it.
+        self.rx.poll_recv(cx).map(|t| t.map(Arc::unwrap_or_clone))
     }
 }
 

@@ -545,7 +545,7 @@ impl Federation {
     pub fn send_done(&self) {
         let g = self.lock();
         g.registry
-            .broadcast(&task(pb::task::Kind::Done(pb::FederationDone {
+            .broadcast(task(pb::task::Kind::Done(pb::FederationDone {
                 rounds: g.completed,
             })));
     }

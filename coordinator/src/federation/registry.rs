@@ -2,6 +2,7 @@
 //! checks that need no round state live here too.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use confide_crypto::MemberId;
 use confide_proto::v1 as pb;
@@ -9,6 +10,12 @@ use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::error::RequestError;
+
+/// A task as queued and kept for replay: one allocation however many sites
+/// it goes to (a consistency request at n = 1000 is about a megabyte, the
+/// same for every survivor), copied into an owned message only as a
+/// stream hands it to gRPC.
+pub type SharedTask = Arc<pb::Task>;
 
 /// Longest verifying key of any suite (SEC1 uncompressed P-521).
 const MAX_VERIFYING_KEY: usize = 133;
@@ -26,7 +33,7 @@ struct SiteEntry {
     member: MemberId,
     session: String,
     verifying_key: Vec<u8>,
-    tx: Option<mpsc::UnboundedSender<pb::Task>>,
+    tx: Option<mpsc::UnboundedSender<SharedTask>>,
     /// Which of the site's streams `tx` is (a closed older one must not
     /// count as the site leaving).
     stream: u64,
@@ -146,7 +153,7 @@ impl Registry {
 
     /// Make `tx` the site's task stream (replacing an older one); returns
     /// the stream's number for [`Registry::is_current_stream`].
-    pub fn set_stream(&mut self, site: &str, tx: mpsc::UnboundedSender<pb::Task>) -> u64 {
+    pub fn set_stream(&mut self, site: &str, tx: mpsc::UnboundedSender<SharedTask>) -> u64 {
         self.streams_opened += 1;
         let n = self.streams_opened;
         if let Some(e) = self.sites.get_mut(site) {
@@ -167,7 +174,7 @@ impl Registry {
 
     /// Queue `task` on the site's stream, if it has one. A stream that has
     /// gone is not an error: the task is replayed when the site reconnects.
-    pub fn send(&self, site: &str, task: pb::Task) {
+    pub fn send(&self, site: &str, task: SharedTask) {
         if let Some(tx) = self.sites.get(site).and_then(|e| e.tx.as_ref()) {
             let _ = tx.send(task);
         }
@@ -191,7 +198,8 @@ impl Registry {
     }
 
     /// Queue `task` on every stream.
-    pub fn broadcast(&self, task: &pb::Task) {
+    pub fn broadcast(&self, task: pb::Task) {
+        let task = Arc::new(task);
         for e in self.sites.values() {
             if let Some(tx) = &e.tx {
                 let _ = tx.send(task.clone());

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use confide_crypto::protocol::{AnyCoordinator, AnyOutput, AnyRoundResult, AnyUnmaskJob};
 use confide_crypto::protocol::{
-    KeyAdvert, MaskingSet, ShareBundle, SurvivorSignature, UnmaskResponse,
+    ConsistencyRequest, KeyAdvert, MaskingSet, ShareBundle, SurvivorSignature, UnmaskRequest,
+    UnmaskResponse,
 };
 use confide_crypto::{MemberId, ProtocolError, Stage};
 use confide_proto::convert;
@@ -19,7 +20,7 @@ use confide_proto::model::ModelImage;
 use confide_proto::v1 as pb;
 use tracing::{info, warn};
 
-use super::registry::{Registry, SessionInfo};
+use super::registry::{Registry, SessionInfo, SharedTask};
 use super::scheduler::RoundKind;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
@@ -28,6 +29,25 @@ use crate::transcript::StageRecord;
 /// Wraps a task kind.
 pub fn task(kind: pb::task::Kind) -> pb::Task {
     pb::Task { kind: Some(kind) }
+}
+
+/// The task for `msg` with its encoded length: the cached one when `msg`
+/// equals the last message converted, else `build(msg)`, now cached.
+fn shared<M: PartialEq>(
+    cache: &mut Option<(M, SharedTask, u64)>,
+    msg: M,
+    build: impl FnOnce(&M) -> pb::Task,
+) -> (SharedTask, u64) {
+    if let Some((m, t, len)) = cache.as_ref()
+        && *m == msg
+    {
+        return (t.clone(), *len);
+    }
+    let t = build(&msg);
+    let len = prost::Message::encoded_len(&t) as u64;
+    let t = Arc::new(t);
+    *cache = Some((msg, t.clone(), len));
+    (t, len)
 }
 
 /// A site's stage message, converted from the wire.
@@ -119,7 +139,7 @@ pub struct ActiveRound {
     pub bytes_out: u64,
     /// Every task sent to each member this round, replayed when its stream
     /// reconnects (sites ignore what they already handled).
-    pub sent: BTreeMap<MemberId, Vec<pb::Task>>,
+    pub sent: BTreeMap<MemberId, Vec<SharedTask>>,
     /// Sites the machine found faulty, and why.
     pub blamed: Vec<(String, String)>,
     /// Sites that declined the round (`federation/decline.rs`), and why.
@@ -210,7 +230,14 @@ impl ActiveRound {
 
     /// Send `t` to `to` (and remember it for a replay).
     pub fn send(&mut self, registry: &Registry, to: MemberId, t: pb::Task) {
-        self.bytes_out += prost::Message::encoded_len(&t) as u64;
+        let len = prost::Message::encoded_len(&t) as u64;
+        self.send_shared(registry, to, Arc::new(t), len);
+    }
+
+    /// [`Self::send`] of a task shared with other members; `len` is its
+    /// encoded length.
+    fn send_shared(&mut self, registry: &Registry, to: MemberId, t: SharedTask, len: u64) {
+        self.bytes_out += len;
         self.sent.entry(to).or_default().push(t.clone());
         if let Some(name) = self.names.get(&to) {
             registry.send(name, t);
@@ -310,6 +337,11 @@ impl ActiveRound {
     /// Drain the machine's outputs at `now`: send tasks, record stage
     /// closures and the result.
     pub fn pump(&mut self, registry: &Registry, now: Instant) {
+        // The machine sends every survivor the same consistency and unmask
+        // requests: each converted once and shared by all (a consistency
+        // request holds every survivor's masking set, O(n·k) bytes).
+        let mut consistency: Option<(ConsistencyRequest, SharedTask, u64)> = None;
+        let mut unmask: Option<(UnmaskRequest, SharedTask, u64)> = None;
         while let Some(o) = self.machine.poll_output() {
             match o {
                 AnyOutput::NeighbourKeys { to, msg } => {
@@ -326,15 +358,22 @@ impl ActiveRound {
                 AnyOutput::ConsistencyRequest { to, msg } => {
                     // Masking sets and signatures travel with their signer's
                     // site and certificate, like adverts.
-                    let req = convert::consistency_request_with_certificates(&msg, |m| {
-                        self.relayed.get(&m)
+                    let (t, len) = shared(&mut consistency, msg, |msg| {
+                        let req = convert::consistency_request_with_certificates(msg, |m| {
+                            self.relayed.get(&m)
+                        });
+                        task(pb::task::Kind::ConsistencyRequest(req))
                     });
-                    self.send(registry, to, task(pb::task::Kind::ConsistencyRequest(req)));
+                    self.send_shared(registry, to, t, len);
                 }
                 AnyOutput::UnmaskRequest { to, msg } => {
-                    let req =
-                        convert::unmask_request_with_certificates(&msg, |m| self.relayed.get(&m));
-                    self.send(registry, to, task(pb::task::Kind::UnmaskRequest(req)));
+                    let (t, len) = shared(&mut unmask, msg, |msg| {
+                        let req = convert::unmask_request_with_certificates(msg, |m| {
+                            self.relayed.get(&m)
+                        });
+                        task(pb::task::Kind::UnmaskRequest(req))
+                    });
+                    self.send_shared(registry, to, t, len);
                 }
                 AnyOutput::StageClosed {
                     stage,
