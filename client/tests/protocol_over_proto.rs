@@ -219,7 +219,7 @@ fn run_round<R: RingElement>(
                     let back = convert::consistency_request_from_proto(&wire(
                         &convert::consistency_request_to_proto(&msg),
                     )?)?;
-                    assert_eq!(back, msg);
+                    assert_eq!(back, *msg);
                     if let Some(s) = sites.get_mut(&to).filter(|_| vanish != Some(to)) {
                         s.handle_consistency_request(back)?;
                     }
@@ -228,7 +228,7 @@ fn run_round<R: RingElement>(
                     let back = convert::unmask_request_from_proto(&wire(
                         &convert::unmask_request_to_proto(&msg),
                     )?)?;
-                    assert_eq!(back, msg);
+                    assert_eq!(back, *msg);
                     if let Some(s) = sites.get_mut(&to).filter(|_| vanish != Some(to)) {
                         s.handle_unmask_request(back)?;
                     }

@@ -125,11 +125,12 @@ fn consistency(c: &mut Criterion) {
                             continue;
                         };
                         if to == 2 {
-                            request = Some(msg);
+                            request = Some(std::sync::Arc::unwrap_or_clone(msg));
                             continue;
                         }
                         let site = s.site(to).expect("site");
-                        site.handle_consistency_request(msg).expect("sign");
+                        site.handle_consistency_request(std::sync::Arc::unwrap_or_clone(msg))
+                            .expect("sign");
                         if let Some(SiteOutput::Consistency(g)) = site.poll_output() {
                             signatures.push(g);
                         }

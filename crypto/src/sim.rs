@@ -261,13 +261,13 @@ impl Simulation {
                         to,
                         sites
                             .get_mut(&to)
-                            .map(|(s, _)| s.handle_consistency_request(msg)),
+                            .map(|(s, _)| s.handle_consistency_request(Arc::unwrap_or_clone(msg))),
                     ),
                     CoordinatorOutput::UnmaskRequest { to, msg } => (
                         to,
                         sites
                             .get_mut(&to)
-                            .map(|(s, _)| s.handle_unmask_request(msg)),
+                            .map(|(s, _)| s.handle_unmask_request(Arc::unwrap_or_clone(msg))),
                     ),
                     _ => continue,
                 };
@@ -497,7 +497,7 @@ impl<R: RingElement> Stepper<R> {
         for o in outputs {
             if let CoordinatorOutput::ConsistencyRequest { to, msg } = o {
                 let i = self.index(to)?;
-                self.sites[i].handle_consistency_request(msg)?;
+                self.sites[i].handle_consistency_request(Arc::unwrap_or_clone(msg))?;
                 while let Some(SiteOutput::Consistency(s)) = self.sites[i].poll_output() {
                     out.push(s);
                 }
@@ -539,7 +539,7 @@ impl<R: RingElement> Stepper<R> {
         for o in outputs {
             if let CoordinatorOutput::UnmaskRequest { to, msg } = o {
                 let i = self.index(to)?;
-                self.sites[i].handle_unmask_request(msg)?;
+                self.sites[i].handle_unmask_request(Arc::unwrap_or_clone(msg))?;
                 while let Some(SiteOutput::Unmask(u)) = self.sites[i].poll_output() {
                     out.push(u);
                 }

@@ -42,7 +42,9 @@ fn requests(outputs: Vec<CoordinatorOutput<u32>>) -> Vec<(MemberId, UnmaskReques
     outputs
         .into_iter()
         .filter_map(|o| match o {
-            CoordinatorOutput::UnmaskRequest { to, msg } => Some((to, msg)),
+            CoordinatorOutput::UnmaskRequest { to, msg } => {
+                Some((to, std::sync::Arc::unwrap_or_clone(msg)))
+            }
             _ => None,
         })
         .collect()

@@ -292,3 +292,55 @@ proptest! {
         }
     }
 }
+
+/// Every survivor's consistency request, and every signer's unmask request,
+/// is one shared allocation (the request holds every survivor's masking set:
+/// a copy per recipient is O(n²·k) bytes a round).
+#[test]
+fn fan_out_requests_are_one_allocation_for_all_recipients() -> Result<(), Box<dyn std::error::Error>>
+{
+    use confide_crypto::protocol::{CoordinatorOutput, RoundConfig};
+    use confide_crypto::ring::Ring;
+    let cfg = RoundConfig {
+        round: 1,
+        suite: Suite::Intl,
+        ring: Ring::U32,
+        cohort: (1..=5 as MemberId).collect(),
+        params: SecAggParams { k: 4, t: 3 },
+        graph_seed: [1u8; 32],
+        vector_len: 4,
+        min_survivors: 3,
+        max_colluders: 0,
+        context: [2; 32],
+    };
+    let mut r = Stepper::<u32>::new(cfg, 7)?;
+    let nk = r.advertise()?;
+    let sh = r.share(nk)?;
+    let masked = r.mask(sh, vec![Some(vec![1u32; 4]); 5])?;
+    let out = r.submit(&masked)?;
+    let requests: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            CoordinatorOutput::ConsistencyRequest { msg, .. } => Some(msg.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests.len(), 5);
+    assert!(
+        requests
+            .iter()
+            .all(|m| std::sync::Arc::ptr_eq(m, &requests[0]))
+    );
+    drop(requests);
+    let unmask: Vec<_> = r
+        .agree(out)?
+        .into_iter()
+        .filter_map(|o| match o {
+            CoordinatorOutput::UnmaskRequest { msg, .. } => Some(msg),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unmask.len(), 5);
+    assert!(unmask.iter().all(|m| std::sync::Arc::ptr_eq(m, &unmask[0])));
+    Ok(())
+}

@@ -528,13 +528,13 @@ impl CertRound {
                     Ok(CoordinatorOutput::NeighbourKeys { to, msg })
                 }
                 CoordinatorOutput::ConsistencyRequest { to, mut msg } => {
-                    for r in &mut msg.masking {
+                    for r in &mut std::sync::Arc::make_mut(&mut msg).masking {
                         r.identity = self.identity(r.set.member, &r.identity);
                     }
                     Ok(CoordinatorOutput::ConsistencyRequest { to, msg })
                 }
                 CoordinatorOutput::UnmaskRequest { to, mut msg } => {
-                    for r in &mut msg.signatures {
+                    for r in &mut std::sync::Arc::make_mut(&mut msg).signatures {
                         r.identity = self.identity(r.signature.member, &r.identity);
                     }
                     Ok(CoordinatorOutput::UnmaskRequest { to, msg })

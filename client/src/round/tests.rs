@@ -930,6 +930,7 @@ fn drive(
                 AnyOutput::ConsistencyRequest { .. } if h.until_consistency => return Ok(None),
                 AnyOutput::ConsistencyRequest { to, mut msg } => {
                     if let Some(gone) = h.drop_survivor {
+                        let msg = std::sync::Arc::make_mut(&mut msg);
                         msg.survivors.retain(|&m| m != gone);
                         msg.masking.retain(|r| r.set.member != gone);
                         if to == gone {

@@ -31,15 +31,16 @@ pub fn task(kind: pb::task::Kind) -> pb::Task {
     pb::Task { kind: Some(kind) }
 }
 
-/// The task for `msg` with its encoded length: the cached one when `msg`
-/// equals the last message converted, else `build(msg)`, now cached.
-fn shared<M: PartialEq>(
-    cache: &mut Option<(M, SharedTask, u64)>,
-    msg: M,
+/// The task for `msg` with its encoded length: the cached one when `msg` is
+/// the message last converted (the machine hands every recipient the same
+/// allocation), else `build(msg)`, now cached.
+fn shared<M>(
+    cache: &mut Option<(Arc<M>, SharedTask, u64)>,
+    msg: Arc<M>,
     build: impl FnOnce(&M) -> pb::Task,
 ) -> (SharedTask, u64) {
     if let Some((m, t, len)) = cache.as_ref()
-        && *m == msg
+        && Arc::ptr_eq(m, &msg)
     {
         return (t.clone(), *len);
     }
@@ -340,8 +341,8 @@ impl ActiveRound {
         // The machine sends every survivor the same consistency and unmask
         // requests: each converted once and shared by all (a consistency
         // request holds every survivor's masking set, O(n·k) bytes).
-        let mut consistency: Option<(ConsistencyRequest, SharedTask, u64)> = None;
-        let mut unmask: Option<(UnmaskRequest, SharedTask, u64)> = None;
+        let mut consistency: Option<(Arc<ConsistencyRequest>, SharedTask, u64)> = None;
+        let mut unmask: Option<(Arc<UnmaskRequest>, SharedTask, u64)> = None;
         while let Some(o) = self.machine.poll_output() {
             match o {
                 AnyOutput::NeighbourKeys { to, msg } => {

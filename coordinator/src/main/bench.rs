@@ -134,16 +134,6 @@ fn dataset(seed: u64) -> Result<Dataset> {
 /// fails (dropping a runtime inside an async context panics).
 struct SiteRuntime(Option<tokio::runtime::Runtime>);
 
-impl SiteRuntime {
-    fn handle(&self) -> tokio::runtime::Handle {
-        match &self.0 {
-            Some(rt) => rt.handle().clone(),
-            // Only `drop` takes the runtime.
-            None => tokio::runtime::Handle::current(),
-        }
-    }
-}
-
 impl Drop for SiteRuntime {
     fn drop(&mut self) {
         if let Some(rt) = self.0.take() {
@@ -402,15 +392,15 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     // run hundreds at once, each holding its model, update and upload (at
     // n = 1000, d = 10⁶ that filled 21.8 GB), for no gain on these cores.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let site_rt = SiteRuntime(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores)
-            .max_blocking_threads(cores)
-            .thread_name("bench-site")
-            .enable_all()
-            .build()
-            .context("starting the sites' runtime")?,
-    ));
+    let site_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .max_blocking_threads(cores)
+        .thread_name("bench-site")
+        .enable_all()
+        .build()
+        .context("starting the sites' runtime")?;
+    let spawner = site_rt.handle().clone();
+    let _site_rt = SiteRuntime(Some(site_rt));
     let mut sites = Vec::with_capacity(a.sites);
     for (i, name) in names.iter().enumerate() {
         let policy = confide_client::SitePolicy {
@@ -434,7 +424,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             });
         }
         let site = b.build()?;
-        sites.push(site_rt.handle().spawn(site.run(std::future::pending())));
+        sites.push(spawner.spawn(site.run(std::future::pending())));
     }
 
     let ck = root.join("checkpoints");

@@ -181,15 +181,15 @@ pub enum AnyOutput {
     ConsistencyRequest {
         /// Recipient.
         to: MemberId,
-        /// Message.
-        msg: ConsistencyRequest,
+        /// Message, shared by every survivor's output.
+        msg: std::sync::Arc<ConsistencyRequest>,
     },
     /// Ask a signer for its unmask shares.
     UnmaskRequest {
         /// Recipient.
         to: MemberId,
-        /// Message.
-        msg: UnmaskRequest,
+        /// Message, shared by every signer's output.
+        msg: std::sync::Arc<UnmaskRequest>,
     },
     /// A stage closed (for logs and metrics).
     StageClosed {

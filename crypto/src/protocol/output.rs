@@ -2,6 +2,8 @@
 //! and `PlainAggregator` so callers drain both the same way; defined apart
 //! from either so that neither imports the other.
 
+use std::sync::Arc;
+
 use super::{ConsistencyRequest, IncomingShares, MemberId, NeighbourKeys, Stage, UnmaskRequest};
 use crate::error::ProtocolError;
 
@@ -26,15 +28,16 @@ pub enum CoordinatorOutput<R> {
     ConsistencyRequest {
         /// Recipient.
         to: MemberId,
-        /// Message (the same for every survivor).
-        msg: ConsistencyRequest,
+        /// Message: one allocation shared by every survivor's output (it
+        /// holds every survivor's masking set, O(n·k)).
+        msg: Arc<ConsistencyRequest>,
     },
     /// Ask a signer for its unmask shares.
     UnmaskRequest {
         /// Recipient.
         to: MemberId,
-        /// Message.
-        msg: UnmaskRequest,
+        /// Message, shared by every signer's output.
+        msg: Arc<UnmaskRequest>,
     },
     /// A stage closed (for logs and metrics).
     StageClosed {

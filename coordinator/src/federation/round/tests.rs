@@ -253,3 +253,26 @@ async fn a_wrongly_sized_packed_upload_is_refused_naming_the_bytes() -> Res<()> 
     r.fed.finish_upload(a, None, up, None).await?;
     Ok(())
 }
+
+/// A request the machine hands every recipient as one allocation is
+/// converted once; another allocation is converted afresh, even if equal.
+#[test]
+fn a_shared_request_is_converted_once() {
+    let mut built = 0;
+    let mut cache = None;
+    let mut build = |m: &u64| {
+        built += 1;
+        super::task(pb::task::Kind::RoundEnd(pb::RoundEnd {
+            round: *m,
+            ..Default::default()
+        }))
+    };
+    let a = Arc::new(7u64);
+    let (t1, len) = super::shared(&mut cache, a.clone(), &mut build);
+    let (t2, _) = super::shared(&mut cache, a, &mut build);
+    assert!(Arc::ptr_eq(&t1, &t2));
+    assert!(len > 0);
+    let (t3, _) = super::shared(&mut cache, Arc::new(7u64), &mut build);
+    assert!(!Arc::ptr_eq(&t1, &t3));
+    assert_eq!(built, 2);
+}

@@ -173,13 +173,13 @@ fn run_any(
                     sites
                         .get_mut(&to)
                         .expect("site")
-                        .handle_consistency_request(msg)?;
+                        .handle_consistency_request(std::sync::Arc::unwrap_or_clone(msg))?;
                 }
                 AnyOutput::UnmaskRequest { to, msg } => {
                     sites
                         .get_mut(&to)
                         .expect("site")
-                        .handle_unmask_request(msg)?;
+                        .handle_unmask_request(std::sync::Arc::unwrap_or_clone(msg))?;
                 }
             }
         }

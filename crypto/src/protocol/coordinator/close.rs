@@ -213,11 +213,11 @@ impl<R: RingElement> CoordinatorMachine<R> {
                         return;
                     }
                 };
-                let msg = ConsistencyRequest {
+                let msg = std::sync::Arc::new(ConsistencyRequest {
                     round: self.cfg.round,
                     survivors,
                     masking: relayed,
-                };
+                });
                 for &u in &u3 {
                     self.out.push_back(CoordinatorOutput::ConsistencyRequest {
                         to: u,
@@ -262,11 +262,11 @@ impl<R: RingElement> CoordinatorMachine<R> {
                         signature,
                     })
                     .collect();
-                let msg = UnmaskRequest {
+                let msg = std::sync::Arc::new(UnmaskRequest {
                     round: self.cfg.round,
                     survivors: checked.survivors.iter().copied().collect(),
                     signatures: relayed,
-                };
+                });
                 for &u in &signers {
                     self.out.push_back(CoordinatorOutput::UnmaskRequest {
                         to: u,
