@@ -18,10 +18,11 @@
 //! Any failure is an [`IdentityVerifier`] error, on which the crypto
 //! `SiteMachine` leaves that neighbour out (it never gets a share, and the
 //! site names it in `rejected()`). A coordinator that substitutes a key
-//! therefore needs the CA's key too. Masking sets and survivor-set
-//! signatures are relayed with the same identity fields and checked the same
-//! way ([`consistency_request`], [`unmask_request`]). In insecure mode ([`verifier`] with no TLS files) the relayed key is
-//! trusted as is and a warning says so.
+//! therefore needs the CA's key too. Survivor-set signatures are relayed
+//! with the same identity fields and checked the same way
+//! ([`unmask_request`]); masking sets travel without identity, checked with
+//! the keys verified here. In insecure mode ([`verifier`] with no TLS files)
+//! the relayed key is trusted as is and a warning says so.
 //!
 //! ```
 //! use confide_client::identity::{parse_vk_uri, vk_uri};
@@ -36,9 +37,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use confide_crypto::protocol::{
-    ConsistencyRequest, IdentityVerifier, NeighbourKeys, UnmaskRequest,
-};
+use confide_crypto::protocol::{IdentityVerifier, NeighbourKeys, UnmaskRequest};
 use confide_crypto::suite::VerifyingKey;
 use confide_crypto::{MemberId, Suite};
 use confide_proto::crl::Crl;
@@ -98,22 +97,6 @@ pub fn neighbour_keys(
         // from_proto keeps the adverts in wire order.
         for (r, w) in msg.adverts.iter_mut().zip(&nk.adverts) {
             r.identity = identity_blob(w);
-        }
-    }
-    Ok(msg)
-}
-
-/// Wire → crypto for a ConsistencyRequest, with identities as in
-/// [`neighbour_keys`].
-pub fn consistency_request(
-    c: &v1::ConsistencyRequest,
-    authenticated: bool,
-) -> Result<ConsistencyRequest, ConvertError> {
-    let mut msg = convert::consistency_request_from_proto(c)?;
-    if authenticated {
-        // from_proto keeps the masking sets in wire order.
-        for (r, w) in msg.masking.iter_mut().zip(&c.masking) {
-            r.identity = relayed_identity_blob(&w.verifying_key, &w.certificate, &w.site);
         }
     }
     Ok(msg)

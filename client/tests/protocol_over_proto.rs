@@ -218,7 +218,7 @@ fn run_round<R: RingElement>(
                 CoordinatorOutput::ConsistencyRequest { to, msg } => {
                     let back = convert::consistency_request_from_proto(&wire(
                         &convert::consistency_request_to_proto(&msg),
-                    )?)?;
+                    )?);
                     assert_eq!(back, *msg);
                     if let Some(s) = sites.get_mut(&to).filter(|_| vanish != Some(to)) {
                         s.handle_consistency_request(back)?;

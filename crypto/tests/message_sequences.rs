@@ -277,8 +277,8 @@ proptest! {
                         shares: vec![EncryptedShare { from: a, to: b, ciphertext: bytes.clone() }] }),
                 2 => site.handle_input(bytes.iter().map(|&x| u32::from(x)).collect()),
                 3 => site.handle_consistency_request(ConsistencyRequest { round, survivors: vec![a, b],
-                        masking: vec![RelayedMaskingSet { set: MaskingSet { round, member: a,
-                            peers: vec![b], signature: bytes.clone() }, identity: bytes.clone() }] }),
+                        masking: vec![RelayedMaskingSet { member: a, unmasked: vec![b],
+                            signature: bytes.clone() }] }),
                 _ => site.handle_unmask_request(UnmaskRequest { round, survivors: vec![a],
                         signatures: Vec::new() }),
             };
@@ -342,5 +342,108 @@ fn fan_out_requests_are_one_allocation_for_all_recipients() -> Result<(), Box<dy
         .collect();
     assert_eq!(unmask.len(), 5);
     assert!(unmask.iter().all(|m| std::sync::Arc::ptr_eq(m, &unmask[0])));
+    Ok(())
+}
+
+/// The consistency request relays each masking set as the neighbours its
+/// member did *not* mask with — after a dropout at masked input, nobody —
+/// so it grows with refused and early-dropped edges, not with n·k. A
+/// neighbour's set altered in transit is caught by the site holding its
+/// shares, with the key it verified at the advert stage.
+#[test]
+fn consistency_request_relays_only_the_unmasked_neighbours()
+-> Result<(), Box<dyn std::error::Error>> {
+    use confide_crypto::protocol::{CoordinatorOutput, RoundConfig};
+    use confide_crypto::ring::Ring;
+    let cfg = RoundConfig {
+        round: 1,
+        suite: Suite::Intl,
+        ring: Ring::U32,
+        cohort: (1..=8 as MemberId).collect(),
+        params: SecAggParams { k: 4, t: 3 },
+        graph_seed: [3u8; 32],
+        vector_len: 4,
+        min_survivors: 3,
+        max_colluders: 0,
+        context: [2; 32],
+    };
+    let topo = cfg.topology()?;
+    let gone: MemberId = 5;
+    let mut inputs = vec![Some(vec![1u32; 4]); 8];
+    inputs[(gone - 1) as usize] = None;
+    let mut r = Stepper::<u32>::new(cfg, 11)?;
+    let nk = r.advertise()?;
+    let sh = r.share(nk)?;
+    let masked = r.mask(sh, inputs)?;
+    let out = r.submit(&masked)?;
+    let Some(req) = out.iter().find_map(|o| match o {
+        CoordinatorOutput::ConsistencyRequest { msg, .. } => Some(msg.clone()),
+        _ => None,
+    }) else {
+        return Err("no consistency request".into());
+    };
+    assert_eq!(req.masking.len(), 7);
+    for set in &req.masking {
+        // It dropped after sharing, so every neighbour masked with it.
+        assert!(set.unmasked.is_empty(), "member {}", set.member);
+        // Rebuilt, it is the set the member signed.
+        let signed = masked
+            .iter()
+            .find(|(m, ..)| *m == set.member)
+            .map(|(_, _, s)| s.peers.clone());
+        assert_eq!(Some(set.peers(&topo)?), signed);
+    }
+    // A survivor that neighbours the dropped member, and a neighbour of it
+    // whose relayed set now also claims it unmasked that survivor.
+    let Some(victim) = topo
+        .neighbours(gone)
+        .into_iter()
+        .find(|&v| v != gone && !topo.neighbours(v).is_empty())
+    else {
+        return Err("no neighbour of the dropped member".into());
+    };
+    let Some(liar) = topo.neighbours(victim).into_iter().find(|&v| v != gone) else {
+        return Err("no other neighbour".into());
+    };
+    let mut forged = (*req).clone();
+    for set in &mut forged.masking {
+        if set.member == liar {
+            set.unmasked.push(victim);
+            set.unmasked.sort_unstable();
+        }
+    }
+    let err = r
+        .site(victim)?
+        .handle_consistency_request(forged.clone())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains(&format!("masking set of member {liar}")) && err.contains("signature"),
+        "{err}"
+    );
+    // Malformed complements are refused by name, by the other survivors.
+    let who = req.masking[0].member;
+    let Some(stranger) = (1..=8).find(|&m| m != who && !topo.are_neighbours(who, m)) else {
+        return Err("complete graph".into());
+    };
+    let askers: Vec<MemberId> = (1..=8).filter(|&m| m != gone && m != victim).collect();
+    for (asker, bad, why) in [
+        (askers[0], vec![stranger], "not a neighbour"),
+        (askers[1], vec![liar, liar], "strictly ascending"),
+    ] {
+        let mut req = (*req).clone();
+        req.masking[0].unmasked = bad;
+        let err = r
+            .site(asker)?
+            .handle_consistency_request(req)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(&format!("masking set of member {who}")) && err.contains(why),
+            "{err}"
+        );
+    }
     Ok(())
 }

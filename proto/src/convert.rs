@@ -62,8 +62,7 @@ pub const MAX_VECTOR_LEN: u64 = 1 << 31;
 mod consistency;
 mod decline;
 pub use consistency::{
-    consistency_request_from_proto, consistency_request_to_proto,
-    consistency_request_with_certificates, consistency_response_from_proto,
+    consistency_request_from_proto, consistency_request_to_proto, consistency_response_from_proto,
     consistency_response_to_proto, masking_set_from_proto, masking_set_to_proto,
     unmask_request_from_proto, unmask_request_to_proto, unmask_request_with_certificates,
 };

@@ -497,7 +497,7 @@ impl FakeSite {
                     }
                 }
                 pb::task::Kind::ConsistencyRequest(c) => {
-                    m.handle_consistency_request(convert::consistency_request_from_proto(&c)?)?;
+                    m.handle_consistency_request(convert::consistency_request_from_proto(&c))?;
                 }
                 pb::task::Kind::UnmaskRequest(u) => {
                     m.handle_unmask_request(convert::unmask_request_from_proto(&u)?)?;

@@ -512,8 +512,9 @@ impl CertRound {
         })
     }
 
-    /// What an honest coordinator relays: each advert with its signer's
-    /// name, key and certificate.
+    /// What an honest coordinator relays: each advert and survivor-set
+    /// signature with its signer's name, key and certificate (masking sets
+    /// carry no identity).
     fn relay(
         &self,
         outputs: Vec<CoordinatorOutput<u32>>,
@@ -526,12 +527,6 @@ impl CertRound {
                         r.identity = self.identity(r.advert.member, &r.identity);
                     }
                     Ok(CoordinatorOutput::NeighbourKeys { to, msg })
-                }
-                CoordinatorOutput::ConsistencyRequest { to, mut msg } => {
-                    for r in &mut std::sync::Arc::make_mut(&mut msg).masking {
-                        r.identity = self.identity(r.set.member, &r.identity);
-                    }
-                    Ok(CoordinatorOutput::ConsistencyRequest { to, msg })
                 }
                 CoordinatorOutput::UnmaskRequest { to, mut msg } => {
                     for r in &mut std::sync::Arc::make_mut(&mut msg).signatures {

@@ -121,8 +121,8 @@ impl RoundDriver {
     /// Before signing survivor set `c`: the site names it stands for, or,
     /// in a replay, why it differs from the set signed before (rule 3).
     /// Outside a replay a survivor without a verified advert (a non-neighbour
-    /// in a sparse graph) is named as relayed: such a name can only make a
-    /// later replay fail, never pass.
+    /// in a sparse graph) is named by member number: such a name can only
+    /// make a later replay fail, never pass.
     pub(super) fn survivor_names(
         &self,
         c: &v1::ConsistencyRequest,
@@ -147,20 +147,11 @@ impl RoundDriver {
             }
             return Ok(names);
         }
-        // By member, once: a linear search per survivor is O(n²) at n = 1000.
-        let relayed: std::collections::HashMap<u32, &v1::RelayedMaskingSet> = c
-            .masking
-            .iter()
-            .filter_map(|x| x.set.as_ref().map(|set| (set.member, x)))
-            .collect();
         Ok(c.survivors
             .iter()
             .map(|&m| match verified_names(r, me, &[m]) {
                 Ok(n) => n.into_iter().next().unwrap_or_default(),
-                Err(_) => relayed.get(&m).map_or_else(
-                    || format!("member:{m}"),
-                    |x| name_of(&x.site, &x.verifying_key),
-                ),
+                Err(_) => format!("member:{m}"),
             })
             .collect())
     }

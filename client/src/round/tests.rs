@@ -932,7 +932,7 @@ fn drive(
                     if let Some(gone) = h.drop_survivor {
                         let msg = std::sync::Arc::make_mut(&mut msg);
                         msg.survivors.retain(|&m| m != gone);
-                        msg.masking.retain(|r| r.set.member != gone);
+                        msg.masking.retain(|r| r.member != gone);
                         if to == gone {
                             continue;
                         }

@@ -357,17 +357,18 @@ impl ActiveRound {
                     self.send(registry, to, task(pb::task::Kind::IncomingShares(shares)));
                 }
                 AnyOutput::ConsistencyRequest { to, msg } => {
-                    // Masking sets and signatures travel with their signer's
-                    // site and certificate, like adverts.
+                    // Masking sets travel without identity (the sites that
+                    // check them hold the keys from the adverts).
                     let (t, len) = shared(&mut consistency, msg, |msg| {
-                        let req = convert::consistency_request_with_certificates(msg, |m| {
-                            self.relayed.get(&m)
-                        });
+                        let req = convert::consistency_request_to_proto(msg);
                         task(pb::task::Kind::ConsistencyRequest(req))
                     });
                     self.send_shared(registry, to, t, len);
                 }
                 AnyOutput::UnmaskRequest { to, msg } => {
+                    // Survivor-set signatures travel with their signer's site
+                    // and certificate, like adverts: a quorum is mostly
+                    // non-neighbours, whose keys a site has not seen.
                     let (t, len) = shared(&mut unmask, msg, |msg| {
                         let req = convert::unmask_request_with_certificates(msg, |m| {
                             self.relayed.get(&m)

@@ -349,7 +349,7 @@ pub(super) async fn secure_round(
                     (pb::task::Kind::ConsistencyRequest(c), Some(site)) => {
                         site.handle_consistency_request(convert::consistency_request_from_proto(
                             &c,
-                        )?)?;
+                        ))?;
                     }
                     (pb::task::Kind::UnmaskRequest(u), Some(site)) => {
                         site.handle_unmask_request(convert::unmask_request_from_proto(&u)?)?;

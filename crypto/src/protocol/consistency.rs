@@ -9,7 +9,9 @@
 //! 1. With its masked input each site sends a [`MaskingSet`]: the peers it
 //!    masked with, signed over the session id.
 //! 2. The coordinator sends every survivor the same [`ConsistencyRequest`]: the
-//!    survivor set and every survivor's signed masking set.
+//!    survivor set and every survivor's signed masking set, relayed compactly
+//!    ([`RelayedMaskingSet`]: the neighbours *not* masked with, and no
+//!    identity), so the request is O(n + dropped edges) rather than O(n·k).
 //! 3. A site checks the request against its own view ([`check_request`]) and
 //!    signs the set ([`SurvivorSignature`]) — once per round.
 //! 4. The [`super::UnmaskRequest`] must carry at least
@@ -24,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{IdentityVerifier, MemberId, RoundConfig, Topology};
 use crate::error::ProtocolError;
 use crate::graph::connectivity;
+use crate::suite::VerifyingKey;
 
 /// A member's signed list of the peers it masked its input with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,13 +54,59 @@ impl MaskingSet {
     }
 }
 
-/// A masking set as relayed by the coordinator, with its signer's identity.
+/// A masking set as the coordinator relays it. The peers travel as their
+/// complement in the member's neighbourhood (usually just the dropped
+/// neighbours, often nothing), and no identity travels: the only sites that
+/// check the signature are those holding the member's shares, and they hold
+/// its verifying key from its advert, checked at stage 2.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayedMaskingSet {
-    /// The set.
-    pub set: MaskingSet,
-    /// Opaque identity material for [`IdentityVerifier`].
-    pub identity: Vec<u8>,
+    /// Who masked.
+    pub member: MemberId,
+    /// The member's neighbours it did *not* mask with, strictly ascending.
+    pub unmasked: Vec<MemberId>,
+    /// The member's signature over its whole set ([`MaskingSet::signed_bytes`]).
+    pub signature: Vec<u8>,
+}
+
+impl RelayedMaskingSet {
+    /// Relay `set` in the neighbourhoods of `topo`. Peers outside the
+    /// member's neighbourhood cannot be expressed (the coordinator refuses
+    /// such a set on receipt); were any there, the rebuilt set would differ
+    /// from the signed one and its signature would fail.
+    pub fn relay(topo: &Topology, set: MaskingSet) -> Self {
+        let unmasked = topo
+            .neighbours(set.member)
+            .into_iter()
+            .filter(|p| set.peers.binary_search(p).is_err())
+            .collect();
+        RelayedMaskingSet {
+            member: set.member,
+            unmasked,
+            signature: set.signature,
+        }
+    }
+
+    /// The peers masked with: the member's neighbours minus
+    /// [`RelayedMaskingSet::unmasked`], ascending; or why the complement is
+    /// malformed.
+    pub fn peers(&self, topo: &Topology) -> Result<Vec<MemberId>, String> {
+        if self.unmasked.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("unmasked peers are not strictly ascending".into());
+        }
+        if let Some(p) = self
+            .unmasked
+            .iter()
+            .find(|&&p| !topo.are_neighbours(self.member, p))
+        {
+            return Err(format!("names {p} as unmasked, not a neighbour"));
+        }
+        Ok(topo
+            .neighbours(self.member)
+            .into_iter()
+            .filter(|p| self.unmasked.binary_search(p).is_err())
+            .collect())
+    }
 }
 
 /// Coordinator → every survivor: the one survivor set and the masking sets
@@ -156,58 +205,42 @@ impl SurvivorRules<'_> {
     }
 
     /// Every survivor's masking set: its shape, and the signature of each set
-    /// whose owner is in `verify` (checked with `verifier`). A site verifies
-    /// its neighbours' sets: they are the members whose shares it holds and
-    /// may reveal, and a forged set of any member is caught by all of that
-    /// member's neighbours — the only holders of its shares — who then
-    /// reveal nothing. Returns the peers of each survivor.
+    /// whose owner has a key in `verify`. A site passes the keys of the
+    /// neighbours whose adverts it accepted, verified then: they include
+    /// every member whose shares it holds and may reveal, and a forged set
+    /// of any member is caught by all the holders of that member's shares,
+    /// who then reveal nothing. Returns the peers of each survivor.
     pub(crate) fn masking_sets(
         &self,
         survivors: &BTreeSet<MemberId>,
         masking: &[RelayedMaskingSet],
-        verify: Option<(&dyn IdentityVerifier, &BTreeSet<MemberId>)>,
+        verify: Option<&BTreeMap<MemberId, VerifyingKey>>,
     ) -> Result<BTreeMap<MemberId, BTreeSet<MemberId>>, ProtocolError> {
         let mut sets = BTreeMap::new();
         for r in masking {
-            let s = &r.set;
             let bad = |why: String| {
                 Err(ProtocolError::Inconsistent(format!(
                     "masking set of member {}: {why}",
-                    s.member
+                    r.member
                 )))
             };
-            if s.round != self.cfg.round {
-                return bad(format!("is for round {}", s.round));
-            }
-            if !survivors.contains(&s.member) {
+            if !survivors.contains(&r.member) {
                 return bad("member is not a survivor".into());
             }
-            if sets.contains_key(&s.member) {
+            if sets.contains_key(&r.member) {
                 return bad("sent twice".into());
             }
-            if s.peers.windows(2).any(|w| w[0] >= w[1]) {
-                return bad("peers are not strictly ascending".into());
-            }
-            if let Some(p) = s
-                .peers
-                .iter()
-                .find(|&&p| !self.topo.are_neighbours(s.member, p))
-            {
-                return bad(format!("names {p}, not a neighbour"));
-            }
-            if let Some((v, whom)) = verify
-                && whom.contains(&s.member)
-            {
-                let vk = match v.verifying_key(s.member, &r.identity) {
-                    Ok(vk) => vk,
-                    Err(e) => return bad(e),
-                };
-                let signed = MaskingSet::signed_bytes(self.session, s.member, &s.peers);
-                if vk.suite() != self.cfg.suite || vk.verify(&signed, &s.signature).is_err() {
+            let peers = match r.peers(self.topo) {
+                Ok(p) => p,
+                Err(why) => return bad(why),
+            };
+            if let Some(vk) = verify.and_then(|keys| keys.get(&r.member)) {
+                let signed = MaskingSet::signed_bytes(self.session, r.member, &peers);
+                if vk.suite() != self.cfg.suite || vk.verify(&signed, &r.signature).is_err() {
                     return bad("signature does not verify for this round".into());
                 }
             }
-            sets.insert(s.member, s.peers.iter().copied().collect::<BTreeSet<_>>());
+            sets.insert(r.member, peers.into_iter().collect::<BTreeSet<_>>());
         }
         if let Some(m) = survivors.iter().find(|m| !sets.contains_key(m)) {
             return Err(ProtocolError::Inconsistent(format!(

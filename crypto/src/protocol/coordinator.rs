@@ -69,7 +69,7 @@ pub struct CoordinatorMachine<R: RingElement> {
     out: VecDeque<CoordinatorOutput<R>>,
     /// Adverts of U1, kept for reconstruction checks.
     adverts: BTreeMap<MemberId, KeyAdvert>,
-    /// Identity material of U1, relayed with masking sets and signatures.
+    /// Identity material of U1, relayed with survivor-set signatures.
     identities: BTreeMap<MemberId, Vec<u8>>,
     /// Who each member dealt or was delivered a share from: (to → from).
     delivered: BTreeMap<MemberId, BTreeSet<MemberId>>,

@@ -18,7 +18,7 @@ use crate::error::ProtocolError;
 use crate::kdf::{Purpose, derive_key};
 use crate::ring::RingElement;
 use crate::shamir::{self, Share};
-use crate::suite::{SigningKey, random_secret};
+use crate::suite::{SigningKey, VerifyingKey, random_secret};
 
 #[cfg(any(test, feature = "test-util"))]
 mod leak;
@@ -97,6 +97,8 @@ struct AwaitShares {
     seed: Zeroizing<[u8; 32]>,
     /// Neighbours that advertised: (enc public, mask public).
     keys: BTreeMap<MemberId, (Vec<u8>, Vec<u8>)>,
+    /// Their verifying keys, checked with the adverts.
+    verified: BTreeMap<MemberId, VerifyingKey>,
 }
 
 /// Shares held; waiting for the local input.
@@ -106,6 +108,8 @@ struct AwaitInput {
     /// Mask public keys of neighbours whose shares arrived (the set masked with).
     peers: BTreeMap<MemberId, Vec<u8>>,
     held: BTreeMap<MemberId, HeldShares>,
+    /// As in [`AwaitShares`].
+    verified: BTreeMap<MemberId, VerifyingKey>,
 }
 
 /// Input sent; waiting for the unmask request.
@@ -115,6 +119,8 @@ struct AwaitConsistency {
     held: BTreeMap<MemberId, HeldShares>,
     /// This round's key with each peer masked with.
     pair_keys: BTreeMap<MemberId, PairwiseKey>,
+    /// As in [`AwaitShares`]: the keys the masking sets are checked with.
+    verified: BTreeMap<MemberId, VerifyingKey>,
 }
 
 /// Survivor set signed; waiting for the quorum and the unmask request.
@@ -286,11 +292,12 @@ impl<R: RingElement> SiteMachine<R> {
         let suite = self.cfg.suite;
         let p = suite.provider();
         let mut keys = BTreeMap::new();
+        let mut verified = BTreeMap::new();
         let mut seen_keys = BTreeSet::new();
         for r in msg.adverts {
             let checked = self
                 .check_advert(&r.advert, &r.identity, &keys, &seen_keys)
-                .and_then(|()| {
+                .and_then(|vk| {
                     // Both public keys must be usable, or this peer cannot be masked with.
                     for (secret, public) in [
                         (&st.enc_secret, &r.advert.enc_public),
@@ -299,11 +306,12 @@ impl<R: RingElement> SiteMachine<R> {
                         p.agree(secret, public)
                             .map_err(|e| format!("unusable public key: {e}"))?;
                     }
-                    Ok(())
+                    Ok(vk)
                 });
             match checked {
-                Ok(()) => {
+                Ok(vk) => {
                     let a = r.advert;
+                    verified.insert(a.member, vk);
                     seen_keys.insert(a.enc_public.clone());
                     seen_keys.insert(a.mask_public.clone());
                     keys.insert(a.member, (a.enc_public, a.mask_public));
@@ -373,6 +381,7 @@ impl<R: RingElement> SiteMachine<R> {
                 mask_secret: st.mask_secret,
                 seed,
                 keys,
+                verified,
             },
             bundle,
         ))
@@ -425,6 +434,7 @@ impl<R: RingElement> SiteMachine<R> {
             seed: st.seed,
             peers,
             held,
+            verified: st.verified,
         })
     }
 
@@ -476,6 +486,7 @@ impl<R: RingElement> SiteMachine<R> {
             masked_with,
             held: st.held,
             pair_keys,
+            verified: st.verified,
         });
         Ok(())
     }

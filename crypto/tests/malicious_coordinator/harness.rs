@@ -282,10 +282,10 @@ impl World {
             masking: survivors
                 .iter()
                 .filter_map(|m| {
-                    self.masking.get(m).map(|set| RelayedMaskingSet {
-                        set: set.clone(),
-                        identity: self.identity(*m),
-                    })
+                    // Relayed in the masker's own view, where it signed the set.
+                    let set = self.masking.get(m)?;
+                    let topo = self.views.get(m)?.topology().ok()?;
+                    Some(RelayedMaskingSet::relay(&topo, set.clone()))
                 })
                 .collect(),
         }

@@ -1,9 +1,10 @@
 //! Conversions of the consistency and unmask stages: the signed masking set
 //! (sent with the first masked-input chunk), the consistency request and
-//! response, and the unmask request. Relayed masking sets and survivor
-//! signatures carry their signer's identity the way relayed adverts do: the
-//! verifying key is the crypto identity, the site name and certificate are
-//! relayed beside it for the site's own check against the federation CA.
+//! response, and the unmask request. Survivor signatures carry their
+//! signer's identity the way relayed adverts do: the verifying key is the
+//! crypto identity, the site name and certificate are relayed beside it for
+//! the site's own check against the federation CA. Relayed masking sets carry
+//! none: the sites that check them hold the key from the advert.
 
 use confide_crypto::MemberId;
 use confide_crypto::protocol::{
@@ -56,18 +57,8 @@ pub fn masking_set_from_proto(m: &v1::MaskingSet) -> MaskingSet {
     }
 }
 
-/// Crypto → wire; identities travel as `verifying_key` only (insecure mode
-/// and tests).
+/// Crypto → wire.
 pub fn consistency_request_to_proto(m: &ConsistencyRequest) -> v1::ConsistencyRequest {
-    consistency_request_with_certificates(m, |_| None)
-}
-
-/// Crypto → wire, as the coordinator relays it: `identity_of(member)` gives
-/// the site name and certificate attached to each masking set.
-pub fn consistency_request_with_certificates<'a>(
-    m: &ConsistencyRequest,
-    identity_of: impl Fn(MemberId) -> Option<&'a RelayedIdentity>,
-) -> v1::ConsistencyRequest {
     let ConsistencyRequest {
         round,
         survivors,
@@ -79,57 +70,47 @@ pub fn consistency_request_with_certificates<'a>(
         masking: masking
             .iter()
             .map(|r| {
-                let RelayedMaskingSet { set, identity } = r;
-                let (site, certificate) = relayed(&identity_of, set.member);
+                let RelayedMaskingSet {
+                    member,
+                    unmasked,
+                    signature,
+                } = r;
                 v1::RelayedMaskingSet {
-                    set: Some(masking_set_to_proto(set)),
-                    verifying_key: identity.clone(),
-                    certificate,
-                    site,
+                    member: *member,
+                    unmasked: unmasked.clone(),
+                    signature: signature.clone(),
                 }
             })
             .collect(),
     }
 }
 
-/// Wire → crypto, in wire order; the identity is the relayed
-/// `verifying_key`, which must be present.
-pub fn consistency_request_from_proto(
-    m: &v1::ConsistencyRequest,
-) -> Result<ConsistencyRequest, ConvertError> {
+/// Wire → crypto, in wire order (the machines check order and membership).
+pub fn consistency_request_from_proto(m: &v1::ConsistencyRequest) -> ConsistencyRequest {
     let v1::ConsistencyRequest {
         round,
         survivors,
-        masking: relayed,
+        masking,
     } = m;
-    let mut masking = Vec::with_capacity(relayed.len());
-    for r in relayed {
-        // Site and certificate are for the site's own identity check.
-        let v1::RelayedMaskingSet {
-            set,
-            verifying_key,
-            certificate: _,
-            site: _,
-        } = r;
-        let set = set
-            .as_ref()
-            .ok_or_else(|| bad("consistency_request.masking.set", "missing"))?;
-        if verifying_key.is_empty() {
-            return Err(bad(
-                "consistency_request.masking.verifying_key",
-                format!("empty for member {}", set.member),
-            ));
-        }
-        masking.push(RelayedMaskingSet {
-            set: masking_set_from_proto(set),
-            identity: verifying_key.clone(),
-        });
-    }
-    Ok(ConsistencyRequest {
+    ConsistencyRequest {
         round: *round,
         survivors: survivors.clone(),
-        masking,
-    })
+        masking: masking
+            .iter()
+            .map(|r| {
+                let v1::RelayedMaskingSet {
+                    member,
+                    unmasked,
+                    signature,
+                } = r;
+                RelayedMaskingSet {
+                    member: *member,
+                    unmasked: unmasked.clone(),
+                    signature: signature.clone(),
+                }
+            })
+            .collect(),
+    }
 }
 
 /// Crypto → wire.

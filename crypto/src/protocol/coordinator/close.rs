@@ -188,14 +188,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 let survivors: Vec<MemberId> = u3.iter().copied().collect();
                 let relayed: Vec<RelayedMaskingSet> = received
                     .into_values()
-                    .map(|set| RelayedMaskingSet {
-                        identity: self
-                            .identities
-                            .get(&set.member)
-                            .cloned()
-                            .unwrap_or_default(),
-                        set,
-                    })
+                    .map(|set| RelayedMaskingSet::relay(&self.topo, set))
                     .collect();
                 let checked = rules.check_set(&survivors).and_then(|()| {
                     let sets = rules.masking_sets(&u3, &relayed, None)?;

@@ -9,16 +9,17 @@ use crate::kdf::{Purpose, derive_key};
 use crate::protocol::{EncryptedShare, KeyAdvert, SHARE_PLAINTEXT_LEN, share_aad, share_x};
 use crate::ring::RingElement;
 use crate::shamir::{self, Share};
+use crate::suite::VerifyingKey;
 
 impl<R: RingElement> SiteMachine<R> {
-    /// Why `a` is not acceptable, if it is not.
+    /// The advertiser's verifying key, or why `a` is not acceptable.
     pub(super) fn check_advert(
         &self,
         a: &KeyAdvert,
         identity: &[u8],
         keys: &BTreeMap<MemberId, (Vec<u8>, Vec<u8>)>,
         seen_keys: &BTreeSet<Vec<u8>>,
-    ) -> Result<(), String> {
+    ) -> Result<VerifyingKey, String> {
         let suite = self.cfg.suite;
         if a.round != self.cfg.round {
             return Err(format!("advert is for round {}", a.round));
@@ -45,7 +46,7 @@ impl<R: RingElement> SiteMachine<R> {
         {
             return Err("public key reused".into());
         }
-        Ok(())
+        Ok(vk)
     }
 
     /// Decrypt and check one sealed share pair.

@@ -37,12 +37,7 @@ impl<R: RingElement> SiteMachine<R> {
                 "the survivor set does not list this site".into(),
             ));
         }
-        let neighbours: BTreeSet<MemberId> = self.topo.neighbours(self.me).into_iter().collect();
-        let sets = rules.masking_sets(
-            &survivors,
-            &msg.masking,
-            Some((self.verifier.as_ref(), &neighbours)),
-        )?;
+        let sets = rules.masking_sets(&survivors, &msg.masking, Some(&st.verified))?;
         let mine: BTreeSet<MemberId> = st.masked_with.iter().copied().collect();
         if sets.get(&self.me) != Some(&mine) {
             return Err(ProtocolError::Inconsistent(
