@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use confide_crypto::protocol::{AnyUnmaskJob, MaskingSet};
-use confide_crypto::{MemberId, ProtocolError};
+use confide_crypto::{MemberId, ProtocolError, Stage};
 use tracing::info;
 
 use super::round::ActiveRound;
@@ -61,7 +61,7 @@ impl ActiveRound {
             now,
         )?;
         self.bytes_in += msg_bytes as u64;
-        self.answered.insert(from);
+        self.accepted(from, Stage::MaskedInput);
         Ok(Some(sum.owe()))
     }
 }

@@ -80,6 +80,17 @@ pub enum SiteMessage {
 }
 
 impl SiteMessage {
+    /// The stage this message answers.
+    fn stage(&self) -> Stage {
+        match self {
+            SiteMessage::Advert { .. } => Stage::AdvertiseKeys,
+            SiteMessage::Shares(_) => Stage::ShareKeys,
+            SiteMessage::Input { .. } => Stage::MaskedInput,
+            SiteMessage::Consistency(_) => Stage::Consistency,
+            SiteMessage::Unmask(_) => Stage::Unmask,
+        }
+    }
+
     /// Payload bytes, for the round's traffic counters.
     fn payload_bytes(&self) -> u64 {
         let n = match self {
@@ -271,6 +282,7 @@ impl ActiveRound {
         now: Instant,
     ) -> Result<(), RequestError> {
         self.bytes_in += msg.payload_bytes();
+        let stage = msg.stage();
         match msg {
             SiteMessage::Advert {
                 advert,
@@ -300,8 +312,27 @@ impl ActiveRound {
             SiteMessage::Consistency(sig) => self.machine.handle_consistency(sig, now)?,
             SiteMessage::Unmask(resp) => self.machine.handle_unmask_response(resp, now)?,
         }
-        self.answered.insert(from);
+        self.accepted(from, stage);
         Ok(())
+    }
+
+    /// `from`'s message of `stage` was accepted. The task that asked for it
+    /// leaves the replay log: a site ignores what it has handled, and the
+    /// log would otherwise hold every request all round — at n = 1000 the
+    /// NeighbourKeys alone (adverts with certificates) are about 150 MB.
+    pub(super) fn accepted(&mut self, from: MemberId, stage: Stage) {
+        use pb::task::Kind;
+        self.answered.insert(from);
+        let asked = |t: &SharedTask| match (&t.kind, stage) {
+            (Some(Kind::NeighbourKeys(_)), Stage::ShareKeys)
+            | (Some(Kind::IncomingShares(_)), Stage::MaskedInput)
+            | (Some(Kind::ConsistencyRequest(_)), Stage::Consistency)
+            | (Some(Kind::UnmaskRequest(_)), Stage::Unmask) => true,
+            _ => false,
+        };
+        if let Some(tasks) = self.sent.get_mut(&from) {
+            tasks.retain(|t| !asked(t));
+        }
     }
 
     /// Checks before an upload of `total_len` elements is buffered; returns

@@ -104,6 +104,26 @@ pub(super) fn one_round(secure: bool, n: usize) -> Settings {
     s
 }
 
+/// The kinds of the tasks the round keeps for `session`'s replay.
+fn kept(fed: &Federation, session: &str) -> Result<Vec<&'static str>, Box<dyn std::error::Error>> {
+    use pb::task::Kind;
+    let member = fed.session(session, None)?.member;
+    let g = fed.lock();
+    let tasks = g.round.as_ref().and_then(|r| r.sent.get(&member));
+    Ok(tasks
+        .into_iter()
+        .flatten()
+        .map(|t| match &t.kind {
+            Some(Kind::RoundStart(_)) => "round_start",
+            Some(Kind::NeighbourKeys(_)) => "neighbour_keys",
+            Some(Kind::IncomingShares(_)) => "incoming_shares",
+            Some(Kind::ConsistencyRequest(_)) => "consistency_request",
+            Some(Kind::UnmaskRequest(_)) => "unmask_request",
+            _ => "other",
+        })
+        .collect())
+}
+
 /// Sites joined with open task streams.
 type Joined = Vec<(
     String,
@@ -313,6 +333,8 @@ pub(super) async fn secure_round(
                         )?);
                     }
                     (pb::task::Kind::NeighbourKeys(nk), Some(site)) => {
+                        // Kept for a replay until answered.
+                        assert!(kept(&fed, &m.session)?.contains(&"neighbour_keys"));
                         site.handle_neighbour_keys(
                             convert::neighbour_keys_from_proto(&nk)?,
                             &mut rng,
@@ -369,11 +391,15 @@ pub(super) async fn secure_round(
                         convert::key_advert_to_proto(&a),
                         Vec::new(),
                     )?,
-                    AnySiteOutput::Shares(b) => fed.share_keys(
-                        &m.session,
-                        None,
-                        convert::share_bundle_to_proto(&b, &m.session),
-                    )?,
+                    AnySiteOutput::Shares(b) => {
+                        fed.share_keys(
+                            &m.session,
+                            None,
+                            convert::share_bundle_to_proto(&b, &m.session),
+                        )?;
+                        // Answered: no longer kept (a replay would be ignored).
+                        assert!(!kept(&fed, &m.session)?.contains(&"neighbour_keys"));
+                    }
                     AnySiteOutput::MaskedInput { vector, masking } => {
                         let round = site.config().round;
                         let mut up = fed
@@ -390,11 +416,15 @@ pub(super) async fn secure_round(
                         fed.finish_upload(&m.session, None, up, Some(masking))
                             .await?;
                     }
-                    AnySiteOutput::Consistency(sig) => fed.consistency(
-                        &m.session,
-                        None,
-                        convert::consistency_response_to_proto(&sig, &m.session),
-                    )?,
+                    AnySiteOutput::Consistency(sig) => {
+                        assert!(kept(&fed, &m.session)?.contains(&"consistency_request"));
+                        fed.consistency(
+                            &m.session,
+                            None,
+                            convert::consistency_response_to_proto(&sig, &m.session),
+                        )?;
+                        assert!(!kept(&fed, &m.session)?.contains(&"consistency_request"));
+                    }
                     AnySiteOutput::Unmask(u) => fed.unmask(
                         &m.session,
                         None,
