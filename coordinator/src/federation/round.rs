@@ -323,12 +323,14 @@ impl ActiveRound {
     pub(super) fn accepted(&mut self, from: MemberId, stage: Stage) {
         use pb::task::Kind;
         self.answered.insert(from);
-        let asked = |t: &SharedTask| match (&t.kind, stage) {
-            (Some(Kind::NeighbourKeys(_)), Stage::ShareKeys)
-            | (Some(Kind::IncomingShares(_)), Stage::MaskedInput)
-            | (Some(Kind::ConsistencyRequest(_)), Stage::Consistency)
-            | (Some(Kind::UnmaskRequest(_)), Stage::Unmask) => true,
-            _ => false,
+        let asked = |t: &SharedTask| {
+            matches!(
+                (&t.kind, stage),
+                (Some(Kind::NeighbourKeys(_)), Stage::ShareKeys)
+                    | (Some(Kind::IncomingShares(_)), Stage::MaskedInput)
+                    | (Some(Kind::ConsistencyRequest(_)), Stage::Consistency)
+                    | (Some(Kind::UnmaskRequest(_)), Stage::Unmask)
+            )
         };
         if let Some(tasks) = self.sent.get_mut(&from) {
             tasks.retain(|t| !asked(t));
