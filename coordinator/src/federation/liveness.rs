@@ -20,7 +20,6 @@ use confide_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use super::fanout::Gate;
 use super::registry::SharedTask;
 use super::{Federation, clock};
 
@@ -28,8 +27,6 @@ use super::{Federation, clock};
 #[derive(Debug)]
 pub struct TaskStream {
     rx: mpsc::UnboundedReceiver<SharedTask>,
-    /// Large tasks pass through the federation's fan-out budget.
-    gate: Gate,
     fed: Weak<Federation>,
     site: String,
     stream: u64,
@@ -44,7 +41,6 @@ impl TaskStream {
     ) -> Self {
         TaskStream {
             rx,
-            gate: fed.fanout.gate(),
             fed: Arc::downgrade(fed),
             site,
             stream,
@@ -53,8 +49,7 @@ impl TaskStream {
 }
 
 impl TaskStream {
-    /// The next task (for in-process callers such as tests; not through the
-    /// fan-out budget, which is for the transport).
+    /// The next task (for in-process callers such as tests).
     pub async fn recv(&mut self) -> Option<pb::Task> {
         self.rx.recv().await.map(Arc::unwrap_or_clone)
     }
@@ -70,10 +65,7 @@ impl tokio_stream::Stream for TaskStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<pb::Task>> {
         // The owned copy lives only until gRPC has encoded it.
-        let this = &mut *self;
-        this.gate
-            .poll_next(&mut this.rx, cx)
-            .map(|t| t.map(Arc::unwrap_or_clone))
+        self.rx.poll_recv(cx).map(|t| t.map(Arc::unwrap_or_clone))
     }
 }
 

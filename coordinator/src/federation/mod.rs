@@ -14,7 +14,6 @@
 //! from tokio's clock so tests can pause it) and passed down as `now`.
 
 mod decline;
-mod fanout;
 mod liveness;
 mod offlock;
 pub mod outcome;
@@ -164,8 +163,6 @@ pub struct Federation {
     inner: Mutex<Inner>,
     wake: Notify,
     uploads: UploadSlots,
-    /// Room for large tasks in transit (`fanout.rs`).
-    fanout: Arc<fanout::FanOutBudget>,
     grace_done: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }

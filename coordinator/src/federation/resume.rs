@@ -7,7 +7,6 @@ use confide_proto::model::ModelImage;
 use tokio::sync::Notify;
 use tracing::info;
 
-use super::fanout::FanOutBudget;
 use super::registry::Registry;
 use super::upload::UploadSlots;
 use super::{Federation, Inner};
@@ -81,7 +80,6 @@ impl Federation {
                 settings.limits.upload_buffer_mib,
                 metrics.upload_slots_in_use(),
             ),
-            fanout: Arc::new(FanOutBudget::new(settings.limits.fanout_buffer_mib)),
             metrics,
             quant,
             config_hash,

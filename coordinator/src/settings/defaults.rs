@@ -112,7 +112,6 @@ impl Default for LimitSettings {
             max_concurrent_downloads: 8,
             download_chunk_kib: 256,
             upload_buffer_mib: 16,
-            fanout_buffer_mib: 16,
             spill_dir: None,
             join_rate_per_sec: 5.0,
             join_burst: 50,

@@ -30,12 +30,6 @@ pub struct LimitSettings {
     /// waiting, so memory stays within this budget whatever the model size
     /// (0: every upload spills).
     pub upload_buffer_mib: u32,
-    /// Memory for large tasks in transit to sites, MiB: a task over 64 KiB
-    /// (at a thousand sites, each NeighbourKeys and the unmask request) waits
-    /// for room before its stream encodes it and gives it back once HTTP/2
-    /// has sent it on, so the coordinator holds at most this much of them
-    /// however many sites read slowly (`federation/fanout.rs`).
-    pub fanout_buffer_mib: u32,
     /// Where uploads spill (unlinked temporary files); default: the
     /// system's temporary directory (`TMPDIR`, else `/tmp`).
     pub spill_dir: Option<std::path::PathBuf>,
