@@ -15,7 +15,7 @@ use confide_crypto::protocol::{
 };
 use confide_crypto::shamir::Share;
 use confide_crypto::sim::{Simulation, Stepper};
-use confide_crypto::{CoordinatorMachine, MemberId, Suite};
+use confide_crypto::{CoordinatorMachine, MemberId, ProtocolError, Suite};
 use proptest::prelude::*;
 
 const N: usize = 5;
@@ -445,5 +445,57 @@ fn consistency_request_relays_only_the_unmasked_neighbours()
             "{err}"
         );
     }
+    Ok(())
+}
+
+/// A site that answered the unmask request has ended its part as it should:
+/// the same request replayed after a reconnect is a stale task (the client
+/// ignores `WrongStage`), not an error that would make it leave the round
+/// with its response unsent — and it never answers twice.
+#[test]
+fn a_request_replayed_after_the_answer_is_stale() -> Result<(), Box<dyn std::error::Error>> {
+    use confide_crypto::protocol::{CoordinatorOutput, RoundConfig};
+    use confide_crypto::ring::Ring;
+    let cfg = RoundConfig {
+        round: 1,
+        suite: Suite::Intl,
+        ring: Ring::U32,
+        cohort: (1..=5 as MemberId).collect(),
+        params: SecAggParams { k: 4, t: 3 },
+        graph_seed: [5u8; 32],
+        vector_len: 4,
+        min_survivors: 3,
+        max_colluders: 0,
+        context: [2; 32],
+    };
+    let mut r = Stepper::<u32>::new(cfg, 13)?;
+    let nk = r.advertise()?;
+    let sh = r.share(nk)?;
+    let masked = r.mask(sh, vec![Some(vec![1u32; 4]); 5])?;
+    let out = r.submit(&masked)?;
+    let Some(req) = r.agree(out)?.into_iter().find_map(|o| match o {
+        CoordinatorOutput::UnmaskRequest { to: 1, msg } => Some(msg),
+        _ => None,
+    }) else {
+        return Err("no unmask request for member 1".into());
+    };
+    let site = r.site(1)?;
+    site.handle_unmask_request((*req).clone())?;
+    assert!(matches!(site.poll_output(), Some(SiteOutput::Unmask(_))));
+    let again = site.handle_unmask_request((*req).clone());
+    assert!(
+        matches!(again, Err(ProtocolError::WrongStage { .. })),
+        "{again:?}"
+    );
+    assert!(site.poll_output().is_none(), "answered twice");
+    // An aborted site still says its part has ended.
+    let site = r.site(2)?;
+    let mut bad = (*req).clone();
+    bad.survivors.pop();
+    assert!(site.handle_unmask_request(bad).is_err());
+    assert!(matches!(
+        site.handle_unmask_request((*req).clone()),
+        Err(ProtocolError::Ended)
+    ));
     Ok(())
 }

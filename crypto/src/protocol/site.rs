@@ -71,6 +71,9 @@ pub struct SiteMachine<R: RingElement> {
     verifier: Arc<dyn IdentityVerifier>,
     /// The survivor-graph connectivity rule; off only via a test-only knob.
     check_connectivity: bool,
+    /// The unmask response went out: the site's part ended as it should, so
+    /// a task replayed after a reconnect is stale, not an error.
+    answered: bool,
     phase: Phase,
     out: VecDeque<SiteOutput<R>>,
 }
@@ -215,6 +218,7 @@ impl<R: RingElement> SiteMachine<R> {
             signing,
             verifier,
             check_connectivity: true,
+            answered: false,
             phase: Phase::AwaitKeys(AwaitKeys {
                 enc_secret,
                 mask_secret,
@@ -257,6 +261,10 @@ impl<R: RingElement> SiteMachine<R> {
             });
         }
         match self.phase.stage() {
+            Stage::Done if self.answered => Err(ProtocolError::WrongStage {
+                expected: Stage::Done,
+                got: stage,
+            }),
             Stage::Done => Err(ProtocolError::Ended),
             s if s != stage => Err(ProtocolError::WrongStage {
                 expected: s,

@@ -128,6 +128,7 @@ impl<R: RingElement> SiteMachine<R> {
                 .clone();
             pair_keys.push((v, key));
         }
+        self.answered = true;
         self.out.push_back(SiteOutput::Unmask(UnmaskResponse {
             round: self.cfg.round,
             from: self.me,
