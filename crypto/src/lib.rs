@@ -70,7 +70,8 @@
 //!   graph seed matters there), `⌈γ·n⌉` colluders assumed, and `t` at least
 //!   [`graph::secure_threshold`]. No announced parameter can lower it.
 //! * Before any share is revealed, every survivor signs the one survivor set,
-//!   after checking every survivor's signed masking set: each masked mutually
+//!   after checking every survivor's masking set (and the signatures of the
+//!   sets of the members whose shares it holds): each masked mutually
 //!   (each listing the other) with at least `t` survivors, and the graph of
 //!   mutual masks stays connected after removing any `max_colluders` survivors
 //!   ([`graph::connectivity`]; masks between honest survivors are never

@@ -299,20 +299,8 @@ proptest! {
 #[test]
 fn fan_out_requests_are_one_allocation_for_all_recipients() -> Result<(), Box<dyn std::error::Error>>
 {
-    use confide_crypto::protocol::{CoordinatorOutput, RoundConfig};
-    use confide_crypto::ring::Ring;
-    let cfg = RoundConfig {
-        round: 1,
-        suite: Suite::Intl,
-        ring: Ring::U32,
-        cohort: (1..=5 as MemberId).collect(),
-        params: SecAggParams { k: 4, t: 3 },
-        graph_seed: [1u8; 32],
-        vector_len: 4,
-        min_survivors: 3,
-        max_colluders: 0,
-        context: [2; 32],
-    };
+    use confide_crypto::protocol::CoordinatorOutput;
+    let cfg = small_round(5, 1);
     let mut r = Stepper::<u32>::new(cfg, 7)?;
     let nk = r.advertise()?;
     let sh = r.share(nk)?;
@@ -353,20 +341,8 @@ fn fan_out_requests_are_one_allocation_for_all_recipients() -> Result<(), Box<dy
 #[test]
 fn consistency_request_relays_only_the_unmasked_neighbours()
 -> Result<(), Box<dyn std::error::Error>> {
-    use confide_crypto::protocol::{CoordinatorOutput, RoundConfig};
-    use confide_crypto::ring::Ring;
-    let cfg = RoundConfig {
-        round: 1,
-        suite: Suite::Intl,
-        ring: Ring::U32,
-        cohort: (1..=8 as MemberId).collect(),
-        params: SecAggParams { k: 4, t: 3 },
-        graph_seed: [3u8; 32],
-        vector_len: 4,
-        min_survivors: 3,
-        max_colluders: 0,
-        context: [2; 32],
-    };
+    use confide_crypto::protocol::CoordinatorOutput;
+    let cfg = small_round(8, 3);
     let topo = cfg.topology()?;
     let gone: MemberId = 5;
     let mut inputs = vec![Some(vec![1u32; 4]); 8];
@@ -454,20 +430,8 @@ fn consistency_request_relays_only_the_unmasked_neighbours()
 /// with its response unsent — and it never answers twice.
 #[test]
 fn a_request_replayed_after_the_answer_is_stale() -> Result<(), Box<dyn std::error::Error>> {
-    use confide_crypto::protocol::{CoordinatorOutput, RoundConfig};
-    use confide_crypto::ring::Ring;
-    let cfg = RoundConfig {
-        round: 1,
-        suite: Suite::Intl,
-        ring: Ring::U32,
-        cohort: (1..=5 as MemberId).collect(),
-        params: SecAggParams { k: 4, t: 3 },
-        graph_seed: [5u8; 32],
-        vector_len: 4,
-        min_survivors: 3,
-        max_colluders: 0,
-        context: [2; 32],
-    };
+    use confide_crypto::protocol::CoordinatorOutput;
+    let cfg = small_round(5, 5);
     let mut r = Stepper::<u32>::new(cfg, 13)?;
     let nk = r.advertise()?;
     let sh = r.share(nk)?;
@@ -498,4 +462,21 @@ fn a_request_replayed_after_the_answer_is_stale() -> Result<(), Box<dyn std::err
         Err(ProtocolError::Ended)
     ));
     Ok(())
+}
+
+/// Round 1 of an intl round over members 1..=`n`, k 4, t 3, 4 elements,
+/// no colluders assumed, graph seed `seed`.
+fn small_round(n: MemberId, seed: u8) -> confide_crypto::protocol::RoundConfig {
+    confide_crypto::protocol::RoundConfig {
+        round: 1,
+        suite: Suite::Intl,
+        ring: confide_crypto::ring::Ring::U32,
+        cohort: (1..=n).collect(),
+        params: SecAggParams { k: 4, t: 3 },
+        graph_seed: [seed; 32],
+        vector_len: 4,
+        min_survivors: 3,
+        max_colluders: 0,
+        context: [2; 32],
+    }
 }

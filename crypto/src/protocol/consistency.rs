@@ -11,7 +11,7 @@
 //! 2. The coordinator sends every survivor the same [`ConsistencyRequest`]: the
 //!    survivor set and every survivor's signed masking set, relayed compactly
 //!    ([`RelayedMaskingSet`]: the neighbours *not* masked with, and no
-//!    identity), so the request is O(n + dropped edges) rather than O(n·k).
+//!    identity), so the request is O(n + unmasked edges) rather than O(n·k).
 //! 3. A site checks the request against its own view ([`check_request`]) and
 //!    signs the set ([`SurvivorSignature`]) — once per round.
 //! 4. The [`super::UnmaskRequest`] must carry at least

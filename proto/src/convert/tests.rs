@@ -197,6 +197,30 @@ fn consistency_request_relays_compact_sets_and_converts_back() {
     assert_eq!(masking_set_from_proto(&masking_set_to_proto(&set)), set);
 }
 
+/// The request every survivor receives grows with the survivors, not with
+/// their neighbourhoods: at 1000 sites, 950 survivors, Ed25519 signatures
+/// and nobody unmasked, 69 201 bytes (73 a survivor). A certificate or a
+/// peer list per set would be 500+ bytes each and fail this.
+#[test]
+fn consistency_request_is_about_a_signature_per_survivor() {
+    use confide_crypto::protocol::{ConsistencyRequest, RelayedMaskingSet};
+    let survivors: Vec<MemberId> = (51..=1000).collect();
+    let msg = ConsistencyRequest {
+        round: 1,
+        masking: survivors
+            .iter()
+            .map(|&m| RelayedMaskingSet {
+                member: m,
+                unmasked: Vec::new(),
+                signature: vec![0xa5; 64],
+            })
+            .collect(),
+        survivors,
+    };
+    let len = prost::Message::encoded_len(&consistency_request_to_proto(&msg));
+    assert!((950 * 64..=950 * 76).contains(&len), "{len} bytes");
+}
+
 #[test]
 fn consistency_response_and_unmask_request_convert_both_ways() -> Result<(), ConvertError> {
     use confide_crypto::protocol::{RelayedSignature, SurvivorSignature, UnmaskRequest};
