@@ -198,6 +198,10 @@ pub enum ClientError {
     /// The coordinator closed the task stream for good.
     #[error("the coordinator closed the task stream")]
     StreamClosed,
+    /// A large task's parts did not go back together; the stream is
+    /// reopened and the round's tasks come again.
+    #[error("task stream: {0}")]
+    TaskParts(#[from] confide_proto::task_parts::PartError),
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -210,7 +214,8 @@ impl ClientError {
         match self {
             ClientError::Connect { .. }
             | ClientError::NotServing { .. }
-            | ClientError::StreamClosed => true,
+            | ClientError::StreamClosed
+            | ClientError::TaskParts(_) => true,
             ClientError::Refused { code, .. } => matches!(
                 code,
                 tonic::Code::Unavailable

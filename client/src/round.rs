@@ -18,14 +18,12 @@
 //! ```
 //!
 //! Because nothing here awaits, every branch is unit-tested directly
-//! (`round/tests.rs`). The parts: this file (tasks of a round in progress),
-//! `round/setup.rs` (download and its model hash, machine, local job),
-//! `round/secure.rs` (the secure stages' tasks), `round/session.rs`
-//! (Join, reconnect), `round/outgoing.rs` (the outbox messages),
-//! `round/announce.rs` (replays and stale tasks), `round/contribution.rs`
-//! (one training input per model, re-sent exactly; on disk: `round/ledger.rs`),
-//! `round/replay.rs` (where a replay is checked against the signed set) and
-//! `round/decline.rs` (what the coordinator is told when the site refuses).
+//! (`round/tests.rs`). The parts: this file (a round's tasks), `round/setup.rs`
+//! (download, model hash, machine, local job), `round/secure.rs` (secure
+//! stages), `round/session.rs` (Join, reconnect), `round/outgoing.rs` (outbox),
+//! `round/announce.rs` (replays, stale tasks), `round/contribution.rs` (one
+//! training input per model, re-sent exactly; on disk: `round/ledger.rs`),
+//! `round/replay.rs` (a replay against the signed set), `round/decline.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -368,6 +366,8 @@ impl RoundDriver {
                 );
                 Ok(Action::Done)
             }
+            // The transport puts parts back together; none reaches here.
+            Kind::Part(_) => Ok(Action::Wait),
         }
     }
 

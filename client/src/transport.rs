@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use confide_proto::task_parts::Reassembly;
 use confide_proto::tls::{self, TlsConnector};
 use confide_proto::v1;
 use confide_proto::v1::site_client::SiteClient;
@@ -325,6 +326,7 @@ impl Transport for GrpcTransport {
         Ok(GrpcConnection {
             client,
             tasks: None,
+            parts: Reassembly::default(),
         })
     }
 
@@ -350,6 +352,8 @@ impl Transport for GrpcTransport {
 pub(crate) struct GrpcConnection {
     client: SiteClient<Channel>,
     tasks: Option<Streaming<v1::Task>>,
+    /// The open stream's large task in parts, so far.
+    parts: Reassembly,
 }
 
 impl Connection for GrpcConnection {
@@ -369,6 +373,8 @@ impl Connection for GrpcConnection {
             .map_err(|s| ClientError::refused("Tasks", s))?
             .into_inner();
         self.tasks = Some(stream);
+        // A new stream sends every task from its start.
+        self.parts = Reassembly::default();
         Ok(())
     }
 
@@ -376,10 +382,18 @@ impl Connection for GrpcConnection {
         let Some(stream) = self.tasks.as_mut() else {
             return Ok(None);
         };
-        stream
-            .message()
-            .await
-            .map_err(|s| ClientError::refused("Tasks", s))
+        loop {
+            let Some(item) = stream
+                .message()
+                .await
+                .map_err(|s| ClientError::refused("Tasks", s))?
+            else {
+                return Ok(None);
+            };
+            if let Some(task) = self.parts.push(item)? {
+                return Ok(Some(task));
+            }
+        }
     }
 
     async fn download_model(

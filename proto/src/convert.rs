@@ -252,19 +252,29 @@ pub fn neighbour_keys_with_certificates<'a>(
         round: *round,
         adverts: adverts
             .iter()
-            .map(|r| {
-                let RelayedAdvert { advert, identity } = r;
-                let (site, certificate) = identity_of(advert.member)
-                    .map(|i| (i.site.clone(), i.certificate.clone()))
-                    .unwrap_or_default();
-                v1::RelayedAdvert {
-                    advert: Some(key_advert_to_proto(advert)),
-                    verifying_key: identity.clone(),
-                    certificate,
-                    site,
-                }
-            })
+            .map(|r| relayed_advert_to_proto(r, identity_of(r.advert.member)))
             .collect(),
+    }
+}
+
+/// One advert as relayed, with its signer's site name and certificate
+/// (empty when `None`); the same for every neighbour it goes to.
+pub fn relayed_advert_to_proto(
+    r: &RelayedAdvert,
+    identity: Option<&RelayedIdentity>,
+) -> v1::RelayedAdvert {
+    let RelayedAdvert {
+        advert,
+        identity: key,
+    } = r;
+    let (site, certificate) = identity
+        .map(|i| (i.site.clone(), i.certificate.clone()))
+        .unwrap_or_default();
+    v1::RelayedAdvert {
+        advert: Some(key_advert_to_proto(advert)),
+        verifying_key: key.clone(),
+        certificate,
+        site,
     }
 }
 

@@ -52,6 +52,7 @@ pub mod keys;
 pub mod layout;
 pub mod model;
 pub mod standardise;
+pub mod task_parts;
 pub mod tls;
 
 /// Largest data payload of one model or masked-input chunk (1 MiB).

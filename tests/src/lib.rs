@@ -211,6 +211,8 @@ pub struct FakeSite {
     pub session: String,
     /// Task stream.
     pub tasks: tonic::Streaming<pb::Task>,
+    /// Large tasks' parts so far.
+    pub parts: confide_proto::task_parts::Reassembly,
     /// The federation named at Join (bound into every round's context).
     pub federation: String,
     /// The signed masking set of this round's masked input, attached to the
@@ -280,6 +282,7 @@ impl FakeSite {
             client,
             session,
             tasks,
+            parts: Default::default(),
             federation: joined.federation,
             masking: None,
             packing_bits: 0,
@@ -292,11 +295,15 @@ impl FakeSite {
 
     /// Next task (bounded wait).
     pub async fn next_task(&mut self) -> Result<pb::task::Kind, BoxError> {
-        let t = tokio::time::timeout(Duration::from_secs(60), self.tasks.message())
-            .await
-            .map_err(|_| "no task within 60 s")??;
-        t.and_then(|t| t.kind)
-            .ok_or_else(|| "task stream ended".into())
+        loop {
+            let t = tokio::time::timeout(Duration::from_secs(60), self.tasks.message())
+                .await
+                .map_err(|_| "no task within 60 s")??
+                .ok_or("task stream ended")?;
+            if let Some(t) = self.parts.push(t)? {
+                return t.kind.ok_or_else(|| "a task without a kind".into());
+            }
+        }
     }
 
     /// Wait for the next RoundStart.
@@ -505,6 +512,7 @@ impl FakeSite {
                 pb::task::Kind::RoundEnd(e) => return Ok(e),
                 pb::task::Kind::Done(_) => return Err("federation ended mid-round".into()),
                 pb::task::Kind::RoundStart(_) => return Err("unexpected RoundStart".into()),
+                pb::task::Kind::Part(_) => return Err("a task part after reassembly".into()),
             }
         }
     }

@@ -69,7 +69,8 @@ pub(crate) fn reason(e: &ClientError) -> Option<DeclineReason> {
         | ClientError::Connect { .. }
         | ClientError::NotServing { .. }
         | ClientError::GaveUp { .. }
-        | ClientError::StreamClosed => return None,
+        | ClientError::StreamClosed
+        | ClientError::TaskParts(_) => return None,
     })
 }
 

@@ -68,10 +68,14 @@ impl ActiveRound {
         if d.reason != DeclineReason::ReplayCohort || self.kind != RoundKind::Train {
             return None;
         }
-        let model = self.sent.get(&member)?.iter().find_map(|t| match &t.kind {
-            Some(pb::task::Kind::RoundStart(rs)) => Some(rs.model_sha256.clone()),
-            _ => None,
-        })?;
+        let model = self
+            .sent
+            .get(&member)?
+            .iter()
+            .find_map(|t| match t.task.whole_kind() {
+                Some(pb::task::Kind::RoundStart(rs)) => Some(rs.model_sha256.clone()),
+                _ => None,
+            })?;
         Some(Claim {
             site: self.names.get(&member)?.clone(),
             model,

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use confide_crypto::MemberId;
 
+use super::registry::OutTask;
 use super::*;
 use crate::checkpoint;
 use crate::metrics::{FailureReason, Reconstructions};
@@ -423,7 +424,7 @@ impl Federation {
         );
         self.metrics
             .round_recorded(kind, &rec, applied.err().map(|(_, r)| r), rebuilt);
-        let end = std::sync::Arc::new(task(pb::task::Kind::RoundEnd(pb::RoundEnd {
+        let end = OutTask::shared(task(pb::task::Kind::RoundEnd(pb::RoundEnd {
             round: rec.round,
             success: ok,
             message: rec.message.clone(),

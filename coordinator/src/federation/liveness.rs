@@ -14,11 +14,12 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
+use confide_proto::task_parts::Reassembly;
 use confide_proto::v1 as pb;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{error, info};
 
 use super::registry::SharedTask;
 use super::{Federation, clock};
@@ -30,6 +31,13 @@ pub struct TaskStream {
     fed: Weak<Federation>,
     site: String,
     stream: u64,
+    /// The task being sent and the number of its next stream message.
+    current: Option<(SharedTask, usize)>,
+    /// A part was just handed out: gRPC sends it before the next one is
+    /// encoded, so the stream's buffer stays at one part.
+    flush: bool,
+    /// In-process callers' parts, put back together.
+    parts: Reassembly,
 }
 
 impl TaskStream {
@@ -44,19 +52,74 @@ impl TaskStream {
             fed: Arc::downgrade(fed),
             site,
             stream,
+            current: None,
+            flush: false,
+            parts: Reassembly::default(),
         }
     }
-}
 
-impl TaskStream {
+    /// The current task's next stream message, if it has one left.
+    fn next_part(&mut self) -> Option<pb::Task> {
+        let (t, i) = self.current.as_mut()?;
+        let item = t.task.part(*i);
+        *i += 1;
+        if item.is_none() {
+            self.current = None;
+        }
+        item
+    }
+
+    /// The next stream message: a whole task or one part of a large one.
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<pb::Task>> {
+        loop {
+            if let Some(item) = self.next_part() {
+                return Poll::Ready(Some(item));
+            }
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(t) => self.current = Some((t, 0)),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+
+    /// Parts put back together for in-process callers, which see whole
+    /// tasks as a site does; a broken reassembly (a bug) ends the stream.
+    fn reassemble(&mut self, item: pb::Task) -> Option<Option<pb::Task>> {
+        match self.parts.push(item) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                error!(site = %self.site, error = %e, "task parts did not reassemble");
+                None
+            }
+        }
+    }
+
     /// The next task (for in-process callers such as tests).
     pub async fn recv(&mut self) -> Option<pb::Task> {
-        self.rx.recv().await.map(Arc::unwrap_or_clone)
+        loop {
+            let item = std::future::poll_fn(|cx| self.poll_item(cx)).await?;
+            if let Some(t) = self.reassemble(item)? {
+                return Some(t);
+            }
+        }
     }
 
     /// The next task if one is queued.
     pub fn try_recv(&mut self) -> Result<pb::Task, mpsc::error::TryRecvError> {
-        self.rx.try_recv().map(Arc::unwrap_or_clone)
+        loop {
+            let item = match self.next_part() {
+                Some(item) => item,
+                None => {
+                    self.current = Some((self.rx.try_recv()?, 0));
+                    continue;
+                }
+            };
+            match self.reassemble(item) {
+                Some(Some(t)) => return Ok(t),
+                Some(None) => {}
+                None => return Err(mpsc::error::TryRecvError::Disconnected),
+            }
+        }
     }
 }
 
@@ -64,8 +127,15 @@ impl tokio_stream::Stream for TaskStream {
     type Item = pb::Task;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<pb::Task>> {
-        // The owned copy lives only until gRPC has encoded it.
-        self.rx.poll_recv(cx).map(|t| t.map(Arc::unwrap_or_clone))
+        if std::mem::take(&mut self.flush) {
+            // gRPC encodes every message that is ready into one buffer
+            // before it sends; pending once makes it send this part alone.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let item = ready!(self.poll_item(cx));
+        self.flush = matches!(&item, Some(t) if matches!(t.kind, Some(pb::task::Kind::Part(_))));
+        Poll::Ready(item)
     }
 }
 

@@ -4,18 +4,55 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use confide_crypto::MemberId;
+use confide_crypto::{MemberId, Stage};
+use confide_proto::task_parts::OutgoingTask;
 use confide_proto::v1 as pb;
 use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::error::RequestError;
 
+/// A task queued for a site's stream and kept for replay.
+#[derive(Debug)]
+pub struct OutTask {
+    /// The stage whose answer the task asks for: once that answer is
+    /// accepted the task leaves the replay log.
+    pub asks: Option<Stage>,
+    /// The task, held whole when small, else encoded once and streamed in
+    /// parts (`confide_proto::task_parts`).
+    pub task: OutgoingTask,
+}
+
+impl OutTask {
+    /// `task` ready for the streams. The round announcement stays whole:
+    /// the transport adds the CRL in force as it leaves.
+    pub fn new(task: pb::Task) -> Self {
+        use pb::task::Kind;
+        let asks = match &task.kind {
+            Some(Kind::NeighbourKeys(_)) => Some(Stage::ShareKeys),
+            Some(Kind::IncomingShares(_)) => Some(Stage::MaskedInput),
+            Some(Kind::ConsistencyRequest(_)) => Some(Stage::Consistency),
+            Some(Kind::UnmaskRequest(_)) => Some(Stage::Unmask),
+            _ => None,
+        };
+        let task = if matches!(task.kind, Some(Kind::RoundStart(_))) {
+            OutgoingTask::whole(task)
+        } else {
+            OutgoingTask::new(task)
+        };
+        OutTask { asks, task }
+    }
+
+    /// [`OutTask::new`], to share among streams.
+    pub fn shared(task: pb::Task) -> SharedTask {
+        Arc::new(OutTask::new(task))
+    }
+}
+
 /// A task as queued and kept for replay: one allocation however many sites
-/// it goes to (a consistency request at n = 1000 is about a megabyte, the
-/// same for every survivor), copied into an owned message only as a
-/// stream hands it to gRPC.
-pub type SharedTask = Arc<pb::Task>;
+/// it goes to (the unmask request at n = 1000 is about 600 KB, the same for
+/// every survivor), encoded once when it is sent in parts.
+pub type SharedTask = Arc<OutTask>;
 
 /// Longest verifying key of any suite (SEC1 uncompressed P-521).
 const MAX_VERIFYING_KEY: usize = 133;
@@ -199,7 +236,7 @@ impl Registry {
 
     /// Queue `task` on every stream.
     pub fn broadcast(&self, task: pb::Task) {
-        let task = Arc::new(task);
+        let task = OutTask::shared(task);
         for e in self.sites.values() {
             if let Some(tx) = &e.tx {
                 let _ = tx.send(task.clone());

@@ -17,10 +17,11 @@ use confide_crypto::{MemberId, ProtocolError, Stage};
 use confide_proto::convert;
 use confide_proto::layout::Packing;
 use confide_proto::model::ModelImage;
+use confide_proto::task_parts::{AdvertPiece, OutgoingTask};
 use confide_proto::v1 as pb;
 use tracing::{info, warn};
 
-use super::registry::{Registry, SessionInfo, SharedTask};
+use super::registry::{OutTask, Registry, SessionInfo, SharedTask};
 use super::scheduler::RoundKind;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
@@ -44,8 +45,8 @@ fn shared<M>(
     {
         return (t.clone(), *len);
     }
-    let t = build(&msg);
-    let len = prost::Message::encoded_len(&t) as u64;
+    let t = OutTask::new(build(&msg));
+    let len = t.task.encoded_len() as u64;
     let t = Arc::new(t);
     *cache = Some((msg, t.clone(), len));
     (t, len)
@@ -149,6 +150,9 @@ pub struct ActiveRound {
     pub bytes_in: u64,
     /// Bytes sent.
     pub bytes_out: u64,
+    /// Each advertiser's advert as relayed, encoded once for all the
+    /// NeighbourKeys it goes into.
+    advert_pieces: BTreeMap<MemberId, AdvertPiece>,
     /// Every task sent to each member this round, replayed when its stream
     /// reconnects (sites ignore what they already handled).
     pub sent: BTreeMap<MemberId, Vec<SharedTask>>,
@@ -194,6 +198,7 @@ impl ActiveRound {
             answered: BTreeSet::new(),
             bytes_in: 0,
             bytes_out: 0,
+            advert_pieces: BTreeMap::new(),
             sent: BTreeMap::new(),
             blamed: Vec::new(),
             declined: Vec::new(),
@@ -242,7 +247,8 @@ impl ActiveRound {
 
     /// Send `t` to `to` (and remember it for a replay).
     pub fn send(&mut self, registry: &Registry, to: MemberId, t: pb::Task) {
-        let len = prost::Message::encoded_len(&t) as u64;
+        let t = OutTask::new(t);
+        let len = t.task.encoded_len() as u64;
         self.send_shared(registry, to, Arc::new(t), len);
     }
 
@@ -321,19 +327,9 @@ impl ActiveRound {
     /// log would otherwise hold every request all round — at n = 1000 the
     /// NeighbourKeys alone (adverts with certificates) are about 150 MB.
     pub(super) fn accepted(&mut self, from: MemberId, stage: Stage) {
-        use pb::task::Kind;
         self.answered.insert(from);
-        let asked = |t: &SharedTask| {
-            matches!(
-                (&t.kind, stage),
-                (Some(Kind::NeighbourKeys(_)), Stage::ShareKeys)
-                    | (Some(Kind::IncomingShares(_)), Stage::MaskedInput)
-                    | (Some(Kind::ConsistencyRequest(_)), Stage::Consistency)
-                    | (Some(Kind::UnmaskRequest(_)), Stage::Unmask)
-            )
-        };
         if let Some(tasks) = self.sent.get_mut(&from) {
-            tasks.retain(|t| !asked(t));
+            tasks.retain(|t| t.asks != Some(stage));
         }
     }
 
@@ -380,10 +376,30 @@ impl ActiveRound {
             match o {
                 AnyOutput::NeighbourKeys { to, msg } => {
                     // With each advert, the signer's site name and the DER it
-                    // presented when it advertised (empty in insecure mode).
-                    let keys =
-                        convert::neighbour_keys_with_certificates(&msg, |m| self.relayed.get(&m));
-                    self.send(registry, to, task(pb::task::Kind::NeighbourKeys(keys)));
+                    // presented when it advertised (empty in insecure mode),
+                    // encoded once per member and shared by its neighbours.
+                    let pieces: Vec<AdvertPiece> = msg
+                        .adverts
+                        .iter()
+                        .map(|r| {
+                            let m = r.advert.member;
+                            self.advert_pieces
+                                .entry(m)
+                                .or_insert_with(|| {
+                                    AdvertPiece::new(&convert::relayed_advert_to_proto(
+                                        r,
+                                        self.relayed.get(&m),
+                                    ))
+                                })
+                                .clone()
+                        })
+                        .collect();
+                    let t = OutTask {
+                        asks: Some(Stage::ShareKeys),
+                        task: OutgoingTask::neighbour_keys(msg.round, &pieces),
+                    };
+                    let len = t.task.encoded_len() as u64;
+                    self.send_shared(registry, to, Arc::new(t), len);
                 }
                 AnyOutput::IncomingShares { to, msg } => {
                     let shares = convert::incoming_shares_to_proto(&msg);

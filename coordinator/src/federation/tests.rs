@@ -113,7 +113,7 @@ fn kept(fed: &Federation, session: &str) -> Result<Vec<&'static str>, Box<dyn st
     Ok(tasks
         .into_iter()
         .flatten()
-        .map(|t| match &t.kind {
+        .map(|t| match t.task.to_task().ok().and_then(|t| t.kind) {
             Some(Kind::RoundStart(_)) => "round_start",
             Some(Kind::NeighbourKeys(_)) => "neighbour_keys",
             Some(Kind::IncomingShares(_)) => "incoming_shares",
@@ -655,5 +655,66 @@ async fn a_replay_cohort_is_awaited_until_all_its_sites_are_connected()
     let names: Vec<&str> = members.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(names, ["a", "b", "c"]);
     assert_eq!(logged, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_large_task_leaves_in_parts_each_sent_alone_and_comes_back_whole()
+-> Result<(), Box<dyn std::error::Error>> {
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+    use tokio_stream::Stream;
+
+    let fed = Federation::new(insecure(3, 3))?;
+    let a = fed.join("a", &[7; 32], None)?;
+    let mut stream = fed.open_tasks(&a, None)?;
+    let big = task(pb::task::Kind::UnmaskRequest(pb::UnmaskRequest {
+        round: 1,
+        survivors: (0..20_000).collect(),
+        signatures: Vec::new(),
+    }));
+    let small = task(pb::task::Kind::Done(pb::FederationDone { rounds: 4 }));
+    let send = |t: &pb::Task| {
+        fed.lock()
+            .registry
+            .send("a", Arc::new(registry::OutTask::new(t.clone())));
+    };
+    send(&big);
+    send(&small);
+
+    // Polled as gRPC polls it: after each part the stream is pending once
+    // (so gRPC sends that part before encoding more), never after a whole.
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut items = Vec::new();
+    let mut pending_after_part = 0;
+    while items.last() != Some(&small) {
+        match Pin::new(&mut stream).poll_next(&mut cx) {
+            Poll::Ready(Some(t)) => items.push(t),
+            Poll::Ready(None) => return Err("stream ended".into()),
+            Poll::Pending => {
+                let after = items.last().ok_or("pending before any task")?;
+                assert!(
+                    matches!(after.kind, Some(pb::task::Kind::Part(_))),
+                    "{after:?}"
+                );
+                pending_after_part += 1;
+            }
+        }
+    }
+    let parts = items.len() - 1;
+    assert!(parts > 1, "{parts} parts");
+    assert_eq!(pending_after_part, parts);
+    let mut r = confide_proto::task_parts::Reassembly::default();
+    let mut whole = Vec::new();
+    for t in items {
+        whole.extend(r.push(t)?);
+    }
+    assert_eq!(whole, vec![big.clone(), small.clone()]);
+
+    // In-process callers get whole tasks too.
+    send(&big);
+    assert_eq!(stream.recv().await, Some(big));
+    send(&small);
+    assert_eq!(stream.try_recv()?, small);
     Ok(())
 }
