@@ -480,3 +480,31 @@ fn small_round(n: MemberId, seed: u8) -> confide_crypto::protocol::RoundConfig {
         context: [2; 32],
     }
 }
+
+#[test]
+fn advertise_close_reports_first_then_each_members_neighbour_keys() -> Result<(), ProtocolError> {
+    use confide_crypto::protocol::CoordinatorOutput;
+    // The NeighbourKeys are made one per poll: they must still come after
+    // the stage report queued before them, one per member in ascending
+    // order, each with exactly its neighbours' adverts.
+    let mut r = Stepper::<u32>::new(small_round(9, 5), 1)?;
+    let out = r.advertise()?;
+    assert!(
+        matches!(&out[0], confide_crypto::protocol::CoordinatorOutput::StageClosed { stage, .. } if *stage == confide_crypto::Stage::AdvertiseKeys),
+        "{:?}",
+        out.first().map(std::mem::discriminant)
+    );
+    let topo = r.coord.topology().clone();
+    let mut to_seen = Vec::new();
+    for o in &out[1..] {
+        let CoordinatorOutput::NeighbourKeys { to, msg } = o else {
+            panic!("only NeighbourKeys after the report");
+        };
+        let got: Vec<MemberId> = msg.adverts.iter().map(|a| a.advert.member).collect();
+        assert_eq!(got, topo.neighbours(*to), "member {to}");
+        to_seen.push(*to);
+    }
+    assert_eq!(to_seen, topo.cohort());
+    assert!(r.coord.poll_output().is_none());
+    Ok(())
+}

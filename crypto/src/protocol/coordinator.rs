@@ -67,6 +67,8 @@ pub struct CoordinatorMachine<R: RingElement> {
     deadline: Option<Instant>,
     phase: Phase<R>,
     out: VecDeque<CoordinatorOutput<R>>,
+    /// NeighbourKeys not yet handed out: made one at a time as polled.
+    relay: Option<close::KeyRelay>,
     /// Adverts of U1, kept for reconstruction checks.
     adverts: BTreeMap<MemberId, KeyAdvert>,
     /// Identity material of U1, relayed with survivor-set signatures.
@@ -157,6 +159,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 adverts: BTreeMap::new(),
             },
             out: VecDeque::new(),
+            relay: None,
             adverts: BTreeMap::new(),
             identities: BTreeMap::new(),
             delivered: BTreeMap::new(),
@@ -186,6 +189,15 @@ impl<R: RingElement> CoordinatorMachine<R> {
 
     /// The next output.
     pub fn poll_output(&mut self) -> Option<CoordinatorOutput<R>> {
+        if let Some(relay) = self.relay.as_mut() {
+            if relay.after > 0 {
+                relay.after -= 1;
+            } else if let Some(o) = relay.next(&self.topo) {
+                return Some(o);
+            } else {
+                self.relay = None;
+            }
+        }
         self.out.pop_front()
     }
 

@@ -1,7 +1,7 @@
 //! How each stage of the coordinator's round closes: who completed it, what
 //! goes out next, and when the round ends.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
 use super::{CoordinatorMachine, Phase, UnmaskJob};
@@ -10,9 +10,39 @@ use crate::ids::{MemberId, Stage};
 use crate::protocol::consistency::SurvivorRules;
 use crate::protocol::{
     ConsistencyRequest, CoordinatorOutput, EncryptedShare, IncomingShares, NeighbourKeys,
-    RelayedAdvert, RelayedMaskingSet, RelayedSignature, RoundResult, UnmaskRequest,
+    RelayedAdvert, RelayedMaskingSet, RelayedSignature, RoundResult, Topology, UnmaskRequest,
 };
 use crate::ring::RingElement;
+
+/// The NeighbourKeys of a closed advertise stage, made one per poll.
+pub(super) struct KeyRelay {
+    /// Outputs queued before the keys, which are polled first.
+    pub(super) after: usize,
+    round: u64,
+    /// The adverts of U1.
+    adverts: BTreeMap<MemberId, RelayedAdvert>,
+    /// Members of U1 still to get theirs, ascending.
+    to: VecDeque<MemberId>,
+}
+
+impl KeyRelay {
+    /// The next member's NeighbourKeys: its neighbours' adverts in U1.
+    pub(super) fn next<R>(&mut self, topo: &Topology) -> Option<CoordinatorOutput<R>> {
+        let u = self.to.pop_front()?;
+        let adverts = topo
+            .neighbours(u)
+            .iter()
+            .filter_map(|v| self.adverts.get(v).cloned())
+            .collect();
+        Some(CoordinatorOutput::NeighbourKeys {
+            to: u,
+            msg: NeighbourKeys {
+                round: self.round,
+                adverts,
+            },
+        })
+    }
+}
 
 impl<R: RingElement> CoordinatorMachine<R> {
     /// Blame every member refused by more sites than may collude: at least
@@ -76,22 +106,18 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 if !self.enough(Stage::AdvertiseKeys, &u1) {
                     return;
                 }
-                for &u in &u1 {
-                    let relayed: Vec<RelayedAdvert> = self
-                        .topo
-                        .neighbours(u)
+                // Made as they are polled, in this place in the output order:
+                // all at once they are n·k advert copies (65 MB at n = 1000).
+                self.relay = Some(KeyRelay {
+                    after: self.out.len(),
+                    round: self.cfg.round,
+                    adverts: adverts
                         .iter()
-                        .filter(|v| u1.contains(v))
-                        .filter_map(|v| adverts.get(v).cloned())
-                        .collect();
-                    self.out.push_back(CoordinatorOutput::NeighbourKeys {
-                        to: u,
-                        msg: NeighbourKeys {
-                            round: self.cfg.round,
-                            adverts: relayed,
-                        },
-                    });
-                }
+                        .filter(|(m, _)| u1.contains(m))
+                        .map(|(&m, r)| (m, r.clone()))
+                        .collect(),
+                    to: u1.iter().copied().collect(),
+                });
                 for (m, r) in adverts {
                     if u1.contains(&m) {
                         self.identities.insert(m, r.identity);
