@@ -226,9 +226,17 @@ pub fn key_advert_from_proto(a: &v1::KeyAdvert) -> KeyAdvert {
 }
 
 /// Crypto → wire; the identity travels as `verifying_key`, with no site
-/// name or certificate (insecure mode and tests).
+/// name or certificate (tests and fakes: the coordinator relays each advert
+/// with its certificate via [`relayed_advert_to_proto`], encoded once).
 pub fn neighbour_keys_to_proto(m: &NeighbourKeys) -> v1::NeighbourKeys {
-    neighbour_keys_with_certificates(m, |_| None)
+    v1::NeighbourKeys {
+        round: m.round,
+        adverts: m
+            .adverts
+            .iter()
+            .map(|r| relayed_advert_to_proto(r, None))
+            .collect(),
+    }
 }
 
 /// The site name and certificate (DER) the coordinator relays with one
@@ -239,22 +247,6 @@ pub struct RelayedIdentity {
     pub site: String,
     /// The certificate the member presented over mTLS.
     pub certificate: Vec<u8>,
-}
-
-/// Crypto → wire, as the coordinator relays it: `identity_of(member)` gives
-/// the site name and certificate to attach (empty when `None`).
-pub fn neighbour_keys_with_certificates<'a>(
-    m: &NeighbourKeys,
-    identity_of: impl Fn(MemberId) -> Option<&'a RelayedIdentity>,
-) -> v1::NeighbourKeys {
-    let NeighbourKeys { round, adverts } = m;
-    v1::NeighbourKeys {
-        round: *round,
-        adverts: adverts
-            .iter()
-            .map(|r| relayed_advert_to_proto(r, identity_of(r.advert.member)))
-            .collect(),
-    }
 }
 
 /// One advert as relayed, with its signer's site name and certificate

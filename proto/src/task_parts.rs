@@ -83,7 +83,9 @@ pub enum OutgoingTask {
     /// Sent as it is (boxed: a task is larger than the other variant).
     Whole(Box<v1::Task>),
     /// Its encoding, sent in parts: pieces laid end to end, which other
-    /// tasks may share (see [`OutgoingTask::neighbour_keys`]).
+    /// tasks may share (see [`OutgoingTask::neighbour_keys`]). Made by
+    /// [`OutgoingTask::from_pieces`], which sums `len` once rather than
+    /// for every part.
     Encoded {
         /// The pieces, in order.
         pieces: Vec<Bytes>,
@@ -113,11 +115,7 @@ impl OutgoingTask {
     /// Whole when its encoding fits one part, else encoded once for parts.
     pub fn new(task: v1::Task) -> Self {
         if task.encoded_len() > TASK_PART_BYTES {
-            let b = Bytes::from(task.encode_to_vec());
-            OutgoingTask::Encoded {
-                len: b.len(),
-                pieces: vec![b],
-            }
+            OutgoingTask::from_pieces(vec![Bytes::from(task.encode_to_vec())])
         } else {
             OutgoingTask::Whole(Box::new(task))
         }
@@ -146,6 +144,11 @@ impl OutgoingTask {
         let mut pieces = Vec::with_capacity(adverts.len() + 1);
         pieces.push(Bytes::from(first));
         pieces.extend(adverts.iter().map(|a| a.0.clone()));
+        OutgoingTask::from_pieces(pieces)
+    }
+
+    /// A task already encoded, as `pieces` laid end to end.
+    pub fn from_pieces(pieces: Vec<Bytes>) -> Self {
         let len = pieces.iter().map(Bytes::len).sum();
         OutgoingTask::Encoded { pieces, len }
     }
@@ -172,11 +175,6 @@ impl OutgoingTask {
             OutgoingTask::Whole(_) => 1,
             OutgoingTask::Encoded { len, .. } => len.div_ceil(TASK_PART_BYTES),
         }
-    }
-
-    /// Whether it travels in parts.
-    pub fn in_parts(&self) -> bool {
-        matches!(self, OutgoingTask::Encoded { .. })
     }
 
     /// Stream message `i` of [`Self::part_count`]; a part inside one piece

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use confide_crypto::{MemberId, Stage};
-use confide_proto::task_parts::OutgoingTask;
+use confide_proto::task_parts::{AdvertPiece, OutgoingTask};
 use confide_proto::v1 as pb;
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -41,6 +41,16 @@ impl OutTask {
             OutgoingTask::new(task)
         };
         OutTask { asks, task }
+    }
+
+    /// A site's NeighbourKeys, built from its neighbours' shared adverts
+    /// (`OutgoingTask::neighbour_keys`); it asks for the site's shares, as
+    /// [`OutTask::new`] says of a NeighbourKeys.
+    pub fn neighbour_keys(round: u64, adverts: &[AdvertPiece]) -> Self {
+        OutTask {
+            asks: Some(Stage::ShareKeys),
+            task: OutgoingTask::neighbour_keys(round, adverts),
+        }
     }
 
     /// [`OutTask::new`], to share among streams.

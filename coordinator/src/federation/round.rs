@@ -17,7 +17,7 @@ use confide_crypto::{MemberId, ProtocolError, Stage};
 use confide_proto::convert;
 use confide_proto::layout::Packing;
 use confide_proto::model::ModelImage;
-use confide_proto::task_parts::{AdvertPiece, OutgoingTask};
+use confide_proto::task_parts::AdvertPiece;
 use confide_proto::v1 as pb;
 use tracing::{info, warn};
 
@@ -394,10 +394,7 @@ impl ActiveRound {
                                 .clone()
                         })
                         .collect();
-                    let t = OutTask {
-                        asks: Some(Stage::ShareKeys),
-                        task: OutgoingTask::neighbour_keys(msg.round, &pieces),
-                    };
+                    let t = OutTask::neighbour_keys(msg.round, &pieces);
                     let len = t.task.encoded_len() as u64;
                     self.send_shared(registry, to, Arc::new(t), len);
                 }

@@ -153,7 +153,14 @@ fn relayed_keys_carry_site_and_certificate_and_convert_back() -> Result<(), Conv
         site: "alice".into(),
         certificate: vec![0x30, 0x01],
     };
-    let wire = neighbour_keys_with_certificates(&msg, |m| (m == 1).then_some(&alice));
+    let wire = v1::NeighbourKeys {
+        round: msg.round,
+        adverts: msg
+            .adverts
+            .iter()
+            .map(|r| relayed_advert_to_proto(r, (r.advert.member == 1).then_some(&alice)))
+            .collect(),
+    };
     assert_eq!(wire.adverts[0].site, "alice");
     assert_eq!(wire.adverts[0].certificate, vec![0x30, 0x01]);
     assert_eq!(wire.adverts[1].site, "");
