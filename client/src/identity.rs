@@ -56,6 +56,9 @@ use crate::revocation::CrlStore;
 // neighbour reads it back), so it lives in `confide_proto::keys`.
 pub use confide_proto::keys::{VK_URI_PREFIX, parse_vk_uri, vk_uri};
 
+mod checked;
+pub use checked::{CheckedCertificates, MAX_CHECKED, Validity};
+
 /// The verifying key a certificate binds, if it carries a [`vk_uri`].
 pub fn certificate_key(der: &[u8]) -> Option<(Suite, Vec<u8>)> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -139,9 +142,14 @@ pub fn ca_fingerprint(cfg: &SiteConfig) -> Result<[u8; 32], ClientError> {
 pub struct CertificateVerifier {
     suite: Suite,
     ca: TrustAnchor<'static>,
+    /// SHA-256 of the CA certificate and of the CRL (zeros: none), which
+    /// [`CheckedCertificates`] entries are keyed under.
+    anchor: [u8; 32],
+    crl_id: [u8; 32],
     crl: Option<webpki::CertRevocationList<'static>>,
     now: UnixTime,
     seen: Mutex<HashMap<String, MemberId>>,
+    checked: Option<Arc<CheckedCertificates>>,
 }
 
 impl std::fmt::Debug for CertificateVerifier {
@@ -163,10 +171,21 @@ impl CertificateVerifier {
         Ok(CertificateVerifier {
             suite,
             ca,
+            anchor: context::sha256(&der),
+            crl_id: [0; 32],
             crl: None,
             now: UnixTime::now(),
             seen: Mutex::new(HashMap::new()),
+            checked: None,
         })
+    }
+
+    /// Remember certificates that pass the CA, validity and revocation
+    /// checks in `checked`, and skip those checks for one found there
+    /// (same bytes, CA and CRL; still valid now).
+    pub fn with_checked(mut self, checked: Arc<CheckedCertificates>) -> Self {
+        self.checked = Some(checked);
+        self
     }
 
     /// Also refuse certificates `crl` revokes (a CRL of the federation CA,
@@ -174,6 +193,7 @@ impl CertificateVerifier {
     /// such). Revocation status is then required for every relayed
     /// certificate; an expired CRL is still enforced.
     pub fn with_crl(mut self, crl: Option<&Crl>) -> Result<Self, String> {
+        self.crl_id = crl.map_or([0; 32], |c| context::sha256(c.der()));
         self.crl = match crl {
             Some(c) => Some(
                 webpki::OwnedCertRevocationList::from_der(c.der())
@@ -194,18 +214,13 @@ impl CertificateVerifier {
         Self::from_ca_pem(suite, &pem).map_err(ClientError::Config)
     }
 
-    fn check(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String> {
-        let r = v1::RelayedAdvert::decode(identity)
-            .map_err(|e| format!("member {member}: malformed relayed identity: {e}"))?;
-        if r.certificate.is_empty() {
-            return Err(format!(
-                "member {member} ({:?}): the coordinator relayed no certificate",
-                r.site
-            ));
-        }
-        let der = CertificateDer::from(r.certificate.as_slice());
-        let cert = webpki::EndEntityCert::try_from(&der)
-            .map_err(|e| format!("member {member}: relayed certificate unparsable: {e}"))?;
+    /// The CA's signature, the validity window, client-auth usage and the CRL.
+    fn verify_chain(
+        &self,
+        member: MemberId,
+        site: &str,
+        cert: &webpki::EndEntityCert<'_>,
+    ) -> Result<(), String> {
         let crls: Vec<&webpki::CertRevocationList<'_>> = self.crl.iter().collect();
         let revocation = match webpki::RevocationOptionsBuilder::new(&crls) {
             Ok(b) => Some(b.build()),
@@ -222,15 +237,36 @@ impl CertificateVerifier {
             None,
         )
         .map_err(|e| match e {
-            webpki::Error::CertRevoked => format!(
-                "member {member}: certificate of {:?} is revoked by the federation CRL",
-                r.site
-            ),
+            webpki::Error::CertRevoked => {
+                format!("member {member}: certificate of {site:?} is revoked by the federation CRL")
+            }
             e => format!(
-                "member {member}: certificate for {:?} is not issued by the federation CA: {e}",
-                r.site
+                "member {member}: certificate for {site:?} is not issued by the federation CA: {e}"
             ),
         })?;
+        Ok(())
+    }
+
+    fn check(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String> {
+        let r = v1::RelayedAdvert::decode(identity)
+            .map_err(|e| format!("member {member}: malformed relayed identity: {e}"))?;
+        if r.certificate.is_empty() {
+            return Err(format!(
+                "member {member} ({:?}): the coordinator relayed no certificate",
+                r.site
+            ));
+        }
+        let der = CertificateDer::from(r.certificate.as_slice());
+        let cert = webpki::EndEntityCert::try_from(&der)
+            .map_err(|e| format!("member {member}: relayed certificate unparsable: {e}"))?;
+        let key = checked::entry_key(&self.anchor, &self.crl_id, &r.certificate);
+        let now = i64::try_from(self.now.as_secs()).unwrap_or(i64::MAX);
+        if !self.checked.as_ref().is_some_and(|c| c.holds(&key, now)) {
+            self.verify_chain(member, &r.site, &cert)?;
+            if let (Some(c), Some(v)) = (&self.checked, Validity::of(&r.certificate)) {
+                c.insert(key, v);
+            }
+        }
         let name = ServerName::try_from(r.site.as_str())
             .map_err(|_| format!("member {member}: relayed site name {:?} invalid", r.site))?;
         cert.verify_is_valid_for_subject_name(&name).map_err(|e| {
@@ -311,12 +347,14 @@ pub fn verifier(
     cfg: &SiteConfig,
     suite: Suite,
     crl: Option<&Crl>,
+    checked: &Arc<CheckedCertificates>,
 ) -> Result<Arc<dyn IdentityVerifier>, ClientError> {
     match (&cfg.tls, authenticated(cfg)) {
         (Some(tls), true) => Ok(Arc::new(
             CertificateVerifier::from_ca_file(suite, &tls.ca)?
                 .with_crl(crl)
-                .map_err(ClientError::Config)?,
+                .map_err(ClientError::Config)?
+                .with_checked(checked.clone()),
         )),
         _ => {
             warn!(

@@ -580,7 +580,7 @@ impl RoundDriver {
             && let (Some(r), Some(x)) = (self.round.as_ref(), kept)
         {
             self.contributions
-                .remember_input(&self.federation, &r.start, &x)?;
+                .remember_input(&self.federation, &r.start, x)?;
         }
         Ok(action)
     }

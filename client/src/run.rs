@@ -125,6 +125,9 @@ impl<T: Transport> Runner<T> {
         let transport = transport(crls.clone())?;
         let verifier_cfg = cfg.clone();
         let verifier_crls = crls.clone();
+        // Shared by the rounds: each neighbour's certificate is checked
+        // against the CA once while it and the CRL stay the same.
+        let checked = Arc::new(identity::CheckedCertificates::new());
         let driver = RoundDriver::new(
             DriverConfig {
                 site: cfg.site.clone(),
@@ -135,7 +138,7 @@ impl<T: Transport> Runner<T> {
                 num_features: train.num_features(),
                 verifier: Box::new(move |suite| {
                     let crl = verifier_crls.as_ref().and_then(|s| s.current());
-                    identity::verifier(&verifier_cfg, suite, crl.as_deref())
+                    identity::verifier(&verifier_cfg, suite, crl.as_deref(), &checked)
                 }),
                 allow_plaintext: cfg.allow_plaintext,
                 policy: cfg.policy.clone(),

@@ -250,8 +250,11 @@ impl Metrics {
 
 /// Refuses NaN and infinities in a local update before anything is quantised.
 pub fn check_finite(update: &[f32]) -> Result<(), LayoutError> {
-    match update.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-        Some((index, &value)) => Err(LayoutError::NonFinite { index, value }),
+    match confide_crypto::quant::first_non_finite(update) {
+        Some(index) => Err(LayoutError::NonFinite {
+            index,
+            value: update[index],
+        }),
         None => Ok(()),
     }
 }

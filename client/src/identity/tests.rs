@@ -184,3 +184,72 @@ fn crls_that_are_expired_or_not_the_cas_are_refused() -> R {
     );
     Ok(())
 }
+
+/// A certificate that passed the full check is remembered under its CA and
+/// CRL: the entry is what skips the CA check (a planted one lets a foreign
+/// certificate through, which is why only full checks insert), and a new CRL
+/// or another CA checks it in full again.
+#[test]
+fn a_checked_certificate_is_remembered_per_ca_and_crl() -> R {
+    let ca = Ca::new("fed CA")?;
+    let other_ca = Ca::new("other CA")?;
+    let (b_cert, b_vk) = ca.site("b", 11)?;
+    let (f_cert, f_vk) = other_ca.site("f", 12)?;
+    let empty = Crl::verified(&ca.crl(1, &[], Duration::ZERO, WEEK)?, ca.pem.as_bytes())?;
+    let revoking = Crl::verified(&ca.crl(2, &[11], Duration::ZERO, WEEK)?, ca.pem.as_bytes())?;
+    let checked = Arc::new(CheckedCertificates::new());
+    let verifier = |pem: &str, crl: &Crl| -> Result<CertificateVerifier, String> {
+        Ok(
+            CertificateVerifier::from_ca_pem(Suite::Intl, pem.as_bytes())?
+                .with_crl(Some(crl))?
+                .with_checked(checked.clone()),
+        )
+    };
+
+    let v = verifier(&ca.pem, &empty)?;
+    assert!(v.verifying_key(1, &relayed("b", &b_cert, &b_vk)).is_ok());
+    assert_eq!(checked.len(), 1);
+    // Refused certificates are not remembered.
+    assert!(v.verifying_key(2, &relayed("f", &f_cert, &f_vk)).is_err());
+    assert_eq!(checked.len(), 1);
+    // The next round's verifier finds b without a second entry.
+    let v = verifier(&ca.pem, &empty)?;
+    assert!(v.verifying_key(1, &relayed("b", &b_cert, &b_vk)).is_ok());
+    assert_eq!(checked.len(), 1);
+
+    // The name and the bound key are checked on every use all the same.
+    let e = v
+        .verifying_key(3, &relayed("c", &b_cert, &b_vk))
+        .err()
+        .ok_or("a remembered certificate passed for another site")?;
+    assert!(e.contains("not for site"), "{e}");
+    let e = v
+        .verifying_key(1, &relayed("b", &b_cert, &f_vk))
+        .err()
+        .ok_or("a remembered certificate passed with another key")?;
+    assert!(e.contains("not the one in its certificate"), "{e}");
+
+    // A CRL that revokes b: a different entry, so b is checked and refused.
+    let v = verifier(&ca.pem, &revoking)?;
+    let e = v
+        .verifying_key(1, &relayed("b", &b_cert, &b_vk))
+        .err()
+        .ok_or("a remembered certificate outlived its revocation")?;
+    assert!(e.contains("revoked"), "{e}");
+    // Under another CA b is not the federation's.
+    let v = CertificateVerifier::from_ca_pem(Suite::Intl, other_ca.pem.as_bytes())?
+        .with_checked(checked.clone());
+    assert!(v.verifying_key(1, &relayed("b", &b_cert, &b_vk)).is_err());
+
+    // The entry is the whole of the skip: plant one for the foreign
+    // certificate and it passes (only full checks insert).
+    let anchor = context::sha256(&CertificateDer::from_pem_slice(ca.pem.as_bytes())?);
+    let crl_id = context::sha256(empty.der());
+    checked.insert(
+        checked::entry_key(&anchor, &crl_id, &f_cert),
+        Validity::of(&f_cert).ok_or("no validity")?,
+    );
+    let v = verifier(&ca.pem, &empty)?;
+    assert!(v.verifying_key(4, &relayed("f", &f_cert, &f_vk)).is_ok());
+    Ok(())
+}

@@ -306,7 +306,7 @@ impl Contributions {
         &mut self,
         federation: &str,
         rs: &v1::RoundStart,
-        x: &RingVec,
+        x: RingVec,
     ) -> Result<(), ClientError> {
         if rs.kind != v1::RoundKind::Train as i32 {
             return Ok(());
@@ -318,7 +318,7 @@ impl Contributions {
                 k,
                 Entry {
                     terms: terms(rs),
-                    input: Some(x.clone()),
+                    input: Some(x),
                     signed: None,
                     plain: false,
                     seq: self.seq,

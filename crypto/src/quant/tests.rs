@@ -604,3 +604,76 @@ fn elements_decode_modulo_two_to_the_b() {
     assert_eq!(want.total_weight, 46);
     assert_eq!(want.extras, vec![28]);
 }
+
+#[test]
+fn a_draw_below_frac_times_two_to_the_32_rounds_up_and_no_other() {
+    // With frac = k / 2^32 the draw u (as unsigned) rounds up iff u < k.
+    for k in [1u32, 2, 3, 1 << 20, (1 << 31) - 1, 1 << 31, u32::MAX] {
+        let frac = f64::from(k) / TWO_POW_32;
+        let as_draw = |u: u32| draw(&u.to_le_bytes());
+        assert!(rounds_up(frac, as_draw(k - 1)), "k {k}: u = k - 1");
+        assert!(!rounds_up(frac, as_draw(k)), "k {k}: u = k");
+        assert!(rounds_up(frac, as_draw(0)), "k {k}: u = 0");
+    }
+    let never = |u: u32| rounds_up(0.0, draw(&u.to_le_bytes()));
+    assert!(!never(0) && !never(u32::MAX) && !never(1 << 31));
+}
+
+#[test]
+fn the_first_non_finite_element_is_found_across_batches() {
+    let n = 3 * ROUNDING_BATCH + 7;
+    assert_eq!(first_non_finite(&vec![1.5f32; n]), None);
+    assert_eq!(first_non_finite(&[]), None);
+    for at in [
+        0,
+        1,
+        ROUNDING_BATCH - 1,
+        ROUNDING_BATCH,
+        2 * ROUNDING_BATCH + 3,
+        n - 1,
+    ] {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut xs = vec![-0.25f32; n];
+            xs[at] = bad;
+            // A later one does not hide the first.
+            xs[n - 1] = f32::NAN;
+            assert_eq!(first_non_finite(&xs), Some(at), "{bad} at {at}");
+        }
+    }
+    let q = Quantiser::new(&QuantConfig::new(Ring::U32, 1.0, 100, 100)).expect("config");
+    let mut x = vec![0.1f32; 5000];
+    x[4321] = f32::NAN;
+    let e = q.encode::<u32>(&x, 1, &[], &mut rng(9)).unwrap_err();
+    assert!(
+        matches!(e, QuantError::NonFinite { index: 4321, .. }),
+        "{e}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The all-f64 path gives what the integer path and its clamp give, at
+    /// every magnitude it is used for, integers and negatives included.
+    #[test]
+    fn narrow_rounding_is_wide_rounding_clamped(
+        mantissa in -1.0f64..1.0,
+        exponent in 0i32..50,
+        integral in any::<bool>(),
+        u in any::<u32>(),
+        cap_exp in 0u32..50,
+    ) {
+        let mut v = mantissa * 2f64.powi(exponent);
+        if integral {
+            v = v.trunc();
+        }
+        let cap = (1i64 << cap_exp) - 1;
+        let d = draw(&u.to_le_bytes());
+        let narrow = round_narrow(v, d, cap as f64);
+        let wide = round_wide(v, d).clamp(-cap, cap);
+        prop_assert_eq!(narrow, wide, "v {} u {} cap {}", v, u, cap);
+        // And it is a stochastic rounding: ⌊v⌋ or ⌊v⌋ + 1, before the clamp.
+        let unclamped = round_wide(v, d);
+        prop_assert!(unclamped as f64 >= v.floor() && unclamped as f64 <= v.floor() + 1.0);
+    }
+}

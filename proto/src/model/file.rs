@@ -65,17 +65,32 @@ impl Dtype {
         data: &[f32],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        out.reserve(data.len() * self.size());
-        for (i, &v) in data.iter().enumerate() {
-            match self {
-                Dtype::F32 => out.extend_from_slice(&v.to_le_bytes()),
-                Dtype::F16 => {
-                    self.check_fits(name, base + i, v)?;
-                    out.extend_from_slice(&f16::from_f32(v).to_le_bytes());
+        if self != Dtype::F32
+            && let Some(i) = data
+                .iter()
+                .position(|&v| self.check_fits(name, 0, v).is_err())
+        {
+            return self.check_fits(name, base + i, data[i]);
+        }
+        // One loop per dtype, over a sized buffer: a per-element match and
+        // push kept the f32 case (every download) from running as a copy.
+        let start = out.len();
+        out.resize(start + data.len() * self.size(), 0);
+        let dst = &mut out[start..];
+        match self {
+            Dtype::F32 => {
+                for (o, v) in dst.chunks_exact_mut(4).zip(data) {
+                    o.copy_from_slice(&v.to_le_bytes());
                 }
-                Dtype::BF16 => {
-                    self.check_fits(name, base + i, v)?;
-                    out.extend_from_slice(&bf16::from_f32(v).to_le_bytes());
+            }
+            Dtype::F16 => {
+                for (o, &v) in dst.chunks_exact_mut(2).zip(data) {
+                    o.copy_from_slice(&f16::from_f32(v).to_le_bytes());
+                }
+            }
+            Dtype::BF16 => {
+                for (o, &v) in dst.chunks_exact_mut(2).zip(data) {
+                    o.copy_from_slice(&bf16::from_f32(v).to_le_bytes());
                 }
             }
         }

@@ -346,7 +346,7 @@ fn replay_plans_and_refusals() -> Result<(), Box<dyn std::error::Error>> {
     let x = RingVec::U32(vec![5; crate::wire::train_len(d)]);
     let mut c = Contributions::default();
     assert_eq!(c.plan("f", &rs)?, Plan::Fresh);
-    c.remember_input("f", &rs, &x)?;
+    c.remember_input("f", &rs, x.clone())?;
     // Uploaded, not signed: replayed anywhere (no signature binds it yet).
     let wider = start_for(&cfg_for(71, &[1, 2, 3, 4], d), 1, 2, &model, d);
     assert!(
@@ -393,7 +393,7 @@ fn replay_plans_and_refusals() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..KEPT {
         let mut other = again.clone();
         other.model_sha256[0] ^= 1 + i as u8;
-        c.remember_input("f", &other, &x)?;
+        c.remember_input("f", &other, x.clone())?;
     }
     assert!(matches!(
         c.plan("f", &again),
