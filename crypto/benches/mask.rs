@@ -4,7 +4,7 @@
 
 use std::hint::black_box;
 
-use confide_crypto::prg::Prg;
+use confide_crypto::prg::{Prg, Sign, apply_masks};
 use confide_crypto::sm4fast::Sm4Keystream;
 use confide_crypto::suite::Suite;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -60,5 +60,37 @@ fn fused(c: &mut Criterion) {
     black_box(&acc);
 }
 
-criterion_group!(benches, fused);
+/// A site's masking at k = 15 (its self mask and 15 pairwise masks) on a
+/// 1M-element vector: one mask at a time against all in one pass.
+fn many(c: &mut Criterion) {
+    let mut acc = vec![0u32; LEN];
+    let mut group = c.benchmark_group("masks_16_1M_u32");
+    group.throughput(Throughput::Bytes((16 * LEN * 4) as u64));
+    for suite in Suite::ALL {
+        let masks: Vec<(Prg, Sign)> = (0..16u8)
+            .map(|i| {
+                let sign = if i % 2 == 0 { Sign::Add } else { Sign::Sub };
+                (Prg::new(suite, &[i; 16]), sign)
+            })
+            .collect();
+        group.bench_function(format!("{suite}_one_by_one"), |b| {
+            b.iter(|| {
+                for (prg, sign) in &masks {
+                    let r = match sign {
+                        Sign::Add => prg.add_into(black_box(&mut acc[..])),
+                        Sign::Sub => prg.sub_from(black_box(&mut acc[..])),
+                    };
+                    black_box(r.is_ok());
+                }
+            })
+        });
+        group.bench_function(format!("{suite}_one_pass"), |b| {
+            b.iter(|| black_box(apply_masks(&masks, black_box(&mut acc[..])).is_ok()))
+        });
+    }
+    group.finish();
+    black_box(&acc);
+}
+
+criterion_group!(benches, fused, many);
 criterion_main!(benches);

@@ -15,7 +15,10 @@
 //!
 //! Expansion and addition are fused: a cache-sized block of keystream is
 //! generated on the stack and added into the target before the next is made,
-//! so masking a vector never allocates a second vector.
+//! so masking a vector never allocates a second vector. [`apply_masks`]
+//! goes further for many masks: each cache-sized tile of the target gets
+//! every mask's keystream in turn, so the vector passes through memory once
+//! rather than once per mask.
 //!
 //! A long vector is split by range across threads ([`threads`]): CTR mode can
 //! start at any block, so each range seeks to its own counter and the result
@@ -168,27 +171,8 @@ impl Prg {
     ) -> Result<(), CryptoError> {
         let total = (data.len() as u64).saturating_mul(R::BYTES as u64);
         check_len(total, data.len(), R::BYTES)?;
-        let step = SCRATCH / R::BYTES;
-        let steps = data.len().div_ceil(step);
-        let min_steps = min_bytes.div_ceil(SCRATCH).max(1);
-        let n = threads.min(steps / min_steps).max(1);
-        if n == 1 {
-            self.stream_range(data, 0, &op);
-            return Ok(());
-        }
-        // Whole steps per range, so each range starts on a block boundary.
-        let per = steps.div_ceil(n) * step;
-        let op = &op;
-        std::thread::scope(|s| {
-            let mut ranges = data.chunks_mut(per).enumerate();
-            let first = ranges.next();
-            for (i, range) in ranges {
-                s.spawn(move || self.stream_range(range, (i * per * R::BYTES / 16) as u128, op));
-            }
-            // The calling thread takes the first range itself.
-            if let Some((_, range)) = first {
-                self.stream_range(range, 0, op);
-            }
+        on_ranges(data, threads, min_bytes, 1, |range, counter| {
+            self.stream_range(range, counter, &op)
         });
         Ok(())
     }
@@ -212,6 +196,102 @@ impl Prg {
             op(chunk, &buf[..n]);
         }
     }
+}
+
+/// Whether a mask is added to a vector or taken from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sign {
+    /// `acc += mask`.
+    Add,
+    /// `acc -= mask`.
+    Sub,
+}
+
+/// `acc ± mask` for every `(prg, sign)` in `masks`, in one pass over `acc`.
+///
+/// The result is what [`Prg::add_into`] and [`Prg::sub_from`] give one mask
+/// at a time (the ring sum does not depend on the order), but each
+/// scratch-sized tile of `acc` is read and written once, with every mask's
+/// keystream for that tile made while it sits in the cache. One mask at a
+/// time took the whole vector through memory once per mask, which, with
+/// thousands of masks (a coordinator unmasking for dropped sites) or a
+/// vector larger than the cache, cost more than the cipher.
+pub fn apply_masks<R: RingElement>(
+    masks: &[(Prg, Sign)],
+    acc: &mut [R],
+) -> Result<(), CryptoError> {
+    apply_masks_on(masks, acc, threads(), MIN_BYTES_PER_THREAD)
+}
+
+/// [`apply_masks`] on up to `threads` threads, each given at least
+/// `min_bytes` of keystream.
+fn apply_masks_on<R: RingElement>(
+    masks: &[(Prg, Sign)],
+    acc: &mut [R],
+    threads: usize,
+    min_bytes: usize,
+) -> Result<(), CryptoError> {
+    let total = (acc.len() as u64).saturating_mul(R::BYTES as u64);
+    check_len(total, acc.len(), R::BYTES)?;
+    if masks.is_empty() {
+        return Ok(());
+    }
+    on_ranges(acc, threads, min_bytes, masks.len(), |range, counter| {
+        let mut buf = Zeroizing::new([0u8; SCRATCH]);
+        for (i, tile) in range.chunks_mut(SCRATCH / R::BYTES).enumerate() {
+            let n = tile.len() * R::BYTES;
+            let at = counter + (i * SCRATCH / 16) as u128;
+            for (prg, sign) in masks {
+                let mut ks = Generator {
+                    inner: &prg.inner,
+                    counter: at,
+                };
+                ks.next(&mut buf[..n]);
+                let pairs = tile.iter_mut().zip(buf[..n].chunks_exact(R::BYTES));
+                match sign {
+                    Sign::Add => pairs.for_each(|(a, k)| *a = a.wrapping_add(R::from_le_slice(k))),
+                    Sign::Sub => pairs.for_each(|(a, k)| *a = a.wrapping_sub(R::from_le_slice(k))),
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Runs `f(range, first block)` over `data` split by range across up to
+/// `threads` threads, each given at least `min_bytes` of keystream when
+/// every element takes `streams` keystreams. Ranges are whole scratch
+/// steps, so each starts on a block boundary.
+fn on_ranges<R: RingElement>(
+    data: &mut [R],
+    threads: usize,
+    min_bytes: usize,
+    streams: usize,
+    f: impl Fn(&mut [R], u128) + Sync,
+) {
+    let step = SCRATCH / R::BYTES;
+    let steps = data.len().div_ceil(step);
+    let min_steps = min_bytes
+        .div_ceil(SCRATCH.saturating_mul(streams.max(1)))
+        .max(1);
+    let n = threads.min(steps / min_steps).max(1);
+    if n == 1 {
+        f(data, 0);
+        return;
+    }
+    let per = steps.div_ceil(n) * step;
+    let f = &f;
+    std::thread::scope(|s| {
+        let mut ranges = data.chunks_mut(per).enumerate();
+        let first = ranges.next();
+        for (i, range) in ranges {
+            s.spawn(move || f(range, (i * per * R::BYTES / 16) as u128));
+        }
+        // The calling thread takes the first range itself.
+        if let Some((_, range)) = first {
+            f(range, 0);
+        }
+    });
 }
 
 fn check_len(bytes: u64, len: usize, width: usize) -> Result<(), CryptoError> {
@@ -338,6 +418,42 @@ mod tests {
             assert_eq!(four, want, "{suite} four threads");
         }
         Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Many masks in one pass, on any number of threads, give what
+        /// applying them one by one gives, in both suites and rings.
+        #[test]
+        fn masks_in_one_pass_are_masks_one_by_one(
+            len in 0usize..30_000,
+            threads in 1usize..6,
+            gm in any::<bool>(),
+            keys in proptest::collection::vec((any::<[u8; 16]>(), any::<bool>()), 0..7),
+            start in any::<u32>(),
+        ) {
+            let suite = if gm { Suite::Gm } else { Suite::Intl };
+            let masks: Vec<(Prg, Sign)> = keys
+                .iter()
+                .map(|(k, add)| (Prg::new(suite, k), if *add { Sign::Add } else { Sign::Sub }))
+                .collect();
+            let mut want32 = vec![start; len];
+            let mut want64 = vec![u64::from(start) << 7; len];
+            for (prg, sign) in &masks {
+                let r = match sign {
+                    Sign::Add => prg.add_into(&mut want32).and(prg.add_into(&mut want64)),
+                    Sign::Sub => prg.sub_from(&mut want32).and(prg.sub_from(&mut want64)),
+                };
+                prop_assert!(r.is_ok());
+            }
+            let mut got32 = vec![start; len];
+            let mut got64 = vec![u64::from(start) << 7; len];
+            prop_assert!(apply_masks_on(&masks, &mut got32, threads, SCRATCH).is_ok());
+            prop_assert!(apply_masks_on(&masks, &mut got64, threads, SCRATCH).is_ok());
+            prop_assert_eq!(got32, want32);
+            prop_assert_eq!(got64, want64);
+        }
     }
 
     #[test]

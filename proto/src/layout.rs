@@ -10,7 +10,7 @@
 //! `q` is the quantiser of the round (`confide_crypto::quant`); the weight and
 //! metric slots are plain integers, so the secure sum yields Σw, Σcorrect,
 //! Σexamples and Σloss·1000 exactly. Vectors travel in
-//! [`masked_input_chunks`] of at most [`CHUNK_BYTES`](crate::CHUNK_BYTES),
+//! [`masked_input_chunks`] of at most [`MASKED_CHUNK_BYTES`](crate::MASKED_CHUNK_BYTES),
 //! a TRAIN vector's model slots packed at the quantiser's `b` bits
 //! ([`pack`], [`round_packing`]); the decoder reads those slots modulo 2^b.
 //!
@@ -36,7 +36,7 @@ use rand::CryptoRng;
 use crate::convert;
 pub mod pack;
 use crate::standardise::{self, FeatureStats};
-use crate::{CHUNK_BYTES, v1};
+use crate::{MASKED_CHUNK_BYTES, v1};
 pub use pack::{PackError, Packing};
 
 /// Number of metric slots after the weight slot: correct, examples, loss·1000.
@@ -442,7 +442,7 @@ pub fn round_packing(rs: &v1::RoundStart, ring: confide_crypto::Ring) -> Packing
 /// `total_len` and `masking`, the signed masking set of a secure round
 /// (`None` in plaintext mode). The coordinator reads it before it waits for
 /// an upload slot, so a waiting upload holds a few hundred bytes there, not
-/// a data chunk. Data chunks follow, at most [`CHUNK_BYTES`] each, each a
+/// a data chunk. Data chunks follow, at most [`MASKED_CHUNK_BYTES`] each, each a
 /// whole number of elements and of bytes ([`Packing::chunks`]).
 pub fn masked_input_chunks<R: RingElement>(
     session: &str,
@@ -463,7 +463,7 @@ pub fn masked_input_chunks<R: RingElement>(
     std::iter::once(header)
         .chain(
             packing
-                .chunks(CHUNK_BYTES)
+                .chunks(MASKED_CHUNK_BYTES)
                 .into_iter()
                 .map(|r| v1::MaskedInputChunk {
                     session: session.to_string(),

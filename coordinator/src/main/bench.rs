@@ -22,6 +22,7 @@ use confide_coordinator::checkpoint::RoundRecord;
 use confide_coordinator::{certs, progress};
 use confide_crypto::{Stage, Suite};
 use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// Features of the synthetic data (the MLP's input width).
 const FEATURES: usize = 8;
@@ -87,9 +88,19 @@ impl Trainer for Synthetic {
         // Filled in place, in flat order: one model-sized vector per site,
         // so the in-process sites of a large bench fit in memory.
         let mut delta = global.zeros_like();
+        // Drawn a batch at a time from a generator of the site's own (a
+        // call per element through `dyn Rng` cost more than quantising):
+        // the bench measures the round, not its stand-in for training.
+        let mut draws = ChaCha8Rng::from_rng(rng);
+        let mut bytes = [0u8; 4096];
         for t in delta.tensors.values_mut() {
-            for v in &mut t.data {
-                *v = ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.02;
+            for vs in t.data.chunks_mut(bytes.len() / 4) {
+                let bytes = &mut bytes[..4 * vs.len()];
+                draws.fill_bytes(bytes);
+                for (v, b) in vs.iter_mut().zip(bytes.chunks_exact(4)) {
+                    let u = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    *v = ((u >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.02;
+                }
             }
         }
         Ok(FitResult {

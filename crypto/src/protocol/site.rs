@@ -16,6 +16,7 @@ use super::{
 };
 use crate::error::ProtocolError;
 use crate::kdf::{Purpose, derive_key};
+use crate::prg::{Sign, apply_masks};
 use crate::ring::RingElement;
 use crate::shamir::{self, Share};
 use crate::suite::{SigningKey, VerifyingKey, random_secret};
@@ -460,21 +461,20 @@ impl<R: RingElement> SiteMachine<R> {
         };
         let suite = self.cfg.suite;
         let round = self.cfg.round;
-        self_mask_prg(suite, round, self.me, &st.seed)?.add_into(&mut input)?;
+        let mut masks = Vec::with_capacity(st.peers.len() + 1);
+        masks.push((self_mask_prg(suite, round, self.me, &st.seed)?, Sign::Add));
         // Kept (16 bytes each) in case a peer turns out not to have masked
         // with this site: then this key alone is revealed (`reveal.rs`).
         let mut pair_keys = BTreeMap::new();
         for (&v, mask_public) in &st.peers {
             let key = pairwise_key(suite, round, &st.mask_secret, mask_public, self.me, v)?;
-            let prg = key.prg(suite);
             // + towards larger ids, − towards smaller: the pair cancels in the sum.
-            if v > self.me {
-                prg.add_into(&mut input)?;
-            } else {
-                prg.sub_from(&mut input)?;
-            }
+            let sign = if v > self.me { Sign::Add } else { Sign::Sub };
+            masks.push((key.prg(suite), sign));
             pair_keys.insert(v, key);
         }
+        // All in one pass over the input (`prg::apply_masks`).
+        apply_masks(&masks, &mut input)?;
         let masked_with: Vec<MemberId> = st.peers.keys().copied().collect();
         let signature = self.signing.sign(&MaskingSet::signed_bytes(
             &self.session,

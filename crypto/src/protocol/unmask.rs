@@ -14,6 +14,7 @@ use super::{
     self_mask_prg, share_x,
 };
 use crate::error::ProtocolError;
+use crate::prg::{Sign, apply_masks};
 use crate::ring::RingElement;
 use crate::shamir::{Reconstructor, ShamirError, Share};
 
@@ -159,6 +160,8 @@ impl Unmasker<'_> {
             }
         };
         let mut reconstructions = 0;
+        // Every mask to take out, applied in one pass at the end.
+        let mut masks = Vec::with_capacity(u3.len());
         for &u in u3 {
             let seed = rebuild(u, seed_shares.get(&u), "self-mask seed")?;
             let committed = self.commitments.get(&u).copied().unwrap_or_default();
@@ -168,7 +171,7 @@ impl Unmasker<'_> {
                     what: "self-mask seed",
                 });
             }
-            self_mask_prg(suite, round, u, &seed)?.sub_from(&mut acc)?;
+            masks.push((self_mask_prg(suite, round, u, &seed)?, Sign::Sub));
             reconstructions += 1;
         }
         for &v in dropped {
@@ -202,11 +205,7 @@ impl Unmasker<'_> {
                     .ok_or(ProtocolError::NotParticipant(u))?;
                 let prg = pairwise_key(suite, round, &secret, &peer.mask_public, v, u)?.prg(suite);
                 // u added +mask if v > u, −mask otherwise; undo exactly that.
-                if v > u {
-                    prg.sub_from(&mut acc)?;
-                } else {
-                    prg.add_into(&mut acc)?;
-                }
+                masks.push((prg, if v > u { Sign::Sub } else { Sign::Add }));
             }
         }
         for &(p, q) in &checked.one_sided {
@@ -216,12 +215,9 @@ impl Unmasker<'_> {
                 .map(|(_, k)| k)
                 .ok_or(ProtocolError::MissingPairKey { masker: p, peer: q })?;
             // p added +mask towards a larger id, −mask otherwise.
-            if q > p {
-                key.prg(suite).sub_from(&mut acc)?;
-            } else {
-                key.prg(suite).add_into(&mut acc)?;
-            }
+            masks.push((key.prg(suite), if q > p { Sign::Sub } else { Sign::Add }));
         }
+        apply_masks(&masks, &mut acc)?;
         Ok(RoundResult {
             sum: acc,
             survivors: u3.iter().copied().collect(),

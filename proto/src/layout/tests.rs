@@ -155,7 +155,7 @@ fn statistics_round_trip_and_need_the_u64_ring() -> Result<(), Box<dyn std::erro
 
 #[test]
 fn chunks_cover_the_vector_in_order_within_the_size_limit() -> Result<(), LayoutError> {
-    let n = CHUNK_BYTES / 4 * 2 + 5;
+    let n = MASKED_CHUNK_BYTES / 4 * 2 + 5;
     let v: Vec<u32> = (0..n as u32)
         .map(|i| i.wrapping_mul(2_654_435_761))
         .collect();
@@ -180,7 +180,7 @@ fn chunks_cover_the_vector_in_order_within_the_size_limit() -> Result<(), Layout
     assert!(chunks[1..].iter().all(|c| c.masking.is_none()));
     let mut back = Vec::new();
     for c in &chunks {
-        assert!(c.data.len() <= CHUNK_BYTES);
+        assert!(c.data.len() <= MASKED_CHUNK_BYTES);
         assert_eq!(c.offset as usize, back.len());
         assert_eq!(
             (c.total_len, c.round, c.session.as_str()),
@@ -192,11 +192,11 @@ fn chunks_cover_the_vector_in_order_within_the_size_limit() -> Result<(), Layout
         );
     }
     assert_eq!(back, v);
-    let n = CHUNK_BYTES / 8 + 1;
+    let n = MASKED_CHUNK_BYTES / 8 + 1;
     let plain = Packing::plain(Ring::U64, n);
     let chunks = masked_input_chunks("s", 1, &vec![u64::MAX; n], None, &plain);
     assert_eq!(chunks.len(), 3);
-    assert_eq!(chunks[2].offset as usize, CHUNK_BYTES / 8);
+    assert_eq!(chunks[2].offset as usize, MASKED_CHUNK_BYTES / 8);
     Ok(())
 }
 
@@ -204,7 +204,7 @@ fn chunks_cover_the_vector_in_order_within_the_size_limit() -> Result<(), Layout
 /// slot, in chunks of whole bytes and whole elements; other kinds unpacked.
 #[test]
 fn train_vectors_travel_packed_at_the_announced_bits() -> Result<(), PackError> {
-    let d = CHUNK_BYTES / 3 + 100;
+    let d = MASKED_CHUNK_BYTES / 3 + 100;
     let mut rs = v1::RoundStart {
         kind: v1::RoundKind::Train as i32,
         vector_len: train_len(d) as u64,
@@ -231,7 +231,7 @@ fn train_vectors_travel_packed_at_the_announced_bits() -> Result<(), PackError> 
     assert!(
         data[..2]
             .iter()
-            .all(|&(o, len)| o % 8 == 0 && len <= CHUNK_BYTES)
+            .all(|&(o, len)| o % 8 == 0 && len <= MASKED_CHUNK_BYTES)
     );
     assert_eq!(data.iter().map(|d| d.1).sum::<usize>(), p.total_bytes());
     assert_eq!(data[2], (d as u64, tail));
