@@ -121,20 +121,12 @@ impl Prg {
 
     /// `acc += mask` (element-wise, wrapping).
     pub fn add_into<R: RingElement>(&self, acc: &mut [R]) -> Result<(), CryptoError> {
-        self.stream(acc, |chunk, ks| {
-            for (a, k) in chunk.iter_mut().zip(ks.chunks_exact(R::BYTES)) {
-                *a = a.wrapping_add(R::from_le_slice(k));
-            }
-        })
+        self.stream(acc, |chunk, ks| Sign::Add.apply(chunk, ks))
     }
 
     /// `acc -= mask` (element-wise, wrapping).
     pub fn sub_from<R: RingElement>(&self, acc: &mut [R]) -> Result<(), CryptoError> {
-        self.stream(acc, |chunk, ks| {
-            for (a, k) in chunk.iter_mut().zip(ks.chunks_exact(R::BYTES)) {
-                *a = a.wrapping_sub(R::from_le_slice(k));
-            }
-        })
+        self.stream(acc, |chunk, ks| Sign::Sub.apply(chunk, ks))
     }
 
     /// Raw keystream from counter 0, for known-answer tests and other implementations.
@@ -207,6 +199,19 @@ pub enum Sign {
     Sub,
 }
 
+impl Sign {
+    /// `acc ± keystream`, element by element (wrapping); `ks` holds
+    /// `R::BYTES` little-endian bytes per element of `acc`.
+    #[inline]
+    fn apply<R: RingElement>(self, acc: &mut [R], ks: &[u8]) {
+        let pairs = acc.iter_mut().zip(ks.chunks_exact(R::BYTES));
+        match self {
+            Sign::Add => pairs.for_each(|(a, k)| *a = a.wrapping_add(R::from_le_slice(k))),
+            Sign::Sub => pairs.for_each(|(a, k)| *a = a.wrapping_sub(R::from_le_slice(k))),
+        }
+    }
+}
+
 /// `acc ± mask` for every `(prg, sign)` in `masks`, in one pass over `acc`.
 ///
 /// The result is what [`Prg::add_into`] and [`Prg::sub_from`] give one mask
@@ -247,11 +252,7 @@ fn apply_masks_on<R: RingElement>(
                     counter: at,
                 };
                 ks.next(&mut buf[..n]);
-                let pairs = tile.iter_mut().zip(buf[..n].chunks_exact(R::BYTES));
-                match sign {
-                    Sign::Add => pairs.for_each(|(a, k)| *a = a.wrapping_add(R::from_le_slice(k))),
-                    Sign::Sub => pairs.for_each(|(a, k)| *a = a.wrapping_sub(R::from_le_slice(k))),
-                }
+                sign.apply(tile, &buf[..n]);
             }
         }
     });

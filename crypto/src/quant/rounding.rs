@@ -87,9 +87,10 @@ pub(super) fn draw(u: &[u8]) -> f64 {
     f64::from((u ^ (1 << 31)) as i32)
 }
 
-/// Whether stochastic rounding goes up: with probability
-/// `⌈frac·2^32⌉ / 2^32` for `frac` in `[0, 1)` (exact when `frac` is a
-/// multiple of 2^-32: then both sides are integers).
+/// Whether stochastic rounding goes up, for `frac` in `[0, 1)`: with
+/// probability `frac` exactly when `frac` is a multiple of 2^-32 (then both
+/// sides are integers), and within 2^-32 of it otherwise (the right side is
+/// rounded to `f64`).
 #[inline(always)]
 pub(super) fn rounds_up(frac: f64, draw: f64) -> bool {
     draw < frac * TWO_POW_32 - TWO_POW_31

@@ -65,36 +65,59 @@ impl Dtype {
         data: &[f32],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        if self != Dtype::F32
-            && let Some(i) = data
-                .iter()
-                .position(|&v| self.check_fits(name, 0, v).is_err())
-        {
-            return self.check_fits(name, base + i, data[i]);
-        }
-        // One loop per dtype, over a sized buffer: a per-element match and
+        // One loop per dtype over a sized buffer: a per-element match and
         // push kept the f32 case (every download) from running as a copy.
+        // A value that does not fit leaves `out` as it was.
         let start = out.len();
         out.resize(start + data.len() * self.size(), 0);
         let dst = &mut out[start..];
-        match self {
+        // `conv` gives the two bytes and whether they are finite.
+        let half = |conv: fn(f32) -> ([u8; 2], bool), dst: &mut [u8]| {
+            for (i, (o, &v)) in dst.chunks_exact_mut(2).zip(data).enumerate() {
+                let (h, finite) = conv(v);
+                if v.is_finite() && !finite {
+                    return Err(i);
+                }
+                o.copy_from_slice(&h);
+            }
+            Ok(())
+        };
+        let done = match self {
             Dtype::F32 => {
                 for (o, v) in dst.chunks_exact_mut(4).zip(data) {
                     o.copy_from_slice(&v.to_le_bytes());
                 }
+                Ok(())
             }
-            Dtype::F16 => {
-                for (o, &v) in dst.chunks_exact_mut(2).zip(data) {
-                    o.copy_from_slice(&f16::from_f32(v).to_le_bytes());
-                }
-            }
-            Dtype::BF16 => {
-                for (o, &v) in dst.chunks_exact_mut(2).zip(data) {
-                    o.copy_from_slice(&bf16::from_f32(v).to_le_bytes());
-                }
-            }
+            Dtype::F16 => half(
+                |v| {
+                    let h = f16::from_f32(v);
+                    (h.to_le_bytes(), h.is_finite())
+                },
+                dst,
+            ),
+            Dtype::BF16 => half(
+                |v| {
+                    let h = bf16::from_f32(v);
+                    (h.to_le_bytes(), h.is_finite())
+                },
+                dst,
+            ),
+        };
+        done.or_else(|i| {
+            out.truncate(start);
+            self.check_fits(name, base + i, data[i])
+        })
+    }
+
+    /// Whether `value` is stored as what it is: false only for a finite
+    /// value that becomes an infinity in this dtype.
+    fn fits(self, value: f32) -> bool {
+        match self {
+            Dtype::F32 => true,
+            Dtype::F16 => !value.is_finite() || f16::from_f32(value).is_finite(),
+            Dtype::BF16 => !value.is_finite() || bf16::from_f32(value).is_finite(),
         }
-        Ok(())
     }
 
     /// Errors when finite `value` (element `index` of tensor `name`) turns
@@ -102,12 +125,7 @@ impl Dtype {
     /// value it did not hold; non-finite values pass (they were checked, or
     /// refused, where they came from).
     pub fn check_fits(self, name: &str, index: usize, value: f32) -> Result<()> {
-        let fits = match self {
-            Dtype::F32 => true,
-            Dtype::F16 => f16::from_f32(value).is_finite(),
-            Dtype::BF16 => bf16::from_f32(value).is_finite(),
-        };
-        if value.is_finite() && !fits {
+        if !self.fits(value) {
             return Err(ModelError::File(format!(
                 "tensor '{name}' element {index} = {value} does not fit dtype {self}"
             )));
