@@ -515,6 +515,17 @@ pub(crate) fn pairwise_key(
     b: MemberId,
 ) -> Result<PairwiseKey, CryptoError> {
     let shared = suite.provider().agree(my_secret, peer_public)?;
+    pairwise_key_of(suite, round, &shared, a, b)
+}
+
+/// [`pairwise_key`] from the pair's agreement already made.
+pub(crate) fn pairwise_key_of(
+    suite: Suite,
+    round: u64,
+    shared: &[u8; 32],
+    a: MemberId,
+    b: MemberId,
+) -> Result<PairwiseKey, CryptoError> {
     let key = crate::kdf::derive_key(
         suite,
         crate::kdf::Purpose::PairwiseMask,

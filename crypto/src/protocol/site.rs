@@ -11,7 +11,7 @@ use super::consistency::CheckedSurvivors;
 use super::{
     EncryptedShare, IdentityVerifier, IncomingShares, KeyAdvert, MaskingSet, MemberId,
     NeighbourKeys, PairwiseKey, RoundConfig, SHARE_PLAINTEXT_LEN, ShareBundle, SitePolicy, Stage,
-    SurvivorSignature, Topology, UnmaskResponse, pairwise_key, seed_commitment, self_mask_prg,
+    SurvivorSignature, Topology, UnmaskResponse, pairwise_key_of, seed_commitment, self_mask_prg,
     share_aad, share_x,
 };
 use crate::error::ProtocolError;
@@ -94,23 +94,39 @@ struct AwaitKeys {
     mask_secret: Zeroizing<[u8; 32]>,
 }
 
+/// A neighbour whose advert this site accepted. Checking the advert's two
+/// public keys already is an agreement with each, so both are made once,
+/// there, and kept: a round then costs two agreements per neighbour, not
+/// five (check, seal, open, mask).
+struct Accepted {
+    /// The raw share-encryption agreement; each direction's key is derived
+    /// from it.
+    enc_shared: Zeroizing<[u8; 32]>,
+    /// This round's pairwise-mask key with the neighbour.
+    pair_key: PairwiseKey,
+}
+
 /// Shares dealt; waiting for the neighbours' shares.
 struct AwaitShares {
-    enc_secret: Zeroizing<[u8; 32]>,
+    /// Kept only for [`SiteMachine::leak`]; the agreements are in `accepted`.
+    #[cfg(any(test, feature = "test-util"))]
     mask_secret: Zeroizing<[u8; 32]>,
     seed: Zeroizing<[u8; 32]>,
-    /// Neighbours that advertised: (enc public, mask public).
-    keys: BTreeMap<MemberId, (Vec<u8>, Vec<u8>)>,
+    /// Neighbours whose adverts passed.
+    accepted: BTreeMap<MemberId, Accepted>,
     /// Their verifying keys, checked with the adverts.
     verified: BTreeMap<MemberId, VerifyingKey>,
 }
 
 /// Shares held; waiting for the local input.
 struct AwaitInput {
+    /// As in [`AwaitShares`].
+    #[cfg(any(test, feature = "test-util"))]
     mask_secret: Zeroizing<[u8; 32]>,
     seed: Zeroizing<[u8; 32]>,
-    /// Mask public keys of neighbours whose shares arrived (the set masked with).
-    peers: BTreeMap<MemberId, Vec<u8>>,
+    /// The pairwise keys of the neighbours whose shares arrived (the set
+    /// masked with).
+    pair_keys: BTreeMap<MemberId, PairwiseKey>,
     held: BTreeMap<MemberId, HeldShares>,
     /// As in [`AwaitShares`].
     verified: BTreeMap<MemberId, VerifyingKey>,
@@ -300,62 +316,59 @@ impl<R: RingElement> SiteMachine<R> {
     ) -> Result<(AwaitShares, ShareBundle), ProtocolError> {
         let suite = self.cfg.suite;
         let p = suite.provider();
-        let mut keys = BTreeMap::new();
+        let mut accepted = BTreeMap::new();
         let mut verified = BTreeMap::new();
         let mut seen_keys = BTreeSet::new();
         for r in msg.adverts {
+            let a = &r.advert;
             let checked = self
-                .check_advert(&r.advert, &r.identity, &keys, &seen_keys)
+                .check_advert(a, &r.identity, &accepted, &seen_keys)
                 .and_then(|vk| {
                     // Both public keys must be usable, or this peer cannot be masked with.
-                    for (secret, public) in [
-                        (&st.enc_secret, &r.advert.enc_public),
-                        (&st.mask_secret, &r.advert.mask_public),
-                    ] {
-                        p.agree(secret, public)
-                            .map_err(|e| format!("unusable public key: {e}"))?;
-                    }
-                    Ok(vk)
+                    let unusable =
+                        |e: crate::error::CryptoError| format!("unusable public key: {e}");
+                    let enc_shared = p.agree(&st.enc_secret, &a.enc_public).map_err(unusable)?;
+                    let mask_shared = p.agree(&st.mask_secret, &a.mask_public).map_err(unusable)?;
+                    let pair_key =
+                        pairwise_key_of(suite, self.cfg.round, &mask_shared, self.me, a.member)
+                            .map_err(|e| e.to_string())?;
+                    Ok((
+                        vk,
+                        Accepted {
+                            enc_shared,
+                            pair_key,
+                        },
+                    ))
                 });
             match checked {
-                Ok(vk) => {
-                    let a = r.advert;
+                Ok((vk, peer)) => {
                     verified.insert(a.member, vk);
                     seen_keys.insert(a.enc_public.clone());
                     seen_keys.insert(a.mask_public.clone());
-                    keys.insert(a.member, (a.enc_public, a.mask_public));
+                    accepted.insert(a.member, peer);
                 }
-                Err(why) => self.rejected.push((r.advert.member, why)),
+                Err(why) => self.rejected.push((a.member, why)),
             }
         }
         let t = self.cfg.params.t;
-        if keys.len() < t {
+        if accepted.len() < t {
             return Err(ProtocolError::BelowThreshold {
                 member: self.me,
-                have: keys.len(),
+                have: accepted.len(),
                 need: t,
             });
         }
         let seed = random_secret(rng, |_| Ok(()));
-        let holders: Vec<MemberId> = keys.keys().copied().collect();
+        let holders: Vec<MemberId> = accepted.keys().copied().collect();
         let xs: Vec<u32> = holders.iter().map(|&h| share_x(h)).collect();
         let seed_shares = shamir::split(&seed, t, &xs, rng)?;
         let key_shares = shamir::split(&st.mask_secret, t, &xs, rng)?;
         let mut shares = Vec::with_capacity(holders.len());
         for ((&to, s), k) in holders.iter().zip(&seed_shares).zip(&key_shares) {
-            let (enc_public, _) = &keys[&to];
-            // Public keys were checked in `check_advert`, so this cannot fail
-            // for an advert that passed.
-            let shared =
-                p.agree(&st.enc_secret, enc_public)
-                    .map_err(|e| ProtocolError::BadAdvert {
-                        member: to,
-                        reason: e.to_string(),
-                    })?;
             let key = derive_key(
                 suite,
                 Purpose::ShareEncryption,
-                &shared[..],
+                &accepted[&to].enc_shared[..],
                 self.cfg.round,
                 self.me,
                 to,
@@ -386,10 +399,10 @@ impl<R: RingElement> SiteMachine<R> {
         };
         Ok((
             AwaitShares {
-                enc_secret: st.enc_secret,
+                #[cfg(any(test, feature = "test-util"))]
                 mask_secret: st.mask_secret,
                 seed,
-                keys,
+                accepted,
                 verified,
             },
             bundle,
@@ -413,7 +426,7 @@ impl<R: RingElement> SiteMachine<R> {
         msg: IncomingShares,
     ) -> Result<AwaitInput, ProtocolError> {
         let mut held = BTreeMap::new();
-        let mut peers = BTreeMap::new();
+        let mut pair_keys = BTreeMap::new();
         for e in msg.shares {
             if held.contains_key(&e.from) {
                 self.rejected
@@ -422,8 +435,8 @@ impl<R: RingElement> SiteMachine<R> {
             }
             match self.open_share(&st, &e) {
                 Ok(h) => {
-                    if let Some((_, mask_public)) = st.keys.get(&e.from) {
-                        peers.insert(e.from, mask_public.clone());
+                    if let Some(peer) = st.accepted.get(&e.from) {
+                        pair_keys.insert(e.from, peer.pair_key.clone());
                         held.insert(e.from, h);
                     }
                 }
@@ -439,9 +452,10 @@ impl<R: RingElement> SiteMachine<R> {
             });
         }
         Ok(AwaitInput {
+            #[cfg(any(test, feature = "test-util"))]
             mask_secret: st.mask_secret,
             seed: st.seed,
-            peers,
+            pair_keys,
             held,
             verified: st.verified,
         })
@@ -461,21 +475,20 @@ impl<R: RingElement> SiteMachine<R> {
         };
         let suite = self.cfg.suite;
         let round = self.cfg.round;
-        let mut masks = Vec::with_capacity(st.peers.len() + 1);
+        let mut masks = Vec::with_capacity(st.pair_keys.len() + 1);
         masks.push((self_mask_prg(suite, round, self.me, &st.seed)?, Sign::Add));
-        // Kept (16 bytes each) in case a peer turns out not to have masked
-        // with this site: then this key alone is revealed (`reveal.rs`).
-        let mut pair_keys = BTreeMap::new();
-        for (&v, mask_public) in &st.peers {
-            let key = pairwise_key(suite, round, &st.mask_secret, mask_public, self.me, v)?;
+        // The pair keys are kept (16 bytes each) in case a peer turns out not
+        // to have masked with this site: then that key alone is revealed
+        // (`reveal.rs`).
+        let pair_keys = st.pair_keys;
+        for (&v, key) in &pair_keys {
             // + towards larger ids, − towards smaller: the pair cancels in the sum.
             let sign = if v > self.me { Sign::Add } else { Sign::Sub };
             masks.push((key.prg(suite), sign));
-            pair_keys.insert(v, key);
         }
         // All in one pass over the input (`prg::apply_masks`).
         apply_masks(&masks, &mut input)?;
-        let masked_with: Vec<MemberId> = st.peers.keys().copied().collect();
+        let masked_with: Vec<MemberId> = pair_keys.keys().copied().collect();
         let signature = self.signing.sign(&MaskingSet::signed_bytes(
             &self.session,
             self.me,

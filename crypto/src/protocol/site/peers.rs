@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{AwaitShares, HeldShares, SiteMachine};
+use super::{Accepted, AwaitShares, HeldShares, SiteMachine};
 use crate::ids::MemberId;
 use crate::kdf::{Purpose, derive_key};
 use crate::protocol::{EncryptedShare, KeyAdvert, SHARE_PLAINTEXT_LEN, share_aad, share_x};
@@ -17,7 +17,7 @@ impl<R: RingElement> SiteMachine<R> {
         &self,
         a: &KeyAdvert,
         identity: &[u8],
-        keys: &BTreeMap<MemberId, (Vec<u8>, Vec<u8>)>,
+        accepted: &BTreeMap<MemberId, Accepted>,
         seen_keys: &BTreeSet<Vec<u8>>,
     ) -> Result<VerifyingKey, String> {
         let suite = self.cfg.suite;
@@ -27,7 +27,7 @@ impl<R: RingElement> SiteMachine<R> {
         if !self.topo.are_neighbours(self.me, a.member) {
             return Err("not a neighbour of this site".into());
         }
-        if keys.contains_key(&a.member) {
+        if accepted.contains_key(&a.member) {
             return Err("advertised twice".into());
         }
         let vk = self.verifier.verifying_key(a.member, identity)?;
@@ -60,16 +60,13 @@ impl<R: RingElement> SiteMachine<R> {
         if e.to != self.me {
             return Err("share addressed to another member".into());
         }
-        let Some((enc_public, _)) = st.keys.get(&e.from) else {
+        let Some(peer) = st.accepted.get(&e.from) else {
             return Err("share from a member whose advert this site did not accept".into());
         };
-        let shared = p
-            .agree(&st.enc_secret, enc_public)
-            .map_err(|e| e.to_string())?;
         let key = derive_key(
             suite,
             Purpose::ShareEncryption,
-            &shared[..],
+            &peer.enc_shared[..],
             self.cfg.round,
             e.from,
             self.me,
