@@ -11,6 +11,7 @@
 //! blocking function: the round logic describes the work as a `LocalJob`,
 //! the run loop runs it off the async runtime.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -126,10 +127,12 @@ pub(crate) fn local_vector(
         }
         LocalJob::Learn(job) => *job,
     };
-    let (mut train, mut test) = (train.clone(), test.clone());
+    // Copied only when there is a standardisation to apply: a site's rows
+    // can be large.
+    let (mut train, mut test) = (Cow::Borrowed(train), Cow::Borrowed(test));
     if let Some(st) = &job.standardiser {
-        st.apply(&mut train)?;
-        st.apply(&mut test)?;
+        st.apply(train.to_mut())?;
+        st.apply(test.to_mut())?;
     }
     let mut trainer = factory(&job.training)?;
     let fit = fit_config(&job.training);
