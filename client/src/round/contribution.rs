@@ -110,7 +110,7 @@ struct Entry {
     /// from round to round ([`terms`]).
     terms: v1::RoundStart,
     /// The exact input; `None` once forgotten or for a plain update.
-    input: Option<RingVec>,
+    input: Option<Kept>,
     /// The survivor set signed (site names).
     signed: Option<BTreeSet<String>>,
     /// A plain update (already readable by the coordinator).
@@ -119,6 +119,18 @@ struct Entry {
     seq: u64,
     /// The input's file in the ledger, once written.
     file: Option<InputFile>,
+}
+
+/// Where a kept input is.
+#[derive(Debug)]
+enum Kept {
+    /// In memory: the site has no state directory, or the ledger naming
+    /// its file is not written yet.
+    Memory(RingVec),
+    /// In its file only (`Entry::file`), read back (and checked) for a
+    /// replay: a model-sized vector for each of [`KEPT`] models would
+    /// otherwise stay in memory for replays that rarely come.
+    Disk,
 }
 
 /// The models this site sent training inputs for.
@@ -170,9 +182,9 @@ impl Contributions {
         let store = Store::open(state)?;
         let path = store.ledger_path();
         let mut c = Contributions::default();
-        if let Some((body, inputs)) = store.load()? {
+        if let Some(body) = store.load()? {
             c.seq = body.seq;
-            for (e, input) in body.entries.into_iter().zip(inputs) {
+            for e in body.entries {
                 let model = hex::decode(&e.model).map_err(|_| ClientError::Ledger {
                     path: path.clone(),
                     reason: "a model hash is not hex".into(),
@@ -182,7 +194,7 @@ impl Contributions {
                     (e.federation, model),
                     Entry {
                         terms,
-                        input,
+                        input: e.input.as_ref().map(|_| Kept::Disk),
                         signed: e.signed,
                         plain: e.plain,
                         seq: e.seq,
@@ -207,7 +219,7 @@ impl Contributions {
             return Ok(());
         };
         for ((federation, model), e) in &mut self.entries {
-            if let (Some(x), None) = (&e.input, &e.file) {
+            if let (Some(Kept::Memory(x)), None) = (&e.input, &e.file) {
                 e.file = Some(store.write_input(&ledger::input_name(federation, model), x)?);
             }
         }
@@ -231,6 +243,13 @@ impl Contributions {
         for name in self.orphans.drain(..) {
             store.remove_input(&name);
         }
+        // The ledger now names every written input: from here on each is
+        // read from its file.
+        for e in self.entries.values_mut() {
+            if matches!(e.input, Some(Kept::Memory(_))) && e.file.is_some() {
+                e.input = Some(Kept::Disk);
+            }
+        }
         Ok(())
     }
 
@@ -251,7 +270,7 @@ impl Contributions {
                 why,
             })
         };
-        let (false, Some(input)) = (e.plain, e.input.as_ref()) else {
+        let (false, Some(kept)) = (e.plain, e.input.as_ref()) else {
             warn!(round = rs.round, %model, "refusing a second training contribution on the same model");
             return Err(ClientError::AlreadyContributed {
                 round: rs.round,
@@ -292,9 +311,24 @@ impl Contributions {
                 ));
             }
         }
+        let input = match (kept, &e.file, &self.store) {
+            (Kept::Memory(x), _, _) => x.clone(),
+            (Kept::Disk, Some(f), Some(store)) => store.read_input(f)?,
+            // Not reached: an input is on disk only once the ledger names its file.
+            (Kept::Disk, _, _) => {
+                return Err(ClientError::Ledger {
+                    path: self
+                        .store
+                        .as_ref()
+                        .map(Store::ledger_path)
+                        .unwrap_or_default(),
+                    reason: format!("the input of model {model} is neither in memory nor named"),
+                });
+            }
+        };
         info!(round = rs.round, %model, "a retry on a model this site already sent an input for: replaying it exactly, no training");
         Ok(Plan::Replay {
-            input: input.clone(),
+            input,
             survivors: e.signed.clone(),
         })
     }
@@ -318,7 +352,7 @@ impl Contributions {
                 k,
                 Entry {
                     terms: terms(rs),
-                    input: Some(x),
+                    input: Some(Kept::Memory(x)),
                     signed: None,
                     plain: false,
                     seq: self.seq,

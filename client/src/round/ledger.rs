@@ -88,9 +88,6 @@ pub(super) struct Body {
     pub entries: Vec<Stored>,
 }
 
-/// A loaded ledger: its body and, per entry, the input it names.
-pub(super) type Loaded = (Body, Vec<Option<RingVec>>);
-
 /// The ledger directory of a site, held (locked) while the site runs.
 #[derive(Debug)]
 pub(super) struct Store {
@@ -182,8 +179,10 @@ impl Store {
         self.dir.join("ledger")
     }
 
-    /// The body and the inputs it names, or `None` on a first start.
-    pub(super) fn load(&self) -> Result<Option<Loaded>, ClientError> {
+    /// The body, or `None` on a first start. Every input file it names is
+    /// read and checked, one at a time, and not kept: a replay reads its
+    /// input again (and checks it again) when it needs it.
+    pub(super) fn load(&self) -> Result<Option<Body>, ClientError> {
         let path = self.ledger_path();
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -191,12 +190,10 @@ impl Store {
             Err(e) => return Err(corrupt(&path, format!("unreadable: {e}"))),
         };
         let body = parse(&path, &bytes)?;
-        let inputs = body
-            .entries
-            .iter()
-            .map(|e| e.input.as_ref().map(|f| self.read_input(f)).transpose())
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some((body, inputs)))
+        for f in body.entries.iter().filter_map(|e| e.input.as_ref()) {
+            self.read_input(f)?;
+        }
+        Ok(Some(body))
     }
 
     /// Writes `body` as the ledger (its input files must exist already).
@@ -257,7 +254,7 @@ impl Store {
     }
 
     /// Reads input file `f` back, checking everything the ledger says of it.
-    fn read_input(&self, f: &InputFile) -> Result<RingVec, ClientError> {
+    pub(super) fn read_input(&self, f: &InputFile) -> Result<RingVec, ClientError> {
         if f.file.contains(['/', '\\']) || f.file.starts_with('.') {
             return Err(corrupt(
                 &self.ledger_path(),

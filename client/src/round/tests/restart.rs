@@ -181,3 +181,64 @@ fn a_damaged_ledger_is_a_startup_error_naming_its_file() -> Result<(), Box<dyn s
     assert_eq!(open(3), None);
     Ok(())
 }
+
+#[test]
+fn a_replay_reads_its_input_back_from_the_ledger_and_checks_it()
+-> Result<(), Box<dyn std::error::Error>> {
+    let (model, d) = logistic_model()?;
+    let now = Instant::now();
+    let state = tempfile::tempdir()?;
+    let (mut drivers, keys) = drivers_in(state.path(), &[1, 2, 3], 90)?;
+    let calls = Cell::new(0u32);
+    let input = |m: u32, len: usize| {
+        calls.set(calls.get() + 1);
+        RingVec::U32((0..len as u32).map(|i| m * 17 + i * calls.get()).collect())
+    };
+    let h = Harness {
+        keys: &keys,
+        model: &model,
+        input: &input,
+        until_consistency: false,
+        drop_survivor: None,
+    };
+    let cfg = cfg_for(90, &[1, 2, 3], d);
+    let first = drive(
+        announce(&mut drivers, cfg.clone(), 1, &model, d, now)?,
+        &mut drivers,
+        &h,
+        now,
+    )?;
+    assert!(first.is_some());
+    // Written to the ledger, the inputs are no longer held in memory: the
+    // retry below, in the same processes, reads them from their files.
+    fail_over(&mut drivers)?;
+    let again = drive(
+        announce(&mut drivers, cfg.clone(), 2, &model, d, now)?,
+        &mut drivers,
+        &h,
+        now,
+    )?;
+    assert_eq!(calls.get(), 3, "no site trained again");
+    assert_eq!(again, first, "the same inputs read back, so the same sum");
+
+    // An input file changed after startup: the replay is refused, naming
+    // the file, instead of sending something else.
+    let dir = state.path().join("1").join("contributions");
+    let input_file = std::fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "bin"))
+        .ok_or("no input file")?;
+    let mut bytes = std::fs::read(&input_file)?;
+    bytes[40] ^= 1;
+    std::fs::write(&input_file, &bytes)?;
+    fail_over(&mut drivers)?;
+    let drv = drivers.get_mut(&1).ok_or("member 1")?;
+    let r = drv.on_task(start(&start_for(&cfg, 1, 3, &model, d)), now);
+    assert!(
+        matches!(&r, Err(ClientError::Ledger { path, reason })
+            if *path == input_file && reason.contains("checksum")),
+        "{r:?}"
+    );
+    Ok(())
+}
