@@ -109,8 +109,13 @@ struct Entry {
     /// The announcement the input was computed under, without what changes
     /// from round to round ([`terms`]).
     terms: v1::RoundStart,
-    /// The exact input; `None` once forgotten or for a plain update.
-    input: Option<Kept>,
+    /// The exact input, while it is held in memory: without a state
+    /// directory, or until the ledger names its file (`file`). A
+    /// model-sized vector for each of [`KEPT`] models would otherwise stay
+    /// in memory for replays that rarely come. The input is kept while
+    /// either is set ([`Entry::kept`]); neither once forgotten or for a
+    /// plain update.
+    input: Option<RingVec>,
     /// The survivor set signed (site names).
     signed: Option<BTreeSet<String>>,
     /// A plain update (already readable by the coordinator).
@@ -121,16 +126,11 @@ struct Entry {
     file: Option<InputFile>,
 }
 
-/// Where a kept input is.
-#[derive(Debug)]
-enum Kept {
-    /// In memory: the site has no state directory, or the ledger naming
-    /// its file is not written yet.
-    Memory(RingVec),
-    /// In its file only (`Entry::file`), read back (and checked) for a
-    /// replay: a model-sized vector for each of [`KEPT`] models would
-    /// otherwise stay in memory for replays that rarely come.
-    Disk,
+impl Entry {
+    /// Whether the input is kept, in memory or in its file.
+    fn kept(&self) -> bool {
+        self.input.is_some() || self.file.is_some()
+    }
 }
 
 /// The models this site sent training inputs for.
@@ -194,7 +194,7 @@ impl Contributions {
                     (e.federation, model),
                     Entry {
                         terms,
-                        input: e.input.as_ref().map(|_| Kept::Disk),
+                        input: None,
                         signed: e.signed,
                         plain: e.plain,
                         seq: e.seq,
@@ -202,7 +202,7 @@ impl Contributions {
                     },
                 );
             }
-            info!(path = %path.display(), models = c.entries.len(), kept = c.entries.values().filter(|e| e.input.is_some()).count(), "contribution ledger loaded: earlier inputs are replayed exactly, signed survivor sets still bind");
+            info!(path = %path.display(), models = c.entries.len(), kept = c.entries.values().filter(|e| e.kept()).count(), "contribution ledger loaded: earlier inputs are replayed exactly, signed survivor sets still bind");
         } else {
             info!(path = %path.display(), "no contribution ledger yet; starting one");
         }
@@ -219,7 +219,7 @@ impl Contributions {
             return Ok(());
         };
         for ((federation, model), e) in &mut self.entries {
-            if let (Some(Kept::Memory(x)), None) = (&e.input, &e.file) {
+            if let (Some(x), None) = (&e.input, &e.file) {
                 e.file = Some(store.write_input(&ledger::input_name(federation, model), x)?);
             }
         }
@@ -230,7 +230,7 @@ impl Contributions {
                 federation: federation.clone(),
                 model: hex::encode(model),
                 terms: ledger::encode_terms(&e.terms),
-                input: e.file.clone().filter(|_| e.input.is_some()),
+                input: e.file.clone(),
                 signed: e.signed.clone(),
                 plain: e.plain,
                 seq: e.seq,
@@ -245,10 +245,8 @@ impl Contributions {
         }
         // The ledger now names every written input: from here on each is
         // read from its file.
-        for e in self.entries.values_mut() {
-            if matches!(e.input, Some(Kept::Memory(_))) && e.file.is_some() {
-                e.input = Some(Kept::Disk);
-            }
+        for e in self.entries.values_mut().filter(|e| e.file.is_some()) {
+            e.input = None;
         }
         Ok(())
     }
@@ -270,7 +268,7 @@ impl Contributions {
                 why,
             })
         };
-        let (false, Some(kept)) = (e.plain, e.input.as_ref()) else {
+        let (false, true) = (e.plain, e.kept()) else {
             warn!(round = rs.round, %model, "refusing a second training contribution on the same model");
             return Err(ClientError::AlreadyContributed {
                 round: rs.round,
@@ -311,20 +309,12 @@ impl Contributions {
                 ));
             }
         }
-        let input = match (kept, &e.file, &self.store) {
-            (Kept::Memory(x), _, _) => x.clone(),
-            (Kept::Disk, Some(f), Some(store)) => store.read_input(f)?,
-            // Not reached: an input is on disk only once the ledger names its file.
-            (Kept::Disk, _, _) => {
-                return Err(ClientError::Ledger {
-                    path: self
-                        .store
-                        .as_ref()
-                        .map(Store::ledger_path)
-                        .unwrap_or_default(),
-                    reason: format!("the input of model {model} is neither in memory nor named"),
-                });
-            }
+        // Read (and checked) only now that the replay is allowed.
+        let input = match (&e.input, &e.file, &self.store) {
+            (Some(x), _, _) => x.clone(),
+            (None, Some(f), Some(store)) => store.read_input(f)?,
+            // A file is named only with a store.
+            _ => return refuse("its input is neither in memory nor in the ledger".into()),
         };
         info!(round = rs.round, %model, "a retry on a model this site already sent an input for: replaying it exactly, no training");
         Ok(Plan::Replay {
@@ -352,7 +342,7 @@ impl Contributions {
                 k,
                 Entry {
                     terms: terms(rs),
-                    input: Some(Kept::Memory(x)),
+                    input: Some(x),
                     signed: None,
                     plain: false,
                     seq: self.seq,
@@ -428,7 +418,7 @@ impl Contributions {
         let mut kept: Vec<(u64, (String, Vec<u8>))> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.input.is_some())
+            .filter(|(_, e)| e.kept())
             .map(|(k, e)| (e.seq, k.clone()))
             .collect();
         kept.sort();

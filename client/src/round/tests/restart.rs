@@ -1,7 +1,8 @@
 //! The contribution ledger across restarts (`round/ledger.rs`): a site that
-//! uploaded and signed, then restarted with the same state directory,
-//! replays its exact input and still refuses any cohort but the signed set;
-//! a damaged ledger stops the site with the file's path.
+//! uploaded and signed replays its exact input from the ledger's file, before
+//! and after a restart with the same state directory, and still refuses any
+//! cohort but the signed set; a damaged ledger or input file stops the site
+//! with the file's path.
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,16 @@ fn drivers_in(state: &Path, members: &[u32], seed: u64) -> Result<(Drivers, Keys
         drivers.insert(m, drv);
     }
     Ok((drivers, keys))
+}
+
+/// Member `m`'s one input file.
+fn input_file_of(state: &Path, m: u32) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let dir = state.join(m.to_string()).join("contributions");
+    Ok(std::fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "bin"))
+        .ok_or("no input file")?)
 }
 
 fn ledger_of(state: &Path, m: u32) -> PathBuf {
@@ -68,6 +79,34 @@ fn a_restarted_site_replays_its_exact_input_and_only_to_the_signed_set()
         assert_eq!(mode & 0o777, 0o600, "ledger mode {mode:o}");
     }
 
+    // A retry in the same processes: written to the ledger, the inputs are
+    // no longer held in memory, so each is read back from its file.
+    fail_over(&mut drivers)?;
+    let again = drive(
+        announce(&mut drivers, cfg.clone(), 2, &model, d, now)?,
+        &mut drivers,
+        &h,
+        now,
+    )?;
+    assert_eq!(calls.get(), 3, "no site trained again");
+    assert_eq!(again, first, "the same inputs read back, so the same sum");
+    // The file is what is replayed: changed under the running site, the
+    // replay is refused, naming it, instead of sending something else.
+    let input_file = input_file_of(state.path(), 1)?;
+    let kept = std::fs::read(&input_file)?;
+    let mut changed = kept.clone();
+    changed[40] ^= 1;
+    std::fs::write(&input_file, &changed)?;
+    fail_over(&mut drivers)?;
+    let drv = drivers.get_mut(&1).ok_or("member 1")?;
+    let r = drv.on_task(start(&start_for(&cfg, 1, 3, &model, d)), now);
+    assert!(
+        matches!(&r, Err(ClientError::Ledger { path, reason })
+            if *path == input_file && reason.contains("checksum")),
+        "{r:?}"
+    );
+    std::fs::write(&input_file, &kept)?;
+
     // The site processes restart (the old ones are gone, and with them
     // their locks), join the coordinator that took over, and are asked
     // for the same round again.
@@ -75,7 +114,7 @@ fn a_restarted_site_replays_its_exact_input_and_only_to_the_signed_set()
     let (mut drivers, _) = drivers_in(state.path(), &[1, 2, 3], 60)?;
     fail_over(&mut drivers)?;
     let again = drive(
-        announce(&mut drivers, cfg_for(80, &[1, 2, 3], d), 2, &model, d, now)?,
+        announce(&mut drivers, cfg_for(80, &[1, 2, 3], d), 4, &model, d, now)?,
         &mut drivers,
         &h,
         now,
@@ -106,6 +145,7 @@ fn a_restarted_site_replays_its_exact_input_and_only_to_the_signed_set()
         newcomer.on_task(start(&start_for(&wider, 4, 3, &model, d)), now)?,
         Action::Download(_)
     ));
+
     Ok(())
 }
 
@@ -158,12 +198,7 @@ fn a_damaged_ledger_is_a_startup_error_naming_its_file() -> Result<(), Box<dyn s
         "{e}"
     );
     // A truncated input file.
-    let dir = state.path().join("2").join("contributions");
-    let input_file = std::fs::read_dir(&dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "bin"))
-        .ok_or("no input file")?;
+    let input_file = input_file_of(state.path(), 2)?;
     let len = std::fs::metadata(&input_file)?.len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -179,66 +214,5 @@ fn a_damaged_ledger_is_a_startup_error_naming_its_file() -> Result<(), Box<dyn s
     // the site then starts with an empty one.
     std::fs::remove_dir_all(state.path().join("3").join("contributions"))?;
     assert_eq!(open(3), None);
-    Ok(())
-}
-
-#[test]
-fn a_replay_reads_its_input_back_from_the_ledger_and_checks_it()
--> Result<(), Box<dyn std::error::Error>> {
-    let (model, d) = logistic_model()?;
-    let now = Instant::now();
-    let state = tempfile::tempdir()?;
-    let (mut drivers, keys) = drivers_in(state.path(), &[1, 2, 3], 90)?;
-    let calls = Cell::new(0u32);
-    let input = |m: u32, len: usize| {
-        calls.set(calls.get() + 1);
-        RingVec::U32((0..len as u32).map(|i| m * 17 + i * calls.get()).collect())
-    };
-    let h = Harness {
-        keys: &keys,
-        model: &model,
-        input: &input,
-        until_consistency: false,
-        drop_survivor: None,
-    };
-    let cfg = cfg_for(90, &[1, 2, 3], d);
-    let first = drive(
-        announce(&mut drivers, cfg.clone(), 1, &model, d, now)?,
-        &mut drivers,
-        &h,
-        now,
-    )?;
-    assert!(first.is_some());
-    // Written to the ledger, the inputs are no longer held in memory: the
-    // retry below, in the same processes, reads them from their files.
-    fail_over(&mut drivers)?;
-    let again = drive(
-        announce(&mut drivers, cfg.clone(), 2, &model, d, now)?,
-        &mut drivers,
-        &h,
-        now,
-    )?;
-    assert_eq!(calls.get(), 3, "no site trained again");
-    assert_eq!(again, first, "the same inputs read back, so the same sum");
-
-    // An input file changed after startup: the replay is refused, naming
-    // the file, instead of sending something else.
-    let dir = state.path().join("1").join("contributions");
-    let input_file = std::fs::read_dir(&dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "bin"))
-        .ok_or("no input file")?;
-    let mut bytes = std::fs::read(&input_file)?;
-    bytes[40] ^= 1;
-    std::fs::write(&input_file, &bytes)?;
-    fail_over(&mut drivers)?;
-    let drv = drivers.get_mut(&1).ok_or("member 1")?;
-    let r = drv.on_task(start(&start_for(&cfg, 1, 3, &model, d)), now);
-    assert!(
-        matches!(&r, Err(ClientError::Ledger { path, reason })
-            if *path == input_file && reason.contains("checksum")),
-        "{r:?}"
-    );
     Ok(())
 }
