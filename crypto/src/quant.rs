@@ -16,9 +16,9 @@
 //! capped at `max_weight` (`W`) — a site claiming more examples than `W`
 //! simply counts as `W`. `u` is 32 bits of an AES-128-CTR keystream under a
 //! key drawn from a caller-supplied CSPRNG (a CTR_DRBG generator, rekeyed
-//! from that CSPRNG long before 2^32 blocks; the caller's generator, called
-//! per element, was most of the cost), so `E[SR(v)] = v` exactly whenever `v − ⌊v⌋` is a multiple of 2^-32 and
-//! within 2^-32 of a quantum otherwise — far below the quantum itself, the
+//! from that CSPRNG before 2^32 blocks; the caller's generator, called per
+//! element, was most of the cost), so `E[SR(v)] = v` exactly whenever
+//! `v − ⌊v⌋` is a multiple of 2^-32 and within 2^-32 of a quantum otherwise — far below the quantum itself, the
 //! error the bound below counts: stochastic rounding is unbiased, so rounding
 //! errors of many sites average out instead of adding up as they would with
 //! round-to-nearest biases. Extras are embedded as-is.

@@ -1,6 +1,7 @@
-//! Stochastic rounding of one element, in the two forms `Quantiser::encode`
-//! uses: all in `f64` where that is exact (so the loop runs in vector
-//! registers), and through `i64` for any value.
+//! Stochastic rounding for `Quantiser::encode`: the draws (an AES-CTR
+//! keystream keyed from the caller's CSPRNG), and the rounding of one
+//! element in two forms — all in `f64` where that is exact (so the loop runs
+//! in vector registers), and through `i64` for any value.
 
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
@@ -8,7 +9,7 @@ use zeroize::Zeroizing;
 use crate::aesfast::AesKeystream;
 use crate::ring::RingElement;
 
-/// Elements rounded per draw from the CSPRNG (4 bytes each).
+/// Elements rounded per batch of draws (4 bytes each).
 pub(super) const ROUNDING_BATCH: usize = 1024;
 
 /// Appends `SR(clip(x)·ws)` of each element of `update`, clamped to
@@ -24,8 +25,9 @@ pub(super) fn round_into<R: RingElement>(
     // Both the cap and every |v| ≤ c·w·s below 2^50 (always, short of
     // levels near 2^50): the f64 path is exact there.
     let narrow = cap < NARROW_CAP && clip * ws < NARROW_CAP as f64;
-    // The rounding draws come from the CSPRNG a batch at a time: one call
-    // per element was most of the encode's cost.
+    // The draws come a batch at a time (one call per element was most of
+    // the encode's cost), from a keystream rather than the caller's CSPRNG
+    // itself (`Draws`).
     let mut source = Draws::new(rng);
     let mut draws = [0u8; 4 * ROUNDING_BATCH];
     let mut q = [0i64; ROUNDING_BATCH];
