@@ -127,8 +127,20 @@ pub struct SecAggSettings {
     pub stage_timeout_secs: u32,
     /// Seconds a cohort member whose task stream closed mid-round has to
     /// come back before the round stops waiting for it (it counts as dropped
-    /// from the stage on); the stage deadline stays the outer bound.
+    /// from the stage on); the stage deadline stays the outer bound. A stage
+    /// that waits for nobody else stops waiting for up to
+    /// [`Self::dropout_allowance`] such members at once.
     pub reconnect_grace_secs: f64,
+}
+
+impl SecAggSettings {
+    /// How many members of a cohort of `cohort` may drop out (⌊δ·n⌋): lost
+    /// members a stage stops waiting for without the reconnect grace when
+    /// everyone else has answered.
+    pub fn dropout_allowance(&self, cohort: usize) -> usize {
+        // The epsilon keeps 0.1 × 100 at 10 whatever the rounding.
+        (self.dropout_fraction * cohort as f64 + 1e-9).floor() as usize
+    }
 }
 
 /// Local training hyper-parameters.

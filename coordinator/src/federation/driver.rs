@@ -232,7 +232,7 @@ impl Federation {
     /// unmask runs here, on a blocking thread and outside the lock, so the
     /// other RPCs are answered meanwhile.
     async fn drive(&self) -> Result<AnyRoundResult, ProtocolError> {
-        let grace = Duration::from_secs_f64(self.settings.secagg.reconnect_grace_secs);
+        let secagg = &self.settings.secagg;
         loop {
             let next = {
                 let now = clock();
@@ -245,9 +245,9 @@ impl Federation {
                 let Some(r) = active.as_mut() else {
                     return Err(ProtocolError::Ended);
                 };
-                for m in r.expire_lost(now, grace) {
+                for m in r.expire_lost(now, secagg) {
                     let site = r.names.get(&m).cloned().unwrap_or_default();
-                    info!(round = r.id, %site, "site did not come back within the reconnect grace; dropped from the round");
+                    info!(round = r.id, %site, "lost site not back within the grace, or the last one waited for; dropped from the round");
                 }
                 r.machine.handle_timeout(now);
                 r.pump(registry, now);
@@ -257,7 +257,7 @@ impl Federation {
                 match r.unmask_job.take() {
                     Some(job) => offlock::Next::Unmask(Box::new(job), r.sum.clone()),
                     None => offlock::Next::Wait(
-                        [r.machine.poll_timeout(), r.next_expiry(grace)]
+                        [r.machine.poll_timeout(), r.next_expiry(secagg)]
                             .into_iter()
                             .flatten()
                             .min(),

@@ -5,11 +5,14 @@
 //! stream within `secagg.reconnect_grace_secs` nothing changes; otherwise the
 //! driver tells the machine the member has gone
 //! ([`ActiveRound::expire_lost`](super::round::ActiveRound::expire_lost)), and
-//! a stage whose remaining members have all gone closes at once.
+//! a stage whose remaining members have all gone closes at once. A stage that
+//! waits for nobody but lost members, no more of them than ⌊δ·n⌋, stops
+//! waiting for them without the grace.
 //!
 //! ```text
 //! stream dropped ─▶ lost[m] = now ──(reopened)──▶ removed
-//!                        └──(now ≥ lost + grace, driver wake-up)──▶ machine.handle_member_gone(m)
+//!                        ├──(now ≥ lost + grace, driver wake-up)──▶ machine.handle_member_gone(m)
+//!                        └──(only ≤ ⌊δ·n⌋ lost members awaited)──▶ machine.handle_member_gone(m)
 //! ```
 
 use std::pin::Pin;

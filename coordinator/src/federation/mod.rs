@@ -328,7 +328,9 @@ impl Federation {
         r.admit(&info, round)?;
         let out = f(r, &info, vk)?;
         r.pump(registry, now);
-        let finished = r.needs_driver();
+        // With a member lost, this message may leave the stage waiting for
+        // lost members only: the driver decides whether to stop waiting.
+        let finished = r.needs_driver() || !r.lost.is_empty();
         drop(g);
         if finished {
             self.wake.notify_one();

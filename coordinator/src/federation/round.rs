@@ -25,6 +25,7 @@ use super::registry::{OutTask, Registry, SessionInfo, SharedTask};
 use super::scheduler::RoundKind;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
+use crate::settings::SecAggSettings;
 use crate::transcript::StageRecord;
 
 /// Wraps a task kind.
@@ -223,16 +224,36 @@ impl ActiveRound {
             .collect()
     }
 
-    /// Members whose stream has been closed for `grace` by `now` are gone
+    /// Members whose stream has been closed for the reconnect grace by `now` are gone
     /// for the rest of the round: the machine stops waiting for them
     /// (returned, for the log). Pure in `now`, like the stage deadlines.
-    pub fn expire_lost(&mut self, now: Instant, grace: Duration) -> Vec<MemberId> {
-        let expired: Vec<MemberId> = self
+    ///
+    /// The grace is cut short when the open stage waits for nobody but lost
+    /// members and there are no more of them than the dropout the round was
+    /// sized for ([`SecAggSettings::dropout_allowance`]): holding every survivor back for a site that
+    /// may never return costs the whole cohort, while the grace still covers
+    /// a site whose connection breaks while others are working, and a wider
+    /// outage, which looks like the network rather than a few dead sites.
+    pub fn expire_lost(&mut self, now: Instant, secagg: &SecAggSettings) -> Vec<MemberId> {
+        let grace = Duration::from_secs_f64(secagg.reconnect_grace_secs);
+        let allowance = secagg.dropout_allowance(self.names.len());
+        let mut expired: Vec<MemberId> = self
             .lost
             .iter()
             .filter(|&(_, &since)| now >= since + grace)
             .map(|(&m, _)| m)
             .collect();
+        if expired.len() < self.lost.len() {
+            let awaited = self.machine.awaited();
+            if !awaited.is_empty()
+                && awaited.len() <= allowance
+                && awaited.iter().all(|m| self.lost.contains_key(m))
+            {
+                expired.extend(awaited);
+                expired.sort_unstable();
+                expired.dedup();
+            }
+        }
         for &m in &expired {
             self.lost.remove(&m);
             self.machine.handle_member_gone(m, now);
@@ -241,7 +262,8 @@ impl ActiveRound {
     }
 
     /// When the earliest lost member's grace ends.
-    pub fn next_expiry(&self, grace: Duration) -> Option<Instant> {
+    pub fn next_expiry(&self, secagg: &SecAggSettings) -> Option<Instant> {
+        let grace = Duration::from_secs_f64(secagg.reconnect_grace_secs);
         self.lost.values().min().map(|&since| since + grace)
     }
 

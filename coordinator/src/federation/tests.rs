@@ -489,9 +489,11 @@ async fn a_secure_round_with_every_upload_spilled_to_disk_gives_the_same_model()
 async fn a_site_that_hangs_up_mid_round_is_dropped_after_the_grace_not_the_deadline()
 -> Result<(), Box<dyn std::error::Error>> {
     let mut s = one_round(true, 5);
-    // Deadlines far away: only the closed stream can end the wait.
+    // Deadlines far away: only the closed stream can end the wait. At δ 0.1
+    // a cohort of five allows no dropout, so the grace is waited out.
     s.secagg.stage_timeout_secs = 600;
     s.secagg.reconnect_grace_secs = 2.0;
+    assert_eq!(s.secagg.dropout_allowance(5), 0);
     let names = ["a", "b", "c", "d", "e"];
     let (report, before, after) = secure_round(s, &names, Some(("c", Leave::HangUp))).await?;
     let rec = &report.history[0];
@@ -514,6 +516,37 @@ async fn a_site_that_hangs_up_mid_round_is_dropped_after_the_grace_not_the_deadl
         rec.duration_secs
     );
     // The four survivors' updates, averaged: still +0.5 everywhere.
+    for (a, b) in after.iter().zip(&before) {
+        assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_left_waiting_only_for_a_lost_site_within_the_dropout_allowance_closes_at_once()
+-> Result<(), Box<dyn std::error::Error>> {
+    let mut s = one_round(true, 5);
+    // Deadline and grace far away; δ = 0.2 allows one dropout of five.
+    s.secagg.stage_timeout_secs = 600;
+    s.secagg.reconnect_grace_secs = 600.0;
+    s.secagg.dropout_fraction = 0.2;
+    assert_eq!(s.secagg.dropout_allowance(5), 1);
+    let names = ["a", "b", "c", "d", "e"];
+    // The first site hangs up, so the others' inputs come after: the last of
+    // them must be what ends the wait.
+    let (report, before, after) = secure_round(s, &names, Some(("a", Leave::HangUp))).await?;
+    let rec = &report.history[0];
+    assert!(rec.success, "{}", rec.message);
+    assert_eq!((rec.cohort, rec.survivors, rec.dropped), (5, 4, 1));
+    // Virtual time: once the four others had sent their inputs the stage
+    // waited for a alone, and stopped waiting then, not at the grace.
+    let input = rec
+        .stage_secs
+        .iter()
+        .find(|(st, _)| st == "masked-input")
+        .map(|(_, t)| *t)
+        .ok_or("no masked-input stage")?;
+    assert!(input < 1.0, "masked input took {input} s (virtual)");
     for (a, b) in after.iter().zip(&before) {
         assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
     }

@@ -349,6 +349,12 @@ impl AnyCoordinator {
         each_coordinator!(self, m => m.pending())
     }
 
+    /// Members the current stage still waits for, less those known to have
+    /// gone.
+    pub fn awaited(&self) -> Vec<MemberId> {
+        each_coordinator!(self, m => m.awaited())
+    }
+
     /// The next output.
     pub fn poll_output(&mut self) -> Option<AnyOutput> {
         each_coordinator!(self, m => m.poll_output().map(AnyOutput::from))

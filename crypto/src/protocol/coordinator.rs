@@ -247,6 +247,14 @@ impl<R: RingElement> CoordinatorMachine<R> {
         }
     }
 
+    /// Members the current stage still waits for that are not known to
+    /// have gone ([`Self::pending`] less [`Self::handle_member_gone`]'s).
+    pub fn awaited(&self) -> Vec<MemberId> {
+        let mut p = self.pending();
+        p.retain(|m| !self.gone.contains(m));
+        p
+    }
+
     /// Close the current stage if its deadline has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| now >= d) {

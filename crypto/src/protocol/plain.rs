@@ -108,6 +108,19 @@ impl<R: RingElement> PlainAggregator<R> {
         self.expected.difference(&self.received).copied().collect()
     }
 
+    /// Members the open stage still waits for that are not known to have
+    /// gone; none once it has closed.
+    pub fn awaited(&self) -> Vec<MemberId> {
+        if self.deadline.is_none() {
+            return Vec::new();
+        }
+        self.expected
+            .difference(&self.received)
+            .filter(|m| !self.gone.contains(m))
+            .copied()
+            .collect()
+    }
+
     /// The round's result once the stage has closed (at most once).
     pub fn poll_output(&mut self) -> Option<CoordinatorOutput<R>> {
         self.out.take().map(CoordinatorOutput::Finished)
