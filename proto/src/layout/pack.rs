@@ -24,6 +24,8 @@ use confide_crypto::Ring;
 use confide_crypto::protocol::RingVec;
 use confide_crypto::ring::RingElement;
 
+mod groups;
+
 /// Smallest packed width.
 pub const MIN_BITS: u32 = 8;
 
@@ -99,11 +101,17 @@ fn mask(bits: u32) -> u64 {
 /// module docs); `bits` in `1..=64` (larger is taken as 64).
 pub fn pack_into<R: RingElement>(v: &[R], bits: u32, out: &mut Vec<u8>) {
     let bits = bits.clamp(1, 64);
-    let m = mask(bits);
     out.reserve(packed_bytes(v.len(), bits));
+    // Whole groups of eight end on a byte, so the rest packs on from there.
+    let done = if bits >= MIN_BITS {
+        groups::pack(v, bits, out)
+    } else {
+        0
+    };
+    let m = mask(bits);
     let mut acc: u128 = 0;
     let mut n: u32 = 0;
-    for &x in v {
+    for &x in &v[done..] {
         // Two's complement: the low bits of the lift are the element's.
         acc |= u128::from(x.to_signed() as u64 & m) << n;
         n += bits;
@@ -138,12 +146,24 @@ pub fn unpack_add<R: RingElement>(acc: &mut [R], bytes: &[u8], bits: u32) -> Res
             offset: 0,
         });
     }
+    // Whole groups of eight first; the last few from where they end.
+    let done = if bits >= MIN_BITS {
+        groups::unpack_add(acc, bytes, bits)
+    } else {
+        0
+    };
+    let rest = bytes.get(done / 8 * bits as usize..).unwrap_or_default();
+    add_bits(&mut acc[done..], rest, bits);
+    Ok(())
+}
+
+/// `acc[i] += element i of bytes` one element at a time, for any width
+/// (`bytes` long enough for `acc`).
+fn add_bits<R: RingElement>(acc: &mut [R], bytes: &[u8], bits: u32) {
     let m = mask(bits);
     let b = bits as usize;
-    // Each element from the 8 bytes at its first byte, shifted: one
-    // unaligned load per element instead of a bit buffer refilled in a
-    // loop (this add is the coordinator's per-upload work). It holds the
-    // element whole while `bits + 7 ≤ 64` and the 8 bytes exist.
+    // Each element from the 8 bytes at its first byte, shifted. It holds
+    // the element whole while `bits + 7 ≤ 64` and the 8 bytes exist.
     let fast = if b <= 57 && bytes.len() >= 8 {
         ((bytes.len() - 8) * 8 / b + 1).min(acc.len())
     } else {
@@ -173,7 +193,6 @@ pub fn unpack_add<R: RingElement>(acc: &mut [R], bytes: &[u8], bits: u32) -> Res
             (u128::from_le_bytes(w) >> (bit % 8)) as u64 & m,
         ));
     }
-    Ok(())
 }
 
 /// `len` elements packed at `bits` bits, read into the container ring (high

@@ -118,6 +118,36 @@ proptest! {
         }
     }
 
+    /// The packed bytes are the module docs' bit stream exactly (element
+    /// `i` at bits `[i·b, (i+1)·b)`, little-endian), built here one bit at a
+    /// time, for every width and for lengths on and off a group of eight;
+    /// and reading them back adds each element's low `b` bits.
+    #[test]
+    fn packed_bytes_are_the_documented_bit_stream(
+        bits in 8u32..=64,
+        v in proptest::collection::vec(any::<u64>(), 0..40),
+    ) {
+        let b = bits as usize;
+        let mut want = vec![0u8; packed_bytes(v.len(), bits)];
+        for (i, &x) in v.iter().enumerate() {
+            for k in 0..b {
+                if x >> k & 1 == 1 {
+                    want[(i * b + k) / 8] |= 1 << ((i * b + k) % 8);
+                }
+            }
+        }
+        prop_assert_eq!(&pack(&v, bits), &want);
+        let mut acc = vec![1u64; v.len()];
+        unpack_add(&mut acc, &want, bits).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        for (i, (a, x)) in acc.iter().zip(&v).enumerate() {
+            prop_assert_eq!(*a, (x & mask(bits)).wrapping_add(1), "element {}", i);
+        }
+        if bits <= 32 {
+            let v32: Vec<u32> = v.iter().map(|&x| x as u32).collect();
+            prop_assert_eq!(&pack(&v32, bits), &want);
+        }
+    }
+
     /// A vector sent in chunks and added at their offsets equals the vector
     /// (packed slots mod 2^b), for both rings.
     #[test]
