@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Shared, not copied: decoding slices the received buffer, and a
         // site's kept upload is re-sent without a copy per attempt.
         .bytes(".confide.v1.MaskedInputChunk.data")
+        // A site's model download decodes without copying each chunk.
+        .bytes(".confide.v1.ModelChunk.data")
         // Parts of a large task are slices of its one shared encoding.
         .bytes(".confide.v1.TaskPart.data")
         .compile_fds(fds)?;

@@ -63,10 +63,10 @@
 //!
 //! # fn main() -> Result<(), confide_client::ClientError> {
 //! let mut download = ModelAssembler::new(6);
-//! download.push(&ModelChunk { offset: 0, data: b"abc".to_vec(), total_len: 6 })?;
+//! download.push(&ModelChunk { offset: 0, data: b"abc".to_vec().into(), total_len: 6 })?;
 //! // Out of order: refused.
-//! assert!(download.push(&ModelChunk { offset: 5, data: b"f".to_vec(), total_len: 6 }).is_err());
-//! download.push(&ModelChunk { offset: 3, data: b"def".to_vec(), total_len: 6 })?;
+//! assert!(download.push(&ModelChunk { offset: 5, data: b"f".to_vec().into(), total_len: 6 }).is_err());
+//! download.push(&ModelChunk { offset: 3, data: b"def".to_vec().into(), total_len: 6 })?;
 //! assert_eq!(download.finish()?, b"abcdef");
 //! // A TRAIN vector: d model elements, the weight, 3 metric slots.
 //! assert_eq!(train_len(31), 31 + 1 + 3);

@@ -309,7 +309,7 @@ mod tests {
     fn chunk(offset: u64, data: &[u8], total_len: u64) -> v1::ModelChunk {
         v1::ModelChunk {
             offset,
-            data: data.to_vec(),
+            data: data.to_vec().into(),
             total_len,
         }
     }

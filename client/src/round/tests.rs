@@ -686,7 +686,7 @@ fn train_start(round: u64, model: &[u8], model_sha256: Vec<u8>, d: usize) -> v1:
 fn model_chunks(model: &[u8]) -> Vec<v1::ModelChunk> {
     vec![v1::ModelChunk {
         offset: 0,
-        data: model.to_vec(),
+        data: model.to_vec().into(),
         total_len: model.len() as u64,
     }]
 }

@@ -148,12 +148,12 @@ impl Connection for MemoryConn {
         Ok(vec![
             v1::ModelChunk {
                 offset: 0,
-                data: model[..half].to_vec(),
+                data: model[..half].to_vec().into(),
                 total_len,
             },
             v1::ModelChunk {
                 offset: half as u64,
-                data: model[half..].to_vec(),
+                data: model[half..].to_vec().into(),
                 total_len,
             },
         ])

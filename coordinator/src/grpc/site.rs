@@ -248,7 +248,7 @@ impl Site for Handlers {
                 .map_err(|e| Status::internal(format!("encoding the model: {e}")))?;
             Ok(pb::ModelChunk {
                 offset: a,
-                data,
+                data: data.into(),
                 total_len: total,
             })
         }));
