@@ -128,8 +128,8 @@ pub struct SecAggSettings {
     /// Seconds a cohort member whose task stream closed mid-round has to
     /// come back before the round stops waiting for it (it counts as dropped
     /// from the stage on); the stage deadline stays the outer bound. A stage
-    /// that waits for nobody else stops waiting for up to
-    /// [`Self::dropout_allowance`] such members at once.
+    /// that waits for nobody else stops waiting for such members at once
+    /// while the round's dropouts stay within [`Self::dropout_allowance`].
     pub reconnect_grace_secs: f64,
 }
 

@@ -6,8 +6,8 @@
 //! driver tells the machine the member has gone
 //! ([`ActiveRound::expire_lost`](super::round::ActiveRound::expire_lost)), and
 //! a stage whose remaining members have all gone closes at once. A stage that
-//! waits for nobody but lost members, no more of them than ⌊δ·n⌋, stops
-//! waiting for them without the grace.
+//! waits for nobody but lost members, no more of them (with the round's
+//! earlier dropouts) than ⌊δ·n⌋, stops waiting for them without the grace.
 //!
 //! ```text
 //! stream dropped ─▶ lost[m] = now ──(reopened)──▶ removed

@@ -229,14 +229,15 @@ impl ActiveRound {
     /// (returned, for the log). Pure in `now`, like the stage deadlines.
     ///
     /// The grace is cut short when the open stage waits for nobody but lost
-    /// members and there are no more of them than the dropout the round was
-    /// sized for ([`SecAggSettings::dropout_allowance`]): holding every survivor back for a site that
-    /// may never return costs the whole cohort, while the grace still covers
-    /// a site whose connection breaks while others are working, and a wider
-    /// outage, which looks like the network rather than a few dead sites.
+    /// members and they, with those the round has already dropped, are no
+    /// more than the dropout it was sized for
+    /// ([`SecAggSettings::dropout_allowance`]): holding every survivor back
+    /// for a site that may never return costs the whole cohort, while the
+    /// grace still covers a site whose connection breaks while others are
+    /// working, and a wider outage, which looks like the network rather
+    /// than a few dead sites.
     pub fn expire_lost(&mut self, now: Instant, secagg: &SecAggSettings) -> Vec<MemberId> {
         let grace = Duration::from_secs_f64(secagg.reconnect_grace_secs);
-        let allowance = secagg.dropout_allowance(self.names.len());
         let mut expired: Vec<MemberId> = self
             .lost
             .iter()
@@ -245,10 +246,9 @@ impl ActiveRound {
             .collect();
         if expired.len() < self.lost.len() {
             let awaited = self.machine.awaited();
-            if !awaited.is_empty()
-                && awaited.len() <= allowance
-                && awaited.iter().all(|m| self.lost.contains_key(m))
-            {
+            let allowance = secagg.dropout_allowance(self.names.len());
+            let dropped = self.names.len().saturating_sub(self.stage_members());
+            if only_lost_within(&awaited, &self.lost, allowance, dropped) {
                 expired.extend(awaited);
                 expired.sort_unstable();
                 expired.dedup();
@@ -487,6 +487,20 @@ impl ActiveRound {
     pub fn needs_driver(&self) -> bool {
         self.result.is_some() || self.unmask_job.is_some()
     }
+}
+
+/// Whether a stage awaiting `awaited` can stop waiting now: it awaits
+/// someone, every one of them is `lost`, and they with the `dropped` members
+/// (those that did not complete an earlier stage) are within `allowance`.
+fn only_lost_within(
+    awaited: &[MemberId],
+    lost: &BTreeMap<MemberId, Instant>,
+    allowance: usize,
+    dropped: usize,
+) -> bool {
+    !awaited.is_empty()
+        && awaited.len().saturating_add(dropped) <= allowance
+        && awaited.iter().all(|m| lost.contains_key(m))
 }
 
 #[cfg(test)]

@@ -276,3 +276,26 @@ fn a_shared_request_is_converted_once() {
     assert!(!Arc::ptr_eq(&t1, &t3));
     assert_eq!(built, 2);
 }
+
+#[test]
+fn a_stage_stops_waiting_early_only_for_lost_members_within_the_allowance() {
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+
+    use super::only_lost_within;
+
+    let m = |i: u32| -> MemberId { i };
+    let now = Instant::now();
+    let lost: BTreeMap<MemberId, Instant> = [(m(1), now), (m(2), now)].into();
+    // Both awaited members lost, within an allowance of 2.
+    assert!(only_lost_within(&[m(1), m(2)], &lost, 2, 0));
+    // One more than the allowance: an outage gets the grace.
+    assert!(!only_lost_within(&[m(1), m(2)], &lost, 1, 0));
+    // Members dropped at earlier stages use up the allowance.
+    assert!(!only_lost_within(&[m(1), m(2)], &lost, 2, 1));
+    assert!(only_lost_within(&[m(1)], &lost, 2, 1));
+    // Someone awaited is still connected (working): wait.
+    assert!(!only_lost_within(&[m(1), m(3)], &lost, 5, 0));
+    // Nobody awaited: nothing to cut short.
+    assert!(!only_lost_within(&[], &lost, 5, 0));
+}
