@@ -252,6 +252,15 @@ struct Member {
     ended: Option<bool>,
 }
 
+/// Seconds the round record gives `stage`.
+fn stage_secs(rec: &crate::checkpoint::RoundRecord, stage: &str) -> Result<f64, String> {
+    rec.stage_secs
+        .iter()
+        .find(|(st, _)| st == stage)
+        .map(|(_, t)| *t)
+        .ok_or(format!("no {stage} stage"))
+}
+
 /// How a site leaves a round instead of sending its masked input.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Leave {
@@ -500,12 +509,7 @@ async fn a_site_that_hangs_up_mid_round_is_dropped_after_the_grace_not_the_deadl
     assert!(rec.success, "{}", rec.message);
     assert_eq!((rec.cohort, rec.survivors, rec.dropped), (5, 4, 1));
     // Virtual time: the masked-input stage closed at the grace, not at 600 s.
-    let input = rec
-        .stage_secs
-        .iter()
-        .find(|(st, _)| st == "masked-input")
-        .map(|(_, t)| *t)
-        .ok_or("no masked-input stage")?;
+    let input = stage_secs(rec, "masked-input")?;
     assert!(
         (2.0..10.0).contains(&input),
         "masked input took {input} s (virtual)"
@@ -540,12 +544,7 @@ async fn a_stage_left_waiting_only_for_a_lost_site_within_the_dropout_allowance_
     assert_eq!((rec.cohort, rec.survivors, rec.dropped), (5, 4, 1));
     // Virtual time: once the four others had sent their inputs the stage
     // waited for a alone, and stopped waiting then, not at the grace.
-    let input = rec
-        .stage_secs
-        .iter()
-        .find(|(st, _)| st == "masked-input")
-        .map(|(_, t)| *t)
-        .ok_or("no masked-input stage")?;
+    let input = stage_secs(rec, "masked-input")?;
     assert!(input < 1.0, "masked input took {input} s (virtual)");
     for (a, b) in after.iter().zip(&before) {
         assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
@@ -625,12 +624,7 @@ async fn a_site_that_declines_mid_round_is_dropped_at_once_and_recorded_not_blam
     assert!(rec.success, "{}", rec.message);
     assert_eq!((rec.cohort, rec.survivors, rec.dropped), (5, 4, 1));
     // Virtual time: the masked-input stage closed when c declined.
-    let input = rec
-        .stage_secs
-        .iter()
-        .find(|(st, _)| st == "masked-input")
-        .map(|(_, t)| *t)
-        .ok_or("no masked-input stage")?;
+    let input = stage_secs(rec, "masked-input")?;
     assert!(input < 1.0, "masked input took {input} s (virtual)");
     assert!(
         rec.duration_secs < 5.0,

@@ -8,6 +8,22 @@ use confide_crypto::ring::RingElement;
 
 use super::mask;
 
+/// Calls `$f::<R, B>($args)` with `B` = `$bits` for a width of 8 to 64, and
+/// returns 0 (no element done) from the caller for any other.
+macro_rules! by_width {
+    ($bits:expr, $f:ident::<$r:ident>($($arg:expr),*)) => {
+        by_width!(@ $bits, $f, $r, ($($arg),*); 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23
+            24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51
+            52 53 54 55 56 57 58 59 60 61 62 63 64)
+    };
+    (@ $bits:expr, $f:ident, $r:ident, $args:tt; $($b:literal)*) => {
+        match $bits {
+            $($b => $f::<$r, $b> $args,)*
+            _ => return 0,
+        }
+    };
+}
+
 /// Packs the whole groups of eight of `v` at `bits` bits (8 to 64),
 /// appended to `out`; returns how many elements that was.
 pub(super) fn pack<R: RingElement>(v: &[R], bits: u32, out: &mut Vec<u8>) -> usize {
@@ -15,17 +31,7 @@ pub(super) fn pack<R: RingElement>(v: &[R], bits: u32, out: &mut Vec<u8>) -> usi
     let at = out.len();
     out.resize(at + n / 8 * bits as usize, 0);
     let (v, out) = (&v[..n], &mut out[at..]);
-    macro_rules! by_width {
-        ($($b:literal)*) => {
-            match bits {
-                $($b => pack_groups::<R, $b>(v, out),)*
-                _ => return 0,
-            }
-        };
-    }
-    by_width!(8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32
-        33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60
-        61 62 63 64);
+    by_width!(bits, pack_groups::<R>(v, out));
     n
 }
 
@@ -35,17 +41,7 @@ pub(super) fn pack<R: RingElement>(v: &[R], bits: u32, out: &mut Vec<u8>) -> usi
 pub(super) fn unpack_add<R: RingElement>(acc: &mut [R], bytes: &[u8], bits: u32) -> usize {
     let n = (acc.len() / 8).min(bytes.len() / bits.max(1) as usize) * 8;
     let (acc, bytes) = (&mut acc[..n], bytes);
-    macro_rules! by_width {
-        ($($b:literal)*) => {
-            match bits {
-                $($b => add_groups::<R, $b>(acc, bytes),)*
-                _ => return 0,
-            }
-        };
-    }
-    by_width!(8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32
-        33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60
-        61 62 63 64);
+    by_width!(bits, add_groups::<R>(acc, bytes));
     n
 }
 
