@@ -16,6 +16,7 @@ use confide_proto::task_parts::Reassembly;
 use confide_proto::tls::{self, TlsConnector};
 use confide_proto::v1;
 use confide_proto::v1::site_client::SiteClient;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
@@ -441,6 +442,7 @@ impl Connection for GrpcConnection {
         &mut self,
         chunks: Vec<v1::MaskedInputChunk>,
     ) -> Result<(), ClientError> {
+        const CALL: &str = "SubmitMaskedInput";
         let total = chunks.iter().map(|c| c.data.len() as u64).sum();
         let round = chunks.first().map(|c| c.round).unwrap_or_default();
         let shown = Arc::new(Mutex::new(Transfer::start(
@@ -449,15 +451,35 @@ impl Connection for GrpcConnection {
         )));
         // Counted as tonic takes each chunk to send it (flow control paces that).
         let counter = shown.clone();
-        let stream = tokio_stream::StreamExt::map(tokio_stream::iter(chunks), move |c| {
+        let (tx, rx) = tokio::sync::mpsc::channel::<v1::MaskedInputChunk>(2);
+        let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), move |c| {
             lock(&counter).advance(c.data.len() as u64);
             c
         });
-        self.client
+        let mut chunks = chunks.into_iter();
+        // The header alone first: the data waits for the coordinator's
+        // `ready`, so no upload sits unread in its buffers while it waits
+        // for a slot.
+        if let Some(header) = chunks.next() {
+            // The receiver is alive: it is in `stream`, not yet sent.
+            let _ = tx.send(header).await;
+        }
+        let mut replies = self
+            .client
             .submit_masked_input(stream)
             .await
-            .map(drop)
-            .map_err(|s| ClientError::refused("SubmitMaskedInput", s))?;
+            .map_err(|s| ClientError::refused(CALL, s))?
+            .into_inner();
+        expect_reply(&mut replies, "ready").await?;
+        for c in chunks {
+            // A closed request stream means the coordinator ended the call:
+            // its status follows on the replies.
+            if tx.send(c).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        expect_reply(&mut replies, "accepted").await?;
         lock(&shown).finish();
         Ok(())
     }
@@ -486,3 +508,32 @@ impl Connection for GrpcConnection {
             .map_err(|s| ClientError::refused("Decline", s))
     }
 }
+
+/// The next reply on a masked-input stream, which must be `want`; the
+/// coordinator's status if it ended the call instead.
+async fn expect_reply(
+    replies: &mut Streaming<v1::UploadReply>,
+    want: &'static str,
+) -> Result<(), ClientError> {
+    use v1::upload_reply::Kind;
+    let refused = |s| ClientError::refused("SubmitMaskedInput", s);
+    let got = match replies.message().await.map_err(refused)? {
+        Some(v1::UploadReply {
+            kind: Some(Kind::Ready(_)),
+        }) => "ready",
+        Some(v1::UploadReply {
+            kind: Some(Kind::Accepted(_)),
+        }) => "accepted",
+        Some(v1::UploadReply { kind: None }) => "an empty reply",
+        None => "the end of the stream",
+    };
+    if got == want {
+        return Ok(());
+    }
+    Err(refused(tonic::Status::unavailable(format!(
+        "the coordinator sent {got} where the upload expected {want}"
+    ))))
+}
+
+#[cfg(test)]
+mod tests;

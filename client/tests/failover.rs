@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 type Tasks = Pin<Box<dyn Stream<Item = Result<v1::Task, Status>> + Send>>;
 type Chunks = Pin<Box<dyn Stream<Item = Result<v1::ModelChunk, Status>> + Send>>;
+type Replies = Pin<Box<dyn Stream<Item = Result<v1::UploadReply, Status>> + Send>>;
 
 /// A coordinator that is active (Join, then Done) or a standby.
 #[derive(Clone)]
@@ -95,10 +96,12 @@ impl Site for Fake {
         Err(Status::unimplemented("fake"))
     }
 
+    type SubmitMaskedInputStream = Replies;
+
     async fn submit_masked_input(
         &self,
         _: Request<Streaming<v1::MaskedInputChunk>>,
-    ) -> Result<Response<v1::Ack>, Status> {
+    ) -> Result<Response<Replies>, Status> {
         self.gate()?;
         Err(Status::unimplemented("fake"))
     }

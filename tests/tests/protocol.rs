@@ -9,7 +9,9 @@ use confide_coordinator::Settings;
 use confide_coordinator::checkpoint;
 use confide_crypto::Suite;
 use confide_proto::v1 as pb;
-use confide_tests::{AsyncPoke, BoxError, Coordinator, FakeSite, NoPoke, chunks, settings};
+use confide_tests::{
+    AsyncPoke, BoxError, Coordinator, FakeSite, NoPoke, StagedUpload, chunks, settings,
+};
 use rand::RngExt;
 use tokio::sync::watch;
 use tonic::Code;
@@ -152,11 +154,7 @@ impl AsyncPoke for Poker {
         // Offsets that skip elements are a bad chunk sequence.
         let mut bad = chunks(&site.session, round, v);
         bad[0].offset = 1;
-        let r = site
-            .client
-            .submit_masked_input(tokio_stream::iter(bad))
-            .await
-            .map(|_| ());
+        let r = confide_tests::upload(&mut site.client, bad).await;
         assert_eq!(code(r), Some(Code::InvalidArgument), "bad offset");
         // A stage-1 message during stage 3.
         let r = site
@@ -179,18 +177,11 @@ impl AsyncPoke for Poker {
             "wrong stage"
         );
         // A secure upload without its signed masking set.
-        let r = site
-            .client
-            .submit_masked_input(tokio_stream::iter(chunks(&site.session, round, v)))
-            .await
-            .map(|_| ());
+        let r = confide_tests::upload(&mut site.client, chunks(&site.session, round, v)).await;
         assert_eq!(code(r), Some(Code::InvalidArgument), "no masking set");
         // Unknown session.
         let mut other = pb::site_client::SiteClient::connect(self.url.clone()).await?;
-        let r = other
-            .submit_masked_input(tokio_stream::iter(chunks("not-a-session", round, v)))
-            .await
-            .map(|_| ());
+        let r = confide_tests::upload(&mut other, chunks("not-a-session", round, v)).await;
         assert_eq!(code(r), Some(Code::Unauthenticated), "unknown session");
         // The real submission, then a duplicate.
         site.submit(round, v).await?;
@@ -349,5 +340,93 @@ async fn a_site_dealing_garbage_shares_is_named_and_excluded() -> Result<(), Box
         .find(|r| r.success)
         .ok_or("no success")?;
     assert_eq!((second.cohort, second.survivors), (4, 4));
+    Ok(())
+}
+
+/// Site 0's upload takes the only slot and holds it (header sent, `ready`
+/// received, data not yet sent) until site 1's upload has waited.
+struct HoldSlot {
+    held: watch::Sender<bool>,
+    release: watch::Receiver<bool>,
+}
+
+impl AsyncPoke for HoldSlot {
+    async fn poke(&mut self, site: &mut FakeSite, round: u64, v: &[u32]) -> Result<bool, BoxError> {
+        let chunks = site.upload_chunks(round, v);
+        let mut up = StagedUpload::open(&mut site.client, chunks).await?;
+        assert!(up.reply().await?, "the first upload gets the free slot");
+        let _ = self.held.send(true);
+        self.release.wait_for(|r| *r).await?;
+        up.finish().await?;
+        Ok(true)
+    }
+}
+
+/// Site 1 opens its upload while site 0 holds the slot: no `ready` may come
+/// until site 0's vector is in.
+struct WaitBehind {
+    held: watch::Receiver<bool>,
+    release: watch::Sender<bool>,
+}
+
+impl AsyncPoke for WaitBehind {
+    async fn poke(&mut self, site: &mut FakeSite, round: u64, v: &[u32]) -> Result<bool, BoxError> {
+        self.held.wait_for(|h| *h).await?;
+        let chunks = site.upload_chunks(round, v);
+        let mut up = StagedUpload::open(&mut site.client, chunks).await?;
+        let early = tokio::time::timeout(Duration::from_millis(500), up.reply()).await;
+        assert!(
+            early.is_err(),
+            "a go-ahead while the only slot was taken: {early:?}"
+        );
+        let _ = self.release.send(true);
+        let ready = tokio::time::timeout(Duration::from_secs(30), up.reply()).await??;
+        assert!(ready, "ready once the slot is free");
+        up.finish().await?;
+        Ok(true)
+    }
+}
+
+/// An upload waiting for a slot is told `ready` only when it has one, so
+/// until then it sends its header and nothing else; the round completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_gets_its_go_ahead_only_with_a_slot() -> Result<(), BoxError> {
+    let tmp = tempfile::tempdir()?;
+    let mut s = fake_settings(Suite::Intl, false, tmp.path());
+    s.min_sites = 2;
+    s.limits.max_concurrent_uploads = 1;
+    let d = confide_coordinator::federation::initial_model(&s)?
+        .flatten()
+        .len();
+    let coord = Coordinator::start(s).await?;
+    let (held_tx, held_rx) = watch::channel(false);
+    let (release_tx, release_rx) = watch::channel(false);
+    let mut a = FakeSite::join(&coord.url(), "fake-0", Suite::Intl).await?;
+    let mut b = FakeSite::join(&coord.url(), "fake-1", Suite::Intl).await?;
+    let delta = vec![0.5f32; d];
+    let first = tokio::spawn({
+        let delta = delta.clone();
+        async move {
+            let rs = a.round_start().await?;
+            let hold = HoldSlot {
+                held: held_tx,
+                release: release_rx,
+            };
+            a.train_round(&rs, &delta, 10, hold).await
+        }
+    });
+    let second = tokio::spawn(async move {
+        let rs = b.round_start().await?;
+        let wait = WaitBehind {
+            held: held_rx,
+            release: release_tx,
+        };
+        b.train_round(&rs, &delta, 10, wait).await
+    });
+    for end in [first.await??, second.await??] {
+        assert!(end.success, "round failed: {}", end.message);
+    }
+    let report = coord.finish(Duration::from_secs(30)).await?;
+    assert_eq!(report.completed_rounds, 1);
     Ok(())
 }

@@ -180,13 +180,11 @@ async fn mtls_admission_refuses_each_bad_peer_with_a_specific_status() -> Result
     let b_ch = channel(&url, &ca, Some(pki.site("b"))).await?;
     let b_session = join(b_ch, "b", pki.vk("b")?).await?;
     let mut a_client = SiteClient::new(a_ch.clone());
-    let stolen = a_client
-        .submit_masked_input(tokio_stream::iter(confide_tests::chunks(
-            &b_session,
-            1,
-            &[1, 2, 3],
-        )))
-        .await;
+    let stolen = confide_tests::upload(
+        &mut a_client,
+        confide_tests::chunks(&b_session, 1, &[1, 2, 3]),
+    )
+    .await;
     denied(stolen, "may not act as")?;
     denied(
         a_client

@@ -52,8 +52,8 @@ pub use registry::SessionInfo;
 use round::{ActiveRound, SiteMessage, task};
 pub use scheduler::RoundKind;
 use scheduler::{PlanError, Progress};
-pub use upload::Upload;
 use upload::UploadSlots;
+pub use upload::{PendingUpload, Upload};
 
 /// The current time on tokio's clock (virtual under a paused test runtime).
 fn clock() -> Instant {
@@ -440,9 +440,55 @@ impl Federation {
         })
     }
 
-    /// Start a masked-input upload: checks session, round, stage, duplicate and
-    /// length before anything is buffered, claims the member's one stream,
-    /// then waits for an upload slot — until the stage deadline at most.
+    /// Start a masked-input upload from its header: checks session, round,
+    /// stage, duplicate and length before anything is buffered, and claims
+    /// the member's one stream. The upload then waits for its slot
+    /// ([`Self::upload_slot`]); the site sends no data until it has one.
+    pub fn claim_upload(
+        &self,
+        session: &str,
+        peer: Option<&str>,
+        round: u64,
+        total_len: u64,
+    ) -> Result<PendingUpload, RequestError> {
+        let g = self.lock();
+        let info = g.registry.session(session, peer)?;
+        let r = g.round.as_ref().ok_or(RequestError::WrongRound {
+            expected: 0,
+            got: round,
+        })?;
+        let packing = r.precheck_upload(&info, round, total_len)?;
+        // Claimed under the lock that delivery takes too: a second stream
+        // sees either this claim or the submitted vector.
+        let claim = self.uploads.claim(round, info.member)?;
+        let stage_secs = u64::from(self.settings.secagg.stage_timeout_secs);
+        let deadline = match r.machine.poll_timeout() {
+            Some(d) => tokio::time::Instant::from_std(d),
+            None => tokio::time::Instant::now() + Duration::from_secs(stage_secs),
+        };
+        Ok(PendingUpload {
+            round,
+            member: info.member,
+            total: total_len as usize,
+            packing,
+            deadline,
+            claim,
+        })
+    }
+
+    /// Waits for an upload slot for `pending`, until the stage deadline at
+    /// most; the upload then buffers in memory within the budget, or spills.
+    pub async fn upload_slot(&self, pending: PendingUpload) -> Result<Upload, RequestError> {
+        // The wire bytes as they arrive (the add reads them directly).
+        let bytes = pending.packing.total_bytes() as u64;
+        let permit = self
+            .uploads
+            .slot(pending.round, bytes, pending.deadline)
+            .await?;
+        Upload::new(pending, permit, &self.settings.limits.spill_dir())
+    }
+
+    /// [`Self::claim_upload`], then [`Self::upload_slot`].
     pub async fn begin_upload(
         &self,
         session: &str,
@@ -450,37 +496,8 @@ impl Federation {
         round: u64,
         total_len: u64,
     ) -> Result<Upload, RequestError> {
-        let (member, packing, deadline, claim) = {
-            let g = self.lock();
-            let info = g.registry.session(session, peer)?;
-            let r = g.round.as_ref().ok_or(RequestError::WrongRound {
-                expected: 0,
-                got: round,
-            })?;
-            let packing = r.precheck_upload(&info, round, total_len)?;
-            // Claimed under the lock that delivery takes too: a second stream
-            // sees either this claim or the submitted vector.
-            let claim = self.uploads.claim(round, info.member)?;
-            let stage_secs = u64::from(self.settings.secagg.stage_timeout_secs);
-            let deadline = match r.machine.poll_timeout() {
-                Some(d) => tokio::time::Instant::from_std(d),
-                None => tokio::time::Instant::now() + Duration::from_secs(stage_secs),
-            };
-            (info.member, packing, deadline, claim)
-        };
-        // The wire bytes as they arrive (the add reads them directly).
-        let bytes = packing.total_bytes() as u64;
-        let permit = self.uploads.slot(round, bytes, deadline).await?;
-        Upload::new(
-            round,
-            member,
-            total_len as usize,
-            packing,
-            deadline,
-            permit,
-            claim,
-            &self.settings.limits.spill_dir(),
-        )
+        let pending = self.claim_upload(session, peer, round, total_len)?;
+        self.upload_slot(pending).await
     }
 
     /// Finish an upload: the whole vector goes into the sum at once, with the

@@ -122,6 +122,18 @@ pub(super) struct UploadHold {
     _claim: UploadClaim,
 }
 
+/// A masked-input upload whose header passed the checks, with its
+/// member's stream claimed, waiting for an upload slot.
+pub struct PendingUpload {
+    pub(super) round: u64,
+    pub(super) member: MemberId,
+    /// Elements of the whole vector.
+    pub(super) total: usize,
+    pub(super) packing: Packing,
+    pub(super) deadline: tokio::time::Instant,
+    pub(super) claim: UploadClaim,
+}
+
 /// A masked-input upload in progress: bounded by an upload slot, by the
 /// round's vector length and by the stage deadline; its bytes wait in
 /// memory within the buffer budget, or in a spill file (`spill.rs`).
@@ -137,36 +149,29 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// An empty upload of `total` elements in the wire form `packing`,
-    /// due by `deadline`; in memory if `permit` holds budget, else spilled
-    /// to a file in `spill_dir`.
-    #[allow(clippy::too_many_arguments)]
+    /// `pending` with its slot: in memory if `permit` holds budget, else
+    /// spilled to a file in `spill_dir`.
     pub(super) fn new(
-        round: u64,
-        member: MemberId,
-        total: usize,
-        packing: Packing,
-        deadline: tokio::time::Instant,
+        pending: PendingUpload,
         permit: SlotPermit,
-        claim: UploadClaim,
         spill_dir: &Path,
     ) -> Result<Self, RequestError> {
         let buf = if permit.budget.is_some() {
-            UploadBuf::memory(packing.total_bytes())
+            UploadBuf::memory(pending.packing.total_bytes())
         } else {
             UploadBuf::spill(spill_dir).map_err(|e| spill_error(spill_dir, e))?
         };
         Ok(Upload {
-            round,
-            member,
-            total,
-            packing,
-            deadline,
+            round: pending.round,
+            member: pending.member,
+            total: pending.total,
+            packing: pending.packing,
+            deadline: pending.deadline,
             buf,
             spill_dir: spill_dir.to_path_buf(),
             hold: UploadHold {
                 _permit: permit,
-                _claim: claim,
+                _claim: pending.claim,
             },
         })
     }

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
@@ -16,7 +18,7 @@ use pb::site_server::Site;
 use super::{BoxStream, Handlers};
 use crate::access::{KeyBindingRefusal, check_join_key};
 use crate::error::RequestError;
-use crate::federation::Upload;
+use crate::federation::{PendingUpload, Upload};
 use crate::metrics::JoinRefusal;
 
 /// A refused Join: the status for the peer, the reason for the metrics.
@@ -176,6 +178,45 @@ where
     }
 }
 
+type Reply = pb::upload_reply::Kind;
+
+fn reply(kind: Reply) -> pb::UploadReply {
+    pb::UploadReply { kind: Some(kind) }
+}
+
+impl Handlers {
+    /// An upload after its header: waits for a slot, says `ready`, reads the
+    /// data into the upload and hands the vector to the sum.
+    async fn receive_upload(
+        &self,
+        pending: PendingUpload,
+        first: pb::MaskedInputChunk,
+        mut stream: Streaming<pb::MaskedInputChunk>,
+        peer: Option<String>,
+        replies: &mpsc::Sender<Result<pb::UploadReply, Status>>,
+    ) -> Result<(), Status> {
+        let gone = || Status::cancelled("the site closed its upload stream");
+        // A site that hangs up while it waits gives its claim back at once.
+        let mut up = tokio::select! {
+            up = self.fed.upload_slot(pending) => up?,
+            () = replies.closed() => return Err(gone()),
+        };
+        replies
+            .send(Ok(reply(Reply::Ready(pb::Ack {}))))
+            .await
+            .map_err(|_| gone())?;
+        let (session, round) = (first.session, first.round);
+        let idle_secs = self.fed.settings().limits.upload_idle_secs;
+        up.push(first.offset, &first.data)?;
+        receive_chunks(&mut stream, &mut up, &session, round, idle_secs).await?;
+        // The signed masking set travels in the first chunk only.
+        self.fed
+            .finish_upload(&session, peer.as_deref(), up, first.masking)
+            .await?;
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Site for Handlers {
     async fn join(
@@ -288,10 +329,12 @@ impl Site for Handlers {
         Ok(Response::new(pb::Ack {}))
     }
 
+    type SubmitMaskedInputStream = BoxStream<pb::UploadReply>;
+
     async fn submit_masked_input(
         &self,
         req: Request<Streaming<pb::MaskedInputChunk>>,
-    ) -> Result<Response<pb::Ack>, Status> {
+    ) -> Result<Response<Self::SubmitMaskedInputStream>, Status> {
         let peer = self.peer(&req)?;
         let idle_secs = self.fed.settings().limits.upload_idle_secs;
         let mut stream = req.into_inner();
@@ -307,22 +350,26 @@ impl Site for Handlers {
             ))
         })??
         .ok_or_else(|| Status::invalid_argument("empty masked-input stream"))?;
-        let session = first.session.clone();
-        let round = first.round;
         // One token per stream, not per chunk.
-        self.limit(peer.as_deref(), &session)?;
-        // The signed masking set travels in the first chunk only.
-        let masking = first.masking.clone();
-        let mut up = self
-            .fed
-            .begin_upload(&session, peer.as_deref(), round, first.total_len)
-            .await?;
-        up.push(first.offset, &first.data)?;
-        receive_chunks(&mut stream, &mut up, &session, round, idle_secs).await?;
-        self.fed
-            .finish_upload(&session, peer.as_deref(), up, masking)
-            .await?;
-        Ok(Response::new(pb::Ack {}))
+        self.limit(peer.as_deref(), &first.session)?;
+        // Refused here, before any reply, if the header is wrong.
+        let pending = self.fed.claim_upload(
+            &first.session,
+            peer.as_deref(),
+            first.round,
+            first.total_len,
+        )?;
+        let (replies, rx) = tokio::sync::mpsc::channel(2);
+        let handlers = self.clone();
+        tokio::spawn(async move {
+            let done = handlers
+                .receive_upload(pending, first, stream, peer, &replies)
+                .await;
+            let _ = replies
+                .send(done.map(|()| reply(Reply::Accepted(pb::Ack {}))))
+                .await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn consistency(
