@@ -537,11 +537,13 @@ impl Federation {
         if let Some((owed, data)) = owed {
             let dir = self.settings.limits.spill_dir();
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = owed.add(data) {
+                let mut data = data;
+                if let Err(e) = owed.add(&mut data) {
                     // The owed add is dropped unmade: the round fails
                     // rather than unmask a sum missing an accepted input.
                     tracing::error!(dir = %dir.display(), "reading back a spilled upload: {e}");
                 }
+                hold.recycle(data);
                 drop(hold);
             })
             .await

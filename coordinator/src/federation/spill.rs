@@ -29,9 +29,9 @@ pub(super) enum UploadBuf {
 }
 
 impl UploadBuf {
-    /// A buffer in memory for `bytes` bytes.
-    pub(super) fn memory(bytes: usize) -> Self {
-        UploadBuf::Memory(Vec::with_capacity(bytes))
+    /// In memory, in `buf` (empty, with room for the whole upload).
+    pub(super) fn memory(buf: Vec<u8>) -> Self {
+        UploadBuf::Memory(buf)
     }
 
     /// A spill file in `dir`.
@@ -103,7 +103,7 @@ impl UploadData {
     /// spilled upload is read one block at a time, so only one is in
     /// memory. Blocks past the end are not called.
     pub(super) fn for_each_block(
-        self,
+        &mut self,
         blocks: impl IntoIterator<Item = (usize, usize)>,
         mut f: impl FnMut(usize, &[u8]),
     ) -> io::Result<()> {
@@ -117,7 +117,7 @@ impl UploadData {
                 }
                 Ok(())
             }
-            UploadData::File(mut file, len) => {
+            UploadData::File(file, len) => {
                 let mut buf = Vec::new();
                 let mut read = 0u64;
                 for (at, n) in blocks {
@@ -129,6 +129,14 @@ impl UploadData {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// The memory an in-memory upload was held in, for the next upload.
+    pub(super) fn into_buffer(self) -> Option<Vec<u8>> {
+        match self {
+            UploadData::Memory(v) => Some(v),
+            UploadData::File(..) => None,
         }
     }
 
@@ -185,7 +193,7 @@ mod tests {
     fn memory_and_spill_give_the_same_bytes() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let data = bytes(5000);
-        let mut m = UploadBuf::memory(data.len());
+        let mut m = UploadBuf::memory(Vec::with_capacity(data.len()));
         let mut s = UploadBuf::spill(dir.path())?;
         for c in data.chunks(333) {
             m.push(c)?;

@@ -75,7 +75,7 @@ impl OwedAdd {
     /// Add `data`, a vector in the round's wire form, into the sum; a
     /// spilled one a block of whole elements at a time. On a read error
     /// the add stays unmade (the round then fails).
-    pub fn add(mut self, data: UploadData) -> std::io::Result<()> {
+    pub fn add(mut self, data: &mut UploadData) -> std::io::Result<()> {
         let packing = &self.sum.packing;
         let mut sum = self.sum.sum.lock().unwrap_or_else(|p| p.into_inner());
         if data.len() != packing.total_bytes() as u64 {
@@ -132,8 +132,9 @@ mod tests {
             std::io::Seek::rewind(&mut file)?;
 
             let sum = OutsideSum::new(packing);
-            sum.owe().add(UploadData::File(file, bytes.len() as u64))?;
-            sum.owe().add(UploadData::Memory(bytes.clone()))?;
+            sum.owe()
+                .add(&mut UploadData::File(file, bytes.len() as u64))?;
+            sum.owe().add(&mut UploadData::Memory(bytes.clone()))?;
             let RingVec::U32(got) = sum.take()? else {
                 return Err("ring".into());
             };
@@ -150,7 +151,9 @@ mod tests {
 
             // A vector of the wrong length never counts as added.
             let short = OutsideSum::new(packing);
-            short.owe().add(UploadData::Memory(bytes[..8].to_vec()))?;
+            short
+                .owe()
+                .add(&mut UploadData::Memory(bytes[..8].to_vec()))?;
             assert!(short.take().is_err());
         }
         Ok(())

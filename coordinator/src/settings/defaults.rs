@@ -110,7 +110,7 @@ impl Default for LimitSettings {
             max_model_bytes: 1 << 30,
             max_concurrent_uploads: 8,
             max_concurrent_downloads: 8,
-            download_chunk_kib: 64,
+            download_chunk_kib: 32,
             upload_buffer_mib: 16,
             spill_dir: None,
             join_rate_per_sec: 5.0,
