@@ -77,6 +77,9 @@ impl Federation {
         sum: Option<Arc<OutsideSum>>,
     ) -> Result<(), ProtocolError> {
         let round = job.round();
+        // Every input of the round is in: the kept upload buffers go back
+        // to the system before the mask regeneration needs its own memory.
+        self.uploads.release_buffers();
         let started = std::time::Instant::now();
         let task = tokio::task::spawn_blocking(move || {
             if let Some(sum) = sum {

@@ -90,6 +90,12 @@ impl UploadSlots {
             in_use: self.in_use.clone(),
         })
     }
+
+    /// Lets the kept upload buffers go (the round takes no more uploads).
+    pub(super) fn release_buffers(&self) {
+        let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+        *free = Vec::new();
+    }
 }
 
 /// A taken upload slot, counted in the `upload_slots_in_use` gauge until
@@ -329,5 +335,15 @@ mod tests {
         let other = pool.take(1 << 20);
         assert_eq!(other.capacity(), 1 << 20);
         assert_eq!(held(), 0, "buffers of another length are let go");
+    }
+
+    #[test]
+    fn the_kept_buffers_go_once_the_round_takes_no_more_uploads() {
+        let slots = UploadSlots::new(2, 16, Gauge::default());
+        slots.pool.give(slots.pool.take(1 << 20));
+        let held = || slots.pool.free.lock().map(|f| f.len()).unwrap_or(9);
+        assert_eq!(held(), 1);
+        slots.release_buffers();
+        assert_eq!(held(), 0);
     }
 }
