@@ -442,7 +442,6 @@ impl Connection for GrpcConnection {
         &mut self,
         chunks: Vec<v1::MaskedInputChunk>,
     ) -> Result<(), ClientError> {
-        const CALL: &str = "SubmitMaskedInput";
         let total = chunks.iter().map(|c| c.data.len() as u64).sum();
         let round = chunks.first().map(|c| c.round).unwrap_or_default();
         let shown = Arc::new(Mutex::new(Transfer::start(
@@ -468,7 +467,7 @@ impl Connection for GrpcConnection {
             .client
             .submit_masked_input(stream)
             .await
-            .map_err(|s| ClientError::refused(CALL, s))?
+            .map_err(|s| ClientError::refused(UPLOAD_CALL, s))?
             .into_inner();
         expect_reply(&mut replies, "ready").await?;
         for c in chunks {
@@ -509,6 +508,9 @@ impl Connection for GrpcConnection {
     }
 }
 
+/// The call named in an upload's errors.
+const UPLOAD_CALL: &str = "SubmitMaskedInput";
+
 /// The next reply on a masked-input stream, which must be `want`; the
 /// coordinator's status if it ended the call instead.
 async fn expect_reply(
@@ -516,7 +518,7 @@ async fn expect_reply(
     want: &'static str,
 ) -> Result<(), ClientError> {
     use v1::upload_reply::Kind;
-    let refused = |s| ClientError::refused("SubmitMaskedInput", s);
+    let refused = |s| ClientError::refused(UPLOAD_CALL, s);
     let got = match replies.message().await.map_err(refused)? {
         Some(v1::UploadReply {
             kind: Some(Kind::Ready(_)),

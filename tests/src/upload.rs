@@ -39,7 +39,8 @@ pub async fn upload(
 /// An upload sent as the real site sends it: the header, then the data
 /// only after the coordinator's `ready`.
 pub struct StagedUpload {
-    tx: tokio::sync::mpsc::Sender<pb::MaskedInputChunk>,
+    /// Taken (closing the request stream) once the data is sent.
+    tx: Option<tokio::sync::mpsc::Sender<pb::MaskedInputChunk>>,
     replies: tonic::Streaming<pb::UploadReply>,
     data: Vec<pb::MaskedInputChunk>,
 }
@@ -58,7 +59,7 @@ impl StagedUpload {
             .await?
             .into_inner();
         Ok(StagedUpload {
-            tx,
+            tx: Some(tx),
             replies,
             data: chunks.collect(),
         })
@@ -76,13 +77,14 @@ impl StagedUpload {
 
     /// Sends the data and waits for `accepted`.
     pub async fn finish(mut self) -> Result<(), BoxError> {
+        let tx = self.tx.take().ok_or("the data was already sent")?;
         for c in std::mem::take(&mut self.data) {
-            self.tx.send(c).await?;
+            tx.send(c).await?;
         }
-        drop(self.tx);
-        match self.replies.message().await?.and_then(|r| r.kind) {
-            Some(pb::upload_reply::Kind::Accepted(_)) => Ok(()),
-            other => Err(format!("expected accepted, got {other:?}").into()),
+        drop(tx);
+        if self.reply().await? {
+            return Err("a second ready where accepted was expected".into());
         }
+        Ok(())
     }
 }

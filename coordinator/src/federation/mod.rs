@@ -534,10 +534,9 @@ impl Federation {
             let owed = r.accept_outside(member, bytes, masking, now)?;
             Ok(owed.map(|owed| (owed, data)))
         })?;
-        if let Some((owed, data)) = owed {
+        if let Some((owed, mut data)) = owed {
             let dir = self.settings.limits.spill_dir();
             tokio::task::spawn_blocking(move || {
-                let mut data = data;
                 if let Err(e) = owed.add(&mut data) {
                     // The owed add is dropped unmade: the round fails
                     // rather than unmask a sum missing an accepted input.

@@ -115,8 +115,8 @@ impl Drop for SlotPermit {
 }
 
 /// In-memory upload buffers kept for the next uploads, within the buffer
-/// budget: a fresh multi-megabyte vector per upload costs its page faults
-/// and the unmap (about a fifth of the coordinator's CPU at n = 100).
+/// budget: a fresh multi-megabyte vector per upload cost its page faults
+/// and its unmap every time (`perf`; docs/performance.md).
 struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
     cap_bytes: usize,
