@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let fds = protox::compile([proto], ["proto"])?;
     tonic_prost_build::configure()
+        // prost's codec with small stream buffers (src/codec.rs).
+        .codec_path("crate::codec::ConfideCodec")
         // Shared, not copied: decoding slices the received buffer, and a
         // site's kept upload is re-sent without a copy per attempt.
         .bytes(".confide.v1.MaskedInputChunk.data")

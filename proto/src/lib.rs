@@ -14,6 +14,7 @@
 //! | [`keys`] | the verifying-key SAN URI and the signing-key file format |
 //! | [`crl`] | the federation CRL: number, expiry, signature check, revoked serials |
 //! | [`tls`] | TLS 1.3-only rustls configurations and the client connector |
+//! | [`codec`] | the gRPC codec: prost's, with small stream buffers |
 //!
 //! ```text
 //!   crypto  ◀──  proto  ◀──┬── coordinator
@@ -45,6 +46,7 @@ pub mod v1 {
     tonic::include_proto!("confide.v1");
 }
 
+pub mod codec;
 pub mod context;
 pub mod convert;
 pub mod crl;
