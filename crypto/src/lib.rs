@@ -120,7 +120,9 @@
 //! no non-cryptographic generator is used for masks or rounding. SM4 (the
 //! `gm` mask PRG and SM4-GCM) has no secret-indexed table look-ups or
 //! secret-dependent branches on any CPU ([`simd`] kernels, else the bitsliced
-//! [`sm4ct`]).
+//! [`sm4ct`]). Signature verification, which sees only public values, runs
+//! in variable time (SM2's in `suite/sm2_verify.rs`); signing and key
+//! agreement stay constant-time.
 
 #![warn(missing_docs)]
 
