@@ -52,30 +52,24 @@ pub(super) fn verify(public: &[u8], msg: &[u8], signature: &[u8]) -> Result<(), 
     }
 }
 
+/// ENTL_A: the identifier's length in bits, two bytes big-endian (128).
+const ENTL: [u8; 2] = ((SM2_DIST_ID.len() * 8) as u16).to_be_bytes();
+
 /// SM3(Z_A ‖ msg), where Z_A = SM3(ENTL_A ‖ ID_A ‖ a ‖ b ‖ x_G ‖ y_G ‖ x_A ‖ y_A).
 fn message_digest(key: &AffinePoint, msg: &[u8]) -> sm2::FieldBytes {
-    let id = SM2_DIST_ID.as_bytes();
-    // The identifier's length in bits, two bytes big-endian (128 here).
-    let entl = u16::try_from(id.len() * 8)
-        .unwrap_or(u16::MAX)
-        .to_be_bytes();
     let mut z = Sm3::new();
-    z.update(entl);
-    z.update(id);
+    z.update(ENTL);
+    z.update(SM2_DIST_ID.as_bytes());
     z.update(Sm2::EQUATION_A.to_bytes());
     z.update(Sm2::EQUATION_B.to_bytes());
-    z.update(point_bytes(&AffinePoint::GENERATOR));
-    z.update(point_bytes(key));
+    // x ‖ y: the uncompressed SEC1 encoding without its leading 0x04.
+    for p in [&AffinePoint::GENERATOR, key] {
+        z.update(&p.to_sec1_point(false).as_bytes()[1..]);
+    }
     let mut h = Sm3::new();
     h.update(z.finalize());
     h.update(msg);
     h.finalize()
-}
-
-/// x ‖ y of a point, 32 bytes each (its uncompressed SEC1 encoding
-/// without the leading 0x04).
-fn point_bytes(p: &AffinePoint) -> Vec<u8> {
-    p.to_sec1_point(false).as_bytes()[1..].to_vec()
 }
 
 #[cfg(test)]
