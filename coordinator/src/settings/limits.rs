@@ -39,9 +39,10 @@ pub struct LimitSettings {
     /// KiB per model download chunk (4 to 2048: sites decode messages of
     /// up to 4 MiB). Each chunk is encoded from the f32 model as it is sent,
     /// so the download turns hold `max_concurrent_downloads` chunks at most.
-    /// The default, 32 KiB, is tonic's encode-yield size: larger chunks grow
-    /// each chunk's encode buffer past glibc's mmap threshold, a fresh
-    /// mapping (page faults, an unmap) per chunk.
+    /// The default, 32 KiB, keeps each chunk's encode buffer under glibc's
+    /// mmap threshold: 64 KiB chunks grew it past the threshold, a fresh
+    /// mapping (page faults, an unmap) per chunk; 16 KiB measured no faster
+    /// (docs/performance.md).
     pub download_chunk_kib: u32,
     /// Join requests admitted per second (global token bucket).
     pub join_rate_per_sec: f64,
