@@ -5,17 +5,20 @@
 //! 32 KiB before it yields them. The buffer keeps its largest size for the
 //! stream's life. A coordinator holds one task stream per site for the whole
 //! federation, and while a site waits for its upload slot it holds the
-//! upload's request and reply streams too: at a thousand sites those
-//! buffers were tens of megabytes. Here they start at [`BUFFER_BYTES`] and
-//! yield at [`YIELD_BYTES`], so a stream's buffer grows only to the largest
-//! message it carries (a task part, a model or upload chunk) and no
-//! further. Messages are encoded exactly as before.
+//! upload's request and reply streams too: at a thousand sites tonic's
+//! encode buffers alone held 15.7 MB at the coordinator's peak (heaptrack,
+//! docs/performance.md). Here they start at [`BUFFER_BYTES`] and yield at
+//! [`YIELD_BYTES`], so an encode buffer grows to less than `YIELD_BYTES`
+//! plus the largest message it carries (a task part, a model or upload
+//! chunk), not 32 KiB plus it. Messages are encoded exactly as before.
 //!
 //! ```
-//! use confide_proto::codec::{BUFFER_BYTES, YIELD_BYTES};
-//! use confide_proto::task_parts::TASK_PART_BYTES;
-//! // A stream yields each task part alone.
-//! assert!(BUFFER_BYTES <= YIELD_BYTES && YIELD_BYTES == TASK_PART_BYTES);
+//! use confide_proto::codec::ConfideCodec;
+//! use confide_proto::v1::{Task, TasksRequest};
+//! use tonic::codec::Codec;
+//! // What the generated Site client and server build their streams with.
+//! let mut codec = ConfideCodec::<TasksRequest, Task>::default();
+//! let (_encoder, _decoder) = (codec.encoder(), codec.decoder());
 //! ```
 
 use tonic::codec::{BufferSettings, Codec};

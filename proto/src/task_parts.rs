@@ -28,9 +28,10 @@ use prost::bytes::{Bytes, BytesMut};
 use crate::v1;
 
 /// Largest part of a task on the stream, and the size above which a task
-/// is sent in parts. A stream's encode buffer grows to its largest message
-/// and stays there ([`crate::codec`]), so this bounds what a thousand task
-/// streams hold (about 8 MB); a part is still cheap to send.
+/// is sent in parts. A stream's encode buffer keeps its largest size, which
+/// with the codec's yield size ([`crate::codec::YIELD_BYTES`], equal to
+/// this) is about two parts at most: some 16 MB over a thousand task
+/// streams. A part is still cheap to send.
 pub const TASK_PART_BYTES: usize = 8 * 1024;
 
 /// Largest whole task a site puts back together (the unmask request, the

@@ -39,8 +39,7 @@ pub async fn upload(
 /// An upload sent as the real site sends it: the header, then the data
 /// only after the coordinator's `ready`.
 pub struct StagedUpload {
-    /// Taken (closing the request stream) once the data is sent.
-    tx: Option<tokio::sync::mpsc::Sender<pb::MaskedInputChunk>>,
+    tx: tokio::sync::mpsc::Sender<pb::MaskedInputChunk>,
     replies: tonic::Streaming<pb::UploadReply>,
     data: Vec<pb::MaskedInputChunk>,
 }
@@ -59,7 +58,7 @@ impl StagedUpload {
             .await?
             .into_inner();
         Ok(StagedUpload {
-            tx: Some(tx),
+            tx,
             replies,
             data: chunks.collect(),
         })
@@ -67,24 +66,32 @@ impl StagedUpload {
 
     /// The next reply: `Ok(true)` for `ready`, `Ok(false)` for `accepted`.
     pub async fn reply(&mut self) -> Result<bool, BoxError> {
-        use pb::upload_reply::Kind;
-        match self.replies.message().await?.and_then(|r| r.kind) {
-            Some(Kind::Ready(_)) => Ok(true),
-            Some(Kind::Accepted(_)) => Ok(false),
-            None => Err("the upload stream ended without a reply".into()),
-        }
+        next_reply(&mut self.replies).await
     }
 
-    /// Sends the data and waits for `accepted`.
-    pub async fn finish(mut self) -> Result<(), BoxError> {
-        let tx = self.tx.take().ok_or("the data was already sent")?;
-        for c in std::mem::take(&mut self.data) {
+    /// Sends the data, closes the request stream and waits for `accepted`.
+    pub async fn finish(self) -> Result<(), BoxError> {
+        let StagedUpload {
+            tx,
+            mut replies,
+            data,
+        } = self;
+        for c in data {
             tx.send(c).await?;
         }
         drop(tx);
-        if self.reply().await? {
+        if next_reply(&mut replies).await? {
             return Err("a second ready where accepted was expected".into());
         }
         Ok(())
+    }
+}
+
+async fn next_reply(replies: &mut tonic::Streaming<pb::UploadReply>) -> Result<bool, BoxError> {
+    use pb::upload_reply::Kind;
+    match replies.message().await?.and_then(|r| r.kind) {
+        Some(Kind::Ready(_)) => Ok(true),
+        Some(Kind::Accepted(_)) => Ok(false),
+        None => Err("the upload stream ended without a reply".into()),
     }
 }

@@ -56,6 +56,8 @@ pub(super) fn verify(public: &[u8], msg: &[u8], signature: &[u8]) -> Result<(), 
 const ENTL: [u8; 2] = ((SM2_DIST_ID.len() * 8) as u16).to_be_bytes();
 
 /// SM3(Z_A ‖ msg), where Z_A = SM3(ENTL_A ‖ ID_A ‖ a ‖ b ‖ x_G ‖ y_G ‖ x_A ‖ y_A).
+/// Computed here because the crate keeps its own (`hash_z`) private; the
+/// tests would fail on any difference, as every crate-made signature would.
 fn message_digest(key: &AffinePoint, msg: &[u8]) -> sm2::FieldBytes {
     let mut z = Sm3::new();
     z.update(ENTL);
