@@ -549,7 +549,7 @@ impl RoundDriver {
                     ));
                 }
                 if r.kind == v1::RoundKind::Train {
-                    kept = Some(v.clone());
+                    kept = Some(self.contributions.copy_for_replay(&v));
                 }
                 if routed(m.handle_input(v))? {
                     match m.poll_output() {

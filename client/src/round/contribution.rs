@@ -414,6 +414,39 @@ impl Contributions {
 
     /// Keeps the inputs of the newest [`KEPT`] models. Older ones stay
     /// refused (never retrained: that would put a second value in the sums).
+    /// A copy of input `x`, to remember once it is sent. In memory only
+    /// and with [`KEPT`] inputs held, it goes into the oldest one's buffer
+    /// (forgotten now rather than when `x` is remembered): copying into
+    /// memory already in use costs a fraction of faulting in fresh pages,
+    /// a model-sized vector every round.
+    pub(super) fn copy_for_replay(&mut self, x: &RingVec) -> RingVec {
+        match self.spare_input() {
+            Some(mut spare) => {
+                spare.clone_from(x);
+                spare
+            }
+            None => x.clone(),
+        }
+    }
+
+    /// The oldest input's buffer, taken from its entry; `None` with a state
+    /// directory (inputs live in their files) or below [`KEPT`] inputs
+    /// (nothing would be forgotten).
+    fn spare_input(&mut self) -> Option<RingVec> {
+        if self.store.is_some() {
+            return None;
+        }
+        let held = self.entries.values().filter(|e| e.input.is_some());
+        if held.count() < KEPT {
+            return None;
+        }
+        self.entries
+            .values_mut()
+            .filter(|e| e.input.is_some())
+            .min_by_key(|e| e.seq)
+            .and_then(|e| e.input.take())
+    }
+
     fn forget_old(&mut self) {
         let mut kept: Vec<(u64, (String, Vec<u8>))> = self
             .entries

@@ -32,12 +32,32 @@ use crate::error::ProtocolError;
 use crate::ring::{self, ByteLengthError, Ring, RingElement};
 
 /// A vector of ring elements whose ring is known only at run time.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum RingVec {
     /// Elements of Z/2^32.
     U32(Vec<u32>),
     /// Elements of Z/2^64.
     U64(Vec<u64>),
+}
+
+impl Clone for RingVec {
+    fn clone(&self) -> Self {
+        match self {
+            RingVec::U32(v) => RingVec::U32(v.clone()),
+            RingVec::U64(v) => RingVec::U64(v.clone()),
+        }
+    }
+
+    /// Reuses `self`'s buffer when the rings match: copying a model-sized
+    /// vector into memory already mapped costs a fraction of faulting in
+    /// fresh pages.
+    fn clone_from(&mut self, source: &Self) {
+        match (self, source) {
+            (RingVec::U32(a), RingVec::U32(b)) => a.clone_from(b),
+            (RingVec::U64(a), RingVec::U64(b)) => a.clone_from(b),
+            (a, b) => *a = b.clone(),
+        }
+    }
 }
 
 impl RingVec {

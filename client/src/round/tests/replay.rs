@@ -401,3 +401,59 @@ fn replay_plans_and_refusals() -> Result<(), Box<dyn std::error::Error>> {
     ));
     Ok(())
 }
+
+/// In memory, the copy for the next replay goes into the oldest input's
+/// buffer once KEPT are held; that model is then forgotten (refused, never
+/// retrained) and the newer ones still replay their own inputs exactly.
+#[test]
+fn the_copy_for_a_replay_reuses_the_oldest_inputs_buffer() -> Result<(), Box<dyn std::error::Error>>
+{
+    let (model, d) = logistic_model()?;
+    let len = crate::wire::train_len(d);
+    let base = start_for(&cfg_for(80, &[1, 2, 3], d), 1, 1, &model, d);
+    let on = |i: u8| {
+        let mut rs = base.clone();
+        rs.model_sha256[0] ^= i;
+        rs
+    };
+    let input = |i: u8| RingVec::U32(vec![u32::from(i); len]);
+    let mut c = Contributions::default();
+    let pointer = |x: &RingVec| match x {
+        RingVec::U32(v) => v.as_ptr() as usize,
+        RingVec::U64(v) => v.as_ptr() as usize,
+    };
+    let mut first = 0;
+    for i in 1..=KEPT as u8 {
+        // Below KEPT held: a fresh copy, nothing forgotten.
+        let copy = c.copy_for_replay(&input(i));
+        assert_eq!(copy, input(i));
+        if i == 1 {
+            first = pointer(&copy);
+        }
+        c.remember_input("f", &on(i), copy)?;
+    }
+    for i in 1..=KEPT as u8 {
+        assert!(
+            matches!(c.plan("f", &on(i))?, Plan::Replay { input: ref x, .. } if *x == input(i))
+        );
+    }
+    let next = KEPT as u8 + 1;
+    let copy = c.copy_for_replay(&input(next));
+    assert_eq!(copy, input(next));
+    assert_eq!(
+        pointer(&copy),
+        first,
+        "the oldest input's buffer was not reused"
+    );
+    assert!(matches!(
+        c.plan("f", &on(1)),
+        Err(ClientError::AlreadyContributed { .. })
+    ));
+    c.remember_input("f", &on(next), copy)?;
+    for i in 2..=next {
+        assert!(
+            matches!(c.plan("f", &on(i))?, Plan::Replay { input: ref x, .. } if *x == input(i))
+        );
+    }
+    Ok(())
+}

@@ -464,3 +464,26 @@ fn ring_vec_helpers() {
     assert_eq!(z.to_le_bytes(), Vec::<u8>::new());
     assert_eq!(RingVec::zeros(Ring::U32, 3), RingVec::U32(vec![0; 3]));
 }
+
+#[test]
+fn clone_from_copies_into_the_buffer_it_has_when_the_rings_match() {
+    let src = RingVec::U32(vec![7, 8, 9]);
+    let mut dst = RingVec::U32(Vec::with_capacity(16));
+    let before = match &dst {
+        RingVec::U32(v) => v.as_ptr(),
+        RingVec::U64(_) => unreachable!(),
+    };
+    dst.clone_from(&src);
+    assert_eq!(dst, src);
+    match &dst {
+        RingVec::U32(v) => assert_eq!(v.as_ptr(), before, "the buffer was not reused"),
+        RingVec::U64(_) => panic!("ring changed"),
+    }
+    // Another ring: a copy in the source's ring, whatever it held.
+    let wide = RingVec::U64(vec![1 << 40, 2]);
+    dst.clone_from(&wide);
+    assert_eq!(dst, wide);
+    let mut longer = RingVec::U64(vec![5; 10]);
+    longer.clone_from(&wide);
+    assert_eq!(longer, wide);
+}
