@@ -170,6 +170,53 @@ fn site_reveals_nothing_without_a_quorum_on_the_set_it_signed() -> Res {
 }
 
 #[test]
+fn a_quorum_counts_each_member_once_and_survives_a_forgery_ahead_of_it() -> Res {
+    for suite in Suite::ALL {
+        let mut r = round(suite, 4, 3, 2, 8)?;
+        let nk = r.advertise()?;
+        let sh = r.share(nk)?;
+        let masked = r.mask(sh, vec![Some(vec![1u32; 8]); 4])?;
+        let out = r.submit(&masked)?;
+        let sigs = r.consistency(out)?;
+        let relayed = sigs
+            .iter()
+            .map(|s| {
+                Ok(RelayedSignature {
+                    identity: r.identity(s.member)?,
+                    signature: s.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, ProtocolError>>()?;
+        let request = |signatures: Vec<RelayedSignature>| UnmaskRequest {
+            round: 5,
+            survivors: vec![1, 2, 3, 4],
+            signatures,
+        };
+        // Quorum 3: one member's signature twice and another's are two.
+        let mut twice = relayed[..2].to_vec();
+        twice.push(relayed[0].clone());
+        let e = r.sites[0].handle_unmask_request(request(twice));
+        assert!(
+            matches!(e, Err(ProtocolError::Inconsistent(_))),
+            "{suite}: {e:?}"
+        );
+        assert!(r.sites[0].poll_output().is_none());
+        // A forgery ahead of the valid signatures fails the batch of the
+        // first three; checked one by one, the valid ones make the quorum.
+        let mut forged = relayed[0].clone();
+        forged.signature.signature[4] ^= 1;
+        let mut first_forged = vec![forged];
+        first_forged.extend(relayed.iter().cloned());
+        r.sites[1].handle_unmask_request(request(first_forged))?;
+        assert!(matches!(
+            r.sites[1].poll_output(),
+            Some(SiteOutput::Unmask(_))
+        ));
+    }
+    Ok(())
+}
+
+#[test]
 fn coordinator_rejects_replays_wrong_stage_duplicates_and_wrong_lengths_without_harm() -> Res {
     for suite in Suite::ALL {
         let mut r = round(suite, 4, 3, 2, 8)?;
