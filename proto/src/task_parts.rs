@@ -16,11 +16,14 @@
 //! let mut r = Reassembly::default();
 //! let mut whole = None;
 //! for i in 0..out.part_count() {
-//!     whole = r.push(out.part(i).expect("in range"))?;
+//!     whole = r.push(out.part(i).expect("in range")?)?;
 //! }
 //! assert_eq!(whole, Some(big));
 //! # Ok::<(), confide_proto::task_parts::PartError>(())
 //! ```
+
+use std::fmt;
+use std::sync::Arc;
 
 use prost::Message;
 use prost::bytes::{Bytes, BytesMut};
@@ -77,10 +80,21 @@ pub enum PartError {
     /// The parts put together are not a task, or are parts again.
     #[error("the task put together from parts does not decode: {0}")]
     Decode(String),
+    /// A task held outside memory ([`StoredEncoding`]) could not be read.
+    #[error("a task held on disk could not be read back: {0}")]
+    Stored(String),
+}
+
+/// Where a task's encoding is held outside memory (the coordinator's spill
+/// file for the sealed shares it routes, O(n·k) bytes a round), read back a
+/// part at a time as a stream sends it.
+pub trait StoredEncoding: fmt::Debug + Send + Sync {
+    /// Bytes `start..end` of the encoding.
+    fn read(&self, start: usize, end: usize) -> std::io::Result<Bytes>;
 }
 
 /// A task ready for any number of streams.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum OutgoingTask {
     /// Sent as it is (boxed: a task is larger than the other variant).
     Whole(Box<v1::Task>),
@@ -94,6 +108,32 @@ pub enum OutgoingTask {
         /// Their total length.
         len: usize,
     },
+    /// Its encoding, held outside memory and always sent in parts (even
+    /// one): [`OutgoingTask::stored`].
+    Stored {
+        /// Where it is.
+        source: Arc<dyn StoredEncoding>,
+        /// Its length.
+        len: usize,
+    },
+}
+
+impl PartialEq for OutgoingTask {
+    /// Held tasks are equal when held in the same place.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (OutgoingTask::Whole(a), OutgoingTask::Whole(b)) => a == b,
+            (
+                OutgoingTask::Encoded { pieces: a, len: m },
+                OutgoingTask::Encoded { pieces: b, len: n },
+            ) => a == b && m == n,
+            (
+                OutgoingTask::Stored { source: a, len: m },
+                OutgoingTask::Stored { source: b, len: n },
+            ) => Arc::ptr_eq(a, b) && m == n,
+            _ => false,
+        }
+    }
 }
 
 /// One neighbour's advert as it sits inside an encoded `NeighbourKeys`
@@ -149,6 +189,11 @@ impl OutgoingTask {
         OutgoingTask::from_pieces(pieces)
     }
 
+    /// A task whose `len` bytes of encoding `source` holds.
+    pub fn stored(source: Arc<dyn StoredEncoding>, len: usize) -> Self {
+        OutgoingTask::Stored { source, len }
+    }
+
     /// A task already encoded, as `pieces` laid end to end.
     pub fn from_pieces(pieces: Vec<Bytes>) -> Self {
         let len = pieces.iter().map(Bytes::len).sum();
@@ -159,7 +204,7 @@ impl OutgoingTask {
     pub fn encoded_len(&self) -> usize {
         match self {
             OutgoingTask::Whole(t) => t.encoded_len(),
-            OutgoingTask::Encoded { len, .. } => *len,
+            OutgoingTask::Encoded { len, .. } | OutgoingTask::Stored { len, .. } => *len,
         }
     }
 
@@ -167,7 +212,7 @@ impl OutgoingTask {
     pub fn whole_kind(&self) -> Option<&v1::task::Kind> {
         match self {
             OutgoingTask::Whole(t) => t.kind.as_ref(),
-            OutgoingTask::Encoded { .. } => None,
+            OutgoingTask::Encoded { .. } | OutgoingTask::Stored { .. } => None,
         }
     }
 
@@ -175,36 +220,66 @@ impl OutgoingTask {
     pub fn part_count(&self) -> usize {
         match self {
             OutgoingTask::Whole(_) => 1,
-            OutgoingTask::Encoded { len, .. } => len.div_ceil(TASK_PART_BYTES),
+            OutgoingTask::Encoded { len, .. } | OutgoingTask::Stored { len, .. } => {
+                len.div_ceil(TASK_PART_BYTES)
+            }
         }
     }
 
-    /// Stream message `i` of [`Self::part_count`]; a part inside one piece
-    /// shares it, one across pieces is copied.
-    pub fn part(&self, i: usize) -> Option<v1::Task> {
-        let (pieces, len) = match self {
-            OutgoingTask::Whole(t) => return (i == 0).then(|| v1::Task::clone(t)),
-            OutgoingTask::Encoded { pieces, len } => (pieces, *len),
+    /// Stream message `i` of [`Self::part_count`] (`None` past the last);
+    /// a part inside one piece shares it, one across pieces is copied. Only
+    /// a stored task can fail, when it cannot be read back.
+    pub fn part(&self, i: usize) -> Option<Result<v1::Task, PartError>> {
+        let len = match self {
+            OutgoingTask::Whole(t) => return (i == 0).then(|| Ok(v1::Task::clone(t))),
+            OutgoingTask::Encoded { len, .. } | OutgoingTask::Stored { len, .. } => *len,
         };
         let start = i.checked_mul(TASK_PART_BYTES)?;
         if start >= len {
             return None;
         }
         let end = (start + TASK_PART_BYTES).min(len);
-        Some(v1::Task {
+        let data = match self.bytes(start, end) {
+            Ok(d) => d,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(v1::Task {
             kind: Some(v1::task::Kind::Part(v1::TaskPart {
                 total_len: len as u64,
                 offset: start as u64,
-                data: span(pieces, start, end),
+                data,
             })),
-        })
+        }))
+    }
+
+    /// Bytes `start..end` of the encoding of a task held encoded.
+    fn bytes(&self, start: usize, end: usize) -> Result<Bytes, PartError> {
+        match self {
+            OutgoingTask::Whole(_) => Err(PartError::Decode("a whole task has no parts".into())),
+            OutgoingTask::Encoded { pieces, .. } => Ok(span(pieces, start, end)),
+            OutgoingTask::Stored { source, .. } => {
+                let b = source
+                    .read(start, end)
+                    .map_err(|e| PartError::Stored(e.to_string()))?;
+                if b.len() != end - start {
+                    return Err(PartError::Stored(format!(
+                        "{} bytes read back where {} were asked for",
+                        b.len(),
+                        end - start
+                    )));
+                }
+                Ok(b)
+            }
+        }
     }
 
     /// The task itself (decoded again when it is held encoded).
     pub fn to_task(&self) -> Result<v1::Task, PartError> {
         match self {
             OutgoingTask::Whole(t) => Ok(v1::Task::clone(t)),
-            OutgoingTask::Encoded { pieces, len } => decode(&span(pieces, 0, *len)),
+            OutgoingTask::Encoded { len, .. } | OutgoingTask::Stored { len, .. } => {
+                decode(&self.bytes(0, *len)?)
+            }
         }
     }
 }

@@ -153,12 +153,9 @@ impl Federation {
             plan.secure,
             &start.model_sha256,
         );
+        let timeouts = StageTimeouts::uniform(plan.stage_timeout);
         let machine = if plan.secure {
-            AnyCoordinator::secure(
-                plan.config.clone(),
-                StageTimeouts::uniform(plan.stage_timeout),
-                now,
-            )
+            AnyCoordinator::secure(plan.config.clone(), timeouts, now)
         } else {
             Ok(AnyCoordinator::plain(&plan.config, plan.plain_deadline()))
         };
@@ -204,6 +201,8 @@ impl Federation {
                 self.metrics.clone(),
             );
             (active.sum, active.packing) = (sum, packing);
+            // The sealed shares the round routes wait on disk (`task_file.rs`).
+            active.spill_dir = Some(self.settings.limits.spill_dir());
             for &m in plan.names.keys() {
                 let st = pb::RoundStart {
                     member: m,

@@ -61,22 +61,32 @@ impl TaskStream {
         }
     }
 
-    /// The current task's next stream message, if it has one left.
-    fn next_part(&mut self) -> Option<pb::Task> {
+    /// The current task's next stream message, if it has one left; `Err`
+    /// (logged) if a task held on disk cannot be read back: the stream then
+    /// ends, and the site gets the task again when it reconnects.
+    fn next_part(&mut self) -> Option<Result<pb::Task, ()>> {
         let (t, i) = self.current.as_mut()?;
         let item = t.task.part(*i);
         *i += 1;
-        if item.is_none() {
-            self.current = None;
+        match item {
+            Some(Ok(p)) => Some(Ok(p)),
+            Some(Err(e)) => {
+                error!(site = %self.site, error = %e, "a task could not be sent; ending the site's task stream");
+                self.current = None;
+                Some(Err(()))
+            }
+            None => {
+                self.current = None;
+                None
+            }
         }
-        item
     }
 
     /// The next stream message: a whole task or one part of a large one.
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<pb::Task>> {
         loop {
             if let Some(item) = self.next_part() {
-                return Poll::Ready(Some(item));
+                return Poll::Ready(item.ok());
             }
             match ready!(self.rx.poll_recv(cx)) {
                 Some(t) => self.current = Some((t, 0)),
@@ -111,7 +121,8 @@ impl TaskStream {
     pub fn try_recv(&mut self) -> Result<pb::Task, mpsc::error::TryRecvError> {
         loop {
             let item = match self.next_part() {
-                Some(item) => item,
+                Some(Ok(item)) => item,
+                Some(Err(())) => return Err(mpsc::error::TryRecvError::Disconnected),
                 None => {
                     self.current = Some((self.rx.try_recv()?, 0));
                     continue;

@@ -23,6 +23,7 @@ pub mod round;
 pub mod scheduler;
 mod spill;
 mod sum;
+mod task_file;
 mod upload;
 pub mod watch;
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use confide_crypto::{MemberId, Stage};
-use confide_proto::task_parts::{AdvertPiece, OutgoingTask};
+use confide_proto::task_parts::{AdvertPiece, OutgoingTask, StoredEncoding};
 use confide_proto::v1 as pb;
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -50,6 +50,15 @@ impl OutTask {
         OutTask {
             asks: Some(Stage::ShareKeys),
             task: OutgoingTask::neighbour_keys(round, adverts),
+        }
+    }
+
+    /// A task whose encoding (`len` bytes) is held at `at` outside
+    /// memory; it asks for the answer to `asks`.
+    pub fn stored(asks: Stage, at: Arc<dyn StoredEncoding>, len: usize) -> Self {
+        OutTask {
+            asks: Some(asks),
+            task: OutgoingTask::stored(at, len),
         }
     }
 

@@ -5,6 +5,7 @@
 //! bounded [`Upload`]s.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 
 use super::registry::{OutTask, Registry, SessionInfo, SharedTask};
 use super::scheduler::RoundKind;
+use super::task_file::TaskFile;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::settings::SecAggSettings;
@@ -165,6 +167,11 @@ pub struct ActiveRound {
     /// the stream reopens ([`ActiveRound::expire_lost`]).
     pub lost: BTreeMap<MemberId, Instant>,
     metrics: Arc<Metrics>,
+    /// Where the sealed shares wait for their recipients (`task_file.rs`);
+    /// `None`: in memory.
+    pub spill_dir: Option<PathBuf>,
+    /// The file, once the first shares are routed.
+    task_file: Option<TaskFile>,
 }
 
 impl ActiveRound {
@@ -205,6 +212,8 @@ impl ActiveRound {
             declined: Vec::new(),
             lost: BTreeMap::new(),
             metrics,
+            spill_dir: None,
+            task_file: None,
         }
     }
 
@@ -272,6 +281,33 @@ impl ActiveRound {
         let t = OutTask::new(t);
         let len = t.task.encoded_len() as u64;
         self.send_shared(registry, to, Arc::new(t), len);
+    }
+
+    /// Sealed shares `t`, held in the round's task file (`task_file.rs`);
+    /// in memory without a spill directory, or when the file cannot be
+    /// made or written (then for the rest of the round, with a warning).
+    fn held_shares(&mut self, t: pb::Task) -> OutTask {
+        let Some(dir) = &self.spill_dir else {
+            return OutTask::new(t);
+        };
+        let encoding = prost::Message::encode_to_vec(&t);
+        let file = match self.task_file.take() {
+            Some(f) => Ok(f),
+            None => TaskFile::create(dir),
+        };
+        let stored = file.and_then(|mut f| {
+            let at = f.store(&encoding);
+            self.task_file = Some(f);
+            at
+        });
+        match stored {
+            Ok(at) => OutTask::stored(Stage::MaskedInput, at, encoding.len()),
+            Err(e) => {
+                warn!(round = self.id, dir = %dir.display(), error = %e, "cannot hold sealed shares on disk; keeping them in memory this round");
+                self.spill_dir = None;
+                OutTask::new(t)
+            }
+        }
     }
 
     /// [`Self::send`] of a task shared with other members; `len` is its
@@ -422,7 +458,9 @@ impl ActiveRound {
                 }
                 AnyOutput::IncomingShares { to, msg } => {
                     let shares = convert::incoming_shares_to_proto(&msg);
-                    self.send(registry, to, task(pb::task::Kind::IncomingShares(shares)));
+                    let t = self.held_shares(task(pb::task::Kind::IncomingShares(shares)));
+                    let len = t.task.encoded_len() as u64;
+                    self.send_shared(registry, to, Arc::new(t), len);
                 }
                 AnyOutput::ConsistencyRequest { to, msg } => {
                     // Masking sets travel without identity (the sites that

@@ -124,6 +124,23 @@ fn kept(fed: &Federation, session: &str) -> Result<Vec<&'static str>, Box<dyn st
         .collect())
 }
 
+/// Whether the shares kept for `session`'s replay are held on disk (`None`:
+/// none kept).
+fn shares_held(
+    fed: &Federation,
+    session: &str,
+) -> Result<Option<bool>, Box<dyn std::error::Error>> {
+    use confide_proto::task_parts::OutgoingTask;
+    let member = fed.session(session, None)?.member;
+    let g = fed.lock();
+    let tasks = g.round.as_ref().and_then(|r| r.sent.get(&member));
+    Ok(tasks
+        .into_iter()
+        .flatten()
+        .find(|t| t.asks == Some(confide_crypto::Stage::MaskedInput))
+        .map(|t| matches!(t.task, OutgoingTask::Stored { .. })))
+}
+
 /// Sites joined with open task streams.
 type Joined = Vec<(
     String,
@@ -287,6 +304,8 @@ pub(super) async fn secure_round(
     use confide_crypto::suite::SigningKey;
 
     let fed = Federation::new(s.clone())?;
+    // The sealed shares wait on disk unless there is nowhere to put them.
+    let shares_on_disk = s.limits.spill_dir().is_dir();
     let before = initial_model(&s)?.flatten();
     let d = before.len();
     let mut rng = rand::rng();
@@ -410,6 +429,7 @@ pub(super) async fn secure_round(
                         assert!(!kept(&fed, &m.session)?.contains(&"neighbour_keys"));
                     }
                     AnySiteOutput::MaskedInput { vector, masking } => {
+                        assert_eq!(shares_held(&fed, &m.session)?, Some(shares_on_disk));
                         let round = site.config().round;
                         let mut up = fed
                             .begin_upload(&m.session, None, round, vector.len() as u64)
@@ -491,6 +511,21 @@ async fn a_secure_round_with_every_upload_spilled_to_disk_gives_the_same_model()
     }
     // Spill files are unlinked: nothing is left behind.
     assert_eq!(std::fs::read_dir(spill.path())?.count(), 0);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_spill_directory_the_shares_wait_in_memory_and_the_round_completes()
+-> Result<(), Box<dyn std::error::Error>> {
+    let spill = tempfile::tempdir()?;
+    let mut s = one_round(true, 3);
+    s.limits.spill_dir = Some(spill.path().join("not there"));
+    let (report, before, after) = secure_round(s, &["a", "b", "c"], None).await?;
+    let rec = &report.history[0];
+    assert!(rec.success, "{}", rec.message);
+    for (a, b) in after.iter().zip(&before) {
+        assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
+    }
     Ok(())
 }
 

@@ -31,7 +31,7 @@ fn end(round: u64) -> v1::Task {
 
 fn parts(t: &OutgoingTask) -> Vec<v1::Task> {
     (0..t.part_count())
-        .map(|i| t.part(i).expect("in range"))
+        .map(|i| t.part(i).expect("in range").expect("readable"))
         .collect()
 }
 
@@ -233,9 +233,68 @@ fn a_part_inside_one_piece_shares_it() {
     let big = Bytes::from(vec![1u8; 3 * TASK_PART_BYTES]);
     let out = OutgoingTask::from_pieces(vec![big.clone(), Bytes::from_static(&[2; 5])]);
     assert_eq!(out.encoded_len(), big.len() + 5);
-    let first = part_of(&out.part(0).expect("part 0")).data.clone();
+    let first = part_of(&out.part(0).expect("part 0").expect("readable"))
+        .data
+        .clone();
     assert_eq!(first.as_ptr(), big.as_ptr(), "a slice, not a copy");
-    let last = part_of(&out.part(3).expect("part 3")).data.clone();
+    let last = part_of(&out.part(3).expect("part 3").expect("readable"))
+        .data
+        .clone();
     assert_eq!(&last[..], &[2; 5]);
     assert!(out.part(4).is_none());
+}
+
+/// An encoding held "elsewhere": in memory, or failing to read.
+#[derive(Debug)]
+struct Held(Option<Bytes>);
+
+impl StoredEncoding for Held {
+    fn read(&self, start: usize, end: usize) -> std::io::Result<Bytes> {
+        match &self.0 {
+            Some(b) => Ok(b.slice(start..end.min(b.len()))),
+            None => Err(std::io::Error::other("disk gone")),
+        }
+    }
+}
+
+#[test]
+fn a_stored_task_goes_in_parts_even_when_small_and_comes_back_whole() {
+    for task in [end(4), unmask(1000)] {
+        let bytes = Bytes::from(task.encode_to_vec());
+        let out = OutgoingTask::stored(Arc::new(Held(Some(bytes.clone()))), bytes.len());
+        assert_eq!(out.encoded_len(), bytes.len());
+        assert_eq!(out.part_count(), bytes.len().div_ceil(TASK_PART_BYTES));
+        assert!(out.whole_kind().is_none());
+        let ps = parts(&out);
+        assert!(
+            ps.iter()
+                .all(|p| part_of(p).total_len == bytes.len() as u64)
+        );
+        let mut r = Reassembly::default();
+        let mut whole = None;
+        for p in ps {
+            whole = r.push(p).expect("reassembles");
+        }
+        assert_eq!(whole.as_ref(), Some(&task));
+        assert_eq!(out.to_task().expect("decodes"), task);
+        assert!(out.part(out.part_count()).is_none());
+        assert_eq!(out, out.clone(), "the same place");
+    }
+}
+
+#[test]
+fn a_stored_task_that_cannot_be_read_back_says_so() {
+    let task = unmask(1000);
+    let len = task.encoded_len();
+    let gone = OutgoingTask::stored(Arc::new(Held(None)), len);
+    assert!(matches!(gone.part(0), Some(Err(PartError::Stored(ref e))) if e.contains("disk gone")));
+    assert!(matches!(gone.to_task(), Err(PartError::Stored(_))));
+    // Shorter than announced: refused, not sent short.
+    let short = Bytes::from(task.encode_to_vec()).slice(..len - 10);
+    let cut = OutgoingTask::stored(Arc::new(Held(Some(short))), len);
+    let last = cut.part_count() - 1;
+    assert!(
+        matches!(cut.part(last), Some(Err(PartError::Stored(ref e))) if e.contains("read back"))
+    );
+    assert!(cut.part(0).expect("in range").is_ok());
 }
