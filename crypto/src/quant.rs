@@ -98,7 +98,7 @@ use rand_core::CryptoRng;
 use crate::ring::{Ring, RingElement};
 
 mod error;
-mod rounding;
+pub(crate) mod rounding;
 pub use error::QuantError;
 pub use rounding::first_non_finite;
 use rounding::round_into;

@@ -1,7 +1,9 @@
-//! x86_64 SIMD SM4 and AES-128 CTR keystreams (the only module with `unsafe`).
+//! x86_64 SIMD SM4 and AES-128 CTR keystreams, and stochastic rounding at
+//! the CPU's widest vectors (the only module with `unsafe`).
 //!
 //! The AES-128 kernels (VAES/AVX-512, VAES/AVX2, AES-NI) are described at
-//! [`AesBackend`]; everything below up to that section is about SM4.
+//! [`AesBackend`], the rounding at [`round_narrow_batch`]; everything below
+//! up to the AES section is about SM4.
 //!
 //! # The affine-isomorphism trick
 //!
@@ -898,6 +900,86 @@ mod x86_aes {
     }
 }
 
+/// Stochastic rounding of one batch on the narrow path
+/// (`quant::rounding::round_narrow_into`), compiled for the widest vectors
+/// this CPU has: AVX-512F (8 `f64` a register) or AVX2 (4), else the
+/// baseline's SSE2 (2). The arithmetic is the portable code's, inlined
+/// into each kernel, so the results are identical bit for bit (tested).
+pub(crate) fn round_narrow_batch(
+    q: &mut [i64],
+    xs: &[f32],
+    draws: &[u8],
+    clip: f64,
+    ws: f64,
+    cap: f64,
+) {
+    round_narrow_batch_with(RoundingWidth::detect(), q, xs, draws, clip, ws, cap);
+}
+
+/// The vector width of [`round_narrow_batch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RoundingWidth {
+    /// The baseline target (SSE2 on x86_64).
+    Portable,
+    /// 256-bit.
+    Avx2,
+    /// 512-bit.
+    Avx512,
+}
+
+impl RoundingWidth {
+    /// The widest this CPU runs (detected once).
+    pub(crate) fn detect() -> Self {
+        static CHOICE: OnceLock<RoundingWidth> = OnceLock::new();
+        *CHOICE.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx512f") {
+                    return RoundingWidth::Avx512;
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    return RoundingWidth::Avx2;
+                }
+            }
+            RoundingWidth::Portable
+        })
+    }
+}
+
+/// [`round_narrow_batch`] at `width`, which the caller has detected.
+pub(crate) fn round_narrow_batch_with(
+    width: RoundingWidth,
+    q: &mut [i64],
+    xs: &[f32],
+    draws: &[u8],
+    clip: f64,
+    ws: f64,
+    cap: f64,
+) {
+    use crate::quant::rounding::round_narrow_into;
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512(q: &mut [i64], xs: &[f32], d: &[u8], clip: f64, ws: f64, cap: f64) {
+            round_narrow_into(q, xs, d, clip, ws, cap)
+        }
+        #[target_feature(enable = "avx2")]
+        fn avx2(q: &mut [i64], xs: &[f32], d: &[u8], clip: f64, ws: f64, cap: f64) {
+            round_narrow_into(q, xs, d, clip, ws, cap)
+        }
+        match width {
+            // SAFETY: `RoundingWidth::detect` found avx512f on this CPU
+            // (tests pass only widths it supports).
+            RoundingWidth::Avx512 => return unsafe { avx512(q, xs, draws, clip, ws, cap) },
+            // SAFETY: as above, avx2.
+            RoundingWidth::Avx2 => return unsafe { avx2(q, xs, draws, clip, ws, cap) },
+            RoundingWidth::Portable => {}
+        }
+    }
+    let _ = width;
+    round_narrow_into(q, xs, draws, clip, ws, cap)
+}
+
 #[cfg(test)]
 mod tests {
     use super::consts::*;
@@ -1164,6 +1246,48 @@ mod tests {
             let used = ks.keystream_with(backend, 3, &mut a);
             assert_eq!(used == backend, backend.is_supported());
             assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn rounding_is_the_same_at_every_width_this_cpu_has() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+        let n = 4099; // not a multiple of any vector width
+        let mut xs: Vec<f32> = (0..n)
+            .map(|_| (rng.next_u32() as f32 / u32::MAX as f32 - 0.5) * 3.0)
+            .collect();
+        // Exact integers after scaling, values at and past the clip, zeros
+        // of both signs, the smallest normals.
+        xs[..8].copy_from_slice(&[0.0, -0.0, 1.0, -1.0, 1.5, -1.5, 0.25, f32::MIN_POSITIVE]);
+        let mut draws = vec![0u8; 4 * n];
+        rng.fill_bytes(&mut draws);
+        // Draws at both ends of their range.
+        draws[..4].copy_from_slice(&[0; 4]);
+        draws[4..8].copy_from_slice(&[0xff; 4]);
+        for (clip, ws, cap) in [(1.0, 1000.0, 1e9), (1.0, 4096.0, 2000.0), (2.0, 0.5, 1e15)] {
+            let mut want = vec![0i64; n];
+            crate::quant::rounding::round_narrow_into(&mut want, &xs, &draws, clip, ws, cap);
+            let widths = [
+                RoundingWidth::Portable,
+                RoundingWidth::Avx2,
+                RoundingWidth::Avx512,
+            ];
+            let detected = RoundingWidth::detect();
+            for w in widths {
+                let supported = match (w, detected) {
+                    (RoundingWidth::Portable, _) => true,
+                    (RoundingWidth::Avx2, RoundingWidth::Portable) => false,
+                    (RoundingWidth::Avx2, _) => true,
+                    (RoundingWidth::Avx512, d) => d == RoundingWidth::Avx512,
+                };
+                if !supported {
+                    continue;
+                }
+                let mut got = vec![0i64; n];
+                round_narrow_batch_with(w, &mut got, &xs, &draws, clip, ws, cap);
+                assert_eq!(got, want, "{w:?}, clip {clip}, scale {ws}");
+            }
         }
     }
 }

@@ -36,11 +36,9 @@ pub(super) fn round_into<R: RingElement>(
         let q = &mut q[..xs.len()];
         let each = q.iter_mut().zip(xs).zip(draws.chunks_exact(4));
         if narrow {
-            // All in f64, so that the loop runs in vector registers.
-            let capf = cap as f64;
-            for ((q, &x), u) in each {
-                *q = round_narrow(clamp(f64::from(x), clip) * ws, draw(u), capf);
-            }
+            // All in f64, so that the loop runs in vector registers, as
+            // wide as this CPU has (`simd::round_narrow_batch`).
+            crate::simd::round_narrow_batch(q, xs, draws, clip, ws, cap as f64);
         } else {
             for ((q, &x), u) in each {
                 let v = clamp(f64::from(x), clip) * ws;
@@ -49,6 +47,24 @@ pub(super) fn round_into<R: RingElement>(
             }
         }
         out.extend(q.iter().map(|&q| R::from_i64(q)));
+    }
+}
+
+/// The narrow path over one batch: `q[i]` rounds `xs[i]` with draw
+/// `draws[4i..4i + 4]`. Inlined into each of `simd::round_narrow_batch`'s
+/// kernels, so that it compiles to each one's vector width; every kernel
+/// does the same f64 operations in the same order, hence the same bits.
+#[inline(always)]
+pub(crate) fn round_narrow_into(
+    q: &mut [i64],
+    xs: &[f32],
+    draws: &[u8],
+    clip: f64,
+    ws: f64,
+    cap: f64,
+) {
+    for ((q, &x), u) in q.iter_mut().zip(xs).zip(draws.chunks_exact(4)) {
+        *q = round_narrow(clamp(f64::from(x), clip) * ws, draw(u), cap);
     }
 }
 
