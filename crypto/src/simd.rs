@@ -2,7 +2,7 @@
 //! the CPU's widest vectors (the only module with `unsafe`).
 //!
 //! The AES-128 kernels (VAES/AVX-512, VAES/AVX2, AES-NI) are described at
-//! [`AesBackend`], the rounding at [`round_narrow_batch`]; everything below
+//! [`AesBackend`], the rounding at `round_narrow_batch`; everything below
 //! up to the AES section is about SM4.
 //!
 //! # The affine-isomorphism trick
