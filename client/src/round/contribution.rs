@@ -412,8 +412,6 @@ impl Contributions {
         self.save()
     }
 
-    /// Keeps the inputs of the newest [`KEPT`] models. Older ones stay
-    /// refused (never retrained: that would put a second value in the sums).
     /// A copy of input `x`, to remember once it is sent. In memory only
     /// and with [`KEPT`] inputs held, it goes into the oldest one's buffer
     /// (forgotten now rather than when `x` is remembered): copying into
@@ -447,6 +445,8 @@ impl Contributions {
             .and_then(|e| e.input.take())
     }
 
+    /// Keeps the inputs of the newest [`KEPT`] models. Older ones stay
+    /// refused (never retrained: that would put a second value in the sums).
     fn forget_old(&mut self) {
         let mut kept: Vec<(u64, (String, Vec<u8>))> = self
             .entries

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{IdentityVerifier, MemberId, RoundConfig, Topology};
 use crate::error::ProtocolError;
 use crate::graph::connectivity;
-use crate::suite::VerifyingKey;
+use crate::suite::{Suite, VerifyingKey};
 
 /// A member's signed list of the peers it masked its input with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -414,6 +414,10 @@ fn quorum_in_one_batch(
     verifier: &dyn IdentityVerifier,
     need: usize,
 ) -> bool {
+    // Only Ed25519 sets batch; SM2 ones are checked one by one below anyway.
+    if cfg.suite != Suite::Intl {
+        return false;
+    }
     let mut members = BTreeSet::new();
     let mut picked = Vec::with_capacity(need);
     for r in signatures {
