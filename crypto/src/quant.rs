@@ -98,7 +98,8 @@ use rand_core::CryptoRng;
 use crate::ring::{Ring, RingElement};
 
 mod error;
-pub(crate) mod rounding;
+pub(crate) mod narrow;
+mod rounding;
 pub use error::QuantError;
 pub use rounding::first_non_finite;
 use rounding::round_into;

@@ -901,7 +901,7 @@ mod x86_aes {
 }
 
 /// Stochastic rounding of one batch on the narrow path
-/// (`quant::rounding::round_narrow_into`), compiled for the widest vectors
+/// (`quant::narrow::round_narrow_into`), compiled for the widest vectors
 /// this CPU has: AVX-512F (8 `f64` a register) or AVX2 (4), else the
 /// baseline's SSE2 (2). The arithmetic is the portable code's, inlined
 /// into each kernel, so the results are identical bit for bit (tested).
@@ -956,7 +956,7 @@ pub(crate) fn round_narrow_batch_with(
     ws: f64,
     cap: f64,
 ) {
-    use crate::quant::rounding::round_narrow_into;
+    use crate::quant::narrow::round_narrow_into;
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
@@ -1267,7 +1267,7 @@ mod tests {
         draws[4..8].copy_from_slice(&[0xff; 4]);
         for (clip, ws, cap) in [(1.0, 1000.0, 1e9), (1.0, 4096.0, 2000.0), (2.0, 0.5, 1e15)] {
             let mut want = vec![0i64; n];
-            crate::quant::rounding::round_narrow_into(&mut want, &xs, &draws, clip, ws, cap);
+            crate::quant::narrow::round_narrow_into(&mut want, &xs, &draws, clip, ws, cap);
             let widths = [
                 RoundingWidth::Portable,
                 RoundingWidth::Avx2,

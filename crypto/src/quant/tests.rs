@@ -1,5 +1,6 @@
 //! Unit and property tests of the quantiser.
 
+use super::narrow::*;
 use super::rounding::*;
 use super::*;
 use crate::ring::add_assign;
