@@ -515,20 +515,25 @@ impl VerifyingKey {
         self.suite.provider().verify(&self.bytes, msg, signature)
     }
 
-    /// Verify several `(key, message, signature)`: `Ok` only if every one
-    /// verifies. Two or more Ed25519 signatures are checked in one batch,
-    /// at about half the cost (`ed25519_batch` says where batch and single
-    /// checks may differ); anything else one by one. An `Err` does not say
-    /// which failed: check singly to find out.
-    pub fn verify_all(items: &[(&VerifyingKey, &[u8], &[u8])]) -> Result<(), CryptoError> {
+    /// Verify several `(key, message, signature)`: whether each verifies.
+    /// Two or more Ed25519 signatures are first checked in one batch, at
+    /// about half the cost (`ed25519_batch` says where batch and single
+    /// checks may differ), and one by one only if the batch fails; any
+    /// other set one by one.
+    pub fn verify_each(items: &[(&VerifyingKey, &[u8], &[u8])]) -> Vec<bool> {
         if items.len() > 1 && items.iter().all(|(k, _, _)| k.suite == Suite::Intl) {
             let raw: Vec<(&[u8], &[u8], &[u8])> = items
                 .iter()
                 .map(|&(k, m, s)| (k.bytes.as_slice(), m, s))
                 .collect();
-            return ed25519_batch::verify_all(&raw);
+            if ed25519_batch::verify_all(&raw).is_ok() {
+                return vec![true; items.len()];
+            }
         }
-        items.iter().try_for_each(|&(k, m, s)| k.verify(m, s))
+        items
+            .iter()
+            .map(|&(k, m, s)| k.verify(m, s).is_ok())
+            .collect()
     }
 }
 

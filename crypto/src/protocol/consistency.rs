@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{IdentityVerifier, MemberId, RoundConfig, Topology};
 use crate::error::ProtocolError;
 use crate::graph::connectivity;
-use crate::suite::{Suite, VerifyingKey};
+use crate::suite::VerifyingKey;
 
 /// A member's signed list of the peers it masked its input with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,13 +250,9 @@ impl SurvivorRules<'_> {
             .iter()
             .map(|(r, vk, signed)| (*vk, signed.as_slice(), r.signature.as_slice()))
             .collect();
-        if VerifyingKey::verify_all(&items).is_err() {
-            // Which one: checked singly, in order.
-            for (r, vk, signed) in &unverified {
-                if vk.verify(signed, &r.signature).is_err() {
-                    return bad(r, "signature does not verify for this round".into());
-                }
-            }
+        let valid = VerifyingKey::verify_each(&items);
+        if let Some(((r, ..), _)) = unverified.iter().zip(valid).find(|(_, ok)| !ok) {
+            return bad(r, "signature does not verify for this round".into());
         }
         if let Some(m) = survivors.iter().find(|m| !sets.contains_key(m)) {
             return Err(ProtocolError::Inconsistent(format!(
@@ -369,29 +365,62 @@ pub(crate) fn check_quorum(
 ) -> Result<(), ProtocolError> {
     let signed = SurvivorSignature::signed_bytes(session, survivors);
     let need = cfg.quorum();
-    if quorum_in_one_batch(cfg, &signed, survivors, signatures, verifier, need) {
-        return Ok(());
+    // The key a signature would count under: one for this round, by a
+    // survivor, with a key of the round's suite. Others are ignored, not
+    // fatal: only the count of valid ones matters.
+    let key = |r: &RelayedSignature| {
+        let s = &r.signature;
+        if s.round != cfg.round || survivors.binary_search(&s.member).is_err() {
+            return None;
+        }
+        let vk = verifier.verifying_key(s.member, &r.identity).ok()?;
+        (vk.suite() == cfg.suite).then_some(vk)
+    };
+    // Verifying is the cost of this stage. The first `need` candidates from
+    // distinct members are checked together (one batch where the suite has
+    // them); more, one by one, only while the quorum is short.
+    let mut first = Vec::with_capacity(need);
+    let mut members = BTreeSet::new();
+    for (i, r) in signatures.iter().enumerate() {
+        if first.len() == need {
+            break;
+        }
+        if !members.contains(&r.signature.member)
+            && let Some(vk) = key(r)
+        {
+            members.insert(r.signature.member);
+            first.push((i, vk));
+        }
     }
+    let items: Vec<(&VerifyingKey, &[u8], &[u8])> = first
+        .iter()
+        .map(|(i, vk)| {
+            (
+                vk,
+                signed.as_slice(),
+                signatures[*i].signature.signature.as_slice(),
+            )
+        })
+        .collect();
     let mut valid = BTreeSet::new();
-    for r in signatures {
-        // Verifying is the cost of this stage: stop at the quorum.
+    for ((i, _), ok) in first.iter().zip(VerifyingKey::verify_each(&items)) {
+        if ok {
+            valid.insert(signatures[*i].signature.member);
+        }
+    }
+    let checked: BTreeSet<usize> = first.iter().map(|(i, _)| *i).collect();
+    for (i, r) in signatures.iter().enumerate() {
         if valid.len() >= need {
             break;
         }
-        if valid.contains(&r.signature.member) {
+        let member = r.signature.member;
+        if checked.contains(&i) || valid.contains(&member) {
             continue;
         }
-        let s = &r.signature;
-        // Invalid or foreign signatures are ignored, not fatal: only the count
-        // of valid ones matters.
-        if s.round != cfg.round || survivors.binary_search(&s.member).is_err() {
-            continue;
-        }
-        let Ok(vk) = verifier.verifying_key(s.member, &r.identity) else {
-            continue;
-        };
-        if vk.suite() == cfg.suite && vk.verify(&signed, &s.signature).is_ok() {
-            valid.insert(s.member);
+        if let Some(vk) = key(r)
+            && vk.verify(&signed, &r.signature.signature).is_ok()
+        {
+            valid.insert(member);
         }
     }
     if valid.len() < need {
@@ -401,47 +430,6 @@ pub(crate) fn check_quorum(
         )));
     }
     Ok(())
-}
-
-/// Whether the first `need` signatures from distinct survivors that could
-/// count all verify, checked as one batch (about half the cost of one by
-/// one); if not, [`check_quorum`] checks each and counts the valid ones.
-fn quorum_in_one_batch(
-    cfg: &RoundConfig,
-    signed: &[u8],
-    survivors: &[MemberId],
-    signatures: &[RelayedSignature],
-    verifier: &dyn IdentityVerifier,
-    need: usize,
-) -> bool {
-    // Only Ed25519 sets batch; SM2 ones are checked one by one below anyway.
-    if cfg.suite != Suite::Intl {
-        return false;
-    }
-    let mut members = BTreeSet::new();
-    let mut picked = Vec::with_capacity(need);
-    for r in signatures {
-        if picked.len() == need {
-            break;
-        }
-        let s = &r.signature;
-        if s.round != cfg.round
-            || survivors.binary_search(&s.member).is_err()
-            || members.contains(&s.member)
-        {
-            continue;
-        }
-        match verifier.verifying_key(s.member, &r.identity) {
-            Ok(vk) if vk.suite() == cfg.suite => {
-                members.insert(s.member);
-                picked.push((vk, s.signature.as_slice()));
-            }
-            _ => {}
-        }
-    }
-    let items: Vec<(&VerifyingKey, &[u8], &[u8])> =
-        picked.iter().map(|(vk, sig)| (vk, signed, *sig)).collect();
-    items.len() == need && VerifyingKey::verify_all(&items).is_ok()
 }
 
 /// The survivors' ring connectivity ([`connectivity::ring_connectivity`]) if

@@ -7,14 +7,17 @@
 //! inputs; on this project's machines it costs about half of checking each
 //! signature with ring.
 //!
-//! It answers one question only, whether every signature verifies; a
-//! caller that must know which one failed checks them singly after a
-//! failure. Batch and single verification (both cofactorless) can disagree
-//! only on a signature whose `R` or key has a small-order component. Only
-//! the key's holder can make such a signature, unless the key itself has
-//! small order, which its holder chose when it had it certified: either
-//! way the signer is a certified site that deviates, and every check that
-//! counts signatures already assumes such sites sign whatever they like.
+//! It answers one question only, whether every signature verifies;
+//! `VerifyingKey::verify_each` checks them singly after a failure. Batch
+//! and single verification (both cofactorless) can disagree only on a
+//! signature whose `R` or key has a small-order component, or whose `R` is
+//! encoded non-canonically (which the batch decodes and ring refuses). The
+//! latter is a re-encoding of a signature the key's holder made on that
+//! very message. The former only the key's holder can make, unless the key
+//! itself has small order, which its holder chose when it had it certified.
+//! Either way the signer is a certified site that signed, or deviates, and
+//! every check that counts signatures already assumes such sites sign
+//! whatever they like.
 
 use ed25519_dalek::{Signature, VerifyingKey};
 

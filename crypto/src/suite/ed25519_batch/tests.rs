@@ -125,3 +125,36 @@ proptest! {
         prop_assert_eq!(check(&items).is_ok(), all_single);
     }
 }
+
+/// `VerifyingKey::verify_each` names exactly the bad signatures, whether the
+/// set went through a batch first (Ed25519) or not (SM2).
+#[test]
+fn verify_each_names_the_bad_signatures_in_both_suites() {
+    use crate::suite::VerifyingKey as Key;
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    for suite in Suite::ALL {
+        let keys: Vec<SigningKey> = (0..5)
+            .map(|_| SigningKey::generate(suite, &mut rng))
+            .collect();
+        let vks: Vec<Key> = keys
+            .iter()
+            .map(|k| k.verifying_key().expect("vk"))
+            .collect();
+        let msg = b"masking set".as_slice();
+        let mut sigs: Vec<Vec<u8>> = keys.iter().map(|k| k.sign(msg).expect("sign")).collect();
+        let check = |sigs: &[Vec<u8>]| {
+            let items: Vec<(&Key, &[u8], &[u8])> = vks
+                .iter()
+                .zip(sigs)
+                .map(|(k, s)| (k, msg, s.as_slice()))
+                .collect();
+            Key::verify_each(&items)
+        };
+        assert_eq!(check(&sigs), vec![true; 5], "{suite}");
+        sigs[2][0] ^= 1;
+        sigs[4][10] ^= 1;
+        assert_eq!(check(&sigs), [true, true, false, true, false], "{suite}");
+        assert_eq!(check(&sigs[..1]), [true], "{suite}: a set of one");
+        assert!(Key::verify_each(&[]).is_empty());
+    }
+}
