@@ -48,6 +48,8 @@
 
 use std::sync::OnceLock;
 
+use crate::quant::narrow::{Scale, round_narrow_into};
+
 /// An SM4-CTR keystream implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -905,20 +907,13 @@ mod x86_aes {
 /// this CPU has: AVX-512F (8 `f64` a register) or AVX2 (4), else the
 /// baseline's SSE2 (2). The arithmetic is the portable code's, inlined
 /// into each kernel, so the results are identical bit for bit (tested).
-pub(crate) fn round_narrow_batch(
-    q: &mut [i64],
-    xs: &[f32],
-    draws: &[u8],
-    clip: f64,
-    ws: f64,
-    cap: f64,
-) {
-    round_narrow_batch_with(RoundingWidth::detect(), q, xs, draws, clip, ws, cap);
+pub(crate) fn round_narrow_batch(q: &mut [i64], xs: &[f32], draws: &[u8], s: Scale) {
+    round_narrow_batch_at(RoundingWidth::detect(), q, xs, draws, s);
 }
 
 /// The vector width of [`round_narrow_batch`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RoundingWidth {
+enum RoundingWidth {
     /// The baseline target (SSE2 on x86_64).
     Portable,
     /// 256-bit.
@@ -928,56 +923,60 @@ pub(crate) enum RoundingWidth {
 }
 
 impl RoundingWidth {
+    /// Widest first.
+    const ALL: [RoundingWidth; 3] = [
+        RoundingWidth::Avx512,
+        RoundingWidth::Avx2,
+        RoundingWidth::Portable,
+    ];
+
     /// The widest this CPU runs (detected once).
-    pub(crate) fn detect() -> Self {
+    fn detect() -> Self {
         static CHOICE: OnceLock<RoundingWidth> = OnceLock::new();
         *CHOICE.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::is_x86_feature_detected!("avx512f") {
-                    return RoundingWidth::Avx512;
-                }
-                if std::is_x86_feature_detected!("avx2") {
-                    return RoundingWidth::Avx2;
-                }
-            }
-            RoundingWidth::Portable
+            Self::ALL
+                .into_iter()
+                .find(|w| w.is_supported())
+                .unwrap_or(RoundingWidth::Portable)
         })
+    }
+
+    /// Whether this CPU can run the width.
+    fn is_supported(self) -> bool {
+        match self {
+            RoundingWidth::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            RoundingWidth::Avx2 => std::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            RoundingWidth::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
     }
 }
 
-/// [`round_narrow_batch`] at `width`, which the caller has detected.
-pub(crate) fn round_narrow_batch_with(
-    width: RoundingWidth,
-    q: &mut [i64],
-    xs: &[f32],
-    draws: &[u8],
-    clip: f64,
-    ws: f64,
-    cap: f64,
-) {
-    use crate::quant::narrow::round_narrow_into;
+/// [`round_narrow_batch`] at `width`, or portably where this CPU lacks it.
+fn round_narrow_batch_at(width: RoundingWidth, q: &mut [i64], xs: &[f32], d: &[u8], s: Scale) {
     #[cfg(target_arch = "x86_64")]
-    {
+    if width.is_supported() {
         #[target_feature(enable = "avx512f")]
-        fn avx512(q: &mut [i64], xs: &[f32], d: &[u8], clip: f64, ws: f64, cap: f64) {
-            round_narrow_into(q, xs, d, clip, ws, cap)
+        fn avx512(q: &mut [i64], xs: &[f32], d: &[u8], s: Scale) {
+            round_narrow_into(q, xs, d, s)
         }
         #[target_feature(enable = "avx2")]
-        fn avx2(q: &mut [i64], xs: &[f32], d: &[u8], clip: f64, ws: f64, cap: f64) {
-            round_narrow_into(q, xs, d, clip, ws, cap)
+        fn avx2(q: &mut [i64], xs: &[f32], d: &[u8], s: Scale) {
+            round_narrow_into(q, xs, d, s)
         }
         match width {
-            // SAFETY: `RoundingWidth::detect` found avx512f on this CPU
-            // (tests pass only widths it supports).
-            RoundingWidth::Avx512 => return unsafe { avx512(q, xs, draws, clip, ws, cap) },
-            // SAFETY: as above, avx2.
-            RoundingWidth::Avx2 => return unsafe { avx2(q, xs, draws, clip, ws, cap) },
+            // SAFETY: `is_supported` just found avx512f on this CPU.
+            RoundingWidth::Avx512 => return unsafe { avx512(q, xs, d, s) },
+            // SAFETY: `is_supported` just found avx2 on this CPU.
+            RoundingWidth::Avx2 => return unsafe { avx2(q, xs, d, s) },
             RoundingWidth::Portable => {}
         }
     }
     let _ = width;
-    round_narrow_into(q, xs, draws, clip, ws, cap)
+    round_narrow_into(q, xs, d, s)
 }
 
 #[cfg(test)]
@@ -1250,7 +1249,7 @@ mod tests {
     }
 
     #[test]
-    fn rounding_is_the_same_at_every_width_this_cpu_has() {
+    fn rounding_is_the_same_at_every_width() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
         let n = 4099; // not a multiple of any vector width
@@ -1266,27 +1265,14 @@ mod tests {
         draws[..4].copy_from_slice(&[0; 4]);
         draws[4..8].copy_from_slice(&[0xff; 4]);
         for (clip, ws, cap) in [(1.0, 1000.0, 1e9), (1.0, 4096.0, 2000.0), (2.0, 0.5, 1e15)] {
+            let s = Scale { clip, ws, cap };
             let mut want = vec![0i64; n];
-            crate::quant::narrow::round_narrow_into(&mut want, &xs, &draws, clip, ws, cap);
-            let widths = [
-                RoundingWidth::Portable,
-                RoundingWidth::Avx2,
-                RoundingWidth::Avx512,
-            ];
-            let detected = RoundingWidth::detect();
-            for w in widths {
-                let supported = match (w, detected) {
-                    (RoundingWidth::Portable, _) => true,
-                    (RoundingWidth::Avx2, RoundingWidth::Portable) => false,
-                    (RoundingWidth::Avx2, _) => true,
-                    (RoundingWidth::Avx512, d) => d == RoundingWidth::Avx512,
-                };
-                if !supported {
-                    continue;
-                }
+            round_narrow_into(&mut want, &xs, &draws, s);
+            // A width this CPU lacks runs the portable loop.
+            for w in RoundingWidth::ALL {
                 let mut got = vec![0i64; n];
-                round_narrow_batch_with(w, &mut got, &xs, &draws, clip, ws, cap);
-                assert_eq!(got, want, "{w:?}, clip {clip}, scale {ws}");
+                round_narrow_batch_at(w, &mut got, &xs, &draws, s);
+                assert_eq!(got, want, "{w:?} (supported: {}), {s:?}", w.is_supported());
             }
         }
     }

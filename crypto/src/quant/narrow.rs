@@ -40,8 +40,8 @@ pub(crate) fn rounds_up(frac: f64, draw: f64) -> bool {
 /// Stochastic rounding of a finite `v` with `|v| < 2^51`, clamped to
 /// `±cap` (`cap < 2^50`), without leaving `f64` until the end: adding and
 /// taking away 1.5·2^52 rounds to the nearest integer, and an integer-valued
-/// `q` so shifted has `q` in its low bits. Gives exactly what `rounding::round_wide`
-/// and a clamp give.
+/// `q` so shifted has `q` in its low bits. Gives exactly what
+/// `rounding::round_wide` and a clamp give.
 #[inline(always)]
 pub(crate) fn round_narrow(v: f64, draw: f64, cap: f64) -> i64 {
     let nearest = (v + ROUNDING_MAGIC) - ROUNDING_MAGIC;
@@ -51,20 +51,22 @@ pub(crate) fn round_narrow(v: f64, draw: f64, cap: f64) -> i64 {
     ((q + ROUNDING_MAGIC).to_bits() as i64).wrapping_sub(ROUNDING_MAGIC.to_bits() as i64)
 }
 
+/// What the narrow path rounds with: the clip bound, the scale (weight
+/// times levels) and the per-element cap (below 2^50).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Scale {
+    pub(crate) clip: f64,
+    pub(crate) ws: f64,
+    pub(crate) cap: f64,
+}
+
 /// The narrow path over one batch: `q[i]` rounds `xs[i]` with draw
 /// `draws[4i..4i + 4]`. Inlined into each of `simd::round_narrow_batch`'s
 /// kernels, so that it compiles to each one's vector width; every kernel
 /// does the same f64 operations in the same order, hence the same bits.
 #[inline(always)]
-pub(crate) fn round_narrow_into(
-    q: &mut [i64],
-    xs: &[f32],
-    draws: &[u8],
-    clip: f64,
-    ws: f64,
-    cap: f64,
-) {
+pub(crate) fn round_narrow_into(q: &mut [i64], xs: &[f32], draws: &[u8], s: Scale) {
     for ((q, &x), u) in q.iter_mut().zip(xs).zip(draws.chunks_exact(4)) {
-        *q = round_narrow(clamp(f64::from(x), clip) * ws, draw(u), cap);
+        *q = round_narrow(clamp(f64::from(x), s.clip) * s.ws, draw(u), s.cap);
     }
 }

@@ -6,9 +6,8 @@
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
+use super::narrow::{Scale, clamp, draw, rounds_up};
 use crate::aesfast::AesKeystream;
-
-use super::narrow::{clamp, draw, rounds_up};
 use crate::ring::RingElement;
 
 /// Elements rounded per batch of draws (4 bytes each).
@@ -36,13 +35,13 @@ pub(super) fn round_into<R: RingElement>(
     for xs in update.chunks(ROUNDING_BATCH) {
         let draws = source.next(&mut draws, 4 * xs.len());
         let q = &mut q[..xs.len()];
-        let each = q.iter_mut().zip(xs).zip(draws.chunks_exact(4));
         if narrow {
             // All in f64, so that the loop runs in vector registers, as
             // wide as this CPU has (`simd::round_narrow_batch`).
-            crate::simd::round_narrow_batch(q, xs, draws, clip, ws, cap as f64);
+            let cap = cap as f64;
+            crate::simd::round_narrow_batch(q, xs, draws, Scale { clip, ws, cap });
         } else {
-            for ((q, &x), u) in each {
+            for ((q, &x), u) in q.iter_mut().zip(xs).zip(draws.chunks_exact(4)) {
                 let v = clamp(f64::from(x), clip) * ws;
                 // Never bites for honest values (see module docs); keeps n sites in range.
                 *q = round_wide(v, draw(u)).clamp(-cap, cap);
