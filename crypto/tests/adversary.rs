@@ -38,6 +38,38 @@ fn round(
     Stepper::new(cfg, 99)
 }
 
+/// A round of 4 (k 3, t 2) run to its consistency stage, and the four
+/// survivor-set signatures as the coordinator relays them.
+fn signed_survivor_set(
+    suite: Suite,
+) -> Result<(Stepper<u32>, Vec<RelayedSignature>), ProtocolError> {
+    let mut r = round(suite, 4, 3, 2, 8)?;
+    let nk = r.advertise()?;
+    let sh = r.share(nk)?;
+    let masked = r.mask(sh, vec![Some(vec![1u32; 8]); 4])?;
+    let out = r.submit(&masked)?;
+    let relayed = r
+        .consistency(out)?
+        .into_iter()
+        .map(|s| {
+            Ok(RelayedSignature {
+                identity: r.identity(s.member)?,
+                signature: s,
+            })
+        })
+        .collect::<Result<Vec<_>, ProtocolError>>()?;
+    Ok((r, relayed))
+}
+
+/// The unmask request for the full survivor set {1, 2, 3, 4}.
+fn unmask_all(signatures: Vec<RelayedSignature>) -> UnmaskRequest {
+    UnmaskRequest {
+        round: 5,
+        survivors: vec![1, 2, 3, 4],
+        signatures,
+    }
+}
+
 fn requests(outputs: Vec<CoordinatorOutput<u32>>) -> Vec<(MemberId, UnmaskRequest)> {
     outputs
         .into_iter()
@@ -102,31 +134,11 @@ fn substituted_key_or_forged_signature_is_detected_by_the_neighbour() -> Res {
 #[test]
 fn site_reveals_nothing_without_a_quorum_on_the_set_it_signed() -> Res {
     for suite in Suite::ALL {
-        let mut r = round(suite, 4, 3, 2, 8)?;
-        let nk = r.advertise()?;
-        let sh = r.share(nk)?;
-        let masked = r.mask(sh, vec![Some(vec![1u32; 8]); 4])?;
-        let out = r.submit(&masked)?;
-        let sigs = r.consistency(out)?;
-        assert_eq!(sigs.len(), 4);
-        let relayed = |sigs: &[confide_crypto::protocol::SurvivorSignature], r: &Stepper<u32>| {
-            sigs.iter()
-                .map(|s| {
-                    Ok(RelayedSignature {
-                        identity: r.identity(s.member)?,
-                        signature: s.clone(),
-                    })
-                })
-                .collect::<Result<Vec<_>, ProtocolError>>()
-        };
+        let (mut r, relayed) = signed_survivor_set(suite)?;
+        assert_eq!(relayed.len(), 4);
         // Quorum is ⌊4/2⌋ + 1 = 3: two signatures are not enough.
-        let two = UnmaskRequest {
-            round: 5,
-            survivors: vec![1, 2, 3, 4],
-            signatures: relayed(&sigs[..2], &r)?,
-        };
         assert!(matches!(
-            r.sites[0].handle_unmask_request(two),
+            r.sites[0].handle_unmask_request(unmask_all(relayed[..2].to_vec())),
             Err(ProtocolError::Inconsistent(_))
         ));
         assert!(r.sites[0].poll_output().is_none());
@@ -134,33 +146,23 @@ fn site_reveals_nothing_without_a_quorum_on_the_set_it_signed() -> Res {
         let other = UnmaskRequest {
             round: 5,
             survivors: vec![1, 2, 3],
-            signatures: relayed(&sigs, &r)?,
+            signatures: relayed.clone(),
         };
         assert!(matches!(
             r.sites[1].handle_unmask_request(other),
             Err(ProtocolError::Inconsistent(_))
         ));
         // Forged signatures (right members, wrong bytes) do not count.
-        let mut forged = relayed(&sigs, &r)?;
+        let mut forged = relayed.clone();
         for f in forged.iter_mut().skip(1) {
             f.signature.signature[4] ^= 1;
         }
-        let req = UnmaskRequest {
-            round: 5,
-            survivors: vec![1, 2, 3, 4],
-            signatures: forged,
-        };
         assert!(matches!(
-            r.sites[2].handle_unmask_request(req),
+            r.sites[2].handle_unmask_request(unmask_all(forged)),
             Err(ProtocolError::Inconsistent(_))
         ));
         // The honest request is answered.
-        let ok = UnmaskRequest {
-            round: 5,
-            survivors: vec![1, 2, 3, 4],
-            signatures: relayed(&sigs, &r)?,
-        };
-        r.sites[3].handle_unmask_request(ok)?;
+        r.sites[3].handle_unmask_request(unmask_all(relayed))?;
         assert!(matches!(
             r.sites[3].poll_output(),
             Some(SiteOutput::Unmask(_))
@@ -172,42 +174,24 @@ fn site_reveals_nothing_without_a_quorum_on_the_set_it_signed() -> Res {
 #[test]
 fn a_quorum_counts_each_member_once_and_survives_a_forgery_ahead_of_it() -> Res {
     for suite in Suite::ALL {
-        let mut r = round(suite, 4, 3, 2, 8)?;
-        let nk = r.advertise()?;
-        let sh = r.share(nk)?;
-        let masked = r.mask(sh, vec![Some(vec![1u32; 8]); 4])?;
-        let out = r.submit(&masked)?;
-        let sigs = r.consistency(out)?;
-        let relayed = sigs
-            .iter()
-            .map(|s| {
-                Ok(RelayedSignature {
-                    identity: r.identity(s.member)?,
-                    signature: s.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>, ProtocolError>>()?;
-        let request = |signatures: Vec<RelayedSignature>| UnmaskRequest {
-            round: 5,
-            survivors: vec![1, 2, 3, 4],
-            signatures,
-        };
+        let (mut r, relayed) = signed_survivor_set(suite)?;
         // Quorum 3: one member's signature twice and another's are two.
         let mut twice = relayed[..2].to_vec();
         twice.push(relayed[0].clone());
-        let e = r.sites[0].handle_unmask_request(request(twice));
+        let e = r.sites[0].handle_unmask_request(unmask_all(twice));
         assert!(
             matches!(e, Err(ProtocolError::Inconsistent(_))),
             "{suite}: {e:?}"
         );
         assert!(r.sites[0].poll_output().is_none());
-        // A forgery ahead of the valid signatures fails the batch of the
-        // first three; checked one by one, the valid ones make the quorum.
+        // A forgery ahead of the valid signatures fails among the first
+        // three checked; the valid signature of the same member after them
+        // still makes the quorum.
         let mut forged = relayed[0].clone();
         forged.signature.signature[4] ^= 1;
         let mut first_forged = vec![forged];
         first_forged.extend(relayed.iter().cloned());
-        r.sites[1].handle_unmask_request(request(first_forged))?;
+        r.sites[1].handle_unmask_request(unmask_all(first_forged))?;
         assert!(matches!(
             r.sites[1].poll_output(),
             Some(SiteOutput::Unmask(_))

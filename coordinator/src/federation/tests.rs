@@ -104,24 +104,31 @@ pub(super) fn one_round(secure: bool, n: usize) -> Settings {
     s
 }
 
-/// The kinds of the tasks the round keeps for `session`'s replay.
-fn kept(fed: &Federation, session: &str) -> Result<Vec<&'static str>, Box<dyn std::error::Error>> {
-    use pb::task::Kind;
+/// `f` of each task the round keeps for `session`'s replay.
+fn kept_map<T>(
+    fed: &Federation,
+    session: &str,
+    f: impl Fn(&registry::OutTask) -> T,
+) -> Result<Vec<T>, Box<dyn std::error::Error>> {
     let member = fed.session(session, None)?.member;
     let g = fed.lock();
     let tasks = g.round.as_ref().and_then(|r| r.sent.get(&member));
-    Ok(tasks
-        .into_iter()
-        .flatten()
-        .map(|t| match t.task.to_task().ok().and_then(|t| t.kind) {
+    Ok(tasks.into_iter().flatten().map(|t| f(t)).collect())
+}
+
+/// The kinds of the tasks the round keeps for `session`'s replay.
+fn kept(fed: &Federation, session: &str) -> Result<Vec<&'static str>, Box<dyn std::error::Error>> {
+    use pb::task::Kind;
+    kept_map(fed, session, |t| {
+        match t.task.to_task().ok().and_then(|t| t.kind) {
             Some(Kind::RoundStart(_)) => "round_start",
             Some(Kind::NeighbourKeys(_)) => "neighbour_keys",
             Some(Kind::IncomingShares(_)) => "incoming_shares",
             Some(Kind::ConsistencyRequest(_)) => "consistency_request",
             Some(Kind::UnmaskRequest(_)) => "unmask_request",
             _ => "other",
-        })
-        .collect())
+        }
+    })
 }
 
 /// Whether the shares kept for `session`'s replay are held on disk (`None`:
@@ -131,14 +138,11 @@ fn shares_held(
     session: &str,
 ) -> Result<Option<bool>, Box<dyn std::error::Error>> {
     use confide_proto::task_parts::OutgoingTask;
-    let member = fed.session(session, None)?.member;
-    let g = fed.lock();
-    let tasks = g.round.as_ref().and_then(|r| r.sent.get(&member));
-    Ok(tasks
-        .into_iter()
-        .flatten()
-        .find(|t| t.asks == Some(confide_crypto::Stage::MaskedInput))
-        .map(|t| matches!(t.task, OutgoingTask::Stored { .. })))
+    let held = kept_map(fed, session, |t| {
+        (t.asks == Some(confide_crypto::Stage::MaskedInput))
+            .then_some(matches!(t.task, OutgoingTask::Stored { .. }))
+    })?;
+    Ok(held.into_iter().flatten().next())
 }
 
 /// Sites joined with open task streams.
