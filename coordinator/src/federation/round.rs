@@ -291,15 +291,10 @@ impl ActiveRound {
             return OutTask::new(t);
         };
         let encoding = prost::Message::encode_to_vec(&t);
-        let file = match self.task_file.take() {
-            Some(f) => Ok(f),
-            None => TaskFile::create(dir),
+        let stored = match &mut self.task_file {
+            Some(f) => f.store(&encoding),
+            None => TaskFile::create(dir).and_then(|f| self.task_file.insert(f).store(&encoding)),
         };
-        let stored = file.and_then(|mut f| {
-            let at = f.store(&encoding);
-            self.task_file = Some(f);
-            at
-        });
         match stored {
             Ok(at) => OutTask::stored(Stage::MaskedInput, at, encoding.len()),
             Err(e) => {

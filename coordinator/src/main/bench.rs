@@ -91,7 +91,7 @@ impl Trainer for Synthetic {
         // Drawn a batch at a time from an AES-CTR keystream under a key
         // from the site's generator: the bench measures the round, not its
         // stand-in for training (a call per element through `dyn Rng` cost
-        // more than quantising; ChaCha8 batches were 4 % of the machine).
+        // more than quantising; ChaCha8 batches were 3 % of the machine).
         let mut key = [0u8; 16];
         rng.fill_bytes(&mut key);
         let draws = AesKeystream::new(&key);
