@@ -518,17 +518,23 @@ impl VerifyingKey {
     /// Verify several `(key, message, signature)`: whether each verifies.
     /// Two or more Ed25519 signatures are first checked in one batch, at
     /// about half the cost (`ed25519_batch` says where batch and single
-    /// checks may differ), and one by one only if the batch fails; any
-    /// other set one by one.
+    /// checks may differ), and one by one only if the batch fails. SM2
+    /// signatures are each checked on their own, sharing one field
+    /// inversion (`sm2_verify`). A set of mixed suites is checked one by
+    /// one.
     pub fn verify_each(items: &[(&VerifyingKey, &[u8], &[u8])]) -> Vec<bool> {
-        if items.len() > 1 && items.iter().all(|(k, _, _)| k.suite == Suite::Intl) {
-            let raw: Vec<(&[u8], &[u8], &[u8])> = items
+        let raw = || -> Vec<(&[u8], &[u8], &[u8])> {
+            items
                 .iter()
                 .map(|&(k, m, s)| (k.bytes.as_slice(), m, s))
-                .collect();
-            if ed25519_batch::verify_all(&raw).is_ok() {
+                .collect()
+        };
+        if items.len() > 1 && items.iter().all(|(k, _, _)| k.suite == Suite::Intl) {
+            if ed25519_batch::verify_all(&raw()).is_ok() {
                 return vec![true; items.len()];
             }
+        } else if items.len() > 1 && items.iter().all(|(k, _, _)| k.suite == Suite::Gm) {
+            return sm2_verify::verify_each(&raw());
         }
         items
             .iter()

@@ -55,7 +55,7 @@ fn valid_signatures_verify_as_the_crate_verifies_them() {
         let (sk, public) = key(seed);
         for msg in [&b""[..], b"abc", &[7u8; 1000][..]] {
             let sig = sign(&sk, msg);
-            assert!(agree(&public, msg, &sig));
+            assert!(agree_every_way(&public, msg, &sig));
         }
     }
 }
@@ -99,11 +99,11 @@ fn malformed_signatures_and_keys_are_refused() {
     // a good key is read as the crate reads it.
     let mut off = public.clone();
     off[64] ^= 1;
-    assert!(!agree(&off, b"m", &sig));
-    assert!(!agree(&[0u8], b"m", &sig));
-    assert!(!agree(&public[..40], b"m", &sig));
+    assert!(!agree_every_way(&off, b"m", &sig));
+    assert!(!agree_every_way(&[0u8], b"m", &sig));
+    assert!(!agree_every_way(&public[..40], b"m", &sig));
     let compressed = sk.public_key().to_sec1_point(true).as_bytes().to_vec();
-    assert!(agree(&compressed, b"m", &sig));
+    assert!(agree_every_way(&compressed, b"m", &sig));
 }
 
 #[test]
@@ -136,7 +136,111 @@ proptest! {
             1 => { let i = bit % 512; sig[i / 8] ^= 1 << (i % 8); }
             _ => { let i = 8 + bit % 512; public[i / 8] ^= 1 << (i % 8); }
         }
-        let ours = verify(&public, &msg, &sig).is_ok();
+        let ours = agree_every_way(&public, &msg, &sig);
         prop_assert_eq!(ours, reference(&public, &msg, &sig));
     }
+}
+
+/// The same check through a key with a table and one without, and as part
+/// of a set: all must give the crate's answer.
+fn agree_every_way(public: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    let ours = agree(public, msg, sig);
+    for with_table in [false, true] {
+        let by_key = KeyData::new(public, with_table)
+            .and_then(|key| prepare(&key, msg, sig))
+            .and_then(|p| p.finish(&p.point.to_affine()))
+            .is_ok();
+        assert_eq!(by_key, ours, "with_table {with_table}");
+    }
+    assert_eq!(verify_each(&[(public, msg, sig)]), vec![ours]);
+    ours
+}
+
+#[test]
+fn a_key_with_a_table_multiplies_as_the_crate_does() {
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let minus_one = -Scalar::ONE;
+    // 0x88… and 0x77… put every radix-16 digit at the ends of [−8, 8].
+    let edges = [
+        Scalar::ZERO,
+        Scalar::ONE,
+        minus_one,
+        Scalar::reduce(&sm2::FieldBytes::from([0x88; 32])),
+        Scalar::reduce(&sm2::FieldBytes::from([0x77; 32])),
+    ];
+    for seed in 0..4u64 {
+        let (_, public) = key(100 + seed);
+        let plain = KeyData::new(&public, false).expect("key");
+        let tabled = KeyData::new(&public, true).expect("key");
+        assert!(plain.table.is_none() && tabled.table.is_some());
+        let mut pairs: Vec<(Scalar, Scalar)> = edges
+            .iter()
+            .flat_map(|&s| edges.iter().map(move |&t| (s, t)))
+            .collect();
+        pairs.extend((0..16).map(|_| (Scalar::random(&mut rng), Scalar::random(&mut rng))));
+        for (s, t) in pairs {
+            assert_eq!(
+                tabled.mul_add(&s, &t).to_affine(),
+                plain.mul_add(&s, &t).to_affine()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_set_is_checked_signature_by_signature() {
+    let keys: Vec<_> = (0..5u64).map(|s| key(200 + s)).collect();
+    let msgs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 40]).collect();
+    let sigs: Vec<Vec<u8>> = keys
+        .iter()
+        .zip(&msgs)
+        .map(|((sk, _), m)| sign(sk, m))
+        .collect();
+    let mut bad_sig = sigs[2].clone();
+    bad_sig[40] ^= 4;
+    let mut zero_r = sigs[1].clone();
+    zero_r[..32].fill(0);
+    let bad_key = vec![4u8; 65];
+    let items: Vec<(&[u8], &[u8], &[u8])> = vec![
+        (&keys[0].1, &msgs[0], &sigs[0]),
+        (&keys[1].1, &msgs[1], &zero_r),
+        (&keys[2].1, &msgs[2], &bad_sig),
+        (&bad_key, &msgs[3], &sigs[3]),
+        (&keys[3].1, &msgs[3], &sigs[3]),
+        (&keys[4].1, &msgs[0], &sigs[4]),
+        (&keys[4].1, &msgs[4], &sigs[4]),
+    ];
+    let expected: Vec<bool> = items
+        .iter()
+        .map(|&(k, m, s)| agree_every_way(k, m, s))
+        .collect();
+    assert_eq!(expected, [true, false, false, false, true, false, true]);
+    assert_eq!(verify_each(&items), expected);
+    assert!(verify_each(&[]).is_empty());
+}
+
+#[test]
+fn keys_keep_tables_up_to_the_limit_and_are_checked_without_beyond_it() {
+    let kept = Mutex::new(HashMap::new());
+    let (_, a) = key(300);
+    let (_, b) = key(301);
+    let (sk_c, c) = key(302);
+    let first = key_data_in(&kept, 2, &a).expect("key");
+    assert!(first.table.is_some());
+    assert!(Arc::ptr_eq(
+        &first,
+        &key_data_in(&kept, 2, &a).expect("key")
+    ));
+    assert!(key_data_in(&kept, 2, &b).expect("key").table.is_some());
+    // Full: the third key is checked without a table and not kept.
+    let third = key_data_in(&kept, 2, &c).expect("key");
+    assert!(third.table.is_none());
+    assert_eq!(kept.lock().expect("lock").len(), 2);
+    let sig = sign(&sk_c, b"m");
+    let pending = prepare(&third, b"m", &sig).expect("valid");
+    assert!(pending.finish(&pending.point.to_affine()).is_ok());
+    // A malformed key is refused and not kept.
+    let kept = Mutex::new(HashMap::new());
+    assert!(key_data_in(&kept, 2, &[4u8; 65]).is_err());
+    assert!(kept.lock().expect("lock").is_empty());
 }
