@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 use crate::error::CryptoError;
 
 mod ed25519_batch;
+mod kept;
 mod sm2_verify;
 
 /// SM2's default distinguishing identifier (GB/T 35276-2017), used for every

@@ -19,9 +19,27 @@
 //! every check that counts signatures already assumes such sites sign
 //! whatever they like.
 
+use std::sync::LazyLock;
+
 use ed25519_dalek::{Signature, VerifyingKey};
 
+use super::kept::Kept;
 use crate::error::CryptoError;
+
+/// Decompressed keys kept across rounds (about 200 bytes each): the batch
+/// then decompresses only each signature's `R`.
+static KEYS: LazyLock<Kept<VerifyingKey>> = LazyLock::new(|| Kept::new(KEPT_KEYS));
+
+/// How many keys stay decompressed (about 0.8 MB).
+const KEPT_KEYS: usize = 4096;
+
+fn parse(key: &[u8], _kept: bool) -> Result<VerifyingKey, CryptoError> {
+    let key: &[u8; 32] = key
+        .try_into()
+        .map_err(|_| CryptoError::InvalidPublicKey("an Ed25519 verifying key is 32 bytes"))?;
+    VerifyingKey::from_bytes(key)
+        .map_err(|_| CryptoError::InvalidPublicKey("not an Ed25519 verifying key"))
+}
 
 /// `Ok` only if each `(key, message, signature)` verifies.
 pub(super) fn verify_all(items: &[(&[u8], &[u8], &[u8])]) -> Result<(), CryptoError> {
@@ -29,13 +47,7 @@ pub(super) fn verify_all(items: &[(&[u8], &[u8], &[u8])]) -> Result<(), CryptoEr
     let mut sigs = Vec::with_capacity(items.len());
     let mut msgs = Vec::with_capacity(items.len());
     for &(key, msg, sig) in items {
-        let key: &[u8; 32] = key
-            .try_into()
-            .map_err(|_| CryptoError::InvalidPublicKey("an Ed25519 verifying key is 32 bytes"))?;
-        keys.push(
-            VerifyingKey::from_bytes(key)
-                .map_err(|_| CryptoError::InvalidPublicKey("not an Ed25519 verifying key"))?,
-        );
+        keys.push(*KEYS.get_or_make(key, parse)?);
         sigs.push(Signature::from_slice(sig).map_err(|_| CryptoError::BadSignature)?);
         msgs.push(msg);
     }

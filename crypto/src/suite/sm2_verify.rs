@@ -11,7 +11,7 @@
 //!
 //! - `[s]G + [t]P_A` uses the crate's table of multiples of `G` and a
 //!   table of the same shape for `P_A` (33 × 8 points, about 25 KB), built
-//!   the first time a key is seen and kept for the next rounds: 130
+//!   the first time a key is seen and kept for the next rounds (`kept`): 130
 //!   additions and 4 doublings instead of 256 doublings and about 90
 //!   additions. Tables are kept for up to [`KEPT_KEYS`] keys (about
 //!   26 MB); keys beyond that are checked with the crate's wNAF
@@ -24,8 +24,7 @@
 //! on valid, altered and malformed signatures and keys, with and without
 //! a table.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock};
 
 use elliptic_curve::ops::{MulByGeneratorVartime, Reduce};
 use elliptic_curve::point::AffineCoordinates;
@@ -39,6 +38,7 @@ use sm2::{AffinePoint, ProjectivePoint, PublicKey, Scalar, Sm2};
 use sm3::{Digest, Sm3};
 
 use super::SM2_DIST_ID;
+use super::kept::Kept;
 use crate::error::CryptoError;
 
 /// Verify an SM2 signature (`r ‖ s`, 64 bytes) by the SEC1-encoded key
@@ -115,7 +115,7 @@ const WINDOW: usize = 33;
 
 /// How many keys keep a table. A site at n = 1000 checks about 550 keys
 /// a round.
-pub(super) const KEPT_KEYS: usize = 1024;
+const KEPT_KEYS: usize = 1024;
 
 type Table = [LookupTable<ProjectivePoint>; WINDOW];
 
@@ -129,37 +129,16 @@ struct KeyData {
     table: Option<Box<Table>>,
 }
 
-type Kept = Mutex<HashMap<Box<[u8]>, Arc<KeyData>>>;
+static KEYS: LazyLock<Kept<KeyData>> = LazyLock::new(|| Kept::new(KEPT_KEYS));
 
-static KEYS: LazyLock<Kept> = LazyLock::new(|| Mutex::new(HashMap::new()));
-
+/// The key's data, kept or made; a key seen for the first time gets a
+/// table while the store has room.
 fn key_data(public: &[u8]) -> Result<Arc<KeyData>, CryptoError> {
-    key_data_in(&KEYS, KEPT_KEYS, public)
+    key_data_in(&KEYS, public)
 }
 
-/// The key's data, from `kept` when there; a key seen for the first time
-/// gets a table, and a place in `kept`, while `kept` holds fewer than
-/// `room` keys. The lock is not held while a table is built.
-fn key_data_in(kept: &Kept, room: usize, public: &[u8]) -> Result<Arc<KeyData>, CryptoError> {
-    // Every change to the map is one call, so a lock poisoned by a panic
-    // elsewhere still guards a whole map.
-    let lock = || kept.lock().unwrap_or_else(PoisonError::into_inner);
-    let has_room = {
-        let keys = lock();
-        if let Some(data) = keys.get(public) {
-            return Ok(Arc::clone(data));
-        }
-        keys.len() < room
-    };
-    let data = Arc::new(KeyData::new(public, has_room)?);
-    if has_room {
-        let mut keys = lock();
-        if keys.len() < room {
-            keys.entry(public.into())
-                .or_insert_with(|| Arc::clone(&data));
-        }
-    }
-    Ok(data)
+fn key_data_in(kept: &Kept<KeyData>, public: &[u8]) -> Result<Arc<KeyData>, CryptoError> {
+    kept.get_or_make(public, KeyData::new)
 }
 
 impl KeyData {

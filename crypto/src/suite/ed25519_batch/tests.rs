@@ -158,3 +158,26 @@ fn verify_each_names_the_bad_signatures_in_both_suites() {
         assert!(Key::verify_each(&[]).is_empty());
     }
 }
+
+/// A key's second set is checked with the key kept from its first, and
+/// gets the same answers.
+#[test]
+fn kept_keys_give_the_same_answers() {
+    let good = signed(8, false, 77);
+    let mut bad = good.clone();
+    bad[3].2[10] ^= 1;
+    for _ in 0..2 {
+        assert!(check(&good).is_ok());
+        assert!(check(&bad).is_err());
+        for (k, m, s) in &bad {
+            assert_eq!(
+                check(&[(k.clone(), m.clone(), s.clone())]).is_ok(),
+                single(k, m, s)
+            );
+        }
+    }
+    assert!(
+        good.iter()
+            .all(|(k, ..)| KEYS.get_or_make(k, |_, _| Err(())).is_ok())
+    );
+}

@@ -221,26 +221,23 @@ fn a_set_is_checked_signature_by_signature() {
 
 #[test]
 fn keys_keep_tables_up_to_the_limit_and_are_checked_without_beyond_it() {
-    let kept = Mutex::new(HashMap::new());
+    let kept = Kept::new(2);
     let (_, a) = key(300);
     let (_, b) = key(301);
     let (sk_c, c) = key(302);
-    let first = key_data_in(&kept, 2, &a).expect("key");
+    let first = key_data_in(&kept, &a).expect("key");
     assert!(first.table.is_some());
-    assert!(Arc::ptr_eq(
-        &first,
-        &key_data_in(&kept, 2, &a).expect("key")
-    ));
-    assert!(key_data_in(&kept, 2, &b).expect("key").table.is_some());
+    assert!(Arc::ptr_eq(&first, &key_data_in(&kept, &a).expect("key")));
+    assert!(key_data_in(&kept, &b).expect("key").table.is_some());
     // Full: the third key is checked without a table and not kept.
-    let third = key_data_in(&kept, 2, &c).expect("key");
+    let third = key_data_in(&kept, &c).expect("key");
     assert!(third.table.is_none());
-    assert_eq!(kept.lock().expect("lock").len(), 2);
+    assert_eq!(kept.len(), 2);
     let sig = sign(&sk_c, b"m");
     let pending = prepare(&third, b"m", &sig).expect("valid");
     assert!(pending.finish(&pending.point.to_affine()).is_ok());
     // A malformed key is refused and not kept.
-    let kept = Mutex::new(HashMap::new());
-    assert!(key_data_in(&kept, 2, &[4u8; 65]).is_err());
-    assert!(kept.lock().expect("lock").is_empty());
+    let kept = Kept::new(2);
+    assert!(key_data_in(&kept, &[4u8; 65]).is_err());
+    assert_eq!(kept.len(), 0);
 }
