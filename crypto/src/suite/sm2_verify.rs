@@ -113,8 +113,8 @@ fn prepare(key: &KeyData, msg: &[u8], signature: &[u8]) -> Result<Pending, Crypt
 /// table: 1 + 256 / 8.
 const WINDOW: usize = 33;
 
-/// How many keys keep a table. A site at n = 1000 checks about 550 keys
-/// a round.
+/// How many keys keep a table. At n = 1000 a site checks a quorum of at
+/// least 501 survivors a round, besides its neighbours.
 const KEPT_KEYS: usize = 1024;
 
 type Table = [LookupTable<ProjectivePoint>; WINDOW];
