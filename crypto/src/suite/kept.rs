@@ -32,9 +32,11 @@ impl<V> Kept<V> {
     }
 
     /// The value kept for `key`, or else `make(key, room)`, kept when
-    /// there is room. `room` tells `make` whether its value will be kept,
-    /// for values worth computing only then. The lock is not held while
-    /// `make` runs; a value `make` refuses is not kept.
+    /// there is room. `room` tells `make` whether the store had room when
+    /// asked, for values worth computing only if kept (another thread may
+    /// fill the last place meanwhile, and then the value is used once).
+    /// The lock is not held while `make` runs; a key `make` refuses is not
+    /// kept.
     pub(super) fn get_or_make<E>(
         &self,
         key: &[u8],

@@ -134,11 +134,7 @@ static KEYS: LazyLock<Kept<KeyData>> = LazyLock::new(|| Kept::new(KEPT_KEYS));
 /// The key's data, kept or made; a key seen for the first time gets a
 /// table while the store has room.
 fn key_data(public: &[u8]) -> Result<Arc<KeyData>, CryptoError> {
-    key_data_in(&KEYS, public)
-}
-
-fn key_data_in(kept: &Kept<KeyData>, public: &[u8]) -> Result<Arc<KeyData>, CryptoError> {
-    kept.get_or_make(public, KeyData::new)
+    KEYS.get_or_make(public, KeyData::new)
 }
 
 impl KeyData {

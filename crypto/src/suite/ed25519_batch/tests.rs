@@ -160,24 +160,39 @@ fn verify_each_names_the_bad_signatures_in_both_suites() {
 }
 
 /// A key's second set is checked with the key kept from its first, and
-/// gets the same answers.
+/// gets the same answers, as does a set checked with the store full.
 #[test]
 fn kept_keys_give_the_same_answers() {
     let good = signed(8, false, 77);
     let mut bad = good.clone();
     bad[3].2[10] ^= 1;
-    for _ in 0..2 {
-        assert!(check(&good).is_ok());
-        assert!(check(&bad).is_err());
-        for (k, m, s) in &bad {
-            assert_eq!(
-                check(&[(k.clone(), m.clone(), s.clone())]).is_ok(),
-                single(k, m, s)
-            );
+    for room in [16, 3] {
+        let kept = Kept::new(room);
+        let check_in = |items: &[(Vec<u8>, Vec<u8>, Vec<u8>)]| {
+            let items: Vec<(&[u8], &[u8], &[u8])> = items
+                .iter()
+                .map(|(k, m, s)| (k.as_slice(), m.as_slice(), s.as_slice()))
+                .collect();
+            verify_all_in(&kept, &items)
+        };
+        for _ in 0..2 {
+            assert!(check_in(&good).is_ok(), "room {room}");
+            assert!(check_in(&bad).is_err(), "room {room}");
+            for (k, m, s) in &bad {
+                let one = [(k.clone(), m.clone(), s.clone())];
+                assert_eq!(check_in(&one).is_ok(), single(k, m, s), "room {room}");
+            }
         }
+        assert_eq!(kept.len(), room.min(good.len()));
     }
-    assert!(
-        good.iter()
-            .all(|(k, ..)| KEYS.get_or_make(k, |_, _| Err(())).is_ok())
-    );
+    // A malformed key fails the set and is not kept.
+    let kept = Kept::new(16);
+    let mut short = good.clone();
+    short[0].0.truncate(31);
+    let items: Vec<(&[u8], &[u8], &[u8])> = short
+        .iter()
+        .map(|(k, m, s)| (k.as_slice(), m.as_slice(), s.as_slice()))
+        .collect();
+    assert!(verify_all_in(&kept, &items).is_err());
+    assert_eq!(kept.len(), 0);
 }

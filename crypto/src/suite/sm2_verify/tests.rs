@@ -225,12 +225,20 @@ fn keys_keep_tables_up_to_the_limit_and_are_checked_without_beyond_it() {
     let (_, a) = key(300);
     let (_, b) = key(301);
     let (sk_c, c) = key(302);
-    let first = key_data_in(&kept, &a).expect("key");
+    let first = kept.get_or_make(&a, KeyData::new).expect("key");
     assert!(first.table.is_some());
-    assert!(Arc::ptr_eq(&first, &key_data_in(&kept, &a).expect("key")));
-    assert!(key_data_in(&kept, &b).expect("key").table.is_some());
+    assert!(Arc::ptr_eq(
+        &first,
+        &kept.get_or_make(&a, KeyData::new).expect("key")
+    ));
+    assert!(
+        kept.get_or_make(&b, KeyData::new)
+            .expect("key")
+            .table
+            .is_some()
+    );
     // Full: the third key is checked without a table and not kept.
-    let third = key_data_in(&kept, &c).expect("key");
+    let third = kept.get_or_make(&c, KeyData::new).expect("key");
     assert!(third.table.is_none());
     assert_eq!(kept.len(), 2);
     let sig = sign(&sk_c, b"m");
@@ -238,6 +246,6 @@ fn keys_keep_tables_up_to_the_limit_and_are_checked_without_beyond_it() {
     assert!(pending.finish(&pending.point.to_affine()).is_ok());
     // A malformed key is refused and not kept.
     let kept = Kept::new(2);
-    assert!(key_data_in(&kept, &[4u8; 65]).is_err());
+    assert!(kept.get_or_make(&[4u8; 65], KeyData::new).is_err());
     assert_eq!(kept.len(), 0);
 }
