@@ -14,6 +14,8 @@ mod ckpt_args;
 #[cfg(feature = "demo")]
 #[path = "main/demo.rs"]
 mod demo;
+#[path = "main/latency.rs"]
+mod latency;
 
 use certs_args::CertCmd;
 use ckpt_args::CkptCmd;
@@ -154,6 +156,15 @@ enum Cmd {
         /// Keep the bench directory (config, certificates, checkpoints, coordinator log) here.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Round-trip time between the sites and the coordinator, in ms: a
+        /// relay on loopback delays every byte by half of it each way, as a
+        /// link between clouds would (bandwidth is not limited).
+        #[arg(long, default_value_t = 0)]
+        rtt_ms: u64,
+        /// The coordinator's HTTP/2 receive window, KiB
+        /// (`limits.receive_window_kib`; default: the coordinator's).
+        #[arg(long)]
+        receive_window_kib: Option<u32>,
     },
     /// Coordinator + three hospitals on loopback (mTLS, secure aggregation) over the breast-cancer data.
     #[cfg(feature = "demo")]
@@ -436,6 +447,8 @@ async fn main() -> Result<()> {
             optimiser,
             json,
             dir,
+            rtt_ms,
+            receive_window_kib,
         } => {
             init_logs(cli.json_logs, "error");
             bench::run(bench::BenchArgs {
@@ -452,6 +465,8 @@ async fn main() -> Result<()> {
                 optimiser,
                 json,
                 dir,
+                rtt: std::time::Duration::from_millis(rtt_ms),
+                receive_window_kib,
             })
             .await?;
         }

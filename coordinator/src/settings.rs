@@ -556,6 +556,13 @@ impl Settings {
                 "limits.site_rate_per_sec must be positive and limits.site_burst at least 1".into(),
             );
         }
+        if !(64..=16384).contains(&self.limits.receive_window_kib) {
+            return bad(format!(
+                "limits.receive_window_kib must be 64 to 16384 (HTTP/2 windows of 64 KiB to \
+                 16 MiB), got {}",
+                self.limits.receive_window_kib
+            ));
+        }
         if self.limits.upload_idle_secs == 0 {
             return bad("limits.upload_idle_secs must be at least 1".into());
         }

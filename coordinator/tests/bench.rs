@@ -87,3 +87,39 @@ fn bench_refuses_bad_arguments_with_the_reason() -> TestResult {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 3"));
     Ok(())
 }
+
+#[test]
+fn bench_across_a_delayed_link_takes_its_round_trips_and_sets_the_window() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("bench");
+    let lines = bench(&[
+        "--sites",
+        "3",
+        "--params",
+        "3000",
+        "--rounds",
+        "1",
+        "--rtt-ms",
+        "200",
+        "--receive-window-kib",
+        "128",
+        "--dir",
+        root.to_str().ok_or("temp path is not UTF-8")?,
+    ])?;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = &lines[0];
+    assert_eq!(l["success"], true, "{l}");
+    // Each stage sends the sites a task and waits for their answers, both
+    // through the relay: no stage closes in less than one round trip (on
+    // loopback this round takes about 10 ms).
+    for (stage, secs) in l["stage_secs"].as_object().ok_or("no stage_secs")? {
+        let secs = secs.as_f64().unwrap_or(0.0);
+        assert!(
+            secs >= 0.2,
+            "{stage} closed in {secs} s across a 200 ms link"
+        );
+    }
+    let cfg = std::fs::read_to_string(root.join("bench.toml"))?;
+    assert!(cfg.contains("receive_window_kib = 128"), "{cfg}");
+    Ok(())
+}

@@ -38,13 +38,6 @@ use crate::federation::{Federation, ServeReport};
 use crate::revocation::{CrlClientVerifier, Revocation};
 use crate::settings::Settings;
 
-/// HTTP/2 receive window per stream: what one waiting upload can hold
-/// unread here (64 KiB a site; `docs/performance.md`, memory). Measured on
-/// loopback only; a long-RTT link would want a larger one.
-const STREAM_WINDOW_BYTES: u32 = 64 << 10;
-/// Per connection (one per site): a few streams' worth.
-const CONNECTION_WINDOW_BYTES: u32 = 256 << 10;
-
 // The admin client moved to `cli`; these stay reachable here so callers of
 // the former paths (the end-to-end tests) keep compiling unchanged.
 pub use crate::cli::admin::{admin_status, health_check};
@@ -225,12 +218,13 @@ pub(crate) async fn serve_federation(
         let _ = stop_rx.await;
     };
     // HTTP/2 flow control bounds what each connection may push before the
-    // coordinator reads it: an upload waiting for its slot holds at most one
-    // stream window here, so that window, times the sites, is the
-    // coordinator's unread-data memory (hyper's default is 1 MiB each).
+    // coordinator reads it, and an upload moves one window per round trip.
+    // One window for the stream and the connection alike: a site has one
+    // upload at a time, and sends its data only after `ready`.
+    let window = s.limits.receive_window_bytes();
     let router = Server::builder()
-        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
-        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        .initial_stream_window_size(Some(window))
+        .initial_connection_window_size(Some(window))
         .add_service(health)
         .add_service(site)
         .add_service(admin);

@@ -60,6 +60,11 @@ pub struct BenchArgs {
     pub json: bool,
     /// Keep the bench directory (config, certificates, checkpoints, log) here.
     pub dir: Option<PathBuf>,
+    /// Round-trip time the sites see (a delaying relay between them and the
+    /// coordinator, `latency.rs`); zero connects them directly.
+    pub rtt: Duration,
+    /// The coordinator's `limits.receive_window_kib` (none: its default).
+    pub receive_window_kib: Option<u32>,
 }
 
 /// The hidden width of a one-hidden-layer MLP with about `params` parameters.
@@ -216,7 +221,7 @@ join_rate_per_sec = 10000.0
 join_burst = 10000
 max_model_bytes = {max_model_bytes}
 upload_idle_secs = {timeout}
-"#,
+{window}"#,
         suite = a.suite,
         rounds = a.rounds,
         min = a.sites,
@@ -226,6 +231,10 @@ upload_idle_secs = {timeout}
         timeout = a.stage_timeout_secs,
         grace = a.reconnect_grace_secs,
         optimiser = a.optimiser,
+        window = a
+            .receive_window_kib
+            .map(|w| format!("receive_window_kib = {w}\n"))
+            .unwrap_or_default(),
         // The MLP as f32 with room for its header, and never below the default.
         max_model_bytes = (a.params as u64)
             .saturating_mul(4)
@@ -415,6 +424,15 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         .build()
         .context("starting the sites' runtime")?;
     let spawner = site_rt.handle().clone();
+    let site_url = if a.rtt.is_zero() {
+        url.clone()
+    } else {
+        let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let at = crate::latency::relay(to, a.rtt)
+            .await
+            .context("starting the round-trip delay relay")?;
+        format!("https://{at}")
+    };
     let _site_rt = SiteRuntime(Some(site_rt));
     let mut sites = Vec::with_capacity(a.sites);
     for (i, name) in names.iter().enumerate() {
@@ -423,7 +441,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             ..Default::default()
         };
         let mut b = confide_client::Site::builder()
-            .coordinator(url.clone())
+            .coordinator(site_url.clone())
             .certs_dir(&certs_dir, name.clone(), "localhost")
             .dataset(dataset(i as u64)?)
             .policy(policy)

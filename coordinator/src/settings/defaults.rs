@@ -120,6 +120,9 @@ impl Default for LimitSettings {
             site_rate_per_sec: 1000.0,
             site_burst: 2000,
             upload_idle_secs: 15,
+            // Enough for 20 MiB/s per upload across a 50 ms link; loopback
+            // and LAN need far less (docs/performance.md, "Across clouds").
+            receive_window_kib: 1024,
         }
     }
 }

@@ -13,6 +13,11 @@ impl LimitSettings {
     pub fn download_chunk_bytes(&self) -> u64 {
         u64::from(self.download_chunk_kib.max(1)) << 10
     }
+
+    /// The HTTP/2 receive window in bytes (stream and connection alike).
+    pub fn receive_window_bytes(&self) -> u32 {
+        self.receive_window_kib.clamp(64, 16 << 10) << 10
+    }
 }
 
 /// Resource limits.
@@ -58,4 +63,13 @@ pub struct LimitSettings {
     pub site_burst: u32,
     /// Seconds an upload stream may send nothing before it loses its slot.
     pub upload_idle_secs: u32,
+    /// HTTP/2 receive window, KiB, per stream and per connection (64 to
+    /// 16384): how much a site may send before the coordinator has read it.
+    /// An upload moves at most one window per round trip, so a link of
+    /// 50 ms carries at most 20 MiB/s per upload at the default, 1024.
+    /// Memory: sites send an upload's data only once it has a slot
+    /// (`ready`), so honest sites leave at most this times
+    /// `max_concurrent_uploads` unread here; a misbehaving enrolled site
+    /// can leave at most this much on its connection.
+    pub receive_window_kib: u32,
 }

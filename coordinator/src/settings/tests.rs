@@ -61,6 +61,17 @@ fn refuses_bad_configs() {
     s.secagg.t = None;
     // An unknown optimiser cannot be represented; it is refused when read.
     assert!(Settings::from_toml_str("[optimiser]\nkind = \"sgd\"\n").is_err());
+    // The receive window: HTTP/2 sizes the coordinator can serve well.
+    for (kib, ok) in [(63, false), (64, true), (16384, true), (16385, false)] {
+        s.limits.receive_window_kib = kib;
+        let r = s.validate();
+        assert_eq!(r.is_ok(), ok, "receive_window_kib = {kib}: {r:?}");
+        if !ok {
+            assert!(r.is_err_and(|e| e.to_string().contains("limits.receive_window_kib")));
+        }
+    }
+    s.limits.receive_window_kib = 1024;
+    assert_eq!(s.limits.receive_window_bytes(), 1 << 20);
     s.optimiser.kind = OptimiserKind::FedAdam;
     s.tls.insecure = false;
     assert!(s.validate().is_err(), "TLS without files must be refused");
