@@ -523,49 +523,7 @@ impl Settings {
                 "optimiser: server_lr > 0, beta1 and beta2 in [0, 1), tau > 0 required".into(),
             );
         }
-        if self.limits.max_message_bytes < confide_proto::CHUNK_BYTES + 4096 {
-            return bad(format!(
-                "limits.max_message_bytes must be at least {} (one chunk)",
-                confide_proto::CHUNK_BYTES + 4096
-            ));
-        }
-        if self.limits.max_concurrent_uploads == 0 {
-            return bad("limits.max_concurrent_uploads must be at least 1".into());
-        }
-        if self.limits.max_concurrent_downloads == 0 {
-            return bad("limits.max_concurrent_downloads must be at least 1".into());
-        }
-        if !(4..=2048).contains(&self.limits.download_chunk_kib) {
-            return bad(format!(
-                "limits.download_chunk_kib must be 4 to 2048 (sites decode messages of up to \
-                 4 MiB), got {}",
-                self.limits.download_chunk_kib
-            ));
-        }
-        if !(self.limits.join_rate_per_sec.is_finite() && self.limits.join_rate_per_sec > 0.0)
-            || self.limits.join_burst == 0
-        {
-            return bad(
-                "limits.join_rate_per_sec must be positive and limits.join_burst at least 1".into(),
-            );
-        }
-        if !(self.limits.site_rate_per_sec.is_finite() && self.limits.site_rate_per_sec > 0.0)
-            || self.limits.site_burst == 0
-        {
-            return bad(
-                "limits.site_rate_per_sec must be positive and limits.site_burst at least 1".into(),
-            );
-        }
-        if !(64..=16384).contains(&self.limits.receive_window_kib) {
-            return bad(format!(
-                "limits.receive_window_kib must be 64 to 16384 (HTTP/2 windows of 64 KiB to \
-                 16 MiB), got {}",
-                self.limits.receive_window_kib
-            ));
-        }
-        if self.limits.upload_idle_secs == 0 {
-            return bad("limits.upload_idle_secs must be at least 1".into());
-        }
+        self.limits.validate().map_err(CoordinatorError::Config)?;
         if let Some(bad_name) = self.tls.allowed_sites.iter().find(|n| {
             n.is_empty()
                 || !n

@@ -18,6 +18,54 @@ impl LimitSettings {
     pub fn receive_window_bytes(&self) -> u32 {
         self.receive_window_kib.clamp(64, 16 << 10) << 10
     }
+
+    /// Checks the limits; the error names the key and its allowed range.
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.max_message_bytes < confide_proto::CHUNK_BYTES + 4096 {
+            return Err(format!(
+                "limits.max_message_bytes must be at least {} (one chunk)",
+                confide_proto::CHUNK_BYTES + 4096
+            ));
+        }
+        if self.max_concurrent_uploads == 0 {
+            return Err("limits.max_concurrent_uploads must be at least 1".into());
+        }
+        if self.max_concurrent_downloads == 0 {
+            return Err("limits.max_concurrent_downloads must be at least 1".into());
+        }
+        if !(4..=2048).contains(&self.download_chunk_kib) {
+            return Err(format!(
+                "limits.download_chunk_kib must be 4 to 2048 (sites decode messages of up to \
+             4 MiB), got {}",
+                self.download_chunk_kib
+            ));
+        }
+        if !(self.join_rate_per_sec.is_finite() && self.join_rate_per_sec > 0.0)
+            || self.join_burst == 0
+        {
+            return Err(
+                "limits.join_rate_per_sec must be positive and limits.join_burst at least 1".into(),
+            );
+        }
+        if !(self.site_rate_per_sec.is_finite() && self.site_rate_per_sec > 0.0)
+            || self.site_burst == 0
+        {
+            return Err(
+                "limits.site_rate_per_sec must be positive and limits.site_burst at least 1".into(),
+            );
+        }
+        if !(64..=16384).contains(&self.receive_window_kib) {
+            return Err(format!(
+                "limits.receive_window_kib must be 64 to 16384 (HTTP/2 windows of 64 KiB to \
+             16 MiB), got {}",
+                self.receive_window_kib
+            ));
+        }
+        if self.upload_idle_secs == 0 {
+            return Err("limits.upload_idle_secs must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// Resource limits.
