@@ -25,7 +25,17 @@ pub async fn relay(target: SocketAddr, rtt: Duration) -> std::io::Result<SocketA
     let addr = listener.local_addr()?;
     let one_way = rtt / 2;
     tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
+        loop {
+            // Out of descriptors with a thousand sites, say: the sites
+            // retry, so the relay waits and accepts again.
+            let inbound = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    eprintln!("bench relay: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             tokio::spawn(async move {
                 let Ok(outbound) = TcpStream::connect(target).await else {
                     return;

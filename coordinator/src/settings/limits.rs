@@ -16,7 +16,8 @@ impl LimitSettings {
 
     /// The HTTP/2 receive window in bytes (stream and connection alike).
     pub fn receive_window_bytes(&self) -> u32 {
-        self.receive_window_kib.clamp(64, 16 << 10) << 10
+        let (lo, hi) = RECEIVE_WINDOW_KIB.into_inner();
+        self.receive_window_kib.clamp(lo, hi) << 10
     }
 
     /// Checks the limits; the error names the key and its allowed range.
@@ -54,7 +55,7 @@ impl LimitSettings {
                 "limits.site_rate_per_sec must be positive and limits.site_burst at least 1".into(),
             );
         }
-        if !(64..=16384).contains(&self.receive_window_kib) {
+        if !RECEIVE_WINDOW_KIB.contains(&self.receive_window_kib) {
             return Err(format!(
                 "limits.receive_window_kib must be 64 to 16384 (HTTP/2 windows of 64 KiB to \
              16 MiB), got {}",
@@ -67,6 +68,10 @@ impl LimitSettings {
         Ok(())
     }
 }
+
+/// `limits.receive_window_kib`'s range: about HTTP/2's default window (64 KiB)
+/// to 16 MiB.
+const RECEIVE_WINDOW_KIB: std::ops::RangeInclusive<u32> = 64..=16384;
 
 /// Resource limits.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -118,6 +123,6 @@ pub struct LimitSettings {
     /// Memory: sites send an upload's data only once it has a slot
     /// (`ready`), so honest sites leave at most this times
     /// `max_concurrent_uploads` unread here; a misbehaving enrolled site
-    /// can leave at most this much on its connection.
+    /// can leave at most this much on each connection it opens.
     pub receive_window_kib: u32,
 }
