@@ -7,7 +7,7 @@
 //!   outside the allow-list, a certificate revoked (signed CRL) while the
 //!   coordinator runs — refused on the open connection and at the handshake, one site's certificate acting as another, a Join key that is not
 //!   the certificate's, non-operator and revoked operator certificates on the
-//!   Admin API, the join-rate limit;
+//!   Admin API, the join-rate limit, connections over the per-site limit;
 //! - key binding: a coordinator that substitutes a key, relays a wrong
 //!   signature, a foreign-CA certificate or another site's certificate is
 //!   caught by the neighbour, which leaves that peer out (no share reaches
@@ -393,6 +393,100 @@ async fn site_refuses_a_coordinator_whose_certificate_is_revoked() -> Result<(),
 fn rustls_pem_der(pem: &[u8]) -> Result<Vec<u8>, BoxError> {
     use rustls_pki_types::pem::PemObject;
     Ok(rustls_pki_types::CertificateDer::from_pem_slice(pem)?.to_vec())
+}
+
+/// A bare TLS 1.3 connection presenting `id` (certificate, key); returns
+/// once the coordinator serves it (its first HTTP/2 bytes have arrived).
+async fn raw_connection(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    id: Option<(PathBuf, PathBuf)>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, BoxError> {
+    use tokio::io::AsyncReadExt;
+    let ca = std::fs::read(ca)?;
+    let pems = match id {
+        Some((cert, key)) => Some((std::fs::read(cert)?, std::fs::read(key)?)),
+        None => None,
+    };
+    let ident = pems.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+    let cfg = confide_proto::tls::client_config(&ca, ident, Vec::new())?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await?;
+    // The server's SETTINGS frame: the connection is past admission.
+    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut [0u8; 64])).await??;
+    if n == 0 {
+        return Err("the coordinator closed a new connection".into());
+    }
+    Ok(tls)
+}
+
+/// Whether the coordinator closes `tls` within `wait`.
+async fn closes_within(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    wait: Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// One site's certificate cannot hold more than
+/// `limits.max_connections_per_site` connections (each may hold a receive
+/// window): one more closes that site's oldest, and nobody else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_site_limit_close_that_sites_oldest() -> Result<(), BoxError> {
+    let pki = Pki::new()?;
+    let mut s = settings(1, Suite::Intl);
+    s.tls.insecure = false;
+    s.tls.certs_dir = Some(pki.dir.clone());
+    s.limits.max_connections_per_site = 2;
+    let mut coord = Coordinator::start(s).await?;
+    let ca = pki.dir.join("ca.pem");
+    let addr = coord.addr;
+
+    let mut a1 = raw_connection(addr, &ca, Some(pki.site("a"))).await?;
+    let mut a2 = raw_connection(addr, &ca, Some(pki.site("a"))).await?;
+    let mut b1 = raw_connection(addr, &ca, Some(pki.site("b"))).await?;
+    let mut anon = raw_connection(addr, &ca, None).await?;
+    assert!(!closes_within(&mut a1, Duration::from_millis(300)).await);
+    // A third connection of "a" closes a's first.
+    let mut a3 = raw_connection(addr, &ca, Some(pki.site("a"))).await?;
+    assert!(
+        closes_within(&mut a1, Duration::from_secs(10)).await,
+        "a's oldest connection stayed open past the limit"
+    );
+    for (name, c) in [
+        ("a2", &mut a2),
+        ("a3", &mut a3),
+        ("b1", &mut b1),
+        ("anon", &mut anon),
+    ] {
+        assert!(
+            !closes_within(c, Duration::from_millis(300)).await,
+            "{name} was closed"
+        );
+    }
+    // The site can still reach the coordinator over gRPC (this connection
+    // takes a2's place).
+    let url = format!("https://{addr}");
+    let ch = channel(&url, &ca, Some(pki.site("a"))).await?;
+    let r = join(ch, "a", pki.vk("a")?).await;
+    assert!(r.is_ok(), "join after the eviction: {r:?}");
+    assert!(closes_within(&mut a2, Duration::from_secs(10)).await);
+    assert!(!closes_within(&mut b1, Duration::from_millis(100)).await);
+    coord.stop();
+    coord.finish(Duration::from_secs(15)).await?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,8 @@
 //! own task (bounded in time and in number), and hands the finished
 //! `TlsStream`s to tonic, which reads the peer certificates from them
 //! (`Request::peer_certs`). A failed handshake is logged and forgotten; it
-//! never stops the accept loop.
+//! never stops the accept loop. Each finished connection counts against its
+//! certificate's name ([`conns`](super::conns)).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
+use super::conns::{Counted, Identity, PerIdentity};
+use crate::access::PeerCert;
+
 /// A client that has not finished its handshake by then is dropped.
 pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -23,7 +27,7 @@ pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HANDSHAKES: usize = 256;
 
 /// The stream of handshaken connections tonic serves.
-pub(super) type Incoming = ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>;
+pub(super) type Incoming = ReceiverStream<Result<Counted<TlsStream<TcpStream>>, std::io::Error>>;
 
 /// The stream of plain TCP connections tonic serves (insecure mode).
 pub(super) type PlainIncoming = ReceiverStream<Result<TcpStream, std::io::Error>>;
@@ -55,13 +59,16 @@ pub(super) fn plain_incoming(listener: Arc<TcpListener>) -> (PlainIncoming, Join
     (ReceiverStream::new(rx), task)
 }
 
-/// Start accepting on `listener`; abort the returned task to stop (dropping
-/// the stream stops it too, at the next connection).
+/// Start accepting on `listener`, at most `per_identity` connections per
+/// certificate name; abort the returned task to stop (dropping the stream
+/// stops it too, at the next connection).
 pub(super) fn tls_incoming(
     listener: Arc<TcpListener>,
     acceptor: TlsAcceptor,
     timeout: Duration,
+    per_identity: usize,
 ) -> (Incoming, JoinHandle<()>) {
+    let counts = PerIdentity::new(per_identity);
     let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let task = tokio::spawn(async move {
@@ -84,14 +91,23 @@ pub(super) fn tls_incoming(
             if let Err(e) = tcp.set_nodelay(true) {
                 debug!(remote = %remote, error = %e, "TCP_NODELAY not set");
             }
+            let (tcp, closer) = match duplicate(tcp) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(remote = %remote, error = %e, "connection dropped: its socket could not be duplicated");
+                    continue;
+                }
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let counts = counts.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
+                        let slot = counts.admit(identity(&tls), closer);
                         // The server has stopped when nobody receives.
-                        let _ = tx.send(Ok(tls)).await;
+                        let _ = tx.send(Ok(Counted::new(tls, slot))).await;
                     }
                     // tokio-rustls reports TLS alerts (wrong protocol
                     // version, untrusted certificate) as InvalidData: worth
@@ -106,4 +122,19 @@ pub(super) fn tls_incoming(
         }
     });
     (ReceiverStream::new(rx), task)
+}
+
+/// The socket and a duplicate of it, through which the connection can be
+/// closed from outside (`conns`).
+fn duplicate(tcp: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let std = tcp.into_std()?;
+    let closer = std.try_clone()?;
+    Ok((TcpStream::from_std(std)?, closer))
+}
+
+/// The name of the connection's client certificate (already verified by
+/// the handshake); `None` without one.
+fn identity(tls: &TlsStream<TcpStream>) -> Identity {
+    let der = tls.get_ref().1.peer_certificates()?.first()?;
+    PeerCert::from_der(der).map(|p| p.name)
 }

@@ -13,6 +13,7 @@
 //! ```
 
 mod admin;
+mod conns;
 mod incoming;
 mod rate;
 mod site;
@@ -152,12 +153,14 @@ fn tls_setup(s: &Settings) -> Result<Tls, CoordinatorError> {
     ))
 }
 
-/// Serve `router` on `listener` (TLS when `acceptor` is set) until `stopped`;
-/// returns the server task and the TLS accept loop to abort afterwards.
+/// Serve `router` on `listener` (TLS when `acceptor` is set, at most
+/// `per_site` connections per certificate name) until `stopped`; returns the
+/// server task and the TLS accept loop to abort afterwards.
 fn spawn_server(
     router: tonic::transport::server::Router,
     listener: Arc<tokio::net::TcpListener>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    per_site: usize,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) -> (
     tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -166,7 +169,7 @@ fn spawn_server(
     match acceptor {
         Some(acceptor) => {
             let (incoming, accept) =
-                incoming::tls_incoming(listener, acceptor, incoming::HANDSHAKE_TIMEOUT);
+                incoming::tls_incoming(listener, acceptor, incoming::HANDSHAKE_TIMEOUT, per_site);
             let server = router.serve_with_incoming_shutdown(incoming, stopped);
             (tokio::spawn(server), accept)
         }
@@ -228,7 +231,13 @@ pub(crate) async fn serve_federation(
         .add_service(health)
         .add_service(site)
         .add_service(admin);
-    let (server, accept) = spawn_server(router, listener, acceptor, stopped);
+    let (server, accept) = spawn_server(
+        router,
+        listener,
+        acceptor,
+        s.limits.max_connections_per_site,
+        stopped,
+    );
     let watch = crate::federation::watch::Watch::start(&fed);
     let result = tokio::select! {
         r = fed.run() => r,

@@ -101,7 +101,13 @@ impl Standby {
             let _ = stop_rx.await;
         };
         info!(addr = ?listener.local_addr().ok(), %node, "standby: serving health NOT_SERVING until the lease is free");
-        let (server, accept) = spawn_server(router, listener, acceptor, stopped);
+        let (server, accept) = spawn_server(
+            router,
+            listener,
+            acceptor,
+            settings.limits.max_connections_per_site,
+            stopped,
+        );
         Ok(Standby {
             stop,
             server,

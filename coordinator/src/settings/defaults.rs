@@ -123,6 +123,8 @@ impl Default for LimitSettings {
             // Enough for 20 MiB/s per upload across a 50 ms link; loopback
             // and LAN need far less (docs/performance.md, "Across clouds").
             receive_window_kib: 1024,
+            // One for the site, room for reconnects and an operator's tools.
+            max_connections_per_site: 4,
         }
     }
 }

@@ -62,6 +62,9 @@ impl LimitSettings {
                 self.receive_window_kib
             ));
         }
+        if self.max_connections_per_site == 0 {
+            return Err("limits.max_connections_per_site must be at least 1".into());
+        }
         if self.upload_idle_secs == 0 {
             return Err("limits.upload_idle_secs must be at least 1".into());
         }
@@ -125,4 +128,10 @@ pub struct LimitSettings {
     /// `max_concurrent_uploads` unread here; a misbehaving enrolled site
     /// can leave at most this much on each connection it opens.
     pub receive_window_kib: u32,
+    /// Connections open at once per certificate name (connections without
+    /// a client certificate share one count). An honest site keeps one; a
+    /// further connection over the limit closes that name's oldest, so a
+    /// site reconnecting after a fault is never locked out, and one site
+    /// can hold at most this many receive windows.
+    pub max_connections_per_site: usize,
 }

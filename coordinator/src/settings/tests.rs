@@ -72,6 +72,13 @@ fn refuses_bad_configs() {
     }
     s.limits.receive_window_kib = 1024;
     assert_eq!(s.limits.receive_window_bytes(), 1 << 20);
+    s.limits.max_connections_per_site = 0;
+    assert!(
+        s.validate()
+            .is_err_and(|e| e.to_string().contains("limits.max_connections_per_site"))
+    );
+    s.limits.max_connections_per_site = 1;
+    assert!(s.validate().is_ok());
     s.optimiser.kind = OptimiserKind::FedAdam;
     s.tls.insecure = false;
     assert!(s.validate().is_err(), "TLS without files must be refused");
