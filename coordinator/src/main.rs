@@ -165,6 +165,14 @@ enum Cmd {
         /// (`limits.receive_window_kib`; default: the coordinator's).
         #[arg(long)]
         receive_window_kib: Option<u32>,
+        /// Uploads streamed at once (`limits.max_concurrent_uploads`;
+        /// default: the coordinator's).
+        #[arg(long)]
+        max_concurrent_uploads: Option<usize>,
+        /// Model downloads streamed at once
+        /// (`limits.max_concurrent_downloads`; default: the coordinator's).
+        #[arg(long)]
+        max_concurrent_downloads: Option<usize>,
     },
     /// Coordinator + three hospitals on loopback (mTLS, secure aggregation) over the breast-cancer data.
     #[cfg(feature = "demo")]
@@ -449,6 +457,8 @@ async fn main() -> Result<()> {
             dir,
             rtt_ms,
             receive_window_kib,
+            max_concurrent_uploads,
+            max_concurrent_downloads,
         } => {
             init_logs(cli.json_logs, "error");
             bench::run(bench::BenchArgs {
@@ -467,6 +477,7 @@ async fn main() -> Result<()> {
                 dir,
                 rtt: std::time::Duration::from_millis(rtt_ms),
                 receive_window_kib,
+                turns: (max_concurrent_uploads, max_concurrent_downloads),
             })
             .await?;
         }

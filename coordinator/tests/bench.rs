@@ -103,6 +103,10 @@ fn bench_across_a_delayed_link_takes_its_round_trips_and_sets_the_window() -> Te
         "200",
         "--receive-window-kib",
         "128",
+        "--max-concurrent-uploads",
+        "2",
+        "--max-concurrent-downloads",
+        "3",
         "--dir",
         root.to_str().ok_or("temp path is not UTF-8")?,
     ])?;
@@ -120,6 +124,12 @@ fn bench_across_a_delayed_link_takes_its_round_trips_and_sets_the_window() -> Te
         );
     }
     let cfg = std::fs::read_to_string(root.join("bench.toml"))?;
-    assert!(cfg.contains("receive_window_kib = 128"), "{cfg}");
+    for line in [
+        "receive_window_kib = 128",
+        "max_concurrent_uploads = 2",
+        "max_concurrent_downloads = 3",
+    ] {
+        assert!(cfg.contains(line), "{line} missing from {cfg}");
+    }
     Ok(())
 }

@@ -65,6 +65,9 @@ pub struct BenchArgs {
     pub rtt: Duration,
     /// The coordinator's `limits.receive_window_kib` (none: its default).
     pub receive_window_kib: Option<u32>,
+    /// The coordinator's `limits.max_concurrent_uploads` and
+    /// `max_concurrent_downloads` (none: its defaults).
+    pub turns: (Option<usize>, Option<usize>),
 }
 
 /// The hidden width of a one-hidden-layer MLP with about `params` parameters.
@@ -234,7 +237,14 @@ upload_idle_secs = {timeout}
         window = a
             .receive_window_kib
             .map(|w| format!("receive_window_kib = {w}\n"))
-            .unwrap_or_default(),
+            .into_iter()
+            .chain(a.turns.0.map(|u| format!("max_concurrent_uploads = {u}\n")))
+            .chain(
+                a.turns
+                    .1
+                    .map(|d| format!("max_concurrent_downloads = {d}\n"))
+            )
+            .collect::<String>(),
         // The MLP as f32 with room for its header, and never below the default.
         max_model_bytes = (a.params as u64)
             .saturating_mul(4)
