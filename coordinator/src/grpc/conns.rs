@@ -7,7 +7,10 @@
 //! allows, its *oldest* is closed (the newest wins), so a site that
 //! reconnects after a network fault, before the coordinator has noticed its
 //! old connection is dead, is never locked out. Connections without a client
-//! certificate (health probes) share one count.
+//! certificate (health probes, and anyone who can reach the port) share one
+//! count of [`ANONYMOUS`]: enough for any monitoring, and a bound on what
+//! unauthenticated peers can hold (each RPC of theirs but the health check
+//! is refused at once).
 //!
 //! A connection is closed by shutting down a duplicate of its socket: the
 //! TLS layer then reads end of stream and hyper drops the connection with
@@ -24,6 +27,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 use tracing::warn;
 
+/// Connections without a client certificate open at once, together.
+pub(super) const ANONYMOUS: usize = 64;
+
 /// Who a connection counts against: a certificate's site (or operator)
 /// name, or `None` for connections without a client certificate.
 pub(super) type Identity = Option<String>;
@@ -37,7 +43,8 @@ pub(super) struct PerIdentity {
 }
 
 impl PerIdentity {
-    /// At most `cap` (at least 1) connections per identity.
+    /// At most `cap` (at least 1) connections per certificate name, and
+    /// [`ANONYMOUS`] without a certificate.
     pub(super) fn new(cap: usize) -> Arc<Self> {
         Arc::new(PerIdentity {
             cap: cap.max(1),
@@ -53,15 +60,17 @@ impl PerIdentity {
     pub(super) fn admit(self: &Arc<Self>, who: Identity, closer: std::net::TcpStream) -> Slot {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let cap = if who.is_some() { self.cap } else { ANONYMOUS };
         let queue = open.entry(who.clone()).or_default();
-        while queue.len() >= self.cap {
+        while queue.len() >= cap {
             let Some((_, old)) = queue.pop_front() else {
                 break;
             };
             warn!(
                 identity = who.as_deref().unwrap_or("(no client certificate)"),
-                cap = self.cap,
-                "connection over limits.max_connections_per_site; closing this identity's oldest"
+                cap,
+                "connection over the limit per identity (limits.max_connections_per_site; \
+                 64 without a certificate); closing this identity's oldest"
             );
             // Already closed by the peer: nothing left to do.
             let _ = old.shutdown(std::net::Shutdown::Both);
@@ -214,6 +223,24 @@ mod tests {
             assert!(!closed(p)?, "connection {i} was closed");
         }
         assert!(!closed(&mut third)?);
+        // Connections without a certificate have a count of their own.
+        let mut anon = Vec::new();
+        for _ in 1..ANONYMOUS {
+            let (ours, peer) = pair()?;
+            anon.push((reg.admit(None, ours), peer));
+        }
+        assert_eq!(reg.count(&None), ANONYMOUS);
+        assert!(
+            !closed(&mut peers[3])?,
+            "the first anonymous connection was closed"
+        );
+        let (ours, peer) = pair()?;
+        anon.push((reg.admit(None, ours), peer));
+        assert!(
+            closed(&mut peers[3])?,
+            "anonymous connections went over their count"
+        );
+        drop(anon);
         // The evicted connection's slot goes away without touching the others.
         drop(slots.remove(0));
         assert_eq!(reg.count(&a), 2);

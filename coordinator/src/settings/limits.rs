@@ -129,7 +129,7 @@ pub struct LimitSettings {
     /// can leave at most this much on each connection it opens.
     pub receive_window_kib: u32,
     /// Connections open at once per certificate name (connections without
-    /// a client certificate share one count). An honest site keeps one; a
+    /// a client certificate share one count of 64). An honest site keeps one; a
     /// further connection over the limit closes that name's oldest, so a
     /// site reconnecting after a fault is never locked out, and one site
     /// can hold at most this many receive windows.
