@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::metrics::Metrics;
 use tonic::transport::server::Connected;
 use tracing::warn;
 
@@ -38,16 +40,19 @@ pub(super) type Identity = Option<String>;
 #[derive(Debug)]
 pub(super) struct PerIdentity {
     cap: usize,
+    metrics: Option<Arc<Metrics>>,
     next: AtomicU64,
     open: Mutex<HashMap<Identity, VecDeque<(u64, std::net::TcpStream)>>>,
 }
 
 impl PerIdentity {
     /// At most `cap` (at least 1) connections per certificate name, and
-    /// [`ANONYMOUS`] without a certificate.
-    pub(super) fn new(cap: usize) -> Arc<Self> {
+    /// [`ANONYMOUS`] without a certificate; closings are counted in
+    /// `metrics`.
+    pub(super) fn new(cap: usize, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
         Arc::new(PerIdentity {
             cap: cap.max(1),
+            metrics,
             next: AtomicU64::new(0),
             open: Mutex::default(),
         })
@@ -74,6 +79,9 @@ impl PerIdentity {
             );
             // Already closed by the peer: nothing left to do.
             let _ = old.shutdown(std::net::Shutdown::Both);
+            if let Some(m) = &self.metrics {
+                m.connection_over_limit();
+            }
         }
         queue.push_back((id, closer));
         Slot {
@@ -203,7 +211,8 @@ mod tests {
 
     #[test]
     fn the_oldest_connection_over_the_cap_is_closed_and_others_are_untouched() -> io::Result<()> {
-        let reg = PerIdentity::new(2);
+        let metrics = Arc::new(Metrics::new(&crate::settings::Settings::default()));
+        let reg = PerIdentity::new(2, Some(metrics.clone()));
         let a = Some("a".to_string());
         let b = Some("b".to_string());
         let mut peers = Vec::new();
@@ -219,6 +228,12 @@ mod tests {
         slots.push(reg.admit(a.clone(), ours));
         assert_eq!(reg.count(&a), 2);
         assert!(closed(&mut peers[0])?, "a's oldest connection stays open");
+        let text = metrics.encode().map_err(io::Error::other)?;
+        assert!(
+            text.lines()
+                .any(|l| l == "confide_connections_closed_over_limit_total 1"),
+            "{text}"
+        );
         for (i, p) in peers.iter_mut().enumerate().skip(1) {
             assert!(!closed(p)?, "connection {i} was closed");
         }

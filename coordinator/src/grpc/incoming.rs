@@ -59,16 +59,14 @@ pub(super) fn plain_incoming(listener: Arc<TcpListener>) -> (PlainIncoming, Join
     (ReceiverStream::new(rx), task)
 }
 
-/// Start accepting on `listener`, at most `per_identity` connections per
-/// certificate name; abort the returned task to stop (dropping the stream
+/// Start accepting on `listener`, each connection counted in `counts`; abort the returned task to stop (dropping the stream
 /// stops it too, at the next connection).
 pub(super) fn tls_incoming(
     listener: Arc<TcpListener>,
     acceptor: TlsAcceptor,
     timeout: Duration,
-    per_identity: usize,
+    counts: Arc<PerIdentity>,
 ) -> (Incoming, JoinHandle<()>) {
-    let counts = PerIdentity::new(per_identity);
     let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let task = tokio::spawn(async move {

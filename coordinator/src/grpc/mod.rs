@@ -153,14 +153,14 @@ fn tls_setup(s: &Settings) -> Result<Tls, CoordinatorError> {
     ))
 }
 
-/// Serve `router` on `listener` (TLS when `acceptor` is set, at most
-/// `per_site` connections per certificate name) until `stopped`; returns the
+/// Serve `router` on `listener` (TLS when `acceptor` is set, connections
+/// counted per certificate name in `counts`) until `stopped`; returns the
 /// server task and the TLS accept loop to abort afterwards.
 fn spawn_server(
     router: tonic::transport::server::Router,
     listener: Arc<tokio::net::TcpListener>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
-    per_site: usize,
+    counts: Arc<conns::PerIdentity>,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) -> (
     tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -169,7 +169,7 @@ fn spawn_server(
     match acceptor {
         Some(acceptor) => {
             let (incoming, accept) =
-                incoming::tls_incoming(listener, acceptor, incoming::HANDSHAKE_TIMEOUT, per_site);
+                incoming::tls_incoming(listener, acceptor, incoming::HANDSHAKE_TIMEOUT, counts);
             let server = router.serve_with_incoming_shutdown(incoming, stopped);
             (tokio::spawn(server), accept)
         }
@@ -235,7 +235,10 @@ pub(crate) async fn serve_federation(
         router,
         listener,
         acceptor,
-        s.limits.max_connections_per_site,
+        conns::PerIdentity::new(
+            s.limits.max_connections_per_site,
+            Some(fed.metrics().clone()),
+        ),
         stopped,
     );
     let watch = crate::federation::watch::Watch::start(&fed);

@@ -105,7 +105,7 @@ impl Standby {
             router,
             listener,
             acceptor,
-            settings.limits.max_connections_per_site,
+            super::conns::PerIdentity::new(settings.limits.max_connections_per_site, None),
             stopped,
         );
         Ok(Standby {

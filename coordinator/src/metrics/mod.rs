@@ -71,6 +71,7 @@ pub struct Metrics {
     connected_sites: Gauge,
     active: Gauge,
     join_refusals: Family<RefusalLabels, Counter>,
+    connections_over_limit: Counter,
     declines: Family<DeclineLabels, Counter>,
     upload_slots_in_use: Gauge,
     checkpoint_write: Histogram,
@@ -116,6 +117,7 @@ impl Metrics {
                 g
             },
             join_refusals: Family::default(),
+            connections_over_limit: Counter::default(),
             declines: Family::default(),
             upload_slots_in_use: Gauge::default(),
             checkpoint_write: Histogram::new([
@@ -222,6 +224,12 @@ impl Metrics {
             "join_refusals",
             "Join requests refused, by reason",
             m.join_refusals.clone(),
+        );
+        r.register(
+            "connections_closed_over_limit",
+            "Connections closed because their certificate name opened more than \
+             limits.max_connections_per_site (64 without a certificate)",
+            m.connections_over_limit.clone(),
         );
         r.register(
             "declines",
@@ -431,6 +439,11 @@ impl Metrics {
         self.join_refusals
             .get_or_create(&RefusalLabels { reason })
             .inc();
+    }
+
+    /// A connection was closed: its identity opened one over its limit.
+    pub fn connection_over_limit(&self) {
+        self.connections_over_limit.inc();
     }
 
     /// A cohort member declined its round for `reason`.
