@@ -12,22 +12,23 @@
 //! unauthenticated peers can hold (each RPC of theirs but the health check
 //! is refused at once).
 //!
-//! A connection is closed by shutting down a duplicate of its socket: the
-//! TLS layer then reads end of stream and hyper drops the connection with
-//! all its streams, as if the peer had hung up.
+//! A connection is closed through its [`Counted`] stream: once flagged, its
+//! next read ends the stream (the pending read is woken for it) and writes
+//! fail, so hyper drops the connection with all its streams, as if the peer
+//! had hung up. No second descriptor per connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use crate::metrics::Metrics;
 use tonic::transport::server::Connected;
 use tracing::warn;
+
+use crate::metrics::Metrics;
 
 /// Connections without a client certificate open at once, together.
 pub(super) const ANONYMOUS: usize = 64;
@@ -42,8 +43,11 @@ pub(super) struct PerIdentity {
     cap: usize,
     metrics: Option<Arc<Metrics>>,
     next: AtomicU64,
-    open: Mutex<HashMap<Identity, VecDeque<(u64, std::net::TcpStream)>>>,
+    open: Mutex<HashMap<Identity, Open>>,
 }
+
+/// One identity's connections, oldest first: (id, its closer).
+type Open = VecDeque<(u64, Arc<Closer>)>;
 
 impl PerIdentity {
     /// At most `cap` (at least 1) connections per certificate name, and
@@ -58,12 +62,11 @@ impl PerIdentity {
         })
     }
 
-    /// Count a new connection of `who`; `closer` is a duplicate of its
-    /// socket, shut down if the connection is evicted. Evicts `who`'s
-    /// oldest connections beyond the cap. The connection counts until the
-    /// returned slot is dropped.
-    pub(super) fn admit(self: &Arc<Self>, who: Identity, closer: std::net::TcpStream) -> Slot {
+    /// Count a new connection of `who`, closing `who`'s oldest beyond the
+    /// cap. The connection counts until the returned slot is dropped.
+    pub(super) fn admit(self: &Arc<Self>, who: Identity) -> Slot {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let closer = Arc::new(Closer::default());
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let cap = if who.is_some() { self.cap } else { ANONYMOUS };
         let queue = open.entry(who.clone()).or_default();
@@ -77,17 +80,17 @@ impl PerIdentity {
                 "connection over the limit per identity (limits.max_connections_per_site; \
                  64 without a certificate); closing this identity's oldest"
             );
-            // Already closed by the peer: nothing left to do.
-            let _ = old.shutdown(std::net::Shutdown::Both);
+            old.close();
             if let Some(m) = &self.metrics {
                 m.connection_over_limit();
             }
         }
-        queue.push_back((id, closer));
+        queue.push_back((id, closer.clone()));
         Slot {
             registry: self.clone(),
             who,
             id,
+            closer,
         }
     }
 
@@ -95,17 +98,49 @@ impl PerIdentity {
     #[cfg(test)]
     fn count(&self, who: &Identity) -> usize {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.get(who).map_or(0, VecDeque::len)
+        open.get(who).map_or(0, Open::len)
     }
 }
 
-/// One counted connection; dropping it frees its place (and the duplicate
-/// socket).
+/// The flag that closes one connection, and the task to wake for it.
+#[derive(Debug, Default)]
+struct Closer {
+    closed: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Closer {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Whether the connection is closed; if not, `cx` is woken when it is.
+    fn closed(&self, cx: &Context<'_>) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return true;
+        }
+        {
+            let mut w = self.waker.lock().unwrap_or_else(|p| p.into_inner());
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+        }
+        // Closed between the first look and the registration: no wake came.
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// One counted connection; dropping it frees its place.
 #[derive(Debug)]
 pub(super) struct Slot {
     registry: Arc<PerIdentity>,
     who: Identity,
     id: u64,
+    closer: Arc<Closer>,
 }
 
 impl Drop for Slot {
@@ -120,17 +155,25 @@ impl Drop for Slot {
     }
 }
 
-/// A connection that counts against its identity while it is open.
+/// A connection that counts against its identity while it is open, and
+/// ends when its identity goes over the limit.
 #[derive(Debug)]
 pub(super) struct Counted<S> {
     inner: S,
-    _slot: Slot,
+    slot: Slot,
 }
 
 impl<S> Counted<S> {
     pub(super) fn new(inner: S, slot: Slot) -> Self {
-        Counted { inner, _slot: slot }
+        Counted { inner, slot }
     }
+}
+
+fn over_limit() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "closed: its identity opened more connections than its limit",
+    )
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -139,7 +182,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.slot.closer.closed(cx) {
+            // End of stream, as if the peer had hung up.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -149,7 +197,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.slot.closer.closed(cx) {
+            return Poll::Ready(Err(over_limit()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -157,7 +209,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.slot.closer.closed(cx) {
+            return Poll::Ready(Err(over_limit()));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -185,28 +241,11 @@ impl<S: Connected> Connected for Counted<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A connected pair of std sockets on loopback: (ours, the peer's).
-    fn pair() -> io::Result<(std::net::TcpStream, std::net::TcpStream)> {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let c = std::net::TcpStream::connect(l.local_addr()?)?;
-        let (s, _) = l.accept()?;
-        Ok((s, c))
-    }
-
-    fn closed(peer: &mut std::net::TcpStream) -> io::Result<bool> {
-        peer.set_read_timeout(Some(std::time::Duration::from_millis(200)))?;
-        match peer.read(&mut [0u8; 16]) {
-            Ok(0) => Ok(true),
-            Ok(_) => Ok(false),
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
-            {
-                Ok(false)
-            }
-            Err(_) => Ok(true),
-        }
+    fn closed(slot: &Slot) -> bool {
+        slot.closer.closed.load(Ordering::Acquire)
     }
 
     #[test]
@@ -215,60 +254,79 @@ mod tests {
         let reg = PerIdentity::new(2, Some(metrics.clone()));
         let a = Some("a".to_string());
         let b = Some("b".to_string());
-        let mut peers = Vec::new();
-        let mut slots = Vec::new();
-        for who in [&a, &a, &b, &None] {
-            let (ours, peer) = pair()?;
-            slots.push(reg.admit(who.clone(), ours));
-            peers.push(peer);
-        }
+        let mut slots: Vec<Slot> = [&a, &a, &b, &None]
+            .into_iter()
+            .map(|who| reg.admit(who.clone()))
+            .collect();
         assert_eq!((reg.count(&a), reg.count(&b), reg.count(&None)), (2, 1, 1));
         // A third connection of "a" closes a's first, not its second, not b's.
-        let (ours, mut third) = pair()?;
-        slots.push(reg.admit(a.clone(), ours));
+        slots.push(reg.admit(a.clone()));
         assert_eq!(reg.count(&a), 2);
-        assert!(closed(&mut peers[0])?, "a's oldest connection stays open");
+        let flags: Vec<bool> = slots.iter().map(closed).collect();
+        assert_eq!(flags, [true, false, false, false, false]);
         let text = metrics.encode().map_err(io::Error::other)?;
         assert!(
             text.lines()
                 .any(|l| l == "confide_connections_closed_over_limit_total 1"),
             "{text}"
         );
-        for (i, p) in peers.iter_mut().enumerate().skip(1) {
-            assert!(!closed(p)?, "connection {i} was closed");
-        }
-        assert!(!closed(&mut third)?);
         // Connections without a certificate have a count of their own.
-        let mut anon = Vec::new();
-        for _ in 1..ANONYMOUS {
-            let (ours, peer) = pair()?;
-            anon.push((reg.admit(None, ours), peer));
-        }
+        let mut anon: Vec<Slot> = (1..ANONYMOUS).map(|_| reg.admit(None)).collect();
         assert_eq!(reg.count(&None), ANONYMOUS);
         assert!(
-            !closed(&mut peers[3])?,
+            !closed(&slots[3]),
             "the first anonymous connection was closed"
         );
-        let (ours, peer) = pair()?;
-        anon.push((reg.admit(None, ours), peer));
+        anon.push(reg.admit(None));
         assert!(
-            closed(&mut peers[3])?,
+            closed(&slots[3]),
             "anonymous connections went over their count"
         );
+        assert!(!anon.iter().any(closed));
         drop(anon);
-        // The evicted connection's slot goes away without touching the others.
+        // The closed connection's slot goes away without touching the others.
         drop(slots.remove(0));
         assert_eq!(reg.count(&a), 2);
-        // Dropping a slot frees its place and closes our duplicate socket.
+        // Dropping a slot frees its place.
         drop(slots.remove(0));
         assert_eq!(reg.count(&a), 1);
-        assert!(
-            closed(&mut peers[1])?,
-            "a dropped slot kept its socket open"
-        );
         drop(slots);
         assert_eq!((reg.count(&a), reg.count(&b), reg.count(&None)), (0, 0, 0));
         assert!(reg.open.lock().map(|m| m.is_empty()).unwrap_or(false));
+        Ok(())
+    }
+
+    /// A read already waiting on a connection ends when the connection is
+    /// closed over the limit; writes fail; a connection under the limit
+    /// carries bytes both ways.
+    #[tokio::test]
+    async fn closing_wakes_the_pending_read_and_ends_the_stream() -> io::Result<()> {
+        let reg = PerIdentity::new(1, None);
+        let who = Some("a".to_string());
+        let (ours, mut peer) = tokio::io::duplex(64);
+        let mut conn = Counted::new(ours, reg.admit(who.clone()));
+        peer.write_all(b"ping").await?;
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).await?;
+        conn.write_all(b"pong").await?;
+        peer.read_exact(&mut buf).await?;
+        assert_eq!(&buf, b"pong");
+
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let n = conn.read(&mut buf).await?;
+            let write = conn.write_all(b"late").await;
+            Ok::<_, io::Error>((n, write.map_err(|e| e.kind())))
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!reader.is_finished(), "the read ended before the close");
+        let _newer = reg.admit(who);
+        let (n, write) = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .map_err(io::Error::other)?
+            .map_err(io::Error::other)??;
+        assert_eq!(n, 0, "the closed connection's read did not end the stream");
+        assert_eq!(write, Err(io::ErrorKind::ConnectionAborted));
         Ok(())
     }
 }

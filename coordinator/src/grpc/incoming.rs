@@ -59,8 +59,9 @@ pub(super) fn plain_incoming(listener: Arc<TcpListener>) -> (PlainIncoming, Join
     (ReceiverStream::new(rx), task)
 }
 
-/// Start accepting on `listener`, each connection counted in `counts`; abort the returned task to stop (dropping the stream
-/// stops it too, at the next connection).
+/// Start accepting on `listener`, each connection counted in `counts`;
+/// abort the returned task to stop (dropping the stream stops it too, at the
+/// next connection).
 pub(super) fn tls_incoming(
     listener: Arc<TcpListener>,
     acceptor: TlsAcceptor,
@@ -89,13 +90,6 @@ pub(super) fn tls_incoming(
             if let Err(e) = tcp.set_nodelay(true) {
                 debug!(remote = %remote, error = %e, "TCP_NODELAY not set");
             }
-            let (tcp, closer) = match duplicate(tcp) {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(remote = %remote, error = %e, "connection dropped: its socket could not be duplicated");
-                    continue;
-                }
-            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let counts = counts.clone();
@@ -103,7 +97,7 @@ pub(super) fn tls_incoming(
                 let _permit = permit;
                 match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let slot = counts.admit(identity(&tls), closer);
+                        let slot = counts.admit(identity(&tls));
                         // The server has stopped when nobody receives.
                         let _ = tx.send(Ok(Counted::new(tls, slot))).await;
                     }
@@ -120,14 +114,6 @@ pub(super) fn tls_incoming(
         }
     });
     (ReceiverStream::new(rx), task)
-}
-
-/// The socket and a duplicate of it, through which the connection can be
-/// closed from outside (`conns`).
-fn duplicate(tcp: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
-    let std = tcp.into_std()?;
-    let closer = std.try_clone()?;
-    Ok((TcpStream::from_std(std)?, closer))
 }
 
 /// The name of the connection's client certificate (already verified by
