@@ -477,7 +477,8 @@ async fn main() -> Result<()> {
                 dir,
                 rtt: std::time::Duration::from_millis(rtt_ms),
                 receive_window_kib,
-                turns: (max_concurrent_uploads, max_concurrent_downloads),
+                max_concurrent_uploads,
+                max_concurrent_downloads,
             })
             .await?;
         }

@@ -74,6 +74,14 @@ impl Pki {
         })
     }
 
+    /// One round's settings with mTLS on this CA's certificates.
+    fn mtls_settings(&self) -> confide_coordinator::settings::Settings {
+        let mut s = settings(1, Suite::Intl);
+        s.tls.insecure = false;
+        s.tls.certs_dir = Some(self.dir.clone());
+        s
+    }
+
     fn site(&self, name: &str) -> (PathBuf, PathBuf) {
         let d = self.dir.join("sites");
         (d.join(format!("{name}.pem")), d.join(format!("{name}.key")))
@@ -129,9 +137,7 @@ fn denied(r: Result<impl std::fmt::Debug, tonic::Status>, why: &str) -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_admission_refuses_each_bad_peer_with_a_specific_status() -> Result<(), BoxError> {
     let pki = Pki::new()?;
-    let mut s = settings(1, Suite::Intl);
-    s.tls.insecure = false;
-    s.tls.certs_dir = Some(pki.dir.clone());
+    let mut s = pki.mtls_settings();
     s.tls.allowed_sites = vec!["a".into(), "b".into(), "c".into()];
     let mut coord = Coordinator::start(s).await?;
     let url = format!("https://{}", coord.addr);
@@ -278,10 +284,7 @@ async fn handshake(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_refuses_tls12_and_speaks_tls13() -> Result<(), BoxError> {
     let pki = Pki::new()?;
-    let mut s = settings(1, Suite::Intl);
-    s.tls.insecure = false;
-    s.tls.certs_dir = Some(pki.dir.clone());
-    let mut coord = Coordinator::start(s).await?;
+    let mut coord = Coordinator::start(pki.mtls_settings()).await?;
     let ca = pki.dir.join("ca.pem");
 
     match handshake(coord.addr, &ca, &rustls::version::TLS12).await {
@@ -312,10 +315,7 @@ async fn coordinator_refuses_tls12_and_speaks_tls13() -> Result<(), BoxError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn site_refuses_a_coordinator_whose_certificate_is_revoked() -> Result<(), BoxError> {
     let pki = Pki::new()?;
-    let mut s = settings(1, Suite::Intl);
-    s.tls.insecure = false;
-    s.tls.certs_dir = Some(pki.dir.clone());
-    let mut coord = Coordinator::start(s).await?;
+    let mut coord = Coordinator::start(pki.mtls_settings()).await?;
     let ca = std::fs::read(pki.dir.join("ca.pem"))?;
     let coordinator_serial = confide_coordinator::access::PeerCert::from_der(&pem_file_der(
         &pki.dir.join("coordinator.pem"),
@@ -446,9 +446,7 @@ async fn closes_within(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_per_site_limit_close_that_sites_oldest() -> Result<(), BoxError> {
     let pki = Pki::new()?;
-    let mut s = settings(1, Suite::Intl);
-    s.tls.insecure = false;
-    s.tls.certs_dir = Some(pki.dir.clone());
+    let mut s = pki.mtls_settings();
     s.limits.max_connections_per_site = 2;
     let mut coord = Coordinator::start(s).await?;
     let ca = pki.dir.join("ca.pem");

@@ -20,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -42,12 +42,11 @@ pub(super) type Identity = Option<String>;
 pub(super) struct PerIdentity {
     cap: usize,
     metrics: Option<Arc<Metrics>>,
-    next: AtomicU64,
     open: Mutex<HashMap<Identity, Open>>,
 }
 
-/// One identity's connections, oldest first: (id, its closer).
-type Open = VecDeque<(u64, Arc<Closer>)>;
+/// One identity's connections, oldest first, each by its closer.
+type Open = VecDeque<Arc<Closer>>;
 
 impl PerIdentity {
     /// At most `cap` (at least 1) connections per certificate name, and
@@ -57,7 +56,6 @@ impl PerIdentity {
         Arc::new(PerIdentity {
             cap: cap.max(1),
             metrics,
-            next: AtomicU64::new(0),
             open: Mutex::default(),
         })
     }
@@ -65,31 +63,29 @@ impl PerIdentity {
     /// Count a new connection of `who`, closing `who`'s oldest beyond the
     /// cap. The connection counts until the returned slot is dropped.
     pub(super) fn admit(self: &Arc<Self>, who: Identity) -> Slot {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let closer = Arc::new(Closer::default());
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let cap = if who.is_some() { self.cap } else { ANONYMOUS };
         let queue = open.entry(who.clone()).or_default();
         while queue.len() >= cap {
-            let Some((_, old)) = queue.pop_front() else {
+            let Some(old) = queue.pop_front() else {
                 break;
             };
             warn!(
                 identity = who.as_deref().unwrap_or("(no client certificate)"),
                 cap,
-                "connection over the limit per identity (limits.max_connections_per_site; \
-                 64 without a certificate); closing this identity's oldest"
+                "connection over its identity's limit (limits.max_connections_per_site, or \
+                 the count without a certificate); closing this identity's oldest"
             );
             old.close();
             if let Some(m) = &self.metrics {
                 m.connection_over_limit();
             }
         }
-        queue.push_back((id, closer.clone()));
+        queue.push_back(closer.clone());
         Slot {
             registry: self.clone(),
             who,
-            id,
             closer,
         }
     }
@@ -118,8 +114,12 @@ impl Closer {
         }
     }
 
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Whether the connection is closed; if not, `cx` is woken when it is.
-    fn closed(&self, cx: &Context<'_>) -> bool {
+    fn closed_or_wake(&self, cx: &Context<'_>) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return true;
         }
@@ -139,7 +139,6 @@ impl Closer {
 pub(super) struct Slot {
     registry: Arc<PerIdentity>,
     who: Identity,
-    id: u64,
     closer: Arc<Closer>,
 }
 
@@ -147,7 +146,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.registry.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(queue) = open.get_mut(&self.who) {
-            queue.retain(|(id, _)| *id != self.id);
+            queue.retain(|c| !Arc::ptr_eq(c, &self.closer));
             if queue.is_empty() {
                 open.remove(&self.who);
             }
@@ -183,7 +182,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.slot.closer.closed(cx) {
+        // Only reads register for the wake-up: a server connection reads
+        // first (the client preface), and the waker kept is its task's, which
+        // the close then wakes whatever it waits on; writes only look.
+        if this.slot.closer.closed_or_wake(cx) {
             // End of stream, as if the peer had hung up.
             return Poll::Ready(Ok(()));
         }
@@ -198,7 +200,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.slot.closer.closed(cx) {
+        if this.slot.closer.is_closed() {
             return Poll::Ready(Err(over_limit()));
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
@@ -210,7 +212,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.slot.closer.closed(cx) {
+        if this.slot.closer.is_closed() {
             return Poll::Ready(Err(over_limit()));
         }
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
@@ -245,7 +247,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn closed(slot: &Slot) -> bool {
-        slot.closer.closed.load(Ordering::Acquire)
+        slot.closer.is_closed()
     }
 
     #[test]

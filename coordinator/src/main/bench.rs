@@ -65,9 +65,10 @@ pub struct BenchArgs {
     pub rtt: Duration,
     /// The coordinator's `limits.receive_window_kib` (none: its default).
     pub receive_window_kib: Option<u32>,
-    /// The coordinator's `limits.max_concurrent_uploads` and
-    /// `max_concurrent_downloads` (none: its defaults).
-    pub turns: (Option<usize>, Option<usize>),
+    /// The coordinator's `limits.max_concurrent_uploads` (none: its default).
+    pub max_concurrent_uploads: Option<usize>,
+    /// The coordinator's `limits.max_concurrent_downloads` (none: its default).
+    pub max_concurrent_downloads: Option<usize>,
 }
 
 /// The hidden width of a one-hidden-layer MLP with about `params` parameters.
@@ -224,7 +225,7 @@ join_rate_per_sec = 10000.0
 join_burst = 10000
 max_model_bytes = {max_model_bytes}
 upload_idle_secs = {timeout}
-{window}"#,
+{limits}"#,
         suite = a.suite,
         rounds = a.rounds,
         min = a.sites,
@@ -234,17 +235,18 @@ upload_idle_secs = {timeout}
         timeout = a.stage_timeout_secs,
         grace = a.reconnect_grace_secs,
         optimiser = a.optimiser,
-        window = a
-            .receive_window_kib
-            .map(|w| format!("receive_window_kib = {w}\n"))
-            .into_iter()
-            .chain(a.turns.0.map(|u| format!("max_concurrent_uploads = {u}\n")))
-            .chain(
-                a.turns
-                    .1
-                    .map(|d| format!("max_concurrent_downloads = {d}\n"))
-            )
-            .collect::<String>(),
+        // The [limits] the bench's flags set; the coordinator's defaults otherwise.
+        limits = [
+            (
+                "receive_window_kib",
+                a.receive_window_kib.map(|w| w as usize)
+            ),
+            ("max_concurrent_uploads", a.max_concurrent_uploads),
+            ("max_concurrent_downloads", a.max_concurrent_downloads),
+        ]
+        .iter()
+        .filter_map(|(key, v)| v.map(|v| format!("{key} = {v}\n")))
+        .collect::<String>(),
         // The MLP as f32 with room for its header, and never below the default.
         max_model_bytes = (a.params as u64)
             .saturating_mul(4)

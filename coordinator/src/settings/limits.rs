@@ -126,7 +126,8 @@ pub struct LimitSettings {
     /// Memory: sites send an upload's data only once it has a slot
     /// (`ready`), so honest sites leave at most this times
     /// `max_concurrent_uploads` unread here; a misbehaving enrolled site
-    /// can leave at most this much on each connection it opens.
+    /// can leave at most this much on each of its connections, of which it
+    /// holds at most `max_connections_per_site`.
     pub receive_window_kib: u32,
     /// Connections open at once per certificate name (connections without
     /// a client certificate share one count of 64). An honest site keeps one; a
