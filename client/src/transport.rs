@@ -113,10 +113,32 @@ pub(crate) struct GrpcTransport {
 }
 
 /// One coordinator URL and what connecting to it is made from.
+#[derive(Clone)]
 struct Target {
     url: String,
     endpoint: Endpoint,
-    tls: Option<Tls>,
+    tls: Option<Arc<Tls>>,
+}
+
+impl Target {
+    /// A new HTTP/2 connection to this coordinator (TCP, then TLS).
+    async fn channel(&self) -> Result<Channel, ClientError> {
+        match &self.tls {
+            Some(tls) => self.endpoint.connect_with_connector(tls.connector()?).await,
+            None => self.endpoint.connect().await,
+        }
+        .map_err(|e| ClientError::Connect {
+            url: self.url.clone(),
+            reason: error_chain(&e),
+        })
+    }
+}
+
+/// The site's client with the message limits every call uses.
+fn site_client(channel: Channel) -> SiteClient<Channel> {
+    SiteClient::new(channel)
+        .max_decoding_message_size(4 * confide_proto::CHUNK_BYTES)
+        .max_encoding_message_size(4 * confide_proto::CHUNK_BYTES)
 }
 
 /// What each TLS connection is made from: the files' contents (read once)
@@ -170,13 +192,13 @@ impl GrpcTransport {
         let mut targets = Vec::with_capacity(urls.len());
         for url in urls {
             let tls = match (&material, files) {
-                (Some((ca, cert, key)), Some(f)) => Some(Tls {
+                (Some((ca, cert, key)), Some(f)) => Some(Arc::new(Tls {
                     ca: ca.clone(),
                     cert: cert.clone(),
                     key: key.clone(),
                     domain: server_name(&f.domain, &url)?,
                     crls: crls.clone(),
-                }),
+                })),
                 _ => None,
             };
             if let Some(tls) = &tls {
@@ -308,24 +330,15 @@ impl Transport for GrpcTransport {
         let Some(t) = self.targets.get(self.current) else {
             return Err(ClientError::Config("no coordinator URL".into()));
         };
-        let channel = match &t.tls {
-            Some(tls) => t.endpoint.connect_with_connector(tls.connector()?).await,
-            None => t.endpoint.connect().await,
-        }
-        .map_err(|e| ClientError::Connect {
-            url: t.url.clone(),
-            reason: error_chain(&e),
-        })?;
+        let channel = t.channel().await?;
         if several {
             // Only with a standby to fail over to: a single URL behaves as
             // before (its calls answer UNAVAILABLE while it does not serve).
             check_health(channel.clone(), &t.url).await?;
         }
-        let client = SiteClient::new(channel)
-            .max_decoding_message_size(4 * confide_proto::CHUNK_BYTES)
-            .max_encoding_message_size(4 * confide_proto::CHUNK_BYTES);
         Ok(GrpcConnection {
-            client,
+            client: site_client(channel),
+            uploads: t.clone(),
             tasks: None,
             parts: Reassembly::default(),
         })
@@ -352,6 +365,12 @@ impl Transport for GrpcTransport {
 /// A tonic client and the task stream opened on it.
 pub(crate) struct GrpcConnection {
     client: SiteClient<Channel>,
+    /// Where each masked upload opens a connection of its own, closed when
+    /// the upload ends. HTTP/2 keeps a connection's receive queue at the
+    /// largest it has been, and an upload fills the whole receive window
+    /// (`limits.receive_window_kib`): on the long-lived connection that
+    /// memory would stay at the coordinator for every site.
+    uploads: Target,
     tasks: Option<Streaming<v1::Task>>,
     /// The open stream's large task in parts, so far.
     parts: Reassembly,
@@ -463,8 +482,9 @@ impl Connection for GrpcConnection {
             // The receiver is alive: it is in `stream`, not yet sent.
             let _ = tx.send(header).await;
         }
-        let mut replies = self
-            .client
+        // Dropped at return, which closes the connection.
+        let mut client = site_client(self.uploads.channel().await?);
+        let mut replies = client
             .submit_masked_input(stream)
             .await
             .map_err(|s| ClientError::refused(UPLOAD_CALL, s))?

@@ -1,6 +1,6 @@
 //! The masked-input upload as the site sends it, against a scripted
-//! coordinator: the data waits for `ready`, and a refusal after it is the
-//! coordinator's own status.
+//! coordinator: the data waits for `ready`, a refusal after it is the
+//! coordinator's own status, and each upload has a connection of its own.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -139,21 +139,59 @@ fn lock_seen(s: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Serves `script` on a loopback port; a connection to it.
-async fn connect(script: Scripted) -> Result<GrpcConnection, Box<dyn std::error::Error>> {
+/// TCP connections through the relay in front of the scripted coordinator.
+#[derive(Default, Debug)]
+struct Links {
+    opened: usize,
+    open: usize,
+}
+
+/// Serves `script` on a loopback port behind a relay that counts the
+/// connections; a connection to it, and the count.
+async fn connect(
+    script: Scripted,
+) -> Result<(GrpcConnection, Arc<Mutex<Links>>), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let server_addr = listener.local_addr()?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
         .add_service(SiteServer::new(script))
         .serve_with_incoming(incoming);
     tokio::spawn(server);
-    let channel = endpoint(&url, false)?.connect().await?;
-    Ok(GrpcConnection {
-        client: SiteClient::new(channel),
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", relay.local_addr()?);
+    let links = Arc::new(Mutex::new(Links::default()));
+    let counted = links.clone();
+    tokio::spawn(async move {
+        while let Ok((mut from, _)) = relay.accept().await {
+            let Ok(mut to) = tokio::net::TcpStream::connect(server_addr).await else {
+                return;
+            };
+            lock_links(&counted).opened += 1;
+            lock_links(&counted).open += 1;
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut from, &mut to).await;
+                lock_links(&counted).open -= 1;
+            });
+        }
+    });
+    let target = Target {
+        endpoint: endpoint(&url, false)?,
+        url,
+        tls: None,
+    };
+    let conn = GrpcConnection {
+        client: site_client(target.channel().await?),
+        uploads: target,
         tasks: None,
         parts: Reassembly::default(),
-    })
+    };
+    Ok((conn, links))
+}
+
+fn lock_links(s: &Mutex<Links>) -> std::sync::MutexGuard<'_, Links> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A header and `n` data chunks of 1000 bytes.
@@ -178,7 +216,7 @@ fn upload(n: usize) -> Vec<v1::MaskedInputChunk> {
 #[tokio::test]
 async fn the_data_waits_for_the_coordinators_ready() -> Result<(), Box<dyn std::error::Error>> {
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut conn = connect(Scripted {
+    let (mut conn, _) = connect(Scripted {
         seen: seen.clone(),
         refuse: None,
     })
@@ -197,7 +235,7 @@ async fn the_data_waits_for_the_coordinators_ready() -> Result<(), Box<dyn std::
 async fn a_refusal_after_ready_is_the_coordinators_status() -> Result<(), Box<dyn std::error::Error>>
 {
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut conn = connect(Scripted {
+    let (mut conn, _) = connect(Scripted {
         seen,
         refuse: Some(Status::invalid_argument("chunk offset 5, expected 0")),
     })
@@ -218,6 +256,39 @@ async fn a_refusal_after_ready_is_the_coordinators_status() -> Result<(), Box<dy
             assert!(message.contains("chunk offset"), "{message}");
         }
         other => return Err(format!("expected a refusal, got {other}").into()),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn each_upload_has_a_connection_of_its_own_closed_after_it()
+-> Result<(), Box<dyn std::error::Error>> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (mut conn, links) = connect(Scripted {
+        seen: seen.clone(),
+        refuse: None,
+    })
+    .await?;
+    for _ in 0..2 {
+        conn.submit_masked_input(upload(4)).await?;
+    }
+    assert_eq!(lock_seen(&seen).after_ready, 8_000);
+    // The relay sees the close a moment after the call returns.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = {
+            let l = lock_links(&links);
+            (l.opened, l.open)
+        };
+        if now == (3, 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "one long-lived connection and two closed upload connections expected, \
+             got (opened, open) = {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }
