@@ -21,6 +21,7 @@ pub mod registry;
 mod resume;
 pub mod round;
 pub mod scheduler;
+mod sealed;
 mod spill;
 mod sum;
 mod task_file;

@@ -20,10 +20,11 @@ use confide_proto::layout::Packing;
 use confide_proto::model::ModelImage;
 use confide_proto::task_parts::AdvertPiece;
 use confide_proto::v1 as pb;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::registry::{OutTask, Registry, SessionInfo, SharedTask};
 use super::scheduler::RoundKind;
+use super::sealed::SealedShares;
 use super::task_file::TaskFile;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
@@ -170,8 +171,11 @@ pub struct ActiveRound {
     /// Where the sealed shares wait for their recipients (`task_file.rs`);
     /// `None`: in memory.
     pub spill_dir: Option<PathBuf>,
-    /// The file, once the first shares are routed.
+    /// The file, once the first shares arrive.
     task_file: Option<TaskFile>,
+    /// The accepted bundles' ciphertexts until the share-keys stage routes
+    /// them (`sealed.rs`).
+    sealed: SealedShares,
 }
 
 impl ActiveRound {
@@ -214,6 +218,7 @@ impl ActiveRound {
             metrics,
             spill_dir: None,
             task_file: None,
+            sealed: SealedShares::default(),
         }
     }
 
@@ -287,22 +292,46 @@ impl ActiveRound {
     /// in memory without a spill directory, or when the file cannot be
     /// made or written (then for the rest of the round, with a warning).
     fn held_shares(&mut self, t: pb::Task) -> OutTask {
-        let Some(dir) = &self.spill_dir else {
+        if !self.spilling() {
+            return OutTask::new(t);
+        }
+        let Some(file) = self.task_file.as_mut() else {
             return OutTask::new(t);
         };
         let encoding = prost::Message::encode_to_vec(&t);
-        let stored = match &mut self.task_file {
-            Some(f) => f.store(&encoding),
-            None => TaskFile::create(dir).and_then(|f| self.task_file.insert(f).store(&encoding)),
-        };
-        match stored {
+        match file.store(&encoding) {
             Ok(at) => OutTask::stored(Stage::MaskedInput, at, encoding.len()),
             Err(e) => {
-                warn!(round = self.id, dir = %dir.display(), error = %e, "cannot hold sealed shares on disk; keeping them in memory this round");
-                self.spill_dir = None;
+                self.stop_spilling(&e);
                 OutTask::new(t)
             }
         }
+    }
+
+    /// Whether sealed shares go to the round's task file, made here at its
+    /// first use: not without a spill directory, nor once the file could
+    /// not be made or written.
+    fn spilling(&mut self) -> bool {
+        let Some(dir) = &self.spill_dir else {
+            return false;
+        };
+        if self.task_file.is_none() {
+            match TaskFile::create(dir) {
+                Ok(f) => self.task_file = Some(f),
+                Err(e) => {
+                    self.stop_spilling(&e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// The task file failed: sealed shares stay in memory for the rest of
+    /// the round (what is already in the file is still read from it).
+    fn stop_spilling(&mut self, e: &std::io::Error) {
+        let dir = self.spill_dir.take().unwrap_or_default();
+        warn!(round = self.id, dir = %dir.display(), error = %e, "cannot hold sealed shares on disk; keeping them in memory this round");
     }
 
     /// [`Self::send`] of a task shared with other members; `len` is its
@@ -356,7 +385,23 @@ impl ActiveRound {
                     .or_insert(convert::RelayedIdentity { site, certificate });
                 self.machine.handle_advert(advert, identity, now)?
             }
-            SiteMessage::Shares(bundle) => self.machine.handle_shares(bundle, now)?,
+            SiteMessage::Shares(mut bundle) => {
+                let taken = self
+                    .spill_dir
+                    .as_ref()
+                    .and_then(|_| SealedShares::take(&mut bundle));
+                self.machine.handle_shares(bundle, now)?;
+                if let Some(taken) = taken {
+                    let file = if self.spilling() {
+                        self.task_file.as_mut()
+                    } else {
+                        None
+                    };
+                    if let Err(e) = self.sealed.keep(from, taken, file) {
+                        self.stop_spilling(&e);
+                    }
+                }
+            }
             SiteMessage::Input { vector, masking } => {
                 let v = self.packing.unpack(&vector).map_err(|e| {
                     let reason = e.to_string();
@@ -425,6 +470,7 @@ impl ActiveRound {
         // request holds every survivor's masking set, O(n·k) bytes).
         let mut consistency: Option<(Arc<ConsistencyRequest>, SharedTask, u64)> = None;
         let mut unmask: Option<(Arc<UnmaskRequest>, SharedTask, u64)> = None;
+        let mut routed = false;
         while let Some(o) = self.machine.poll_output() {
             match o {
                 AnyOutput::NeighbourKeys { to, msg } => {
@@ -451,7 +497,11 @@ impl ActiveRound {
                     let len = t.task.encoded_len() as u64;
                     self.send_shared(registry, to, Arc::new(t), len);
                 }
-                AnyOutput::IncomingShares { to, msg } => {
+                AnyOutput::IncomingShares { to, mut msg } => {
+                    routed = true;
+                    if let Err(e) = self.sealed.fill(&mut msg.shares, self.task_file.as_ref()) {
+                        error!(round = self.id, member = to, error = %e, "cannot read sealed shares back from the task file");
+                    }
                     let shares = convert::incoming_shares_to_proto(&msg);
                     let t = self.held_shares(task(pb::task::Kind::IncomingShares(shares)));
                     let len = t.task.encoded_len() as u64;
@@ -510,6 +560,10 @@ impl ActiveRound {
                 }
                 AnyOutput::Finished(res) => self.result = Some(res),
             }
+        }
+        if routed {
+            // The close hands out every recipient's shares at once.
+            self.sealed.clear();
         }
         if let Some(job) = self.machine.take_unmask_job() {
             self.unmask_job = Some(job);

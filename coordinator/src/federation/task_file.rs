@@ -5,7 +5,9 @@
 //! the coordinator's memory that grew faster than the number of sites
 //! (26 MB at n = 1000, k = 217). They are written once to an unlinked
 //! temporary file in `limits.spill_dir` and read back a part at a time as
-//! each stream sends them (from the page cache, as a rule).
+//! each stream sends them (from the page cache, as a rule). The same file
+//! holds them from the moment each bundle arrives until the share-keys
+//! stage routes them (`sealed.rs`).
 //!
 //! Like a spilled upload, the file is unlinked from the start, so a crash
 //! leaves nothing behind, and it holds only ciphertexts sealed for the
@@ -41,13 +43,24 @@ impl TaskFile {
     /// Writes `encoding` after the tasks before it; returns where to read
     /// it back from.
     pub(super) fn store(&mut self, encoding: &[u8]) -> io::Result<Arc<dyn StoredEncoding>> {
-        self.file.write_all_at(encoding, self.end)?;
-        let at = Region {
+        let offset = self.append(encoding)?;
+        Ok(Arc::new(Region {
             file: self.file.clone(),
-            offset: self.end,
-        };
-        self.end += encoding.len() as u64;
-        Ok(Arc::new(at))
+            offset,
+        }))
+    }
+
+    /// Writes `bytes` after everything before them; returns their offset.
+    pub(super) fn append(&mut self, bytes: &[u8]) -> io::Result<u64> {
+        let at = self.end;
+        self.file.write_all_at(bytes, at)?;
+        self.end += bytes.len() as u64;
+        Ok(at)
+    }
+
+    /// Reads `buf.len()` bytes written at `offset` back.
+    pub(super) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
     }
 }
 

@@ -390,7 +390,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
             if s.from != from
                 || !expected.contains(&s.to)
                 || !got.insert(s.to)
-                || s.ciphertext.len() > 256
+                || s.ciphertext.len() > super::MAX_SEALED_SHARE_BYTES
             {
                 return Err(ProtocolError::Malformed {
                     member: from,

@@ -337,6 +337,9 @@ pub struct NeighbourKeys {
     pub adverts: Vec<RelayedAdvert>,
 }
 
+/// The longest [`EncryptedShare::ciphertext`] the coordinator accepts.
+pub const MAX_SEALED_SHARE_BYTES: usize = 256;
+
 /// One AEAD-sealed pair of shares from `from` to `to`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncryptedShare {
