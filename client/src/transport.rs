@@ -113,18 +113,41 @@ pub(crate) struct GrpcTransport {
 }
 
 /// One coordinator URL and what connecting to it is made from.
-#[derive(Clone)]
 struct Target {
     url: String,
     endpoint: Endpoint,
-    tls: Option<Arc<Tls>>,
+    tls: Option<Tls>,
 }
 
 impl Target {
-    /// A new HTTP/2 connection to this coordinator (TCP, then TLS).
+    /// What this attempt's connections are dialled with: the TLS
+    /// configuration built now, with the newest CRL.
+    fn dialer(&self) -> Result<Dialer, ClientError> {
+        Ok(Dialer {
+            url: self.url.clone(),
+            endpoint: self.endpoint.clone(),
+            tls: self.tls.as_ref().map(Tls::connector).transpose()?,
+        })
+    }
+}
+
+/// Dials one coordinator. The connections of one attempt share its TLS
+/// configuration, and with it rustls's session cache: an upload's
+/// connection resumes the session of the long-lived one instead of
+/// checking both certificates again (the coordinator still checks the
+/// site's certificate against its CRL on every call).
+#[derive(Clone)]
+struct Dialer {
+    url: String,
+    endpoint: Endpoint,
+    tls: Option<TlsConnector>,
+}
+
+impl Dialer {
+    /// A new HTTP/2 connection (TCP, then TLS).
     async fn channel(&self) -> Result<Channel, ClientError> {
         match &self.tls {
-            Some(tls) => self.endpoint.connect_with_connector(tls.connector()?).await,
+            Some(tls) => self.endpoint.connect_with_connector(tls.clone()).await,
             None => self.endpoint.connect().await,
         }
         .map_err(|e| ClientError::Connect {
@@ -192,13 +215,13 @@ impl GrpcTransport {
         let mut targets = Vec::with_capacity(urls.len());
         for url in urls {
             let tls = match (&material, files) {
-                (Some((ca, cert, key)), Some(f)) => Some(Arc::new(Tls {
+                (Some((ca, cert, key)), Some(f)) => Some(Tls {
                     ca: ca.clone(),
                     cert: cert.clone(),
                     key: key.clone(),
                     domain: server_name(&f.domain, &url)?,
                     crls: crls.clone(),
-                })),
+                }),
                 _ => None,
             };
             if let Some(tls) = &tls {
@@ -330,7 +353,8 @@ impl Transport for GrpcTransport {
         let Some(t) = self.targets.get(self.current) else {
             return Err(ClientError::Config("no coordinator URL".into()));
         };
-        let channel = t.channel().await?;
+        let dialer = t.dialer()?;
+        let channel = dialer.channel().await?;
         if several {
             // Only with a standby to fail over to: a single URL behaves as
             // before (its calls answer UNAVAILABLE while it does not serve).
@@ -338,7 +362,7 @@ impl Transport for GrpcTransport {
         }
         Ok(GrpcConnection {
             client: site_client(channel),
-            uploads: t.clone(),
+            uploads: dialer,
             tasks: None,
             parts: Reassembly::default(),
         })
@@ -370,7 +394,7 @@ pub(crate) struct GrpcConnection {
     /// largest it has been, and an upload fills the whole receive window
     /// (`limits.receive_window_kib`): on the long-lived connection that
     /// memory would stay at the coordinator for every site.
-    uploads: Target,
+    uploads: Dialer,
     tasks: Option<Streaming<v1::Task>>,
     /// The open stream's large task in parts, so far.
     parts: Reassembly,

@@ -176,14 +176,14 @@ async fn connect(
             });
         }
     });
-    let target = Target {
+    let dialer = Dialer {
         endpoint: endpoint(&url, false)?,
         url,
         tls: None,
     };
     let conn = GrpcConnection {
-        client: site_client(target.channel().await?),
-        uploads: target,
+        client: site_client(dialer.channel().await?),
+        uploads: dialer,
         tasks: None,
         parts: Reassembly::default(),
     };
