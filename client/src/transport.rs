@@ -133,9 +133,10 @@ impl Target {
 
 /// Dials one coordinator. The connections of one attempt share its TLS
 /// configuration, and with it rustls's session cache: an upload's
-/// connection resumes the session of the long-lived one instead of
-/// checking both certificates again (the coordinator still checks the
-/// site's certificate against its CRL on every call).
+/// connection resumes the session of the long-lived one, while the
+/// coordinator's cache still holds it, instead of checking both
+/// certificates again (the coordinator still checks the site's
+/// certificate against its CRL on every call).
 #[derive(Clone)]
 struct Dialer {
     url: String,
@@ -324,8 +325,8 @@ fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
     })
 }
 
-/// A poisoned lock only means a display update panicked; the count is still usable.
-fn lock(t: &Mutex<Transfer>) -> std::sync::MutexGuard<'_, Transfer> {
+/// A poisoned lock only means an update panicked; the value is still usable.
+fn lock<T>(t: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 

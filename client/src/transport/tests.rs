@@ -97,7 +97,7 @@ impl Site for Scripted {
                 tokio::select! {
                     () = &mut busy => break,
                     c = chunks.next() => match c {
-                        Some(Ok(_)) => lock_seen(&seen).before_ready += 1,
+                        Some(Ok(_)) => lock(&seen).before_ready += 1,
                         _ => return,
                     },
                 }
@@ -106,7 +106,7 @@ impl Site for Scripted {
                 .send(reply(v1::upload_reply::Kind::Ready(v1::Ack {})))
                 .await;
             while let Some(Ok(c)) = chunks.next().await {
-                lock_seen(&seen).after_ready += c.data.len();
+                lock(&seen).after_ready += c.data.len();
             }
             let end = match refuse {
                 Some(s) => Err(s),
@@ -133,10 +133,6 @@ impl Site for Scripted {
     async fn decline(&self, _: Request<v1::DeclineRequest>) -> Result<Response<v1::Ack>, Status> {
         unused()
     }
-}
-
-fn lock_seen(s: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// TCP connections through the relay in front of the scripted coordinator.
@@ -167,12 +163,12 @@ async fn connect(
             let Ok(mut to) = tokio::net::TcpStream::connect(server_addr).await else {
                 return;
             };
-            lock_links(&counted).opened += 1;
-            lock_links(&counted).open += 1;
+            lock(&counted).opened += 1;
+            lock(&counted).open += 1;
             let counted = counted.clone();
             tokio::spawn(async move {
                 let _ = tokio::io::copy_bidirectional(&mut from, &mut to).await;
-                lock_links(&counted).open -= 1;
+                lock(&counted).open -= 1;
             });
         }
     });
@@ -188,10 +184,6 @@ async fn connect(
         parts: Reassembly::default(),
     };
     Ok((conn, links))
-}
-
-fn lock_links(s: &Mutex<Links>) -> std::sync::MutexGuard<'_, Links> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A header and `n` data chunks of 1000 bytes.
@@ -222,7 +214,7 @@ async fn the_data_waits_for_the_coordinators_ready() -> Result<(), Box<dyn std::
     })
     .await?;
     conn.submit_masked_input(upload(20)).await?;
-    let seen = lock_seen(&seen);
+    let seen = lock(&seen);
     assert_eq!(
         seen.before_ready, 1,
         "only the header before ready: {seen:?}"
@@ -272,12 +264,12 @@ async fn each_upload_has_a_connection_of_its_own_closed_after_it()
     for _ in 0..2 {
         conn.submit_masked_input(upload(4)).await?;
     }
-    assert_eq!(lock_seen(&seen).after_ready, 8_000);
+    assert_eq!(lock(&seen).after_ready, 8_000);
     // The relay sees the close a moment after the call returns.
     let until = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let now = {
-            let l = lock_links(&links);
+            let l = lock(&links);
             (l.opened, l.open)
         };
         if now == (3, 1) {
