@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use confide_crypto::Suite;
@@ -27,7 +27,7 @@ use crate::revocation::CrlStore;
 use crate::round::{Action, DriverConfig, Joined, KeySource, Outgoing, Resume, RoundDriver};
 use crate::train::Dataset;
 use crate::trainer::{self, LocalJob, TrainerFactory};
-use crate::transport::{Connection, GrpcTransport, Transport};
+use crate::transport::{Connection, GrpcTransport, Transport, lock};
 use crate::wire::Backoff;
 
 type Shutdown<'a> = Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>;
@@ -79,7 +79,9 @@ pub(crate) async fn run(
 /// The run loop's state: the transport, the protocol state and the rows.
 pub(crate) struct Runner<T> {
     transport: T,
-    driver: RoundDriver,
+    /// Shared with the blocking thread that handles each task
+    /// ([`Runner::off_runtime`]); never locked across an `.await`.
+    driver: Arc<Mutex<RoundDriver>>,
     train: Dataset,
     test: Dataset,
     trainer: TrainerFactory,
@@ -150,7 +152,7 @@ impl<T: Transport> Runner<T> {
         .with_state_dir(cfg.state_dir.as_deref())?;
         Ok(Runner {
             transport,
-            driver,
+            driver: Arc::new(Mutex::new(driver)),
             train,
             test,
             trainer,
@@ -176,17 +178,17 @@ impl<T: Transport> Runner<T> {
             let mut progressed = false;
             let outcome = self.serve(shutdown.as_mut(), &mut progressed).await;
             match outcome {
-                Ok(Flow::Done | Flow::Shutdown) => return Ok(self.driver.report()),
+                Ok(Flow::Done | Flow::Shutdown) => return Ok(self.driver().report()),
                 Ok(Flow::Vanished) => {
-                    self.driver.report_mut().vanished = true;
-                    return Ok(self.driver.report());
+                    self.driver().report_mut().vanished = true;
+                    return Ok(self.driver().report());
                 }
                 Err(e) if e.is_transient() => {
                     // Unreachable or not serving: on to the next coordinator.
                     self.transport.failed(&e);
                     if e.is_session_lost() {
                         // The coordinator no longer knows the session (restart): Join again.
-                        self.driver.session_lost();
+                        self.driver().session_lost();
                         // The coordinator is up and answering: rejoin promptly.
                         backoff.reset();
                     }
@@ -209,7 +211,7 @@ impl<T: Transport> Runner<T> {
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "connection to the coordinator lost; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.as_mut() => return Ok(self.driver.report()),
+                        _ = shutdown.as_mut() => return Ok(self.driver().report()),
                     }
                 }
                 Err(e) => return Err(e),
@@ -228,8 +230,9 @@ impl<T: Transport> Runner<T> {
             c = self.transport.connect() => c?,
             _ = shutdown.as_mut() => return Ok(Flow::Shutdown),
         };
-        let session = match self.driver.session() {
-            Some(s) => s.to_string(),
+        let known = self.driver().session().map(str::to_string);
+        let session = match known {
+            Some(s) => s,
             None => {
                 let session = self.join(&mut conn).await?;
                 info!(coordinator = %self.transport.url(), "joined this coordinator");
@@ -239,10 +242,9 @@ impl<T: Transport> Runner<T> {
         conn.open_tasks(session).await?;
         let url = self.transport.url();
         info!(coordinator = %url, "task stream open");
-        if self.driver.resume(Instant::now()) == Resume::Resend
-            && let Err(e) = self.flush(&mut conn).await
-        {
-            self.driver.resend_failed(e)?;
+        let resend = self.driver().resume(Instant::now()) == Resume::Resend;
+        if resend && let Err(e) = self.flush(&mut conn).await {
+            self.driver().resend_failed(e)?;
         }
         loop {
             let msg = tokio::select! {
@@ -261,18 +263,18 @@ impl<T: Transport> Runner<T> {
             {
                 store.offer_from_coordinator(&rs.crl, "RoundStart");
             }
-            let round = self.driver.current_round();
+            let round = self.driver().current_round();
             let outcome = self.on_task(&mut conn, task).await;
             if let Err(e) = &outcome
                 && !e.is_transient()
             {
                 // The Decline names the round refused, which may be the one
                 // just announced rather than the one in progress before.
-                let decline = self.driver.decline(e);
+                let decline = self.driver().decline(e);
                 let round = decline.as_ref().map(|d| d.round).or(round);
                 let reason = decline.as_ref().map(|d| reason_name(d.reason_code));
                 error!(round = round.unwrap_or_default(), reason, error = %e, "leaving this round; the federation continues without this site's contribution");
-                self.driver.leave_round();
+                self.driver().leave_round();
                 if let Some(d) = decline {
                     Self::send_decline(&mut conn, d).await;
                 }
@@ -316,7 +318,7 @@ impl<T: Transport> Runner<T> {
 
     /// Hands the rounds the driver saw end to the metrics, if any.
     fn record_rounds(&mut self) {
-        let finished = self.driver.take_finished();
+        let finished = self.driver().take_finished();
         if let Some(m) = &self.metrics {
             for r in &finished {
                 m.round(r);
@@ -331,7 +333,8 @@ impl<T: Transport> Runner<T> {
         let mut busy = Backoff::default();
         let since = Instant::now();
         loop {
-            let resp = match conn.join(self.driver.join_request()?).await {
+            let request = self.driver().join_request()?;
+            let resp = match conn.join(request).await {
                 Err(e) if e.is_busy() && since.elapsed() < self.max_reconnect => {
                     let delay = busy.next_delay(&mut self.rng);
                     info!(error = %e, retry_in_ms = delay.as_millis() as u64, "join refused as busy; asking again");
@@ -343,8 +346,8 @@ impl<T: Transport> Runner<T> {
             if let Some(store) = &self.crls {
                 store.offer_from_coordinator(&resp.crl, "JoinResponse");
             }
-            if self.driver.joined(resp)? == Joined::Session {
-                return Ok(self.driver.session().unwrap_or_default().to_string());
+            if self.driver().joined(resp)? == Joined::Session {
+                return Ok(self.driver().session().unwrap_or_default().to_string());
             }
         }
     }
@@ -355,7 +358,8 @@ impl<T: Transport> Runner<T> {
         conn: &mut T::Conn,
         task: confide_proto::v1::Task,
     ) -> Result<Option<Flow>, ClientError> {
-        let mut action = self.driver.on_task(task, Instant::now())?;
+        let now = Instant::now();
+        let mut action = self.off_runtime(move |d| d.on_task(task, now)).await??;
         loop {
             action = match action {
                 Action::Wait => return Ok(None),
@@ -363,11 +367,12 @@ impl<T: Transport> Runner<T> {
                 Action::Vanish => return Ok(Some(Flow::Vanished)),
                 Action::Download(req) => {
                     let chunks = conn.download_model(req).await?;
-                    self.driver.model_downloaded(&chunks)?
+                    self.off_runtime(move |d| d.model_downloaded(&chunks))
+                        .await??
                 }
                 Action::Compute(job) => {
                     let v = self.compute(job).await?;
-                    self.driver.input_ready(v)?
+                    self.off_runtime(move |d| d.input_ready(v)).await??
                 }
                 Action::Send => {
                     self.flush(conn).await?;
@@ -375,6 +380,28 @@ impl<T: Transport> Runner<T> {
                 }
             };
         }
+    }
+
+    /// The protocol state, for the cheap calls made on the runtime.
+    fn driver(&self) -> MutexGuard<'_, RoundDriver> {
+        lock(&self.driver)
+    }
+
+    /// Runs `f` on the protocol state on a blocking thread. A stage's task
+    /// can mean hundreds of certificates, signatures and key agreements
+    /// (k = 217 at n = 1000), and the model's digest: done on a runtime
+    /// worker, they would leave this process's connections unpolled and
+    /// their keep-alive pings unanswered (for tens of seconds where one
+    /// process hosts many sites, as `confide bench` does, until the pings
+    /// time out and the connections close).
+    async fn off_runtime<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut RoundDriver) -> R + Send + 'static,
+    ) -> Result<R, ClientError> {
+        let driver = self.driver.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&driver)))
+            .await
+            .map_err(|e| ClientError::Task(e.to_string()))
     }
 
     /// Runs the round's local computation on a blocking thread.
@@ -396,7 +423,7 @@ impl<T: Transport> Runner<T> {
     async fn flush(&mut self, conn: &mut T::Conn) -> Result<(), ClientError> {
         let mut attempt = 0;
         loop {
-            let Some(out) = self.driver.outbox() else {
+            let Some(out) = self.driver().outbox() else {
                 return Ok(());
             };
             let result = match out {
@@ -416,7 +443,7 @@ impl<T: Transport> Runner<T> {
                     let jitter = 0.5
                         + 0.5 * (rand::Rng::next_u64(&mut self.rng) >> 11) as f64
                             / (1u64 << 53) as f64;
-                    let Some(wait) = self.driver.busy_backoff(attempt, jitter, Instant::now())
+                    let Some(wait) = self.driver().busy_backoff(attempt, jitter, Instant::now())
                     else {
                         return Err(e);
                     };
@@ -427,7 +454,7 @@ impl<T: Transport> Runner<T> {
                 }
                 Err(e) => return Err(e),
             }
-            self.driver.sent(Instant::now());
+            self.driver().sent(Instant::now());
             return Ok(());
         }
     }

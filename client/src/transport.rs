@@ -326,7 +326,7 @@ fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
 }
 
 /// A poisoned lock only means an update panicked; the value is still usable.
-fn lock<T>(t: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(t: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -296,6 +296,24 @@ fn runner(memory: &Memory) -> Result<Runner<Memory>, ClientError> {
     })
 }
 
+/// Tasks are handled on the protocol state off the runtime's thread, which
+/// stays free to poll the connections (on a single-threaded runtime, the
+/// only thread there is).
+#[tokio::test(flavor = "current_thread")]
+async fn the_protocol_state_is_worked_on_off_the_runtime_thread() -> Result<(), ClientError> {
+    let memory = Memory::default();
+    let runner = runner(&memory)?;
+    let runtime = std::thread::current().id();
+    let (worker, round) = runner
+        .off_runtime(|d| (std::thread::current().id(), d.current_round()))
+        .await?;
+    assert_ne!(worker, runtime);
+    assert_eq!(round, None);
+    // The state is free again for the calls made on the runtime.
+    assert_eq!(runner.driver().current_round(), None);
+    Ok(())
+}
+
 #[tokio::test]
 async fn join_round_upload_done() -> Result<(), ClientError> {
     let memory = Memory::default();
