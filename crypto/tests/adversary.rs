@@ -200,6 +200,78 @@ fn a_quorum_counts_each_member_once_and_survives_a_forgery_ahead_of_it() -> Res 
     Ok(())
 }
 
+/// Unmask requests by recipient.
+type Requests = Vec<(MemberId, UnmaskRequest)>;
+
+/// A round of 10 (k 9, t 6) assuming 2 colluders, to the unmask requests,
+/// with the survivor-set signatures of `forgers` altered before the
+/// coordinator relays them.
+fn unmask_requests_with_forgers(
+    suite: Suite,
+    forgers: &[MemberId],
+) -> Result<(Stepper<u32>, Requests), ProtocolError> {
+    let cfg = RoundConfig {
+        round: 5,
+        suite,
+        ring: Ring::U32,
+        cohort: (1..=10).collect(),
+        params: SecAggParams { k: 9, t: 6 },
+        graph_seed: [3u8; 32],
+        vector_len: 4,
+        min_survivors: 6,
+        max_colluders: 2,
+        context: [5; 32],
+    };
+    let mut r = Stepper::new(cfg, 99)?;
+    let nk = r.advertise()?;
+    let sh = r.share(nk)?;
+    let masked = r.mask(sh, vec![Some(vec![1u32; 4]); 10])?;
+    let out = r.submit(&masked)?;
+    let mut sigs = r.consistency(out)?;
+    for s in &mut sigs {
+        if forgers.contains(&s.member) {
+            s.signature[4] ^= 1;
+        }
+    }
+    let reqs = requests(r.sign(sigs)?);
+    Ok((r, reqs))
+}
+
+#[test]
+fn the_coordinator_relays_quorum_plus_colluders_signatures_which_survive_forgeries() -> Res {
+    for suite in Suite::ALL {
+        // Quorum ⌊(10 + 2)/2⌋ + 1 = 7; 7 + 2 of the 10 signatures relayed,
+        // the two colluders' forgeries among them.
+        let (mut r, reqs) = unmask_requests_with_forgers(suite, &[1, 2])?;
+        assert_eq!(reqs.len(), 10, "{suite}");
+        let mut responses = Vec::new();
+        for (to, msg) in reqs {
+            assert_eq!(msg.signatures.len(), 9, "{suite}");
+            let site = &mut r.sites[to as usize - 1];
+            site.handle_unmask_request(msg)?;
+            while let Some(SiteOutput::Unmask(u)) = site.poll_output() {
+                responses.push(u);
+            }
+        }
+        let sum = r.finish(responses)?.ok_or("round did not finish")??.sum;
+        assert_eq!(sum, vec![10; 4], "{suite}");
+
+        // A third forger is beyond the assumed collusion: 6 valid of the 9
+        // relayed, and no site reveals anything.
+        let (mut r, reqs) = unmask_requests_with_forgers(suite, &[1, 2, 3])?;
+        for (to, msg) in reqs {
+            let site = &mut r.sites[to as usize - 1];
+            let e = site.handle_unmask_request(msg);
+            assert!(
+                matches!(e, Err(ProtocolError::Inconsistent(_))),
+                "{suite}: {e:?}"
+            );
+            assert!(site.poll_output().is_none(), "{suite}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn coordinator_rejects_replays_wrong_stage_duplicates_and_wrong_lengths_without_harm() -> Res {
     for suite in Suite::ALL {

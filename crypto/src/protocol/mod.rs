@@ -375,8 +375,10 @@ pub struct IncomingShares {
 }
 
 /// Coordinator → signers of the survivor set: the set again, with the
-/// signatures of at least [`RoundConfig::quorum`] members on it. Who dropped is
-/// not sent: every site derives it from the signed masking sets.
+/// signatures of at least [`RoundConfig::quorum`] members on it (an honest
+/// coordinator relays `quorum + max_colluders` of them at most: enough
+/// whatever the colluders signed). Who dropped is not sent: every site
+/// derives it from the signed masking sets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnmaskRequest {
     /// Round number.

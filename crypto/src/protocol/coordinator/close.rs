@@ -270,8 +270,15 @@ impl<R: RingElement> CoordinatorMachine<R> {
                     ))));
                     return;
                 }
+                // A site needs `quorum` valid signatures. Only colluders can
+                // have sent invalid ones (honest sites sign the set they
+                // were sent), so any `quorum + max_colluders` signers carry a
+                // quorum; the rest would be sent to every signer for nothing
+                // (about a third of this request at n = 1000).
+                let relay = quorum.saturating_add(self.cfg.max_colluders);
                 let relayed: Vec<RelayedSignature> = signatures
                     .into_values()
+                    .take(relay)
                     .map(|signature| RelayedSignature {
                         identity: self
                             .identities
