@@ -106,6 +106,9 @@ pub(crate) struct Learn {
     pub evaluate: bool,
     /// Train from the global model (a TRAIN round).
     pub fit: bool,
+    /// The last round's masked vector, sent and no longer needed: the new
+    /// one is written into its memory rather than into fresh pages.
+    pub spare: Option<RingVec>,
 }
 
 /// Runs `job` on this site's rows: blocking (training is CPU-bound), so the
@@ -161,9 +164,19 @@ pub(crate) fn local_vector(
             );
             let delta = f.delta.flatten();
             let (w, e) = (f.num_examples, eval.as_ref());
-            match job.ring {
-                Ring::U32 => RingVec::U32(wire::train_vector(q, &delta, w, e, rng)?),
-                Ring::U64 => RingVec::U64(wire::train_vector(q, &delta, w, e, rng)?),
+            match (job.ring, job.spare) {
+                (Ring::U32, Some(RingVec::U32(buf))) => {
+                    RingVec::U32(wire::train_vector(q, &delta, w, e, rng, buf)?)
+                }
+                (Ring::U64, Some(RingVec::U64(buf))) => {
+                    RingVec::U64(wire::train_vector(q, &delta, w, e, rng, buf)?)
+                }
+                (Ring::U32, _) => {
+                    RingVec::U32(wire::train_vector(q, &delta, w, e, rng, Vec::new())?)
+                }
+                (Ring::U64, _) => {
+                    RingVec::U64(wire::train_vector(q, &delta, w, e, rng, Vec::new())?)
+                }
             }
         }
         None => {

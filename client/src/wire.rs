@@ -38,13 +38,15 @@ pub fn check_finite(update: &[f32]) -> Result<(), ClientError> {
     Ok(layout::check_finite(update)?)
 }
 
-/// TRAIN: `[q(delta)…, weight, correct, examples, loss_milli]`.
+/// TRAIN: `[q(delta)…, weight, correct, examples, loss_milli]`, in `buf`'s
+/// memory (an earlier round's vector, or empty).
 pub fn train_vector<R: RingElement>(
     q: &Quantiser,
     delta: &[f32],
     weight: u64,
     eval: Option<&EvalResult>,
     rng: &mut impl CryptoRng,
+    buf: Vec<R>,
 ) -> Result<Vec<R>, ClientError> {
     Ok(layout::train_vector(
         q,
@@ -52,6 +54,7 @@ pub fn train_vector<R: RingElement>(
         weight,
         eval.map(metrics),
         rng,
+        buf,
     )?)
 }
 
@@ -254,14 +257,20 @@ mod tests {
             correct: 17,
             loss_sum: 3.25,
         };
-        let v: Vec<u32> = train_vector(&q, &[0.5, -0.25, 0.0], 7, Some(&eval), &mut rng)?;
+        let v: Vec<u32> =
+            train_vector(&q, &[0.5, -0.25, 0.0], 7, Some(&eval), &mut rng, Vec::new())?;
         assert_eq!(v.len(), train_len(3));
         assert_eq!(&v[3..], &[7, 17, 20, 3250]);
         // 0.5 · weight 7 · scale 1000 = 3500 exactly (no rounding needed).
         assert_eq!(v[0], 3500);
         assert_eq!(v[1].to_signed(), -1750);
-        let v: Vec<u64> = train_vector(&q64()?, &[0.5], 2, None, &mut rng)?;
+        // An earlier vector's memory is reused, its values replaced.
+        let mut buf = Vec::with_capacity(16);
+        buf.extend([9u64; 7]);
+        let at = buf.as_ptr();
+        let v: Vec<u64> = train_vector(&q64()?, &[0.5], 2, None, &mut rng, buf)?;
         assert_eq!(v, vec![1000, 2, 0, 0, 0]);
+        assert_eq!(v.as_ptr(), at);
         Ok(())
     }
 
@@ -274,7 +283,7 @@ mod tests {
         let q = quantiser(Ring::U32)?;
         let mut rng = rand::rng();
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let r = train_vector::<u32>(&q, &[0.1, bad], 5, None, &mut rng);
+            let r = train_vector::<u32>(&q, &[0.1, bad], 5, None, &mut rng, Vec::new());
             assert!(
                 matches!(r, Err(ClientError::NonFiniteUpdate { index: 1, .. })),
                 "{r:?}"

@@ -122,7 +122,7 @@ fn run_round<R: RingElement>(
         for (i, (&m, site)) in sites.iter_mut().enumerate() {
             if site.stage() == Stage::MaskedInput && vanish != Some(m) {
                 let (delta, weight) = &inputs[i];
-                let v: Vec<R> = train_vector(&q, delta, *weight, None, &mut rng)?;
+                let v: Vec<R> = train_vector(&q, delta, *weight, None, &mut rng, Vec::new())?;
                 site.handle_input(v)?;
             }
             while let Some(out) = site.poll_output() {

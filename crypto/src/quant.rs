@@ -409,6 +409,24 @@ impl Quantiser {
         extras: &[i64],
         rng: &mut impl CryptoRng,
     ) -> Result<Vec<R>, QuantError> {
+        let mut out = Vec::new();
+        self.encode_into(update, weight, extras, rng, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::encode`] into `out`, replacing what it held: a site encodes a
+    /// model-sized vector every round, and writing into last round's memory
+    /// costs a fraction of faulting in fresh pages. `out` is left empty on
+    /// error.
+    pub fn encode_into<R: RingElement>(
+        &self,
+        update: &[f32],
+        weight: u64,
+        extras: &[i64],
+        rng: &mut impl CryptoRng,
+        out: &mut Vec<R>,
+    ) -> Result<(), QuantError> {
+        out.clear();
         self.check_ring::<R>()?;
         if weight == 0 {
             return Err(QuantError::ZeroWeight);
@@ -432,11 +450,11 @@ impl Quantiser {
 
         let w = weight.min(self.max_weight);
         let ws = w as f64 * self.scale;
-        let mut out = Vec::with_capacity(update.len() + 1 + extras.len());
-        round_into(update, self.clip, ws, self.elem_cap, rng, &mut out);
+        out.reserve_exact(update.len() + 1 + extras.len());
+        round_into(update, self.clip, ws, self.elem_cap, rng, out);
         out.push(R::from_u64(w));
         out.extend(extras.iter().map(|&e| R::from_i64(e)));
-        Ok(out)
+        Ok(())
     }
 
     /// Decodes the (unmasked) sum of `contributors` encodings of a model with

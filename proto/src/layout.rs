@@ -260,19 +260,23 @@ pub fn check_finite(update: &[f32]) -> Result<(), LayoutError> {
 }
 
 /// TRAIN: `[q(delta)…, weight, correct, examples, loss_milli]`; the metric
-/// slots are zero when the site did not evaluate.
+/// slots are zero when the site did not evaluate. Written into `buf`'s
+/// memory (an earlier round's vector, or empty): see
+/// [`Quantiser::encode_into`].
 pub fn train_vector<R: RingElement>(
     q: &Quantiser,
     delta: &[f32],
     weight: u64,
     metrics: Option<Metrics>,
     rng: &mut impl CryptoRng,
+    mut buf: Vec<R>,
 ) -> Result<Vec<R>, LayoutError> {
     check_finite(delta)?;
     let extras = metrics
         .map(|m| m.slots_within(q.extra_bound()))
         .unwrap_or_default();
-    Ok(q.encode::<R>(delta, weight, &extras, rng)?)
+    q.encode_into::<R>(delta, weight, &extras, rng, &mut buf)?;
+    Ok(buf)
 }
 
 /// EVALUATE: `[1, correct, examples, loss_milli]`.

@@ -32,7 +32,17 @@ impl Outgoing {
 
     /// `o` of the round `start` announced.
     pub(super) fn from_site(o: AnySiteOutput, session: &str, start: &v1::RoundStart) -> Outgoing {
-        match o {
+        Self::from_site_keeping(o, session, start).0
+    }
+
+    /// [`Outgoing::from_site`], and a masked vector's memory once its
+    /// chunks are packed, for the next round's vector to reuse.
+    pub(super) fn from_site_keeping(
+        o: AnySiteOutput,
+        session: &str,
+        start: &v1::RoundStart,
+    ) -> (Outgoing, Option<RingVec>) {
+        let out = match o {
             AnySiteOutput::Advertise(a) => Outgoing::Advertise(v1::AdvertiseKeysRequest {
                 session: session.to_string(),
                 advert: Some(convert::key_advert_to_proto(&a)),
@@ -41,7 +51,8 @@ impl Outgoing {
                 Outgoing::Shares(convert::share_bundle_to_proto(&b, session))
             }
             AnySiteOutput::MaskedInput { vector, masking } => {
-                Outgoing::Masked(masked_chunks(session, start, &vector, Some(&masking)))
+                let chunks = masked_chunks(session, start, &vector, Some(&masking));
+                return (Outgoing::Masked(chunks), Some(vector));
             }
             AnySiteOutput::Consistency(s) => {
                 Outgoing::Consistency(convert::consistency_response_to_proto(&s, session))
@@ -49,7 +60,8 @@ impl Outgoing {
             AnySiteOutput::Unmask(u) => {
                 Outgoing::Unmask(convert::unmask_response_to_proto(&u, session))
             }
-        }
+        };
+        (out, None)
     }
 
     /// Stamps the current session (it may have been renewed by a rejoin).

@@ -650,6 +650,20 @@ fn secure_round_between_three_drivers_sums_their_inputs() -> Result<(), Box<dyn 
         d.on_task(end(round, true), now)?;
         assert_eq!(d.report().rounds, 1);
     }
+    // The masked vector's memory goes to the next round's vector.
+    let (model, len) = logistic_model()?;
+    let hash = confide_proto::context::sha256(&model).to_vec();
+    let d1 = drivers.get_mut(&1).ok_or("driver 1")?;
+    let rs = train_start(round + 1, &model, hash, len);
+    assert!(matches!(d1.on_task(start(&rs), now)?, Action::Download(_)));
+    let Action::Compute(LocalJob::Learn(job)) = d1.model_downloaded(&model_chunks(&model))? else {
+        return Err("no training job".into());
+    };
+    assert!(
+        matches!(&job.spare, Some(RingVec::U64(v)) if v.len() == cfg.vector_len),
+        "{:?}",
+        job.spare
+    );
     Ok(())
 }
 

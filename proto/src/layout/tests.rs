@@ -31,12 +31,19 @@ fn train_vector_slots_are_in_the_documented_order() -> Result<(), LayoutError> {
     let q = quantiser(Ring::U32)?;
     let mut rng = rand::rng();
     let m = Metrics::new(17, 20, 3.25);
-    let v: Vec<u32> = train_vector(&q, &[0.5, -0.25, 0.0], 7, Some(m), &mut rng)?;
+    let v: Vec<u32> = train_vector(&q, &[0.5, -0.25, 0.0], 7, Some(m), &mut rng, Vec::new())?;
     assert_eq!(v.len(), train_len(3));
     assert_eq!(&v[3..], &[7, 17, 20, 3250]);
     // 0.5 · weight 7 · scale 1000 = 3500 exactly.
     assert_eq!(v[0], 3500);
-    let v: Vec<u64> = train_vector(&quantiser(Ring::U64)?, &[0.5], 2, None, &mut rng)?;
+    let v: Vec<u64> = train_vector(
+        &quantiser(Ring::U64)?,
+        &[0.5],
+        2,
+        None,
+        &mut rng,
+        Vec::new(),
+    )?;
     assert_eq!(v, vec![1000, 2, 0, 0, 0]);
     let e: Vec<u32> = eval_vector(&q, Metrics::new(3, 4, 0.0015), &mut rng)?;
     assert_eq!(e, vec![1, 3, 4, 2]);
@@ -48,7 +55,7 @@ fn train_vector_slots_are_in_the_documented_order() -> Result<(), LayoutError> {
 fn non_finite_updates_are_refused_with_their_index() -> Result<(), LayoutError> {
     let q = quantiser(Ring::U32)?;
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        let r = train_vector::<u32>(&q, &[0.1, bad], 5, None, &mut rand::rng());
+        let r = train_vector::<u32>(&q, &[0.1, bad], 5, None, &mut rand::rng(), Vec::new());
         assert!(
             matches!(r, Err(LayoutError::NonFinite { index: 1, .. })),
             "{r:?}"
@@ -68,7 +75,7 @@ fn a_loss_beyond_its_slot_saturates_and_the_update_still_goes()
     let bound = q.extra_bound();
     let mut rng = rand::rng();
     let huge = Metrics::new(3, 4, bound as f64);
-    let v: Vec<u32> = train_vector(&q, &[0.5], 2, Some(huge), &mut rng)?;
+    let v: Vec<u32> = train_vector(&q, &[0.5], 2, Some(huge), &mut rng, Vec::new())?;
     let d = decode_sum(&q, &RingVec::from(v), 1, 1)?;
     assert!((d.mean[0] - 0.5).abs() < 1e-3, "{:?}", d.mean);
     let m = d.metrics.ok_or("metrics")?;
@@ -76,7 +83,7 @@ fn a_loss_beyond_its_slot_saturates_and_the_update_still_goes()
     let e: Vec<u32> = eval_vector(&q, Metrics::new(1, 2, f64::INFINITY), &mut rng)?;
     assert_eq!(e[3] as i64, bound);
     let too_many = Metrics::new(1, bound as u64 + 1, 0.5);
-    assert!(train_vector::<u32>(&q, &[0.5], 2, Some(too_many), &mut rng).is_err());
+    assert!(train_vector::<u32>(&q, &[0.5], 2, Some(too_many), &mut rng, Vec::new()).is_err());
     Ok(())
 }
 
@@ -95,14 +102,28 @@ fn a_summed_cohort_decodes_to_its_weighted_mean_and_metrics()
             Ring::U32 => {
                 let mut vs = Vec::new();
                 for (d, w, m) in &sites {
-                    vs.push(train_vector::<u32>(&q, d, *w, Some(*m), &mut rng)?);
+                    vs.push(train_vector::<u32>(
+                        &q,
+                        d,
+                        *w,
+                        Some(*m),
+                        &mut rng,
+                        Vec::new(),
+                    )?);
                 }
                 RingVec::from(add(&vs))
             }
             Ring::U64 => {
                 let mut vs = Vec::new();
                 for (d, w, m) in &sites {
-                    vs.push(train_vector::<u64>(&q, d, *w, Some(*m), &mut rng)?);
+                    vs.push(train_vector::<u64>(
+                        &q,
+                        d,
+                        *w,
+                        Some(*m),
+                        &mut rng,
+                        Vec::new(),
+                    )?);
                 }
                 RingVec::from(add(&vs))
             }
