@@ -209,9 +209,6 @@ pub(crate) struct RoundDriver {
     report: SiteReport,
     /// Rounds ended or left since the run loop last took them (metrics).
     finished: Vec<RoundSummary>,
-    /// The last masked vector, once packed for upload: the next round's
-    /// vector goes into its memory ([`crate::trainer::Learn::spare`]).
-    spare: Option<RingVec>,
 }
 
 impl RoundDriver {
@@ -227,7 +224,6 @@ impl RoundDriver {
             refused_at_start: None,
             report: SiteReport::default(),
             finished: Vec::new(),
-            spare: None,
         }
     }
 
@@ -559,9 +555,7 @@ impl RoundDriver {
                     match m.poll_output() {
                         Some(o) => {
                             replay::check_masking(r, &self.cfg.site, &o)?;
-                            let (out, spare) = Outgoing::from_site_keeping(o, &session, &r.start);
-                            self.spare = spare;
-                            Some(out)
+                            Some(self.contributions.outgoing(o, &session, &r.start))
                         }
                         None => None,
                     }

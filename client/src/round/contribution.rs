@@ -79,11 +79,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use confide_crypto::protocol::RingVec;
+use confide_crypto::protocol::{AnySiteOutput, RingVec};
 use confide_proto::v1;
 use tracing::{info, warn};
 
 use super::ledger::{self, Body, InputFile, Store, Stored};
+use super::outgoing::Outgoing;
 use crate::error::ClientError;
 
 /// How many models' inputs are kept (the federation's newest ones; a retry
@@ -142,6 +143,9 @@ pub(super) struct Contributions {
     store: Option<Store>,
     /// Input files of forgotten inputs, removed after the next save.
     orphans: Vec<String>,
+    /// The last masked vector, once packed for upload: the next round's
+    /// vector goes into its memory ([`crate::trainer::Learn::spare`]).
+    pub(super) spare: Option<RingVec>,
 }
 
 /// The parts of an announcement that decide what the input means (the
@@ -410,6 +414,21 @@ impl Contributions {
         }
         info!(round = rs.round, model = %hex::encode(&rs.model_sha256), "plain training update on this model sent; no second one will be");
         self.save()
+    }
+
+    /// `o` as it waits in the outbox; a masked vector's memory is kept for
+    /// the next round's vector.
+    pub(super) fn outgoing(
+        &mut self,
+        o: AnySiteOutput,
+        session: &str,
+        start: &v1::RoundStart,
+    ) -> Outgoing {
+        let (out, spare) = Outgoing::from_site_keeping(o, session, start);
+        if spare.is_some() {
+            self.spare = spare;
+        }
+        out
     }
 
     /// A copy of input `x`, to remember once it is sent. In memory only

@@ -162,7 +162,7 @@ impl RoundDriver {
             standardiser,
             evaluate: rs.evaluate || r.kind == v1::RoundKind::Evaluate,
             fit: r.kind == v1::RoundKind::Train,
-            spare: self.spare.take(),
+            spare: self.contributions.spare.take(),
         }))))
     }
 }
