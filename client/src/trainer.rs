@@ -164,19 +164,15 @@ pub(crate) fn local_vector(
             );
             let delta = f.delta.flatten();
             let (w, e) = (f.num_examples, eval.as_ref());
-            match (job.ring, job.spare) {
-                (Ring::U32, Some(RingVec::U32(buf))) => {
-                    RingVec::U32(wire::train_vector(q, &delta, w, e, rng, buf)?)
-                }
-                (Ring::U64, Some(RingVec::U64(buf))) => {
-                    RingVec::U64(wire::train_vector(q, &delta, w, e, rng, buf)?)
-                }
-                (Ring::U32, _) => {
-                    RingVec::U32(wire::train_vector(q, &delta, w, e, rng, Vec::new())?)
-                }
-                (Ring::U64, _) => {
-                    RingVec::U64(wire::train_vector(q, &delta, w, e, rng, Vec::new())?)
-                }
+            // The last masked vector's memory, in whichever ring it was.
+            let (b32, b64) = match job.spare {
+                Some(RingVec::U32(v)) => (v, Vec::new()),
+                Some(RingVec::U64(v)) => (Vec::new(), v),
+                None => (Vec::new(), Vec::new()),
+            };
+            match job.ring {
+                Ring::U32 => RingVec::U32(wire::train_vector(q, &delta, w, e, rng, b32)?),
+                Ring::U64 => RingVec::U64(wire::train_vector(q, &delta, w, e, rng, b64)?),
             }
         }
         None => {
