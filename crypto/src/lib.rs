@@ -101,6 +101,10 @@
 //! resolved by its masker revealing that pair's mask key alone, which leaves
 //! the sum as if neither had masked with the other; it blames nobody and
 //! does not fail the round unless the masker falls silent.
+//! Invalid survivor-set signatures are borne from up to `max_colluders`
+//! signers (an honest coordinator relays `quorum + max_colluders` of them,
+//! unchecked); more can leave a quorum short, and the round then fails at
+//! unmask with nothing revealed.
 //!
 //! **Colluding sites.** Up to γ·n sites colluding with the coordinator learn
 //! nothing beyond the sum of the honest survivors' inputs, provided the
