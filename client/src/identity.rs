@@ -54,6 +54,9 @@ use crate::revocation::CrlStore;
 
 // The URI format is part of the wire contract (the CA writes it, every
 // neighbour reads it back), so it lives in `confide_proto::keys`.
+/// Trusts the verifying key the coordinator relays with each advert (insecure
+/// mode: nothing binds keys to sites).
+pub use confide_crypto::protocol::RelayedKeyVerifier;
 pub use confide_proto::keys::{VK_URI_PREFIX, parse_vk_uri, vk_uri};
 
 mod checked;
@@ -314,23 +317,6 @@ impl CertificateVerifier {
 impl IdentityVerifier for CertificateVerifier {
     fn verifying_key(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String> {
         self.check(member, identity)
-    }
-}
-
-/// Trusts the verifying key the coordinator relays with each advert (insecure
-/// mode: nothing binds keys to sites); refuses an empty one.
-#[derive(Clone, Copy, Debug)]
-pub struct RelayedKeyVerifier {
-    /// The federation's suite.
-    pub suite: Suite,
-}
-
-impl IdentityVerifier for RelayedKeyVerifier {
-    fn verifying_key(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String> {
-        if identity.is_empty() {
-            return Err(format!("no verifying key relayed for member {member}"));
-        }
-        Ok(VerifyingKey::from_bytes(self.suite, identity))
     }
 }
 

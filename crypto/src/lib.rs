@@ -101,10 +101,14 @@
 //! resolved by its masker revealing that pair's mask key alone, which leaves
 //! the sum as if neither had masked with the other; it blames nobody and
 //! does not fail the round unless the masker falls silent.
-//! Invalid survivor-set signatures are borne from up to `max_colluders`
-//! signers (an honest coordinator relays `quorum + max_colluders` of them,
-//! unchecked); more can leave a quorum short, and the round then fails at
-//! unmask with nothing revealed.
+//! An invalid survivor-set signature is refused where it arrives by a
+//! coordinator that checks them (`CoordinatorMachine::check_signatures`,
+//! under the key the member advertised with), and its sender blamed and no
+//! longer awaited; only valid ones are relayed. Unchecked, they are borne
+//! from up to `max_colluders` signers (`quorum + max_colluders` are
+//! relayed); more can leave a quorum short, and the round then fails at
+//! unmask with nothing revealed. Sites check every relayed signature
+//! either way.
 //!
 //! **Colluding sites.** Up to γ·n sites colluding with the coordinator learn
 //! nothing beyond the sum of the honest survivors' inputs, provided the

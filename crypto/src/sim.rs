@@ -152,6 +152,8 @@ impl Simulation {
             StageTimeouts::uniform(Duration::from_secs(60)),
             now,
         )?;
+        // As a real coordinator does: every honest signature must pass.
+        coord.check_signatures(directory.clone());
         let mut sites = BTreeMap::new();
         let mut site_errors = Vec::new();
         for (&m, input) in self.members.iter().zip(inputs) {

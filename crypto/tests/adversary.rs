@@ -5,9 +5,11 @@
 //! are in `malicious_coordinator.rs`.)
 
 use confide_crypto::graph::SecAggParams;
+use std::sync::Arc;
+
 use confide_crypto::protocol::{
-    CoordinatorOutput, MaskingSet, MemberId, RelayedSignature, RoundConfig, SiteOutput,
-    UnmaskRequest,
+    CoordinatorOutput, MaskingSet, MemberId, RelayedKeyVerifier, RelayedSignature, RoundConfig,
+    SiteOutput, SurvivorSignature, UnmaskRequest,
 };
 use confide_crypto::ring::Ring;
 use confide_crypto::sim::Stepper;
@@ -203,13 +205,15 @@ fn a_quorum_counts_each_member_once_and_survives_a_forgery_ahead_of_it() -> Res 
 /// Unmask requests by recipient.
 type Requests = Vec<(MemberId, UnmaskRequest)>;
 
-/// A round of 10 (k 9, t 6) assuming 2 colluders, to the unmask requests,
-/// with the survivor-set signatures of `forgers` altered before the
-/// coordinator relays them.
-fn unmask_requests_with_forgers(
+/// A round of 10 (k 9, t 6) assuming 2 colluders (quorum 7), everyone's
+/// input 1, to the survivor-set signatures, with those of `forgers` altered
+/// before the coordinator gets them; `check`: the coordinator checks them
+/// ([`confide_crypto::protocol::CoordinatorMachine::check_signatures`]).
+fn signatures_with_forgers(
     suite: Suite,
     forgers: &[MemberId],
-) -> Result<(Stepper<u32>, Requests), ProtocolError> {
+    check: bool,
+) -> Result<(Stepper<u32>, Vec<SurvivorSignature>), ProtocolError> {
     let cfg = RoundConfig {
         round: 5,
         suite,
@@ -223,6 +227,10 @@ fn unmask_requests_with_forgers(
         context: [5; 32],
     };
     let mut r = Stepper::new(cfg, 99)?;
+    if check {
+        r.coord
+            .check_signatures(Arc::new(RelayedKeyVerifier { suite }));
+    }
     let nk = r.advertise()?;
     let sh = r.share(nk)?;
     let masked = r.mask(sh, vec![Some(vec![1u32; 4]); 10])?;
@@ -233,8 +241,30 @@ fn unmask_requests_with_forgers(
             s.signature[4] ^= 1;
         }
     }
+    Ok((r, sigs))
+}
+
+/// [`signatures_with_forgers`] relayed unchecked, to the unmask requests.
+fn unmask_requests_with_forgers(
+    suite: Suite,
+    forgers: &[MemberId],
+) -> Result<(Stepper<u32>, Requests), ProtocolError> {
+    let (mut r, sigs) = signatures_with_forgers(suite, forgers, false)?;
     let reqs = requests(r.sign(sigs)?);
     Ok((r, reqs))
+}
+
+/// Every site answers its unmask request; the round's sum.
+fn unmask(r: &mut Stepper<u32>, reqs: Requests) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+    let mut responses = Vec::new();
+    for (to, msg) in reqs {
+        let site = &mut r.sites[to as usize - 1];
+        site.handle_unmask_request(msg)?;
+        while let Some(SiteOutput::Unmask(u)) = site.poll_output() {
+            responses.push(u);
+        }
+    }
+    Ok(r.finish(responses)?.ok_or("round did not finish")??.sum)
 }
 
 #[test]
@@ -244,17 +274,8 @@ fn the_coordinator_relays_quorum_plus_colluders_signatures_which_survive_forgeri
         // the two colluders' forgeries among them.
         let (mut r, reqs) = unmask_requests_with_forgers(suite, &[1, 2])?;
         assert_eq!(reqs.len(), 10, "{suite}");
-        let mut responses = Vec::new();
-        for (to, msg) in reqs {
-            assert_eq!(msg.signatures.len(), 9, "{suite}");
-            let site = &mut r.sites[to as usize - 1];
-            site.handle_unmask_request(msg)?;
-            while let Some(SiteOutput::Unmask(u)) = site.poll_output() {
-                responses.push(u);
-            }
-        }
-        let sum = r.finish(responses)?.ok_or("round did not finish")??.sum;
-        assert_eq!(sum, vec![10; 4], "{suite}");
+        assert!(reqs.iter().all(|(_, m)| m.signatures.len() == 9), "{suite}");
+        assert_eq!(unmask(&mut r, reqs)?, vec![10; 4], "{suite}");
 
         // A third forger is beyond the assumed collusion: 6 valid of the 9
         // relayed, and no site reveals anything.
@@ -268,6 +289,55 @@ fn the_coordinator_relays_quorum_plus_colluders_signatures_which_survive_forgeri
             );
             assert!(site.poll_output().is_none(), "{suite}");
         }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_coordinator_checking_signatures_refuses_forgeries_and_relays_only_valid_ones() -> Res {
+    for suite in Suite::ALL {
+        // Three forgers, one beyond the assumed collusion: relayed unchecked
+        // they leave the sites short of a quorum (above). Checked, each is
+        // refused as it arrives and the 7 valid ones are a quorum.
+        let forgers = [1, 2, 3];
+        let (mut r, sigs) = signatures_with_forgers(suite, &forgers, true)?;
+        let now = r.now;
+        for s in sigs {
+            let m = s.member;
+            let e = r.coord.handle_consistency(s, now);
+            if forgers.contains(&m) {
+                assert!(
+                    matches!(&e, Err(ProtocolError::Malformed { member, reason })
+                        if *member == m && reason.contains("survivor-set signature refused")),
+                    "{suite}: {e:?}"
+                );
+            } else {
+                e?;
+            }
+        }
+        // No deadline passed: the stage closed once only refused signers
+        // were left, and their signatures are not relayed.
+        assert_eq!(r.coord.stage(), Stage::Unmask, "{suite}");
+        let out: Vec<_> = std::iter::from_fn(|| r.coord.poll_output()).collect();
+        let blamed: Vec<MemberId> = out
+            .iter()
+            .filter_map(|o| match o {
+                CoordinatorOutput::Blamed { member, .. } => Some(*member),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(blamed, forgers, "{suite}");
+        let reqs = requests(out);
+        let to: Vec<MemberId> = reqs.iter().map(|(m, _)| *m).collect();
+        assert_eq!(to, (4..=10).collect::<Vec<_>>(), "{suite}");
+        for (_, msg) in &reqs {
+            let relayed: Vec<MemberId> =
+                msg.signatures.iter().map(|s| s.signature.member).collect();
+            assert_eq!(relayed, to, "{suite}");
+        }
+        // The forgers' inputs are in the sum all the same: they were
+        // survivors of the masked input.
+        assert_eq!(unmask(&mut r, reqs)?, vec![10; 4], "{suite}");
     }
     Ok(())
 }

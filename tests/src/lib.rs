@@ -23,11 +23,11 @@ use std::time::Duration;
 use confide_coordinator::{CoordinatorError, ServeReport, Settings};
 use confide_crypto::protocol::{
     EncryptedShare, IdentityVerifier, IncomingShares, KeyAdvert, NeighbourKeys, RelayedAdvert,
-    SitePolicy,
+    RelayedKeyVerifier, SitePolicy,
 };
 use confide_crypto::quant::Quantiser;
 use confide_crypto::ring::{Ring, to_le_bytes};
-use confide_crypto::suite::{SigningKey, VerifyingKey};
+use confide_crypto::suite::SigningKey;
 use confide_crypto::{MemberId, SiteMachine, Suite};
 use confide_proto::v1 as pb;
 use confide_proto::{context, convert, layout};
@@ -193,17 +193,6 @@ pub fn spawn_sites(
     cfgs.into_iter()
         .map(|c| tokio::spawn(confide_client::run_site(c, std::future::pending())))
         .collect()
-}
-
-struct TrustRelayed(Suite);
-
-impl IdentityVerifier for TrustRelayed {
-    fn verifying_key(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String> {
-        if identity.is_empty() {
-            return Err(format!("no key for {member}"));
-        }
-        Ok(VerifyingKey::from_bytes(self.0, identity))
-    }
 }
 
 /// A scripted site speaking the wire protocol directly (u32 training rounds).
@@ -376,7 +365,8 @@ impl FakeSite {
             )
             .into());
         }
-        let verifier: Arc<dyn IdentityVerifier> = Arc::new(TrustRelayed(self.suite));
+        let verifier: Arc<dyn IdentityVerifier> =
+            Arc::new(RelayedKeyVerifier { suite: self.suite });
         let mut m = SiteMachine::<u32>::new(
             cfg,
             rs.member,

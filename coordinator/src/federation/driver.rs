@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use confide_crypto::MemberId;
+use confide_crypto::protocol::RelayedKeyVerifier;
 
 use super::registry::OutTask;
 use super::*;
@@ -170,6 +171,12 @@ impl Federation {
                 return Ok(false);
             }
         };
+        // Survivor-set signatures are checked under the keys the sites joined
+        // with (bound to their certificates at join), so faulty signers are
+        // refused at once and only valid signatures are relayed.
+        machine.check_signatures(Arc::new(RelayedKeyVerifier {
+            suite: plan.config.suite,
+        }));
         info!(
             round = round_id,
             kind = kind.name(),

@@ -289,12 +289,15 @@ pub(super) enum Leave {
     HangUp,
     /// Its policy refuses the round: it sends Decline, stays connected.
     Decline,
+    /// It sends its masked input, then a survivor-set signature that does
+    /// not verify.
+    ForgeSignature,
 }
 
 /// One secure round of `names.len()` in-process sites (every one moving
 /// every parameter by 0.5); `leave` names a site that leaves instead of
-/// sending its masked input, and how. Returns the report and the model
-/// before and after.
+/// sending its masked input, or forges its signature, and how. Returns the
+/// report and the model before and after.
 pub(super) async fn secure_round(
     s: Settings,
     names: &[&str],
@@ -387,7 +390,9 @@ pub(super) async fn secure_round(
                         fed.decline(&m.session, None, &d)?;
                         m.site = None;
                     }
-                    (pb::task::Kind::IncomingShares(_), Some(_)) if hung_up == Some(i) => {
+                    (pb::task::Kind::IncomingShares(_), Some(_))
+                        if hung_up == Some(i) && how == Some(Leave::HangUp) =>
+                    {
                         // The site's process dies: its stream ends, nothing more is sent.
                         m.rx = None;
                         m.site = None;
@@ -449,14 +454,24 @@ pub(super) async fn secure_round(
                         fed.finish_upload(&m.session, None, up, Some(masking))
                             .await?;
                     }
-                    AnySiteOutput::Consistency(sig) => {
+                    AnySiteOutput::Consistency(mut sig) => {
                         assert!(kept(&fed, &m.session)?.contains(&"consistency_request"));
-                        fed.consistency(
+                        let forge = hung_up == Some(i) && how == Some(Leave::ForgeSignature);
+                        if forge {
+                            sig.signature[4] ^= 1;
+                        }
+                        let sent = fed.consistency(
                             &m.session,
                             None,
                             convert::consistency_response_to_proto(&sig, &m.session),
-                        )?;
-                        assert!(!kept(&fed, &m.session)?.contains(&"consistency_request"));
+                        );
+                        if forge {
+                            let e = sent.err().ok_or("a forged signature was accepted")?;
+                            assert!(e.to_string().contains("signature refused"), "{e}");
+                        } else {
+                            sent?;
+                            assert!(!kept(&fed, &m.session)?.contains(&"consistency_request"));
+                        }
                     }
                     AnySiteOutput::Unmask(u) => fed.unmask(
                         &m.session,
@@ -680,6 +695,40 @@ async fn a_site_that_declines_mid_round_is_dropped_at_once_and_recorded_not_blam
     assert!(
         rec.blamed.is_empty(),
         "declining is no fault: {:?}",
+        rec.blamed
+    );
+    for (a, b) in after.iter().zip(&before) {
+        assert!((a - b - 0.5).abs() < 1e-3, "{a} vs {b}");
+    }
+    Ok(())
+}
+
+/// A survivor-set signature that does not verify under the key its site
+/// joined with is refused at once: the site is blamed, the stage does not
+/// wait for it, and its input, already in the sum, stays there.
+#[tokio::test(start_paused = true)]
+async fn a_forged_survivor_set_signature_is_refused_blamed_and_not_waited_for()
+-> Result<(), Box<dyn std::error::Error>> {
+    let mut s = one_round(true, 5);
+    // Deadline and grace far away: only the refusal can end the wait.
+    s.secagg.stage_timeout_secs = 600;
+    s.secagg.reconnect_grace_secs = 600.0;
+    let names = ["a", "b", "c", "d", "e"];
+    let (report, before, after) =
+        secure_round(s, &names, Some(("c", Leave::ForgeSignature))).await?;
+    let rec = &report.history[0];
+    assert!(rec.success, "{}", rec.message);
+    assert_eq!((rec.cohort, rec.survivors), (5, 5));
+    let consistency = stage_secs(rec, "consistency")?;
+    assert!(
+        consistency < 1.0,
+        "consistency took {consistency} s (virtual)"
+    );
+    assert_eq!(rec.blamed.len(), 1, "{:?}", rec.blamed);
+    assert_eq!(rec.blamed[0].0, "c");
+    assert!(
+        rec.blamed[0].1.contains("survivor-set signature"),
+        "{:?}",
         rec.blamed
     );
     for (a, b) in after.iter().zip(&before) {

@@ -21,12 +21,13 @@
 //! * a *local* input in the wrong ring ([`AnySite::handle_input`]) is
 //!   [`ProtocolError::Config`], as for a machine built for the wrong ring.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    ConsistencyRequest, CoordinatorMachine, CoordinatorOutput, IncomingShares, KeyAdvert,
-    MaskingSet, MemberId, NeighbourKeys, PlainAggregator, RoundConfig, RoundResult, ShareBundle,
-    Stage, StageTimeouts, SurvivorSignature, UnmaskRequest, UnmaskResponse,
+    ConsistencyRequest, CoordinatorMachine, CoordinatorOutput, IdentityVerifier, IncomingShares,
+    KeyAdvert, MaskingSet, MemberId, NeighbourKeys, PlainAggregator, RoundConfig, RoundResult,
+    ShareBundle, Stage, StageTimeouts, SurvivorSignature, UnmaskRequest, UnmaskResponse,
 };
 use crate::error::ProtocolError;
 use crate::ring::{self, ByteLengthError, Ring, RingElement};
@@ -312,6 +313,16 @@ impl AnyCoordinator {
         match cfg.ring {
             Ring::U32 => AnyCoordinator::Plain32(PlainAggregator::from_config(cfg, deadline)),
             Ring::U64 => AnyCoordinator::Plain64(PlainAggregator::from_config(cfg, deadline)),
+        }
+    }
+
+    /// Check survivor-set signatures as they arrive
+    /// ([`CoordinatorMachine::check_signatures`]); a plaintext round has none.
+    pub fn check_signatures(&mut self, keys: Arc<dyn IdentityVerifier>) {
+        match self {
+            AnyCoordinator::Secure32(m) => m.check_signatures(keys),
+            AnyCoordinator::Secure64(m) => m.check_signatures(keys),
+            AnyCoordinator::Plain32(_) | AnyCoordinator::Plain64(_) => {}
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::consistency::CheckedSurvivors;
@@ -9,9 +10,10 @@ use super::unmask::check_response;
 
 mod close;
 mod offload;
+mod signatures;
 use super::{
-    CoordinatorOutput, EncryptedShare, KeyAdvert, MaskingSet, MemberId, RelayedAdvert, RoundConfig,
-    ShareBundle, Stage, SurvivorSignature, Topology, UnmaskResponse,
+    CoordinatorOutput, EncryptedShare, IdentityVerifier, KeyAdvert, MaskingSet, MemberId,
+    RelayedAdvert, RoundConfig, ShareBundle, Stage, SurvivorSignature, Topology, UnmaskResponse,
 };
 use crate::error::ProtocolError;
 use crate::ring::RingElement;
@@ -88,6 +90,9 @@ pub struct CoordinatorMachine<R: RingElement> {
     job: Option<UnmaskJob<R>>,
     /// Whether the caller keeps the sum of the inputs ([`Self::sum_outside`]).
     outside: bool,
+    /// Checks survivor-set signatures as they arrive
+    /// ([`Self::check_signatures`]); `None` relays them unchecked.
+    signature_keys: Option<Arc<dyn IdentityVerifier>>,
 }
 
 enum Phase<R> {
@@ -109,6 +114,8 @@ enum Phase<R> {
         masking: BTreeMap<MemberId, BTreeSet<MemberId>>,
         acc: Vec<R>,
         signatures: BTreeMap<MemberId, SurvivorSignature>,
+        /// What survivors sign, when signatures are checked here (else empty).
+        signed: Vec<u8>,
     },
     Unmask {
         checked: CheckedSurvivors,
@@ -169,6 +176,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
             defer: false,
             job: None,
             outside: false,
+            signature_keys: None,
         })
     }
 
@@ -497,7 +505,9 @@ impl<R: RingElement> CoordinatorMachine<R> {
     }
 
     /// Stage 4: a survivor's signature on the survivor set. Checked by the
-    /// sites, not here: the coordinator relays, and needs only a count.
+    /// sites in any case; here too with [`Self::check_signatures`], where an
+    /// invalid one is refused with [`ProtocolError::Malformed`] and its
+    /// sender no longer awaited.
     pub fn handle_consistency(
         &mut self,
         sig: SurvivorSignature,
@@ -508,7 +518,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
             checked,
             signatures,
             ..
-        } = &mut self.phase
+        } = &self.phase
         else {
             return Err(ProtocolError::Ended);
         };
@@ -525,6 +535,15 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 reason: "oversized signature".into(),
             });
         }
+        self.check_signature(from, &sig.signature, now)?;
+        let Phase::Consistency {
+            checked,
+            signatures,
+            ..
+        } = &mut self.phase
+        else {
+            return Err(ProtocolError::Ended);
+        };
         signatures.insert(from, sig);
         if signatures.len() == checked.survivors.len() {
             self.close_stage(now);

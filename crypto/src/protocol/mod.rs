@@ -482,6 +482,25 @@ impl IdentityVerifier for KeyDirectory {
     }
 }
 
+/// An [`IdentityVerifier`] for identities that are the verifying key's own
+/// bytes: what a coordinator holds for the keys sites joined with (it bound
+/// each to the site's certificate itself), and a site without certificates
+/// (insecure mode, tests) has to trust. Refuses an empty identity.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayedKeyVerifier {
+    /// The federation's suite.
+    pub suite: Suite,
+}
+
+impl IdentityVerifier for RelayedKeyVerifier {
+    fn verifying_key(&self, member: MemberId, identity: &[u8]) -> Result<VerifyingKey, String> {
+        if identity.is_empty() {
+            return Err(format!("no verifying key relayed for member {member}"));
+        }
+        Ok(VerifyingKey::from_bytes(self.suite, identity))
+    }
+}
+
 /// Commitment to a self-mask seed.
 pub(crate) fn seed_commitment(
     suite: Suite,

@@ -10,7 +10,8 @@ use crate::ids::{MemberId, Stage};
 use crate::protocol::consistency::SurvivorRules;
 use crate::protocol::{
     ConsistencyRequest, CoordinatorOutput, EncryptedShare, IncomingShares, NeighbourKeys,
-    RelayedAdvert, RelayedMaskingSet, RelayedSignature, RoundResult, Topology, UnmaskRequest,
+    RelayedAdvert, RelayedMaskingSet, RelayedSignature, RoundResult, SurvivorSignature, Topology,
+    UnmaskRequest,
 };
 use crate::ring::RingElement;
 
@@ -232,6 +233,12 @@ impl<R: RingElement> CoordinatorMachine<R> {
                         return;
                     }
                 };
+                // What each survivor signs, for checking here as they arrive.
+                let signed = if self.signature_keys.is_some() {
+                    SurvivorSignature::signed_bytes(&session, &survivors)
+                } else {
+                    Vec::new()
+                };
                 let msg = std::sync::Arc::new(ConsistencyRequest {
                     round: self.cfg.round,
                     survivors,
@@ -249,6 +256,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
                     masking,
                     acc,
                     signatures: BTreeMap::new(),
+                    signed,
                 };
             }
             Phase::Consistency {
@@ -256,6 +264,7 @@ impl<R: RingElement> CoordinatorMachine<R> {
                 masking,
                 acc,
                 signatures,
+                signed: _,
             } => {
                 let signers: BTreeSet<MemberId> = signatures.keys().copied().collect();
                 let silent: Vec<MemberId> =
@@ -270,11 +279,12 @@ impl<R: RingElement> CoordinatorMachine<R> {
                     ))));
                     return;
                 }
-                // A site needs `quorum` valid signatures. Only colluders can
-                // have sent invalid ones (honest sites sign the set they
-                // were sent), so any `quorum + max_colluders` signers carry a
-                // quorum; the rest would be sent to every signer for nothing
-                // (about a third of this request at n = 1000).
+                // A site needs `quorum` valid signatures. Checked here
+                // (`check_signatures`), all relayed ones are valid; unchecked,
+                // only colluders can have sent invalid ones (honest sites
+                // sign the set they were sent), so any `quorum +
+                // max_colluders` signers carry a quorum. The rest would be
+                // sent to every signer for nothing (a third of it at n = 1000).
                 let relay = quorum.saturating_add(self.cfg.max_colluders);
                 let relayed: Vec<RelayedSignature> = signatures
                     .into_values()
