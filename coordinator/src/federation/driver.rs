@@ -544,7 +544,7 @@ impl Federation {
             )?;
             drop(sum);
             image.refresh()?;
-            record_evaluation(rec, trained.evaluation.as_ref());
+            outcome::record_evaluation(rec, trained.evaluation.as_ref());
             g.model_round = rec.round;
             g.completed += 1;
             self.metrics.set_completed_train_rounds(g.completed);
@@ -567,7 +567,7 @@ impl Federation {
                 g.preprocess = Some(st.preprocess);
             }
             Outcome::Evaluated(e) => {
-                record_evaluation(rec, e.as_ref());
+                outcome::record_evaluation(rec, e.as_ref());
                 g.final_accuracy = rec.accuracy;
                 g.final_done = true;
             }
@@ -575,14 +575,6 @@ impl Federation {
             Outcome::Trained(..) => {}
         }
         Ok(())
-    }
-}
-
-fn record_evaluation(rec: &mut RoundRecord, e: Option<&Evaluation>) {
-    if let Some(e) = e {
-        rec.accuracy = Some(e.accuracy);
-        rec.loss = Some(e.loss);
-        rec.eval_examples = e.examples;
     }
 }
 

@@ -48,7 +48,7 @@ use crate::metrics::Metrics;
 use crate::optim::ServerOptimiser;
 use crate::settings::Settings;
 pub use liveness::TaskStream;
-use outcome::{Context, Evaluation, Outcome, OutcomeError};
+use outcome::{Context, Outcome, OutcomeError};
 use registry::Registry;
 pub use registry::SessionInfo;
 use round::{ActiveRound, SiteMessage, task};

@@ -12,7 +12,7 @@ use confide_proto::model::{Model, ModelError};
 use confide_proto::standardise::{self, Standardiser, ValidationError};
 
 use super::scheduler::RoundKind;
-use crate::checkpoint::Preprocess;
+use crate::checkpoint::{Preprocess, RoundRecord};
 use crate::optim::ServerOptimiser;
 
 /// Smallest per-feature standard deviation, so a constant feature does not
@@ -88,6 +88,15 @@ pub struct Evaluation {
     pub loss: f64,
     /// Examples evaluated.
     pub examples: u64,
+}
+
+/// Writes the evaluation, if any, into the round's record.
+pub(super) fn record_evaluation(rec: &mut RoundRecord, e: Option<&Evaluation>) {
+    if let Some(e) = e {
+        rec.accuracy = Some(e.accuracy);
+        rec.loss = Some(e.loss);
+        rec.eval_examples = e.examples;
+    }
 }
 
 /// The feature statistics and the rows they cover.

@@ -114,7 +114,7 @@ enum Phase<R> {
         masking: BTreeMap<MemberId, BTreeSet<MemberId>>,
         acc: Vec<R>,
         signatures: BTreeMap<MemberId, SurvivorSignature>,
-        /// What survivors sign, when signatures are checked here (else empty).
+        /// What survivors sign, for [`CoordinatorMachine::check_signatures`].
         signed: Vec<u8>,
     },
     Unmask {

@@ -233,12 +233,9 @@ impl<R: RingElement> CoordinatorMachine<R> {
                         return;
                     }
                 };
-                // What each survivor signs, for checking here as they arrive.
-                let signed = if self.signature_keys.is_some() {
-                    SurvivorSignature::signed_bytes(&session, &survivors)
-                } else {
-                    Vec::new()
-                };
+                // What each survivor signs, for `check_signatures` (a few
+                // bytes per survivor; made whether or not it is set yet).
+                let signed = SurvivorSignature::signed_bytes(&session, &survivors);
                 let msg = std::sync::Arc::new(ConsistencyRequest {
                     round: self.cfg.round,
                     survivors,
