@@ -52,11 +52,11 @@ use crate::convert::{self, ConvertError};
 use crate::error::ClientError;
 use crate::revocation::CrlStore;
 
-// The URI format is part of the wire contract (the CA writes it, every
-// neighbour reads it back), so it lives in `confide_proto::keys`.
 /// Trusts the verifying key the coordinator relays with each advert (insecure
 /// mode: nothing binds keys to sites).
 pub use confide_crypto::protocol::RelayedKeyVerifier;
+// The URI format is part of the wire contract (the CA writes it, every
+// neighbour reads it back), so it lives in `confide_proto::keys`.
 pub use confide_proto::keys::{VK_URI_PREFIX, parse_vk_uri, vk_uri};
 
 mod checked;
